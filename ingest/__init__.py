@@ -1,0 +1,1 @@
+"""The hospital-side ingestion service: MQTT to registry, time series and EWS delivery."""

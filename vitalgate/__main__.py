@@ -1,0 +1,5 @@
+import sys
+
+from vitalgate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,73 @@
+"""Settings loading shared by every service: environment beats TOML file beats defaults.
+
+Each service declares ONE settings class deriving from :class:`ServiceSettings` (env prefix
+``VITALGATE_``) and loads it with :func:`load_settings`, which adds the TOML file (if any) as a
+source below the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV = "VITALGATE_CONFIG"
+
+
+class ServiceSettings(BaseSettings):
+    """Base of every service's settings class. Unknown keys are errors (typos are caught)."""
+
+    model_config = SettingsConfigDict(env_prefix="VITALGATE_", extra="forbid", env_nested_delimiter="__")
+
+    #: the TOML table this service reads, e.g. ``"ingest"``: ``[ingest]`` in the file.
+    toml_table: ClassVar[str] = ""
+    _toml_path: ClassVar[Path | None] = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = cls._toml_path
+        if path is not None:
+            sources.append(_TableSource(settings_cls, path, cls.toml_table))
+        return tuple(sources)
+
+
+class _TableSource(TomlConfigSettingsSource):
+    """A TOML file, narrowed to one table when the service names one."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path, table: str) -> None:
+        self._table = table
+        super().__init__(settings_cls, toml_file=path)
+
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        data: dict[str, Any] = super()._read_file(file_path)
+        if self._table:
+            section = data.get(self._table, {})
+            return dict(section) if isinstance(section, dict) else {}
+        return data
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def load_settings(cls: type[S], toml_path: str | Path | None = None, **overrides: Any) -> S:
+    """Build ``cls`` from overrides > environment > TOML (``toml_path`` or $VITALGATE_CONFIG) > defaults."""
+    path = toml_path or os.environ.get(CONFIG_ENV)
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"configuration file not found: {path}")
+    bound = type(cls.__name__, (cls,), {"_toml_path": Path(path) if path else None})
+    return bound(**overrides)  # type: ignore[no-any-return]

@@ -1,0 +1,360 @@
+"""The MQTT contract between gateways and the ingestion service (version 1).
+
+This is the ONE module that the gateway, the simulators and the ingestion service share:
+topic names, payload models and their JSON codec. ``docs/mqtt.md`` documents it for third-party
+gateways. Extend it only with new optional fields or new message kinds; never break version 1.
+
+Payload models are pydantic models that ignore unknown fields (the contract says so) and
+reject wrong types, unknown versions and implausible values with an error naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+VERSION: Final = 1
+DEFAULT_PREFIX: Final = "vitals/v1"
+MAX_PAYLOAD_BYTES: Final = 256 * 1024
+QOS: Final = 1
+
+GATEWAY_ID_RE: Final = re.compile(r"^[a-z0-9-]{1,64}$")
+DEVICE_ID_RE: Final = re.compile(r"^[0-9a-f]{12}$")
+USER_CODE_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+GatewayId = Annotated[str, StringConstraints(pattern=GATEWAY_ID_RE.pattern)]
+DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_RE.pattern)]
+UserCode = Annotated[str, StringConstraints(pattern=USER_CODE_RE.pattern)]
+EpochMs = Annotated[int, Field(ge=0, lt=10**14)]
+
+# Physiological plausibility: a value outside these closed ranges is not a measurement of a
+# living patient but a sensor error, and is rejected rather than stored or scored.
+# Units are the contract's: /min, %, mmHg, °C.
+PLAUSIBLE: Final[dict[str, tuple[float, float]]] = {
+    "heart_rate": (20.0, 300.0),
+    "spo2": (50.0, 100.0),
+    "systolic_bp": (40.0, 300.0),
+    "diastolic_bp": (20.0, 200.0),
+    "temperature": (25.0, 45.0),
+    "respiratory_rate": (2.0, 80.0),
+}
+VITALS: Final = tuple(PLAUSIBLE)
+
+
+class Source(StrEnum):
+    REALTIME = "realtime"
+    HISTORY = "history"
+    ECG = "ecg"
+    MANUAL = "manual"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: Literal[1] = 1
+
+    def to_bytes(self) -> bytes:
+        """Compact UTF-8 JSON, omitting absent optional fields."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class Vitals(BaseModel):
+    """Any non-empty subset of the six vitals; absent means not measured (never 0 or null)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    heart_rate: float | None = None
+    spo2: float | None = None
+    systolic_bp: float | None = None
+    diastolic_bp: float | None = None
+    temperature: float | None = None
+    respiratory_rate: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Vitals:
+        present = self.present()
+        if not present:
+            raise ValueError("vitals is empty: at least one vital is required")
+        for name, value in present.items():
+            low, high = PLAUSIBLE[name]
+            if not (low <= value <= high):  # also false for NaN
+                raise ValueError(f"vitals.{name}={value} is outside the plausible range {low}..{high}")
+        return self
+
+    def present(self) -> dict[str, float]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class Reading(_Message):
+    device_id: DeviceId
+    seq: int = Field(ge=0)
+    ts: EpochMs
+    vitals: Vitals
+    source: Source = Source.REALTIME
+    replayed: bool = False
+    user_code: UserCode | None = None
+
+
+class EcgChunk(_Message):
+    device_id: DeviceId
+    recording: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    seq: int = Field(ge=0)
+    ts: EpochMs
+    fs: float = Field(gt=0, le=10_000)
+    samples: list[int]
+    last: bool = False
+    user_code: UserCode | None = None
+
+    @field_validator("samples")
+    @classmethod
+    def _samples_24bit(cls, v: list[int]) -> list[int]:
+        for s in v:
+            if not -(2**23) <= s < 2**23:
+                raise ValueError(f"samples: {s} does not fit a signed 24-bit sample")
+        return v
+
+
+class DeviceStatus(_Message):
+    device_id: DeviceId
+    name: str | None = None
+    mac: str | None = None
+    model: str | None = None
+    connected: bool
+    battery: Annotated[int, Field(ge=0, le=100)] | None = None
+    rssi: int | None = None
+    last_seen: EpochMs | None = None
+    user_code: UserCode | None = None
+
+
+class GatewayStatus(_Message):
+    online: bool
+    gateway_id: GatewayId | None = None
+    version: str | None = None
+    devices: int | None = None
+    buffered: int | None = None
+    evicted: int | None = None
+    ts: EpochMs | None = None
+
+
+class Command(_Message):
+    cmd: Literal["ecg", "sync"]
+    device_id: DeviceId
+    seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
+
+
+class Ews(_Message):
+    """The Cexup EWS item plus vitalgate's own fields (risk, partial, missing, components)."""
+
+    user_code: UserCode
+    point: int = Field(ge=0, le=30)
+    result: Literal["normal", "rendah", "sedang", "tinggi"]
+    cause: list[str] = Field(default_factory=list)
+    produce_at: EpochMs
+    risk: Literal["low", "low-medium", "medium", "high"] | None = None
+    partial: bool | None = None
+    missing: list[str] | None = None
+    components: dict[str, int] | None = None
+
+
+# ---------------------------------------------------------------------------------- topics
+
+
+class Kind(StrEnum):
+    GATEWAY_STATUS = "gateway_status"
+    DEVICE_STATUS = "device_status"
+    READING = "reading"
+    ECG = "ecg"
+    CMD = "cmd"
+    EWS = "ews"
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """A parsed topic: which kind of message, from which gateway / device / patient."""
+
+    kind: Kind
+    gateway_id: str | None = None
+    device_id: str | None = None
+    user_code: str | None = None
+
+
+class ContractError(ValueError):
+    """A topic or payload that breaks the contract. ``reason`` is a short stable label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topic names under one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def gateway_status(self, gateway_id: str) -> str:
+        return f"{self.prefix}/{gateway_id}/status"
+
+    def device_status(self, gateway_id: str, device_id: str) -> str:
+        return f"{self.prefix}/{gateway_id}/{device_id}/status"
+
+    def reading(self, gateway_id: str, device_id: str) -> str:
+        return f"{self.prefix}/{gateway_id}/{device_id}/reading"
+
+    def ecg(self, gateway_id: str, device_id: str) -> str:
+        return f"{self.prefix}/{gateway_id}/{device_id}/ecg"
+
+    def cmd(self, gateway_id: str) -> str:
+        return f"{self.prefix}/{gateway_id}/cmd"
+
+    def ews(self, user_code: str) -> str:
+        return f"{self.prefix}/ews/{user_code}"
+
+    def gateway_subscriptions(self) -> list[str]:
+        """What the ingestion service subscribes to (everything gateways publish)."""
+        return [f"{self.prefix}/+/status", f"{self.prefix}/+/+/status",
+                f"{self.prefix}/+/+/reading", f"{self.prefix}/+/+/ecg"]
+
+    def parse(self, topic: str) -> Topic:
+        if not topic.startswith(self.prefix + "/"):
+            raise ContractError("topic", f"{topic!r} is not under prefix {self.prefix!r}")
+        parts = topic[len(self.prefix) + 1 :].split("/")
+        if len(parts) == 2 and parts[0] == "ews":
+            _check(USER_CODE_RE, parts[1], "user_code")
+            return Topic(Kind.EWS, user_code=parts[1])
+        if len(parts) == 2 and parts[1] in ("status", "cmd"):
+            _check(GATEWAY_ID_RE, parts[0], "gateway_id")
+            kind = Kind.GATEWAY_STATUS if parts[1] == "status" else Kind.CMD
+            return Topic(kind, gateway_id=parts[0])
+        if len(parts) == 3 and parts[2] in ("status", "reading", "ecg"):
+            _check(GATEWAY_ID_RE, parts[0], "gateway_id")
+            _check(DEVICE_ID_RE, parts[1], "device_id")
+            kind = {"status": Kind.DEVICE_STATUS, "reading": Kind.READING, "ecg": Kind.ECG}[parts[2]]
+            return Topic(kind, gateway_id=parts[0], device_id=parts[1])
+        raise ContractError("topic", f"{topic!r} is not a contract topic")
+
+
+def _check(pattern: re.Pattern[str], value: str, name: str) -> None:
+    if not pattern.match(value):
+        raise ContractError("topic", f"{name} {value!r} does not match {pattern.pattern}")
+
+
+# ---------------------------------------------------------------------------------- payloads
+
+_MODELS: Final[dict[Kind, type[_Message]]] = {
+    Kind.GATEWAY_STATUS: GatewayStatus,
+    Kind.DEVICE_STATUS: DeviceStatus,
+    Kind.READING: Reading,
+    Kind.ECG: EcgChunk,
+    Kind.CMD: Command,
+    Kind.EWS: Ews,
+}
+_READINGS = TypeAdapter(list[Reading])
+
+
+def load_json(payload: bytes) -> Any:
+    """Parse a payload as JSON, enforcing the size limit; ContractError names what is wrong."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ContractError("oversize", f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        return json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ContractError("json", f"payload is not UTF-8 JSON ({exc})") from None
+
+
+def _version_of(obj: Any) -> None:
+    if isinstance(obj, dict) and "v" in obj and obj["v"] != VERSION:
+        raise ContractError("version", f"unknown contract version v={obj['v']!r}")
+
+
+def validation_detail(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:3]:
+        loc = ".".join(str(x) for x in err["loc"]) or "payload"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def decode(kind: Kind, payload: bytes) -> _Message:
+    """Decode one non-reading message of ``kind``."""
+    obj = load_json(payload)
+    _version_of(obj)
+    try:
+        return _MODELS[kind].model_validate(obj)
+    except ValidationError as exc:
+        raise ContractError("schema", validation_detail(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingBatch:
+    """The readings of one reading payload: the valid ones, and one error per invalid item.
+
+    A reading payload may be a JSON array; one bad item never costs its neighbours.
+    """
+
+    readings: list[Reading]
+    errors: list[ContractError]
+
+
+def decode_readings(payload: bytes) -> ReadingBatch:
+    obj = load_json(payload)
+    items = obj if isinstance(obj, list) else [obj]
+    good: list[Reading] = []
+    bad: list[ContractError] = []
+    for i, item in enumerate(items):
+        where = f"item {i}: " if isinstance(obj, list) else ""
+        try:
+            _version_of(item)
+            good.append(Reading.model_validate(item))
+        except ContractError as exc:
+            bad.append(ContractError(exc.reason, where + exc.detail))
+        except ValidationError as exc:
+            bad.append(ContractError("schema", where + validation_detail(exc)))
+    if isinstance(obj, list) and not obj:
+        bad.append(ContractError("schema", "reading array is empty"))
+    return ReadingBatch(good, bad)
+
+
+def encode_readings(readings: list[Reading]) -> bytes:
+    """One reading as an object, several as a JSON array."""
+    if len(readings) == 1:
+        return readings[0].to_bytes()
+    return _READINGS.dump_json(readings, exclude_none=True)
+
+
+# ---------------------------------------------------------------------------------- identities
+
+
+def device_id_from_mac(mac: str) -> str:
+    """``D0:61:AE:D4:58:94`` (any separator, any case) → ``d061aed45894``."""
+    hexdigits = re.sub(r"[^0-9A-Fa-f]", "", mac).lower()
+    if len(hexdigits) != 12 or len(mac) not in (12, 14, 17):
+        raise ValueError(f"not a MAC address: {mac!r}")
+    return hexdigits
+
+
+def mac_from_device_id(device_id: str) -> str:
+    """``d061aed45894`` → ``D0:61:AE:D4:58:94``."""
+    if not DEVICE_ID_RE.match(device_id):
+        raise ValueError(f"not a device id: {device_id!r}")
+    return ":".join(device_id[i : i + 2] for i in range(0, 12, 2)).upper()
+
+
+def normalise_mac(mac: str) -> str:
+    """Any MAC spelling → upper-case colon form."""
+    return mac_from_device_id(device_id_from_mac(mac))
