@@ -5,6 +5,7 @@ The ``mosquitto`` binary comes from Debian's package; nothing else is needed.
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -64,6 +65,8 @@ class Mosquitto:
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} {self.host}\n"
+            # run as root, mosquitto would drop to user "mosquitto" and lose our private dirs
+            f"user {getpass.getuser()}\n"
             "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"

@@ -1,0 +1,54 @@
+"""The layout is a contract too: what each package may import (README, "Layout")."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+OURS = {"vitalgate", "gateway", "ingest", "ews", "simulators", "benchmarks", "tests"}
+ALLOWED: dict[str, set[str]] = {
+    "ews": set(),
+    "vitalgate": {"ews", "gateway", "ingest", "simulators"},  # only the CLI/demo wire components
+    "gateway": {"vitalgate", "simulators"},  # simulators only behind --simulate (checked below)
+    "ingest": {"vitalgate", "ews"},
+    "simulators": {"vitalgate", "ews", "gateway"},
+}
+# vitalgate's core modules (contract, config, broker) import none of the components.
+CORE = {"contract.py", "config.py", "broker.py", "__init__.py"}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found & OURS
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_package_imports_only_what_it_may(package: str) -> None:
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        imported = _imports(path) - {package}
+        allowed = ALLOWED[package]
+        if package == "vitalgate" and path.name in CORE:
+            allowed = set()
+        if not imported <= allowed:
+            bad.append(f"{path.relative_to(ROOT)} imports {sorted(imported - allowed)}")
+    assert not bad, "\n".join(bad)
+
+
+def test_gateway_reaches_simulators_only_for_simulate() -> None:
+    """The gateway's production path never imports the simulators at module level."""
+    for path in sorted((ROOT / "gateway").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:  # module level only
+            if isinstance(node, ast.ImportFrom | ast.Import):
+                names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                assert not any(n and n.startswith("simulators") for n in names), path
