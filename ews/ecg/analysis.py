@@ -1,0 +1,227 @@
+"""From one ECG lead to heart rate, RR intervals, HRV and an irregular-rhythm screening hint.
+
+Beats in windows the quality index marks unusable are excluded from every figure. Every
+constant is in :class:`AnalysisSettings` with its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from .detect import detect_prepared, prepare_signal
+from .quality import DEFAULT_QUALITY, QualitySettings, SegmentQuality, assess_segments
+
+__all__ = ["SCREENING_NOTE", "AnalysisSettings", "EcgSummary", "analyse"]
+
+Quality = Literal["good", "fair", "unusable"]
+
+SCREENING_NOTE = (
+    "irregular_rhythm is a screening hint (e.g. atrial fibrillation or frequent ectopic beats), "
+    "not a diagnosis: a clinician must review the ECG"
+)
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """HR/HRV constants (Task Force of ESC/NASPE 1996 and common AF-screening practice)."""
+
+    rr_min_ms: float = 300.0
+    """RR < 300 ms (> 200 bpm) in a resting patient is almost always a false or double beat."""
+    rr_max_ms: float = 2000.0
+    """RR > 2 s (< 30 bpm) is usually a missed beat; such pauses are not HRV."""
+    ectopic_fraction: float = 0.2
+    """An RR more than 20 % away from the local median is ectopic or artefact (Malik-type rule);
+    it and its neighbouring difference are left out of SDNN/RMSSD ('normal-to-normal' only)."""
+    ectopic_context: int = 5
+    """Local median over ±5 RR intervals (about 10 s), long enough to ignore one ectopic beat."""
+    min_rr_for_hrv: int = 10
+    """Fewer normal RR intervals than this: SDNN/RMSSD are not reported (too noisy)."""
+    min_rr_for_rhythm: int = 30
+    """The irregularity hint needs ≥ 30 RR intervals (≈ 30 s, a common AF-screening minimum)."""
+    irregular_nrmssd: float = 0.10
+    """RMSSD / mean RR over all plausible RR > 0.10: beat-to-beat variation well above sinus
+    rhythm at rest (typically 0.02–0.06), as used in AF screening (e.g. Dash et al. 2009)."""
+    irregular_pdrr50: float = 0.40
+    """…and more than 40 % of successive RR differences exceed 50 ms: the variation is spread
+    over most beats (AF) rather than a few isolated ectopics or a slow sinus drift."""
+    good_usable_fraction: float = 0.8
+    """Overall 'good' when ≥ 80 % of the recording is usable and its windows are clean."""
+    good_sqi: float = 0.75
+    """…with a median window SQI of at least 0.75."""
+    fair_usable_fraction: float = 0.5
+    """'fair' when at least half is usable; below that the recording is 'unusable'."""
+
+
+DEFAULT_ANALYSIS = AnalysisSettings()
+
+
+def _r(x: float | None, nd: int = 2) -> float | None:
+    return None if x is None else round(float(x), nd)
+
+
+@dataclass(frozen=True)
+class EcgSummary:
+    """Everything :func:`analyse` derives from one lead. Times in s, intervals in ms, rates in bpm."""
+
+    fs: float
+    duration_s: float
+    beats: tuple[int, ...]
+    """All detected R peaks (sample indices), including those in unusable windows."""
+    usable_beats: tuple[int, ...]
+    """R peaks inside usable windows; only these feed HR and HRV."""
+    rr_ms: tuple[float, ...]
+    """RR intervals between consecutive usable beats within 300–2000 ms."""
+    hr_times_s: tuple[float, ...]
+    """Time of the beat that ends each RR interval of ``rr_ms``."""
+    hr_bpm: tuple[float, ...]
+    """Instantaneous heart rate 60000 / RR for each interval of ``rr_ms``."""
+    mean_hr_bpm: float | None
+    sdnn_ms: float | None
+    """Standard deviation of normal-to-normal RR (ectopic/outlier RR removed)."""
+    rmssd_ms: float | None
+    """Root mean square of successive normal-to-normal RR differences."""
+    n_normal_rr: int
+    irregular_rhythm: bool
+    """Screening hint only (see ``note``), never a diagnosis."""
+    nrmssd: float | None
+    """RMSSD / mean RR over all plausible RR (ectopics kept): the irregularity measure."""
+    pdrr50: float | None
+    """Fraction of successive plausible RR differences > 50 ms."""
+    segments: tuple[SegmentQuality, ...]
+    quality: Quality
+    usable_fraction: float
+    note: str = field(default=SCREENING_NOTE)
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-friendly dict (lists, rounded floats, ``None`` for figures not computable)."""
+        return {
+            "fs": self.fs,
+            "duration_s": round(self.duration_s, 3),
+            "n_beats": len(self.beats),
+            "beats": list(self.beats),
+            "usable_beats": list(self.usable_beats),
+            "rr_ms": [round(v, 1) for v in self.rr_ms],
+            "hr_times_s": [round(v, 3) for v in self.hr_times_s],
+            "hr_bpm": [round(v, 1) for v in self.hr_bpm],
+            "mean_hr_bpm": _r(self.mean_hr_bpm, 1),
+            "sdnn_ms": _r(self.sdnn_ms, 1),
+            "rmssd_ms": _r(self.rmssd_ms, 1),
+            "n_normal_rr": self.n_normal_rr,
+            "irregular_rhythm": self.irregular_rhythm,
+            "nrmssd": _r(self.nrmssd, 4),
+            "pdrr50": _r(self.pdrr50, 4),
+            "quality": self.quality,
+            "usable_fraction": round(self.usable_fraction, 4),
+            "segments": [s.to_dict() for s in self.segments],
+            "note": self.note,
+        }
+
+
+def _normal_mask(rr: npt.NDArray[np.float64], s: AnalysisSettings) -> npt.NDArray[np.bool_]:
+    """RR within ``ectopic_fraction`` of the median of its ±context neighbours."""
+    n = rr.size
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    c = s.ectopic_context
+    padded = np.pad(rr, c, mode="reflect") if n > c else np.pad(rr, c, mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * c + 1)
+    med = np.median(windows, axis=1)
+    return np.asarray(np.abs(rr - med) <= s.ectopic_fraction * med, dtype=bool)
+
+
+def analyse(
+    signal: object,
+    fs: object,
+    *,
+    settings: AnalysisSettings = DEFAULT_ANALYSIS,
+    quality_settings: QualitySettings = DEFAULT_QUALITY,
+) -> EcgSummary:
+    """Detect beats, score quality per window and derive HR/HRV from the usable beats.
+
+    ``signal``: one ECG lead in mV (1-D; NaN gaps allowed); ``fs``: 100–1000 Hz. Raises
+    ``ValueError`` naming the problem for bad input (see :func:`detect_r_peaks`).
+    """
+    p = prepare_signal(signal, fs)
+    fs_f = p.fs
+    beats = detect_prepared(p)
+    segments = assess_segments(p, beats, quality_settings)
+    n = p.raw.size
+
+    starts = np.array([seg.start for seg in segments], dtype=np.int64)
+    usable_win = np.array([seg.usable for seg in segments], dtype=bool)
+    win_of = np.searchsorted(starts, beats, side="right") - 1
+    beat_ok = usable_win[win_of] if beats.size else np.zeros(0, dtype=bool)
+    usable_beats = beats[beat_ok]
+
+    # RR between consecutive detected beats, both usable and not spanning an unusable window
+    rr_all = np.diff(beats).astype(np.float64) * 1000.0 / fs_f
+    pair_ok = (
+        beat_ok[:-1] & beat_ok[1:] & (np.diff(win_of) <= 1) if beats.size > 1 else np.zeros(0, bool)
+    )
+    plausible = pair_ok & (rr_all >= settings.rr_min_ms) & (rr_all <= settings.rr_max_ms)
+    rr = rr_all[plausible]
+    rr_end = beats[1:][plausible]
+
+    mean_hr = float(60000.0 / rr.mean()) if rr.size else None
+
+    # normal-to-normal intervals: ectopic-filtered; successive differences only between
+    # intervals adjacent in the recording and both normal
+    idx = np.flatnonzero(plausible)
+    normal = _normal_mask(rr, settings)
+    nn = rr[normal]
+    nn_idx = idx[normal]
+    adjacent_nn = np.diff(nn_idx) == 1
+    nn_diff = np.diff(nn)[adjacent_nn]
+    sdnn = rmssd = None
+    if nn.size >= settings.min_rr_for_hrv:
+        sdnn = float(np.std(nn, ddof=1))
+        if nn_diff.size:
+            rmssd = float(np.sqrt(np.mean(nn_diff**2)))
+
+    # irregularity over all plausible RR (ectopic beats are part of an irregular rhythm)
+    adjacent = np.diff(idx) == 1
+    diffs = np.diff(rr)[adjacent]
+    nrmssd = pdrr50 = None
+    irregular = False
+    if rr.size >= settings.min_rr_for_rhythm and diffs.size:
+        nrmssd = float(np.sqrt(np.mean(diffs**2)) / rr.mean())
+        pdrr50 = float(np.mean(np.abs(diffs) > 50.0))
+        irregular = nrmssd > settings.irregular_nrmssd and pdrr50 > settings.irregular_pdrr50
+
+    usable_len = sum(seg.end - seg.start for seg in segments if seg.usable)
+    usable_fraction = usable_len / n if n else 0.0
+    sqis = [seg.sqi for seg in segments if seg.usable]
+    quality: Quality
+    if usable_beats.size < 2 or usable_fraction < settings.fair_usable_fraction:
+        quality = "unusable"
+    elif (
+        usable_fraction >= settings.good_usable_fraction
+        and float(np.median(sqis)) >= settings.good_sqi
+    ):
+        quality = "good"
+    else:
+        quality = "fair"
+
+    return EcgSummary(
+        fs=fs_f,
+        duration_s=n / fs_f,
+        beats=tuple(beats.tolist()),
+        usable_beats=tuple(usable_beats.tolist()),
+        rr_ms=tuple(rr.tolist()),
+        hr_times_s=tuple((rr_end / fs_f).tolist()),
+        hr_bpm=tuple((60000.0 / rr).tolist()),
+        mean_hr_bpm=mean_hr,
+        sdnn_ms=sdnn,
+        rmssd_ms=rmssd,
+        n_normal_rr=int(nn.size),
+        irregular_rhythm=bool(irregular),
+        nrmssd=nrmssd,
+        pdrr50=pdrr50,
+        segments=segments,
+        quality=quality,
+        usable_fraction=float(usable_fraction),
+    )

@@ -1,0 +1,64 @@
+"""Beat-by-beat comparison of detections against reference annotations (EC57-style)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["MatchResult", "match_beats"]
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """Counts of a one-to-one matching; Se = TP/(TP+FN), +P = TP/(TP+FP)."""
+
+    true_positives: int
+    false_negatives: int
+    false_positives: int
+
+    @property
+    def sensitivity(self) -> float:
+        d = self.true_positives + self.false_negatives
+        return self.true_positives / d if d else 1.0
+
+    @property
+    def positive_predictivity(self) -> float:
+        d = self.true_positives + self.false_positives
+        return self.true_positives / d if d else 1.0
+
+
+def match_beats(
+    reference: npt.ArrayLike,
+    detected: npt.ArrayLike,
+    tolerance: int,
+    start: int = 0,
+    end: int | None = None,
+) -> MatchResult:
+    """Match each reference beat to at most one detection within ``tolerance`` samples.
+
+    Greedy in time order on the closest unmatched detection (a detection is used once).
+    Only beats with ``start <= index < end`` on either side are scored.
+    """
+    ref = np.sort(np.asarray(reference, dtype=np.int64))
+    det = np.sort(np.asarray(detected, dtype=np.int64))
+    hi = np.iinfo(np.int64).max if end is None else end
+    ref = ref[(ref >= start) & (ref < hi)]
+    det = det[(det >= start) & (det < hi)]
+    used = np.zeros(det.size, dtype=bool)
+    tp = 0
+    j = 0
+    for r in ref:
+        while j < det.size and det[j] < r - tolerance:
+            j += 1
+        best = -1
+        k = j
+        while k < det.size and det[k] <= r + tolerance:
+            if not used[k] and (best < 0 or abs(det[k] - r) < abs(det[best] - r)):
+                best = k
+            k += 1
+        if best >= 0:
+            used[best] = True
+            tp += 1
+    return MatchResult(tp, int(ref.size - tp), int(det.size - tp))
