@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks.<name>`` measures a figure and its baseline in one run."""
