@@ -20,6 +20,7 @@ from pathlib import Path
 #: every benchmark module, in the order of the data path
 BENCHMARKS = (
     "scorer",         # vectorised NEWS2 vs per-row Python; stream update
+    "e86_protocol",   # E86 frame/ECG/history codec vs pure-Python CRC and numpy
     "ecg_speed",      # one hour of 250 Hz ECG analysed vs a band-pass baseline
     "virtual_watches",  # virtual E86 watches sustained over bumble vs codec-only
     "fleet",          # fleet-mode readings/s onto Mosquitto vs raw paho publish
