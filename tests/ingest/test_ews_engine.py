@@ -1,0 +1,253 @@
+"""EwsEngine on a real SQLite file with an injected clock: scoring, emission policy, context,
+staleness, restart; delivery of a deteriorating patient to the local Cexup stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ingest.emit_policy import EmitPolicy
+from ingest.ews_engine import EwsEngine, EwsInputError, EwsPoint
+from ingest.outbox import Outbox
+from tests.ingest.upstream import FakeTime, Upstream
+
+NORMAL = {"heart_rate": 72.0, "spo2": 98.0, "systolic_bp": 120.0, "temperature": 36.8,
+          "respiratory_rate": 16.0}
+MIN = 60_000
+
+
+def readings(user: str, ts: int, **vitals: float) -> list[tuple[str, str, float, int]]:
+    return [(user, name, value, ts) for name, value in vitals.items()]
+
+
+def engine(tmp_path: Path, clock: FakeTime, **kw: object) -> EwsEngine:
+    return EwsEngine(tmp_path / "ews.sqlite3", clock=clock, **kw)  # type: ignore[arg-type]
+
+
+def observe_at(eng: EwsEngine, clock: FakeTime, user: str, **vitals: float) -> list[EwsPoint]:
+    return eng.observe(readings(user, clock.now, **vitals))
+
+
+def test_first_score_is_emitted_with_everything_and_recorded(tmp_path: Path) -> None:
+    clock = FakeTime()
+    eng = engine(tmp_path, clock)
+    [p] = observe_at(eng, clock, "P1", **{**NORMAL, "respiratory_rate": 22.0})
+    assert (p.user_code, p.point, p.result, p.risk) == ("P1", 2, "rendah", "low")
+    assert p.cause == ("Respiration 22",)
+    assert p.components["respiratory_rate"] == 2 and p.components["heart_rate"] == 0
+    assert p.partial is True  # context assumed (A, air, scale 1)
+    assert set(p.missing) >= {"consciousness", "on_oxygen"}
+    assert p.produce_at == clock.now and p.trigger == "first"
+    assert p.to_cexup() == {"user_code": "P1", "point": 2, "result": "rendah",
+                            "produce_at": str(clock.now)}
+    contract = p.to_contract()
+    assert contract.point == 2 and contract.cause == ["Respiration 22"]
+    # history row and outbox row were committed together
+    db = sqlite3.connect(tmp_path / "ews.sqlite3")
+    [(hid,)] = db.execute("SELECT id FROM ews_history").fetchall()
+    [(body, state, history_id)] = db.execute("SELECT body, state, history_id FROM ews_outbox").fetchall()
+    assert json.loads(body) == p.to_cexup() and state == "pending" and history_id == hid
+    assert eng.current("P1") == p
+    eng.close()
+
+
+def test_changes_that_are_not_a_risk_rise_wait_30s_and_a_rise_is_immediate(tmp_path: Path) -> None:
+    clock = FakeTime()
+    eng = engine(tmp_path, clock)
+    assert [p.point for p in observe_at(eng, clock, "P1", **NORMAL)] == [0]
+    clock.advance(5_000)
+    # heart rate 95 scores 1: normal → rendah is a change, but still "low" risk: held back
+    assert observe_at(eng, clock, "P1", heart_rate=95.0) == []
+    clock.advance(20_000)
+    assert eng.tick() == []  # 25 s since the last emission
+    clock.advance(5_000)
+    [held] = eng.tick()  # 30 s: the held change goes out, with the score current now
+    assert (held.point, held.result, held.trigger) == (1, "rendah", "change")
+    clock.advance(1_000)
+    # RR 25 scores 3: a single red parameter → low-medium, a rise: immediate despite 1 s
+    [rise] = observe_at(eng, clock, "P1", respiratory_rate=25.0)
+    assert (rise.point, rise.result, rise.risk, rise.trigger) == (4, "sedang", "low-medium", "risk-rise")
+    clock.advance(1_000)
+    # a fall is rate limited too; and a change that reverts before the interval is never emitted
+    assert observe_at(eng, clock, "P1", respiratory_rate=16.0) == []
+    clock.advance(1_000)
+    assert observe_at(eng, clock, "P1", respiratory_rate=25.0) == []
+    clock.advance(40_000)
+    assert eng.tick() == []
+    points, total = eng.history("P1", page=1, size=10)
+    assert total == 3 and [p.trigger for p in points] == ["risk-rise", "change", "first"]
+    eng.close()
+
+
+def test_heartbeat_hourly_while_data_flows_and_never_for_stale_data(tmp_path: Path) -> None:
+    clock = FakeTime()
+    eng = engine(tmp_path, clock)
+    emitted = []
+    for _ in range(13):  # the same vitals every 10 minutes for two hours
+        emitted += observe_at(eng, clock, "P1", **NORMAL)
+        emitted += eng.tick()
+        clock.advance(10 * MIN)
+    assert [p.trigger for p in emitted] == ["first", "heartbeat", "heartbeat"]
+    assert [p.produce_at - emitted[0].produce_at for p in emitted] == [0, 60 * MIN, 120 * MIN]
+    # data stops: the vitals go stale after 15 min, no heartbeat; current shows it stale
+    clock.advance(3 * 60 * MIN)
+    assert eng.tick() == []
+    stale = eng.current("P1")
+    assert stale is not None and stale.valid is False and "fresh" in stale.reason
+    assert eng.counts_by_result() == {"normal": 0, "rendah": 0, "sedang": 0, "tinggi": 0, "stale": 1}
+    eng.close()
+
+
+def test_context_changes_the_score_at_once_and_survives_restart(tmp_path: Path) -> None:
+    clock = FakeTime()
+    eng = engine(tmp_path, clock)
+    published: list[EwsPoint] = []
+    eng.on_emit = published.extend
+    [p] = observe_at(eng, clock, "P1", **NORMAL)
+    assert p.point == 0 and published == []  # observe's points are returned, not pushed
+    clock.advance(1_000)
+    on_o2 = eng.set_context("P1", consciousness="A", on_oxygen=True, spo2_scale=1)
+    assert on_o2 is not None and on_o2.point == 2 and on_o2.components["oxygen"] == 2
+    assert published == [on_o2]
+    assert "Oxygen" in on_o2.cause and on_o2.trigger in ("change", "context")
+    # COPD: SpO2 90 % scores 3 on scale 1 but 0 on scale 2 (88-92 on air)
+    eng.set_context("P2", consciousness="A", on_oxygen=False, spo2_scale=1)
+    [copd] = observe_at(eng, clock, "P2", **{**NORMAL, "spo2": 90.0})
+    assert (copd.point, copd.result) == (3, "sedang")
+    clock.advance(1_000)
+    scale2 = eng.set_context("P2", consciousness="A", on_oxygen=False, spo2_scale=2)
+    assert scale2 is not None and (scale2.point, scale2.result, scale2.trigger) == (0, "normal", "context")
+    assert "spo2_scale" not in scale2.missing
+    eng.close()
+
+    again = engine(tmp_path, clock)
+    assert again.get_context("P2") == {"user_code": "P2", "consciousness": "A", "on_oxygen": False,
+                                       "spo2_scale": 2, "assumed": False}
+    assert again.get_context("nobody")["assumed"] is True
+    # policy state restored: the same score again emits nothing; new data is scored on scale 2
+    clock.advance(MIN)
+    assert observe_at(again, clock, "P2", **{**NORMAL, "spo2": 90.0}) == []
+    current = again.current("P2")
+    assert current is not None and current.point == 0
+    # consciousness V scores 3 → sedang (rise) at once
+    confused = again.set_context("P2", consciousness="V", on_oxygen=False, spo2_scale=2)
+    assert confused is not None and confused.point == 3 and confused.risk == "low-medium"
+    again.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"consciousness": "X", "on_oxygen": False, "spo2_scale": 1}, "consciousness"),
+        ({"consciousness": "A", "on_oxygen": "yes", "spo2_scale": 1}, "on_oxygen"),
+        ({"consciousness": "A", "on_oxygen": False, "spo2_scale": 3}, "spo2_scale"),
+        ({"consciousness": "A", "on_oxygen": False, "spo2_scale": True}, "spo2_scale"),
+    ],
+)
+def test_bad_context_names_the_field(tmp_path: Path, kwargs: dict[str, object], field: str) -> None:
+    eng = engine(tmp_path, FakeTime())
+    with pytest.raises(EwsInputError) as err:
+        eng.set_context("P1", **kwargs)  # type: ignore[arg-type]
+    assert err.value.field == field
+    assert eng.get_context("P1")["assumed"] is True  # nothing stored
+    eng.close()
+
+
+def test_news2012_has_no_confusion_level(tmp_path: Path) -> None:
+    eng = engine(tmp_path, FakeTime(), table_name="news2012")
+    with pytest.raises(EwsInputError, match="consciousness"):
+        eng.set_context("P1", consciousness="C", on_oxygen=False, spo2_scale=1)
+    with pytest.raises(ValueError, match="unknown EWS table"):
+        engine(tmp_path, FakeTime(), table_name="mews")
+    eng.close()
+
+
+def test_external_points_are_history_and_current_but_not_delivered(tmp_path: Path) -> None:
+    clock = FakeTime()
+    eng = engine(tmp_path, clock)
+    published: list[EwsPoint] = []
+    eng.on_emit = published.extend
+    p = eng.record_external({"user_code": "AMSe5Sn8Gkxj7", "point": 3, "result": "sedang",
+                             "produce_at": "1632889813001"})
+    assert (p.produce_at, p.risk, p.source) == (1632889813001, "low-medium", "external")
+    assert eng.current("AMSe5Sn8Gkxj7") == p and published == [p]
+    older = eng.record_external({"user_code": "AMSe5Sn8Gkxj7", "point": 0, "result": "normal",
+                                 "produce_at": 1632889000000})
+    assert eng.current("AMSe5Sn8Gkxj7") == p and published == [p]  # history only
+    assert eng.history("AMSe5Sn8Gkxj7", page=1, size=5)[0] == [older, p]
+    db = sqlite3.connect(tmp_path / "ews.sqlite3")
+    assert db.execute("SELECT COUNT(*) FROM ews_outbox").fetchone() == (0,)
+    for body, field in [
+        ({"user_code": "a b", "point": 1, "result": "normal", "produce_at": 1}, "user_code"),
+        ({"user_code": "A", "point": -1, "result": "normal", "produce_at": 1}, "point"),
+        ({"user_code": "A", "point": 1, "result": "high", "produce_at": 1}, "result"),
+        ({"user_code": "A", "point": 1, "result": "normal", "produce_at": "soon"}, "produce_at"),
+        ({"user_code": "A", "point": 1, "result": "normal"}, "produce_at"),
+        ([], "body"),
+    ]:
+        with pytest.raises(EwsInputError) as err:
+            eng.record_external(body)
+        assert err.value.field == field
+    eng.close()
+
+
+def test_no_upstream_keeps_points_local(tmp_path: Path) -> None:
+    clock = FakeTime()
+    eng = engine(tmp_path, clock, deliver=False)
+    observe_at(eng, clock, "P1", **NORMAL)
+    outbox = Outbox(tmp_path / "ews.sqlite3", upstream_url=None, api_key=None, clock=clock)
+    assert outbox.stats() == {"depth": 0, "delivered": 0, "failed": 0, "local": 1, "attempts": 0,
+                              "retried": 0}
+    assert outbox.enabled is False
+    outbox.close()
+    eng.close()
+
+
+async def test_deteriorating_patient_reaches_tinggi_at_the_platform(tmp_path: Path) -> None:
+    clock = FakeTime()
+    async with Upstream() as up:
+        outbox = Outbox(tmp_path / "ews.sqlite3", upstream_url=up.url, api_key=up.api_key, clock=clock)
+        eng = engine(tmp_path, clock, notify=outbox.notify)
+        task = asyncio.create_task(outbox.run())
+        steps = [
+            NORMAL,
+            {**NORMAL, "respiratory_rate": 22.0, "heart_rate": 95.0},  # 3 rendah
+            {**NORMAL, "respiratory_rate": 22.0, "heart_rate": 95.0, "spo2": 92.0},  # 5 sedang
+            {"respiratory_rate": 26.0, "spo2": 91.0, "heart_rate": 115.0, "systolic_bp": 95.0,
+             "temperature": 38.5},  # 3+3+2+2+1 = 11 tinggi
+        ]
+        emitted = []
+        for vitals in steps:
+            emitted += observe_at(eng, clock, "AMSe5Sn8Gkxj7", **vitals)
+            clock.advance(5 * MIN)
+        assert [(p.point, p.result) for p in emitted] == [
+            (0, "normal"), (3, "rendah"), (5, "sedang"), (11, "tinggi")]
+        for _ in range(2000):
+            if len(up.accepted) == 4:
+                break
+            await asyncio.sleep(0.005)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert up.accepted == [p.to_cexup() for p in emitted]
+        assert up.accepted[-1]["result"] == "tinggi"
+        assert all(r.api_key == up.api_key for r in up.requests)
+        assert outbox.stats()["delivered"] == 4 and outbox.stats()["depth"] == 0
+        outbox.close()
+        eng.close()
+
+
+def test_late_readings_never_move_produce_at_backwards(tmp_path: Path) -> None:
+    clock = FakeTime()
+    eng = engine(tmp_path, clock, policy=EmitPolicy(min_interval_ms=0))
+    t0 = clock.now
+    observe_at(eng, clock, "P1", **NORMAL)
+    clock.advance(MIN)
+    # a history sync delivers an older, worse reading: the scorer keeps the newer value
+    assert eng.observe(readings("P1", t0 - 30_000, respiratory_rate=30.0)) == []
+    current = eng.current("P1")
+    assert current is not None and current.produce_at == t0
+    eng.close()
