@@ -1,0 +1,187 @@
+"""One simulated radio: a bumble ``LocalLink`` with a central Device and any number of peripherals.
+
+Every controller on the link is a real bumble ``Controller`` and every stack a real bumble
+``Host`` + ``Device`` (HCI, L2CAP, ATT, GATT), so what the gateway's bleak code drives through
+:mod:`simulators.bleak_bumble` is the same protocol machinery a radio would carry; only the air
+is replaced by in-process delivery.
+
+The link's central is shared by every scanner and client bound to it (like one adapter, hci0):
+scanning is reference counted, and connection set-up is serialised because a controller can
+have only one pending LE connection at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
+
+from bumble import hci
+from bumble.controller import Controller
+from bumble.device import Advertisement, Device
+from bumble.host import Host
+from bumble.link import LocalLink
+from bumble.transport.common import AsyncPipeSink
+
+if TYPE_CHECKING:
+    from simulators.bleak_bumble.client import BumbleClientBackend
+    from simulators.bleak_bumble.scanner import BumbleScannerBackend
+
+logger = logging.getLogger(__name__)
+
+# The central's own address: a random static address (two top bits set), fixed so logs are stable.
+CENTRAL_ADDRESS: Final = "C0:DE:00:00:00:01"
+# ATT MTU the central asks for right after connecting; 247 is what Android and BlueZ ask for
+# with LE data length extension, and what the E86 app expects.
+DEFAULT_REQUEST_MTU: Final = 247
+# Scan window/interval for the central, in ms: continuous scanning (window == interval).
+SCAN_INTERVAL_MS: Final = 60.0
+
+
+class _LinkController(Controller):
+    """bumble's Controller with a working LE Create Connection Cancel.
+
+    The stock controller answers the cancel command but keeps the pending connection, so a
+    connect to a peripheral that is not advertising never fails and the next connect is refused.
+    Per the Core spec (Vol 4, Part E, 7.8.13) a cancel ends the pending attempt with an LE
+    Connection Complete event carrying status Unknown Connection Identifier (0x02).
+    """
+
+    def on_hci_le_create_connection_cancel_command(self, _command: Any) -> Any:
+        pending = self.pending_le_connection
+        if pending is None:
+            return hci.HCI_StatusReturnParameters(hci.HCI_ErrorCode.COMMAND_DISALLOWED_ERROR)
+        self.pending_le_connection = None
+        result = hci.HCI_StatusReturnParameters(hci.HCI_ErrorCode.SUCCESS)
+        event = hci.HCI_LE_Connection_Complete_Event(
+            status=hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR,
+            connection_handle=0,
+            role=hci.Role.CENTRAL,
+            peer_address_type=pending.peer_address.address_type,
+            peer_address=pending.peer_address,
+            connection_interval=0,
+            peripheral_latency=0,
+            supervision_timeout=0,
+            central_clock_accuracy=0,
+        )
+        # The command complete goes out first; the connection complete follows it.
+        asyncio.get_running_loop().call_soon(self.send_hci_packet, event)
+        return result
+
+
+def make_device(link: LocalLink, name: str, address: str) -> tuple[Controller, Device]:
+    """A bumble Device with its own controller attached to ``link`` (not powered on yet)."""
+    controller = _LinkController(name, link=link)
+    host = Host(controller, AsyncPipeSink(controller))
+    return controller, Device(name=name, address=hci.Address(address), host=host)
+
+
+class BumbleLink:
+    """Async context manager owning a LocalLink, its central Device and the bleak backends.
+
+    ``link.scanner_backend`` / ``link.client_backend`` are bleak backend classes bound to this
+    link: pass them as ``backend=`` to ``BleakScanner`` / ``BleakClient`` (or to
+    ``establish_connection(BleakClient, ..., backend=link.client_backend)``).
+    Peripherals attach with :meth:`add_device`.
+    """
+
+    def __init__(self, *, request_mtu: int = DEFAULT_REQUEST_MTU) -> None:
+        self.request_mtu = request_mtu
+        self._radio: LocalLink | None = None
+        self._central: Device | None = None
+        self._devices: dict[int, tuple[Controller, Device]] = {}
+        self._scan_users = 0
+        self._scan_lock = asyncio.Lock()
+        self._connect_lock = asyncio.Lock()
+        self.scanner_backend: type[BumbleScannerBackend]
+        self.client_backend: type[BumbleClientBackend]
+
+    # -- life cycle -------------------------------------------------------------------------
+    async def __aenter__(self) -> BumbleLink:
+        from simulators.bleak_bumble.client import BumbleClientBackend
+        from simulators.bleak_bumble.scanner import BumbleScannerBackend
+
+        self._radio = LocalLink()  # type: ignore[no-untyped-call]
+        _, self._central = make_device(self._radio, "vitalgate-central", CENTRAL_ADDRESS)
+        await self._central.power_on()
+        # Classes bound to this link; bleak instantiates backends itself, so the link travels
+        # as a class attribute.
+        self.scanner_backend = type("BumbleScanner", (BumbleScannerBackend,), {"link": self})
+        self.client_backend = type("BumbleClient", (BumbleClientBackend,), {"link": self})
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for device in [*(d for _, d in self._devices.values()), self.central]:
+            for connection in list(device.connections.values()):
+                try:
+                    await connection.disconnect()
+                except Exception:
+                    logger.debug("disconnect at link close failed", exc_info=True)
+            await device.power_off()
+        self._devices.clear()
+
+    # -- parts ------------------------------------------------------------------------------
+    @property
+    def radio(self) -> LocalLink:
+        if self._radio is None:
+            raise RuntimeError("BumbleLink is not started: use 'async with BumbleLink()'")
+        return self._radio
+
+    @property
+    def central(self) -> Device:
+        if self._central is None:
+            raise RuntimeError("BumbleLink is not started: use 'async with BumbleLink()'")
+        return self._central
+
+    async def add_device(self, name: str, address: str) -> Device:
+        """Attach a new peripheral stack (controller + host + Device) and power it on."""
+        controller, device = make_device(self.radio, name, address)
+        await device.power_on()
+        self._devices[id(device)] = (controller, device)
+        return device
+
+    async def remove_device(self, device: Device) -> None:
+        """Power a peripheral off and take its controller off the link."""
+        await device.power_off()
+        entry = self._devices.pop(id(device), None)
+        if entry is not None and entry[0] in self.radio.controllers:
+            self.radio.remove_controller(entry[0])
+
+    # -- shared central services for the backends -------------------------------------------
+    async def acquire_scan(self) -> None:
+        async with self._scan_lock:
+            self._scan_users += 1
+            if self._scan_users == 1:
+                await self.central.start_scanning(
+                    active=True,
+                    scan_interval=SCAN_INTERVAL_MS,
+                    scan_window=SCAN_INTERVAL_MS,
+                    filter_duplicates=False,
+                )
+
+    async def release_scan(self) -> None:
+        async with self._scan_lock:
+            if self._scan_users == 0:
+                return
+            self._scan_users -= 1
+            if self._scan_users == 0 and self.central.powered_on:
+                await self.central.stop_scanning()
+
+    def on_advertisement(self, listener: Any) -> None:
+        self.central.on(Device.EVENT_ADVERTISEMENT, listener)
+
+    def remove_advertisement_listener(self, listener: Any) -> None:
+        self.central.remove_listener(Device.EVENT_ADVERTISEMENT, listener)
+
+    @property
+    def connect_lock(self) -> asyncio.Lock:
+        return self._connect_lock
+
+
+__all__ = ["CENTRAL_ADDRESS", "DEFAULT_REQUEST_MTU", "Advertisement", "BumbleLink", "make_device"]
