@@ -1,0 +1,184 @@
+"""Medical-record routes (Cexup's record types), ECG recordings and dead letters.
+
+GET /api/medical-record/{user_code}/latest      each type's latest record
+GET /api/medical-records/{user_code}            history: ?type&from&to&page&size&order
+GET /api/ecg-recordings/{user_code}             a patient's ECG recordings (summaries), paged
+GET /api/ecg/{recording}                        one recording: summary and samples
+GET /api/dead-letters                           rejected MQTT messages: ?reason&page&size
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from aiohttp import web
+
+from ingest import store
+from ingest.api import DB_KEY
+from ingest.api.envelope import ApiError, ok, page_params, paged
+from ingest.api.openapi import envelope_response
+from vitalgate.contract import USER_CODE_RE
+
+ALL_TYPES: Final = (*store.RECORD_TYPES, store.ECG_TYPE)
+MAX_MS: Final = 10**14
+
+
+def user_code_param(request: web.Request) -> str:
+    code = request.match_info["user_code"]
+    if not USER_CODE_RE.match(code):
+        raise ApiError(422, f"user_code must match {USER_CODE_RE.pattern}, got {code!r}")
+    return code
+
+
+def _ms_param(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(422, f"query parameter {name!r} must be epoch milliseconds, got {raw!r}") from None
+    if not 0 <= value <= MAX_MS:
+        raise ApiError(422, f"query parameter {name!r} must be between 0 and {MAX_MS}, got {value}")
+    return value
+
+
+def _types(request: web.Request) -> list[str]:
+    raw = ",".join(request.query.getall("type", []))
+    if not raw:
+        return list(store.RECORD_TYPES)  # the vitals; ECG only when asked for
+    types = [t.strip().upper() for t in raw.split(",") if t.strip()]
+    for t in types:
+        if t not in ALL_TYPES:
+            raise ApiError(422, f"query parameter 'type': {t!r} is not one of {', '.join(ALL_TYPES)}")
+    return types
+
+
+async def latest(request: web.Request) -> web.Response:
+    code = user_code_param(request)
+    return ok(await request.app[DB_KEY].read(lambda c: store.latest(c, code)))
+
+
+async def history(request: web.Request) -> web.Response:
+    code = user_code_param(request)
+    types = _types(request)
+    start = _ms_param(request, "from", 0)
+    end = _ms_param(request, "to", MAX_MS)
+    if start > end:
+        raise ApiError(422, f"query parameter 'from' ({start}) is after 'to' ({end})")
+    order = request.query.get("order", "desc").lower()
+    if order not in ("asc", "desc"):
+        raise ApiError(422, f"query parameter 'order' must be asc or desc, got {order!r}")
+    page, size = page_params(request)
+    items, total = await request.app[DB_KEY].read(
+        lambda c: store.records(c, code, types, start, end, page, size, order == "desc"))
+    return paged(items, page=page, size=size, total=total)
+
+
+async def recordings(request: web.Request) -> web.Response:
+    code = user_code_param(request)
+    page, size = page_params(request)
+    items, total = await request.app[DB_KEY].read(
+        lambda c: store.list_recordings(c, code, page, size))
+    return paged(items, page=page, size=size, total=total)
+
+
+async def recording(request: web.Request) -> web.Response:
+    name = request.match_info["recording"]
+    if not 1 <= len(name) <= 128:
+        raise ApiError(422, "recording must be 1..128 characters")
+    rec = await request.app[DB_KEY].read(lambda c: store.get_recording(c, name))
+    if rec is None:
+        raise ApiError(404, f"ECG recording {name!r} not found")
+    return ok(rec)
+
+
+async def dead_letters(request: web.Request) -> web.Response:
+    page, size = page_params(request)
+    reason = request.query.get("reason") or None
+    items, total = await request.app[DB_KEY].read(
+        lambda c: store.dead_letters(c, page, size, reason))
+    return paged(items, page=page, size=size, total=total)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/medical-record/{user_code}/latest", latest)
+    app.router.add_get("/api/medical-records/{user_code}", history)
+    app.router.add_get("/api/ecg-recordings/{user_code}", recordings)
+    app.router.add_get("/api/ecg/{recording}", recording)
+    app.router.add_get("/api/dead-letters", dead_letters)
+
+
+# ---------------------------------------------------------------------------------- OpenAPI
+
+_USER_CODE: Final = {"name": "user_code", "in": "path", "required": True,
+                     "schema": {"type": "string", "pattern": USER_CODE_RE.pattern}}
+_PAGING: Final = [{"$ref": "#/components/parameters/page"}, {"$ref": "#/components/parameters/size"}]
+RECORD: Final = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"}, "device_mac": {"type": "string"},
+        "member_id": {"type": "string", "nullable": True},
+        "type": {"type": "string", "enum": list(ALL_TYPES)},
+        "value": {"description": "a number; BLOOD_PRESSURE: {systole, diastole}; "
+                                 "ELECTROCARDIOGRAPH: {recording, mean_hr, quality}"},
+        "unit": {"type": "string", "nullable": True},
+        "method": {"type": "string", "enum": ["AUTOMATIC", "MANUAL"]},
+        "source": {"type": "string"}, "created_at": {"type": "integer", "description": "epoch ms"},
+    },
+}
+_MS: Final = {"type": "integer", "minimum": 0, "maximum": MAX_MS}
+
+OPENAPI_PATHS: Final[dict[str, Any]] = {
+    "/api/medical-record/{user_code}/latest": {
+        "parameters": [_USER_CODE],
+        "get": {"summary": "Each type's latest record of a patient", "operationId": "latestRecords",
+                "tags": ["records"],
+                "responses": {**envelope_response("200", "type → latest record (or null)",
+                                                  {"type": "object"}),
+                              **envelope_response("422", "bad user_code")}},
+    },
+    "/api/medical-records/{user_code}": {
+        "parameters": [_USER_CODE],
+        "get": {"summary": "A patient's records, paged", "operationId": "listRecords",
+                "tags": ["records"],
+                "parameters": [
+                    {"name": "type", "in": "query", "required": False,
+                     "description": "one or more (comma-separated) of " + ", ".join(ALL_TYPES),
+                     "schema": {"type": "string"}},
+                    {"name": "from", "in": "query", "required": False, "schema": _MS},
+                    {"name": "to", "in": "query", "required": False, "schema": _MS},
+                    {"name": "order", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": ["asc", "desc"]}},
+                    *_PAGING],
+                "responses": {**envelope_response("200", "a page of records",
+                                                  {"$ref": "#/components/schemas/Page"}),
+                              **envelope_response("422", "a bad parameter (named)")}},
+    },
+    "/api/ecg-recordings/{user_code}": {
+        "parameters": [_USER_CODE],
+        "get": {"summary": "A patient's ECG recordings (summaries), paged",
+                "operationId": "listEcgRecordings", "tags": ["ecg"], "parameters": _PAGING,
+                "responses": {**envelope_response("200", "a page of recordings",
+                                                  {"$ref": "#/components/schemas/Page"}),
+                              **envelope_response("422", "a bad parameter (named)")}},
+    },
+    "/api/ecg/{recording}": {
+        "parameters": [{"name": "recording", "in": "path", "required": True,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 128}}],
+        "get": {"summary": "One ECG recording: summary and samples (int, raw counts)",
+                "operationId": "getEcgRecording", "tags": ["ecg"],
+                "responses": {**envelope_response("200", "the recording", {"type": "object"}),
+                              **envelope_response("404", "unknown recording"),
+                              **envelope_response("422", "bad recording name")}},
+    },
+    "/api/dead-letters": {
+        "get": {"summary": "Rejected MQTT messages, newest first", "operationId": "listDeadLetters",
+                "tags": ["operations"],
+                "parameters": [{"name": "reason", "in": "query", "required": False,
+                                "schema": {"type": "string"}}, *_PAGING],
+                "responses": {**envelope_response("200", "a page of dead letters",
+                                                  {"$ref": "#/components/schemas/Page"}),
+                              **envelope_response("422", "a bad parameter (named)")}},
+    },
+}

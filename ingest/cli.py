@@ -1,0 +1,104 @@
+"""``vitalgate ingest`` (run the service) and ``vitalgate keys create|list|revoke``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from vitalgate.config import load_settings
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("ingest", help="run the hospital-side ingestion service")
+    p.add_argument("--config", help="TOML file with an [ingest] table (or $VITALGATE_CONFIG)")
+    p.add_argument("--port", type=int, help="HTTP port (overrides settings)")
+    p.set_defaults(func=run_ingest)
+
+    k = subparsers.add_parser("keys", help="manage the ingestion service's API keys")
+    k.add_argument("--config", help="TOML file with an [ingest] table (or $VITALGATE_CONFIG)")
+    ks = k.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    c = ks.add_parser("create", help="create a key and print it (shown once)")
+    c.add_argument("name")
+    c.set_defaults(func=keys_create)
+    ks.add_parser("list", help="list keys (names and dates, never the keys)").set_defaults(
+        func=keys_list)
+    r = ks.add_parser("revoke", help="revoke a key")
+    r.add_argument("name")
+    r.set_defaults(func=keys_revoke)
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Any:
+    from ingest.settings import IngestSettings
+
+    return load_settings(IngestSettings, getattr(args, "config", None), **overrides)
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    from ingest.service import run
+
+    overrides = {"http_port": args.port} if args.port is not None else {}
+    run(_settings(args, **overrides))
+    return 0
+
+
+def _db(args: argparse.Namespace) -> Any:
+    from ingest.store import Database
+
+    settings = _settings(args)
+    return Database(settings.db_path, synchronous=settings.sqlite_synchronous)
+
+
+def _now() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def keys_create(args: argparse.Namespace) -> int:
+    from ingest import keys
+
+    db = _db(args)
+    try:
+        key = db.write_sync(lambda c: keys.create(c, args.name, _now()))
+    except keys.ApiKeyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        db.close()
+    sys.stdout.write(f"{key}\n")
+    sys.stderr.write(f"key {args.name!r} created; it is shown only this once\n")
+    return 0
+
+
+def keys_list(args: argparse.Namespace) -> int:
+    from ingest import keys
+
+    db = _db(args)
+    try:
+        rows = db.read_sync(keys.list_keys)
+    finally:
+        db.close()
+
+    def fmt(ms: int | None) -> str:
+        return "-" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+    for k in rows:
+        state = "revoked " + fmt(k.revoked_at) if k.revoked_at else "active"
+        sys.stdout.write(f"{k.name}\tcreated {fmt(k.created_at)}\t{state}\n")
+    return 0
+
+
+def keys_revoke(args: argparse.Namespace) -> int:
+    from ingest import keys
+
+    db = _db(args)
+    try:
+        done = db.write_sync(lambda c: keys.revoke(c, args.name, _now()))
+    finally:
+        db.close()
+    if not done:
+        print(f"error: no active key named {args.name!r}", file=sys.stderr)
+        return 1
+    sys.stdout.write(f"revoked {args.name}\n")
+    return 0

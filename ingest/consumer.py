@@ -1,0 +1,389 @@
+"""The MQTT consumer: at-least-once from the broker, exactly-once into the store.
+
+paho-mqtt runs its network loop in its own thread; its callbacks only enqueue onto a bounded
+asyncio queue. :meth:`Consumer.run` drains the queue in batches, validates each message with
+:mod:`vitalgate.contract`, commits the whole batch in ONE SQLite transaction (group commit) and
+only then acknowledges the batch's messages to the broker (manual ack, QoS 1). A crash before
+the commit leaves the messages unacknowledged in the broker's persistent session (fixed client
+id, ``clean_start=False``), which redelivers them; the store's identities make a redelivery
+harmless.
+
+Invalid messages are committed to the dead-letter table (then acknowledged too), counted per
+reason and logged at most once per reason per minute; valid items next to them are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from ingest import store
+from ingest.metrics import IngestMetrics
+from ingest.settings import IngestSettings
+from vitalgate.contract import (
+    QOS,
+    ContractError,
+    DeviceStatus,
+    EcgChunk,
+    GatewayStatus,
+    Kind,
+    Topics,
+    decode,
+    decode_readings,
+)
+
+log = logging.getLogger(__name__)
+
+#: a reason is logged at most once per this many ms (the counters count every one).
+LOG_EVERY_MS: Final = 60_000
+#: stop collecting a batch when nothing arrived for this long (s): under light load a message
+#: is committed within ~2 ms; under load a batch fills up to ``batch_max`` or ``batch_window_ms``.
+IDLE_GAP_S: Final = 0.002
+#: reconnect back-off bounds (s) for paho.
+RECONNECT_MIN_S: Final = 1
+RECONNECT_MAX_S: Final = 10
+#: at most this many unacknowledged messages in flight from the broker (MQTT 5 Receive Maximum).
+RECEIVE_MAXIMUM: Final = 1000
+#: committed batches that may wait for scoring while the next batch commits.
+POST_QUEUE: Final = 4
+
+
+def epoch_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One MQTT message as paho delivered it, stamped on arrival."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    received_at: int
+    generation: int = 0  #: which connection it came on (acks never cross a reconnect)
+
+
+def classify(msg: Inbound, topics: Topics) -> list[store.Item]:
+    """Decode one message into what the store writes: valid items and dead letters."""
+
+    def dead(exc: ContractError) -> store.DeadLetter:
+        return store.DeadLetter(msg.topic, msg.payload, exc.reason, exc.detail, msg.received_at)
+
+    try:
+        topic = topics.parse(msg.topic)
+        if topic.kind is Kind.READING:
+            assert topic.gateway_id is not None and topic.device_id is not None
+            batch = decode_readings(msg.payload)
+            out: list[store.Item] = [dead(e) for e in batch.errors]
+            good = []
+            for i, r in enumerate(batch.readings):
+                if r.device_id != topic.device_id:
+                    out.append(dead(ContractError(
+                        "topic", f"reading {i}: device_id {r.device_id!r} is not the topic's "
+                                 f"{topic.device_id!r}")))
+                else:
+                    good.append(r)
+            if good:
+                out.append(store.ReadingsIn(topic.gateway_id, topic.device_id, good, msg.received_at))
+            return out
+        if topic.kind is Kind.DEVICE_STATUS:
+            assert topic.gateway_id is not None
+            status = decode(Kind.DEVICE_STATUS, msg.payload)
+            assert isinstance(status, DeviceStatus)
+            _same_device(status.device_id, topic.device_id)
+            return [store.DeviceStatusIn(topic.gateway_id, status, msg.received_at)]
+        if topic.kind is Kind.ECG:
+            assert topic.gateway_id is not None
+            chunk = decode(Kind.ECG, msg.payload)
+            assert isinstance(chunk, EcgChunk)
+            _same_device(chunk.device_id, topic.device_id)
+            return [store.EcgChunkIn(topic.gateway_id, chunk, msg.received_at)]
+        if topic.kind is Kind.GATEWAY_STATUS:
+            assert topic.gateway_id is not None
+            gw = decode(Kind.GATEWAY_STATUS, msg.payload)
+            assert isinstance(gw, GatewayStatus)
+            if gw.gateway_id is not None and gw.gateway_id != topic.gateway_id:
+                raise ContractError("topic", f"gateway_id {gw.gateway_id!r} is not the topic's "
+                                             f"{topic.gateway_id!r}")
+            return [store.GatewayStatusIn(topic.gateway_id, gw, msg.received_at)]
+        return []  # ews / cmd: not ours to consume (a wildcard overlap), nothing to store
+    except ContractError as exc:
+        return [dead(exc)]
+
+
+def _same_device(payload_id: str, topic_id: str | None) -> None:
+    if payload_id != topic_id:
+        raise ContractError("topic", f"device_id {payload_id!r} is not the topic's {topic_id!r}")
+
+
+def kind_of(topic: str, topics: Topics) -> str:
+    try:
+        return topics.parse(topic).kind.value
+    except ContractError:
+        return "invalid"
+
+
+class ReasonLog:
+    """Logs each reject reason at most once per ``every_ms`` (counters count every one)."""
+
+    def __init__(self, clock: Callable[[], int], every_ms: int = LOG_EVERY_MS) -> None:
+        self._clock = clock
+        self._every = every_ms
+        self._last: dict[str, int] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def reject(self, letter: store.DeadLetter) -> None:
+        now = self._clock()
+        last = self._last.get(letter.reason)
+        if last is not None and now - last < self._every:
+            self._suppressed[letter.reason] = self._suppressed.get(letter.reason, 0) + 1
+            return
+        self._last[letter.reason] = now
+        more = self._suppressed.pop(letter.reason, 0)
+        # topic and detail name what is wrong; no payload (it may carry patient data)
+        log.warning("dead letter (%s) on %s: %s%s", letter.reason, letter.topic,
+                    letter.detail[:300], f" (+{more} more since last logged)" if more else "")
+
+
+AfterCommit = Callable[[store.CommitResult], Awaitable[None]]
+
+
+class Consumer:
+    """Owns the paho client; :meth:`run` consumes until cancelled."""
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        db: store.Database,
+        metrics: IngestMetrics,
+        *,
+        after_commit: AfterCommit | None = None,
+        clock: Callable[[], int] = epoch_ms,
+    ) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.prefix)
+        self._db = db
+        self._metrics = metrics
+        self._after_commit = after_commit
+        self._clock = clock
+        self._reasons = ReasonLog(clock)
+        self._queue: asyncio.Queue[Inbound] = asyncio.Queue(settings.queue_max)
+        #: committed batches waiting for the after-commit stage (bounded: backpressure)
+        self._post: asyncio.Queue[store.CommitResult] = asyncio.Queue(POST_QUEUE)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._generation = 0
+        self.connected = False
+        self.newest_received = 0  #: arrival time of the newest committed message (epoch ms)
+        self.committed_batches = 0
+        self.client = self._make_client()
+
+    # ----------------------------------------------------------------------------- paho side
+
+    def _make_client(self) -> mqtt.Client:
+        s = self.settings
+        v5 = s.mqtt_protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=s.mqtt_client_id,
+            clean_session=None if v5 else False,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            manual_ack=True,
+        )
+        client.manual_ack_set(True)
+        if s.mqtt_username:
+            client.username_pw_set(s.mqtt_username, s.mqtt_password)
+        if s.mqtt_tls:
+            client.tls_set(ca_certs=str(s.mqtt_ca_file) if s.mqtt_ca_file else None,
+                           cert_reqs=ssl.CERT_REQUIRED)
+        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        client.max_inflight_messages_set(100)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def subscriptions(self) -> list[str]:
+        subs = self.topics.gateway_subscriptions()
+        group = self.settings.shared_group
+        return [f"$share/{group}/{t}" for t in subs] if group else subs
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
+                    reason: ReasonCode, properties: Properties | None) -> None:
+        if reason.is_failure:
+            log.warning("MQTT connection refused: %s", reason)
+            return
+        self._generation += 1
+        self.connected = True
+        self._metrics.mqtt_connected.set(1)
+        log.info("MQTT connected to %s (session present: %s)", self.settings.mqtt_url,
+                 flags.session_present)
+        if self.settings.mqtt_protocol == "5":
+            client.subscribe([(t, SubscribeOptions(qos=QOS)) for t in self.subscriptions()])
+        else:
+            client.subscribe([(t, QOS) for t in self.subscriptions()])
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
+                       reason: ReasonCode, properties: Properties | None) -> None:
+        self.connected = False
+        self._metrics.mqtt_connected.set(0)
+        log.info("MQTT disconnected (%s); reconnecting in the background", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return  # not acknowledged: redelivered on the next session
+        item = Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._clock(),
+                       self._generation)
+        loop.call_soon_threadsafe(self._put, item)
+
+    def _put(self, item: Inbound) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            # not acknowledged, so the broker keeps it for this session's next connection
+            self._metrics.queue_full.inc()
+
+    def start(self) -> None:
+        """Connect in the background (retrying while the broker is down)."""
+        self._loop = asyncio.get_running_loop()
+        s = self.settings
+        if s.mqtt_protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = s.mqtt_session_expiry_s
+            props.ReceiveMaximum = RECEIVE_MAXIMUM
+            self.client.connect_async(s.mqtt_host, s.mqtt_port, s.mqtt_keepalive_s,
+                                      clean_start=False, properties=props)
+        else:
+            self.client.connect_async(s.mqtt_host, s.mqtt_port, s.mqtt_keepalive_s)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.connected = False
+        self._metrics.mqtt_connected.set(0)
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = True) -> None:
+        """Publish QoS 1 (paho queues it while disconnected)."""
+        self.client.publish(topic, payload, qos=QOS, retain=retain)
+
+    # ---------------------------------------------------------------------------- async side
+
+    async def run(self) -> None:
+        """Connect and consume until cancelled; then disconnect.
+
+        Two stages: collect → commit → ack, and (in order, overlapping the next commit) the
+        after-commit work (EWS scoring and publishing)."""
+        self.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._ingest_loop())
+                tg.create_task(self._post_loop())
+        finally:
+            await asyncio.to_thread(self.stop)
+
+    async def _ingest_loop(self) -> None:
+        while True:
+            batch = await self._collect()
+            result = await self.commit(batch)
+            await self._post.put(result)
+
+    async def _post_loop(self) -> None:
+        while True:
+            result = await self._post.get()
+            if self._after_commit is not None:
+                await self._after_commit(result)
+
+    async def _collect(self) -> list[Inbound]:
+        loop = asyncio.get_running_loop()
+        batch = [await self._queue.get()]
+        deadline = loop.time() + self.settings.batch_window_ms / 1000
+        while len(batch) < self.settings.batch_max:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), min(remaining, IDLE_GAP_S)))
+            except TimeoutError:
+                break
+        return batch
+
+    async def process(self, batch: Sequence[Inbound]) -> store.CommitResult:
+        """Validate, commit, acknowledge, then the after-commit work (one stage after another)."""
+        result = await self.commit(batch)
+        if self._after_commit is not None:
+            await self._after_commit(result)
+        return result
+
+    async def commit(self, batch: Sequence[Inbound]) -> store.CommitResult:
+        """Validate, commit, then acknowledge the batch's messages."""
+        result = await self._db.write(lambda conn: self._commit(conn, batch))
+        generation = self._generation
+        for msg in batch:
+            if msg.qos > 0 and msg.generation == generation:
+                self.client.ack(msg.mid, msg.qos)
+        self._account(batch, result)
+        return result
+
+    def _commit(self, conn: Any, batch: Sequence[Inbound]) -> store.CommitResult:
+        items: list[store.Item] = []
+        for msg in batch:
+            items.extend(classify(msg, self.topics))
+        return store.commit_batch(conn, items, now=self._clock(), holder=self.settings.device_holder)
+
+    def _account(self, batch: Sequence[Inbound], result: store.CommitResult) -> None:
+        m = self._metrics
+        for msg in batch:
+            m.messages.inc(kind=kind_of(msg.topic, self.topics))
+        for r in _first_vitals(result.readings):
+            m.readings.inc(source=r)
+        if result.duplicates:
+            m.duplicates.inc(result.duplicates)
+        for letter in result.dead:
+            m.rejects.inc(reason=letter.reason)
+            m.dead_letters.inc()
+            self._reasons.reject(letter)
+        m.batch_size.observe(len(batch))
+        oldest = min(msg.received_at for msg in batch)
+        m.commit_ms.observe(max(0, self._clock() - oldest))
+        self.newest_received = max(self.newest_received, result.newest_received)
+        self.committed_batches += 1
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+
+def _first_vitals(rows: Iterable[store.StoredReading]) -> list[str]:
+    """One source label per committed reading (rows are per vital; count a reading once)."""
+    seen: set[tuple[str, int | None, int]] = set()
+    out = []
+    for r in rows:
+        key = (r.device_id, r.seq, r.ts)
+        if key not in seen:
+            seen.add(key)
+            out.append(r.source)
+    return out
+
+
+def dump_json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()

@@ -1,0 +1,382 @@
+"""The ingestion service: one aiohttp application that owns every part and task.
+
+Built eagerly (store, metrics, EWS engine, outbox, optional InfluxDB writer, MQTT consumer,
+HTTP routes); its ``cleanup_ctx`` starts the background tasks when the app starts and cancels
+them when it stops:
+
+* ``consumer``   MQTT → validate → group commit → ack → EWS engine → publish EWS (retained)
+* ``ews-tick``   the engine's staleness / held-back changes / heartbeats, every few seconds
+* ``outbox``     delivery of EWS points to the Cexup platform
+* ``ecg``        analysis of completed ECG recordings (in a worker thread)
+* ``retention``  deletes rows older than ``retention_days`` in small batches
+
+A task that fails is logged, counted (``vitalgate_ingest_errors_total{task}``) and restarted
+after a second: one bad moment never stops ingestion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+from aiohttp import web
+
+from ingest import store
+from ingest.api import ENGINE_KEY
+from ingest.api.app import create_app
+from ingest.consumer import Consumer, epoch_ms
+from ingest.dashboard.events import EventHub
+from ingest.emit_policy import EmitPolicy
+from ingest.ews_engine import EwsEngine, EwsPoint
+from ingest.keys import KeyChecker
+from ingest.metrics import IngestMetrics, Sample
+from ingest.outbox import Outbox
+from ingest.settings import IngestSettings
+from vitalgate.contract import Topics
+
+log = logging.getLogger(__name__)
+
+#: a failed background task is restarted after this many seconds.
+RESTART_DELAY_S: Final = 1.0
+#: retention deletes at most this many rows per table per transaction, then yields, so a large
+#: backlog never holds the write lock for long (ingestion commits in between).
+RETENTION_BATCH: Final = 500
+#: the ECG worker also looks for unanalysed recordings this often (s), e.g. after a restart.
+ECG_POLL_S: Final = 60.0
+#: an ECG of good quality contributes its mean heart rate as a reading (source "ecg").
+ECG_GOOD: Final = "good"
+
+
+def load_ecg_analyse() -> Callable[..., Any] | None:
+    """``ews.ecg.analyse`` if that package is importable (it is built separately)."""
+    try:
+        module = importlib.import_module("ews.ecg")
+    except ImportError:
+        return None
+    fn = getattr(module, "analyse", None)
+    return fn if callable(fn) else None
+
+
+class IngestService:
+    """Every part of the running service; ``app`` is what aiohttp runs."""
+
+    def __init__(self, settings: IngestSettings, *, clock: Callable[[], int] = epoch_ms) -> None:
+        self.settings = settings
+        self.clock = clock
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.topics = Topics(settings.prefix)
+        self.metrics = IngestMetrics()
+        self.db = store.Database(settings.db_path, synchronous=settings.sqlite_synchronous)
+        self.outbox = Outbox(settings.ews_db_path, upstream_url=settings.upstream_url,
+                             api_key=settings.upstream_api_key, clock=clock)
+        policy = EmitPolicy(
+            immediate_on_risk_rise=settings.ews_immediate_on_rise,
+            min_interval_ms=int(settings.ews_min_interval_s * 1000),
+            heartbeat_ms=int(settings.ews_heartbeat_s * 1000),
+        )
+        self.engine = EwsEngine(
+            settings.ews_db_path, table_name=settings.ews_table, freshness_ms=settings.freshness_ms,
+            median_k=settings.median_k, policy=policy, clock=clock,
+            deliver=settings.upstream_url is not None, notify=self.outbox.notify,
+        )
+        self.influx: Any = None
+        if settings.influx_enabled:
+            from ingest.influx import InfluxWriter
+
+            assert settings.influx_url is not None and settings.influx_bucket is not None
+            self.influx = InfluxWriter(settings.influx_url, settings.influx_token,
+                                       settings.influx_org, settings.influx_bucket, clock=clock)
+        self.consumer = Consumer(settings, self.db, self.metrics,
+                                 after_commit=self._after_commit, clock=clock)
+        self.checker = KeyChecker(settings.api_key)
+        self._ecg_wake = asyncio.Event()
+        self.hub = EventHub()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._store_ok = True
+        self.app = create_app(settings=settings, db=self.db, metrics_=self.metrics,
+                              checker=self.checker, health=self.health,
+                              extra_routes=self._extra_routes())
+        self.app[ENGINE_KEY] = self.engine
+        # points emitted outside observe()/tick() (context changes, POST /ews) are published too
+        self.engine.on_emit = self._publish_threadsafe
+        self._register_collectors()
+        self.app.cleanup_ctx.append(self._lifecycle)
+
+    def _extra_routes(self) -> list[tuple[Callable[[web.Application], None], dict[str, Any]]]:
+        from ingest.api import ews_routes
+        from ingest.dashboard import routes as dashboard_routes
+
+        return [(self._add_ews_routes, ews_routes.OPENAPI_PATHS),
+                (self._add_dashboard_routes, dashboard_routes.OPENAPI_PATHS)]
+
+    def _add_dashboard_routes(self, app: web.Application) -> None:
+        from ingest.dashboard import routes as dashboard_routes
+        from ingest.dashboard.ward import ReadOnlyDb, WardView
+
+        ews_db = ReadOnlyDb(self.settings.ews_db_path)  # the engine created it already
+        app[dashboard_routes.WARD_KEY] = WardView(db=self.db, engine=self.engine, ews_db=ews_db,
+                                                  clock=self.clock)
+        app[dashboard_routes.HUB_KEY] = self.hub
+        dashboard_routes.add_routes(app)
+
+    def _add_ews_routes(self, app: web.Application) -> None:
+        from ingest.api import ews_routes
+
+        app[ews_routes.OUTBOX_KEY] = self.outbox
+        ews_routes.add_routes(app)
+
+    # --------------------------------------------------------------------------- lifecycle
+
+    async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        self._loop = asyncio.get_running_loop()
+        await self._warm_start()
+        tasks = [
+            asyncio.create_task(self._supervise("consumer", self.consumer.run), name="consumer"),
+            asyncio.create_task(self._supervise("ews-tick", self._tick_loop), name="ews-tick"),
+            asyncio.create_task(self._supervise("outbox", self.outbox.run), name="outbox"),
+            asyncio.create_task(self._supervise("ecg", self._ecg_loop), name="ecg"),
+            asyncio.create_task(self._supervise("retention", self._retention_loop), name="retention"),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.influx is not None:
+                await asyncio.to_thread(self.influx.close)
+            self.engine.close()
+            self.db.close()
+
+    async def _supervise(self, name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        while True:
+            try:
+                await fn()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background task %s failed; restarting in %.0f s", name, RESTART_DELAY_S)
+                self.metrics.errors.inc(task=name)
+                await asyncio.sleep(RESTART_DELAY_S)
+
+    async def _warm_start(self) -> None:
+        since = self.clock() - self.settings.freshness_ms
+        items = await self.db.read(lambda c: store.warm_items(c, since))
+        points = await asyncio.to_thread(self.engine.warm_start, items)
+        self._publish(points)
+
+    # ------------------------------------------------------------------------------- flow
+
+    async def _after_commit(self, result: store.CommitResult) -> None:
+        rows = result.readings
+        if self.influx is not None and rows:
+            self.influx.write_readings([(r.device_id, r.user_code, r.gateway_id, r.vital, r.value,
+                                         r.ts, r.source) for r in rows])
+        await self.observe(rows)
+        if rows:
+            self.hub.publish("readings", {"count": len(rows)})
+        if result.recordings:
+            self._ecg_wake.set()
+
+    async def observe(self, rows: Sequence[store.StoredReading]) -> list[EwsPoint]:
+        """Feed committed readings to the engine; publish what it emits."""
+        items = [(r.user_code, r.vital, r.value, r.ts) for r in rows if r.user_code]
+        if not items:
+            return []
+        points = await asyncio.to_thread(self.engine.observe, items)
+        self._publish(points)
+        return points
+
+    def _publish_threadsafe(self, points: list[EwsPoint]) -> None:
+        """``engine.on_emit``: may be called from a worker thread; publish on the loop."""
+        loop = self._loop
+        if loop is None:
+            self._publish(points)
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._publish(points)
+        else:
+            loop.call_soon_threadsafe(self._publish, points)
+
+    def _publish(self, points: Iterable[EwsPoint]) -> None:
+        points = list(points)
+        for p in points:
+            self.metrics.ews.inc(result=p.result)
+            self.consumer.publish(self.topics.ews(p.user_code), p.to_contract().to_bytes(), retain=True)
+            self.metrics.ews_published.inc()
+            self.hub.publish("ews", {"user_code": p.user_code, "point": p.point, "result": p.result,
+                                     "risk": p.risk, "produce_at": p.produce_at})
+        if self.influx is not None and points:
+            self.influx.write_ews(points)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.ews_tick_s)
+            self._publish(await asyncio.to_thread(self.engine.tick))
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await self.retention_pass()
+            await asyncio.sleep(self.settings.retention_interval_s)
+
+    async def retention_pass(self) -> dict[str, int]:
+        """Delete everything older than the retention window, one small transaction at a time."""
+        cutoff = self.clock() - int(self.settings.retention_days * 86_400_000)
+        total: dict[str, int] = {}
+        while True:
+            deleted = await self.db.write(lambda c: store.retention_step(c, cutoff, RETENTION_BATCH))
+            for table, n in deleted.items():
+                total[table] = total.get(table, 0) + n
+                self.metrics.retention_deleted.inc(n, table=table)
+            if not deleted:
+                return total
+            await asyncio.sleep(0.01)  # let ingestion commit between batches
+
+    async def _ecg_loop(self) -> None:
+        self._ecg_wake.set()  # recordings left unanalysed by a previous run
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ecg_wake.wait(), ECG_POLL_S)
+            self._ecg_wake.clear()
+            await self.analyse_pending()
+
+    async def analyse_pending(self) -> int:
+        """Analyse completed recordings that have no analysis yet; returns how many."""
+        analyse = load_ecg_analyse()
+        if analyse is None:
+            return 0
+        done = 0
+        while True:
+            pending = await self.db.read(lambda c: store.unanalysed(c, 20))
+            if not pending:
+                return done
+            for rec in pending:
+                await self._analyse_one(analyse, rec)
+                done += 1
+
+    async def _analyse_one(self, analyse: Callable[..., Any], rec: store.CompletedRecording) -> None:
+        counts = await self.db.read(lambda c: store.recording_signal(c, rec.id))
+        signal = counts.astype(np.float64) / self.settings.ecg_counts_per_mv
+        try:
+            summary = await asyncio.to_thread(analyse, signal, rec.fs)
+            analysis: dict[str, Any] = dict(summary.to_dict())
+            quality = str(summary.quality)
+            mean_hr = getattr(summary, "mean_hr_bpm", getattr(summary, "mean_hr", None))
+        except ValueError as exc:  # too short, bad fs...: kept as unusable, never retried
+            analysis, quality, mean_hr = {"error": str(exc), "quality": "unusable"}, "unusable", None
+        hr = float(mean_hr) if quality == ECG_GOOD and mean_hr is not None else None
+        now = self.clock()
+        reading = await self.db.write(lambda c: store.save_analysis(
+            c, rec, analysis, quality=quality, mean_hr=hr, now=now))
+        self.metrics.ecg_recordings.inc(quality=quality)
+        if reading is not None:
+            self.metrics.readings.inc(source=reading.source)
+            if self.influx is not None:
+                self.influx.write_readings([(reading.device_id, reading.user_code, reading.gateway_id,
+                                             reading.vital, reading.value, reading.ts, reading.source)])
+            await self.observe([reading])
+
+    # ---------------------------------------------------------------------------- status
+
+    async def health(self) -> tuple[bool, dict[str, Any]]:
+        try:
+            await self.db.read(lambda c: c.execute("SELECT 1").fetchone())
+            store_ok = True
+        except Exception as exc:
+            log.warning("store check failed: %s", exc)
+            store_ok = False
+        outbox = self.outbox.stats()
+        connected = self.consumer.connected
+        body = {
+            "status": "ok" if store_ok and connected else ("degraded" if store_ok else "failing"),
+            "mqtt": {"connected": connected, "queue": self.consumer.queue_depth},
+            "store": {"ok": store_ok},
+            "outbox": {"depth": outbox.get("depth", 0), "enabled": self.outbox.enabled},
+            "influx": None if self.influx is None else {"enabled": True},
+        }
+        return store_ok, body
+
+    def _register_collectors(self) -> None:
+        r = self.metrics.registry
+
+        def outbox() -> list[Sample]:
+            s = self.outbox.stats()
+            return [("vitalgate_ingest_outbox", {"stat": k}, float(v)) for k, v in s.items()]
+
+        def lag() -> list[Sample]:
+            newest = self.consumer.newest_received
+            return [("vitalgate_ingest_store_lag_ms", {}, float(max(0, self.clock() - newest)) if newest else 0.0)]
+
+        def queue() -> list[Sample]:
+            return [("vitalgate_ingest_queue_depth", {}, float(self.consumer.queue_depth))]
+
+        def influx() -> list[Sample]:
+            if self.influx is None:
+                return []
+            stats = self.influx.stats()
+            return [("vitalgate_ingest_influx", {"stat": k}, float(v))
+                    for k, v in stats.items() if isinstance(v, int | float) and v is not None]
+
+        r.collector("vitalgate_ingest_outbox", "gauge",
+                    "EWS outbox: depth (pending), delivered, failed, local rows; attempts, retried",
+                    outbox)
+        r.collector("vitalgate_ingest_store_lag_ms", "gauge",
+                    "now minus the arrival of the newest committed message (ms)", lag)
+        r.collector("vitalgate_ingest_queue_depth", "gauge",
+                    "messages waiting between paho and the consumer", queue)
+        r.collector("vitalgate_ingest_influx", "gauge",
+                    "InfluxDB writer: written, dropped, retries, errors, buffered", influx)
+
+
+@dataclass
+class RunningService:
+    """A service listening on ``port`` (tests, benchmarks, the demo); ``await stop()``."""
+
+    service: IngestService
+    runner: web.AppRunner
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_service(
+    settings: IngestSettings, *, clock: Callable[[], int] = epoch_ms
+) -> RunningService:
+    """Build and start the service on ``settings.http_host:http_port`` (0 = a free port)."""
+    service = IngestService(settings, clock=clock)
+    runner = web.AppRunner(service.app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    port = int(runner.addresses[0][1])
+    return RunningService(service, runner, settings.http_host, port)
+
+
+def run(settings: IngestSettings) -> None:
+    """Run until SIGINT/SIGTERM (``vitalgate ingest``)."""
+    service = IngestService(settings)
+    log.info("vitalgate ingest: HTTP on %s:%d, MQTT %s", settings.http_host, settings.http_port,
+             settings.mqtt_url)
+    web.run_app(service.app, host=settings.http_host, port=settings.http_port, print=None,
+                access_log=None, shutdown_timeout=5.0)

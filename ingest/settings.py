@@ -1,0 +1,127 @@
+"""Settings of the ingestion service (``[ingest]`` in the TOML file, env ``VITALGATE_*``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+
+from vitalgate.config import ServiceSettings
+from vitalgate.contract import DEFAULT_PREFIX
+
+
+class IngestSettings(ServiceSettings):
+    """Everything ``vitalgate ingest`` reads. Environment names are ``VITALGATE_<FIELD>``."""
+
+    toml_table: ClassVar[str] = "ingest"
+
+    # --- MQTT -------------------------------------------------------------------------------
+    #: broker URL: ``mqtt://host:port`` (plain) or ``mqtts://host:port`` (TLS).
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    #: fixed client id: the broker keeps this session's subscriptions and unacknowledged
+    #: messages while the service is down (persistent session).
+    mqtt_client_id: str = "vitalgate-ingest"
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    #: CA bundle for mqtts:// (default: the system's trust store).
+    mqtt_ca_file: Path | None = None
+    #: "5" (MQTT 5, clean_start=False + session expiry) or "3.1.1" (clean_session=False).
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
+    #: how long the broker keeps the session while the service is away (MQTT 5 only).
+    mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    mqtt_keepalive_s: int = Field(default=30, ge=5, le=3600)
+    #: topic prefix of the contract.
+    prefix: str = DEFAULT_PREFIX
+    #: when set, subscribe as ``$share/<group>/...`` so several instances split the load.
+    shared_group: str | None = None
+
+    # --- ingestion --------------------------------------------------------------------------
+    #: messages committed in one SQLite transaction at most (group commit)...
+    batch_max: int = Field(default=500, ge=1, le=10_000)
+    #: ...or what arrived within this many ms after the first message of the batch.
+    batch_window_ms: int = Field(default=20, ge=0, le=1000)
+    #: bound of the queue between paho's thread and the consumer.
+    queue_max: int = Field(default=20_000, ge=10)
+    #: device_holder given to devices registered automatically when first seen on MQTT.
+    device_holder: str = "unknown"
+    #: readings, ECG recordings and dead letters older than this are deleted.
+    retention_days: float = Field(default=30.0, gt=0)
+
+    #: raw ECG counts per millivolt (ews.ecg.analyse takes mV). simulators/ecg_synth.py uses
+    #: 1 mV = 2**16 counts; set this to the watch's real gain when known.
+    ecg_counts_per_mv: float = Field(default=65536.0, gt=0)
+    #: how often retention runs (s); each run deletes in small batches.
+    retention_interval_s: float = Field(default=300.0, gt=0)
+
+    # --- HTTP -------------------------------------------------------------------------------
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    #: an API key accepted besides the stored ones (``vitalgate keys create``).
+    api_key: str | None = None
+
+    # --- storage ----------------------------------------------------------------------------
+    data_dir: Path = Path("./var/ingest")
+    #: SQLite ``synchronous``: FULL makes every acknowledged message survive a power cut;
+    #: NORMAL (faster) survives process crashes only.
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
+
+    # --- EWS ----------------------------------------------------------------------------------
+    #: a reading older than this no longer counts for the score (ms).
+    freshness_ms: int = Field(default=15 * 60 * 1000, gt=0)
+    #: the score uses the median of each vital's last k readings (1 = the latest).
+    median_k: int = Field(default=3, ge=1, le=99)
+    #: the NEWS2 table the engine scores with.
+    ews_table: str = "news2"
+    #: publish at once when the risk rises.
+    ews_immediate_on_rise: bool = True
+    #: otherwise at most one point per patient this often (s).
+    ews_min_interval_s: float = Field(default=30.0, ge=0)
+    #: and at least one point per patient this often even when nothing changed (s).
+    ews_heartbeat_s: float = Field(default=3600.0, gt=0)
+    #: how often the engine's tick (staleness, heartbeats) runs (s).
+    ews_tick_s: float = Field(default=5.0, gt=0)
+
+    # --- Cexup upstream (EWS delivery) -------------------------------------------------------
+    upstream_url: str | None = None
+    upstream_api_key: str | None = None
+
+    # --- InfluxDB (optional mirror of the time series) --------------------------------------
+    influx_url: str | None = None
+    influx_token: str | None = None
+    influx_org: str | None = None
+    influx_bucket: str | None = None
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"mqtt_url must look like mqtt://host:port or mqtts://host:port, got {v!r}")
+        return v
+
+    @property
+    def mqtt_host(self) -> str:
+        return urlsplit(self.mqtt_url).hostname or "127.0.0.1"
+
+    @property
+    def mqtt_port(self) -> int:
+        parts = urlsplit(self.mqtt_url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def mqtt_tls(self) -> bool:
+        return urlsplit(self.mqtt_url).scheme == "mqtts"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "ingest.sqlite3"
+
+    @property
+    def ews_db_path(self) -> Path:
+        return self.data_dir / "ews.sqlite3"
+
+    @property
+    def influx_enabled(self) -> bool:
+        return bool(self.influx_url and self.influx_bucket)

@@ -1,0 +1,635 @@
+"""The ingestion service's SQLite store: readings, ECG recordings, dead letters, devices, keys.
+
+One file in the data dir, WAL mode. One writer connection (group commits from the consumer,
+registry writes from the API, retention) and one reader connection, each behind a lock and
+used from worker threads (``await db.write(fn)`` / ``await db.read(fn)``) so the event loop
+never waits on the disk.
+
+Readings are stored one row per vital. Identities that make QoS 1 redeliveries harmless:
+
+* ``(device_id, seq)``: a contract reading is stored once however often it arrives;
+* ``(device_id, ts, vital)`` for ``source = history``: a history record synced twice
+  (under two seqs) is stored once;
+* ``(device_id, recording, vital)`` for readings derived from an ECG recording.
+
+ECG chunks wait in ``ecg_chunks`` until chunks ``0..n`` and the ``last`` one are present; they
+are then reassembled into one ``ecg_recordings`` row whose ``samples`` are int32 little-endian.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, NamedTuple, TypeVar
+
+import numpy as np
+
+from ingest import keys, registry
+from vitalgate.contract import (
+    DeviceStatus,
+    EcgChunk,
+    GatewayStatus,
+    Reading,
+    Source,
+    mac_from_device_id,
+)
+
+T = TypeVar("T")
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS readings (
+  id INTEGER PRIMARY KEY,
+  device_id TEXT NOT NULL,
+  user_code TEXT,
+  gateway_id TEXT,
+  vital TEXT NOT NULL,
+  value REAL NOT NULL,
+  ts INTEGER NOT NULL,
+  seq INTEGER,                       -- NULL for readings derived from an ECG recording
+  source TEXT NOT NULL,
+  replayed INTEGER NOT NULL DEFAULT 0,
+  received_at INTEGER NOT NULL,
+  recording TEXT                     -- the ECG recording a derived reading comes from
+);
+CREATE UNIQUE INDEX IF NOT EXISTS readings_identity ON readings (device_id, seq, vital);
+CREATE UNIQUE INDEX IF NOT EXISTS readings_history ON readings (device_id, ts, vital)
+  WHERE source = 'history';
+CREATE UNIQUE INDEX IF NOT EXISTS readings_ecg ON readings (device_id, recording, vital)
+  WHERE recording IS NOT NULL;
+CREATE INDEX IF NOT EXISTS readings_patient ON readings (user_code, vital, ts);
+CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);
+
+CREATE TABLE IF NOT EXISTS ecg_chunks (
+  device_id TEXT NOT NULL,
+  recording TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  ts INTEGER NOT NULL,
+  fs REAL NOT NULL,
+  samples BLOB NOT NULL,             -- int32 little-endian
+  last INTEGER NOT NULL,
+  user_code TEXT,
+  gateway_id TEXT,
+  received_at INTEGER NOT NULL,
+  PRIMARY KEY (device_id, recording, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ecg_chunks_received ON ecg_chunks (received_at);
+
+CREATE TABLE IF NOT EXISTS ecg_recordings (
+  id INTEGER PRIMARY KEY,
+  device_id TEXT NOT NULL,
+  recording TEXT NOT NULL,
+  user_code TEXT,
+  gateway_id TEXT,
+  ts INTEGER NOT NULL,               -- first chunk's ts
+  fs REAL NOT NULL,
+  n_samples INTEGER NOT NULL,
+  samples BLOB NOT NULL,             -- int32 little-endian, all chunks in seq order
+  analysis TEXT,                     -- JSON of ews.ecg's EcgSummary, NULL until analysed
+  quality TEXT,
+  mean_hr REAL,
+  created_at INTEGER NOT NULL,
+  UNIQUE (device_id, recording)
+);
+CREATE INDEX IF NOT EXISTS ecg_recordings_patient ON ecg_recordings (user_code, ts);
+CREATE INDEX IF NOT EXISTS ecg_recordings_ts ON ecg_recordings (ts);
+CREATE INDEX IF NOT EXISTS ecg_recordings_name ON ecg_recordings (recording);
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+  id INTEGER PRIMARY KEY,
+  topic TEXT NOT NULL,
+  payload BLOB NOT NULL,
+  reason TEXT NOT NULL,
+  detail TEXT NOT NULL,
+  received_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_received ON dead_letters (received_at);
+
+CREATE TABLE IF NOT EXISTS gateways (
+  gateway_id TEXT PRIMARY KEY,
+  online INTEGER NOT NULL,
+  version TEXT,
+  devices INTEGER,
+  buffered INTEGER,
+  evicted INTEGER,
+  ts INTEGER,
+  updated_at INTEGER NOT NULL
+);
+"""
+
+#: Cexup medical-record types → the contract's vitals (BLOOD_PRESSURE pairs two) and units.
+RECORD_TYPES: Final[dict[str, tuple[tuple[str, ...], str]]] = {
+    "TEMPERATURE": (("temperature",), "°C"),
+    "HEART_RATE": (("heart_rate",), "/min"),
+    "BLOOD_PRESSURE": (("systolic_bp", "diastolic_bp"), "mmHg"),
+    "BLOOD_OXYGEN": (("spo2",), "%"),
+    "RESPIRATION": (("respiratory_rate",), "/min"),
+}
+ECG_TYPE: Final = "ELECTROCARDIOGRAPH"
+VITAL_TYPE: Final[dict[str, str]] = {
+    "temperature": "TEMPERATURE", "heart_rate": "HEART_RATE", "systolic_bp": "BLOOD_PRESSURE",
+    "spo2": "BLOOD_OXYGEN", "respiratory_rate": "RESPIRATION",
+}
+
+
+class StoredReading(NamedTuple):
+    """One committed vital (one row of ``readings``)."""
+
+    device_id: str
+    user_code: str | None
+    gateway_id: str | None
+    vital: str
+    value: float
+    ts: int
+    seq: int | None
+    source: str
+    replayed: bool
+    received_at: int
+
+
+# ------------------------------------------------------------------------- what a batch holds
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    topic: str
+    payload: bytes
+    reason: str
+    detail: str
+    received_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingsIn:
+    gateway_id: str
+    device_id: str
+    readings: list[Reading]
+    received_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatusIn:
+    gateway_id: str
+    status: DeviceStatus
+    received_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayStatusIn:
+    gateway_id: str
+    status: GatewayStatus
+    received_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class EcgChunkIn:
+    gateway_id: str
+    chunk: EcgChunk
+    received_at: int
+
+
+Item = DeadLetter | ReadingsIn | DeviceStatusIn | GatewayStatusIn | EcgChunkIn
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedRecording:
+    id: int
+    device_id: str
+    recording: str
+    user_code: str | None
+    gateway_id: str | None
+    ts: int
+    fs: float
+
+
+@dataclass(slots=True)
+class CommitResult:
+    readings: list[StoredReading] = field(default_factory=list)
+    duplicates: int = 0
+    dead: list[DeadLetter] = field(default_factory=list)
+    recordings: list[CompletedRecording] = field(default_factory=list)
+    newest_received: int = 0
+
+
+# --------------------------------------------------------------------------------- database
+
+
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class Database:
+    """The store's connections. ``write`` runs ``fn(conn)`` in one IMMEDIATE transaction."""
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._writer = _connect(path, synchronous)
+        self._wlock = threading.Lock()
+        with self._wlock:
+            self._writer.executescript(SCHEMA + registry.SCHEMA + keys.SCHEMA)
+        self._reader = _connect(path, synchronous)
+        self._rlock = threading.Lock()
+
+    def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._wlock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+    def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._rlock:
+            conn = self._reader
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.to_thread(self.write_sync, fn)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.to_thread(self.read_sync, fn)
+
+    def close(self) -> None:
+        with self._wlock:
+            self._writer.close()
+        with self._rlock:
+            self._reader.close()
+
+
+# ------------------------------------------------------------------------------ group commit
+
+
+def commit_batch(
+    conn: sqlite3.Connection, items: Sequence[Item], *, now: int, holder: str
+) -> CommitResult:
+    """Write one batch of decoded messages (inside the caller's transaction)."""
+    out = CommitResult()
+    ecg_touched: set[tuple[str, str]] = set()
+    # statuses first, so that readings of the same batch see a device's newest user_code
+    for item in items:
+        out.newest_received = max(out.newest_received, item.received_at)
+        if isinstance(item, DeadLetter):
+            conn.execute(
+                "INSERT INTO dead_letters (topic, payload, reason, detail, received_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (item.topic, item.payload, item.reason, item.detail[:2000], item.received_at),
+            )
+            out.dead.append(item)
+        elif isinstance(item, DeviceStatusIn):
+            s = item.status
+            registry.seen_on_mqtt(conn, s.device_id, gateway_id=item.gateway_id, now=now,
+                                  holder=holder, last_seen=s.last_seen, status=s)
+        elif isinstance(item, GatewayStatusIn):
+            g = item.status
+            conn.execute(
+                "INSERT INTO gateways (gateway_id, online, version, devices, buffered, evicted, ts,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gateway_id) DO UPDATE"
+                " SET online=excluded.online, version=coalesce(excluded.version, version),"
+                " devices=coalesce(excluded.devices, devices),"
+                " buffered=coalesce(excluded.buffered, buffered),"
+                " evicted=coalesce(excluded.evicted, evicted), ts=coalesce(excluded.ts, ts),"
+                " updated_at=excluded.updated_at",
+                (item.gateway_id, int(g.online), g.version, g.devices, g.buffered, g.evicted,
+                 g.ts, now),
+            )
+    # one registry touch per device of the batch
+    touched: dict[str, tuple[str, int, str | None]] = {}
+    for item in items:
+        if isinstance(item, ReadingsIn) and item.readings:
+            _, seen, code = touched.get(item.device_id, (item.gateway_id, 0, None))
+            for r in item.readings:
+                seen = max(seen, r.ts)
+                code = r.user_code or code
+            touched[item.device_id] = (item.gateway_id, seen, code)
+        elif isinstance(item, EcgChunkIn):
+            _, seen, code = touched.get(item.chunk.device_id, (item.gateway_id, 0, None))
+            touched[item.chunk.device_id] = (item.gateway_id, max(seen, item.chunk.ts),
+                                             item.chunk.user_code or code)
+    assigned: dict[str, tuple[str | None, str | None]] = {}
+    for device_id, (gateway_id, seen, code) in touched.items():
+        assigned[device_id] = registry.seen_on_mqtt(
+            conn, device_id, gateway_id=gateway_id, now=now, holder=holder, last_seen=seen,
+            user_code=code)
+    for item in items:
+        if isinstance(item, ReadingsIn):
+            dev_code, dev_source = assigned.get(item.device_id, (None, None))
+            for r in item.readings:
+                user_code = dev_code if dev_source == "api" else (r.user_code or dev_code)
+                _insert_reading(conn, out, item, r, user_code)
+        elif isinstance(item, EcgChunkIn):
+            dev_code, dev_source = assigned.get(item.chunk.device_id, (None, None))
+            code = dev_code if dev_source == "api" else (item.chunk.user_code or dev_code)
+            if _insert_chunk(conn, item, code):
+                ecg_touched.add((item.chunk.device_id, item.chunk.recording))
+    for device_id, recording in sorted(ecg_touched):
+        done = _assemble(conn, device_id, recording, now)
+        if done is not None:
+            out.recordings.append(done)
+    return out
+
+
+def _insert_reading(
+    conn: sqlite3.Connection, out: CommitResult, item: ReadingsIn, r: Reading, user_code: str | None
+) -> None:
+    if conn.execute(
+        "SELECT 1 FROM readings WHERE device_id = ? AND seq = ? LIMIT 1", (r.device_id, r.seq)
+    ).fetchone():
+        out.duplicates += 1
+        return
+    stored = 0
+    for vital, value in r.vitals.present().items():
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO readings (device_id, user_code, gateway_id, vital, value, ts,"
+            " seq, source, replayed, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (r.device_id, user_code, item.gateway_id, vital, value, r.ts, r.seq, r.source.value,
+             int(r.replayed), item.received_at),
+        )
+        if cur.rowcount:
+            stored += 1
+            out.readings.append(StoredReading(r.device_id, user_code, item.gateway_id, vital,
+                                              value, r.ts, r.seq, r.source.value, r.replayed,
+                                              item.received_at))
+    if not stored:
+        out.duplicates += 1  # a history record already stored under another seq
+
+
+def _insert_chunk(conn: sqlite3.Connection, item: EcgChunkIn, user_code: str | None) -> bool:
+    c = item.chunk
+    if conn.execute(
+        "SELECT 1 FROM ecg_recordings WHERE device_id = ? AND recording = ?", (c.device_id, c.recording)
+    ).fetchone():
+        return False  # a chunk of a recording already assembled (redelivery)
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO ecg_chunks (device_id, recording, seq, ts, fs, samples, last,"
+        " user_code, gateway_id, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (c.device_id, c.recording, c.seq, c.ts, c.fs,
+         np.asarray(c.samples, dtype="<i4").tobytes(), int(c.last), user_code, item.gateway_id,
+         item.received_at),
+    )
+    return bool(cur.rowcount)
+
+
+def _assemble(
+    conn: sqlite3.Connection, device_id: str, recording: str, now: int
+) -> CompletedRecording | None:
+    count, top, last_seq = conn.execute(
+        "SELECT count(*), max(seq), max(CASE WHEN last THEN seq END) FROM ecg_chunks"
+        " WHERE device_id = ? AND recording = ?", (device_id, recording),
+    ).fetchone()
+    if last_seq is None or top != last_seq or count != top + 1:
+        return None  # the last chunk or one before it is still missing
+    rows = conn.execute(
+        "SELECT ts, fs, samples, user_code, gateway_id FROM ecg_chunks"
+        " WHERE device_id = ? AND recording = ? ORDER BY seq", (device_id, recording),
+    ).fetchall()
+    blob = b"".join(r[2] for r in rows)
+    user_code = next((r[3] for r in reversed(rows) if r[3]), None)
+    gateway_id = rows[-1][4]
+    cur = conn.execute(
+        "INSERT INTO ecg_recordings (device_id, recording, user_code, gateway_id, ts, fs,"
+        " n_samples, samples, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (device_id, recording, user_code, gateway_id, rows[0][0], rows[0][1], len(blob) // 4,
+         blob, now),
+    )
+    conn.execute("DELETE FROM ecg_chunks WHERE device_id = ? AND recording = ?", (device_id, recording))
+    return CompletedRecording(int(cur.lastrowid or 0), device_id, recording, user_code, gateway_id,
+                              int(rows[0][0]), float(rows[0][1]))
+
+
+# ------------------------------------------------------------------------------------ ECG
+
+
+def recording_signal(conn: sqlite3.Connection, rec_id: int) -> np.ndarray[Any, np.dtype[np.int32]]:
+    row = conn.execute("SELECT samples FROM ecg_recordings WHERE id = ?", (rec_id,)).fetchone()
+    return np.frombuffer(row[0], dtype="<i4").astype(np.int32) if row else np.zeros(0, np.int32)
+
+
+def save_analysis(
+    conn: sqlite3.Connection, rec: CompletedRecording, analysis: dict[str, Any], *,
+    quality: str | None, mean_hr: float | None, now: int,
+) -> StoredReading | None:
+    """Store an ECG summary; when ``mean_hr`` is given (good quality) also store it as a
+    ``heart_rate`` reading with source ``ecg``. Returns that reading if new."""
+    conn.execute(
+        "UPDATE ecg_recordings SET analysis = ?, quality = ?, mean_hr = ? WHERE id = ?",
+        (json.dumps(analysis, default=_json_default), quality, mean_hr, rec.id),
+    )
+    if mean_hr is None:
+        return None
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO readings (device_id, user_code, gateway_id, vital, value, ts, seq,"
+        " source, replayed, received_at, recording) VALUES (?, ?, ?, 'heart_rate', ?, ?, NULL, ?, 0, ?, ?)",
+        (rec.device_id, rec.user_code, rec.gateway_id, mean_hr, rec.ts, Source.ECG.value, now,
+         rec.recording),
+    )
+    if not cur.rowcount:
+        return None
+    return StoredReading(rec.device_id, rec.user_code, rec.gateway_id, "heart_rate", mean_hr,
+                         rec.ts, None, Source.ECG.value, False, now)
+
+
+def unanalysed(conn: sqlite3.Connection, limit: int = 100) -> list[CompletedRecording]:
+    rows = conn.execute(
+        "SELECT id, device_id, recording, user_code, gateway_id, ts, fs FROM ecg_recordings"
+        " WHERE analysis IS NULL ORDER BY id LIMIT ?", (limit,),
+    ).fetchall()
+    return [CompletedRecording(*r) for r in rows]
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def _recording_json(row: Sequence[Any], with_samples: bool = False) -> dict[str, Any]:
+    (rid, device_id, recording, user_code, ts, fs, n, analysis, quality, mean_hr, created) = row[:11]
+    out: dict[str, Any] = {
+        "id": rid, "recording": recording, "device_mac": mac_from_device_id(device_id),
+        "member_id": user_code, "fs": fs, "n_samples": n,
+        "duration_s": round(n / fs, 3) if fs else None, "created_at": ts,
+        "received_at": created, "quality": quality, "mean_hr": mean_hr,
+        "analysis": json.loads(analysis) if analysis else None,
+    }
+    if with_samples:
+        out["samples"] = np.frombuffer(row[11], dtype="<i4").tolist()
+    return out
+
+
+_REC_COLS: Final = ("id, device_id, recording, user_code, ts, fs, n_samples, analysis, quality,"
+                    " mean_hr, created_at")
+
+
+def get_recording(conn: sqlite3.Connection, recording: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        f"SELECT {_REC_COLS}, samples FROM ecg_recordings WHERE recording = ? ORDER BY id LIMIT 1",
+        (recording,),
+    ).fetchone()
+    return _recording_json(row, with_samples=True) if row else None
+
+
+def list_recordings(
+    conn: sqlite3.Connection, user_code: str, page: int, size: int
+) -> tuple[list[dict[str, Any]], int]:
+    total = conn.execute("SELECT count(*) FROM ecg_recordings WHERE user_code = ?", (user_code,)).fetchone()[0]
+    rows = conn.execute(
+        f"SELECT {_REC_COLS} FROM ecg_recordings WHERE user_code = ? ORDER BY ts DESC, id DESC"
+        " LIMIT ? OFFSET ?", (user_code, size, (page - 1) * size),
+    ).fetchall()
+    return [_recording_json(r) for r in rows], int(total)
+
+
+# ------------------------------------------------------------------------------------ reads
+
+
+def _record(row: Sequence[Any]) -> dict[str, Any]:
+    rid, device_id, user_code, vital, value, dia, ts, source, recording = row
+    if vital == "ecg":
+        rtype: str = ECG_TYPE
+        val: Any = {"recording": recording, "mean_hr": value, "quality": dia}
+        unit = None
+    elif vital == "systolic_bp":
+        rtype, val, unit = "BLOOD_PRESSURE", {"systole": value, "diastole": dia}, "mmHg"
+    else:
+        rtype = VITAL_TYPE[vital]
+        val, unit = value, RECORD_TYPES[rtype][1]
+    return {
+        "id": rid, "device_mac": mac_from_device_id(device_id), "member_id": user_code,
+        "type": rtype, "value": val, "unit": unit,
+        "method": "MANUAL" if source == Source.MANUAL.value else "AUTOMATIC",
+        "source": source, "created_at": ts,
+    }
+
+
+def records(
+    conn: sqlite3.Connection, user_code: str, types: Iterable[str], start: int, end: int,
+    page: int, size: int, newest_first: bool = True,
+) -> tuple[list[dict[str, Any]], int]:
+    """A patient's records of ``types`` with ``start <= created_at < end``, paged."""
+    types = list(types)
+    vitals = [RECORD_TYPES[t][0][0] for t in types if t in RECORD_TYPES]
+    parts: list[str] = []
+    args: list[Any] = []
+    if vitals:
+        marks = ",".join("?" * len(vitals))
+        parts.append(
+            "SELECT r.id, r.device_id, r.user_code, r.vital, r.value, d.value, r.ts, r.source,"
+            " r.recording FROM readings r LEFT JOIN readings d ON r.vital = 'systolic_bp'"
+            " AND d.device_id = r.device_id AND d.seq = r.seq AND d.vital = 'diastolic_bp'"
+            f" WHERE r.user_code = ? AND r.vital IN ({marks}) AND r.ts >= ? AND r.ts < ?")
+        args += [user_code, *vitals, start, end]
+    if ECG_TYPE in types:
+        parts.append(
+            "SELECT id, device_id, user_code, 'ecg', mean_hr, quality, ts, 'ecg', recording"
+            " FROM ecg_recordings WHERE user_code = ? AND ts >= ? AND ts < ?")
+        args += [user_code, start, end]
+    if not parts:
+        return [], 0
+    union = " UNION ALL ".join(parts)
+    total = conn.execute(f"SELECT count(*) FROM ({union})", args).fetchone()[0]
+    order = "DESC" if newest_first else "ASC"
+    rows = conn.execute(
+        f"SELECT * FROM ({union}) ORDER BY 7 {order}, 1 {order} LIMIT ? OFFSET ?",
+        [*args, size, (page - 1) * size],
+    ).fetchall()
+    return [_record(r) for r in rows], int(total)
+
+
+def latest(conn: sqlite3.Connection, user_code: str) -> dict[str, Any]:
+    """Each type's latest record of a patient (``None`` when there is none)."""
+    out: dict[str, Any] = {}
+    for rtype, (vitals, _) in RECORD_TYPES.items():
+        row = conn.execute(
+            "SELECT r.id, r.device_id, r.user_code, r.vital, r.value, d.value, r.ts, r.source,"
+            " r.recording FROM readings r LEFT JOIN readings d ON r.vital = 'systolic_bp'"
+            " AND d.device_id = r.device_id AND d.seq = r.seq AND d.vital = 'diastolic_bp'"
+            " WHERE r.user_code = ? AND r.vital = ? ORDER BY r.ts DESC, r.id DESC LIMIT 1",
+            (user_code, vitals[0]),
+        ).fetchone()
+        out[rtype] = _record(row) if row else None
+    row = conn.execute(
+        f"SELECT {_REC_COLS} FROM ecg_recordings WHERE user_code = ? ORDER BY ts DESC, id DESC LIMIT 1",
+        (user_code,),
+    ).fetchone()
+    out[ECG_TYPE] = _recording_json(row) if row else None
+    return out
+
+
+def warm_items(conn: sqlite3.Connection, since_ms: int) -> list[tuple[str, str, float, int]]:
+    """Each patient's newest value per vital measured at or after ``since_ms``."""
+    rows = conn.execute(
+        "SELECT user_code, vital, value, max(ts) FROM readings"
+        " WHERE ts >= ? AND user_code IS NOT NULL GROUP BY user_code, vital", (since_ms,),
+    ).fetchall()
+    return [(str(u), str(v), float(x), int(t)) for u, v, x, t in rows]
+
+
+def dead_letters(
+    conn: sqlite3.Connection, page: int, size: int, reason: str | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    where, args = ("WHERE reason = ?", [reason]) if reason else ("", [])
+    total = conn.execute(f"SELECT count(*) FROM dead_letters {where}", args).fetchone()[0]
+    rows = conn.execute(
+        f"SELECT id, topic, payload, reason, detail, received_at FROM dead_letters {where}"
+        " ORDER BY id DESC LIMIT ? OFFSET ?", [*args, size, (page - 1) * size],
+    ).fetchall()
+    items = [
+        {"id": i, "topic": t, "payload": p[:2048].decode("utf-8", "replace"), "size": len(p),
+         "reason": r, "detail": d, "received_at": at}
+        for i, t, p, r, d, at in rows
+    ]
+    return items, int(total)
+
+
+def count_readings(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
+
+
+# ---------------------------------------------------------------------------------- retention
+
+#: (table, time column) pairs retention deletes from, oldest first by that column.
+RETAINED: Final = (
+    ("readings", "ts"),
+    ("ecg_recordings", "ts"),
+    ("ecg_chunks", "received_at"),
+    ("dead_letters", "received_at"),
+)
+
+
+def retention_step(conn: sqlite3.Connection, cutoff_ms: int, batch: int) -> dict[str, int]:
+    """Delete at most ``batch`` rows per table older than ``cutoff_ms``; one short transaction."""
+    deleted: dict[str, int] = {}
+    for table, column in RETAINED:
+        key = "rowid"
+        cur = conn.execute(
+            f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {column} < ?"
+            f" LIMIT ?)" if table != "ecg_chunks" else
+            f"DELETE FROM {table} WHERE (device_id, recording, seq) IN (SELECT device_id,"
+            f" recording, seq FROM {table} WHERE {column} < ? LIMIT ?)",
+            (cutoff_ms, batch),
+        )
+        if cur.rowcount:
+            deleted[table] = cur.rowcount
+    return deleted

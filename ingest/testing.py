@@ -1,0 +1,115 @@
+"""Helpers for tests, benchmarks and the demo: run the service, publish like a gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from ingest.service import RunningService, start_service
+from ingest.settings import IngestSettings
+from vitalgate.config import load_settings
+from vitalgate.contract import QOS, Reading, Topics, Vitals
+
+TEST_KEY = "test-key-0123456789abcdef"
+
+
+def settings_for(data_dir: Path, mqtt_url: str, **overrides: Any) -> IngestSettings:
+    values: dict[str, Any] = {
+        "data_dir": data_dir, "mqtt_url": mqtt_url, "http_host": "127.0.0.1", "http_port": 0,
+        "api_key": TEST_KEY, "mqtt_client_id": f"ingest-{data_dir.name}",
+        "sqlite_synchronous": "NORMAL",
+    }
+    values.update(overrides)
+    return load_settings(IngestSettings, None, **values)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: IngestSettings, **kwargs: Any) -> AsyncIterator[RunningService]:
+    svc = await start_service(settings, **kwargs)
+    try:
+        yield svc
+    finally:
+        await svc.stop()
+
+
+class Api:
+    """A small JSON client for the service's REST API."""
+
+    def __init__(self, base_url: str, key: str | None = TEST_KEY) -> None:
+        self.base_url = base_url
+        self.key = key
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Api:
+        self._session = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._session is not None
+        await self._session.close()
+
+    async def call(self, method: str, path: str, *, json: Any = None, data: bytes | None = None,
+                   headers: dict[str, str] | None = None, **params: Any) -> tuple[int, Any]:
+        assert self._session is not None
+        hdrs = {"x-api-key": self.key} if self.key else {}
+        hdrs.update(headers or {})
+        async with self._session.request(method, self.base_url + path, json=json, data=data,
+                                         headers=hdrs, params=params or None) as resp:
+            if resp.content_type == "application/json":
+                return resp.status, await resp.json()
+            return resp.status, await resp.text()
+
+    async def get(self, path: str, **params: Any) -> tuple[int, Any]:
+        return await self.call("GET", path, **params)
+
+
+def publisher(url_host: str, port: int, client_id: str = "", *,
+              protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv311) -> mqtt.Client:
+    """A connected paho client with its loop running (QoS 1 publishing like a gateway)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect(url_host, port)
+    client.loop_start()
+    return client
+
+
+def reading(device_id: str, seq: int, ts: int, user_code: str | None = "PATIENT1",
+            **vitals: float) -> Reading:
+    return Reading(device_id=device_id, seq=seq, ts=ts, user_code=user_code,
+                   vitals=Vitals(**(vitals or {"heart_rate": 72.0})))
+
+
+def publish_all(client: mqtt.Client, items: Iterable[tuple[str, bytes]], timeout: float = 20.0) -> None:
+    """Publish QoS 1 and wait until the broker acknowledged every message."""
+    infos = [client.publish(topic, payload, qos=QOS) for topic, payload in items]
+    deadline = time.monotonic() + timeout
+    for info in infos:
+        info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+
+
+async def eventually(check: Callable[[], Any], *, timeout: float = 15.0, interval: float = 0.05) -> Any:
+    """Await ``check()`` (sync or async) until it returns something truthy; fails after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+def topics(prefix: str | None = None) -> Topics:
+    return Topics(prefix) if prefix else Topics()
+
