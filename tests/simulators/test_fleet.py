@@ -1,0 +1,149 @@
+"""Fleet mode against a real Mosquitto: contract-valid readings, contiguous seq, retained status."""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import pytest
+
+from simulators.fleet import Fleet
+from simulators.mqtt_out import GatewayPublisher, Received, Subscriber
+from simulators.physiology import Cohort, SimClock, SteppedTime
+from vitalgate.broker import Mosquitto
+from vitalgate.cli import main
+from vitalgate.contract import (
+    DeviceStatus,
+    GatewayStatus,
+    Kind,
+    Reading,
+    Topics,
+    decode,
+    decode_readings,
+)
+
+START = 1_700_000_000_000
+GATEWAY = "sim-test"
+
+
+def one(_: Received) -> int:
+    return 1
+
+
+def n_readings(message: Received) -> int:
+    return len(decode_readings(message.payload).readings)
+
+
+def collect(
+    sub: Subscriber, until: int, weight: Callable[[Received], int] = one, limit_s: float = 20.0
+) -> list[Received]:
+    """Messages from ``sub`` until their total weight reaches ``until`` (or none came for a while)."""
+    got: list[Received] = []
+    total = 0
+    while total < until:
+        try:
+            got.append(sub.queue.get(timeout=limit_s))
+        except queue.Empty:
+            break
+        total += weight(got[-1])
+    return got
+
+
+def readings_of(messages: list[Received]) -> list[Reading]:
+    out = []
+    for m in messages:
+        batch = decode_readings(m.payload)
+        assert batch.errors == []
+        out.extend(batch.readings)
+    return out
+
+
+def test_fleet_publishes_contract_readings_with_contiguous_seq(mosquitto: Mosquitto) -> None:
+    topics = Topics()
+    sub = Subscriber(mosquitto.url, [topics.reading("+", "+")]).connect()
+    fake = SteppedTime(quantum=0.5)  # a coarse timer: 300 simulated s per wake-up
+    clock = SimClock(START, speed=600, time_fn=fake.time, sleep_fn=fake.sleep)
+    cohort = Cohort(["stable", "sepsis", "copd", "respiratory"] * 5, seed=4, start_ms=START)
+    publisher = GatewayPublisher(mosquitto.url, GATEWAY).connect()
+    fleet = Fleet(cohort, publisher, clock, rate_s=60, timestamps="sim", max_batch=5)
+    stats = fleet.run(2 * 3600)  # two simulated hours: ~120 readings per patient
+    publisher.close()
+    assert stats.patients == 20 and stats.sim_ms == 2 * 3_600_000
+    assert 20 * 110 < stats.readings + stats.empty_slots <= 20 * 121
+    try:
+        messages = collect(sub, stats.readings, n_readings)
+    finally:
+        sub.close()
+    readings = readings_of(messages)
+    assert len(readings) == stats.readings
+    by_device: dict[str, list[Reading]] = defaultdict(list)
+    for m, r in ((msg, r) for msg in messages for r in decode_readings(msg.payload).readings):
+        assert topics.parse(m.topic).device_id == r.device_id
+        by_device[r.device_id].append(r)
+    patients = {p.device_id: p for p in cohort.patients}
+    assert set(by_device) == set(patients)
+    for device_id, rs in by_device.items():
+        assert [r.seq for r in rs] == list(range(len(rs)))  # from 0, no holes, in order
+        assert all(b.ts - a.ts >= 60_000 for a, b in itertools.pairwise(rs))
+        patient = patients[device_id]
+        assert {r.user_code for r in rs} == {patient.user_code}
+        for r in rs[::17]:  # the virtual watch would measure the very same values
+            assert r.vitals.present() == patient.vitals(r.ts)
+    assert any(len(decode_readings(m.payload).readings) > 1 for m in messages)  # batched at speed
+
+
+def test_statuses_are_retained_and_last_will_is_offline(mosquitto: Mosquitto) -> None:
+    fake = SteppedTime()
+    clock = SimClock(START, speed=60, time_fn=fake.time, sleep_fn=fake.sleep)
+    cohort = Cohort(["stable"] * 3, seed=1, start_ms=START)
+    publisher = GatewayPublisher(mosquitto.url, GATEWAY).connect()
+    Fleet(cohort, publisher, clock).run(300)
+    assert publisher.flush(10)
+    topics = Topics()
+    sub = Subscriber(mosquitto.url, [f"{topics.prefix}/+/status", f"{topics.prefix}/+/+/status"]).connect()
+    try:
+        got = collect(sub, 4, limit_s=5)
+    finally:
+        sub.close()
+    assert len(got) == 4 and all(m.retained for m in got)
+    gateway = [decode(Kind.GATEWAY_STATUS, m.payload) for m in got if m.topic == topics.gateway_status(GATEWAY)]
+    assert isinstance(gateway[0], GatewayStatus) and gateway[0].online and gateway[0].devices == 3
+    devices = [decode(Kind.DEVICE_STATUS, m.payload) for m in got if m.topic != topics.gateway_status(GATEWAY)]
+    assert {d.device_id for d in devices if isinstance(d, DeviceStatus)} == {p.device_id for p in cohort.patients}
+    assert all(isinstance(d, DeviceStatus) and d.connected and d.model == "E86" for d in devices)
+    publisher.close()  # clean shutdown publishes offline
+    sub = Subscriber(mosquitto.url, [topics.gateway_status(GATEWAY)]).connect()
+    try:
+        (last,) = collect(sub, 1, limit_s=5)
+    finally:
+        sub.close()
+    status = decode(Kind.GATEWAY_STATUS, last.payload)
+    assert isinstance(status, GatewayStatus) and status.online is False
+
+
+def test_simulate_cli_publishes_and_prints_a_summary(
+    mosquitto: Mosquitto, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sub = Subscriber(mosquitto.url, [Topics().reading("sim-cli", "+")]).connect()
+    code = main(["simulate", "--patients", "4", "--scenario", "sepsis,copd", "--speed", "100000",
+                 "--duration", "30m", "--rate", "300", "--broker", mosquitto.url,
+                 "--gateway-id", "sim-cli", "--seed", "3"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "simulated 4 patients for 1800 s" in out
+    published = int(out.split(" readings in ")[0].rsplit(" ", 1)[1])
+    try:
+        got = collect(sub, published, n_readings, limit_s=10)
+    finally:
+        sub.close()
+    assert 0 < published == len(readings_of(got))
+    started = time.time() * 1000
+    assert all(abs(r.ts - started) < 3_600_000 for r in readings_of(got))  # wall-clock stamps
+
+
+def test_unknown_scenario_is_a_clear_cli_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--scenario", "sepsys", "--broker", "mqtt://127.0.0.1:9"]) == 2
+    assert "unknown scenario 'sepsys'" in capsys.readouterr().err
