@@ -7,7 +7,7 @@ install:
 	$(PY) -m pip install -q -e '.[dev]'
 
 demo: install
-	vitalgate ews score config/sample-vitals.csv
+	vitalgate demo
 
 lint:
 	$(PY) -m ruff check .

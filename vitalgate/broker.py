@@ -62,6 +62,7 @@ class Mosquitto:
             self.port = free_port()
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="vitalgate-mosquitto-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} {self.host}\n"

@@ -1,0 +1,293 @@
+// vitalgate ward dashboard: no framework, no CDN. Data from the ingest service's own API:
+//   GET /api/ward, GET /api/ward/{user_code}, PUT /api/patient/{user_code}/context,
+//   GET /api/events (server-sent events, read with fetch so the API key stays in a header).
+"use strict";
+
+const VITALS = [
+  ["respiratory_rate", "RR", "/min"],
+  ["spo2", "SpO₂", "%"],
+  ["systolic_bp", "SBP", "mmHg"],
+  ["heart_rate", "HR", "/min"],
+  ["temperature", "Temp", "°C"],
+];
+// The least y range of each trend chart on the patient page (widened when a value falls
+// outside): about the NEWS2 chart's bands, so that a wobble of 1 /min does not fill the chart.
+const CHART_RANGE = {
+  respiratory_rate: [5, 35], spo2: [80, 100], systolic_bp: [80, 200], diastolic_bp: [40, 120],
+  heart_rate: [35, 150], temperature: [34, 41],
+};
+const RISK_ORDER = { high: 0, medium: 1, "low-medium": 2, low: 3 };
+const FRESH_MS = 15 * 60 * 1000;
+const $ = (id) => document.getElementById(id);
+
+let apiKey = localStorage.getItem("vitalgate.apikey") || "";
+let refreshTimer = null;
+let eventsAbort = null;
+let currentPatient = null;
+
+class Unauthorized extends Error {}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({ "x-api-key": apiKey }, options.headers || {});
+  if (options.body) headers["content-type"] = "application/json";
+  const res = await fetch(path, Object.assign({}, options, { headers }));
+  if (res.status === 401) throw new Unauthorized("API key refused");
+  const body = await res.json();
+  if (!res.ok) throw new Error(body.message || res.statusText);
+  return body.data;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) if (c != null) node.append(c);
+  return node;
+}
+
+function svgEl(tag, attrs = {}) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+}
+
+function age(ms, now) {
+  const s = Math.max(0, Math.round((now - ms) / 1000));
+  if (s < 90) return `${s}s`;
+  if (s < 5400) return `${Math.round(s / 60)}m`;
+  return `${Math.round(s / 3600)}h`;
+}
+
+function fmt(vital, v) {
+  if (v == null) return "–";
+  return vital === "temperature" ? v.toFixed(1) : String(Math.round(v));
+}
+
+// A polyline of [ts, value] points; `marks` are x positions to draw as ticks (ECG beats).
+function lineChart(points, { width = 300, height = 60, min = null, max = null, color = "#1d2330", marks = [], xRange = null, dot = false } = {}) {
+  const svg = svgEl("svg", { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none" });
+  if (!points.length) return svg;
+  const xs = points.map((p) => p[0]);
+  const ys = points.map((p) => p[1]);
+  const x0 = xRange ? xRange[0] : Math.min(...xs);
+  const x1 = xRange ? xRange[1] : Math.max(...xs);
+  const y0 = min ?? Math.min(...ys);
+  const y1 = max ?? Math.max(...ys);
+  const sx = (x) => (x1 === x0 ? width / 2 : ((x - x0) / (x1 - x0)) * width);
+  const sy = (y) => (y1 === y0 ? height / 2 : height - 2 - ((y - y0) / (y1 - y0)) * (height - 4));
+  const d = points.map((p) => `${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
+  svg.append(svgEl("polyline", { points: d, fill: "none", stroke: color, "stroke-width": 1.5, "vector-effect": "non-scaling-stroke" }));
+  if (points.length === 1 || dot) { // mark the newest point (a single point draws no line)
+    const [x, y] = points[points.length - 1];
+    svg.append(svgEl("line", { x1: sx(x), x2: sx(x), y1: sy(y), y2: sy(y), stroke: color, "stroke-width": 7, "stroke-linecap": "round", "vector-effect": "non-scaling-stroke", class: "dot" }));
+  }
+  for (const m of marks) {
+    svg.append(svgEl("line", { x1: sx(m), x2: sx(m), y1: 0, y2: 8, stroke: "#c62828", "stroke-width": 2, "vector-effect": "non-scaling-stroke", class: "beat" }));
+  }
+  return svg;
+}
+
+// ------------------------------------------------------------------------------ ward
+
+function tile(p, now) {
+  const ews = p.ews;
+  const result = ews ? ews.result : "none";
+  const a = el("a", { class: `tile ${result}`, href: `#/patient/${encodeURIComponent(p.user_code)}`, "data-user-code": p.user_code, "data-result": result });
+  const badge = el("span", { class: `badge ${result}`, text: ews ? String(ews.point) : "–", title: ews ? `${ews.result} · ${ews.risk}` : "no score" });
+  a.append(el("div", { class: "top" }, el("span", { class: "code", text: p.user_code }), badge));
+  const dev = p.device || {};
+  a.append(el("div", { class: "meta", text: `${p.gateway_id || "?"} · ${dev.name || dev.mac || "no device"}` }));
+  const grid = el("div", { class: "vitals" });
+  for (const [key, label, unit] of VITALS) {
+    const v = (p.vitals || {})[key];
+    const stale = v && now - v.ts > FRESH_MS;
+    grid.append(el("span", { text: label }));
+    grid.append(el("span", { class: "v", text: v ? `${fmt(key, v.value)} ${unit}` : "–" }));
+    const cell = el("span", { class: "spark" });
+    if (v) {
+      cell.append(el("span", { class: stale ? "age stale" : "age", text: age(v.ts, now) + " " }));
+      if (v.spark && v.spark.length > 1) cell.append(lineChart(v.spark, { width: 120, height: 18 }));
+    }
+    grid.append(cell);
+  }
+  a.append(grid);
+  const flags = el("div", { class: "flags" });
+  const bits = [];
+  if (ews && ews.partial) bits.push(el("span", { class: "warn", text: `partial (missing: ${(ews.missing || []).join(", ") || "context"})` }));
+  bits.push(el("span", { text: `${dev.connected ? "connected" : "disconnected"}${dev.battery != null ? ` · battery ${dev.battery}%` : ""}` }));
+  if (p.completeness != null) bits.push(el("span", { text: `data ${Math.round(p.completeness * 100)}%` }));
+  bits.forEach((b, i) => { if (i) flags.append(" · "); flags.append(b); });
+  a.append(flags);
+  return a;
+}
+
+async function renderWard() {
+  const data = await api("/api/ward");
+  const now = data.now;
+  const patients = data.patients.slice().sort((a, b) => {
+    const ra = a.ews ? RISK_ORDER[a.ews.risk] ?? 4 : 5;
+    const rb = b.ews ? RISK_ORDER[b.ews.risk] ?? 4 : 5;
+    return ra - rb || (b.ews?.point ?? -1) - (a.ews?.point ?? -1) || a.user_code.localeCompare(b.user_code);
+  });
+  const tiles = $("tiles");
+  tiles.replaceChildren(...patients.map((p) => tile(p, now)));
+  const counts = { tinggi: 0, sedang: 0, rendah: 0, normal: 0 };
+  for (const p of patients) if (p.ews && p.ews.result in counts) counts[p.ews.result] += 1;
+  $("ward-summary").textContent = `${patients.length} patients · tinggi ${counts.tinggi} · sedang ${counts.sedang} · rendah ${counts.rendah} · normal ${counts.normal}`;
+  const alerts = $("alerts");
+  alerts.replaceChildren(...(data.alerts || []).map((x) => el("li", {},
+    el("span", { class: `badge ${x.result}`, text: String(x.point) }), " ",
+    el("a", { href: `#/patient/${encodeURIComponent(x.user_code)}`, text: x.user_code }),
+    ` ${x.from_risk || "–"} → ${x.risk} · ${age(x.produce_at, now)} ago`)));
+}
+
+// ------------------------------------------------------------------------------ patient
+
+async function renderPatient(code) {
+  const data = await api(`/api/ward/${encodeURIComponent(code)}?hours=6`);
+  const now = data.now;
+  const p = data.patient;
+  $("p-title").textContent = p.user_code;
+  const ews = p.ews;
+  $("p-score").replaceChildren(ews
+    ? el("span", { class: `badge ${ews.result}`, id: "p-point", "data-point": String(ews.point), text: `NEWS2 ${ews.point} · ${ews.result}` })
+    : el("span", { class: "badge", id: "p-point", "data-point": "", text: "no score" }));
+  $("p-cause").textContent = ews ? [...(ews.cause || []), ews.partial ? `partial: ${(ews.missing || []).join(", ")}` : ""].filter(Boolean).join(" · ") : "";
+  const charts = $("p-charts");
+  const range = [now - 6 * 3600 * 1000, now];
+  const blocks = [];
+  // the score is a step function: each point holds until the next one (the last until now)
+  const steps = [];
+  data.ews_history.forEach((e, i, all) => {
+    steps.push([e.produce_at, e.point]);
+    const end = i + 1 < all.length ? all[i + 1].produce_at : now;
+    if (end > e.produce_at) steps.push([end, e.point]);
+  });
+  blocks.push(el("div", { class: "chart" }, el("h3", { text: `NEWS2 point ${ews ? ews.point : "–"}` }, el("span", { class: "range", text: "0–20" })), lineChart(steps, { min: 0, max: 20, xRange: range, color: "#c62828", width: 400, height: 120, dot: true })));
+  for (const [key, label, unit] of VITALS.concat([["diastolic_bp", "DBP", "mmHg"]])) {
+    const series = data.series[key] || [];
+    const last = series.length ? series[series.length - 1] : null;
+    const ys = series.map((p) => p[1]);
+    const [lo, hi] = CHART_RANGE[key];
+    const min = Math.min(lo, ...ys);
+    const max = Math.max(hi, ...ys);
+    blocks.push(el("div", { class: "chart" }, el("h3", { text: `${label} ${last ? fmt(key, last[1]) + " " + unit : "–"}` }, el("span", { class: "range", text: `${min}–${max}` })), lineChart(series, { xRange: range, min, max, width: 400, height: 120 })));
+  }
+  charts.replaceChildren(...blocks);
+  const ecg = $("p-ecg");
+  ecg.replaceChildren(...(data.ecg || []).map((r) => {
+    const pts = r.samples.map((v, i) => [i, v]);
+    const s = r.summary || {};
+    const title = `${new Date(r.ts).toLocaleString()} · ${s.mean_hr ? Math.round(s.mean_hr) + " bpm" : "no HR"} · quality ${s.quality || "?"}${s.irregular ? " · irregular rhythm (screening hint)" : ""}`;
+    return el("div", { class: "ecg" }, el("h3", { text: title }), lineChart(pts, { width: 1000, height: 140, marks: r.beats || [], xRange: [0, Math.max(1, pts.length - 1)] }));
+  }));
+  if (!data.ecg || !data.ecg.length) ecg.append(el("p", { class: "cause", text: "No ECG recording yet." }));
+  const ctx = data.context || {};
+  $("ctx-consciousness").value = ctx.consciousness || "A";
+  $("ctx-oxygen").checked = !!ctx.on_oxygen;
+  $("ctx-scale").value = String(ctx.spo2_scale || 1);
+}
+
+async function saveContext(ev) {
+  ev.preventDefault();
+  const body = {
+    consciousness: $("ctx-consciousness").value,
+    on_oxygen: $("ctx-oxygen").checked,
+    spo2_scale: Number($("ctx-scale").value),
+  };
+  try {
+    await api(`/api/patient/${encodeURIComponent(currentPatient)}/context`, { method: "PUT", body: JSON.stringify(body) });
+    $("ctx-status").textContent = "Saved; the score uses it from now on.";
+    await renderPatient(currentPatient);
+  } catch (e) {
+    $("ctx-status").textContent = `Not saved: ${e.message}`;
+  }
+}
+
+// ------------------------------------------------------------------------------ live updates
+
+function scheduleRefresh(delay = 500) {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(() => route().catch(handleError), delay);
+}
+
+async function listen() {
+  if (eventsAbort) eventsAbort.abort();
+  eventsAbort = new AbortController();
+  const live = $("live");
+  try {
+    const res = await fetch("/api/events", { headers: { "x-api-key": apiKey, accept: "text/event-stream" }, signal: eventsAbort.signal });
+    if (!res.ok || !res.body) throw new Error(`events: ${res.status}`);
+    live.className = "live on";
+    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += value;
+      let i;
+      while ((i = buf.indexOf("\n\n")) >= 0) {
+        const frame = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        if (frame.split("\n").some((l) => l.startsWith("event:") && !l.includes("ping"))) scheduleRefresh();
+      }
+    }
+  } catch (e) {
+    if (e.name === "AbortError") return;
+  }
+  live.className = "live off";
+  setTimeout(listen, 3000);
+}
+
+// ------------------------------------------------------------------------------ routing
+
+function show(id) {
+  for (const s of ["signin", "ward", "patient"]) $(s).hidden = s !== id;
+  $("signout").hidden = id === "signin";
+}
+
+async function route() {
+  if (!apiKey) { show("signin"); return; }
+  const m = location.hash.match(/^#\/patient\/(.+)$/);
+  if (m) {
+    currentPatient = decodeURIComponent(m[1]);
+    show("patient");
+    await renderPatient(currentPatient);
+  } else {
+    currentPatient = null;
+    show("ward");
+    await renderWard();
+  }
+}
+
+function handleError(e) {
+  if (e instanceof Unauthorized) {
+    apiKey = "";
+    localStorage.removeItem("vitalgate.apikey");
+    show("signin");
+    $("signin-error").textContent = "That API key was refused.";
+  } else {
+    console.error(e);
+  }
+}
+
+$("signin-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  apiKey = $("apikey").value.trim();
+  localStorage.setItem("vitalgate.apikey", apiKey);
+  $("signin-error").textContent = "";
+  route().then(listen).catch(handleError);
+});
+$("signout").addEventListener("click", () => {
+  apiKey = "";
+  localStorage.removeItem("vitalgate.apikey");
+  if (eventsAbort) eventsAbort.abort();
+  show("signin");
+});
+$("context-form").addEventListener("submit", saveContext);
+window.addEventListener("hashchange", () => route().catch(handleError));
+setInterval(() => scheduleRefresh(0), 15000); // ages and staleness move even without events
+route().then(() => { if (apiKey) listen(); }).catch(handleError);
