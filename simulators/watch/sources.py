@@ -11,6 +11,8 @@ import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 
+from simulators.ecg_synth import COUNTS_PER_MV
+
 #: ts ms → contract vital names (``vitalgate.contract.VITALS``) and values in contract units.
 VitalsSource = Callable[[int], Mapping[str, float]]
 #: (start ts ms, n samples) → raw signed 24-bit ECG samples at 250 Hz.
@@ -27,9 +29,10 @@ _BASELINE: dict[str, tuple[float, float, float]] = {
     "respiratory_rate": (15.0, 2.0, 0.5),
 }
 _DRIFT_PERIOD_MS = 600_000
-# ECG: 250 samples/s; about 1 mV R wave = 1000 counts (the SDK's raw scale is not documented).
+# ECG: 250 samples/s, in the project's raw scale (simulators.ecg_synth.COUNTS_PER_MV; the
+# SDK's own scale is not documented), so that ingest's ecg_counts_per_mv fits every source.
 _ECG_FS = 250
-_ECG_GAIN = 1000.0
+_ECG_GAIN = float(COUNTS_PER_MV)
 # P, Q, R, S, T waves as (centre within the beat in s, width s, amplitude mV).
 _ECG_WAVES: tuple[tuple[float, float, float], ...] = (
     (0.16, 0.025, 0.12),
