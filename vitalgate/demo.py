@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: the scenario of each demo patient in turn (names of simulators/scenarios/*.toml)
 SCENARIO_MIX = ("sepsis", "stable", "respiratory", "copd", "offwrist", "stable", "fever", "bradycardia")
+#: the simulated patients' seed: the gateway's watches and this table agree on who is who
+SEED = 0
 #: scenarios whose patients a clinician would put on SpO2 scale 2
 SCALE2_SCENARIOS = frozenset({"copd"})
 #: how often the live table is refreshed from the API (s)
@@ -143,7 +145,8 @@ class Demo:
                 await asyncio.to_thread(wait_port, "127.0.0.1", opts.port, START_TIMEOUT_S)
                 self.spawn("gateway", [
                     "gateway", "run", "--simulate", str(opts.patients),
-                    "--scenario", ",".join(scenarios), "--speed", str(opts.speed),
+                    *[arg for name in scenarios for arg in ("--scenario", name)],
+                    "--speed", str(opts.speed), "--seed", str(SEED),
                 ], {
                     "VITALGATE_MQTT_URL": mqtt_url,
                     "VITALGATE_GATEWAY_ID": opts.gateway_id,
@@ -195,15 +198,10 @@ class Demo:
 
 
 def scenarios_by_code(ward: dict[str, Any], scenarios: list[str]) -> dict[str, str]:
-    """The demo's patients in the order the gateway simulates them (by device index)."""
-    out: dict[str, str] = {}
-    for p in ward.get("patients", []):
-        idx = p.get("sim_index")
-        if isinstance(idx, int) and 0 <= idx < len(scenarios):
-            out[p["user_code"]] = scenarios[idx]
-        elif p.get("scenario"):
-            out[p["user_code"]] = str(p["scenario"])
-    return out
+    """user_code → scenario of the demo's patients (patient i of seed SEED wears watch i)."""
+    from simulators.physiology import user_code_for  # the demo runs the simulators anyway
+
+    return {user_code_for(SEED, i): name for i, name in enumerate(scenarios)}
 
 
 def ward_table(ward: dict[str, Any], scenarios: dict[str, str]) -> Table:

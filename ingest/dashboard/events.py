@@ -29,12 +29,16 @@ class Event:
         return f"event: {self.kind}\ndata: {json.dumps(self.data, separators=(',', ':'))}\n\n".encode()
 
 
+_CLOSE = Event("close", {})
+
+
 class EventHub:
     def __init__(self, queue_size: int = LISTENER_QUEUE) -> None:
         self._queue_size = queue_size
         self._listeners: set[asyncio.Queue[Event]] = set()
         self.published = 0
         self.dropped = 0
+        self._closed = False
 
     @property
     def listeners(self) -> int:
@@ -53,15 +57,29 @@ class EventHub:
                 continue
             queue.put_nowait(event)
 
+    def close(self) -> None:
+        """End every listener's stream (service shutdown): streams must not hold the stop."""
+        self._closed = True
+        for queue in self._listeners:
+            while queue.full():
+                queue.get_nowait()
+            queue.put_nowait(_CLOSE)
+
     async def listen(self, heartbeat_s: float = 15.0) -> AsyncIterator[Event]:
-        """Events until the caller stops iterating; a ``ping`` every ``heartbeat_s`` of silence."""
+        """Events until the caller stops iterating or the hub closes; a ``ping`` every
+        ``heartbeat_s`` of silence (keeps proxies from closing an idle stream)."""
+        if self._closed:
+            return
         queue: asyncio.Queue[Event] = asyncio.Queue(self._queue_size)
         self._listeners.add(queue)
         try:
             while True:
                 try:
-                    yield await asyncio.wait_for(queue.get(), heartbeat_s)
+                    event = await asyncio.wait_for(queue.get(), heartbeat_s)
                 except TimeoutError:
-                    yield Event("ping", {})
+                    event = Event("ping", {})
+                if event is _CLOSE:
+                    return
+                yield event
         finally:
             self._listeners.discard(queue)

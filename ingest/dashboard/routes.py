@@ -66,6 +66,12 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/ward", ward)
     app.router.add_get("/api/ward/{user_code}", patient)
     app.router.add_get("/api/events", events)
+    app.on_shutdown.append(_close_streams)
+
+
+async def _close_streams(app: web.Application) -> None:
+    """on_shutdown runs before aiohttp waits for handlers: end the event streams first."""
+    app[HUB_KEY].close()
 
 
 _SEC: Final[list[dict[str, list[str]]]] = [{"ApiKeyAuth": []}, {"BearerAuth": []}]
