@@ -1,0 +1,295 @@
+"""The one owner of the Bluetooth adapter: scans for E86 watches and keeps a session per watch.
+
+* One scanner for the whole process (bleak, backend from :mod:`gateway.ble.backend`). Every
+  advertisement of an E86 (name "E86 …" or the vendor service UUID) updates that watch's RSSI
+  and "last seen"; a watch in ``[gateway.devices]`` (or any E86 with ``adopt_any``) gets a
+  connection task.
+* Watchdog: when watches are missing and the scanner has heard nothing for
+  ``scan_watchdog_s``, the scanner is restarted (BlueZ discovery sometimes goes deaf).
+* Per watch: wait until it advertises, ``establish_connection`` (bleak-retry-connector), run a
+  :class:`WatchSession`; on any failure back off by :mod:`gateway.ble.retry` and try again.
+  Device status (retained) goes out on every change.
+* Commands from MQTT (``ecg``, ``sync``) are routed to the watch's session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from bleak import BleakClient
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
+from bleak_retry_connector import establish_connection
+
+from gateway.ble.backend import BleBackend
+from gateway.ble.retry import classify
+from gateway.ble.session import Sink, WatchInfo, WatchSession
+from gateway.clock import Clock
+from gateway.e86.advertising import is_e86_name
+from gateway.e86.constants import MODEL, SERVICE_UUID
+from gateway.settings import GatewaySettings
+from vitalgate.contract import Command, DeviceStatus, device_id_from_mac, normalise_mac
+
+log = logging.getLogger(__name__)
+
+#: how often the scanner watchdog looks (real seconds).
+WATCHDOG_PERIOD_S: Final = 1.0
+#: internal attempts of establish_connection before our own backoff policy takes over.
+CONNECT_ATTEMPTS: Final = 2
+#: how long to wait for a disconnect to complete when a session ends.
+DISCONNECT_TIMEOUT_S: Final = 5.0
+
+State = Literal["waiting", "connecting", "connected", "backoff"]
+
+
+@dataclass
+class WatchState:
+    info: WatchInfo
+    state: State = "waiting"
+    ble_device: BLEDevice | None = None
+    rssi: int | None = None
+    last_seen_mono: float = 0.0
+    last_seen_ms: int | None = None
+    connects: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    last_reading_ms: int | None = None
+    battery: int | None = None
+    session: WatchSession | None = None
+    seen: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    # totals over all sessions (a session's counters are added when it ends)
+    totals: dict[str, int] = field(default_factory=dict)
+
+    def snapshot(self) -> dict[str, Any]:
+        s = self.session
+        counters = dict(self.totals)
+        frames: dict[str, int] = {}
+        if s is not None:
+            for k, v in vars(s.counters).items():
+                counters[k] = counters.get(k, 0) + v
+            frames = s.frame_stats()
+        return {
+            "device_id": self.info.device_id,
+            "name": self.info.name,
+            "mac": self.info.mac,
+            "user_code": self.info.user_code,
+            "state": self.state,
+            "rssi": self.rssi,
+            "battery": s.battery if s and s.battery is not None else self.battery,
+            "last_seen_ms": self.last_seen_ms,
+            "last_reading_ms": (s.last_reading_ms if s else None) or self.last_reading_ms,
+            "connects": self.connects,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "counters": counters,
+            "frames": frames,
+        }
+
+
+class SessionManager:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        backend: BleBackend,
+        sink: Sink,
+        *,
+        on_status: Callable[[DeviceStatus], None] = lambda s: None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.sink = sink
+        self.on_status = on_status
+        self.clock = clock or Clock()
+        self.watches: dict[str, WatchState] = {}
+        self.scanner_restarts = 0
+        self.advertisements = 0
+        self.commands_unknown_device = 0
+        self._last_adv_mono = time.monotonic()
+        self._tg: asyncio.TaskGroup | None = None
+        self._restart_scanner = asyncio.Event()
+        for mac, user_code in settings.devices.items():
+            self._watch(mac, None, user_code)
+
+    # ------------------------------------------------------------------ public
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            for w in self.watches.values():
+                self._start(w)
+            tg.create_task(self._scan(), name="ble scanner")
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend.name,
+            "advertisements": self.advertisements,
+            "scanner_restarts": self.scanner_restarts,
+            "watches": [w.snapshot() for w in self.watches.values()],
+        }
+
+    async def handle(self, cmd: Command) -> None:
+        """Route an MQTT command to the watch's session (recording runs in the background)."""
+        w = self.watches.get(cmd.device_id)
+        if w is None or w.session is None or self._tg is None:
+            self.commands_unknown_device += 1
+            log.warning("command %s for %s: no such watch connected", cmd.cmd, cmd.device_id)
+            return
+        session = w.session
+        if cmd.cmd == "sync":
+            session.request_sync()
+        elif cmd.cmd == "ecg":
+            self._tg.create_task(self._ecg(session, cmd.seconds), name=f"ecg {cmd.device_id}")
+
+    async def _ecg(self, session: WatchSession, seconds: float) -> None:
+        try:
+            await session.record_ecg(seconds)
+        except Exception as exc:  # a failed recording must not stop the gateway
+            log.warning("%s: ECG recording failed: %s", session.watch.name, exc)
+
+    # ------------------------------------------------------------------ scanning
+
+    def _watch(self, mac: str, name: str | None, user_code: str | None) -> WatchState:
+        mac = normalise_mac(mac)
+        device_id = device_id_from_mac(mac)
+        w = self.watches.get(device_id)
+        if w is None:
+            info = WatchInfo(device_id, mac, name or f"{MODEL} {device_id[-4:].upper()}", user_code)
+            w = self.watches[device_id] = WatchState(info)
+        return w
+
+    def _start(self, w: WatchState) -> None:
+        if w.task is None and self._tg is not None:
+            w.task = self._tg.create_task(self._connection_loop(w), name=f"watch {w.info.name}")
+
+    def _on_advertisement(self, device: BLEDevice, adv: AdvertisementData) -> None:
+        name = adv.local_name or device.name
+        if not (is_e86_name(name) or SERVICE_UUID in (u.lower() for u in adv.service_uuids)):
+            return
+        self.advertisements += 1
+        self._last_adv_mono = time.monotonic()
+        try:
+            device_id = device_id_from_mac(device.address)
+        except ValueError:
+            return  # macOS UUID addresses: not a MAC, cannot be a configured watch
+        w = self.watches.get(device_id)
+        if w is None:
+            if not self.settings.adopt_any or len(self.watches) >= self.settings.max_watches:
+                return
+            w = self._watch(device.address, name, None)
+            log.info("adopting %s", w.info.name)
+        w.ble_device = device
+        w.rssi = adv.rssi
+        w.last_seen_mono = time.monotonic()
+        w.last_seen_ms = self.clock.ms()
+        w.seen.set()
+        self._start(w)
+
+    async def _scan(self) -> None:
+        while True:
+            scanner = self.backend.scanner(detection_callback=self._on_advertisement)
+            await scanner.start()
+            self._last_adv_mono = time.monotonic()
+            try:
+                while True:
+                    await asyncio.sleep(WATCHDOG_PERIOD_S)
+                    missing = [w for w in self.watches.values() if w.state != "connected"]
+                    silent = time.monotonic() - self._last_adv_mono
+                    if missing and silent > self.clock.real_seconds(self.settings.scan_watchdog_s):
+                        self.scanner_restarts += 1
+                        log.warning("no advertisement for %.0f s while %d watches are missing: "
+                                    "restarting the scanner", silent, len(missing))
+                        break
+            finally:
+                with contextlib.suppress(Exception):
+                    await scanner.stop()
+
+    # ------------------------------------------------------------------ connections
+
+    async def _connection_loop(self, w: WatchState) -> None:
+        attempt = 0
+        while True:
+            w.state = "waiting"
+            await w.seen.wait()
+            assert w.ble_device is not None
+            w.state = "connecting"
+            try:
+                await self._serve(w)
+                attempt = 0
+            except Exception as exc:  # classified; every failure is retried
+                _reraise_if_cancelling(exc)
+                rule = classify(exc)
+                delay = rule.backoff.delay(attempt)
+                attempt += 1
+                w.failures += 1
+                w.last_error = f"{rule.name}: {exc or type(exc).__name__}"
+                w.state = "backoff"
+                log.warning("%s: %s; retrying in %.1f s", w.info.name, w.last_error, delay)
+                await self.clock.sleep(delay)
+            # reconnect only on a fresh advertisement (the watch is in range again)
+            w.seen.clear()
+
+    async def _serve(self, w: WatchState) -> None:
+        lost = asyncio.Event()
+        assert w.ble_device is not None
+        client = await establish_connection(
+            BleakClient, w.ble_device, w.info.name,
+            disconnected_callback=lambda _c: lost.set(),
+            max_attempts=CONNECT_ATTEMPTS,
+            timeout=self.settings.connect_timeout_s,
+            **self.backend.client_kwargs(),
+        )
+        w.connects += 1
+        session = WatchSession(client, w.info, self.settings, self.sink, self.clock)
+        w.session = session
+        run = asyncio.create_task(session.run(), name=f"session {w.info.name}")
+        gone = asyncio.create_task(lost.wait())
+        ready = asyncio.create_task(session.ready.wait())
+        try:
+            await asyncio.wait({run, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if session.ready.is_set():
+                w.state = "connected"
+                log.info("%s: connected", w.info.name)
+                self._status(w, True)
+            await asyncio.wait({run, gone}, return_when=asyncio.FIRST_COMPLETED)
+            failure = run.exception() if run.done() and not run.cancelled() else None
+            if failure is not None and not lost.is_set():
+                raise failure
+            log.info("%s: disconnected", w.info.name)
+        finally:
+            for t in (run, gone, ready):
+                t.cancel()
+            await asyncio.gather(run, gone, ready, return_exceptions=True)
+            for k, v in vars(session.counters).items():
+                w.totals[k] = w.totals.get(k, 0) + v
+            w.last_reading_ms = session.last_reading_ms or w.last_reading_ms
+            w.battery = session.battery if session.battery is not None else w.battery
+            w.session = None
+            w.state = "waiting"
+            self._status(w, False)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(DISCONNECT_TIMEOUT_S):
+                    await client.disconnect()
+
+    def _status(self, w: WatchState, connected: bool) -> None:
+        battery = w.session.battery if w.session is not None else w.battery
+        self.on_status(DeviceStatus(
+            device_id=w.info.device_id, name=w.info.name, mac=w.info.mac, model=MODEL,
+            connected=connected, battery=battery, rssi=w.rssi, last_seen=w.last_seen_ms,
+            user_code=w.info.user_code,
+        ))
+
+
+def _reraise_if_cancelling(exc: BaseException) -> None:
+    """A library below turned our cancellation into an error (bleak/bumble do this while a
+    connect or a GATT request is pending): stop, do not retry."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError() from exc

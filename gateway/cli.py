@@ -1,0 +1,106 @@
+"""``vitalgate gateway run`` and ``vitalgate gateway status``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from vitalgate.config import load_settings
+
+
+def register(subparsers: Any) -> None:
+    gw = subparsers.add_parser("gateway", help="the BLE → MQTT gateway (Raspberry Pi)")
+    sub = gw.add_subparsers(dest="gateway_command", metavar="SUBCOMMAND")
+
+    run = sub.add_parser("run", help="collect from E86 watches and publish to MQTT")
+    run.add_argument("--config", type=Path, help="TOML file ([gateway] table)")
+    run.add_argument("--simulate", type=int, metavar="N", default=0,
+                     help="run N virtual E86 watches on a simulated BLE link in this process")
+    run.add_argument("--scenario", action="append", metavar="NAME",
+                     help="patient scenario of the simulated watches (repeatable; default stable)")
+    run.add_argument("--speed", type=float, default=1.0, help="simulated time runs S × faster")
+    run.add_argument("--interval", type=float, default=5.0,
+                     help="seconds (simulated) between the virtual watches' readings")
+    run.add_argument("--seed", type=int, default=0, help="seed of the simulated patients")
+    run.add_argument("--mqtt-url", help="override mqtt_url")
+    run.add_argument("--gateway-id", help="override gateway_id")
+    run.add_argument("--data-dir", type=Path, help="override data_dir (buffer, state file)")
+    run.add_argument("--status-port", type=int, help="override status_port (0 = any free port)")
+    run.set_defaults(func=_run)
+
+    status = sub.add_parser("status", help="what a running gateway is doing (or did last)")
+    status.add_argument("--config", type=Path, help="TOML file ([gateway] table)")
+    status.add_argument("--port", type=int, help="status port (default: from the settings)")
+    status.add_argument("--data-dir", type=Path, help="where the state file is")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.set_defaults(func=_status)
+    gw.set_defaults(func=lambda args: gw.print_help() or 2)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from gateway.settings import GatewaySettings
+
+    overrides: dict[str, Any] = {}
+    for arg, key in (("mqtt_url", "mqtt_url"), ("gateway_id", "gateway_id"), ("data_dir", "data_dir"),
+                     ("status_port", "status_port"), ("port", "status_port")):
+        value = getattr(args, arg, None)
+        if value is not None:
+            overrides[key] = value
+    return load_settings(GatewaySettings, args.config, **overrides)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    try:
+        settings = _settings(args)
+    except (ValidationError, FileNotFoundError) as exc:
+        print(f"vitalgate gateway: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_main(settings, args))
+
+
+async def _main(settings: Any, args: argparse.Namespace) -> int:
+    from gateway.ble.backend import bluez, simulated
+    from gateway.clock import Clock
+    from gateway.service import Gateway, simulated_watches
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        if args.simulate > 0:
+            from simulators.bleak_bumble import BumbleLink
+
+            clock = Clock(args.speed)
+            async with BumbleLink() as link, simulated_watches(
+                link, args.simulate, args.scenario or ["stable"], clock, seed=args.seed,
+                realtime_interval_s=args.interval,
+            ) as (_watches, devices):
+                settings = settings.model_copy(update={"devices": {**settings.devices, **devices}})
+                await Gateway(settings, simulated(link), clock=clock).run()
+        else:
+            await Gateway(settings, bluez()).run()
+    except asyncio.CancelledError:
+        pass
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from gateway.status import fetch, render
+
+    settings = _settings(args)
+    try:
+        state, source = fetch(settings.status_port, settings.state_path)
+    except OSError as exc:
+        print(f"vitalgate gateway status: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write((json.dumps(state, indent=1) if args.json else render(state, source)) + "\n")
+    return 0 if source == "live" else 3

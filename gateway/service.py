@@ -1,0 +1,141 @@
+"""The gateway process: buffer + publisher + BLE session manager + status, in one TaskGroup.
+
+``Gateway(settings, backend).run()`` runs until cancelled; cancelling it (SIGTERM/SIGINT in
+the CLI) stops every task, publishes the retained "offline" status and closes the buffer.
+``simulated_watches(...)`` starts virtual E86 watches worn by simulated patients on a bumble
+link for ``--simulate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from gateway.backoff import Backoff
+from gateway.ble.backend import BleBackend
+from gateway.ble.manager import SessionManager
+from gateway.buffer import Buffer, Measurement
+from gateway.clock import Clock
+from gateway.publisher import MQTT_BACKOFF, Publisher
+from gateway.settings import GatewaySettings
+from gateway.status import serve_status, state_file_loop, write_state
+from vitalgate import __version__
+from vitalgate.contract import EcgChunk, Reading
+
+if TYPE_CHECKING:
+    from simulators.bleak_bumble import BumbleLink
+    from simulators.watch import VirtualE86
+
+log = logging.getLogger(__name__)
+
+
+class BufferSink:
+    """What sessions write to: the buffer, then a nudge to the publisher."""
+
+    def __init__(self, buffer: Buffer, publisher: Publisher) -> None:
+        self.buffer = buffer
+        self.publisher = publisher
+
+    def add_readings(self, items: Sequence[Measurement]) -> list[Reading]:
+        out = self.buffer.add_readings(items)
+        self.publisher.notify()
+        return out
+
+    def add_ecg(self, chunk: EcgChunk) -> None:
+        self.buffer.add_ecg(chunk)
+        self.publisher.notify()
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings, backend: BleBackend, *, clock: Clock | None = None,
+                 mqtt_backoff: Backoff = MQTT_BACKOFF) -> None:
+        self.settings = settings
+        self.clock = clock or Clock()
+        self.buffer = Buffer(settings.buffer_path, max_rows=settings.buffer_max_rows,
+                             max_bytes=settings.buffer_max_bytes, synchronous=settings.buffer_synchronous)
+        self.publisher = Publisher(settings, self.buffer, version=__version__, backoff=mqtt_backoff)
+        self.manager = SessionManager(settings, backend, BufferSink(self.buffer, self.publisher),
+                                      on_status=self.publisher.set_device_status, clock=self.clock)
+        self.status_port: int | None = None
+        self.started_ms = int(time.time() * 1000)
+
+    def snapshot(self) -> dict[str, Any]:
+        stats = self.buffer.stats()
+        pub = self.publisher
+        broker = self.settings.broker
+        return {
+            "gateway_id": self.settings.gateway_id,
+            "version": __version__,
+            "running": True,
+            "ts": int(time.time() * 1000),
+            "started_ms": self.started_ms,
+            "mqtt": {
+                "broker": f"{broker.host}:{broker.port}",
+                "connected": pub.connected,
+                "inflight": pub.inflight,
+                **vars(pub.counters),
+            },
+            "buffer": {
+                "path": str(self.buffer.path),
+                "rows": stats.rows,
+                "bytes": stats.bytes,
+                "readings": stats.readings,
+                "ecg": stats.ecg,
+                "evicted": stats.evicted,
+                "evicted_readings": stats.evicted_readings,
+                "evicted_ecg": stats.evicted_ecg,
+                "lag_s": pub.lag_s(),
+            },
+            "ble": self.manager.snapshot(),
+        }
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.publisher.run(), name="mqtt publisher")
+                tg.create_task(self.manager.run(), name="ble manager")
+                tg.create_task(self._commands(), name="commands")
+                if self.settings.status_port >= 0:
+                    tg.create_task(serve_status(self.snapshot, self.settings.status_port, bound=self._bound),
+                                   name="status http")
+                tg.create_task(state_file_loop(self.snapshot, self.settings.state_path), name="state file")
+        finally:
+            final = self.snapshot()
+            final["running"] = False
+            try:
+                write_state(self.settings.state_path, final)
+            except OSError as exc:
+                log.warning("cannot write state file %s: %s", self.settings.state_path, exc)
+            self.buffer.close()
+
+    def _bound(self, port: int) -> None:
+        self.status_port = port
+
+    async def _commands(self) -> None:
+        async for cmd in self.publisher.commands():
+            await self.manager.handle(cmd)
+
+
+@contextlib.asynccontextmanager
+async def simulated_watches(
+    link: BumbleLink, n: int, scenarios: Sequence[str], clock: Clock, *, seed: int = 0,
+    realtime_interval_s: float = 5.0,
+) -> AsyncIterator[tuple[list[VirtualE86], dict[str, str]]]:
+    """``n`` virtual E86 watches worn by simulated patients; yields them and MAC → user_code."""
+    from simulators.physiology import fleet_patients
+    from simulators.watch import VirtualE86
+
+    patients = fleet_patients(n, list(scenarios), seed=seed, start_ms=clock.ms())
+    watches = [
+        VirtualE86(link, p.mac, clock=clock, speed=1.0, vitals=p.vitals, ecg=p.ecg,
+                   realtime_interval_s=realtime_interval_s, seed=seed + i)
+        for i, p in enumerate(patients)
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        for w in watches:
+            await stack.enter_async_context(w)
+        yield watches, {p.mac: p.user_code for p in patients}

@@ -1,0 +1,168 @@
+"""The gateway's settings: ``[gateway]`` in the TOML file, ``VITALGATE_*`` in the environment.
+
+See ``config/gateway.example.toml`` for every key with its meaning.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+from urllib.parse import unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from vitalgate.config import ServiceSettings
+from vitalgate.contract import DEFAULT_PREFIX, GATEWAY_ID_RE, USER_CODE_RE, normalise_mac
+
+#: history kinds the gateway may ask a watch for (names of gateway.e86 history kinds).
+HISTORY_KINDS = ("all", "heart_rate", "blood_pressure", "spo2", "temperature")
+
+
+def default_data_dir() -> Path:
+    """systemd's ``$STATE_DIRECTORY`` (StateDirectory=vitalgate) if set, else a per-user dir."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0])
+    return Path.home() / ".local" / "state" / "vitalgate"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """``mqtt://[user:pass@]host[:port]`` or ``mqtts://…`` parsed."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = None
+
+
+class GatewaySettings(ServiceSettings):
+    toml_table: ClassVar[str] = "gateway"
+
+    gateway_id: str = "gateway-1"
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_ca: Path | None = None
+    mqtt_cert: Path | None = None
+    mqtt_key: Path | None = None
+    mqtt_keepalive_s: int = Field(default=30, ge=5, le=3600)
+    #: MQTT client id; empty means ``vitalgate-gw-{gateway_id}``.
+    mqtt_client_id: str = ""
+    prefix: str = DEFAULT_PREFIX
+    #: readings published to the broker but not yet acknowledged (PUBACK), at most.
+    inflight_window: int = Field(default=64, ge=1, le=1000)
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    buffer_max_rows: int = Field(default=500_000, ge=10)
+    buffer_max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)
+    #: FULL: every commit is fsynced (survives power cuts). NORMAL: survives process crashes only.
+    buffer_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+    #: watches to collect from: MAC (any spelling) → user_code of the patient wearing it.
+    devices: dict[str, str] = Field(default_factory=dict)
+    #: also connect to any E86 watch that is not in ``devices`` (no user_code then).
+    adopt_any: bool = False
+    max_watches: int = Field(default=5, ge=1, le=20)
+    timezone: str = "UTC"
+    hr_interval_min: int = Field(default=10, ge=1, le=255)
+    spo2_interval_min: int = Field(default=10, ge=1, le=255)
+    temperature_interval_min: int = Field(default=10, ge=1, le=255)
+    realtime_upload: bool = True
+    history_kinds: list[str] = Field(default_factory=lambda: ["all"])
+    history_sync_min: float = Field(default=10.0, gt=0)
+    #: restart the scanner when no advertisement was seen for this long while watches are missing.
+    scan_watchdog_s: float = Field(default=60.0, gt=0)
+    connect_timeout_s: float = Field(default=20.0, gt=0)
+    ecg_chunk_samples: int = Field(default=250, ge=10, le=5000)
+
+    status_port: int = Field(default=8787, ge=0, le=65535)
+    status_interval_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("gateway_id")
+    @classmethod
+    def _gateway_id(cls, v: str) -> str:
+        if not GATEWAY_ID_RE.match(v):
+            raise ValueError(f"gateway_id {v!r} must match {GATEWAY_ID_RE.pattern}")
+        return v
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"mqtt_url {v!r} must look like mqtt://host:1883 or mqtts://host:8883")
+        return v
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: dict[str, str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for mac, user_code in v.items():
+            if not USER_CODE_RE.match(user_code):
+                raise ValueError(f"devices.{mac}: user_code {user_code!r} must match {USER_CODE_RE.pattern}")
+            out[normalise_mac(mac)] = user_code
+        return out
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone {v!r} is not an IANA time zone name") from None
+        return v
+
+    @field_validator("history_kinds")
+    @classmethod
+    def _kinds(cls, v: list[str]) -> list[str]:
+        bad = [k for k in v if k not in HISTORY_KINDS]
+        if bad or not v:
+            raise ValueError(f"history_kinds {v!r}: each must be one of {', '.join(HISTORY_KINDS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> GatewaySettings:
+        if (self.mqtt_cert is None) != (self.mqtt_key is None):
+            raise ValueError("mqtt_cert and mqtt_key go together: set both or neither")
+        return self
+
+    # ------------------------------------------------------------------ derived
+
+    @property
+    def broker(self) -> BrokerAddress:
+        parts = urlsplit(self.mqtt_url)
+        tls = parts.scheme == "mqtts"
+        username = self.mqtt_username or (unquote(parts.username) if parts.username else None)
+        password = (
+            self.mqtt_password.get_secret_value()
+            if self.mqtt_password is not None
+            else (unquote(parts.password) if parts.password else None)
+        )
+        return BrokerAddress(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or (8883 if tls else 1883),
+            tls=tls or self.mqtt_ca is not None,
+            username=username,
+            password=password,
+        )
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt_client_id or f"vitalgate-gw-{self.gateway_id}"
+
+    @property
+    def buffer_path(self) -> Path:
+        return self.data_dir / "buffer.sqlite3"
+
+    @property
+    def state_path(self) -> Path:
+        return self.data_dir / "status.json"
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)

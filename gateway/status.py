@@ -1,0 +1,119 @@
+"""What the gateway is doing, for people: ``GET /healthz`` on 127.0.0.1 and a JSON state file.
+
+``vitalgate gateway status`` reads the HTTP endpoint, or the state file when the gateway is
+not running (it then shows the last known state and says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+Snapshot = Callable[[], dict[str, Any]]
+
+#: the state file is rewritten this often (real seconds).
+STATE_FILE_PERIOD_S: Final = 5.0
+
+
+async def serve_status(snapshot: Snapshot, port: int, host: str = "127.0.0.1",
+                       bound: Callable[[int], None] | None = None) -> None:
+    """Serve ``/healthz`` until cancelled; ``bound(port)`` is told the real port (port 0)."""
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response(snapshot(), dumps=lambda o: json.dumps(o, default=str))
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        real_port = sockets[0].getsockname()[1] if sockets else port
+        log.info("status on http://%s:%d/healthz", host, real_port)
+        if bound is not None:
+            bound(int(real_port))
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    """Atomically replace the state file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, default=str, indent=1))
+    os.replace(tmp, path)
+
+
+async def state_file_loop(snapshot: Snapshot, path: Path, period_s: float = STATE_FILE_PERIOD_S) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            write_state(path, snapshot())
+        except OSError as exc:
+            log.warning("cannot write state file %s: %s", path, exc)
+        await asyncio.sleep(period_s)
+
+
+def fetch(port: int, state_path: Path | None = None, timeout: float = 2.0) -> tuple[dict[str, Any], str]:
+    """The live status (``"live"``), else the state file (``"file"``); OSError if neither."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=timeout) as resp:
+            return json.loads(resp.read()), "live"
+    except (urllib.error.URLError, OSError, ValueError):
+        if state_path is None or not state_path.is_file():
+            raise OSError(f"no gateway answers on 127.0.0.1:{port} and no state file") from None
+        return json.loads(state_path.read_text()), "file"
+
+
+def _when(ms: int | None) -> str:
+    if not ms:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def render(state: dict[str, Any], source: str) -> str:
+    """A human summary of a status snapshot."""
+    mqtt = state.get("mqtt", {})
+    buf = state.get("buffer", {})
+    lines = [
+        f"gateway {state.get('gateway_id')} ({'live' if source == 'live' else 'last state file'}"
+        f"{'' if state.get('running', True) else ', stopped'}) at {_when(state.get('ts'))} UTC",
+        f"  mqtt: {'connected' if mqtt.get('connected') else 'DISCONNECTED'} to {mqtt.get('broker')}"
+        f"  published {mqtt.get('published', 0)} acked {mqtt.get('acked', 0)}"
+        f" replayed {mqtt.get('replayed', 0)} in flight {mqtt.get('inflight', 0)}",
+        f"  buffer: {buf.get('rows', 0)} rows ({buf.get('bytes', 0)} bytes), evicted {buf.get('evicted', 0)}"
+        f" (ECG {buf.get('evicted_ecg', 0)}, readings {buf.get('evicted_readings', 0)}),"
+        f" publish lag {buf.get('lag_s', 0):.1f} s",
+    ]
+    ble = state.get("ble", {})
+    lines.append(f"  ble ({ble.get('backend')}): {ble.get('advertisements', 0)} advertisements,"
+                 f" scanner restarts {ble.get('scanner_restarts', 0)}")
+    for w in ble.get("watches", []):
+        frames = w.get("frames", {})
+        lines.append(
+            f"  {w['name']:<10} {w['device_id']} {w['state']:<10} rssi {w.get('rssi')}"
+            f" battery {w.get('battery')} last reading {_when(w.get('last_reading_ms'))}"
+            f" crc errors {frames.get('crc_errors', 0)}"
+            + (f" last error: {w['last_error']}" if w.get("last_error") else "")
+        )
+    return "\n".join(lines)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,166 @@
+"""The publisher against a real Mosquitto, with a paho subscriber validating the contract."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from gateway.backoff import Backoff
+from gateway.buffer import Buffer, Measurement
+from gateway.probe import Probe, unique_seqs
+from gateway.publisher import Publisher
+from gateway.settings import GatewaySettings
+from vitalgate.broker import Mosquitto
+from vitalgate.contract import DeviceStatus, EcgChunk, GatewayStatus, Kind, Reading, Source, Vitals
+
+DEV = "d061aed45894"
+FAST = Backoff(initial_s=0.1, factor=2.0, max_s=0.5, jitter=0.5)
+
+
+def settings(broker: Mosquitto, tmp_path: Path, **kw: object) -> GatewaySettings:
+    return GatewaySettings(gateway_id="ward3-bed12", mqtt_url=broker.url, data_dir=tmp_path / "gw",
+                           inflight_window=8, **kw)  # type: ignore[arg-type]
+
+
+def add(buffer: Buffer, n: int, start: int = 0) -> None:
+    buffer.add_readings([Measurement(DEV, 1_700_000_000_000 + 1000 * (start + i),
+                                     Vitals(heart_rate=60 + (start + i) % 50), Source.REALTIME, "U1")
+                         for i in range(n)])
+
+
+@contextlib.asynccontextmanager
+async def running(pub: Publisher) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(pub.run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.fixture
+def probe(mosquitto: Mosquitto) -> object:
+    p = Probe(mosquitto.host, mosquitto.port).start()
+    yield p
+    p.stop()
+
+
+async def test_buffer_drains_in_order_and_leaves_only_on_puback(
+    mosquitto: Mosquitto, tmp_path: Path, probe: Probe
+) -> None:
+    st = settings(mosquitto, tmp_path)
+    buffer = Buffer(st.buffer_path)
+    add(buffer, 30)  # buffered before any connection: these are late
+    pub = Publisher(st, buffer, version="test", backoff=FAST)
+    pub.set_device_status(DeviceStatus(device_id=DEV, name="E86 5894", mac="D0:61:AE:D4:58:94",
+                                       connected=True, battery=80, user_code="U1"))
+    async with running(pub):
+        await probe.until(lambda: len(probe.readings(DEV)) >= 30, what="30 readings")
+        await probe.until(lambda: len(buffer) == 0, what="buffer empty")
+        add(buffer, 5, start=30)
+        buffer.add_ecg(EcgChunk(device_id=DEV, recording=f"{DEV}-1", seq=0, ts=1_700_000_000_000,
+                                fs=250, samples=[1, -2, 3], last=True))
+        pub.notify()
+        await probe.until(lambda: len(probe.readings(DEV)) >= 35 and bool(probe.ecg(DEV)), what="live rows")
+        await probe.until(lambda: len(buffer) == 0, what="buffer empty again")
+    got = probe.readings(DEV)
+    assert [r.seq for r in got] == list(range(35))  # order kept, none missing
+    assert all(r.replayed for r in got[:30]) and not any(r.replayed for r in got[30:])
+    assert [r.vitals.heart_rate for r in got[:3]] == [60, 61, 62]
+    assert probe.ecg(DEV)[0].samples == [1, -2, 3]
+    assert probe.errors == []
+    dev = probe.latest(Kind.DEVICE_STATUS, device_id=DEV)
+    assert dev is not None and dev.battery == 80
+    # a clean stop leaves the retained status "offline"
+    await probe.until(lambda: probe.latest(Kind.GATEWAY_STATUS) is not None
+                      and not probe.latest(Kind.GATEWAY_STATUS).online, what="offline status")
+    assert pub.counters.acked == 36 and buffer.stats().acked == 36
+
+
+async def test_broker_outage_loses_nothing_and_marks_late_readings_replayed(
+    mosquitto: Mosquitto, tmp_path: Path, probe: Probe
+) -> None:
+    st = settings(mosquitto, tmp_path)
+    buffer = Buffer(st.buffer_path)
+    pub = Publisher(st, buffer, backoff=FAST)
+    async with running(pub):
+        await probe.until(lambda: pub.connected, what="connected")
+        for i in range(10):
+            add(buffer, 1, start=i)
+            pub.notify()
+        await probe.until(lambda: len(unique_seqs(probe.readings(DEV))) == 10, what="first 10")
+        mosquitto.stop()
+        await probe.until(lambda: not pub.connected, what="disconnect noticed")
+        for i in range(10, 40):  # produced while the broker is down
+            add(buffer, 1, start=i)
+            pub.notify()
+            await asyncio.sleep(0.02)
+        assert len(buffer) >= 30 and pub.lag_s() > 0
+        mosquitto.start()
+        await probe.until(lambda: len(unique_seqs(probe.readings(DEV))) == 40, timeout=40, what="all 40")
+        await probe.until(lambda: len(buffer) == 0, what="drained")
+        add(buffer, 1, start=40)
+        pub.notify()
+        await probe.until(lambda: 40 in unique_seqs(probe.readings(DEV)), what="a live one after")
+    got = probe.readings(DEV)
+    assert unique_seqs(got) == list(range(41))
+    first: dict[int, Reading] = {}
+    for r in got:
+        first.setdefault(r.seq, r)
+    assert [r.seq for r in first.values()] == list(range(41))  # per-device arrival order kept
+    assert all(first[s].replayed for s in range(10, 40))
+    assert not first[0].replayed and not first[40].replayed
+    assert pub.counters.connects >= 2 and pub.counters.connect_failures >= 1
+    assert buffer.stats().evicted == 0
+
+
+async def test_commands_are_validated_and_bad_ones_counted(
+    mosquitto: Mosquitto, tmp_path: Path, probe: Probe
+) -> None:
+    st = settings(mosquitto, tmp_path)
+    pub = Publisher(st, Buffer(st.buffer_path), backoff=FAST)
+    async with running(pub):
+        await probe.until(lambda: pub.connected, what="connected")
+        await asyncio.sleep(0.2)  # SUBACK
+        topic = pub.topics.cmd("ward3-bed12")
+        probe._client.publish(topic, b'{"v":1,"cmd":"reboot","device_id":"d061aed45894"}', qos=1)
+        probe._client.publish(topic, b"not json", qos=1)
+        probe._client.publish(topic, b'{"v":1,"cmd":"ecg","device_id":"d061aed45894","seconds":5}', qos=1)
+        cmd = await asyncio.wait_for(anext(pub.commands()), 10)
+    assert (cmd.cmd, cmd.device_id, cmd.seconds) == ("ecg", DEV, 5)
+    assert pub.counters.commands_rejected == 2
+
+
+async def test_refused_connection_is_retried_with_backoff(tmp_path: Path) -> None:
+    # nothing listens on this port: OSError, retried, counted; the task stays alive
+    from vitalgate.broker import free_port
+
+    st = GatewaySettings(gateway_id="gw", mqtt_url=f"mqtt://127.0.0.1:{free_port()}", data_dir=tmp_path)
+    pub = Publisher(st, Buffer(st.buffer_path), backoff=FAST)
+    async with running(pub) as task:
+        deadline = asyncio.get_running_loop().time() + 20
+        while pub.counters.connect_failures < 3 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert not task.done()
+    assert pub.counters.connect_failures >= 3 and not pub.connected
+    assert GatewayStatus(online=False).to_bytes() == b'{"v":1,"online":false}'
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(payload=st.binary(max_size=300) | st.from_regex(rb'\{"v":1,"cmd":"(ecg|sync)","device_id":"[0-9a-f]{12}"(,"seconds":-?[0-9]{1,4})?\}', fullmatch=True))
+def test_any_command_payload_is_accepted_or_counted(payload: bytes) -> None:
+    st_ = GatewaySettings(gateway_id="gw", data_dir=Path(tempfile.gettempdir()))
+    pub = Publisher(st_, Buffer(":memory:"))
+    pub._on_command(pub.topics.cmd("gw"), payload)
+    c = pub.counters
+    assert c.commands + c.commands_rejected == 1
+    assert pub._commands.qsize() == c.commands
