@@ -23,9 +23,11 @@ def register(subparsers: Any) -> None:
                      help="run N virtual E86 watches on a simulated BLE link in this process")
     run.add_argument("--scenario", action="append", metavar="NAME",
                      help="patient scenario of the simulated watches (repeatable; default stable)")
-    run.add_argument("--speed", type=float, default=1.0, help="simulated time runs S × faster")
+    run.add_argument("--speed", type=float, default=1.0,
+                     help="with --simulate: the patients' physiology runs S x faster (readings keep "
+                          "wall-clock timestamps, so the hospital's freshness window still holds)")
     run.add_argument("--interval", type=float, default=5.0,
-                     help="seconds (simulated) between the virtual watches' readings")
+                     help="seconds between the virtual watches' readings")
     run.add_argument("--seed", type=int, default=0, help="seed of the simulated patients")
     run.add_argument("--mqtt-url", help="override mqtt_url")
     run.add_argument("--gateway-id", help="override gateway_id")
@@ -79,10 +81,10 @@ async def _main(settings: Any, args: argparse.Namespace) -> int:
         if args.simulate > 0:
             from simulators.bleak_bumble import BumbleLink
 
-            clock = Clock(args.speed)
+            clock = Clock()  # wall time: what the watches report is stamped as it happens
             async with BumbleLink() as link, simulated_watches(
                 link, args.simulate, args.scenario or ["stable"], clock, seed=args.seed,
-                realtime_interval_s=args.interval,
+                realtime_interval_s=args.interval, physiology_speed=args.speed,
             ) as (_watches, devices):
                 settings = settings.model_copy(update={"devices": {**settings.devices, **devices}})
                 await Gateway(settings, simulated(link), clock=clock).run()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gateway.backoff import Backoff
@@ -123,15 +123,25 @@ class Gateway:
 @contextlib.asynccontextmanager
 async def simulated_watches(
     link: BumbleLink, n: int, scenarios: Sequence[str], clock: Clock, *, seed: int = 0,
-    realtime_interval_s: float = 5.0,
+    realtime_interval_s: float = 5.0, physiology_speed: float = 1.0,
 ) -> AsyncIterator[tuple[list[VirtualE86], dict[str, str]]]:
-    """``n`` virtual E86 watches worn by simulated patients; yields them and MAC → user_code."""
+    """``n`` virtual E86 watches worn by simulated patients; yields them and MAC → user_code.
+
+    ``physiology_speed`` runs the patients' trajectories faster than ``clock`` (a sepsis of
+    hours in minutes) while the watches still measure and stamp on ``clock``."""
     from simulators.physiology import fleet_patients
     from simulators.watch import VirtualE86
 
-    patients = fleet_patients(n, list(scenarios), seed=seed, start_ms=clock.ms())
+    start = clock.ms()
+    patients = fleet_patients(n, list(scenarios), seed=seed, start_ms=start)
+
+    def accelerated(vitals: Callable[[int], Mapping[str, float]]) -> Callable[[int], Mapping[str, float]]:
+        if physiology_speed == 1.0:
+            return vitals
+        return lambda ts: vitals(start + int((ts - start) * physiology_speed))
+
     watches = [
-        VirtualE86(link, p.mac, clock=clock, speed=1.0, vitals=p.vitals, ecg=p.ecg,
+        VirtualE86(link, p.mac, clock=clock, speed=1.0, vitals=accelerated(p.vitals), ecg=p.ecg,
                    realtime_interval_s=realtime_interval_s, seed=seed + i)
         for i, p in enumerate(patients)
     ]

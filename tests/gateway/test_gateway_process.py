@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def start(mosquitto: Mosquitto, data: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VITALGATE_")}
-    cmd = [sys.executable, "-m", "vitalgate", "-v", "gateway", "run", "--simulate", "2", "--speed", "30",
+    cmd = [sys.executable, "-m", "vitalgate", "-v", "gateway", "run", "--simulate", "2", "--speed", "30", "--interval", "0.2",
            "--mqtt-url", mosquitto.url, "--gateway-id", "gw-kill", "--data-dir", str(data),
            "--status-port", "0"]
     with log.open("ab") as out:
