@@ -22,22 +22,21 @@ from bleak_retry_connector import establish_connection
 
 from gateway.e86.commands import RealtimeUpload, ecg_start_sequence
 from gateway.e86.constants import Group, RealtimeKey
-from gateway.e86.frame import Frame, FrameAssembler, split_for_mtu
+from gateway.e86.frame import FrameAssembler, split_for_mtu
 from gateway.e86.realtime import decode_realtime
 from simulators.bleak_bumble import BumbleLink
-from simulators.watch import VirtualE86
+from simulators.watch import VirtualE86, encode
 from simulators.watch.central import FrameCentral
-from simulators.watch.encode import Measurement, ecg_payload, realtime_blood_pressure
 
 ATT_PAYLOAD = 244  # MTU 247 − 3
 
 
 def codec_baseline(seconds: float) -> float:
     """Frames/s through encode → split → reassemble → decode, without BLE."""
-    m = Measurement(0, 72, 97, 120, 80, 36.7, 15)
+    m = encode.Measurement(0, 72, 97, 120, 80, 36.7, 15)
     frames = [
-        Frame(Group.REALTIME, RealtimeKey.BLOOD_PRESSURE, realtime_blood_pressure(m)),
-        Frame(Group.REALTIME, RealtimeKey.ECG, ecg_payload(range(50))),
+        encode.realtime(RealtimeKey.BLOOD_PRESSURE, m).to_frame(),
+        encode.ecg(range(50)).to_frame(),
     ]
     assembler = FrameAssembler()
     n = 0

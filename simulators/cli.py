@@ -84,6 +84,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("file", type=Path, help="JSONL, CSV, .psv, Challenge 2012 .txt, WFDB .hea, or a folder")
     p.add_argument("--format", default="auto", choices=("auto", "jsonl", "csv", "psv", "physionet2012", "wfdb"))
     p.add_argument("--seq-base", type=int, default=0, help="first seq per device (0)")
+    p.add_argument("--virtual-watches", action="store_true",
+                   help="serve each track from a virtual E86 watch and collect them with the real "
+                        "gateway over the bumble BLE stack, instead of publishing directly")
+    p.add_argument("--interval", type=float, default=5.0,
+                   help="with --virtual-watches: seconds between a watch's measurements")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="with --virtual-watches: the gateway's buffer directory (default: temp)")
     _common(p)
     p.set_defaults(func=cmd_replay)
 
@@ -152,6 +159,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 2
     for err in (loaded.errors or [])[:10]:
         sys.stderr.write(f"skipped {err}\n")
+    if args.virtual_watches:
+        return _replay_through_watches(args, settings, loaded.tracks)
     publisher = GatewayPublisher(settings.broker, settings.gateway_id, settings.prefix)
     try:
         publisher.connect()
@@ -173,6 +182,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
         f"in {time.perf_counter() - started:.1f} s; {loaded.bad} unreadable rows, "
         f"{dropped} implausible values dropped, {stats.rejected} rejected\n"
     )
+    return 0
+
+
+def _replay_through_watches(args: argparse.Namespace, settings: Any, tracks: list[Any]) -> int:
+    import asyncio
+    import tempfile
+
+    from simulators.replay_watches import replay_through_watches
+
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="vitalgate-replay-"))
+    snapshot = asyncio.run(replay_through_watches(
+        tracks, mqtt_url=settings.broker, gateway_id=settings.gateway_id, data_dir=data_dir,
+        speed=settings.speed, interval_s=args.interval, prefix=settings.prefix,
+    ))
+    buffered = snapshot.get("buffer", {})
+    sys.stdout.write(f"replayed {len(tracks)} tracks through virtual watches; gateway buffer: "
+                     f"{buffered}\n")
     return 0
 
 

@@ -33,21 +33,8 @@ from bumble.device import (
 )
 from bumble.gatt import Characteristic, CharacteristicValue, Service
 
-from gateway.e86.commands import (
-    CommandReply,
-    DeviceInfo,
-    DeviceName,
-    EcgControl,
-    Functions,
-    GetRequest,
-    MacAddress,
-    MeasureOnce,
-    RealtimeUpload,
-    SetClock,
-    SetMonitoring,
-    WaveformUpload,
-    WearStatus,
-)
+from gateway.e86 import commands as cmd
+from gateway.e86.advertising import default_name
 from gateway.e86.constants import (
     COMMAND_CHAR_UUID,
     COMPANY_ID,
@@ -71,6 +58,7 @@ from gateway.e86.constants import (
 )
 from gateway.e86.errors import E86Error
 from gateway.e86.frame import Frame, FrameAssembler, split_for_mtu
+from gateway.e86.history import HistoryHeader
 from simulators.bleak_bumble.link import BumbleLink
 from simulators.watch import encode
 from simulators.watch.encode import Measurement
@@ -106,12 +94,6 @@ MEASURE_REPLY_KEY: dict[MeasurementType, RealtimeKey] = {
     MeasurementType.RESPIRATORY_RATE: RealtimeKey.RESPIRATORY_RATE,
     MeasurementType.TEMPERATURE: RealtimeKey.BLOOD_PRESSURE,  # temperature only travels in 06 03
 }
-_REALTIME_ENCODERS: dict[RealtimeKey, Callable[[Measurement], bytes]] = {
-    RealtimeKey.HEART_RATE: encode.realtime_heart_rate,
-    RealtimeKey.SPO2: encode.realtime_spo2,
-    RealtimeKey.BLOOD_PRESSURE: encode.realtime_blood_pressure,
-    RealtimeKey.RESPIRATORY_RATE: encode.realtime_respiratory_rate,
-}
 
 
 @dataclass
@@ -145,8 +127,7 @@ class WatchStats:
 
 def advertised_name(mac: str) -> str:
     """``E86 5894`` for ``D0:61:AE:D4:58:94``."""
-    parts = mac.upper().split(":")
-    return f"{MODEL} {parts[-2]}{parts[-1]}"
+    return default_name(mac)
 
 
 def static_address(mac: str) -> str:
@@ -348,7 +329,8 @@ class VirtualE86:
                     (AdvertisingData.COMPLETE_LOCAL_NAME, self.name.encode()),
                     (
                         AdvertisingData.MANUFACTURER_SPECIFIC_DATA,
-                        COMPANY_ID.to_bytes(2, "little") + encode.mac_bytes(self.mac),
+                        COMPANY_ID.to_bytes(2, "little")
+                        + cmd.MacAddress(self.mac).to_frame().payload,
                     ),
                 ]
             )
@@ -519,45 +501,45 @@ class VirtualE86:
     def _handle(self, central: _Link, frame: Frame) -> None:
         group, key = frame.group, frame.key
         if group == Group.SETTING and key == SettingKey.CLOCK:
-            clock = SetClock.from_frame(frame)
+            clock = cmd.SetClock.from_frame(frame)
             local = clock.to_datetime(UTC).timestamp()
             # Offsets are whole minutes; rounding absorbs the command's own latency.
             self.utc_offset_s = round((local - self.now_s()) / 60.0) * 60.0
-            self.send(CommandReply.ok(frame).to_frame())
+            self.send(cmd.CommandReply.ok(frame).to_frame())
         elif group == Group.SETTING:
-            setting = SetMonitoring.from_frame(frame)
+            setting = cmd.SetMonitoring.from_frame(frame)
             self.monitoring[setting.key] = (setting.on, setting.interval_min)
-            self.send(CommandReply.ok(frame).to_frame())
+            self.send(cmd.CommandReply.ok(frame).to_frame())
         elif group == Group.GET:
-            request = GetRequest.from_frame(frame)
+            request = cmd.GetRequest.from_frame(frame)
             reply: Frame
             if request.key == GetKey.DEVICE_INFO:
-                reply = DeviceInfo(max(0, min(100, self.battery)), *FIRMWARE).to_frame()
+                reply = cmd.DeviceInfo(max(0, min(100, self.battery)), *FIRMWARE).to_frame()
             elif request.key == GetKey.FUNCTIONS:
-                reply = Functions(FUNCTIONS_BITMAP).to_frame()
+                reply = cmd.Functions(FUNCTIONS_BITMAP).to_frame()
             elif request.key == GetKey.MAC:
-                reply = MacAddress(self.mac).to_frame()
+                reply = cmd.MacAddress(self.mac).to_frame()
             else:
-                reply = DeviceName(MODEL).to_frame()
+                reply = cmd.DeviceName(MODEL).to_frame()
             self.send(reply)
         elif group == Group.APP_CONTROL and key == AppControlKey.MEASURE:
-            measure = MeasureOnce.from_frame(frame)
-            self.send(CommandReply.ok(frame).to_frame())
+            measure = cmd.MeasureOnce.from_frame(frame)
+            self.send(cmd.CommandReply.ok(frame).to_frame())
             if measure.on:
                 m = self._measure(self.now_s())
                 rt_key = MEASURE_REPLY_KEY[measure.type]
-                self.send(Frame(Group.REALTIME, rt_key, _REALTIME_ENCODERS[rt_key](m)), bulk=True)
+                self.send(encode.realtime(rt_key, m).to_frame(), bulk=True)
         elif group == Group.APP_CONTROL and key == AppControlKey.REALTIME_UPLOAD:
-            central.realtime = RealtimeUpload.from_frame(frame).on
-            self.send(CommandReply.ok(frame).to_frame())
+            central.realtime = cmd.RealtimeUpload.from_frame(frame).on
+            self.send(cmd.CommandReply.ok(frame).to_frame())
         elif group == Group.APP_CONTROL and key == AppControlKey.WAVEFORM_UPLOAD:
-            WaveformUpload.from_frame(frame)
-            self.send(CommandReply.ok(frame).to_frame())
+            cmd.WaveformUpload.from_frame(frame)
+            self.send(cmd.CommandReply.ok(frame).to_frame())
         elif group == Group.APP_CONTROL and key == AppControlKey.ECG:
-            mode = EcgControl.from_frame(frame).mode
-            self.send(CommandReply.ok(frame).to_frame())
+            mode = cmd.EcgControl.from_frame(frame).mode
+            self.send(cmd.CommandReply.ok(frame).to_frame())
             if mode == EcgMode.START and central.ecg_task is None:
-                self.send(WearStatus(0, PPG_WORN).to_frame())
+                self.send(cmd.WearStatus(0, PPG_WORN).to_frame())
                 central.ecg_task = asyncio.create_task(
                     self._ecg_stream(central), name=f"{self.name} ecg"
                 )
@@ -590,42 +572,28 @@ class VirtualE86:
         if key in HISTORY_KIND_BY_DELETE_KEY:
             kind = HISTORY_KIND_BY_DELETE_KEY[key]
             self.stats.history_deleted += self.history.delete_synced(kind)
-            self.send(CommandReply.ok(frame).to_frame())
+            self.send(cmd.CommandReply.ok(frame).to_frame())
             return
         try:
             kind = HistoryKind(key)
         except ValueError:
             raise E86Error(f"unknown history command 05 {key:02x}") from None
         if kind not in RECORDED_KINDS:
-            self.send(Frame(Group.HISTORY, key, b""))  # nothing stored
+            self.send(HistoryHeader(kind).to_frame())  # nothing stored
             return
         records = self.history.snapshot(kind)
         self.stats.history_syncs += 1
         if not records:
-            self.send(Frame(Group.HISTORY, key, b""))
+            self.send(HistoryHeader(kind).to_frame())
             return
         session = make_session(kind, records, HISTORY_FRAME_PAYLOAD)
-        total = sum(block.byte_count for block in session.blocks)
-        self.send(
-            Frame(
-                Group.HISTORY, key, encode.history_header(len(records), len(session.blocks), total)
-            )
-        )
+        self.send(session.header.to_frame())
         central.sync = session
         self._send_block(session)
 
     def _send_block(self, session: SyncSession) -> None:
-        block = session.blocks[session.index]
-        for payload in block.payloads:
-            self.send(Frame(Group.HISTORY, session.record_key, payload), bulk=True)
-        self.send(
-            Frame(
-                Group.HISTORY,
-                HistoryKey.BLOCK_END,
-                encode.block_end(len(block.payloads), block.byte_count, block.crc),
-            ),
-            bulk=True,
-        )
+        for frame in session.blocks[session.index]:  # record frames, then the 05 80 block end
+            self.send(frame, bulk=True)
         self.stats.history_blocks_sent += 1
 
     # -- measuring -----------------------------------------------------------------------------
@@ -637,11 +605,11 @@ class VirtualE86:
         m = self._measure(utc_s)
         self.stats.readings += 1
         for kind in RECORDED_KINDS:
-            self.history.add(kind, encode.record_bytes(kind, m))
+            self.history.add(kind, encode.history_record(kind, m))
         central = self._central
         if central is not None and central.realtime and DATA_CHAR_UUID in central.subscribed:
             for rt_key in self.realtime_keys:
-                self.send(Frame(Group.REALTIME, rt_key, _REALTIME_ENCODERS[rt_key](m)), bulk=True)
+                self.send(encode.realtime(rt_key, m).to_frame(), bulk=True)
                 self.stats.realtime_frames += 1
         return m
 
@@ -665,10 +633,7 @@ class VirtualE86:
                 while due - sent >= self.ecg_frame_samples:
                     ts_ms = int(start_s * 1000) + sent * 1000 // ECG_SAMPLE_RATE
                     samples = self._ecg(ts_ms, self.ecg_frame_samples)
-                    self.send(
-                        Frame(Group.REALTIME, RealtimeKey.ECG, encode.ecg_payload(samples)),
-                        bulk=True,
-                    )
+                    self.send(encode.ecg(samples).to_frame(), bulk=True)
                     sent += self.ecg_frame_samples
                     self.stats.ecg_frames += 1
                     self.stats.ecg_samples += self.ecg_frame_samples

@@ -1,39 +1,79 @@
-"""Watch-side payload encoders: what a real E86 would put on the air (ref: e86-protocol.md).
+"""What the virtual watch measures, and how a reading becomes E86 messages.
 
-Independent of the gateway's decoders on purpose, so that the simulator checks them rather
-than mirrors them. Layouts are little-endian, as in the reference. Values are clamped to what
-the wire can carry (u8), never wrapped.
+The wire formats themselves live in ``gateway.e86`` (one implementation, shared with the
+gateway, so that the two are corrected together). This module only holds the watch's reading
+(``Measurement``) and the watch's choices when it fills those messages: values are rounded and
+clamped to what the wire can carry (u8, u16, 24-bit samples), never wrapped; an unmeasured
+value goes out as the protocol's "no value".
 """
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Final
 
-from gateway.e86.constants import TEMPERATURE_TENTHS_ERROR, WATCH_EPOCH_UNIX, HistoryKind
+from gateway.e86.clock import WATCH_TIME_MAX, utc_ms_to_watch
+from gateway.e86.constants import ECG_SAMPLE_SIZE, HistoryKind, RealtimeKey
+from gateway.e86.history import (
+    AllRecord,
+    BloodPressureRecord,
+    HeartRateRecord,
+    Spo2Record,
+    TemperatureRecord,
+    TimedRecord,
+)
+from gateway.e86.realtime import (
+    EcgSamples,
+    RealtimeValues,
+    realtime_blood_pressure,
+    realtime_heart_rate,
+    realtime_respiratory_rate,
+    realtime_spo2,
+)
+from gateway.e86.values import temperature_to_bytes
 
 #: Record "mode" byte: 0 = automatic measurement (the watch's own schedule).
-MODE_AUTO = 0
+MODE_AUTO: Final = 0
 #: BP record's trailing byte, unknown meaning; the SDK's samples carry 0.
-BP_UNKNOWN = 0
-#: 24-bit signed sample range.
-ECG_MIN, ECG_MAX = -(2**23), 2**23 - 1
+BP_UNKNOWN: Final = 0
+#: CVRR byte of the all-values record: not simulated, sent as 0.
+CVRR_NOT_SIMULATED: Final = 0
+#: Signed sample range of the ECG wire format (ECG_SAMPLE_SIZE bytes per sample).
+ECG_MIN: Final = -(1 << (8 * ECG_SAMPLE_SIZE - 1))
+ECG_MAX: Final = (1 << (8 * ECG_SAMPLE_SIZE - 1)) - 1
+#: Temperature range the wire carries, in tenths of °C: integer part 1..255 (0 = no value).
+TEMPERATURE_TENTHS_MIN: Final = 10
+TEMPERATURE_TENTHS_MAX: Final = 2559
 
 
-def u8(value: float | None) -> int:
-    """Round and clamp to one byte; None (not measured) → 0, the protocol's 'no value'."""
+def u8(value: float | None) -> int | None:
+    """Round and clamp to one byte; None (not measured) stays None (sent as 0, "no value")."""
     if value is None:
-        return 0
-    return max(0, min(255, round(value)))
+        return None
+    return max(0, min(0xFF, round(value)))
 
 
-def temperature_bytes(celsius: float | None) -> tuple[int, int]:
-    """(integer, tenths); None → (0, 15), the protocol's 'error / no value'."""
+def u8_or_zero(value: float | None) -> int:
+    """``u8`` for fields that have no "absent" form in a record: None → 0 ("no value")."""
+    v = u8(value)
+    return 0 if v is None else v
+
+
+def temperature(celsius: float | None) -> float | None:
+    """Clamp to what the wire carries (1.0..255.9 °C); below 1 °C reads as "no value"."""
     if celsius is None:
-        return 0, TEMPERATURE_TENTHS_ERROR
-    tenths_total = max(0, min(2559, round(celsius * 10)))
-    return tenths_total // 10, tenths_total % 10
+        return None
+    tenths = round(celsius * 10)
+    if tenths < TEMPERATURE_TENTHS_MIN:
+        return None
+    return min(TEMPERATURE_TENTHS_MAX, tenths) / 10
+
+
+def watch_time(utc_s: float, utc_offset_s: float) -> int:
+    """Watch time (local seconds since 2000-01-01) for a UTC instant, clamped to u32."""
+    t = utc_ms_to_watch(int(utc_s * 1000), int(utc_offset_s * 1000))
+    return max(0, min(WATCH_TIME_MAX, t))
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,94 +107,85 @@ class Measurement:
         )
 
 
-def watch_time(utc_s: float, utc_offset_s: float) -> int:
-    """Watch time (local seconds since 2000-01-01) for a UTC instant."""
-    return max(0, int(utc_s + utc_offset_s) - WATCH_EPOCH_UNIX)
-
-
 # ------------------------------------------------------------------ real-time uploads (06 kk)
-def realtime_heart_rate(m: Measurement) -> bytes:
-    return bytes((u8(m.heart_rate),))
-
-
-def realtime_spo2(m: Measurement) -> bytes:
-    return bytes((u8(m.spo2),))
-
-
-def realtime_blood_pressure(m: Measurement) -> bytes:
-    """[systolic, diastolic, hr, hrv, spo2, temp int, temp tenths] (systolic FIRST)."""
-    t_int, t_tenths = temperature_bytes(m.temperature)
-    return bytes(
-        (
-            u8(m.systolic_bp),
-            u8(m.diastolic_bp),
-            u8(m.heart_rate),
-            u8(m.hrv),
-            u8(m.spo2),
-            t_int,
-            t_tenths,
-        )
+def _blood_pressure(m: Measurement) -> RealtimeValues:
+    """``06 03``: every field it can carry (systolic first, then diastolic, HR, HRV, SpO2,
+    temperature), unmeasured ones as "no value"."""
+    return realtime_blood_pressure(
+        u8(m.systolic_bp),
+        u8(m.diastolic_bp),
+        u8(m.heart_rate),
+        hrv=u8_or_zero(m.hrv),
+        spo2=u8_or_zero(m.spo2),
+        temperature=temperature(m.temperature),
     )
 
 
-def realtime_respiratory_rate(m: Measurement) -> bytes:
-    return bytes((u8(m.respiratory_rate),))
+#: Real-time key → the message the watch sends for a reading.
+REALTIME_MESSAGES: Final[dict[RealtimeKey, Callable[[Measurement], RealtimeValues]]] = {
+    RealtimeKey.HEART_RATE: lambda m: realtime_heart_rate(u8(m.heart_rate)),
+    RealtimeKey.SPO2: lambda m: realtime_spo2(u8(m.spo2)),
+    RealtimeKey.BLOOD_PRESSURE: _blood_pressure,
+    RealtimeKey.RESPIRATORY_RATE: lambda m: realtime_respiratory_rate(u8(m.respiratory_rate)),
+}
 
 
-def ecg_payload(samples: Iterable[int]) -> bytes:
-    """Signed 24-bit little-endian samples, clamped to the 24-bit range."""
-    out = bytearray()
-    for s in samples:
-        out += max(ECG_MIN, min(ECG_MAX, int(s))).to_bytes(3, "little", signed=True)
-    return bytes(out)
+def realtime(key: RealtimeKey, m: Measurement) -> RealtimeValues:
+    """The real-time upload ``06 key`` for reading ``m``."""
+    return REALTIME_MESSAGES[key](m)
+
+
+def ecg(samples: Iterable[float]) -> EcgSamples:
+    """One ``06 05`` message; samples clamped to the signed 24-bit range."""
+    return EcgSamples(tuple(max(ECG_MIN, min(ECG_MAX, int(s))) for s in samples))
 
 
 # ------------------------------------------------------------------ history records
-def record_bytes(kind: HistoryKind, m: Measurement) -> bytes:
-    """One history record of ``kind`` (layouts from the reference's record table)."""
-    t = m.watch_time
-    if kind is HistoryKind.HEART_RATE:
-        return struct.pack("<IBB", t, MODE_AUTO, u8(m.heart_rate))
-    if kind is HistoryKind.BLOOD_PRESSURE:
-        return struct.pack(
-            "<IBBBB", t, MODE_AUTO, u8(m.systolic_bp), u8(m.diastolic_bp), BP_UNKNOWN
-        )
-    if kind is HistoryKind.SPO2:
-        return struct.pack("<IBB", t, MODE_AUTO, u8(m.spo2))
-    if kind is HistoryKind.TEMPERATURE:
-        return struct.pack("<IBBB", t, MODE_AUTO, *temperature_bytes(m.temperature))
-    if kind is HistoryKind.ALL:
-        t_int, t_tenths = temperature_bytes(m.temperature)
-        return struct.pack(
-            "<IH9B5x",
-            t,
-            max(0, min(0xFFFF, m.steps)),
-            u8(m.heart_rate),
-            u8(m.systolic_bp),
-            u8(m.diastolic_bp),
-            u8(m.spo2),
-            u8(m.respiratory_rate),
-            u8(m.hrv),
-            0,  # CVRR: not simulated
-            t_int,
-            t_tenths,
-        )
-    raise ValueError(f"the virtual watch does not record history kind {kind.name}")
+def _temperature_bytes(m: Measurement) -> tuple[int, int]:
+    return temperature_to_bytes(temperature(m.temperature))
 
 
-def history_header(record_count: int, block_count: int, total_bytes: int) -> bytes:
-    """Header reply to ``05 kk``: count u16, blocks u32, bytes u32."""
-    return struct.pack("<HII", min(record_count, 0xFFFF), block_count, total_bytes)
+def _all_values(m: Measurement) -> AllRecord:
+    t_int, t_tenths = _temperature_bytes(m)
+    return AllRecord(
+        t=m.watch_time,
+        steps=max(0, min(0xFFFF, m.steps)),
+        heart_rate=u8_or_zero(m.heart_rate),
+        systolic=u8_or_zero(m.systolic_bp),
+        diastolic=u8_or_zero(m.diastolic_bp),
+        spo2=u8_or_zero(m.spo2),
+        respiratory_rate=u8_or_zero(m.respiratory_rate),
+        hrv=u8_or_zero(m.hrv),
+        cvrr=CVRR_NOT_SIMULATED,
+        temp_integer=t_int,
+        temp_tenths=t_tenths,
+    )
 
 
-def block_end(packet_count: int, byte_count: int, crc: int) -> bytes:
-    """``05 80`` from the watch: packets u16, bytes u16, CRC-16 of the block's record bytes."""
-    return struct.pack("<HHH", packet_count, byte_count, crc)
+#: History kind → the record the watch stores for a reading (sport / sleep are not simulated).
+RECORD_BUILDERS: Final[dict[HistoryKind, Callable[[Measurement], TimedRecord]]] = {
+    HistoryKind.ALL: _all_values,
+    HistoryKind.HEART_RATE: lambda m: HeartRateRecord(
+        m.watch_time, MODE_AUTO, u8_or_zero(m.heart_rate)
+    ),
+    HistoryKind.BLOOD_PRESSURE: lambda m: BloodPressureRecord(
+        m.watch_time,
+        MODE_AUTO,
+        u8_or_zero(m.systolic_bp),
+        u8_or_zero(m.diastolic_bp),
+        BP_UNKNOWN,
+    ),
+    HistoryKind.SPO2: lambda m: Spo2Record(m.watch_time, MODE_AUTO, u8_or_zero(m.spo2)),
+    HistoryKind.TEMPERATURE: lambda m: TemperatureRecord(
+        m.watch_time, MODE_AUTO, *_temperature_bytes(m)
+    ),
+}
 
 
-def mac_bytes(mac: str) -> bytes:
-    return bytes(int(part, 16) for part in mac.split(":"))
-
-
-def chunk(seq: Sequence[bytes], size: int) -> list[list[bytes]]:
-    return [list(seq[i : i + size]) for i in range(0, len(seq), size)]
+def history_record(kind: HistoryKind, m: Measurement) -> TimedRecord:
+    """The history record of ``kind`` for reading ``m``."""
+    try:
+        build = RECORD_BUILDERS[kind]
+    except KeyError:
+        raise ValueError(f"the virtual watch does not record history kind {kind.name}") from None
+    return build(m)

@@ -1,12 +1,20 @@
-"""The watch's bounded history memory and its block-by-block sync session."""
+"""The watch's bounded history memory and its block-by-block sync session.
+
+Header, record frames and block ends are built by ``gateway.e86.history.history_reply`` (the
+same code the gateway decodes with); this module only keeps the records and the watch's
+progress through one sync.
+"""
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import islice
+from typing import Final
 
-from gateway.e86.constants import HISTORY_KINDS, HistoryKind
-from gateway.e86.frame import crc16_ccitt_false
+from gateway.e86.constants import HISTORY_KINDS, MAX_PAYLOAD, HistoryKind
+from gateway.e86.frame import Frame
+from gateway.e86.history import HistoryHeader, TimedRecord, history_reply
 
 #: Kinds the virtual watch records on every measurement (sport/sleep are not simulated).
 RECORDED_KINDS: tuple[HistoryKind, ...] = (
@@ -17,23 +25,26 @@ RECORDED_KINDS: tuple[HistoryKind, ...] = (
     HistoryKind.TEMPERATURE,
 )
 #: Records per block (vitalgate assumption: the SDK does not say; a block ends with 05 80).
-RECORDS_PER_BLOCK = 40
+RECORDS_PER_BLOCK: Final = 40
+#: Most records one sync announces: the header's record count is a u16. Records beyond it
+#: stay on the watch for the next sync (the delete only removes what was sent).
+SYNC_RECORDS_MAX: Final = 0xFFFF
 
 
 class HistoryStore:
-    """Per-kind FIFO of encoded records, bounded: the oldest record goes first when full."""
+    """Per-kind FIFO of records, bounded: the oldest record goes first when full."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"history capacity must be at least 1, got {capacity}")
         self.capacity = capacity
-        self._records: dict[HistoryKind, deque[bytes]] = {k: deque() for k in RECORDED_KINDS}
+        self._records: dict[HistoryKind, deque[TimedRecord]] = {k: deque() for k in RECORDED_KINDS}
         #: records pushed out by newer ones, per kind.
         self.dropped: dict[HistoryKind, int] = dict.fromkeys(RECORDED_KINDS, 0)
         #: records handed to the last sync of each kind, deleted by the matching delete command.
         self._synced: dict[HistoryKind, int] = dict.fromkeys(RECORDED_KINDS, 0)
 
-    def add(self, kind: HistoryKind, record: bytes) -> None:
+    def add(self, kind: HistoryKind, record: TimedRecord) -> None:
         records = self._records[kind]
         if len(records) >= self.capacity:
             records.popleft()
@@ -44,9 +55,10 @@ class HistoryStore:
     def count(self, kind: HistoryKind) -> int:
         return len(self._records.get(kind, ()))
 
-    def snapshot(self, kind: HistoryKind) -> list[bytes]:
-        """The records a sync of ``kind`` sends now; remembered for the delete that follows."""
-        records = list(self._records.get(kind, ()))
+    def snapshot(self, kind: HistoryKind, limit: int = SYNC_RECORDS_MAX) -> list[TimedRecord]:
+        """The (oldest ``limit``) records a sync of ``kind`` sends now; remembered for the
+        delete that follows."""
+        records = list(islice(self._records.get(kind, ()), limit))
         if kind in self._synced:
             self._synced[kind] = len(records)
         return records
@@ -67,44 +79,30 @@ class HistoryStore:
 
 
 @dataclass
-class Block:
-    """One history block: its record frames' payloads and the block-end fields."""
-
-    payloads: list[bytes]
-    byte_count: int
-    crc: int
-
-
-@dataclass
 class SyncSession:
-    """The watch side of one history sync: blocks sent in turn, resent on ``05 80 [04]``."""
+    """The watch side of one history sync: blocks sent in turn, resent on ``05 80 [04]``.
+
+    Each block is its record frames followed by its ``05 80`` block-end frame."""
 
     kind: HistoryKind
-    blocks: list[Block]
+    header: HistoryHeader
+    blocks: list[list[Frame]]
     index: int = 0
-    resends: int = field(default=0)
-
-    @property
-    def record_key(self) -> int:
-        return HISTORY_KINDS[self.kind].record_key
+    resends: int = 0
 
     @property
     def done(self) -> bool:
         return self.index >= len(self.blocks)
 
 
-def make_session(kind: HistoryKind, records: list[bytes], frame_payload_max: int) -> SyncSession:
+def make_session(
+    kind: HistoryKind, records: list[TimedRecord], frame_payload_max: int
+) -> SyncSession:
     """Cut records into blocks of RECORDS_PER_BLOCK, each block into frames that fit
-    ``frame_payload_max`` bytes of records (whole records only)."""
+    ``frame_payload_max`` bytes of records (whole records only, at least one per frame)."""
     size = HISTORY_KINDS[kind].record_size or 1
-    per_frame = max(1, frame_payload_max // size)
-    blocks: list[Block] = []
-    for b in range(0, len(records), RECORDS_PER_BLOCK):
-        block_records = records[b : b + RECORDS_PER_BLOCK]
-        payloads = [
-            b"".join(block_records[i : i + per_frame])
-            for i in range(0, len(block_records), per_frame)
-        ]
-        data = b"".join(payloads)
-        blocks.append(Block(payloads, len(data), crc16_ccitt_false(data)))
-    return SyncSession(kind, blocks)
+    per_frame = max(1, min(frame_payload_max, MAX_PAYLOAD) // size)
+    header, blocks = history_reply(
+        kind, records, records_per_frame=per_frame, records_per_block=RECORDS_PER_BLOCK
+    )
+    return SyncSession(kind, header, blocks)
