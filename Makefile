@@ -1,7 +1,7 @@
 # The two commands a newcomer needs: `make demo` (install and run), `make test`.
 PY ?= python3
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test test-fast e2e lint bench
 
 install:
 	$(PY) -m pip install -q -e '.[dev]'
@@ -15,6 +15,13 @@ lint:
 
 test: lint
 	$(PY) -m pytest
+
+# while developing: everything but the multi-process end-to-end and browser runs
+test-fast:
+	$(PY) -m pytest -m "not e2e and not browser"
+
+e2e:
+	$(PY) -m pytest -m e2e -s
 
 bench: install
 	$(PY) -m benchmarks

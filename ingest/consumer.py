@@ -19,6 +19,7 @@ import json
 import logging
 import ssl
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -125,6 +126,11 @@ def classify(msg: Inbound, topics: Topics) -> list[store.Item]:
         return [dead(exc)]
 
 
+def partition_of(device_id: str, n: int) -> int:
+    """The partition (0..n-1) of a device: stable across processes, versions and machines."""
+    return zlib.crc32(device_id.encode()) % n
+
+
 def _same_device(payload_id: str, topic_id: str | None) -> None:
     if payload_id != topic_id:
         raise ContractError("topic", f"device_id {payload_id!r} is not the topic's {topic_id!r}")
@@ -186,6 +192,7 @@ class Consumer:
         self._post: asyncio.Queue[store.CommitResult] = asyncio.Queue(POST_QUEUE)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._generation = 0
+        self._partition = settings.partition_of
         self.connected = False
         self.newest_received = 0  #: arrival time of the newest committed message (epoch ms)
         self.committed_batches = 0
@@ -348,7 +355,27 @@ class Consumer:
         items: list[store.Item] = []
         for msg in batch:
             items.extend(classify(msg, self.topics))
+        if self._partition is not None:
+            items = [item for item in items if self._mine(item)]
         return store.commit_batch(conn, items, now=self._clock(), holder=self.settings.device_holder)
+
+    def _mine(self, item: store.Item) -> bool:
+        """Whether this instance owns ``item`` under ``settings.partition`` (dead letters and
+        gateway statuses belong to every instance; others are counted when skipped)."""
+        if isinstance(item, store.ReadingsIn):
+            device_id = item.device_id
+        elif isinstance(item, store.DeviceStatusIn):
+            device_id = item.status.device_id
+        elif isinstance(item, store.EcgChunkIn):
+            device_id = item.chunk.device_id
+        else:
+            return True
+        assert self._partition is not None
+        k, n = self._partition
+        if partition_of(device_id, n) == k:
+            return True
+        self._metrics.other_partition.inc(kind=type(item).__name__)
+        return False
 
     def _account(self, batch: Sequence[Inbound], result: store.CommitResult) -> None:
         m = self._metrics

@@ -27,15 +27,42 @@ class IngestSettings(ServiceSettings):
     mqtt_password: str | None = None
     #: CA bundle for mqtts:// (default: the system's trust store).
     mqtt_ca_file: Path | None = None
-    #: "5" (MQTT 5, clean_start=False + session expiry) or "3.1.1" (clean_session=False).
-    mqtt_protocol: Literal["5", "3.1.1"] = "5"
+    #: "3.1.1" (clean_session=False) or "5" (clean_start=False + session expiry). 3.1.1 is the
+    #: default: under the fault suite (broker and ingest restarts), Debian's Mosquitto 2.0.11
+    #: stopped delivering to an MQTT 5 session while it stayed connected (its inflight-quota
+    #: accounting, fixed upstream in 2.0.13); nothing was lost, but nothing arrived until the
+    #: next reconnect. 3.1.1 persistent sessions showed no stall in the same runs.
+    mqtt_protocol: Literal["5", "3.1.1"] = "3.1.1"
     #: how long the broker keeps the session while the service is away (MQTT 5 only).
     mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
     mqtt_keepalive_s: int = Field(default=30, ge=5, le=3600)
     #: topic prefix of the contract.
     prefix: str = DEFAULT_PREFIX
-    #: when set, subscribe as ``$share/<group>/...`` so several instances split the load.
+    #: when set, subscribe as ``$share/<group>/...`` so several instances split the load
+    #: (message by message: use it for storage-only replicas, or with a broker that shares by
+    #: topic hash, e.g. EMQX's hash_topic strategy; see docs/scaling.md).
     shared_group: str | None = None
+    #: "k/N": this instance stores and scores only devices whose partition
+    #: (crc32(device_id) mod N) is k, so every patient's device is scored in exactly one place;
+    #: the other devices' messages are acknowledged and counted, not stored. Every instance
+    #: subscribes to everything (no shared group) and each message is stored by exactly one.
+    partition: str | None = Field(default=None, pattern=r"^\d+/\d+$")
+
+    @field_validator("partition")
+    @classmethod
+    def _partition_in_range(cls, v: str | None) -> str | None:
+        if v is not None:
+            k, n = (int(x) for x in v.split("/"))
+            if not 0 <= k < n:
+                raise ValueError(f"partition {v!r}: k must be in 0..N-1")
+        return v
+
+    @property
+    def partition_of(self) -> tuple[int, int] | None:
+        if self.partition is None:
+            return None
+        k, n = (int(x) for x in self.partition.split("/"))
+        return k, n
 
     # --- ingestion --------------------------------------------------------------------------
     #: messages committed in one SQLite transaction at most (group commit)...

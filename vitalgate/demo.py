@@ -141,6 +141,10 @@ class Demo:
                     "VITALGATE_HTTP_PORT": str(opts.port),
                     "VITALGATE_DATA_DIR": str(self.workdir / "ingest"),
                     "VITALGATE_API_KEY": self.api_key,
+                    # the 30 s hold-back of non-rise changes is hours of simulated time at demo
+                    # speed: scale it with the speed so the ward follows the patients
+                    "VITALGATE_EWS_MIN_INTERVAL_S": f"{max(1.0, 30.0 / opts.speed):g}",
+                    "VITALGATE_EWS_TICK_S": "1",
                 })
                 await asyncio.to_thread(wait_port, "127.0.0.1", opts.port, START_TIMEOUT_S)
                 self.spawn("gateway", [
