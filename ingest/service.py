@@ -28,7 +28,7 @@ import numpy as np
 from aiohttp import web
 
 from ingest import store
-from ingest.api import ENGINE_KEY
+from ingest.api import ENGINE_KEY, LIMITER_KEY
 from ingest.api.app import create_app
 from ingest.consumer import Consumer, epoch_ms
 from ingest.dashboard.events import EventHub
@@ -337,6 +337,10 @@ class IngestService:
                     "messages waiting between paho and the consumer", queue)
         r.collector("vitalgate_ingest_influx", "gauge",
                     "InfluxDB writer: written, dropped, retries, errors, buffered", influx)
+        r.collector("vitalgate_ingest_http_rate_limited_total", "counter",
+                    "HTTP requests answered 429 (rate limit per API key or address)",
+                    lambda: [("vitalgate_ingest_http_rate_limited_total", {},
+                              float(self.app[LIMITER_KEY].limited))])
 
 
 @dataclass

@@ -87,6 +87,12 @@ class IngestSettings(ServiceSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     #: an API key accepted besides the stored ones (``vitalgate keys create``).
     api_key: str | None = None
+    #: rate limit per client (API key, else address) on /api and /ews: sustained requests per
+    #: second and burst; beyond it a 429 with Retry-After. 0 disables. The defaults leave a
+    #: dashboard (a few requests per update) and an integration polling every second far below
+    #: the limit, and slow a key-guessing or runaway client to 50/s.
+    http_rate_per_s: float = Field(default=50.0, ge=0)
+    http_burst: int = Field(default=200, ge=1)
 
     # --- storage ----------------------------------------------------------------------------
     data_dir: Path = Path("./var/ingest")

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable  # noqa: F401
     from typing import Any  # noqa: F401
 
+    from ingest.api.ratelimit import RateLimiter  # noqa: F401
     from ingest.ews_engine import EwsEngine  # noqa: F401
     from ingest.keys import KeyChecker  # noqa: F401
     from ingest.metrics import IngestMetrics  # noqa: F401
@@ -27,8 +28,10 @@ DB_KEY = web.AppKey["Database"]("db")
 SETTINGS_KEY = web.AppKey["IngestSettings"]("settings")
 METRICS_KEY = web.AppKey["IngestMetrics"]("metrics")
 KEYS_KEY = web.AppKey["KeyChecker"]("key_checker")
+#: the HTTP rate limiter (its ``limited`` count is exported in /metrics).
+LIMITER_KEY = web.AppKey["RateLimiter"]("rate_limiter")
 #: returns (healthy, the /healthz body); set by the service.
 HEALTH_KEY = web.AppKey["Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]"]("health")
 
-__all__ = ["DB_KEY", "ENGINE_KEY", "HEALTH_KEY", "KEYS_KEY", "METRICS_KEY",
+__all__ = ["DB_KEY", "ENGINE_KEY", "HEALTH_KEY", "KEYS_KEY", "LIMITER_KEY", "METRICS_KEY",
            "SETTINGS_KEY"]

@@ -17,6 +17,7 @@ from ingest.api import (
     DB_KEY,
     HEALTH_KEY,
     KEYS_KEY,
+    LIMITER_KEY,
     METRICS_KEY,
     SETTINGS_KEY,
     device_routes,
@@ -25,6 +26,7 @@ from ingest.api import (
 from ingest.api.auth import auth_middleware
 from ingest.api.envelope import ApiError, fail, ok
 from ingest.api.openapi import build, envelope_response
+from ingest.api.ratelimit import RateLimiter, RatePolicy, rate_limit_middleware
 from ingest.keys import KeyChecker
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
@@ -109,7 +111,10 @@ def create_app(
 ) -> web.Application:
     """The application with every route; ``extra_routes`` are (add_routes, OPENAPI_PATHS) of
     further route modules (the EWS routes)."""
-    app = web.Application(middlewares=[error_middleware, auth_middleware])
+    limiter = RateLimiter(RatePolicy(settings.http_rate_per_s, settings.http_burst))
+    app = web.Application(middlewares=[error_middleware, rate_limit_middleware(limiter),
+                                       auth_middleware])
+    app[LIMITER_KEY] = limiter
     app[SETTINGS_KEY] = settings
     app[DB_KEY] = db
     app[METRICS_KEY] = metrics_
