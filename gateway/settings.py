@@ -6,15 +6,14 @@ See ``config/gateway.example.toml`` for every key with its meaning.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar, Literal
-from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from vitalgate.config import ServiceSettings
+from vitalgate.config import BrokerAddress, ServiceSettings
 from vitalgate.contract import DEFAULT_PREFIX, GATEWAY_ID_RE, USER_CODE_RE, normalise_mac
 
 #: history kinds the gateway may ask a watch for (names of gateway.e86 history kinds).
@@ -27,17 +26,6 @@ def default_data_dir() -> Path:
     if state:
         return Path(state.split(":")[0])
     return Path.home() / ".local" / "state" / "vitalgate"
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    """``mqtt://[user:pass@]host[:port]`` or ``mqtts://…`` parsed."""
-
-    host: str
-    port: int
-    tls: bool
-    username: str | None = None
-    password: str | None = None
 
 
 class GatewaySettings(ServiceSettings):
@@ -93,9 +81,7 @@ class GatewaySettings(ServiceSettings):
     @field_validator("mqtt_url")
     @classmethod
     def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"mqtt_url {v!r} must look like mqtt://host:1883 or mqtts://host:8883")
+        BrokerAddress.parse(v)
         return v
 
     @field_validator("devices")
@@ -135,20 +121,14 @@ class GatewaySettings(ServiceSettings):
 
     @property
     def broker(self) -> BrokerAddress:
-        parts = urlsplit(self.mqtt_url)
-        tls = parts.scheme == "mqtts"
-        username = self.mqtt_username or (unquote(parts.username) if parts.username else None)
-        password = (
-            self.mqtt_password.get_secret_value()
-            if self.mqtt_password is not None
-            else (unquote(parts.password) if parts.password else None)
-        )
-        return BrokerAddress(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or (8883 if tls else 1883),
-            tls=tls or self.mqtt_ca is not None,
-            username=username,
-            password=password,
+        """The URL parsed; explicit credentials beat those in the URL; a CA file means TLS."""
+        url = BrokerAddress.parse(self.mqtt_url)
+        return replace(
+            url,
+            tls=url.tls or self.mqtt_ca is not None,
+            username=self.mqtt_username or url.username,
+            password=(self.mqtt_password.get_secret_value() if self.mqtt_password is not None
+                      else url.password),
         )
 
     @property

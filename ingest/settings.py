@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import ClassVar, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from vitalgate.config import ServiceSettings
+from vitalgate.config import BrokerAddress, ServiceSettings
 from vitalgate.contract import DEFAULT_PREFIX
 
 
@@ -129,23 +128,24 @@ class IngestSettings(ServiceSettings):
     @field_validator("mqtt_url")
     @classmethod
     def _check_mqtt_url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"mqtt_url must look like mqtt://host:port or mqtts://host:port, got {v!r}")
+        BrokerAddress.parse(v)
         return v
 
     @property
+    def broker(self) -> BrokerAddress:
+        return BrokerAddress.parse(self.mqtt_url)
+
+    @property
     def mqtt_host(self) -> str:
-        return urlsplit(self.mqtt_url).hostname or "127.0.0.1"
+        return self.broker.host
 
     @property
     def mqtt_port(self) -> int:
-        parts = urlsplit(self.mqtt_url)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        return self.broker.port
 
     @property
     def mqtt_tls(self) -> bool:
-        return urlsplit(self.mqtt_url).scheme == "mqtts"
+        return self.broker.tls
 
     @property
     def db_path(self) -> Path:

@@ -15,11 +15,11 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from vitalgate.config import BrokerAddress
 from vitalgate.contract import (
     DEFAULT_PREFIX,
     QOS,
@@ -32,7 +32,6 @@ from vitalgate.contract import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT: Final = 1883
 #: PUBACKs the client may wait for at once (paho's default of 20 caps throughput).
 MAX_INFLIGHT: Final = 1000
 #: messages published but not yet acknowledged before publish() waits.
@@ -46,12 +45,10 @@ class MqttError(RuntimeError):
 
 def parse_url(url: str) -> tuple[str, int]:
     """``mqtt://host:port`` (port 1883 by default) → (host, port)."""
-    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    if parts.scheme not in ("mqtt", "tcp"):
-        raise ValueError(f"broker URL {url!r}: only mqtt://host:port is supported")
-    if not parts.hostname:
-        raise ValueError(f"broker URL {url!r} has no host")
-    return parts.hostname, parts.port or DEFAULT_PORT
+    address = BrokerAddress.parse(url)
+    if address.tls:
+        raise ValueError(f"broker URL {url!r}: the simulators speak plain mqtt://host:port only")
+    return address.host, address.port
 
 
 def _client(client_id: str) -> mqtt.Client:

@@ -8,8 +8,10 @@ source below the environment.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
+from urllib.parse import unquote, urlsplit
 
 from pydantic_settings import (
     BaseSettings,
@@ -71,3 +73,40 @@ def load_settings(cls: type[S], toml_path: str | Path | None = None, **overrides
         raise FileNotFoundError(f"configuration file not found: {path}")
     bound = type(cls.__name__, (cls,), {"_toml_path": Path(path) if path else None})
     return bound(**overrides)  # type: ignore[no-any-return]
+
+
+#: default ports of MQTT and MQTT over TLS (IANA)
+MQTT_PORT = 1883
+MQTTS_PORT = 8883
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """A broker URL, parsed once for every service: ``mqtt://[user:pass@]host[:port]``,
+    ``mqtts://…`` (TLS), ``tcp://…`` (an alias of mqtt://) or a bare ``host[:port]``."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.scheme not in ("mqtt", "mqtts", "tcp"):
+            raise ValueError(f"broker URL {url!r} must look like mqtt://host:1883 or mqtts://host:8883")
+        if not parts.hostname:
+            raise ValueError(f"broker URL {url!r} has no host")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"broker URL {url!r} has a bad port") from None
+        tls = parts.scheme == "mqtts"
+        return cls(
+            host=parts.hostname,
+            port=port or (MQTTS_PORT if tls else MQTT_PORT),
+            tls=tls,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
