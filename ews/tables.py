@@ -12,7 +12,7 @@ in :mod:`ews.news2` only reads these tuples.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 
@@ -192,33 +192,15 @@ NEWS2: Final = ScoringTable(
     spo2_scale2_oxygen=Bands((83, 85, 87, 92, 94, 96), (3, 2, 1, 0, 1, 2, 3)),
 )
 
-#: NEWS (Royal College of Physicians, 2012): one SpO2 scale, AVPU without "new confusion".
-NEWS2012: Final = ScoringTable(
+#: NEWS (Royal College of Physicians, 2012): the same five numeric bands as NEWS2 (NEWS2 changed
+#: none of them), one SpO2 scale, and AVPU without "new confusion".
+NEWS2012: Final = replace(
+    NEWS2,
     name="news2012",
     description="NEWS (Royal College of Physicians, 2012)",
-    parameters=(
-        Parameter(
-            "respiratory_rate", "Respiration", Bands((8, 11, 20, 24), (3, 1, 0, 2, 3)), RR_PLAUSIBLE
-        ),
-        # ≤91 → 3, 92–93 → 2, 94–95 → 1, ≥96 → 0
-        Parameter("spo2", "Blood Oxygen", Bands((91, 93, 95), (3, 2, 1, 0)), SPO2_PLAUSIBLE),
-        # ≤90 → 3, 91–100 → 2, 101–110 → 1, 111–219 → 0, ≥220 → 3
-        Parameter(
-            "systolic_bp", "Systole", Bands((90, 100, 110, 219), (3, 2, 1, 0, 3)), SBP_PLAUSIBLE
-        ),
-        Parameter(
-            "heart_rate", "Pulse", Bands((40, 50, 90, 110, 130), (3, 1, 0, 1, 2, 3)), HR_PLAUSIBLE
-        ),
-        Parameter(
-            "temperature",
-            "Temperature",
-            Bands((35.0, 36.0, 38.0, 39.0), (3, 1, 0, 1, 2)),
-            TEMP_PLAUSIBLE,
-            1,
-        ),
-    ),
     consciousness=(("A", 0), ("V", 3), ("P", 3), ("U", 3)),
-    oxygen_points=2,
+    spo2_scale2_air=None,
+    spo2_scale2_oxygen=None,
 )
 
 #: tables by the name the CLI and settings use.
