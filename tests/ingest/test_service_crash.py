@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,9 @@ from vitalgate.contract import QOS, Topics
 
 N_DEVICES = 4
 PER_DEVICE = 600
+#: a device published until ingest stores it, before the stream starts: until ingest's first
+#: SUBACK the broker has no session for it, and what is published then is (rightly) nobody's
+WARMUP_DEVICE = "d061aed4ffff"
 
 
 def _start(data_dir: Path, broker: Mosquitto, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -41,12 +45,32 @@ def _start(data_dir: Path, broker: Mosquitto, port: int, log: Path) -> subproces
 
 
 def _stored(db: Path) -> tuple[int, int]:
+    """(rows, distinct readings) of the stream, without the warm-up device."""
     if not db.exists():
         return 0, 0
     with sqlite3.connect(db, timeout=30) as conn:
         rows, ids = conn.execute(
-            "SELECT count(*), count(DISTINCT device_id || ':' || seq) FROM readings").fetchone()
+            "SELECT count(*), count(DISTINCT device_id || ':' || seq) FROM readings"
+            " WHERE device_id != ?", (WARMUP_DEVICE,)).fetchone()
     return int(rows), int(ids)
+
+
+def _warm_up(db: Path, pub: Any, topics: Topics, t0: int) -> None:
+    """Publish the warm-up device until ingest stored one of its readings: from then on the
+    broker holds ingest's persistent session and queues everything for it."""
+    deadline = time.monotonic() + 60
+    seq = 0
+    while time.monotonic() < deadline:
+        r = reading(WARMUP_DEVICE, seq, t0, user_code="PWARM", heart_rate=70)
+        pub.publish(topics.reading("gw-crash", WARMUP_DEVICE), r.to_bytes(), qos=QOS).wait_for_publish(10)
+        seq += 1
+        time.sleep(0.1)
+        if not db.exists():
+            continue
+        with sqlite3.connect(db, timeout=30) as conn:
+            if conn.execute("SELECT 1 FROM readings WHERE device_id = ?", (WARMUP_DEVICE,)).fetchone():
+                return
+    raise AssertionError("ingest never stored the warm-up device")
 
 
 @pytest.mark.e2e
@@ -80,11 +104,11 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, mosquit
     t0 = time.time_ns() // 1_000_000
     thread = threading.Thread(target=publish, daemon=True)
     try:
-        # wait until the service has the session and is storing, then kill it mid-stream
+        _warm_up(db, pub, topics, t0)
+        thread.start()
+        # wait until the stream is being stored, then kill the service mid-stream
         deadline = time.monotonic() + 60
         while _stored(db)[0] == 0 and time.monotonic() < deadline:
-            if not thread.is_alive() and not done.is_set():
-                thread.start()
             time.sleep(0.05)
         assert _stored(db)[0] > 0, log.read_text()[-2000:]
         proc.send_signal(signal.SIGKILL)
