@@ -35,10 +35,18 @@ QOS: Final = 1
 GATEWAY_ID_RE: Final = re.compile(r"^[a-z0-9-]{1,64}$")
 DEVICE_ID_RE: Final = re.compile(r"^[0-9a-f]{12}$")
 USER_CODE_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: a buffer's stream identity: 16 lower-case hex digits (64 random bits), made once when a
+#: gateway's buffer is created. (device_id, stream, seq) names a reading across buffer resets:
+#: a deleted or replaced buffer starts a new stream, so its seq 0 is never taken for the old one's.
+STREAM_RE: Final = re.compile(r"^[0-9a-f]{16}$")
 
 GatewayId = Annotated[str, StringConstraints(pattern=GATEWAY_ID_RE.pattern)]
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_RE.pattern)]
 UserCode = Annotated[str, StringConstraints(pattern=USER_CODE_RE.pattern)]
+StreamId = Annotated[str, StringConstraints(pattern=STREAM_RE.pattern)]
+#: a per-stream sequence number: fits SQLite's and PostgreSQL's signed 64-bit integers with room
+#: (2**53 also keeps it exact in every JSON implementation).
+Seq = Annotated[int, Field(ge=0, le=2**53)]
 EpochMs = Annotated[int, Field(ge=0, lt=10**14)]
 
 # Physiological plausibility: a value outside these closed ranges is not a measurement of a
@@ -101,12 +109,15 @@ class Vitals(BaseModel):
 
 class Reading(_Message):
     device_id: DeviceId
-    seq: int = Field(ge=0)
+    seq: Seq
     ts: EpochMs
     vitals: Vitals
     source: Source = Source.REALTIME
     replayed: bool = False
     user_code: UserCode | None = None
+    #: the gateway buffer's stream identity; absent for third-party gateways without one
+    #: (their readings are one stream per device, as in contract version 1 without it)
+    stream: StreamId | None = None
 
 
 class EcgChunk(_Message):
@@ -150,10 +161,31 @@ class GatewayStatus(_Message):
     ts: EpochMs | None = None
 
 
+#: the most readings one ``republish`` command may ask for (larger gaps take several commands).
+MAX_REPUBLISH: Final = 10_000
+
+
 class Command(_Message):
-    cmd: Literal["ecg", "sync"]
+    """ingest → gateway. ``ecg``: record for ``seconds``; ``sync``: read the watch's history;
+    ``republish``: publish again, from the buffer if still there, this device's readings of
+    ``stream`` with ``from_seq <= seq <= to_seq`` (a gap ingest detected)."""
+
+    cmd: Literal["ecg", "sync", "republish"]
     device_id: DeviceId
     seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
+    stream: StreamId | None = None
+    from_seq: Seq | None = None
+    to_seq: Seq | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> Command:
+        if self.cmd == "republish":
+            if self.stream is None or self.from_seq is None or self.to_seq is None:
+                raise ValueError("republish needs stream, from_seq and to_seq")
+            if not 0 <= self.to_seq - self.from_seq < MAX_REPUBLISH:
+                raise ValueError(f"republish range {self.from_seq}..{self.to_seq} is empty or "
+                                 f"longer than {MAX_REPUBLISH}")
+        return self
 
 
 class Ews(_Message):
