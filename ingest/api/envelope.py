@@ -7,10 +7,27 @@ Failure: ``{"code": <status>, "success": false, "message": "<why, naming the fie
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import json
 import math
-from typing import Any
+import re
+from typing import Any, Final
 
 from aiohttp import web
+
+from ingest.api import SETTINGS_KEY
+
+#: deepest nesting of a REST body (arrays and objects); the deepest real body (a device array)
+#: is 2 levels. Checked on the raw text before parsing, so json's recursion is never the guard.
+MAX_BODY_DEPTH: Final = 32
+#: how long a request body may take to arrive when the settings do not say (s).
+DEFAULT_BODY_TIMEOUT_S: Final = 10.0
+#: a JSON string, or an unterminated one running to the end of the text: every match attempt
+#: succeeds, so stripping strings is linear even for adversarial quoting.
+_STRING: Final = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)', re.DOTALL)
+_BRACKET: Final = re.compile(r"[\[\]{}]")
+_ASCII_INT: Final = re.compile(r"-?[0-9]{1,19}")
 
 
 class ApiError(Exception):
@@ -32,6 +49,45 @@ def fail(status: int, message: str) -> web.Response:
     return web.json_response({"code": status, "success": False, "message": message}, status=status)
 
 
+def nesting_depth(text: str) -> int:
+    """The deepest nesting of arrays/objects in JSON ``text``, without parsing it (strings are
+    skipped, so a bracket inside one does not count). Linear, no recursion."""
+    brackets = _BRACKET.findall(_STRING.sub("", text))
+    steps = (1 if b in "[{" else -1 for b in brackets)
+    return max(itertools.accumulate(steps, initial=0))
+
+
+async def read_json(request: web.Request, *, max_depth: int = MAX_BODY_DEPTH) -> Any:
+    """The request body as JSON. 408 when the body does not arrive within the settings'
+    ``http_body_timeout_s`` (processing time); 413 beyond aiohttp's ``client_max_size``; 422
+    naming the problem for text that is not UTF-8 JSON or nests deeper than ``max_depth``."""
+    settings = request.app.get(SETTINGS_KEY)
+    timeout = settings.http_body_timeout_s if settings is not None else DEFAULT_BODY_TIMEOUT_S
+    try:
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(408, f"body: not received within {timeout:g} s") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(422, f"body: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    depth = nesting_depth(text)
+    if depth > max_depth:
+        raise ApiError(422, f"body: nested {depth} levels deep, at most {max_depth}")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ApiError(422, f"body: not valid JSON ({exc})") from None
+    except RecursionError:  # unreachable after the depth check; never a 500
+        raise ApiError(422, "body: nested too deep") from None
+
+
+def int_text(raw: str) -> int | None:
+    """An ASCII decimal integer (``str.isdigit`` also accepts ``"²"``, which ``int`` refuses)."""
+    return int(raw) if _ASCII_INT.fullmatch(raw) else None
+
+
 def paged(items: list[Any], *, page: int, size: int, total: int) -> web.Response:
     """A page of ``items``; metadata named like Cexup's clinic API plus ``size``."""
     return ok(
@@ -51,10 +107,9 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(422, f"query parameter {name!r} must be an integer, got {raw!r}") from None
+    value = int_text(raw)
+    if value is None:
+        raise ApiError(422, f"query parameter {name!r} must be an integer, got {raw!r}")
     if not low <= value <= high:
         raise ApiError(422, f"query parameter {name!r} must be between {low} and {high}, got {value}")
     return value
