@@ -199,11 +199,11 @@ async def test_post_is_idempotent_one_history_row(api: Api) -> None:
     first = await api.call("POST", "/ews", json=body_at(at))
     again = await api.call("POST", "/api/ews", json=body_at(at))  # a retried POST, other path
     assert first[0] == again[0] == 200 and first[1]["data"] == again[1]["data"]
-    status, body = await api.call("GET", "/ews/history/AMSe5Sn8Gkxj7")
+    _, body = await api.call("GET", "/ews/history/AMSe5Sn8Gkxj7")
     assert body["data"]["totaldata"] == 1
     # a different point at the same time is another row (a correction), not a duplicate
     await api.call("POST", "/ews", json=body_at(at, point=5))
-    status, body = await api.call("GET", "/ews/history/AMSe5Sn8Gkxj7")
+    _, body = await api.call("GET", "/ews/history/AMSe5Sn8Gkxj7")
     assert body["data"]["totaldata"] == 2
 
 
