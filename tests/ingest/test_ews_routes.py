@@ -10,14 +10,17 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ingest.api import ENGINE_KEY
 from ingest.api.envelope import ApiError, fail
 from ingest.api.ews_routes import OPENAPI_PATHS, OUTBOX_KEY, add_routes
-from ingest.ews_engine import EwsEngine
+from ingest.ews_engine import EwsEngine, EwsInputError, parse_external, results_for
 from ingest.outbox import Outbox
 from tests.ingest.upstream import FakeTime
 from vitalgate.broker import free_port
+from vitalgate.contract import USER_CODE_RE
 
 #: the body of "POST EWS" in seed 000 (the Cexup API page), verbatim.
 SEED_BODY = """{
@@ -312,3 +315,37 @@ async def test_deep_json_is_422(api: Api) -> None:
 async def test_context_refuses_unknown_fields(api: Api) -> None:
     status, body = await api.call("PUT", "/api/patient/P1/context", json={"oxygen": True})
     assert status == 422 and "'oxygen'" in body["message"]
+
+
+_ANY = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=5),
+    max_leaves=20,
+)
+_FIELD_VALUES = {
+    "user_code": st.sampled_from(["AMSe5Sn8Gkxj7", "a b", "x\n", "", "A" * 65]) | _ANY,
+    "point": st.integers(-3, 40) | st.sampled_from(["3", "²", " 4 ", "1e1", "3.0"]) | _ANY,
+    "result": st.sampled_from(["normal", "rendah", "sedang", "tinggi", "high"]) | _ANY,
+    "produce_at": st.integers(-1, 10**15) | st.sampled_from(["1632889813001", "²", ""]) | _ANY,
+    "cause": st.lists(st.text(max_size=200), max_size=20) | _ANY,
+    "components": st.dictionaries(st.sampled_from(["respiratory_rate", "spo2", "Bad Name"]),
+                                  st.integers(-1, 4), max_size=4) | _ANY,
+}
+
+
+@given(st.fixed_dictionaries({}, optional=_FIELD_VALUES) | _ANY)
+@settings(max_examples=400, deadline=None)
+def test_parse_external_accepts_or_names_a_field_never_crashes(body: Any) -> None:
+    """Any body: either a consistent, bounded score or EwsInputError naming a field."""
+    try:
+        user_code, point, result, cause, produce_at = parse_external(
+            body, max_point=20, now_ms=1_700_000_000_000, max_future_ms=300_000)
+    except EwsInputError as exc:
+        assert exc.field.split(", ")[0] in ("body", *_FIELD_VALUES), exc.field
+        return
+    assert USER_CODE_RE.fullmatch(user_code)
+    assert 0 <= point <= 20 and result in results_for(point)
+    assert 0 <= produce_at <= 1_700_000_300_000
+    assert len(cause) <= 16 and all(len(c) <= 128 for c in cause)
