@@ -7,10 +7,10 @@ file (table ``api_keys``); ``vitalgate keys create|list|revoke|retire-bootstrap`
 
 Scopes (what a route needs is the table in :mod:`ingest.api.auth`):
 
-* ``read``      the dashboard, medical records, ECG, EWS reads, device reads
+* ``read``      the dashboard, medical records, ECG, EWS reads
 * ``clinical``  a patient's clinical context (and, later, alert acknowledgement)
 * ``platform``  ``POST /ews`` (scores made on the Cexup platform)
-* ``admin``     devices (writes), dead letters, the EWS outbox, every route not in the table;
+* ``admin``     the device registry, dead letters, the EWS outbox, every route not in the table;
                 ``admin`` includes the other three.
 
 The bootstrap key ``VITALGATE_API_KEY`` (settings ``api_key``) is an admin key without a

@@ -67,9 +67,10 @@ ROUTE_SCOPES: Final[Mapping[tuple[str, str], str]] = {
     ("GET", "/api/medical-records/{user_code}"): READ,
     ("GET", "/api/ecg-recordings/{user_code}"): READ,
     ("GET", "/api/ecg/{recording}"): READ,
-    # the device registry: reads for a ward's integrations, changes for administrators
-    ("GET", "/api/devices"): READ,
-    ("GET", "/api/device/{id_device}"): READ,
+    # the device registry (MACs, gateways, who wears what): administrators only; the ward's
+    # screens see a patient's device on its tile (/api/ward)
+    ("GET", "/api/devices"): ADMIN,
+    ("GET", "/api/device/{id_device}"): ADMIN,
     ("POST", "/api/devices"): ADMIN,
     ("POST", "/api/device"): ADMIN,
     ("PUT", "/api/device/{id_device}"): ADMIN,

@@ -165,7 +165,7 @@ async def test_stored_keys_and_revocation(svc: RunningService) -> None:
     from ingest import keys
 
     db = svc.service.db
-    key = db.write_sync(lambda c: keys.create(c, "console", 1, ["read"]))
+    key = db.write_sync(lambda c: keys.create(c, "console", 1, ["admin"]))
     async with Api(svc.url, key=key) as client:
         assert (await client.get("/api/devices"))[0] == 200
         assert db.write_sync(lambda c: keys.revoke(c, "console", 2))
