@@ -386,3 +386,22 @@ async def test_closing_an_event_stream_logs_no_error(svc: RunningService,
         await eventually(lambda: hub.listeners == 0)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
+
+
+async def test_a_holder_key_s_event_stream_carries_only_its_patients(svc: RunningService) -> None:
+    async with Api(svc.url) as admin:
+        await _register(admin, "A1", "D0:61:AE:00:00:01", "rs-a", "PA")
+        await _register(admin, "B1", "D0:61:AE:00:00:02", "rs-b", "PB")
+    key = make_key(svc, "screen-a", "read", holder="rs-a")
+    hub = svc.service.hub
+    async with aiohttp.ClientSession() as http, http.get(
+            svc.url + "/api/events", headers={"x-api-key": key}) as resp:
+        assert resp.status == 200
+        assert (await resp.content.readuntil(b"\n\n")).startswith(b"event: hello")
+        await eventually(lambda: hub.listeners >= 1)
+        hub.publish("ews", {"user_code": "PB", "point": 9})
+        hub.publish("readings", {"count": 1})
+        hub.publish("ews", {"user_code": "PA", "point": 3})
+        frames = [await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 30) for _ in range(2)]
+    assert frames[0].startswith(b"event: readings")
+    assert frames[1].startswith(b"event: ews") and b'"PA"' in frames[1]
