@@ -352,6 +352,7 @@ async def test_no_500_on_odd_input(svc: RunningService) -> None:
         assert status == 422 and body["message"].startswith("point")
         status, body = await api.get("/ews/history/PA")
         assert body["data"]["totaldata"] == 0  # nothing committed by the refused bodies
+        assert svc.service.engine.history("PA\n", page=1, size=5)[1] == 0
 
 
 async def test_future_produce_at_is_refused_over_http(svc: RunningService) -> None:
