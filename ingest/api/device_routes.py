@@ -17,7 +17,7 @@ from ingest import registry
 from ingest.api import DB_KEY
 from ingest.api.envelope import ApiError, ok, page_params, paged, read_json
 from ingest.api.openapi import envelope_response, errors, page_of
-from ingest.api.scoping import holder_of, require_device, require_own_holder
+from ingest.api.scoping import check_device, holder_of, require_device, require_own_holder
 from vitalgate.contract import USER_CODE_RE, validation_detail
 
 #: most devices one bulk POST may register (a spreadsheet import).
@@ -129,16 +129,24 @@ async def update(request: web.Request) -> web.Response:
     device_id = device_id_param(request)
     patch = _parse(registry.DevicePatch, await read_json(request), "")
     require_own_holder(request, patch.device_holder)
-    await require_device(request, device_id)
-    now = _now()
-    return ok(await _write(request, lambda c: registry.update_device(c, device_id, patch, now)))
+    holder, now = holder_of(request), _now()
+
+    def change(conn: sqlite3.Connection) -> dict[str, Any]:
+        check_device(conn, holder, device_id)  # in the same transaction as the change
+        return registry.update_device(conn, device_id, patch, now)
+
+    return ok(await _write(request, change))
 
 
 async def delete(request: web.Request) -> web.Response:
     device_id = device_id_param(request)
-    await require_device(request, device_id)
-    return ok(await _write(request, lambda c: registry.delete_device(c, device_id)),
-              message="Deleted")
+    holder = holder_of(request)
+
+    def remove(conn: sqlite3.Connection) -> dict[str, Any]:
+        check_device(conn, holder, device_id)  # in the same transaction as the removal
+        return registry.delete_device(conn, device_id)
+
+    return ok(await _write(request, remove), message="Deleted")
 
 
 def add_routes(app: web.Application) -> None:

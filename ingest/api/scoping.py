@@ -50,18 +50,21 @@ async def require_patient(request: web.Request, user_code: str) -> None:
         raise ApiError(404, f"no patient with user_code {user_code!r}")
 
 
+def check_device(conn: sqlite3.Connection, holder: str | None, device_id: int) -> None:
+    """404 unless ``holder`` (None: any) may see device ``device_id``; call it inside the
+    transaction that then changes the device, so that the check and the change are one."""
+    if holder is None:
+        return
+    row = conn.execute("SELECT device_holder FROM devices WHERE id = ?", (device_id,)).fetchone()
+    if row is None or str(row[0]) != holder:
+        raise ApiError(404, f"device {device_id} not found")
+
+
 async def require_device(request: web.Request, device_id: int) -> None:
     """404 unless the request's key may see device ``device_id``."""
     holder = holder_of(request)
-    if holder is None:
-        return
-
-    def of(conn: sqlite3.Connection) -> str | None:
-        row = conn.execute("SELECT device_holder FROM devices WHERE id = ?", (device_id,)).fetchone()
-        return None if row is None else str(row[0])
-
-    if await request.app[DB_KEY].read(of) != holder:
-        raise ApiError(404, f"device {device_id} not found")
+    if holder is not None:
+        await request.app[DB_KEY].read(lambda c: check_device(c, holder, device_id))
 
 
 def require_own_holder(request: web.Request, device_holder: str | None, where: str = "") -> None:
