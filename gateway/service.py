@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 from gateway.backoff import Backoff
 from gateway.ble.backend import BleBackend
 from gateway.ble.manager import SessionManager
-from gateway.buffer import Buffer, Measurement
+from gateway.buffer import Buffer, Measurement, set_aside_files
 from gateway.clock import Clock
-from gateway.publisher import MQTT_BACKOFF, Publisher
+from gateway.lock import DataDirLock
+from gateway.publisher import Publisher
 from gateway.settings import GatewaySettings
 from gateway.status import serve_status, state_file_loop, write_state
 from vitalgate import __version__
@@ -34,7 +35,9 @@ log = logging.getLogger(__name__)
 
 
 class BufferSink:
-    """What sessions write to: the buffer, then a nudge to the publisher."""
+    """What sessions write to: the buffer, then a nudge to the publisher. A buffer that cannot
+    write raises (:class:`gateway.buffer.BufferError`): the session then leaves the readings on
+    the watch (history) instead of believing them stored."""
 
     def __init__(self, buffer: Buffer, publisher: Publisher) -> None:
         self.buffer = buffer
@@ -52,11 +55,21 @@ class BufferSink:
 
 class Gateway:
     def __init__(self, settings: GatewaySettings, backend: BleBackend, *, clock: Clock | None = None,
-                 mqtt_backoff: Backoff = MQTT_BACKOFF) -> None:
+                 mqtt_backoff: Backoff | None = None) -> None:
+        """Locks the data directory (:class:`gateway.lock.DataDirLocked` if another gateway has
+        it), then opens the buffer (a damaged one is set aside and a fresh one started)."""
         self.settings = settings
         self.clock = clock or Clock()
-        self.buffer = Buffer(settings.buffer_path, max_rows=settings.buffer_max_rows,
-                             max_bytes=settings.buffer_max_bytes, synchronous=settings.buffer_synchronous)
+        self.lock = DataDirLock(settings.data_dir).acquire()
+        try:
+            self.buffer = Buffer.open_or_reset(
+                settings.buffer_path, max_rows=settings.buffer_max_rows, max_bytes=settings.buffer_max_bytes,
+                synchronous=settings.buffer_synchronous, keep_acked_rows=settings.buffer_keep_acked_rows,
+                keep_acked_s=settings.buffer_keep_acked_s)
+        except BaseException:
+            self.lock.release()
+            raise
+        log.info("buffer %s: stream %s, %d rows waiting", self.buffer.path, self.buffer.stream, len(self.buffer))
         self.publisher = Publisher(settings, self.buffer, version=__version__, backoff=mqtt_backoff)
         self.manager = SessionManager(settings, backend, BufferSink(self.buffer, self.publisher),
                                       on_status=self.publisher.set_device_status, clock=self.clock)
@@ -89,6 +102,7 @@ class Gateway:
                 "evicted_readings": stats.evicted_readings,
                 "evicted_ecg": stats.evicted_ecg,
                 "lag_s": pub.lag_s(),
+                **self._buffer_health(stats.kept, stats.kept_bytes, stats.salvaged),
             },
             "ble": self.manager.snapshot(),
         }
@@ -111,13 +125,36 @@ class Gateway:
             except OSError as exc:
                 log.warning("cannot write state file %s: %s", self.settings.state_path, exc)
             self.buffer.close()
+            self.lock.release()
 
     def _bound(self, port: int) -> None:
         self.status_port = port
 
     async def _commands(self) -> None:
         async for cmd in self.publisher.commands():
-            await self.manager.handle(cmd)
+            match cmd.cmd:
+                case "republish":  # from the buffer: the watch has nothing to do with it
+                    self.publisher.republish(cmd)
+                case "sync" | "ecg":
+                    await self.manager.handle(cmd)
+
+    def _buffer_health(self, kept: int, kept_bytes: int, salvaged: int) -> dict[str, Any]:
+        """The buffer's storage state (``ok`` / ``disk_full`` / ``write_error``), its stream
+        identity, the damaged files set aside and what was salvaged from them."""
+        b = self.buffer
+        aside = set_aside_files(b.path)
+        return {
+            "state": b.state,
+            "last_error": b.last_error,
+            "state_since_ms": b.state_since_ms,
+            "write_failures": b.write_failures,
+            "stream": b.stream,
+            "kept": kept,
+            "kept_bytes": kept_bytes,
+            "salvaged": salvaged,
+            "corrupt_set_aside": len(aside),
+            "set_aside_files": [p.name for p in aside[-5:]],
+        }
 
 
 @contextlib.asynccontextmanager
