@@ -79,6 +79,11 @@ SALVAGE_BATCH: Final = 256
 #: salvage gives up after this many unreadable ids in a row (the rest of the file is gone).
 SALVAGE_MAX_BAD_RUN: Final = 10_000
 
+#: a full disk often has room for a moment (an ack freed a page, the WAL restarted): a storage
+#: episode (one WARNING when it starts) ends, with one INFO line, only once writes have kept
+#: succeeding for this long (seconds) after the last failure.
+STORAGE_RECOVERED_S: Final = 30.0
+
 #: the storage states shown in status (``buffer.state``).
 State = Literal["ok", "disk_full", "write_error"]
 
@@ -259,6 +264,9 @@ class Buffer:
         self.state_since_ms: int | None = None
         #: writes that failed (each one rolled back; nothing half-written).
         self.write_failures = 0
+        self._txn_added = 0  # rows inserted by the open transaction
+        self._episode_failures = 0  # failures in the open storage episode (0: none open)
+        self._last_failure_s = 0.0
         #: set by :meth:`open_or_reset`: the damaged file set aside at start-up, and its salvage.
         self.set_aside: Path | None = None
         self.salvage_result: SalvageResult | None = None
@@ -428,6 +436,9 @@ class Buffer:
         try:
             with contextlib.suppress(sqlite3.Error):
                 other.execute("PRAGMA query_only=1")
+                # read the schema even when a table's root page is gone (a truncated file
+                # otherwise refuses every statement as "malformed")
+                other.execute("PRAGMA writable_schema=1")
             try:
                 cols = {r[1] for r in other.execute("PRAGMA table_info(outbox)")}
             except sqlite3.Error as exc:
@@ -600,6 +611,7 @@ class Buffer:
         )
         self._rows[kind] += 1
         self._bytes += len(payload)
+        self._txn_added += 1
         self._bump("added", 1)
 
     def _forget(self, kind: RowKind, size: int) -> None:
@@ -640,12 +652,20 @@ class Buffer:
         while self._over() and self._kept:
             self._drop_kept("ORDER BY id LIMIT ?", (min(max(1, self._total_rows() - self.max_rows), self._kept),))
         evicted = {RowKind.READING: 0, RowKind.ECG: 0}
+        verified = False
         for kind in EVICTION_ORDER:
             while self._over() and self._rows[kind]:
                 # as many rows as the row limit needs; over the byte limit only, one at a time
                 # (rows differ in size, and no more is evicted than needed). Only rows that
                 # exist are deleted (RETURNING), and only those are counted.
                 batch = min(max(1, self._total_rows() - self.max_rows), self._rows[kind])
+                if not verified and batch + sum(evicted.values()) > self._txn_added:
+                    # more to evict than this transaction added: the counts are checked against
+                    # the file before anything goes (the counts are exact, so this is rare:
+                    # lowered limits at start-up; it used to be the drift that evicted 681 rows)
+                    self._recount()
+                    verified = True
+                    continue
                 got = self._db.execute(
                     "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE kind = ? "
                     "AND acked_ms IS NULL ORDER BY id LIMIT ?) RETURNING size",
@@ -668,18 +688,23 @@ class Buffer:
 
     def _write_ok(self) -> None:
         if self.state != "ok":
-            log.info("buffer %s writable again (after %d failed writes since %s UTC)", self.path,
-                     self.write_failures, _utc(self.state_since_ms))
-            self.state, self.last_error, self.state_since_ms = "ok", None, None
+            self.state, self.last_error = "ok", None
+        if self._episode_failures and self._clock() - self._last_failure_s >= STORAGE_RECOVERED_S:
+            log.info("buffer %s writable again (%d failed writes since %s UTC)", self.path,
+                     self._episode_failures, _utc(self.state_since_ms))
+            self._episode_failures, self.state_since_ms = 0, None
 
     def _write_failed(self, err: sqlite3.Error) -> BufferError:
         self.write_failures += 1
         state: State = "disk_full" if _is_full(err) else "write_error"
-        if self.state != state:  # once per episode; the count is in status
+        if not self._episode_failures:  # once per episode; the count is in status
             log.warning("buffer %s cannot be written (%s): %s; readings wait on the watches and nothing "
                         "buffered is evicted for it; retrying with every new reading",
                         self.path, state, err)
-            self.state, self.state_since_ms = state, self._now_ms()
+            self.state_since_ms = self._now_ms()
+        self._episode_failures += 1
+        self._last_failure_s = self._clock()
+        self.state = state
         self.last_error = str(err)
         cls = DiskFull if state == "disk_full" else BufferError
         return cls(f"buffer {self.path}: write failed: {err}")
@@ -695,6 +720,7 @@ class _Transaction:
 
     def __enter__(self) -> None:
         b = self._b
+        b._txn_added = 0
         try:
             b._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
