@@ -262,9 +262,11 @@ class Publisher:
                          self.settings.client_id, lasted, self._takeover_episode)
                 self._takeover_episode = 0
         self._short_sessions = self._short_sessions + 1 if lasted < SHORT_SESSION_S else 0
-        taken = code == SESSION_TAKEN_OVER or self._short_sessions >= SHORT_SESSIONS_FOR_TAKEOVER
+        # within an episode, any session that ends before it was stable is the same fight
+        taken = (code == SESSION_TAKEN_OVER or self._short_sessions >= SHORT_SESSIONS_FOR_TAKEOVER
+                 or (self._takeover_episode > 0 and lasted < STABLE_SESSION_S))
         if not taken:
-            return "lost", f"connection lost after {lasted:.1f} s: {detail}"
+            return "lost", f"connection lost after {lasted:.1f} s ({detail}); {len(self.buffer)} rows stay buffered"
         self.counters.takeovers += 1
         self._takeover_episode += 1
         if self._takeover_episode == 1:
@@ -348,10 +350,7 @@ class Publisher:
             client.subscribe(self.topics.cmd(self.settings.gateway_id), qos=1)
             self._publish_statuses(client)
             await self._drain(session)
-            outcome = self._session_ended(session)
-            (log.debug if outcome[0] == "takeover" else log.warning)(
-                "MQTT connection lost; %d rows stay buffered", len(self.buffer))
-            return outcome
+            return self._session_ended(session)
         except asyncio.CancelledError:
             if client.is_connected():
                 await self._say_offline(client)
