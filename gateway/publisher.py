@@ -285,9 +285,14 @@ class Publisher:
     def _make_client(self, loop: asyncio.AbstractEventLoop, events: asyncio.Queue[_Event]) -> Client:
         st = self.settings
         broker = st.broker
-        # MQTT 5: the broker then names why it ends a session ("Session taken over" …)
-        client = Client(CallbackAPIVersion.VERSION2, client_id=st.client_id,
-                        protocol=MQTTProtocolVersion.MQTTv5, reconnect_on_failure=False)
+        # MQTT 3.1.1 by default (as ingest: Mosquitto 2.0.11's MQTT 5 flow control is off, see
+        # docs/reliability.md); with "5" a broker may name why it ends a session
+        if st.mqtt_protocol == "5":
+            client = Client(CallbackAPIVersion.VERSION2, client_id=st.client_id,
+                            protocol=MQTTProtocolVersion.MQTTv5, reconnect_on_failure=False)
+        else:
+            client = Client(CallbackAPIVersion.VERSION2, client_id=st.client_id, clean_session=True,
+                            protocol=MQTTProtocolVersion.MQTTv311, reconnect_on_failure=False)
         if broker.tls:
             client.tls_set(
                 ca_certs=str(st.mqtt_ca) if st.mqtt_ca else None,
@@ -332,8 +337,10 @@ class Publisher:
         events: asyncio.Queue[_Event] = asyncio.Queue(2 * self._window + 16)
         client = self._make_client(loop, events)
         broker = self.settings.broker
-        await loop.run_in_executor(None, functools.partial(
-            client.connect, broker.host, broker.port, self.settings.mqtt_keepalive_s, clean_start=True))
+        connect = functools.partial(client.connect, broker.host, broker.port, self.settings.mqtt_keepalive_s)
+        if self.settings.mqtt_protocol == "5":
+            connect = functools.partial(connect, clean_start=True)
+        await loop.run_in_executor(None, connect)
         client.loop_start()
         session = _Session(client, events)
         try:

@@ -153,3 +153,7 @@ class GatewaySettings(ServiceSettings):
     buffer_keep_acked_rows: int = Field(default=10_000, ge=0, le=5_000_000)
     #: … and for at most this long after their PUBACK.
     buffer_keep_acked_s: float = Field(default=6 * 3600.0, ge=0, le=30 * 86400.0)
+    #: MQTT protocol of the publisher (the same setting as ingest's): "3.1.1" by default because
+    #: Mosquitto 2.0.11's MQTT 5 flow control is unreliable (docs/reliability.md); with "5" the
+    #: broker can say "Session taken over" (gateway/mqtt_retry.py detects takeovers either way).
+    mqtt_protocol: Literal["5", "3.1.1"] = "3.1.1"

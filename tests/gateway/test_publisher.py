@@ -234,13 +234,14 @@ async def test_republish_sends_a_range_again_from_the_buffer_and_counts_what_is_
     assert c.acked == 30 and buffer.stats().acked == 30  # a republish is not a second drain
 
 
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 async def test_two_publishers_with_one_client_id_back_off_instead_of_fighting(
-    mosquitto: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    mosquitto: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture, protocol: str
 ) -> None:
     """The same gateway_id on two machines: before, 385 takeovers a second and 23,000 WARNING
     lines a minute each. Now both back off with jitter, one WARNING per episode."""
-    a = Publisher(settings(mosquitto, tmp_path / "a"), Buffer(tmp_path / "a.sqlite3"))
-    b = Publisher(settings(mosquitto, tmp_path / "b"), Buffer(tmp_path / "b.sqlite3"))
+    a = Publisher(settings(mosquitto, tmp_path / "a", mqtt_protocol=protocol), Buffer(tmp_path / "a.sqlite3"))
+    b = Publisher(settings(mosquitto, tmp_path / "b", mqtt_protocol=protocol), Buffer(tmp_path / "b.sqlite3"))
     with caplog.at_level(logging.INFO, logger="gateway.publisher"):
         async with running(a):
             await asyncio.wait_for(_until(lambda: a.connected), 10)
