@@ -793,8 +793,13 @@ def _read_ids(db: sqlite3.Connection, has_acked: bool) -> Iterator[_Item | None]
                 top = max(top or 0, int(row[0]))
     if top is None:
         return
+    first = 1
+    with contextlib.suppress(sqlite3.Error):  # acknowledged rows leave long runs of unused ids
+        row = db.execute("SELECT MIN(id) FROM outbox").fetchone()
+        if row and row[0] is not None:
+            first = max(1, min(top, int(row[0])))
     bad_run = 0
-    for lo in range(1, top + 1, SALVAGE_BATCH):
+    for lo in range(first, top + 1, SALVAGE_BATCH):
         hi = min(top, lo + SALVAGE_BATCH - 1)
         try:
             rows = db.execute(f"SELECT {cols} FROM outbox WHERE id BETWEEN ? AND ?{where} ORDER BY id",

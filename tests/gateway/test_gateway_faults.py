@@ -15,6 +15,7 @@ from gateway.lock import DataDirLocked
 from gateway.probe import unique_seqs
 from gateway.service import Gateway
 from gateway.settings import GatewaySettings
+from gateway.status import render
 from simulators.bleak_bumble import BumbleLink
 from tests.gateway.small_disk import small_disk
 from tests.gateway.test_gateway_ble import gateway_env
@@ -49,6 +50,7 @@ async def test_a_full_disk_degrades_the_gateway_which_recovers_by_itself_losing_
             full_from = env.clock.ms()
             await _until(lambda: gw.buffer.state == "disk_full", what="disk_full state")
             assert gw.snapshot()["buffer"]["state"] == "disk_full"
+            assert "storage: DISK_FULL since" in render(gw.snapshot(), "live")
             await asyncio.sleep(3.0)  # three simulated minutes: real-time readings cannot be stored
             assert gw.buffer.state == "disk_full" or not disk.mounted
             disk.free(gw.buffer)
@@ -58,9 +60,7 @@ async def test_a_full_disk_degrades_the_gateway_which_recovers_by_itself_losing_
             mark = {d: gw.buffer.next_seq(d) for d in devices}
             await probe.until(lambda: all(unique_seqs(env.readings(d))[-1:] >= [mark[d] + 10] for d in devices),
                               timeout=40, what="readings after recovery")
-            topic = gw.publisher.topics.cmd("ward3")
-            for d in devices:  # ingest asks for the history now rather than at the next sync
-                probe._client.publish(topic, b'{"v":1,"cmd":"sync","device_id":"%s"}' % d.encode(), qos=1)
+            # the first good write syncs the watches' history at once (not at history_sync_min)
             await probe.until(lambda: any(r.source is Source.HISTORY and full_from <= r.ts <= full_to
                                           for r in probe.readings()), timeout=40,
                               what="history of the full-disk minutes")
