@@ -120,7 +120,8 @@ _ADDED_COLUMNS: Final = (("stream", "TEXT"), ("acked_ms", "INTEGER"))
 _INDEXES: Final = """
 DROP INDEX IF EXISTS outbox_kind;
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (kind, id) WHERE acked_ms IS NULL;
-CREATE INDEX IF NOT EXISTS outbox_kept ON outbox (id) WHERE acked_ms IS NOT NULL;
+DROP INDEX IF EXISTS outbox_kept;
+CREATE INDEX IF NOT EXISTS outbox_kept_age ON outbox (acked_ms, id) WHERE acked_ms IS NOT NULL;
 CREATE INDEX IF NOT EXISTS outbox_device_seq ON outbox (device_id, stream, seq) WHERE kind = 0;
 """
 
@@ -642,15 +643,17 @@ class Buffer:
 
     def _expire_kept(self, now_ms: int) -> None:
         """Kept readings beyond the window (rows, age) go, oldest first; not a loss (acked)."""
-        self._drop_kept("AND acked_ms < ?", (now_ms - int(self.keep_acked_s * 1000),))
+        if self._kept:
+            self._drop_kept("AND acked_ms < ?", (now_ms - int(self.keep_acked_s * 1000),))
         if self._kept > self.keep_acked_rows:
-            self._drop_kept("ORDER BY id LIMIT ?", (self._kept - self.keep_acked_rows,))
+            self._drop_kept("ORDER BY acked_ms, id LIMIT ?", (self._kept - self.keep_acked_rows,))
 
     def _evict_if_full(self) -> None:
         # kept (acknowledged) rows make room first: as many as the row limit needs, or one at a
         # time over the byte limit; they are no loss and not counted as evictions
         while self._over() and self._kept:
-            self._drop_kept("ORDER BY id LIMIT ?", (min(max(1, self._total_rows() - self.max_rows), self._kept),))
+            self._drop_kept("ORDER BY acked_ms, id LIMIT ?",
+                            (min(max(1, self._total_rows() - self.max_rows), self._kept),))
         evicted = {RowKind.READING: 0, RowKind.ECG: 0}
         verified = False
         for kind in EVICTION_ORDER:
