@@ -3,8 +3,10 @@ ended — as data, in the style of :mod:`gateway.ble.retry` (every rule has a wh
 
 Every way a connection ends backs off, a clean disconnect included: a broker that accepts and
 then drops us at once (another client with our client id, an ACL that kicks us) must not be
-hammered hundreds of times a second. The attempt counter that grows the delay is reset only by
-a session that stayed up for :data:`STABLE_SESSION_S`.
+hammered hundreds of times a second. Each outcome has its own attempt counter; it is reset
+by a CONNACK (failed connects), a session that lasted :data:`SHORT_SESSION_S` (lost sessions)
+or one that lasted :data:`STABLE_SESSION_S` (takeovers): a broker restart after a healthy
+session is retried within about a second, as before.
 """
 
 from __future__ import annotations

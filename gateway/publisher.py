@@ -160,7 +160,10 @@ class Publisher:
         self._session: _Session | None = None
         self._commands: asyncio.Queue[Command] = asyncio.Queue(COMMAND_QUEUE)
         self._wake_pending = False
-        self._attempt = 0
+        #: attempts that grow each outcome's backoff: failed connects (reset by a CONNACK),
+        #: lost sessions (reset by one that lasted SHORT_SESSION_S), takeovers (reset when the
+        #: episode ends: a session that lasted STABLE_SESSION_S)
+        self._attempts: dict[Outcome, int] = dict.fromkeys(policy, 0)
         self._short_sessions = 0
         self._takeover_episode = 0  # takeovers in the current episode (0: none going on)
         self._storage_failing = False
@@ -241,8 +244,8 @@ class Publisher:
                 self._storage_failing = True
             rule = self._policy[outcome]
             backoff = self._backoff_override or rule.backoff
-            delay = backoff.delay(self._attempt, self._rand)
-            self._attempt += 1
+            delay = backoff.delay(self._attempts[outcome], self._rand)
+            self._attempts[outcome] += 1
             (log.debug if quiet else log.warning)(
                 "MQTT broker %s:%d: %s (%s); retrying in %.1f s", broker.host, broker.port, detail,
                 outcome, delay)
@@ -254,8 +257,10 @@ class Publisher:
         lasted = time.monotonic() - (s.up_since or time.monotonic())
         code = s.ended.code if s.ended is not None else None
         detail = s.ended.detail if s.ended is not None else "publish failed"
+        if lasted >= SHORT_SESSION_S:
+            self._attempts["lost"] = 0
         if lasted >= STABLE_SESSION_S:
-            self._attempt = 0
+            self._attempts["takeover"] = 0
             self._short_sessions = 0
             if self._takeover_episode:
                 log.info("MQTT client id %s: no takeover for %.0f s; the episode is over (%d takeovers)",
@@ -350,6 +355,8 @@ class Publisher:
                 raise ConnectRefused(f"broker refused the connection: {first.detail}")
             self._session = session
             session.up_since = time.monotonic()
+            for outcome in ("unreachable", "refused", "storage"):
+                self._attempts[outcome] = 0
             self._wake_pending = False
             self.counters.connects += 1
             (log.debug if self._takeover_episode else log.info)(
