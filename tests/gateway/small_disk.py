@@ -23,9 +23,13 @@ class SmallDisk:
         mount = shutil.which("mount")
         # SMALL_DISK_NO_MOUNT=1 tries the fallback where mounting would work
         if mount and os.geteuid() == 0 and not os.environ.get("SMALL_DISK_NO_MOUNT"):
-            done = subprocess.run([mount, "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(self.dir)],
-                                  capture_output=True, timeout=10)
-            self.mounted = done.returncode == 0
+            try:
+                done = subprocess.run([mount, "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(self.dir)],
+                                      capture_output=True, timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.mounted = False
+            else:
+                self.mounted = done.returncode == 0
 
     @property
     def how(self) -> str:
