@@ -61,12 +61,20 @@ def write_state(path: Path, state: dict[str, Any]) -> None:
 
 
 async def state_file_loop(snapshot: Snapshot, path: Path, period_s: float = STATE_FILE_PERIOD_S) -> None:
+    """Rewrite the state file every ``period_s``; a failure (a full disk) is logged once until a
+    write succeeds again, not every period."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    failed = 0
     while True:
         try:
             write_state(path, snapshot())
         except OSError as exc:
-            log.warning("cannot write state file %s: %s", path, exc)
+            (log.debug if failed else log.warning)("cannot write state file %s: %s", path, exc)
+            failed += 1
+        else:
+            if failed:
+                log.info("state file %s written again (after %d failed writes)", path, failed)
+            failed = 0
         await asyncio.sleep(period_s)
 
 
