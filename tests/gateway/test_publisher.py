@@ -258,3 +258,21 @@ async def test_two_publishers_with_one_client_id_back_off_instead_of_fighting(
 async def _until(predicate: Callable[[], bool]) -> None:
     while not predicate():
         await asyncio.sleep(0.05)
+
+
+def test_a_broker_that_says_session_taken_over_starts_an_episode_at_once(tmp_path: Path) -> None:
+    # MQTT 5 brokers may send DISCONNECT 0x8E (Mosquitto 2.0.11 only closes the socket, which
+    # the short-session rule covers): the first such disconnect is a takeover, said once
+    import time as _time
+
+    from gateway.publisher import _Event, _Session
+
+    st_ = GatewaySettings(gateway_id="gw", data_dir=tmp_path)
+    pub = Publisher(st_, Buffer(":memory:"))
+    ended = [_Session(client=None, events=asyncio.Queue(), up_since=_time.monotonic(),  # type: ignore[arg-type]
+                      ended=_Event("disconnected", code=code)) for code in (0x8E, 0x8E, 0x80)]
+    assert [pub._session_ended(s)[0] for s in ended] == ["takeover", "takeover", "takeover"]
+    assert pub.counters.takeovers == 3 and pub.counters.disconnects == 3
+    long_ago = _Session(client=None, events=asyncio.Queue(), up_since=_time.monotonic() - 120,  # type: ignore[arg-type]
+                        ended=_Event("disconnected", code=0x80))
+    assert pub._session_ended(long_ago)[0] == "lost"  # a stable minute ended the episode
