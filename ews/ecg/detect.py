@@ -9,8 +9,11 @@ Pipeline (every constant in :class:`DetectorSettings` with its reason):
    positive hump per QRS whatever its polarity;
 4. candidate humps (local maxima, at most one per refractory period) classified in time order
    against two adaptive thresholds (running signal and noise peak levels), with T-wave
-   discrimination, search-back at the lower threshold when an RR gap grows past 1.66 × the
-   recent RR, and a threshold decay when nothing has been found for a long time (amplitude drop);
+   discrimination (a candidate soon after a beat with under half its slope; the window shrinks
+   with √RR like the QT interval), P-wave discrimination (a candidate followed within 280 ms by a
+   clearly taller and steeper one), search-back at the lower threshold when an RR gap grows past
+   1.5 × the recent RR, and a threshold restart when nothing has been found for a long time
+   (amplitude drop);
 5. each detection moved to the largest absolute deflection of the 0.5–40 Hz filtered ECG
    (original polarity) within ±75 ms, where annotators place the fiducial point.
 """
@@ -42,14 +45,25 @@ class DetectorSettings:
     """Butterworth order per side; sosfiltfilt doubles it. Low order keeps QRS shape intact."""
     integration_s: float = 0.150
     """Moving-window integration ≈ widest normal QRS (Pan–Tompkins: 150 ms)."""
+    p_wave_window_s: float = 0.280
+    """A candidate followed within 280 ms by a much larger one may be a P wave (P peak to R peak
+    is ≤ 250 ms with a normal or long PR interval; two QRS 280 ms apart is > 210 bpm)."""
+    p_wave_ratio: float = 1.3
+    """…and is rejected if the follower is ≥ 1.3 × taller and ≥ 1.3 × steeper (tall P waves, e.g.
+    MIT-BIH 108, reach half the QRS envelope and 60 % of its slope)."""
     refractory_s: float = 0.200
     """No two beats closer than 200 ms (ventricular refractory period, HR ≤ 300 bpm)."""
     t_wave_window_s: float = 0.360
     """A candidate within 360 ms of a beat may be a T wave: checked by slope (Pan–Tompkins)."""
+    t_wave_rr_ref_s: float = 1.0
+    """The T-wave window is for an RR of 1 s and shrinks with √(RR/1 s) at faster rates (the QT
+    interval follows Bazett's √RR), so a fast rhythm's next QRS is not taken for a T wave."""
     t_wave_slope_ratio: float = 0.5
     """…and rejected if its steepest slope is below half that of the previous QRS."""
-    searchback_rr_factor: float = 1.66
-    """Search back when no beat was found for 166 % of the recent RR (Pan–Tompkins)."""
+    searchback_rr_factor: float = 1.5
+    """Search back when no beat was found for 150 % of the recent RR (Pan–Tompkins use 166 % of
+    a mean RR; the median of an irregular rhythm, e.g. AF, is longer than its short cycles, so a
+    small premature beat followed by a pause was skipped at 166 %: MIT-BIH 201)."""
     threshold_fraction: float = 0.4
     """Threshold = noise level + 40 % of (signal level − noise level), on the RMS envelope; that is
     ≈ 16 % in energy terms (Pan–Tompkins: 25 % of an energy-like integral). Search-back uses half."""
@@ -207,6 +221,16 @@ def _classify(
     starts = np.maximum(cand - 2 * half_qrs, 0)
     cand_slope = np.array([slope[a : b + 1].max() for a, b in zip(starts, cand, strict=True)])
 
+    # P-wave suspects: the next candidate is close and clearly larger and steeper
+    p_win = round(s.p_wave_window_s * fs)
+    p_sus = np.zeros(n, dtype=bool)
+    if n > 1:
+        p_sus[:-1] = (
+            (np.diff(cand) <= p_win)
+            & (heights[1:] >= s.p_wave_ratio * heights[:-1])
+            & (cand_slope[1:] >= s.p_wave_ratio * cand_slope[:-1])
+        )
+
     beats: list[int] = []
     beat_slope: list[float] = []
     rrs: list[float] = []
@@ -224,8 +248,13 @@ def _classify(
         spk = weight * float(heights[k]) + (1 - weight) * spk
         last_idx = k
 
+    def t_window() -> float:
+        if rr_recent <= 0:
+            return float(t_win)
+        return float(t_win * min(1.0, np.sqrt(rr_recent / (s.t_wave_rr_ref_s * fs))))
+
     def is_t_wave(k: int) -> bool:
-        if not beats or cand[k] - beats[-1] > t_win:
+        if not beats or cand[k] - beats[-1] > t_window():
             return False
         return bool(cand_slope[k] < s.t_wave_slope_ratio * beat_slope[-1])
 
@@ -235,8 +264,8 @@ def _classify(
         if k <= lo:
             return -1
         js = np.arange(lo, k)
-        ok = (cand[js] - beats[-1] >= refractory) & (heights[js] > threshold)
-        near = cand[js] - beats[-1] <= t_win
+        ok = (cand[js] - beats[-1] >= refractory) & (heights[js] > threshold) & ~p_sus[js]
+        near = cand[js] - beats[-1] <= t_window()
         ok &= ~(near & (cand_slope[js] < s.t_wave_slope_ratio * beat_slope[-1]))
         if not ok.any():
             return -1
@@ -262,7 +291,7 @@ def _classify(
                 accept(best, 1.0)
                 continue
         too_close = bool(beats) and pos - beats[-1] < refractory
-        if heights[k] > th1 and not too_close and not is_t_wave(k):
+        if heights[k] > th1 and not too_close and not p_sus[k] and not is_t_wave(k):
             accept(k, lr)
         else:
             npk = lr * float(heights[k]) + (1 - lr) * npk
