@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["MatchResult", "match_beats"]
+__all__ = ["MatchResult", "flutter_spans", "match_beats", "outside_spans"]
 
 
 @dataclass(frozen=True)
@@ -62,3 +62,35 @@ def match_beats(
             used[best] = True
             tp += 1
     return MatchResult(tp, int(ref.size - tp), int(det.size - tp))
+
+
+def flutter_spans(
+    samples: npt.ArrayLike, symbols: tuple[str, ...] | list[str]
+) -> list[tuple[int, int]]:
+    """``[start, end)`` sample spans of ventricular flutter/fibrillation (``[`` … ``]`` annotations).
+
+    AAMI EC57 (and PhysioNet's ``bxb``) leave these episodes out of QRS-detection scoring: their
+    waves are annotated ``!`` (flutter waves), not beats, so neither misses nor extra detections
+    inside them are counted. An unclosed ``[`` runs to the end of the record.
+    """
+    s = np.asarray(samples, dtype=np.int64)
+    spans: list[tuple[int, int]] = []
+    start: int | None = None
+    for pos, sym in zip(s.tolist(), symbols, strict=True):
+        if sym == "[" and start is None:
+            start = int(pos)
+        elif sym == "]" and start is not None:
+            spans.append((start, int(pos) + 1))
+            start = None
+    if start is not None:
+        spans.append((start, int(np.iinfo(np.int64).max)))
+    return spans
+
+
+def outside_spans(x: npt.ArrayLike, spans: list[tuple[int, int]]) -> npt.NDArray[np.int64]:
+    """The sample indices of ``x`` not inside any ``[start, end)`` span."""
+    a = np.asarray(x, dtype=np.int64)
+    keep = np.ones(a.size, dtype=bool)
+    for lo, hi in spans:
+        keep &= ~((a >= lo) & (a < hi))
+    return a[keep]
