@@ -15,9 +15,10 @@ import numpy.typing as npt
 from .detect import detect_prepared, prepare_signal
 from .quality import DEFAULT_QUALITY, QualitySettings, SegmentQuality, assess_segments
 
-__all__ = ["SCREENING_NOTE", "AnalysisSettings", "EcgSummary", "analyse"]
+__all__ = ["SCREENING_NOTE", "AnalysisSettings", "EcgSummary", "WindowRate", "analyse"]
 
 Quality = Literal["good", "fair", "unusable"]
+RateStatus = Literal["ok", "missing", "flatline", "clipping", "no_beats", "noisy", "implausible_rr"]
 
 SCREENING_NOTE = (
     "irregular_rhythm is a screening hint (e.g. atrial fibrillation or frequent ectopic beats), "
@@ -54,6 +55,39 @@ class AnalysisSettings:
     """…with a median window SQI of at least 0.75."""
     fair_usable_fraction: float = 0.5
     """'fair' when at least half is usable; below that the recording is 'unusable'."""
+    window_min_rr: int = 3
+    """A window's heart rate needs ≥ 3 plausible RR intervals (4 beats, ≥ 24 bpm over 10 s)."""
+    window_max_implausible: float = 0.2
+    """…and at most 20 % of its RR outside 300–2000 ms: more means false or missed beats, and a
+    rate from the rest would be a guess, so it is withheld."""
+
+
+@dataclass(frozen=True)
+class WindowRate:
+    """The heart rate derived for one analysed window, or why it was withheld.
+
+    ``hr_bpm`` = 60000 / median RR of the window's accepted beats (those the quality index passed;
+    RR ending in the window, both beats usable, 300–2000 ms); ``None`` when ``status`` is not
+    ``"ok"``: the window's quality reason (``missing`` … ``noisy``) or ``implausible_rr``."""
+
+    start_s: float
+    end_s: float
+    hr_bpm: float | None
+    status: RateStatus
+    sqi: float
+    n_beats: int
+    n_rr: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "start_s": round(self.start_s, 3),
+            "end_s": round(self.end_s, 3),
+            "hr_bpm": _r(self.hr_bpm, 1),
+            "status": self.status,
+            "sqi": round(self.sqi, 3),
+            "n_beats": self.n_beats,
+            "n_rr": self.n_rr,
+        }
 
 
 DEFAULT_ANALYSIS = AnalysisSettings()
@@ -95,6 +129,8 @@ class EcgSummary:
     quality: Quality
     usable_fraction: float
     note: str = field(default=SCREENING_NOTE)
+    windows: tuple[WindowRate, ...] = ()
+    """Per quality window: the derived heart rate from accepted beats only, or why withheld."""
 
     def to_dict(self) -> dict[str, object]:
         """JSON-friendly dict (lists, rounded floats, ``None`` for figures not computable)."""
@@ -118,6 +154,7 @@ class EcgSummary:
             "usable_fraction": round(self.usable_fraction, 4),
             "segments": [s.to_dict() for s in self.segments],
             "note": self.note,
+            "windows": [w.to_dict() for w in self.windows],
         }
 
 
@@ -206,6 +243,8 @@ def analyse(
     else:
         quality = "fair"
 
+    windows = _window_rates(segments, beats, beat_ok, win_of, rr_all, pair_ok, fs_f, settings)
+
     return EcgSummary(
         fs=fs_f,
         duration_s=n / fs_f,
@@ -224,4 +263,36 @@ def analyse(
         segments=segments,
         quality=quality,
         usable_fraction=float(usable_fraction),
+        windows=windows,
     )
+
+
+def _window_rates(
+    segments: tuple[SegmentQuality, ...],
+    beats: npt.NDArray[np.int64],
+    beat_ok: npt.NDArray[np.bool_],
+    win_of: npt.NDArray[np.int64],
+    rr_all: npt.NDArray[np.float64],
+    pair_ok: npt.NDArray[np.bool_],
+    fs: float,
+    s: AnalysisSettings,
+) -> tuple[WindowRate, ...]:
+    """One :class:`WindowRate` per quality window (RR assigned to the window of its end beat)."""
+    end_win = win_of[1:] if beats.size > 1 else np.zeros(0, dtype=np.int64)
+    plausible = (rr_all >= s.rr_min_ms) & (rr_all <= s.rr_max_ms)
+    out: list[WindowRate] = []
+    for i, seg in enumerate(segments):
+        in_win = (end_win == i) & pair_ok
+        rr = rr_all[in_win & plausible]
+        n_pairs = int(in_win.sum())
+        n_beats = int(((win_of == i) & beat_ok).sum()) if beats.size else 0
+        status: RateStatus
+        if not seg.usable:
+            status = seg.reason
+        elif rr.size < s.window_min_rr or (n_pairs - rr.size) > s.window_max_implausible * n_pairs:
+            status = "implausible_rr"
+        else:
+            status = "ok"
+        hr = float(60000.0 / np.median(rr)) if status == "ok" else None
+        out.append(WindowRate(seg.start_s, seg.end_s, hr, status, seg.sqi, n_beats, int(rr.size)))
+    return tuple(out)

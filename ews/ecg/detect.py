@@ -76,6 +76,9 @@ class DetectorSettings:
     stall_noise_ratio: float = 3.0
     """…then the largest candidate above 3 × the noise level restarts the signal level (a P wave
     or noise in a true pause rarely reaches 3 × the mean non-QRS peak)."""
+    stall_decay: float = 0.5
+    """…else both levels are halved once per stall period (after an artefact that inflated them, the
+    QRS is back above threshold within a few periods; in a true pause noise stays below 3 × npk)."""
     refine_window_s: float = 0.075
     """Fiducial search ±75 ms around the energy peak: within one QRS."""
     rms_envelope: bool = True
@@ -236,6 +239,7 @@ def _classify(
     rrs: list[float] = []
     last_idx = -1  # index into cand of the last beat
     rr_recent = 0.0
+    last_decay = -1  # sample of the last stall decay of the levels
 
     def accept(k: int, weight: float) -> None:
         nonlocal spk, last_idx, rr_recent
@@ -282,7 +286,7 @@ def _classify(
             if best >= 0:
                 accept(best, 2 * lr)
                 continue  # re-examine the rest of the gap from the recovered beat
-        if beats and pos - beats[-1] > max(stall, 2 * rr_recent):
+        if beats and pos - max(beats[-1], last_decay) > max(stall, 2 * rr_recent):
             # long stall: the QRS amplitude probably dropped; take the largest peak clearly above
             # the noise level and restart the signal level from it
             best = best_in_gap(k, s.stall_noise_ratio * npk)
@@ -290,6 +294,11 @@ def _classify(
                 spk = float(heights[best])
                 accept(best, 1.0)
                 continue
+            # nothing clearly above noise: the levels were learned on an artefact (a noise burst
+            # raises both); halve them once per stall period until the QRS clears them again
+            spk *= s.stall_decay
+            npk = min(npk, s.stall_decay * spk)
+            last_decay = pos
         too_close = bool(beats) and pos - beats[-1] < refractory
         if heights[k] > th1 and not too_close and not p_sus[k] and not is_t_wave(k):
             accept(k, lr)
