@@ -12,8 +12,8 @@ Pipeline (every constant in :class:`DetectorSettings` with its reason):
    discrimination (a candidate soon after a beat with under half its slope; the window shrinks
    with √RR like the QT interval), P-wave discrimination (a candidate followed within 280 ms by a
    clearly taller and steeper one), search-back at the lower threshold when an RR gap grows past
-   1.5 × the recent RR, and a threshold restart when nothing has been found for a long time
-   (amplitude drop);
+   1.2 × the longest of the last 8 RR, and a threshold restart (or decay) when nothing has been
+   found for a long time (amplitude drop, or levels inflated by a noise burst);
 5. each detection moved to the largest absolute deflection of the 0.5–40 Hz filtered ECG
    (original polarity) within ±75 ms, where annotators place the fiducial point.
 """
@@ -60,10 +60,14 @@ class DetectorSettings:
     interval follows Bazett's √RR), so a fast rhythm's next QRS is not taken for a T wave."""
     t_wave_slope_ratio: float = 0.5
     """…and rejected if its steepest slope is below half that of the previous QRS."""
-    searchback_rr_factor: float = 1.5
-    """Search back when no beat was found for 150 % of the recent RR (Pan–Tompkins use 166 % of
-    a mean RR; the median of an irregular rhythm, e.g. AF, is longer than its short cycles, so a
-    small premature beat followed by a pause was skipped at 166 %: MIT-BIH 201)."""
+    searchback_rr_factor: float = 1.2
+    """Search back when no beat was found for 120 % of the LONGEST of the last 8 RR. Pan–Tompkins
+    use 166 % of a mean of regular RR; against the longest recent RR a compensatory pause in
+    bigeminy does not trigger a search (which, in noise, would pick a noise peak at half the
+    threshold), while a gap longer than any recent cycle still does (a small premature beat
+    missed before a pause in atrial fibrillation, MIT-BIH 201)."""
+    searchback_rr_percentile: float = 100.0
+    """…the recent RR for that test: this percentile of the last 8 (100 = the longest)."""
     threshold_fraction: float = 0.4
     """Threshold = noise level + 40 % of (signal level − noise level), on the RMS envelope; that is
     ≈ 16 % in energy terms (Pan–Tompkins: 25 % of an energy-like integral). Search-back uses half."""
@@ -237,16 +241,28 @@ def _classify(
     beats: list[int] = []
     beat_slope: list[float] = []
     rrs: list[float] = []
+    rr_regular: list[bool] = []  # the RR ended by a beat accepted at the main threshold
     last_idx = -1  # index into cand of the last beat
     rr_recent = 0.0
+    rr_long = 0.0  # the recent RR the search-back compares a gap with
     last_decay = -1  # sample of the last stall decay of the levels
 
-    def accept(k: int, weight: float) -> None:
-        nonlocal spk, last_idx, rr_recent
+    def accept(k: int, weight: float, regular: bool = True) -> None:
+        nonlocal spk, last_idx, rr_recent, rr_long
         pos = int(cand[k])
         if beats:
             rrs.append(pos - beats[-1])
+            rr_regular.append(regular)
             rr_recent = float(np.median(rrs[-s.rr_memory :]))
+            # a gap closed by search-back or a stall may span a missed beat: not a cycle length
+            cycles = [
+                r
+                for r, ok in zip(rrs[-s.rr_memory :], rr_regular[-s.rr_memory :], strict=True)
+                if ok
+            ]
+            rr_long = (
+                float(np.percentile(cycles, s.searchback_rr_percentile)) if cycles else rr_recent
+            )
         beats.append(pos)
         beat_slope.append(float(cand_slope[k]))
         spk = weight * float(heights[k]) + (1 - weight) * spk
@@ -280,11 +296,11 @@ def _classify(
     while k < n:
         pos = int(cand[k])
         th1 = npk + frac * (spk - npk)
-        if beats and rr_recent > 0 and pos - beats[-1] > s.searchback_rr_factor * rr_recent:
+        if beats and rr_long > 0 and pos - beats[-1] > s.searchback_rr_factor * rr_long:
             # search-back: a beat missed in the gap, at half the threshold
             best = best_in_gap(k, 0.5 * th1)
             if best >= 0:
-                accept(best, 2 * lr)
+                accept(best, 2 * lr, regular=False)
                 continue  # re-examine the rest of the gap from the recovered beat
         if beats and pos - max(beats[-1], last_decay) > max(stall, 2 * rr_recent):
             # long stall: the QRS amplitude probably dropped; take the largest peak clearly above
@@ -292,7 +308,7 @@ def _classify(
             best = best_in_gap(k, s.stall_noise_ratio * npk)
             if best >= 0:
                 spk = float(heights[best])
-                accept(best, 1.0)
+                accept(best, 1.0, regular=False)
                 continue
             # nothing clearly above noise: the levels were learned on an artefact (a noise burst
             # raises both); halve them once per stall period until the QRS clears them again
