@@ -198,6 +198,22 @@ def detect_prepared(p: Prepared, settings: DetectorSettings = DEFAULT_SETTINGS) 
     return beats
 
 
+def _median(v: list[float]) -> float:
+    """Median of a short list (≤ rr_memory items): plain Python beats numpy's call overhead."""
+    o = sorted(v)
+    m = len(o) // 2
+    return float(o[m]) if len(o) % 2 else 0.5 * (o[m - 1] + o[m])
+
+
+def _percentile(v: list[float], q: float) -> float:
+    """Linear-interpolated percentile ``q`` (0–100) of a short non-empty list (numpy's default)."""
+    o = sorted(v)
+    pos = (len(o) - 1) * min(max(q, 0.0), 100.0) / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(o) - 1)
+    return float(o[lo] + (o[hi] - o[lo]) * (pos - lo))
+
+
 def _initial_levels(e: FloatArray, fs: float) -> tuple[float, float]:
     """Signal and noise levels learned from the first ≤ 8 s (median of 2-s maxima / median)."""
     n = min(e.size, int(8 * fs))
@@ -253,16 +269,11 @@ def _classify(
         if beats:
             rrs.append(pos - beats[-1])
             rr_regular.append(regular)
-            rr_recent = float(np.median(rrs[-s.rr_memory :]))
+            recent = rrs[-s.rr_memory :]
+            rr_recent = _median(recent)
             # a gap closed by search-back or a stall may span a missed beat: not a cycle length
-            cycles = [
-                r
-                for r, ok in zip(rrs[-s.rr_memory :], rr_regular[-s.rr_memory :], strict=True)
-                if ok
-            ]
-            rr_long = (
-                float(np.percentile(cycles, s.searchback_rr_percentile)) if cycles else rr_recent
-            )
+            cycles = [r for r, ok in zip(recent, rr_regular[-s.rr_memory :], strict=True) if ok]
+            rr_long = _percentile(cycles, s.searchback_rr_percentile) if cycles else rr_recent
         beats.append(pos)
         beat_slope.append(float(cand_slope[k]))
         spk = weight * float(heights[k]) + (1 - weight) * spk
