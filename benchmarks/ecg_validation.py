@@ -70,9 +70,12 @@ def _wfdb(base: Path, name: str, note: str) -> Record:
     samples, symbols = read_annotations(base)
     is_beat = np.array([s in BEAT_SYMBOLS for s in symbols], dtype=bool)
     lead = names[0] if names else note
+    second = sig[:, 1] if sig.shape[1] > 1 else None
+    second_name = names[1] if len(names) > 1 else ""
     return Record(
-        name, sig[:, 0], fs, samples[is_beat], note or lead, flutter_spans(samples, symbols)
-    )
+        name, sig[:, 0], fs, samples[is_beat], note or lead, flutter_spans(samples, symbols),
+        second, second_name,
+    )  # fmt: skip
 
 
 def load_records(data: Path = DATA, mitdb_dirs: tuple[Path, ...] = (TEST_MITDB,)) -> list[Record]:

@@ -68,6 +68,12 @@ class DetectorSettings:
     missed before a pause in atrial fibrillation, MIT-BIH 201)."""
     searchback_rr_percentile: float = 100.0
     """…the recent RR for that test: this percentile of the last 8 (100 = the longest)."""
+    searchback_ratio: float = 0.5
+    """Search-back threshold = half the main threshold (Pan–Tompkins' THRESHOLD I2)…"""
+    searchback_noise_floor: float = 1.5
+    """…but never below 1.5 × the running noise level (mean non-QRS peak): on the RMS envelope
+    half the threshold can fall under the noise level itself, and in muscle or motion noise the
+    search then picks a noise peak (synthetic noise at 6 dB on 100/118/119: +P 95.7 → 98.8 %)."""
     threshold_fraction: float = 0.4
     """Threshold = noise level + 40 % of (signal level − noise level), on the RMS envelope; that is
     ≈ 16 % in energy terms (Pan–Tompkins: 25 % of an energy-like integral). Search-back uses half."""
@@ -309,7 +315,7 @@ def _classify(
         th1 = npk + frac * (spk - npk)
         if beats and rr_long > 0 and pos - beats[-1] > s.searchback_rr_factor * rr_long:
             # search-back: a beat missed in the gap, at half the threshold
-            best = best_in_gap(k, 0.5 * th1)
+            best = best_in_gap(k, max(s.searchback_ratio * th1, s.searchback_noise_floor * npk))
             if best >= 0:
                 accept(best, 2 * lr, regular=False)
                 continue  # re-examine the rest of the gap from the recovered beat
