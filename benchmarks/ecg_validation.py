@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import butter, resample_poly, sosfiltfilt
+from scipy.signal import resample_poly
 
 from ews.ecg import BEAT_SYMBOLS, detect_r_peaks, match_beats, read_annotations, read_record
-from ews.ecg.evaluate import flutter_spans, outside_spans
+from ews.ecg.evaluate import flutter_spans, noisy_copy, outside_spans
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -253,24 +253,6 @@ NOISE_SNR_DB = (12, 6, 0)
 NOISE_BANDS = {"muscle (10–100 Hz)": (10.0, 100.0), "electrode motion (0.5–8 Hz)": (0.5, 8.0)}
 
 
-def noisy_copy(
-    x: npt.NDArray[np.float64], ref: IntArray, band: tuple[float, float], snr_db: float, seed: int
-) -> npt.NDArray[np.float64]:
-    """``x`` plus Gaussian noise band-passed to ``band``, at an NSTDB-style SNR.
-
-    As the MIT-BIH Noise Stress Test Database defines it: S = (median QRS peak-to-peak)² / 8,
-    N = noise variance, SNR = 10 log10(S / N). Synthetic noise (the NSTDB noise recordings are
-    not available here), fixed seed: every detector sees the same samples."""
-    hw = round(0.05 * WATCH_FS)
-    inner = ref[(ref > hw) & (ref < x.size - hw)]
-    pp = float(np.median([np.ptp(x[b - hw : b + hw]) for b in inner]))
-    hi = min(band[1], 0.45 * WATCH_FS)
-    sos = butter(2, (band[0], hi), btype="bandpass", fs=WATCH_FS, output="sos")
-    noise = sosfiltfilt(sos, np.random.default_rng(seed).normal(size=x.size))
-    noise *= pp / np.sqrt(8.0) / 10 ** (snr_db / 20.0) / noise.std()
-    return np.asarray(x + noise, dtype=np.float64)
-
-
 def noise_stress(records: list[Record], anchors: dict[str, Detector]) -> str:
     """Se / +P per detector on clean records with added noise (all of NOISE_RECORDS found)."""
     dets: dict[str, Detector] = {OURS: detect_r_peaks, **anchors}
@@ -286,7 +268,7 @@ def noise_stress(records: list[Record], anchors: dict[str, Detector]) -> str:
             for fn in dets.values():
                 scores = []
                 for r_i, (x, ref, spans) in enumerate(prepared):
-                    y = noisy_copy(x, ref, band, snr, seed=1000 * b_i + 10 * r_i + snr)
+                    y = noisy_copy(x, ref, WATCH_FS, band, snr, seed=1000 * b_i + 10 * r_i + snr)
                     scores.append(score(y, ref, spans, fn))
                 t = total(scores)
                 cells.append(f" {t.se:.2f} / {t.ppv:.2f} |")

@@ -18,7 +18,16 @@ from .quality import DEFAULT_QUALITY, QualitySettings, SegmentQuality, assess_se
 __all__ = ["SCREENING_NOTE", "AnalysisSettings", "EcgSummary", "WindowRate", "analyse"]
 
 Quality = Literal["good", "fair", "unusable"]
-RateStatus = Literal["ok", "missing", "flatline", "clipping", "no_beats", "noisy", "implausible_rr"]
+RateStatus = Literal[
+    "ok",
+    "missing",
+    "flatline",
+    "clipping",
+    "no_beats",
+    "noisy",
+    "inconsistent_beats",
+    "implausible_rr",
+]
 
 SCREENING_NOTE = (
     "irregular_rhythm is a screening hint (e.g. atrial fibrillation or frequent ectopic beats), "
@@ -57,6 +66,12 @@ class AnalysisSettings:
     """'fair' when at least half is usable; below that the recording is 'unusable'."""
     window_min_rr: int = 3
     """A window's heart rate needs ≥ 3 plausible RR intervals (4 beats, ≥ 24 bpm over 10 s)."""
+    window_min_correlation: float = 0.8
+    """A window's rate needs beats that recur clearly (shape correlation ≥ 0.8, stricter than the
+    0.6 that makes a window usable): in a usable window under 0.8, false beats from noise hide
+    among the real ones. Synthetic muscle / motion noise at 0–6 dB on 8 MIT-BIH records: published
+    rates > 10 bpm off fall from 401 to 69; clean records: 38 of 8,579 windows lose their rate.
+    (The SQI itself is not used: its QRS/noise part falls with tall T waves at fast rates.)"""
     window_trim: float = 0.1
     """The window's rate is 60000 / mean RR after dropping the shortest and longest 10 % (≥ 1 each
     from 10 RR up): a missed or an extra beat barely moves it, and unlike a median it stays the
@@ -73,7 +88,8 @@ class WindowRate:
 
     ``hr_bpm`` = 60000 / trimmed-mean RR of the window's accepted beats (those the quality index
     passed; RR ending in the window, both beats usable, 300–2000 ms); ``None`` when ``status`` is not
-    ``"ok"``: the window's quality reason (``missing`` … ``noisy``) or ``implausible_rr``."""
+    ``"ok"``: the window's quality reason (``missing`` … ``noisy``), ``inconsistent_beats``
+    (usable, but beat shapes under ``window_min_correlation``) or ``implausible_rr``."""
 
     start_s: float
     end_s: float
@@ -303,6 +319,8 @@ def _window_rates(
         status: RateStatus
         if not seg.usable:
             status = seg.reason
+        elif seg.correlation < s.window_min_correlation:
+            status = "inconsistent_beats"
         elif rr.size < s.window_min_rr or (n_pairs - rr.size) > s.window_max_implausible * n_pairs:
             status = "implausible_rr"
         else:

@@ -24,7 +24,7 @@ from ews.ecg import (
     read_annotations,
     read_record,
 )
-from ews.ecg.evaluate import flutter_spans, outside_spans
+from ews.ecg.evaluate import flutter_spans, noisy_copy, outside_spans
 
 MITDB = Path(__file__).resolve().parents[1] / "data" / "mitdb"
 FS = 250.0
@@ -185,3 +185,16 @@ def test_flutter_spans_pairs_brackets_and_an_open_episode_runs_to_the_end() -> N
     spans = flutter_spans([10, 20, 30, 40, 50], ["N", "[", "!", "]", "["])
     assert spans[0] == (20, 41) and spans[1][0] == 50 and spans[1][1] > 10**12
     assert outside_spans([5, 25, 45, 60], spans).tolist() == [5, 45]
+
+
+def test_record_105_in_heavy_muscle_noise_withholds_rather_than_misreports() -> None:
+    x, ref, _ = record("105")
+    # synthetic muscle noise (10–100 Hz) as strong as the QRS (NSTDB-style SNR 0 dB)
+    y = noisy_copy(x, ref, FS, (10.0, 100.0), 0.0, seed=7)
+    windows = analyse(y, FS).windows
+    published = [w for w in windows if w.hr_bpm is not None]
+    wrong = [w for w in published if abs(w.hr_bpm - reference_rate(ref, w.start_s, w.end_s)) > 10]
+    assert len(wrong) <= 1, [(w.start_s, w.hr_bpm) for w in wrong]
+    withheld = [w for w in windows if w.hr_bpm is None]
+    assert len(withheld) >= 0.5 * len(windows)
+    assert all(w.status != "ok" for w in withheld)
