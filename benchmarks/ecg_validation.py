@@ -300,7 +300,8 @@ def second_lead(records: list[Record], anchors: dict[str, Detector]) -> str:
     leads = sorted({r.second_name for r in chosen})
     return (
         f"Second lead (channel 1: {', '.join(leads)}) of the {len(chosen)} MIT-BIH WFDB records, "
-        "same scoring; no constant was chosen on it:\n\n" + "\n".join(lines)
+        "same scoring (a check on a lead nobody tuned for; see docs/ecg.md for how it was used):\n\n"
+        + "\n".join(lines)
     )
 
 
