@@ -135,6 +135,8 @@ class EcgSummary:
     hr_bpm: tuple[float, ...]
     """Instantaneous heart rate 60000 / RR for each interval of ``rr_ms``."""
     mean_hr_bpm: float | None
+    """60000 / mean RR over the windows whose rate was published (``windows[i].status == "ok"``);
+    ``None`` when the gate withheld every window: no rate rather than a wrong one."""
     sdnn_ms: float | None
     """Standard deviation of normal-to-normal RR (ectopic/outlier RR removed)."""
     rmssd_ms: float | None
@@ -224,7 +226,6 @@ def analyse(
     rr = rr_all[plausible]
     rr_end = beats[1:][plausible]
 
-    mean_hr = float(60000.0 / rr.mean()) if rr.size else None
 
     # normal-to-normal intervals: ectopic-filtered; successive differences only between
     # intervals adjacent in the recording and both normal
@@ -265,6 +266,10 @@ def analyse(
         quality = "fair"
 
     windows = _window_rates(segments, beats, beat_ok, win_of, rr_all, pair_ok, fs_f, settings)
+    # the recording's mean rate: only RR in windows whose rate the gate published
+    rate_ok = np.array([w.status == "ok" for w in windows], dtype=bool)
+    rr_rated = rr[rate_ok[win_of[1:][plausible]]] if rr.size else rr
+    mean_hr = float(60000.0 / rr_rated.mean()) if rr_rated.size else None
 
     return EcgSummary(
         fs=fs_f,

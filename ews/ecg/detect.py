@@ -87,8 +87,9 @@ class DetectorSettings:
     """…then the largest candidate above 3 × the noise level restarts the signal level (a P wave
     or noise in a true pause rarely reaches 3 × the mean non-QRS peak)."""
     stall_decay: float = 0.5
-    """…else both levels are halved once per stall period (after an artefact that inflated them, the
-    QRS is back above threshold within a few periods; in a true pause noise stays below 3 × npk)."""
+    """…else the signal level is halved (and the noise level capped at half of it) once per stall
+    period: after an artefact that inflated them the QRS clears the threshold again within a few
+    periods; in a true pause nothing reaches 3 × the noise level, so nothing is accepted."""
     refine_window_s: float = 0.075
     """Fiducial search ±75 ms around the energy peak: within one QRS."""
     rms_envelope: bool = True
@@ -328,7 +329,7 @@ def _classify(
                 accept(best, 1.0, regular=False)
                 continue
             # nothing clearly above noise: the levels were learned on an artefact (a noise burst
-            # raises both); halve them once per stall period until the QRS clears them again
+            # raises both); lower them once per stall period until the QRS clears them again
             spk *= s.stall_decay
             npk = min(npk, s.stall_decay * spk)
             last_decay = pos

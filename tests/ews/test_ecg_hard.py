@@ -97,6 +97,8 @@ def test_muscle_noise_window_withholds_the_rate() -> None:
     assert by_start[20].hr_bpm is None and by_start[20].status != "ok"
     published = [w.hr_bpm for w in summary.windows if w.hr_bpm is not None]
     assert len(published) >= 4 and all(abs(r - 75.0) < 1.5 for r in published)
+    # the recording's mean rate uses only the published windows
+    assert summary.mean_hr_bpm is not None and abs(summary.mean_hr_bpm - 75.0) < 1.0
     d = summary.to_dict()["windows"]
     assert isinstance(d, list) and d[2]["hr_bpm"] is None and d[2]["status"] == by_start[20].status
 
@@ -113,6 +115,14 @@ def test_bigeminy_rate_is_the_mean_ventricular_rate() -> None:
             x += amp * np.exp(-0.5 * ((t - bt - off) / sd) ** 2)
     rates = window_rates(x)
     assert rates and all(r is not None and abs(r - 80.0) < 3.0 for r in rates), rates
+
+
+def test_no_published_window_no_mean_rate() -> None:
+    rng = np.random.default_rng(11)
+    x = rng.normal(0, 1.0, round(60 * FS))  # a minute of noise: nothing to publish
+    summary = analyse(x, FS)
+    assert all(w.hr_bpm is None for w in summary.windows)
+    assert summary.mean_hr_bpm is None
 
 
 def record(name: str) -> tuple[FloatArray, IntArray, list[tuple[int, int]]]:
