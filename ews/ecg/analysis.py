@@ -1,7 +1,9 @@
 """From one ECG lead to heart rate, RR intervals, HRV and an irregular-rhythm screening hint.
 
-Beats in windows the quality index marks unusable are excluded from every figure. Every
-constant is in :class:`AnalysisSettings` with its reason.
+Beats in windows the quality index marks unusable are excluded from every figure. Per window,
+the derived heart rate is published only when the window's beats pass the rate gate
+(:class:`WindowRate`: quality, beat-shape agreement, plausible RR); otherwise it is withheld with
+the reason. Every constant is in :class:`AnalysisSettings` with its reason.
 """
 
 from __future__ import annotations
@@ -225,7 +227,6 @@ def analyse(
     plausible = pair_ok & (rr_all >= settings.rr_min_ms) & (rr_all <= settings.rr_max_ms)
     rr = rr_all[plausible]
     rr_end = beats[1:][plausible]
-
 
     # normal-to-normal intervals: ectopic-filtered; successive differences only between
     # intervals adjacent in the recording and both normal

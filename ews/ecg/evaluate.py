@@ -113,8 +113,16 @@ def noisy_copy(
     not available here), fixed seed: every detector sees the same samples."""
     xa = np.asarray(x, dtype=np.float64)
     ra = np.asarray(ref, dtype=np.int64)
+    if xa.ndim != 1 or not np.isfinite(xa).all():
+        raise ValueError("x must be a 1-D array of finite samples")
+    if not 0 < band[0] < band[1] or not np.isfinite(snr_db) or not fs > 2 * band[0]:
+        raise ValueError(
+            f"need 0 < band[0] < band[1] below fs/2 and a finite SNR, got {band}, {snr_db}"
+        )
     hw = round(0.05 * fs)
     inner = ra[(ra > hw) & (ra < xa.size - hw)]
+    if inner.size == 0:
+        raise ValueError("ref holds no R peak inside x: the signal amplitude is undefined")
     pp = float(np.median([np.ptp(xa[b - hw : b + hw]) for b in inner]))
     hi = min(band[1], 0.45 * fs)
     sos = butter(2, (band[0], hi), btype="bandpass", fs=fs, output="sos")

@@ -208,3 +208,16 @@ def test_record_105_in_heavy_muscle_noise_withholds_rather_than_misreports() -> 
     withheld = [w for w in windows if w.hr_bpm is None]
     assert len(withheld) >= 0.5 * len(windows)
     assert all(w.status != "ok" for w in withheld)
+
+
+def test_noisy_copy_reaches_its_snr_and_rejects_bad_arguments() -> None:
+    x, truth = beat_train(0.8, 60, TALL_T)
+    y = noisy_copy(x, truth, FS, (10.0, 100.0), 6.0, seed=3)
+    hw = round(0.05 * FS)
+    pp = float(np.median([np.ptp(x[b - hw : b + hw]) for b in truth[1:-1]]))
+    snr = 10 * np.log10((pp**2 / 8) / np.var(y - x))
+    assert abs(snr - 6.0) < 0.01
+    with pytest.raises(ValueError, match="band"):
+        noisy_copy(x, truth, FS, (100.0, 10.0), 6.0, seed=3)
+    with pytest.raises(ValueError, match="R peak"):
+        noisy_copy(x, np.array([], dtype=np.int64), FS, (10.0, 100.0), 6.0, seed=3)
