@@ -196,6 +196,14 @@ class SessionManager:
         while True:
             scanner = self.backend.scanner(detection_callback=self._on_advertisement)
             await scanner.start()
+            # bumble's Device.start_scanning returns normally when this task was cancelled
+            # while it ran (cancelling() stays 1): without this check the scanner slept on and
+            # the gateway's TaskGroup waited for it forever, deaf to SIGTERM.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                with contextlib.suppress(Exception):
+                    await scanner.stop()
+                raise asyncio.CancelledError()
             self._last_adv_mono = time.monotonic()
             try:
                 while True:
