@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -87,12 +88,23 @@ async def _main(settings: Any, args: argparse.Namespace) -> int:
                 realtime_interval_s=args.interval, physiology_speed=args.speed,
             ) as (_watches, devices):
                 settings = settings.model_copy(update={"devices": {**settings.devices, **devices}})
+                _log_start(settings, f"{args.simulate} simulated watches (bumble)")
                 await Gateway(settings, simulated(link), clock=clock).run()
         else:
+            _log_start(settings, "BlueZ")
             await Gateway(settings, bluez()).run()
     except asyncio.CancelledError:
         pass
     return 0
+
+
+def _log_start(settings: Any, ble: str) -> None:
+    """What the gateway is about to use, at INFO (host:port only: no credentials)."""
+    broker = settings.broker
+    logging.getLogger("gateway").info(
+        "gateway %s: MQTT broker %s:%d%s, BLE %s, %d configured watches, buffer %s",
+        settings.gateway_id, broker.host, broker.port, " (TLS)" if broker.tls else "", ble,
+        len(settings.devices), settings.buffer_path)
 
 
 def _status(args: argparse.Namespace) -> int:
