@@ -214,7 +214,7 @@ class Consumer:
         if s.mqtt_username:
             client.username_pw_set(s.mqtt_username, s.mqtt_password)
         if s.mqtt_tls:
-            client.tls_set(ca_certs=str(s.mqtt_ca_file) if s.mqtt_ca_file else None,
+            client.tls_set(ca_certs=str(s.mqtt_ca) if s.mqtt_ca else None,
                            cert_reqs=ssl.CERT_REQUIRED)
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         client.max_inflight_messages_set(100)

@@ -1,12 +1,14 @@
 """``vitalgate simulate | replay | record``: fleet mode, replay of recordings, broker recording.
 
 Defaults come from :class:`SimulatorSettings` (``[simulators]`` in the TOML file named by
-``--config`` or $VITALGATE_CONFIG, env ``VITALGATE_BROKER`` etc.); command-line options win.
+``--config`` or $VITALGATE_CONFIG, env ``VITALGATE_MQTT_URL`` etc., the same names as the
+gateway's and ingest's); command-line options win.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 import time
@@ -14,14 +16,18 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from simulators import scenarios as scenario_files
-from vitalgate.config import ServiceSettings, load_settings
+from vitalgate.config import BrokerAddress, ServiceSettings, load_settings
 from vitalgate.contract import DEFAULT_PREFIX, GATEWAY_ID_RE
 
 
 class SimulatorSettings(ServiceSettings):
     toml_table: ClassVar[str] = "simulators"
 
-    broker: str = "mqtt://127.0.0.1:1883"
+    #: the broker, as the gateway and ingest name it (``VITALGATE_MQTT_URL``).
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    #: deprecated name of ``mqtt_url`` (read with a WARNING; see ServiceSettings.deprecated_names).
+    broker: str | None = None
+    deprecated_names: ClassVar[dict[str, str]] = {"broker": "mqtt_url"}
     prefix: str = DEFAULT_PREFIX
     gateway_id: str = "sim-ward"
     seed: int = 0
@@ -30,6 +36,19 @@ class SimulatorSettings(ServiceSettings):
     rate_s: float = 60.0
     #: "wall": ts = real time of delivery; "sim": ts on the simulated timeline.
     timestamps: str = "wall"
+
+
+log = logging.getLogger(__name__)
+
+
+def _log_broker(settings: SimulatorSettings, what: str) -> None:
+    """Say at INFO which broker this command uses (host:port only: never credentials)."""
+    try:
+        broker = BrokerAddress.parse(settings.mqtt_url)
+    except ValueError:
+        return  # the client refuses it with a clear error of its own
+    log.info("%s: MQTT broker %s:%d%s (mqtt_url, VITALGATE_MQTT_URL), topic prefix %s", what,
+             broker.host, broker.port, " (TLS)" if broker.tls else "", settings.prefix)
 
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*$")
@@ -52,7 +71,7 @@ def _gateway_id(text: str) -> str:
 
 def _settings(args: argparse.Namespace) -> SimulatorSettings:
     overrides: dict[str, Any] = {}
-    for name in ("broker", "prefix", "gateway_id", "seed", "speed", "rate_s", "timestamps"):
+    for name in ("mqtt_url", "prefix", "gateway_id", "seed", "speed", "rate_s", "timestamps"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -60,7 +79,8 @@ def _settings(args: argparse.Namespace) -> SimulatorSettings:
 
 
 def _common(p: argparse.ArgumentParser, gateway: bool = True) -> None:
-    p.add_argument("--broker", help="mqtt://host:port")
+    p.add_argument("--mqtt-url", "--broker", dest="mqtt_url",
+                   help="mqtt://host:port (default: mqtt_url from the settings, VITALGATE_MQTT_URL)")
     p.add_argument("--prefix", help=f"topic prefix (default {DEFAULT_PREFIX})")
     p.add_argument("--config", type=Path, help="TOML settings file ([simulators] table)")
     if gateway:
@@ -123,7 +143,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return 2
     clock = SimClock(speed=settings.speed)
     cohort = Cohort([loaded[i % len(loaded)] for i in range(args.patients)], settings.seed, clock.start_ms)
-    publisher = GatewayPublisher(settings.broker, settings.gateway_id, settings.prefix)
+    _log_broker(settings, f"simulate {args.patients} patients as gateway {settings.gateway_id}")
+    publisher = GatewayPublisher(settings.mqtt_url, settings.gateway_id, settings.prefix)
     try:
         publisher.connect()
     except (MqttError, ValueError) as exc:
@@ -161,7 +182,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         sys.stderr.write(f"skipped {err}\n")
     if args.virtual_watches:
         return _replay_through_watches(args, settings, loaded.tracks)
-    publisher = GatewayPublisher(settings.broker, settings.gateway_id, settings.prefix)
+    _log_broker(settings, f"replay {len(loaded.tracks)} tracks as gateway {settings.gateway_id}")
+    publisher = GatewayPublisher(settings.mqtt_url, settings.gateway_id, settings.prefix)
     try:
         publisher.connect()
     except (MqttError, ValueError) as exc:
@@ -192,8 +214,9 @@ def _replay_through_watches(args: argparse.Namespace, settings: Any, tracks: lis
     from simulators.replay_watches import replay_through_watches
 
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="vitalgate-replay-"))
+    _log_broker(settings, f"replay {len(tracks)} tracks through virtual watches, buffer in {data_dir}")
     snapshot = asyncio.run(replay_through_watches(
-        tracks, mqtt_url=settings.broker, gateway_id=settings.gateway_id, data_dir=data_dir,
+        tracks, mqtt_url=settings.mqtt_url, gateway_id=settings.gateway_id, data_dir=data_dir,
         speed=settings.speed, interval_s=args.interval, prefix=settings.prefix,
     ))
     buffered = snapshot.get("buffer", {})
@@ -208,9 +231,10 @@ def cmd_record(args: argparse.Namespace) -> int:
     from simulators.replay import record
 
     settings = _settings(args)
+    _log_broker(settings, f"record to {args.out}")
     with JsonlWriter(args.out) as writer:
         try:
-            stats = record(settings.broker, writer, settings.prefix, args.duration, args.all)
+            stats = record(settings.mqtt_url, writer, settings.prefix, args.duration, args.all)
         except (MqttError, ValueError) as exc:
             sys.stderr.write(f"{exc}\n")
             return 1

@@ -7,12 +7,14 @@ source below the environment.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from pydantic import model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +23,8 @@ from pydantic_settings import (
 )
 
 CONFIG_ENV = "VITALGATE_CONFIG"
+
+log = logging.getLogger(__name__)
 
 
 class ServiceSettings(BaseSettings):
@@ -31,6 +35,30 @@ class ServiceSettings(BaseSettings):
     #: the TOML table this service reads, e.g. ``"ingest"``: ``[ingest]`` in the file.
     toml_table: ClassVar[str] = ""
     _toml_path: ClassVar[Path | None] = None
+    #: old name → new name of renamed settings (one name per setting across services). The
+    #: service still declares the old name as a field (``None`` by default) so that its
+    #: environment variable and TOML key are read; the value moves to the new name, with a
+    #: WARNING. The new name wins when both are set.
+    deprecated_names: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rename_deprecated(cls, data: Any) -> Any:
+        if not cls.deprecated_names or not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in cls.deprecated_names.items():
+            value = data.pop(old, None)
+            if value is None:
+                continue
+            if data.get(new) is not None:
+                log.warning("setting %s (VITALGATE_%s) is deprecated and ignored: %s (VITALGATE_%s) "
+                            "is set too and wins", old, old.upper(), new, new.upper())
+                continue
+            log.warning("setting %s (VITALGATE_%s) is deprecated: name it %s (VITALGATE_%s), "
+                        "as every service does", old, old.upper(), new, new.upper())
+            data[new] = value
+        return data
 
     @classmethod
     def settings_customise_sources(
