@@ -41,9 +41,9 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Any:
 
 
 def run_ingest(args: argparse.Namespace) -> int:
-    from ingest.service import run
-
     from pydantic import ValidationError
+
+    from ingest.service import run
 
     overrides = {"http_port": args.port} if args.port is not None else {}
     try:
