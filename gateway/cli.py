@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -76,8 +77,15 @@ async def _main(settings: Any, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
+
+    def stop() -> None:
+        if not stopping:
+            stopping.append(loop.call_later(STOP_GRACE_S, _stuck, task))
+        task.cancel()
+
+    stopping: list[asyncio.TimerHandle] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop)
     try:
         if args.simulate > 0:
             from simulators.bleak_bumble import BumbleLink
@@ -105,6 +113,31 @@ def _log_start(settings: Any, ble: str) -> None:
         "gateway %s: MQTT broker %s:%d%s, BLE %s, %d configured watches, buffer %s",
         settings.gateway_id, broker.host, broker.port, " (TLS)" if broker.tls else "", ble,
         len(settings.devices), settings.buffer_path)
+
+
+#: after SIGTERM the gateway stops in about a second; if a task is still running after this
+#: long (a library swallowed its cancellation), every task is cancelled again, and after as
+#: long again the process exits: a service manager's SIGTERM always stops it within seconds.
+STOP_GRACE_S = 4.0
+
+
+def _stuck(main: asyncio.Task[Any]) -> None:
+    loop = main.get_loop()
+    pending = [t for t in asyncio.all_tasks(loop) if t is not main and not t.done()]
+    logging.getLogger("gateway").error(
+        "still stopping %.0f s after SIGTERM: %s; cancelling them again", STOP_GRACE_S,
+        ", ".join(sorted(t.get_name() for t in pending))[:500])
+    for t in pending:
+        t.cancel()
+    main.cancel()
+    loop.call_later(STOP_GRACE_S, _exit_now)
+
+
+def _exit_now() -> None:
+    logging.getLogger("gateway").critical("did not stop %.0f s after SIGTERM: exiting now "
+                                          "(the buffer is crash-safe)", 2 * STOP_GRACE_S)
+    logging.shutdown()
+    os._exit(1)
 
 
 def _status(args: argparse.Namespace) -> int:

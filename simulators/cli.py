@@ -8,11 +8,15 @@ gateway's and ingest's); command-line options win.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any, ClassVar
 
 from simulators import scenarios as scenario_files
@@ -49,6 +53,22 @@ def _log_broker(settings: SimulatorSettings, what: str) -> None:
         return  # the client refuses it with a clear error of its own
     log.info("%s: MQTT broker %s:%d%s (mqtt_url, VITALGATE_MQTT_URL), topic prefix %s", what,
              broker.host, broker.port, " (TLS)" if broker.tls else "", settings.prefix)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (a service manager, ``kill``, a CI runner) stops these commands as Ctrl-C does:
+    the publisher says offline and closes, a recording drains and closes its file, and the
+    process exits within seconds (130, or 0 for ``record``, whose end is always Ctrl-C)."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*$")
@@ -89,6 +109,15 @@ def _common(p: argparse.ArgumentParser, gateway: bool = True) -> None:
         p.add_argument("--timestamps", choices=("wall", "sim"), help="ts = delivery time (wall) or simulated time")
 
 
+def _with_sigterm(cmd: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        with _sigterm_as_ctrl_c():
+            return int(cmd(args))
+
+    run.__name__ = cmd.__name__
+    return run
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("simulate", help="publish simulated patients onto MQTT as a gateway would")
     p.add_argument("--patients", type=int, default=10, help="number of patients")
@@ -98,7 +127,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--list-scenarios", action="store_true", help="list the built-in scenarios and exit")
     _common(p)
-    p.set_defaults(func=cmd_simulate)
+    p.set_defaults(func=_with_sigterm(cmd_simulate))
 
     p = subparsers.add_parser("replay", help="replay recorded vitals onto MQTT in their own timing")
     p.add_argument("file", type=Path, help="JSONL, CSV, .psv, Challenge 2012 .txt, WFDB .hea, or a folder")
@@ -112,14 +141,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data-dir", type=Path, default=None,
                    help="with --virtual-watches: the gateway's buffer directory (default: temp)")
     _common(p)
-    p.set_defaults(func=cmd_replay)
+    p.set_defaults(func=_with_sigterm(cmd_replay))
 
     p = subparsers.add_parser("record", help="record the readings on a broker to JSONL")
     p.add_argument("--out", type=Path, required=True, help="JSONL file (appended)")
     p.add_argument("--duration", type=duration, help="stop after this long (real time); default: until Ctrl-C")
     p.add_argument("--all", action="store_true", help="also record status, ECG, EWS and command messages")
     _common(p, gateway=False)
-    p.set_defaults(func=cmd_record)
+    p.set_defaults(func=_with_sigterm(cmd_record))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
