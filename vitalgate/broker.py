@@ -73,7 +73,8 @@ class Mosquitto:
     host: str = "127.0.0.1"
     workdir: Path | None = None
     extra_conf: str = ""
-    #: end the broker with its parent (Linux; see :func:`parent_death_signal`)
+    #: end the broker with its parent (Linux; see :func:`parent_death_signal`), and only then:
+    #: in its own session, a terminal's Ctrl-C goes to the parent, which stops it last
     die_with_parent: bool = False
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -108,6 +109,7 @@ class Mosquitto:
         self.proc = subprocess.Popen(
             [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             preexec_fn=parent_death_signal() if self.die_with_parent else None,
+            start_new_session=self.die_with_parent,  # a terminal's Ctrl-C reaches its owner only
         )
         try:
             wait_port(self.host, self.port)

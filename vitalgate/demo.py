@@ -293,6 +293,10 @@ RESULT_ORDER = {"tinggi": 0, "sedang": 1, "rendah": 2, "normal": 3}
 NUMERIC = ("NEWS2", "HR", "SpO2", "RR", "SBP", "Temp")
 
 
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) else -1
+
+
 def ward_table(ward: dict[str, Any], labels: dict[str, str]) -> Table:
     """The ward, worst first. Cells are Text, never markup: data from the API is not parsed."""
     table = Table(title=f"ward · {len(ward.get('patients', []))} patients", expand=False)
@@ -300,7 +304,8 @@ def ward_table(ward: dict[str, Any], labels: dict[str, str]) -> Table:
         table.add_column(col, justify="right" if col in NUMERIC else "left")
     patients = sorted(
         ward.get("patients", []),
-        key=lambda p: (RESULT_ORDER.get((p.get("ews") or {}).get("result", ""), 4), str(p.get("user_code"))),
+        key=lambda p: (RESULT_ORDER.get((p.get("ews") or {}).get("result", ""), 4),
+                       -_int((p.get("ews") or {}).get("point")), str(p.get("user_code"))),
     )
     for p in patients:
         ews = p.get("ews") or {}
