@@ -148,3 +148,25 @@ def test_examples_use_no_deprecated_names() -> None:
         data = tomllib.loads((ROOT / "config" / name).read_text())
         used = set(data.get(cls.toml_table, data))
         assert not used & set(cls.deprecated_names), name
+
+
+@pytest.mark.parametrize("url", ["mqtt://gw:s3cr3t@host:notaport", "amqp://gw:s3cr3t@h:1",
+                                 "gw:s3cr3t@host:99999"])
+def test_a_bad_broker_url_is_named_without_its_password(url: str) -> None:
+    from vitalgate.config import BrokerAddress
+
+    with pytest.raises(ValueError, match="broker URL") as info:
+        BrokerAddress.parse(url)
+    assert "s3cr3t" not in str(info.value) and "***@" in str(info.value)
+
+
+def test_a_bad_setting_error_never_shows_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from gateway.settings import GatewaySettings
+
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("VITALGATE_MQTT_URL", "mqtt://gw:s3cr3t@host:notaport")
+    with pytest.raises(ValidationError) as info:
+        load_settings(GatewaySettings)
+    assert "mqtt_url" in str(info.value) and "s3cr3t" not in str(info.value)
