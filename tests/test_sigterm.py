@@ -276,3 +276,21 @@ def test_demo_ends_its_children_however_it_ends(commands: list[Command], tmp_pat
     with socket.socket() as sock:  # the next demo can have the port
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
+
+
+def test_demo_ends_its_children_when_its_duration_is_over(commands: list[Command], tmp_path: Path) -> None:
+    demo = run(commands, tmp_path, "demo", "--patients", "1", "--port", "0", "--duration", "3",
+               "--data-dir", str(tmp_path / "demo"))
+    demo.reach(r"ward dashboard")
+    tree = descendants(demo.proc.pid)
+    assert len(tree) >= 3, demo.text()
+    assert demo.proc.wait(REACH_S) == 0, demo.text()
+    assert not alive(tree)
+
+
+def test_demo_on_a_taken_port_says_so_and_starts_nothing(commands: list[Command], tmp_path: Path,
+                                                         taken_port: int) -> None:
+    demo = run(commands, tmp_path, "demo", "--port", str(taken_port), "--data-dir", str(tmp_path / "demo"))
+    assert demo.exits_by_itself() == 2
+    assert f"port {taken_port} is taken" in demo.text()
+    assert not (tmp_path / "demo" / "ingest.log").exists()

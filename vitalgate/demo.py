@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -177,6 +178,10 @@ class Demo:
 
     async def run(self) -> int:
         opts = self.options
+        if not port_is_free(opts.port):
+            self.console.print(f"[red]port {opts.port} is taken (another demo or ingest?): stop it, "
+                               f"or pick another with --port (0 = any free port)[/]")
+            return 2
         self.workdir = Path(opts.data_dir or tempfile.mkdtemp(prefix="vitalgate-demo-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         scenarios = [SCENARIO_MIX[i % len(SCENARIO_MIX)] for i in range(opts.patients)]
@@ -272,6 +277,17 @@ class Demo:
                         {"consciousness": "A", "on_oxygen": False, "spo2_scale": 2},
                     )
                     done.add(code)
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ingest can listen on ``host:port`` (else the demo would show another program)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def scenarios_by_code(ward: dict[str, Any], scenarios: list[str]) -> dict[str, str]:
