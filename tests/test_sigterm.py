@@ -247,6 +247,14 @@ def test_replay_replaying(commands: list[Command], tmp_path: Path, mosquitto: Mo
     assert rep.stop() == 130
 
 
+def test_replay_through_virtual_watches(commands: list[Command], tmp_path: Path,
+                                        mosquitto: Mosquitto) -> None:
+    rep = run(commands, tmp_path, "replay", str(ROOT / "config" / "sample-vitals.csv"), "--virtual-watches",
+              "--speed", "1", "--mqtt-url", mosquitto.url, "--data-dir", str(tmp_path / "gw"))
+    rep.reach(r"E86 \w+: connected")  # the in-process gateway collects from the watches
+    assert rep.stop() == 130
+
+
 def test_record_recording(commands: list[Command], tmp_path: Path, mosquitto: Mosquitto) -> None:
     out = tmp_path / "rec.jsonl"
     rec = run(commands, tmp_path, "record", "--out", str(out), "--mqtt-url", mosquitto.url)
