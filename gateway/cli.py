@@ -9,10 +9,13 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vitalgate.config import load_settings
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
@@ -78,14 +81,9 @@ async def _main(settings: Any, args: argparse.Namespace) -> int:
     task = asyncio.current_task()
     assert task is not None
 
-    def stop() -> None:
-        if not stopping:
-            stopping.append(loop.call_later(STOP_GRACE_S, _stuck, task))
-        task.cancel()
-
-    stopping: list[asyncio.TimerHandle] = []
+    stopper = Stopper(task)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
+        loop.add_signal_handler(sig, stopper)
     try:
         if args.simulate > 0:
             from simulators.bleak_bumble import BumbleLink
@@ -103,13 +101,15 @@ async def _main(settings: Any, args: argparse.Namespace) -> int:
             await Gateway(settings, bluez()).run()
     except asyncio.CancelledError:
         pass
+    finally:
+        stopper.close()
     return 0
 
 
 def _log_start(settings: Any, ble: str) -> None:
     """What the gateway is about to use, at INFO (host:port only: no credentials)."""
     broker = settings.broker
-    logging.getLogger("gateway").info(
+    log.info(
         "gateway %s: MQTT broker %s:%d%s, BLE %s, %d configured watches, buffer %s",
         settings.gateway_id, broker.host, broker.port, " (TLS)" if broker.tls else "", ble,
         len(settings.devices), settings.buffer_path)
@@ -121,21 +121,41 @@ def _log_start(settings: Any, ble: str) -> None:
 STOP_GRACE_S = 4.0
 
 
-def _stuck(main: asyncio.Task[Any]) -> None:
-    loop = main.get_loop()
-    pending = [t for t in asyncio.all_tasks(loop) if t is not main and not t.done()]
-    logging.getLogger("gateway").error(
-        "still stopping %.0f s after SIGTERM: %s; cancelling them again", STOP_GRACE_S,
-        ", ".join(sorted(t.get_name() for t in pending))[:500])
-    for t in pending:
-        t.cancel()
-    main.cancel()
-    loop.call_later(STOP_GRACE_S, _exit_now)
+class Stopper:
+    """The SIGTERM/SIGINT handler: cancel the main task; if it has not stopped ``grace_s``
+    later, log an ERROR naming the tasks still running and cancel every one again (a library
+    swallowed a cancellation); if it is still running ``grace_s`` after that, exit (1)."""
+
+    def __init__(self, main: asyncio.Task[Any], grace_s: float = STOP_GRACE_S,
+                 exit_now: Callable[[], None] | None = None) -> None:
+        self.main = main
+        self.grace_s = grace_s
+        self.exit_now = exit_now or _exit_now
+        self._timers: list[asyncio.TimerHandle] = []
+
+    def __call__(self) -> None:
+        if not self._timers:
+            self._timers.append(self.main.get_loop().call_later(self.grace_s, self._stuck))
+        self.main.cancel()
+
+    def _stuck(self) -> None:
+        loop = self.main.get_loop()
+        pending = [t for t in asyncio.all_tasks(loop) if t is not self.main and not t.done()]
+        log.error("still stopping %.0f s after SIGTERM: %s; cancelling them again", self.grace_s,
+                  ", ".join(sorted(t.get_name() for t in pending))[:500])
+        for t in pending:
+            t.cancel()
+        self.main.cancel()
+        self._timers.append(loop.call_later(self.grace_s, self.exit_now))
+
+    def close(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
 
 
 def _exit_now() -> None:
-    logging.getLogger("gateway").critical("did not stop %.0f s after SIGTERM: exiting now "
-                                          "(the buffer is crash-safe)", 2 * STOP_GRACE_S)
+    log.critical("did not stop %.0f s after SIGTERM: exiting now (the buffer is crash-safe)",
+                 2 * STOP_GRACE_S)
     logging.shutdown()
     os._exit(1)
 

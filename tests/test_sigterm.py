@@ -9,6 +9,7 @@ for the log line that says the command reached it, so the file stays short.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -183,7 +184,7 @@ def test_gateway_whose_status_port_is_taken_collects_says_so_and_stops(
 def test_gateway_while_its_watches_are_connecting(commands: list[Command], tmp_path: Path,
                                                   mosquitto: Mosquitto) -> None:
     gw = gateway(commands, tmp_path, mosquitto.url)
-    gw.reach(r"INFO gateway: gateway \S+: MQTT broker")  # logged just before the BLE side starts
+    gw.reach(r"INFO gateway\.cli: gateway \S+: MQTT broker")  # logged just before the BLE side starts
     assert gw.stop() == 0
 
 
@@ -192,6 +193,40 @@ def test_gateway_collecting(commands: list[Command], tmp_path: Path, mosquitto: 
     gw.reach(r"INFO gateway\.publisher: connected to MQTT broker 127\.0\.0\.1")
     gw.reach(r"E86 \w+: connected")
     assert gw.stop() == 0
+
+
+async def test_gateway_stopper_cancels_again_what_swallowed_its_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The last resort behind the fixes above: a task that swallows one cancellation (as bumble
+    made the BLE tasks do) no longer keeps the gateway's TaskGroup, and so the process, alive."""
+    from gateway.cli import Stopper
+
+    swallowed = asyncio.Event()
+    exits: list[bool] = []
+
+    async def deaf() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            swallowed.set()  # returns normally from the cancelled await, then runs on
+        await asyncio.sleep(3600)
+
+    async def gateway_run() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(deaf(), name="deaf ble task")
+
+    main = asyncio.create_task(gateway_run())
+    await asyncio.sleep(0)
+    stopper = Stopper(main, grace_s=0.2, exit_now=lambda: exits.append(True))
+    stopper()  # SIGTERM
+    await swallowed.wait()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(main, STOP_BOUND_S)
+    stopper.close()
+    assert exits == []  # stopped by the second cancel, not by the exit
+    assert any("still stopping" in r.getMessage() and "deaf ble task" in r.getMessage()
+               for r in caplog.records if r.levelname == "ERROR")
 
 
 # ---------------------------------------------------------------------------- ingest
