@@ -82,7 +82,7 @@ async def _main(settings: Any, args: argparse.Namespace) -> int:
     assert task is not None
 
     stopper = Stopper(task)
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: its terminal closed
         loop.add_signal_handler(sig, stopper)
     try:
         if args.simulate > 0:
