@@ -239,6 +239,7 @@ class Database:
         self._wlock = threading.Lock()
         with self._wlock:
             self._writer.executescript(SCHEMA + registry.SCHEMA + keys.SCHEMA)
+            keys.migrate(self._writer)  # api_keys made before scopes: add the columns
         self._reader = _connect(path, synchronous)
         self._rlock = threading.Lock()
 
