@@ -24,8 +24,11 @@ class IngestSettings(ServiceSettings):
     mqtt_client_id: str = "vitalgate-ingest"
     mqtt_username: str | None = None
     mqtt_password: str | None = None
-    #: CA bundle for mqtts:// (default: the system's trust store).
+    #: CA bundle for mqtts:// (default: the system's trust store); the gateway's name for it too.
+    mqtt_ca: Path | None = None
+    #: deprecated name of ``mqtt_ca`` (read with a WARNING; see ServiceSettings.deprecated_names).
     mqtt_ca_file: Path | None = None
+    deprecated_names: ClassVar[dict[str, str]] = {"mqtt_ca_file": "mqtt_ca"}
     #: "3.1.1" (clean_session=False) or "5" (clean_start=False + session expiry). 3.1.1 is the
     #: default: under the fault suite (broker and ingest restarts), Debian's Mosquitto 2.0.11
     #: stopped delivering to an MQTT 5 session while it stayed connected (its inflight-quota
