@@ -1,7 +1,8 @@
 """PostgreSQL baseline for issue 13's storage layer: how fast reading-shaped rows are committed
 with redelivery absorbed, against SQLite in the same run.
 
-Run: ``python -m benchmarks.postgres_baseline`` (``--rows 40000``, ``--batches 100,1000``).
+Run: ``python -m benchmarks.postgres_baseline`` (``--rows 40000``, ``--batches 100,1000``,
+``--repeat 3``: every figure is the best of three interleaved runs).
 A private PostgreSQL 15 is started by :mod:`vitalgate.postgres` (fsync on, synchronous_commit
 on: every batch is a durable commit, as ingest acknowledges MQTT only after commit), and one
 connection commits the same rows, batch by batch, one transaction per batch, with:
@@ -17,7 +18,9 @@ into a plain table (unique identity ``(device_id, seq, vital)``) and into a tabl
 ``ts`` (native declarative range partitions, one per day, made ahead; PostgreSQL requires the
 partition key in every unique index, so its identity is ``(device_id, seq, vital, ts)``).
 The baseline is SQLite ``executemany`` of ``INSERT OR IGNORE`` (WAL, ``synchronous=NORMAL``
-as ingest runs it today, and ``FULL``), same rows, same batches, same indexes.
+as ingest runs it today, and ``FULL``), same rows, same batches, same indexes. One extra
+PostgreSQL row (``copy`` with ``synchronous_commit=off``) shows what share of the cost is the
+WAL flush at each commit.
 
 Each run then redelivers the first 20 % of the rows (all duplicates) and asserts the table
 still holds exactly the distinct rows: the conflict rule absorbs every redelivery.
@@ -156,10 +159,15 @@ PG_METHODS: dict[str, Callable[[psycopg.Connection[tuple[object, ...]], Sequence
 }
 
 
-def run_pg(url: str, method: str, size: int, rows: Sequence[Row], partitioned: bool) -> tuple[float, float]:
+def run_pg(
+    url: str, method: str, size: int, rows: Sequence[Row], partitioned: bool, durable: bool = True
+) -> tuple[float, float]:
     """(rows/s first delivery, rows/s redelivery) for one method and batch size."""
     insert = PG_METHODS[method]
     with psycopg.connect(url) as conn:
+        if not durable:  # how much of the cost is the WAL flush at each commit
+            conn.execute("SET synchronous_commit = off")
+            conn.commit()
         pg_create(conn, partitioned, rows)
         if method == "copy":
             conn.execute(
@@ -213,9 +221,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--rows", type=int, default=40_000)
     ap.add_argument("--batches", default="100,1000")
+    ap.add_argument("--repeat", type=int, default=3, help="best of this many interleaved runs")
     args = ap.parse_args(argv)
     if not 1_000 <= args.rows <= 2_000_000:
         ap.error("--rows must be 1000..2000000")
+    if not 1 <= args.repeat <= 20:
+        ap.error("--repeat must be 1..20")
     sizes = [int(s) for s in args.batches.split(",")]
     if not all(1 <= s <= 5_000 for s in sizes):
         ap.error("--batches: each size must be 1..5000 (10 parameters per row, 65535 max)")
@@ -231,19 +242,34 @@ def main(argv: list[str] | None = None) -> None:
         print(f"PostgreSQL {server.binaries.version} (fsync on, synchronous_commit on) vs SQLite "
               f"{sqlite3.sqlite_version}; {len(rows):,} rows from {DEVICES} devices over {days:.1f} days "
               f"of event time; load average {os.getloadavg()[0]:.1f}")
+        best: dict[tuple[object, ...], tuple[float, float]] = {}
+
+        def keep(key: tuple[object, ...], got: tuple[float, float]) -> None:
+            old = best.get(key, (0.0, 0.0))
+            best[key] = (max(old[0], got[0]), max(old[1], got[1]))
+
+        for _ in range(args.repeat):  # interleaved, so that a load spike hits every variant
+            for size in sizes:
+                keep(("sqlite", "NORMAL", size), run_sqlite(work / "bench.sqlite", "NORMAL", size, rows))
+                keep(("sqlite", "FULL", size), run_sqlite(work / "bench.sqlite", "FULL", size, rows))
+                for partitioned in (False, True):
+                    for method in PG_METHODS:
+                        keep(("pg", method, size, partitioned), run_pg(url, method, size, rows, partitioned))
+                keep(("pg", "copy", size, "async"), run_pg(url, "copy", size, rows, False, durable=False))
         for size in sizes:
-            base, base_redo = run_sqlite(work / "bench.sqlite", "NORMAL", size, rows)
-            full, _ = run_sqlite(work / "bench.sqlite", "FULL", size, rows)
+            base, base_redo = best[("sqlite", "NORMAL", size)]
+            full, _ = best[("sqlite", "FULL", size)]
             print(f"\nbatch {size}: SQLite executemany (baseline) NORMAL {base:,.0f} rows/s "
                   f"(redelivery {base_redo:,.0f} rows/s), FULL {full:,.0f} rows/s "
                   f"(ratio {full / base:.2f})")
-            for partitioned in (False, True):
-                table = "partitioned by day" if partitioned else "plain table"
-                for method in PG_METHODS:
-                    rate, redo = run_pg(url, method, size, rows, partitioned)
-                    print(f"  PostgreSQL {method:11s} {table:18s} {rate:9,.0f} rows/s "
-                          f"ratio {rate / base:.2f} vs SQLite NORMAL; redelivery {redo:9,.0f} rows/s "
-                          f"ratio {redo / base_redo:.2f}")
+            variants = [(m, p) for p in (False, True) for m in PG_METHODS] + [("copy", "async")]
+            for method, part in variants:
+                table = {False: "plain table", True: "partitioned by day",
+                         "async": "plain, sync_commit off"}[part]
+                rate, redo = best[("pg", method, size, part)]
+                print(f"  PostgreSQL {method:11s} {table:22s} {rate:9,.0f} rows/s "
+                      f"ratio {rate / base:.2f} vs SQLite NORMAL; redelivery {redo:9,.0f} rows/s "
+                      f"ratio {redo / base_redo:.2f}")
         print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
     finally:
         server.remove()
