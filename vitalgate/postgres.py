@@ -184,11 +184,16 @@ def _check_reachable(path: Path, user: OsUser) -> None:
             )
 
 
+#: libc, loaded here and not in the forked child (dlopen there could wait on a lock that
+#: another thread of this process held at fork time)
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
 def _parent_death_signal() -> None:  # pragma: no cover - runs in the child before exec
     """preexec_fn: ask the kernel to SIGINT the postmaster when the starting thread dies.
     Runs after Popen's setuid, so the credential change does not clear it."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGINT), 0, 0, 0)
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, int(signal.SIGINT), 0, 0, 0)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -386,7 +391,7 @@ class PostgresServer:
             cmd += ["-c", f"{name}={value}"]
         self._log = self.log_path.open("ab")
         self._log_start = self._log.tell()
-        preexec = _parent_death_signal if sys.platform == "linux" else None
+        preexec = _parent_death_signal if _LIBC is not None else None
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
             cwd=self.socket_dir, env=self._child_env(), preexec_fn=preexec,
