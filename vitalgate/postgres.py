@@ -25,8 +25,9 @@ the fixtures' ``finally``, from ``__exit__`` and from an ``atexit`` hook for eve
 running. ``atexit`` does not run when this process is SIGKILLed, so on Linux the postmaster is
 also started with a parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGINT)``): when the thread
 that started it dies (a SIGKILLed pytest included), the kernel sends the postmaster SIGINT, a
-fast shutdown, and its backends exit with it. The data directory stays on disk for the next
-start.
+fast shutdown, and its backends exit with it. The work dir stays on disk (a killed process
+cleans nothing up); the next start on it recovers. The signal follows the *thread* that
+called ``start()``: start servers from the main thread, not from a worker thread that may end.
 """
 
 from __future__ import annotations
