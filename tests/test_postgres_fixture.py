@@ -155,6 +155,7 @@ def test_stop_start_keeps_port_and_data_and_leaves_no_process(workdir: Path) -> 
         server.start()
         port = server.port
         with psycopg.connect(server.url()) as conn:
+            assert conn.execute("SELECT current_setting('fsync')").fetchone() == ("on",)  # the default
             conn.execute("CREATE TABLE kept (v text)")
             conn.execute("INSERT INTO kept VALUES ('survives')")
         with psycopg.connect(server.url(), autocommit=True) as idle:  # a client still connected at stop()
@@ -213,6 +214,16 @@ def test_a_taken_port_is_a_clear_error(workdir: Path) -> None:
 def test_port_5432_is_never_used(workdir: Path) -> None:
     with pytest.raises(PostgresError, match="5432"):
         PostgresServer(workdir=workdir / "pg", port=SYSTEM_PORT).start()
+
+
+def test_only_loopback_hosts_and_sane_names(workdir: Path) -> None:
+    with pytest.raises(PostgresError, match="loopback only"):
+        PostgresServer(workdir=workdir / "pg", host="0.0.0.0").start()
+    with pytest.raises(PostgresError, match="superuser"):
+        PostgresServer(workdir=workdir / "pg", superuser="Robert'); --").start()
+    with pytest.raises(PostgresError, match="bad server setting"):
+        PostgresServer(workdir=workdir / "pg", fsync=False, settings={"fsync=on -c x": "1"}).start()
+    assert not (workdir / "pg" / "data" / "postmaster.pid").exists()
 
 
 def test_password_auth_on_loopback(workdir: Path) -> None:

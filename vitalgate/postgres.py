@@ -282,8 +282,11 @@ class PostgresServer:
             raise PostgresError(f"superuser {self.superuser!r} must match {NAME_RE.pattern}")
         if self.password is not None and not (1 <= len(self.password) <= 200):
             raise PostgresError("password must be 1..200 characters")
-        if self.host not in ("127.0.0.1", "localhost", "::1"):
-            raise PostgresError(f"host {self.host!r}: this launcher listens on loopback only")
+        if self.host != "127.0.0.1":
+            raise PostgresError(f"host {self.host!r}: this launcher listens on loopback only (127.0.0.1)")
+        for name, value in self.settings.items():
+            if not re.fullmatch(r"[a-z_]{1,63}", name) or not re.fullmatch(r"[\w.:/ -]{0,200}", value):
+                raise PostgresError(f"bad server setting {name!r}={value!r}")
         self.binaries = find_binaries(self.bindir)
         user = _run_as_user(self.os_user)
         if self.workdir is None:
@@ -387,8 +390,6 @@ class PostgresServer:
         if not self.fsync:
             cmd += ["-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         for name, value in self.settings.items():
-            if not re.fullmatch(r"[a-z_]{1,63}", name) or "\n" in value:
-                raise PostgresError(f"bad server setting {name!r}")
             cmd += ["-c", f"{name}={value}"]
         self._log = self.log_path.open("ab")
         self._log_start = self._log.tell()
