@@ -211,6 +211,26 @@ class ScoreResult:
     def __len__(self) -> int:
         return int(self.points.shape[0])
 
+    def take(self, rows: NDArray[np.intp]) -> ScoreResult:
+        """The scores of ``rows`` only (their words are then computed for those rows alone)."""
+        n = len(self)
+
+        def pick(a: NDArray[Any]) -> NDArray[Any]:
+            return a[rows] if a.ndim else a  # context codes may be scalars for all rows
+
+        return ScoreResult(
+            table=self.table,
+            points=self.points[rows],
+            band=self.band[rows],
+            values={k: np.broadcast_to(v, (n,))[rows] for k, v in self.values.items()},
+            codes={k: v[rows] for k, v in self.codes.items()},
+            accumulator=self.accumulator[rows],
+            consciousness_code=pick(self.consciousness_code),
+            oxygen_code=pick(self.oxygen_code),
+            scale_code=pick(self.scale_code),
+            raw_context={k: pick(np.asarray(v)) for k, v in self.raw_context.items()},
+        )
+
     @functools.cached_property
     def valid(self) -> BoolArray:
         return self.band >= 0

@@ -1,6 +1,7 @@
 """Properties of the engine under random streams (hypothesis): per patient, emitted points are
 monotone in produce_at; every history row has exactly one outbox row with its Cexup body; the
-risk never rises without an immediate emission; the rate limit holds for other changes."""
+risk never rises without an immediate emission; the rate limit holds for other changes, on the
+patient's clock (its newest reading time, running on with processing time while data pauses)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.emit_policy import RISK_ORDER, EmitPolicy
-from ingest.ews_engine import EwsEngine
+from ingest.ews_engine import EwsEngine, EwsPoint
 from tests.ingest.upstream import FakeTime
 
 VITAL_RANGES = {
@@ -49,17 +50,33 @@ def test_random_streams_keep_history_and_outbox_consistent(
         clock = FakeTime()
         eng = EwsEngine(db_path, clock=clock, policy=policy)
         emitted = []
+        # the reference patient clock: event time of the newest reading (E), and the clock
+        # time at which E last advanced (A); the rate limits are measured on E + (now - A)
+        newest: dict[str, int] = {}
+        advanced_at: dict[str, int] = {}
+
+        def patient_clock(p: EwsPoint) -> int:
+            return newest[p.user_code] + clock.now - advanced_at[p.user_code]
+
         for batch, advance, tick in steps:
             clock.advance(advance)
             items = []
             for patient, vital, pos, back in batch:
                 low, high = VITAL_RANGES[vital]
                 items.append((patient, vital, low + (high - low) * pos / 1000, clock.now + back))
-            emitted += [(clock.now, p) for p in eng.observe(items)]
+            # one observe per round, as the engine splits a batch itself (round r: each
+            # patient's r-th distinct reading time), so that the reference clock is exact
+            times = {pat: sorted({ts for q, _, _, ts in items if q == pat}) for pat, *_ in items}
+            for r in range(max((len(t) for t in times.values()), default=0)):
+                part = [i for i in items if len(times[i[0]]) > r and i[3] == times[i[0]][r]]
+                for patient, vital, _, ts in part:
+                    if vital != "diastolic_bp" and ts > newest.get(patient, -1):
+                        newest[patient], advanced_at[patient] = ts, clock.now
+                emitted += [(clock.now, patient_clock(p), p) for p in eng.observe(part)]
             if tick:
-                emitted += [(clock.now, p) for p in eng.tick()]
+                emitted += [(clock.now, patient_clock(p), p) for p in eng.tick()]
             # a risk higher than the last emitted one never waits
-            latest = {p.user_code: p for _, p in emitted}
+            latest = {p.user_code: p for _, _, p in emitted}
             for patient, point in latest.items():
                 score = eng._scorer.current(patient)
                 if score is not None and score.valid:
@@ -72,24 +89,24 @@ def test_random_streams_keep_history_and_outbox_consistent(
         outbox = db.execute("SELECT history_id, body, state FROM ews_outbox ORDER BY id").fetchall()
         db.close()
     # what observe/tick returned is exactly what was recorded, and each has one outbox row
-    assert [p.id for _, p in emitted] == [h[0] for h in history]
+    assert [p.id for _, _, p in emitted] == [h[0] for h in history]
     assert [o[0] for o in outbox] == [h[0] for h in history]
     for (_hid, user, point, result, produce_at), (_, body, state) in zip(history, outbox, strict=True):
         assert json.loads(body) == {"user_code": user, "point": point, "result": result,
                                     "produce_at": str(produce_at)}
         assert state == "pending"
     last: dict[str, tuple[int, object]] = {}
-    for now, p in emitted:
-        assert p.valid and p.produce_at <= now
+    for now, patient_now, p in emitted:
+        assert p.valid and p.produce_at <= patient_now <= now
         if p.user_code in last:
             then, prev = last[p.user_code]
             assert p.produce_at >= prev.produce_at  # type: ignore[attr-defined]
             if p.trigger == "change":
-                assert now - then >= policy.min_interval_ms
+                assert patient_now - then >= policy.min_interval_ms
             if p.trigger == "risk-rise":
                 assert RISK_ORDER[p.risk] > RISK_ORDER[prev.risk]  # type: ignore[attr-defined]
             if p.trigger == "heartbeat":
-                assert now - then >= policy.heartbeat_ms
+                assert patient_now - then >= policy.heartbeat_ms
         else:
             assert p.trigger == "first"
-        last[p.user_code] = (now, p)
+        last[p.user_code] = (patient_now, p)
