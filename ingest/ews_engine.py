@@ -361,8 +361,11 @@ class EwsEngine:
         with self.lock:
             out: list[EwsPoint] = []
             for part in self._rounds(items):
-                self._update(part, mark_new_data=True)
-                out += self._emit_changes(self.clock())
+                # one clock reading per round: the patients whose event clock this round moves
+                # are decided at exactly their event time (no sub-round processing slack)
+                now = self.clock()
+                self._update(part, mark_new_data=True, arrived=now)
+                out += self._emit_changes(now)
             return out
 
     def tick(self) -> list[EwsPoint]:
@@ -396,7 +399,7 @@ class EwsEngine:
         return [[items[j] for j in order[rank == r].tolist()] for r in range(top + 1)]
 
     def _update(self, items: Sequence[tuple[str, str, float, int]], *, mark_new_data: bool,
-                arrived: NDArray[np.int64] | None = None) -> None:
+                arrived: NDArray[np.int64] | int | None = None) -> None:
         patients = [i[0] for i in items]
         self._scorer.update(patients, [i[1] for i in items], [float(i[2]) for i in items],
                             [int(i[3]) for i in items], arrived_ms=arrived)
