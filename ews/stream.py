@@ -107,14 +107,14 @@ class PatientScore:
 
 
 class Scores(Sequence[PatientScore]):
-    """Scores of ``len(self)`` patients as arrays (row ``r`` is patient ``index[r]``).
+    """Scores of ``len(self)`` patients as arrays (row ``r`` is patient ``idx[r]``).
 
-    The arrays (``index``, ``points``, ``band``, ``valid``, ``produce_at``) cost nothing more
+    The arrays (``idx``, ``points``, ``band``, ``valid``, ``produce_at``) cost nothing more
     to read; ``self[r]``, iteration and :meth:`materialise` build :class:`PatientScore`
     objects, only for the rows asked for. Compares equal to any sequence of the same scores
     (``scorer.rescore() == []``)."""
 
-    __slots__ = ("__dict__", "_names", "_result", "_values", "_vitals", "index", "produce_at")
+    __slots__ = ("__dict__", "_names", "_result", "_values", "_vitals", "idx", "produce_at")
 
     def __init__(
         self,
@@ -127,7 +127,7 @@ class Scores(Sequence[PatientScore]):
     ) -> None:
         self._names = names
         self._vitals = vitals
-        self.index = index  #: the scorer's patient index of each row
+        self.idx = index  #: the scorer's patient index of each row
         self._result = result
         self._values = values  #: (rows, vitals) as scored, NaN where missing or stale
         self.produce_at = produce_at  #: event time of the newest fresh vital, NO_TS if none
@@ -147,10 +147,10 @@ class Scores(Sequence[PatientScore]):
         return self._result.valid
 
     def patient(self, r: int) -> str:
-        return self._names[int(self.index[r])]
+        return self._names[int(self.idx[r])]
 
     def __len__(self) -> int:
-        return int(self.index.shape[0])
+        return int(self.idx.shape[0])
 
     @overload
     def __getitem__(self, r: int) -> PatientScore: ...
@@ -208,7 +208,7 @@ class Scores(Sequence[PatientScore]):
         append = out.append
         for r, (i, sub_row, val_row) in enumerate(
             zip(
-                self.index[rows].tolist(),
+                self.idx[rows].tolist(),
                 zip(*sub_lists, strict=True),
                 zip(*val_lists, strict=True),
                 strict=True,
@@ -437,7 +437,7 @@ class StreamScorer:
             if a is not None:
                 arrived = np.maximum.reduceat(a[ends], p_first)[advanced]
             elif arrived_ms is not None:
-                arrived = int(arrived_ms)  # type: ignore[call-overload]
+                arrived = int(np.asarray(arrived_ms))
             else:
                 arrived = int(self._clock())
             self._event[pa] = newest[advanced]

@@ -447,7 +447,7 @@ class EwsEngine:
         if n:
             policy = self.policy
             idle = np.ones(n, np.bool_)
-            idle[scores.index] = False
+            idle[scores.idx] = False
             since = scorer.patient_clock(np.arange(n), now) - self._last_at[:n]
             has_last = self._has_last[:n]
             due = idle & (
@@ -464,7 +464,7 @@ class EwsEngine:
         """The policy over one batch of scores → (point, patient index, patient clock) to emit."""
         if len(scores) == 0:
             return []
-        idx = scores.index
+        idx = scores.idx
         valid = scores.valid
         if not valid.all():  # stale (or unscorable) patients: nothing is emitted, all shown
             rows = np.flatnonzero(~valid)
