@@ -91,6 +91,7 @@ class _Compiled:
     oxygen_code: NDArray[np.uint16]  # by oxygen code + 2
     points_lut: Int8Array  # by accumulator: total, -1 if invalid
     band_lut: Int8Array  # by accumulator: band, -1 if invalid
+    points_band_lut: NDArray[np.int16]  # both in one look-up: bytes (points, band) of each entry
     valid_lut: BoolArray
     partial_lut: BoolArray
     red_lut: BoolArray
@@ -171,15 +172,26 @@ def _build(table: ScoringTable) -> _Compiled:
         oxygen_code=oxy,
         points_lut=np.where(valid, total, -1).astype(np.int8),
         band_lut=np.where(valid, band, -1).astype(np.int8),
+        points_band_lut=np.stack([np.where(valid, total, -1), np.where(valid, band, -1)], axis=1)
+        .astype(np.int8).view(np.int16).ravel(),
         valid_lut=valid,
         partial_lut=(missing > 0) | (assumed > 0),
         red_lut=valid & (red > 0),
     )
 
 
+#: up to this many rows, a parameter's edges are compared in one broadcast (edges × rows) call:
+#: for the stream scorer's ~1,000-patient rescoring the per-call cost dominates, not the data.
+SMALL: Final = 4_096
+
 def _codes(x: Float64Array, cb: _CompiledBands) -> NDArray[np.uint16]:
     """The 16-bit code of every value: count the edges each value does not exceed, look it up."""
     edges = cb.edges
+    if x.size <= SMALL:  # one broadcast comparison: fewer calls, same sum of x <= edge
+        small: NDArray[np.uint16] = cb.lut.take(
+            np.less_equal(x, edges[:, None]).sum(axis=0, dtype=np.uint8)
+        )
+        return small
     count = np.less_equal(x, edges[0]).view(np.uint8)
     scratch = np.empty(x.shape, np.bool_)
     for edge in edges[1:]:
@@ -621,10 +633,12 @@ def score_arrays(
         _blocked(comp, values, acc, codes, n)
     else:
         _whole(comp, values, acc, codes, scale, oxygen, n)
+    # one look-up for points and band (two int8 per entry): half the random reads of two tables
+    points_band = comp.points_band_lut.take(acc).view(np.int8).reshape(n, 2)
     return ScoreResult(
         table=table,
-        points=comp.points_lut.take(acc),
-        band=comp.band_lut.take(acc),
+        points=points_band[:, 0],
+        band=points_band[:, 1],
         values=values,
         codes=codes,
         accumulator=acc,
