@@ -10,10 +10,20 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.emit_policy import RISK_ORDER, EmitPolicy
+from ingest.emit_policy import (
+    RISK_ORDER,
+    TRIGGERS,
+    EmitPolicy,
+    Snapshot,
+    Trigger,
+    decide,
+    decide_many,
+    heartbeat_due,
+)
 from ingest.ews_engine import EwsEngine, EwsPoint
 from tests.ingest.upstream import FakeTime
 
@@ -110,3 +120,55 @@ def test_random_streams_keep_history_and_outbox_consistent(
         else:
             assert p.trigger == "first"
         last[p.user_code] = (patient_now, p)
+
+
+snapshot = st.builds(
+    Snapshot,
+    st.integers(0, 20),
+    st.sampled_from(["normal", "rendah", "sedang", "tinggi"]),
+    st.sampled_from(sorted(RISK_ORDER)),
+    st.integers(0, 10 * 60_000),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(snapshot, st.none() | snapshot, st.integers(0, 10 * 60_000),
+                  st.integers(0, 2 * 3_600_000), st.booleans()),
+        min_size=1, max_size=30,
+    ),
+    immediate=st.booleans(),
+)
+def test_the_vectorised_decision_equals_the_scalar_one(
+    rows: list[tuple[Snapshot, Snapshot | None, int, int, bool]], immediate: bool
+) -> None:
+    """decide_many (the engine's hot path) == decide + heartbeat_due, row by row."""
+    policy = EmitPolicy(immediate_on_risk_rise=immediate)
+    results = ["normal", "rendah", "sedang", "tinggi"]
+
+    def arr(values: list[int], dtype: type = np.int64) -> np.ndarray:
+        return np.array(values, dtype)
+
+    last = [r[1] or Snapshot(0, "normal", "low", 0) for r in rows]
+    trigger, hold = decide_many(
+        policy,
+        point=arr([r[0].point for r in rows]), result=arr([results.index(r[0].result) for r in rows]),
+        risk=arr([RISK_ORDER[r[0].risk] for r in rows]), produce_at=arr([r[0].produce_at for r in rows]),
+        has_last=np.array([r[1] is not None for r in rows]),
+        last_point=arr([s.point for s in last]), last_result=arr([results.index(s.result) for s in last]),
+        last_risk=arr([RISK_ORDER[s.risk] for s in last]), last_produce_at=arr([s.produce_at for s in last]),
+        last_at=arr([r[2] for r in rows]), now=arr([r[2] + r[3] for r in rows]),
+        new_data=np.array([r[4] for r in rows]),
+    )
+    for k, (new, prev, last_at, elapsed, new_data) in enumerate(rows):
+        at = None if prev is None else last_at
+        d = decide(policy, new, prev, at, last_at + elapsed)
+        expected = d.trigger
+        if (not d.emit and not d.hold and prev is not None
+                and heartbeat_due(policy, at, last_at + elapsed, new_data)
+                and new.produce_at >= prev.produce_at):
+            expected = Trigger.HEARTBEAT
+        got = TRIGGERS[trigger[k]] if trigger[k] >= 0 else None
+        assert got == expected, (new, prev, last_at, elapsed, new_data)
+        assert bool(hold[k]) == (d.hold and expected is None)
