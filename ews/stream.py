@@ -411,7 +411,10 @@ class StreamScorer:
 
         # order by (patient, vital), then time; drop repeats of the same (patient, vital, time)
         key = pid * len(self._vitals) + vid
-        order = np.lexsort((t, key))
+        if t.size and t.min() == t.max():  # one reading time (a live batch): key order suffices
+            order = np.argsort(key, kind="stable")
+        else:
+            order = np.lexsort((t, key))
         key, pid, vid, x, t = key[order], pid[order], vid[order], x[order], t[order]
         a = a[order] if a is not None else None
         same = (key[1:] == key[:-1]) & (t[1:] == t[:-1])
@@ -420,14 +423,13 @@ class StreamScorer:
             keep = np.append(~same, True)  # the last of each run of repeats wins
             key, pid, vid, x, t = key[keep], pid[keep], vid[keep], x[keep], t[keep]
             a = a[keep] if a is not None else None
-        last = np.append(key[1:] != key[:-1], True)
+        last = _boundaries(key)
         ends = np.flatnonzero(last)
 
         # the event clocks: each patient's newest reading (the batch is sorted by patient, so
         # the newest of each patient is a maximum over its groups' ends)
         pe, te = pid[ends], t[ends]
-        p_last = np.append(pe[1:] != pe[:-1], True)
-        p_first = np.flatnonzero(np.append(True, p_last[:-1]))
+        p_first = np.flatnonzero(_starts(pe))
         newest = np.maximum.reduceat(te, p_first)
         pu = pe[p_first]
         advanced = newest > self._event[pu]
@@ -579,6 +581,22 @@ class StreamScorer:
 
 
 _FIELDS: Final = tuple(f.name for f in fields(PatientScore))
+
+
+def _boundaries(key: NDArray[np.intp]) -> NDArray[np.bool_]:
+    """True at the last element of each run of equal keys (``key`` sorted)."""
+    out = np.empty(key.size, np.bool_)
+    np.not_equal(key[1:], key[:-1], out=out[:-1])
+    out[-1] = True
+    return out
+
+
+def _starts(key: NDArray[np.intp]) -> NDArray[np.bool_]:
+    """True at the first element of each run of equal keys (``key`` sorted)."""
+    out = np.empty(key.size, np.bool_)
+    np.not_equal(key[1:], key[:-1], out=out[1:])
+    out[0] = True
+    return out
 
 
 def _make(*args: Any) -> PatientScore:
