@@ -288,9 +288,10 @@ class StreamScorer:
         self._deadline = np.empty(0, np.int64)  # processing time at which to rescore it stale
         #: every reading accounted for: accepted, late (older than the stored latest; kept in
         #: the window), duplicate, superseded (beyond the window), rejected (impossible or NaN),
-        #: ignored (not a vital of the table, e.g. diastolic_bp). ``old`` counts, among those
-        #: stored, the readings that arrived older than their patient's newest reading by more
-        #: than ``freshness_ms``: kept as history, never a current value.
+        #: ignored (not a vital of the table, e.g. diastolic_bp). ``old`` counts in addition
+        #: (each is also in one of those) the plausible readings that arrived older than their
+        #: patient's newest reading by more than ``freshness_ms``: the service stores them as
+        #: history; here they can never be a current value.
         self.counters: dict[str, int] = dict.fromkeys(
             ("accepted", "late", "duplicate", "superseded", "rejected", "ignored", "old"), 0
         )

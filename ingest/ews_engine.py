@@ -101,7 +101,8 @@ Source = Literal["vitalgate", "external"]
 
 #: the most scoring rounds one observed batch gets: a batch holding more distinct reading times
 #: of one patient (a long history sync) scores its newest times together in the last round
-#: (counted in ``EwsEngine.merged_rounds``); 64 covers a replay at 3600x batched over a minute.
+#: (those readings are counted in ``EwsEngine.merged_rounds``); 64 covers far more than a replay
+#: at 36,000x puts into one commit batch (about one reading time per patient per 0.1 s).
 MAX_ROUNDS: Final = 64
 #: by the scorer's result band (ews.news2.BAND_NAMES): index into RESULTS, RISK_ORDER value
 _RESULT_BY_BAND: Final = np.array([0, 1, 2, 2, 3], np.int8)
@@ -284,7 +285,7 @@ class EwsEngine:
         self.emitted = 0  #: points emitted since start
         self._scorer = StreamScorer(TABLES[table_name], freshness_ms=freshness_ms,
                                     median_k=median_k, clock=clock)
-        #: rounds folded together because a batch held more than MAX_ROUNDS reading times
+        #: readings scored in a folded round: beyond MAX_ROUNDS reading times of one patient
         self.merged_rounds = 0
         # the policy's state per scorer patient index (grown by _sync)
         self._n = 0
@@ -654,6 +655,13 @@ class EwsEngine:
         if became_current and self.on_emit is not None:
             self.on_emit([p])
         return p
+
+    def scoring_counts(self) -> dict[str, int]:
+        """Every reading the scorer saw, by what became of it (``StreamScorer.counters``: accepted,
+        late, duplicate, superseded, rejected, ignored; ``old`` among them), and the readings whose
+        scoring round was folded into a batch's last (``merged_rounds``): for the metrics."""
+        with self.lock:
+            return {**self._scorer.counters, "merged_rounds": self.merged_rounds}
 
     def counts_by_result(self) -> dict[str, int]:
         """Patients per current result word (normal, rendah, sedang, tinggi) and ``stale``

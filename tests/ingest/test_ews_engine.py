@@ -312,3 +312,20 @@ def test_a_far_future_external_point_never_pins_the_current_score(tmp_path: Path
     assert [c.point for c in eng.all_current()] == [12]
     assert eng.counts_by_result()["tinggi"] == 1 and eng.counts_by_result()["normal"] == 0
     eng.close()
+
+
+def test_scoring_counts_account_for_old_readings_and_merged_rounds(tmp_path: Path) -> None:
+    clock = FakeTime()
+    eng = engine(tmp_path, clock)
+    eng.observe(readings("P1", clock.now, heart_rate=80.0))
+    eng.observe(readings("P1", clock.now - 20 * MIN, heart_rate=150.0))  # older than 15 min
+    many = [("P2", "heart_rate", 70.0 + k, clock.now - k * 1_000) for k in range(70)]
+    eng.observe(many)  # 70 reading times of one patient in one batch: 64 rounds at most
+    counts = eng.scoring_counts()
+    assert counts["old"] == 1 and counts["merged_rounds"] == 70 - 64  # scored in the last round
+    # the folded round still scored the newest reading (HR 70 → 0, as the last point emitted)
+    scored = eng._scorer.current("P2")
+    assert scored is not None and scored.produce_at == clock.now and scored.point == 0
+    current = eng.current("P2")
+    assert current is not None and current.point == 0
+    eng.close()
