@@ -39,8 +39,9 @@ QOS: Final = 1
 
 # Bounds of integers, strings and lists (the store holds signed 64-bit integers; every bound
 # below is far inside that and still far beyond anything a real gateway sends).
-#: readings in one reading payload (an array); 256 KiB holds at most ~4 000 small readings.
-MAX_READINGS_PER_MESSAGE: Final = 5_000
+#: readings in one reading payload (an array): 256 KiB hold ~1 300 full readings; the bound
+#: stops 80 000 tiny junk items (``{}``) from becoming 80 000 dead letters.
+MAX_READINGS_PER_MESSAGE: Final = 2_000
 #: an ECG chunk's index within its recording (600 s at 10 kHz in 100-sample chunks is 60 000).
 MAX_ECG_CHUNK_SEQ: Final = 65_535
 #: samples in one ECG chunk (gateways send 10..5 000).
