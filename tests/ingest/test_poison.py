@@ -113,7 +113,7 @@ async def test_retained_poison_on_every_topic_kind_is_dead_lettered_once_across_
             m = svc.service.metrics
             # every retained poison arrives again at each subscription (each restart)
             await eventually(lambda m=m: m.rejects.total() >= len(poison), timeout=30)
-            await eventually(lambda s=svc: _seq_count_is(s, run * n_good // 2), timeout=30)
+            await eventually(lambda s=svc, n=run * n_good // 2: _seq_count_is(s, n), timeout=30)
             letters = await _letters(svc)
             assert sorted(t for t, *_ in letters) == sorted(poison), "each poison exactly once"
             for topic, reason, repeats, size, stored, sha, detail in letters:
@@ -159,7 +159,7 @@ async def test_a_store_failure_of_one_item_costs_only_that_item(
         "CREATE TRIGGER refuse_666 BEFORE INSERT ON readings WHEN NEW.seq = 666"
         " BEGIN SELECT RAISE(ABORT, 'refused by the test trigger'); END"))
     array = encode_readings([reading(GOOD_DEV, s, T0 + s, user_code="GOOD") for s in (665, 666, 667)])
-    stream = _good_stream(20) + [(TOPICS.reading(GOOD_GW, GOOD_DEV), array)] + _good_stream(20, 20)
+    stream = [*_good_stream(20), (TOPICS.reading(GOOD_GW, GOOD_DEV), array), *_good_stream(20, 20)]
     publish_all(pub, stream)
     m = svc.service.metrics
     await eventually(lambda: m.messages.total() >= len(stream))
