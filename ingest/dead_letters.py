@@ -58,8 +58,8 @@ _ADDED: Final = (
     ("repeats", "INTEGER NOT NULL DEFAULT 0"),  # the same letter seen again, not stored again
     ("last_at", "INTEGER"),            # when it was last seen
 )
-_STORED_BYTES: Final = "length(CAST({r}.payload AS BLOB)) + length(CAST({r}.topic AS BLOB))" \
-                       " + length(CAST({r}.detail AS BLOB))"
+_STORED_BYTES: Final = "(length(CAST({r}.payload AS BLOB)) + length(CAST({r}.topic AS BLOB))" \
+                       " + length(CAST({r}.detail AS BLOB)))"
 _AFTER_SCHEMA: Final = f"""
 CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_identity
   ON dead_letters (sha256, topic, reason, detail) WHERE sha256 IS NOT NULL;
@@ -74,8 +74,6 @@ END;
 """
 #: the longest detail kept (details name the field and the rule, never the payload).
 MAX_DETAIL_CHARS: Final = 2000
-#: rows deleted per eviction statement (eviction loops until both bounds hold).
-_EVICT_CHUNK: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +111,9 @@ def migrate(conn: sqlite3.Connection) -> None:
         if name not in have:
             conn.execute(f"ALTER TABLE dead_letters ADD COLUMN {name} {decl}")
     conn.execute("UPDATE dead_letters SET size = length(CAST(payload AS BLOB)) WHERE size IS NULL")
+    # made again at every start, so that a changed trigger replaces the old one
+    conn.execute("DROP TRIGGER IF EXISTS dead_letters_counted_in")
+    conn.execute("DROP TRIGGER IF EXISTS dead_letters_counted_out")
     conn.executescript(_AFTER_SCHEMA)
     # recount once at start (the triggers keep it exact afterwards, retention deletes included)
     conn.execute(
@@ -154,18 +155,20 @@ def stats(conn: sqlite3.Connection) -> Stats:
 def enforce(conn: sqlite3.Connection, limits: Limits) -> int:
     """Evict the oldest rows until both bounds hold; returns how many were evicted (counted
     in ``dead_letter_stats.evicted`` too)."""
+    s = stats(conn)
+    excess_rows, excess_bytes = s.rows - limits.max_rows, s.bytes - limits.max_bytes
+    if excess_rows <= 0 and excess_bytes <= 0:
+        return 0
+    # the oldest rows, just enough of them (the cursor stops reading where the loop stops)
+    cutoff, n, freed = None, 0, 0
+    for row_id, size in conn.execute(
+            f"SELECT id, {_STORED_BYTES.format(r='dead_letters')} FROM dead_letters ORDER BY id"):
+        if n >= excess_rows and freed >= excess_bytes:
+            break
+        cutoff, n, freed = row_id, n + 1, freed + int(size)
     evicted = 0
-    while True:
-        s = stats(conn)
-        if s.rows <= limits.max_rows and s.bytes <= limits.max_bytes:
-            break
-        n = max(s.rows - limits.max_rows, 1) if s.rows > limits.max_rows else _EVICT_CHUNK
-        cur = conn.execute(
-            "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters ORDER BY id LIMIT ?)",
-            (min(n, 10 * _EVICT_CHUNK),))
-        if not cur.rowcount:
-            break
-        evicted += cur.rowcount
+    if cutoff is not None:
+        evicted = conn.execute("DELETE FROM dead_letters WHERE id <= ?", (cutoff,)).rowcount
     if evicted:
         conn.execute("UPDATE dead_letter_stats SET evicted = evicted + ? WHERE id = 1", (evicted,))
     return evicted

@@ -31,8 +31,11 @@ TOPICS = Topics()
 
 VALID = {"v": 1, "device_id": FUZZ_DEV, "seq": 5, "ts": T0, "source": "realtime",
          "vitals": {"heart_rate": 72, "spo2": 97, "temperature": 36.6}, "user_code": "FUZZ"}
+#: integers beyond what the store holds (2**70 stopped all ingestion on main) or plausible
+HUGE = st.sampled_from([2**31, 2**53 + 1, 2**63, 2**64, 2**70, -(2**63) - 1, -(2**70)])
 JSONISH = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers() | HUGE | st.floats(allow_nan=False)
+    | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=8)
 
@@ -60,8 +63,34 @@ def wrong_types(draw: st.DrawFn) -> bytes:
     return json.dumps(obj).encode()
 
 
-PAYLOADS = st.one_of(st.binary(max_size=64), mutated_json(), wrong_types(),
-                     JSONISH.map(lambda o: json.dumps(o).encode()))
+#: a valid message of each kind, one field replaced (by a huge integer, mostly)
+OTHER_KINDS = [
+    {"v": 1, "device_id": FUZZ_DEV, "connected": True, "rssi": -60, "battery": 50},
+    {"v": 1, "online": True, "devices": 1, "buffered": 2, "evicted": 3},
+    {"v": 1, "device_id": FUZZ_DEV, "recording": "r1", "seq": 0, "ts": T0, "fs": 250,
+     "samples": [1, 2], "last": False},
+]
+
+
+@st.composite
+def out_of_range(draw: st.DrawFn) -> bytes:
+    obj: dict[str, Any] = dict(draw(st.sampled_from([VALID, *OTHER_KINDS])))
+    obj[draw(st.sampled_from(sorted(obj)))] = draw(HUGE | JSONISH)
+    return json.dumps(obj).encode()
+
+
+@st.composite
+def deeply_nested(draw: st.DrawFn) -> bytes:
+    depth = draw(st.integers(10, 100_000))
+    opener = draw(st.sampled_from(["[", "{"]))
+    body = ('{"a":' * depth + "1" + "}" * depth) if opener == "{" else "[" * depth + "]" * depth
+    if draw(st.booleans()):  # inside an otherwise valid reading
+        return json.dumps(VALID).encode()[:-1] + b',"x":' + body.encode() + b"}"
+    return body.encode()
+
+
+PAYLOADS = st.one_of(st.binary(max_size=64), mutated_json(), wrong_types(), out_of_range(),
+                     deeply_nested(), JSONISH.map(lambda o: json.dumps(o).encode()))
 KINDS = st.sampled_from(["reading", "status", "ecg"])
 # what a broker accepts in a topic level (Mosquitto disconnects a client that publishes control
 # characters or non-characters, per MQTT 5 §1.5.4); wildcards and separators are excluded
@@ -102,7 +131,7 @@ async def test_malformed_payloads_dead_lettered_valid_ones_kept(svc: RunningServ
     expected_dead = 0
     distinct: set[tuple[str, bytes, str, str]] = set()  # an identical letter is kept once
     for topic, payload in cases:
-        items = classify(Inbound(topic, payload, 0, 1, T0), TOPICS)
+        items = classify(Inbound(topic, payload, 0, 1, T0 + 60_000), TOPICS)  # the svc clock
         letters = [i for i in items if isinstance(i, store.DeadLetter)]
         expected_dead += len(letters)
         distinct.update((d.topic, d.payload, d.reason, d.detail) for d in letters)
