@@ -122,6 +122,8 @@ class DeviceIn(BaseModel):
     device_type: Type = DeviceType.CONSUMER
     device_holder: Name = "unknown"
     user_code: UserCode | None = None
+    #: the gateway the device belongs to (absent: the first gateway to report it)
+    gateway_id: GatewayId | None = None
 
 
 class DevicePatch(BaseModel):
@@ -186,9 +188,9 @@ def create_devices(conn: sqlite3.Connection, items: list[DeviceIn], now: int) ->
             raise RegistryError(409, f"item {i}: {clash}" if len(items) > 1 else clash)
         cur = conn.execute(
             "INSERT INTO devices (device_name, device_mac, device_type, device_holder, user_code,"
-            " user_code_source, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " user_code_source, gateway_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (item.device_name, item.device_mac, item.device_type.value, item.device_holder,
-             item.user_code, "api" if item.user_code else None, now, now),
+             item.user_code, "api" if item.user_code else None, item.gateway_id, now, now),
         )
         out.append(get_device(conn, int(cur.lastrowid or 0)))
     return out

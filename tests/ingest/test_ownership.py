@@ -136,3 +136,18 @@ async def test_a_user_code_set_through_the_api_is_never_overridden_from_mqtt(
     assert (await _patients(svc))[-1] == (2, "PAPI", WARD1)
     device = await _device(svc)
     assert device["user_code"] == "PAPI" and device["user_code_source"] == "api"
+
+
+async def test_a_device_registered_through_the_api_for_a_gateway_belongs_to_it(
+        svc: RunningService, pub: mqtt.Client) -> None:
+    async with Api(svc.url) as api:
+        status, body = await api.call("POST", "/api/device", json={
+            "device_name": "E86 5894", "device_mac": "D0:61:AE:D4:58:94", "gateway_id": WARD1})
+        assert status == 201, body
+    publish_all(pub, [
+        (TOPICS.reading(WARD9, DEV), reading(DEV, 1, T0, user_code="P9").to_bytes()),
+        (TOPICS.reading(WARD1, DEV), reading(DEV, 2, T0 + 1000, user_code="P1").to_bytes()),
+    ])
+    await eventually(lambda: _patients_has(svc, 2))
+    assert await _patients(svc) == [(2, "P1", WARD1)]
+    assert svc.service.metrics.rejects.value(reason="foreign_device") == 1
