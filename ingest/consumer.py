@@ -451,7 +451,7 @@ class Consumer:
 
     def _items_of(self, msg: Inbound, looped: set[tuple[str, str]]) -> list[store.Item]:
         """What one message becomes (this instance's part of it, under ``partition``)."""
-        if msg.key in looped:
+        if looped and msg.key in looped:
             return [store.DeadLetter(
                 msg.topic, msg.payload, "redelivery_loop",
                 f"delivered again {self.settings.redelivery_max} times without ever being "

@@ -85,6 +85,9 @@ def _poison() -> dict[str, bytes]:
             {"v": 1, "device_id": dev[5], "connected": True, "user_code": "P1\n"}).encode(),
         # a reading stamped an hour after processing time: "latest" and "fresh" forever on main
         TOPICS.reading(BAD_GW, dev[6]): reading(dev[6], 1, NOW + 3_600_000).to_bytes(),
+        # the reading of the first reproduction
+        TOPICS.reading(BAD_GW, dev[7]): json.dumps(
+            {"v": 1, "device_id": dev[7], "seq": 2**70, "ts": T0, "vitals": {"spo2": 97}}).encode(),
     }
 
 
