@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -264,3 +265,31 @@ async def test_dead_letters_are_bounded_with_counted_eviction_and_repeats(
     stats = await svc.service.db.read(lambda c: c.execute(
         "SELECT rows, evicted FROM dead_letter_stats").fetchone())
     assert stats == (20, 10)
+
+
+async def test_the_redelivery_count_survives_a_restart_of_the_process(
+        tmp_path: Path, mosquitto: Mosquitto, pub: mqtt.Client) -> None:
+    """A message that kills the process has no in-memory trace: the broker's DUP flag and the
+    count committed before processing are what stop it after the restart."""
+    settings = _settings(tmp_path, mosquitto)
+    async with running(settings, clock=lambda: NOW) as first:
+        await eventually(lambda: first.service.consumer.connected)
+        for trigger in ("CREATE TRIGGER refuse_888 BEFORE INSERT ON readings WHEN NEW.seq = 888"
+                        " BEGIN SELECT RAISE(ABORT, 'refused'); END",
+                        "CREATE TRIGGER refuse_888_letter BEFORE INSERT ON dead_letters"
+                        " WHEN NEW.reason = 'store_error' BEGIN SELECT RAISE(ABORT, 'refused'); END"):
+            first.service.db.write_sync(lambda c, t=trigger: c.execute(t))
+        publish_all(pub, [(TOPICS.reading(GOOD_GW, GOOD_DEV),
+                           reading(GOOD_DEV, 888, T0, user_code="GOOD").to_bytes())])
+        await eventually(lambda: first.service.metrics.errors.value(task="consumer") >= 2)
+    # the first process failed on it at least twice: its redeliveries are counted on disk
+    with sqlite3.connect(settings.db_path) as conn:
+        ((counted,),) = conn.execute("SELECT attempts FROM deliveries").fetchall()
+    assert counted >= 1
+    async with running(settings, clock=lambda: NOW) as second:
+        m = second.service.metrics
+        await eventually(lambda: m.rejects.value(reason="redelivery_loop") == 1, timeout=30)
+        # a fresh count would fail twice more (counts 1 and 2) before stopping it at 3
+        assert m.errors.value(task="consumer") == max(0, 2 - counted)
+        (row,) = [r for r in await _letters(second) if r[1] == "redelivery_loop"]
+        assert row[0] == TOPICS.reading(GOOD_GW, GOOD_DEV)
