@@ -1,16 +1,21 @@
-"""``vitalgate gateway run`` and ``vitalgate gateway status``."""
+"""``vitalgate gateway run``, ``vitalgate gateway status`` and ``vitalgate gateway salvage``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import logging
+import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vitalgate.config import load_settings
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
@@ -41,6 +46,13 @@ def register(subparsers: Any) -> None:
     status.add_argument("--data-dir", type=Path, help="where the state file is")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.set_defaults(func=_status)
+
+    salvage = sub.add_parser("salvage", help="recover the readable rows of a damaged or old buffer file "
+                                              "into this gateway's buffer (they are published on the next run)")
+    salvage.add_argument("file", type=Path, help="the file, e.g. buffer.sqlite3.corrupt-20260101T120000Z")
+    salvage.add_argument("--config", type=Path, help="TOML file ([gateway] table)")
+    salvage.add_argument("--data-dir", type=Path, help="the data_dir of the buffer to import into")
+    salvage.set_defaults(func=_salvage)
     gw.set_defaults(func=lambda args: gw.print_help() or 2)
 
 
@@ -75,8 +87,12 @@ async def _main(settings: Any, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
+    from gateway.buffer import BufferError
+    from gateway.lock import DataDirLocked
+
+    stopper = Stopper(task)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: its terminal closed
+        loop.add_signal_handler(sig, stopper)
     try:
         if args.simulate > 0:
             from simulators.bleak_bumble import BumbleLink
@@ -87,12 +103,104 @@ async def _main(settings: Any, args: argparse.Namespace) -> int:
                 realtime_interval_s=args.interval, physiology_speed=args.speed,
             ) as (_watches, devices):
                 settings = settings.model_copy(update={"devices": {**settings.devices, **devices}})
+                _log_start(settings, f"{args.simulate} simulated watches (bumble)")
                 await Gateway(settings, simulated(link), clock=clock).run()
         else:
+            _log_start(settings, "BlueZ")
             await Gateway(settings, bluez()).run()
     except asyncio.CancelledError:
         pass
+    except (DataDirLocked, BufferError) as exc:  # a second gateway, an unusable buffer: no retry loop here
+        print(f"vitalgate gateway: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stopper.close()
     return 0
+
+
+def _salvage(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from gateway.buffer import Buffer, BufferError
+    from gateway.lock import DataDirLock, DataDirLocked
+
+    try:
+        settings = _settings(args)
+    except (ValidationError, FileNotFoundError) as exc:
+        print(f"vitalgate gateway salvage: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    if not args.file.is_file():
+        print(f"vitalgate gateway salvage: no such file {args.file}", file=sys.stderr)
+        return 2
+    if args.file.resolve() == settings.buffer_path.resolve():
+        print("vitalgate gateway salvage: that is the live buffer; salvage a file set aside", file=sys.stderr)
+        return 2
+    try:
+        with DataDirLock(settings.data_dir), Buffer.open_or_reset(
+            settings.buffer_path, max_rows=settings.buffer_max_rows, max_bytes=settings.buffer_max_bytes,
+            keep_acked_rows=settings.buffer_keep_acked_rows, keep_acked_s=settings.buffer_keep_acked_s,
+        ) as buffer:
+            got = buffer.salvage(args.file)
+    except (DataDirLocked, BufferError, OSError) as exc:
+        print(f"vitalgate gateway salvage: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: {got.read} rows read, {got.imported} imported into {settings.buffer_path}, "
+          f"{got.already_here} already there, {got.invalid} invalid, {got.unreadable} unreadable")
+    return 0 if got.complete else 3
+
+
+def _log_start(settings: Any, ble: str) -> None:
+    """What the gateway is about to use, at INFO (host:port only: no credentials)."""
+    broker = settings.broker
+    log.info(
+        "gateway %s: MQTT broker %s:%d%s, BLE %s, %d configured watches, buffer %s",
+        settings.gateway_id, broker.host, broker.port, " (TLS)" if broker.tls else "", ble,
+        len(settings.devices), settings.buffer_path)
+
+
+#: after SIGTERM the gateway stops in about a second; if a task is still running after this
+#: long (a library swallowed its cancellation), every task is cancelled again, and after as
+#: long again the process exits: a service manager's SIGTERM always stops it within seconds.
+STOP_GRACE_S = 4.0
+
+
+class Stopper:
+    """The SIGTERM/SIGINT handler: cancel the main task; if it has not stopped ``grace_s``
+    later, log an ERROR naming the tasks still running and cancel every one again (a library
+    swallowed a cancellation); if it is still running ``grace_s`` after that, exit (1)."""
+
+    def __init__(self, main: asyncio.Task[Any], grace_s: float = STOP_GRACE_S,
+                 exit_now: Callable[[], None] | None = None) -> None:
+        self.main = main
+        self.grace_s = grace_s
+        self.exit_now = exit_now or _exit_now
+        self._timers: list[asyncio.TimerHandle] = []
+
+    def __call__(self) -> None:
+        if not self._timers:
+            self._timers.append(self.main.get_loop().call_later(self.grace_s, self._stuck))
+        self.main.cancel()
+
+    def _stuck(self) -> None:
+        loop = self.main.get_loop()
+        pending = [t for t in asyncio.all_tasks(loop) if t is not self.main and not t.done()]
+        log.error("still stopping %.0f s after SIGTERM: %s; cancelling them again", self.grace_s,
+                  ", ".join(sorted(t.get_name() for t in pending))[:500])
+        for t in pending:
+            t.cancel()
+        self.main.cancel()
+        self._timers.append(loop.call_later(self.grace_s, self.exit_now))
+
+    def close(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+
+
+def _exit_now() -> None:
+    log.critical("did not stop %.0f s after SIGTERM: exiting now (the buffer is crash-safe)",
+                 2 * STOP_GRACE_S)
+    logging.shutdown()
+    os._exit(1)
 
 
 def _status(args: argparse.Namespace) -> int:

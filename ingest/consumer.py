@@ -279,14 +279,25 @@ class Consumer:
         if username:
             client.username_pw_set(username, password)
         if s.mqtt_tls:
-            client.tls_set(ca_certs=str(s.mqtt_ca_file) if s.mqtt_ca_file else None,
+            client.tls_set(ca_certs=str(s.mqtt_ca) if s.mqtt_ca else None,
                            cert_reqs=ssl.CERT_REQUIRED)
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         client.max_inflight_messages_set(100)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_connect_fail = self._on_connect_fail
         return client
+
+    # process issue: say at WARNING (once per outage) why ingest cannot reach its broker
+    _connect_failures = 0
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._connect_failures += 1
+        s = self.settings
+        (log.warning if self._connect_failures == 1 else log.debug)(
+            "MQTT broker %s:%d not reachable (attempt %d); retrying every %d-%d s in the background",
+            s.mqtt_host, s.mqtt_port, self._connect_failures, RECONNECT_MIN_S, RECONNECT_MAX_S)
 
     def subscriptions(self) -> list[str]:
         subs = self.topics.gateway_subscriptions()
@@ -301,6 +312,7 @@ class Consumer:
         self._generation += 1
         self.connected = True
         self._metrics.mqtt_connected.set(1)
+        self._connect_failures = 0
         # host:port only: mqtt_url may carry a password
         log.info("MQTT connected to %s:%d (session present: %s)", self.settings.mqtt_host,
                  self.settings.mqtt_port, flags.session_present)

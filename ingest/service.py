@@ -380,7 +380,8 @@ async def start_service(
 def run(settings: IngestSettings) -> None:
     """Run until SIGINT/SIGTERM (``vitalgate ingest``)."""
     service = IngestService(settings)
-    log.info("vitalgate ingest: HTTP on %s:%d, MQTT %s", settings.http_host, settings.http_port,
-             f"{settings.mqtt_host}:{settings.mqtt_port}")  # never the URL: it may hold a password
+    log.info("vitalgate ingest: HTTP on %s:%d, MQTT broker %s:%d%s, data in %s", settings.http_host,
+             settings.http_port, settings.mqtt_host, settings.mqtt_port,
+             " (TLS)" if settings.mqtt_tls else "", settings.data_dir)
     web.run_app(service.app, host=settings.http_host, port=settings.http_port, print=None,
                 access_log=None, shutdown_timeout=5.0)

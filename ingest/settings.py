@@ -24,8 +24,11 @@ class IngestSettings(ServiceSettings):
     mqtt_client_id: str = "vitalgate-ingest"
     mqtt_username: str | None = None
     mqtt_password: str | None = None
-    #: CA bundle for mqtts:// (default: the system's trust store).
+    #: CA bundle for mqtts:// (default: the system's trust store); the gateway's name for it too.
+    mqtt_ca: Path | None = None
+    #: deprecated name of ``mqtt_ca`` (read with a WARNING; see ServiceSettings.deprecated_names).
     mqtt_ca_file: Path | None = None
+    deprecated_names: ClassVar[dict[str, str]] = {"mqtt_ca_file": "mqtt_ca"}
     #: "3.1.1" (clean_session=False) or "5" (clean_start=False + session expiry). 3.1.1 is the
     #: default: under the fault suite (broker and ingest restarts), Debian's Mosquitto 2.0.11
     #: stopped delivering to an MQTT 5 session while it stayed connected (its inflight-quota
@@ -176,3 +179,11 @@ class IngestSettings(ServiceSettings):
     @property
     def influx_enabled(self) -> bool:
         return bool(self.influx_url and self.influx_bucket)
+
+    # --- HTTP hardening and EWS API (issue 11/15, helper h2) ---------------------------------
+    #: a request body must arrive within this many seconds of the handler asking for it
+    #: (processing time), else 408: a client trickling a body cannot hold a connection open.
+    http_body_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    #: POST /ews: a produce_at later than now (the service clock) plus this is refused (422): a
+    #: score stamped in the future would sort as the patient's current score until then.
+    ews_future_skew_s: float = Field(default=300.0, ge=0, le=86_400)

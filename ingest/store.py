@@ -275,6 +275,7 @@ class Database:
         with self._wlock:
             self._writer.executescript(SCHEMA + dl.SCHEMA + registry.SCHEMA + keys.SCHEMA)
             dl.migrate(self._writer)
+            keys.migrate(self._writer)  # api_keys made before scopes: add the columns
         self._reader = _connect(path, synchronous)
         self._rlock = threading.Lock()
 

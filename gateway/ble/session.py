@@ -29,7 +29,7 @@ from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from pydantic import ValidationError
 
-from gateway.buffer import Measurement
+from gateway.buffer import BufferError, Measurement
 from gateway.clock import Clock
 from gateway.e86.clock import set_clock, watch_local_to_utc_ms
 from gateway.e86.commands import (
@@ -59,6 +59,18 @@ from gateway.settings import GatewaySettings
 from vitalgate.contract import EcgChunk, Reading, Source, Vitals
 
 log = logging.getLogger(__name__)
+
+
+def raise_if_cancel_swallowed() -> None:
+    """Raise CancelledError when this task was cancelled during an await that then returned
+    normally. bumble does this (Device.start_scanning, a connect through bleak-retry-connector,
+    a GATT write): cancelling() stays > 0 but no CancelledError comes, the task runs on deaf
+    to its cancellation and the gateway's TaskGroup waits for it forever (SIGTERM did not stop
+    a gateway whose status port was taken, or one stopped while its watches connected).
+    Called after each BLE await of the gateway's own code."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling() > 0:
+        raise asyncio.CancelledError()
 
 #: frames decoded but not yet handled; at ~10 frames/s of ECG this is many seconds of slack.
 FRAME_QUEUE: Final = 2048
@@ -108,6 +120,10 @@ class SessionCounters:
     ecg_recordings: int = 0
     ecg_samples: int = 0
     commands_failed: int = 0
+    #: real-time readings / ECG chunks the buffer could not store (disk full): the watch keeps
+    #: its periodic measurements in its history, which is synced once the buffer writes again
+    readings_not_stored: int = 0
+    ecg_chunks_not_stored: int = 0
 
 
 class EcgRecording:
@@ -124,6 +140,7 @@ class EcgRecording:
         self.seq = 0
         self._pending: list[int] = []
         self._emitted = 0
+        self.not_stored = 0
         self.complete = asyncio.Event()
         self.finished = False
 
@@ -147,11 +164,14 @@ class EcgRecording:
             self._pending = []
 
     def _emit(self, samples: list[int], last: bool) -> None:
-        self.sink.add_ecg(EcgChunk(
-            device_id=self.watch.device_id, recording=self.recording, seq=self.seq,
-            ts=self.start_ms + self._emitted * 1000 // ECG_SAMPLE_RATE, fs=ECG_SAMPLE_RATE,
-            samples=samples, last=last, user_code=self.watch.user_code,
-        ))
+        try:
+            self.sink.add_ecg(EcgChunk(
+                device_id=self.watch.device_id, recording=self.recording, seq=self.seq,
+                ts=self.start_ms + self._emitted * 1000 // ECG_SAMPLE_RATE, fs=ECG_SAMPLE_RATE,
+                samples=samples, last=last, user_code=self.watch.user_code,
+            ))
+        except BufferError:  # the buffer logged why (once); the chunk is counted by the session
+            self.not_stored += 1
         self.seq += 1
         self._emitted += len(samples)
 
@@ -199,6 +219,7 @@ class WatchSession:
         """Subscribe, set the watch up, sync, then serve until cancelled or a BLE error."""
         await self.client.start_notify(COMMAND_CHAR_UUID, self._notified(COMMAND_CHAR_UUID))
         await self.client.start_notify(DATA_CHAR_UUID, self._notified(DATA_CHAR_UUID))
+        raise_if_cancel_swallowed()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._dispatch(), name=f"{self.watch.name} frames")
             await self._setup()
@@ -289,8 +310,12 @@ class WatchSession:
         if vitals is None:
             return
         ts = self.clock.ms()
-        self.sink.add_readings([Measurement(self.watch.device_id, ts, vitals, Source.REALTIME,
-                                            self.watch.user_code)])
+        try:
+            self.sink.add_readings([Measurement(self.watch.device_id, ts, vitals, Source.REALTIME,
+                                                self.watch.user_code)])
+        except BufferError:  # the buffer logged why (once) and shows its state in status
+            self.counters.readings_not_stored += 1
+            return
         self.counters.realtime_readings += 1
         self.last_reading_ms = ts
 
@@ -306,6 +331,7 @@ class WatchSession:
 
     async def _write(self, frame: Frame) -> None:
         await self.client.write_gatt_char(COMMAND_CHAR_UUID, bytes(frame), response=True)
+        raise_if_cancel_swallowed()
 
     async def _request(self, frame: Frame, timeout: float = REPLY_TIMEOUT_S) -> Frame:
         """Send a command and wait for the watch's frame with the same group and key."""
@@ -349,7 +375,11 @@ class WatchSession:
                     break
                 step = receiver.feed(frame)
                 if step.records:
-                    committed += self._commit_records(step.records)
+                    try:
+                        committed += self._commit_records(step.records)
+                    except BufferError as exc:  # nothing deleted on the watch: the next sync retries
+                        receiver.failed = f"the buffer cannot store records ({exc})"
+                        break
                 if step.reply is not None:
                     await self._write(step.reply)
         finally:
@@ -406,6 +436,7 @@ class WatchSession:
                     await asyncio.shield(self._stop_ecg())
                 except Exception as exc:  # the link may be gone; logged
                     log.warning("%s: could not stop ECG: %s", self.watch.name, exc)
+            self.counters.ecg_chunks_not_stored += rec.not_stored
             log.info("%s: ECG %s: %d samples", self.watch.name, rec.recording, rec.received)
             return rec.recording
 

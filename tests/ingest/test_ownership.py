@@ -114,6 +114,7 @@ async def test_a_device_moves_only_through_the_api_and_the_move_is_recorded(
     moves = await svc.service.db.read(lambda c: registry.device_moves(c, device["id"]))
     assert [(m["from_gateway"], m["to_gateway"]) for m in moves] == [(WARD1, WARD9)]
     assert moves[0]["moved_at"] > 0
+    assert isinstance(moves[0]["key_name"], str) and moves[0]["key_name"]  # who moved it
 
 
 async def test_a_user_code_set_through_the_api_is_never_overridden_from_mqtt(
