@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = {"vitalgate", "gateway", "ingest", "ews", "simulators", "benchmarks", "tests"}
+OURS = {"vitalgate", "e86", "gateway", "ingest", "ews", "simulators", "benchmarks", "tests"}
 ALLOWED: dict[str, set[str]] = {
+    "e86": set(),  # the wire protocol: stdlib only
     "ews": set(),
     "vitalgate": {"ews", "gateway", "ingest", "simulators"},  # only the CLI/demo wire components
-    "gateway": {"vitalgate", "simulators"},  # simulators only behind --simulate (checked below)
+    "gateway": {"vitalgate", "e86", "simulators"},  # simulators only behind --simulate (checked below)
     "ingest": {"vitalgate", "ews"},
-    "simulators": {"vitalgate", "ews", "gateway"},
+    "simulators": {"vitalgate", "e86", "ews", "gateway"},
 }
 # vitalgate's core modules (contract, config, broker) import none of the components.
 CORE = {"contract.py", "config.py", "broker.py", "__init__.py"}

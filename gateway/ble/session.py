@@ -29,10 +29,8 @@ from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from pydantic import ValidationError
 
-from gateway.buffer import BufferError, Measurement
-from gateway.clock import Clock
-from gateway.e86.clock import set_clock, watch_local_to_utc_ms
-from gateway.e86.commands import (
+from e86.clock import set_clock, watch_local_to_utc_ms
+from e86.commands import (
     DeviceEvent,
     DeviceInfo,
     GetRequest,
@@ -42,7 +40,7 @@ from gateway.e86.commands import (
     ecg_start_sequence,
     ecg_stop,
 )
-from gateway.e86.constants import (
+from e86.constants import (
     COMMAND_CHAR_UUID,
     DATA_CHAR_UUID,
     ECG_SAMPLE_RATE,
@@ -51,10 +49,12 @@ from gateway.e86.constants import (
     Group,
     HistoryKind,
 )
-from gateway.e86.errors import E86Error
-from gateway.e86.frame import Frame, FrameAssembler
-from gateway.e86.history import HistoryReceiver
-from gateway.e86.realtime import EcgSamples, RealtimeValues, decode_realtime
+from e86.errors import E86Error
+from e86.frame import Frame, FrameAssembler
+from e86.history import HistoryReceiver
+from e86.realtime import EcgSamples, RealtimeValues, decode_realtime
+from gateway.buffer import BufferError, Measurement
+from gateway.clock import Clock
 from gateway.settings import GatewaySettings
 from vitalgate.contract import EcgChunk, Reading, Source, Vitals
 

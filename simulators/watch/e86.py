@@ -33,9 +33,9 @@ from bumble.device import (
 )
 from bumble.gatt import Characteristic, CharacteristicValue, Service
 
-from gateway.e86 import commands as cmd
-from gateway.e86.advertising import default_name
-from gateway.e86.constants import (
+from e86 import commands as cmd
+from e86.advertising import default_name
+from e86.constants import (
     COMMAND_CHAR_UUID,
     COMPANY_ID,
     DATA_CHAR_UUID,
@@ -56,9 +56,9 @@ from gateway.e86.constants import (
     RealtimeKey,
     SettingKey,
 )
-from gateway.e86.errors import E86Error
-from gateway.e86.frame import Frame, FrameAssembler, split_for_mtu
-from gateway.e86.history import HistoryHeader
+from e86.errors import E86Error
+from e86.frame import Frame, FrameAssembler, split_for_mtu
+from e86.history import HistoryHeader
 from simulators.bleak_bumble.link import BumbleLink
 from simulators.watch import encode
 from simulators.watch.encode import Measurement

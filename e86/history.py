@@ -19,8 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar, Final, Self
 
-from gateway.e86.commands import CommandReply, Message, expect
-from gateway.e86.constants import (
+from e86.commands import CommandReply, Message, expect
+from e86.constants import (
     BLOCK_END_SIZE,
     CRC_INIT,
     HISTORY_EMPTY_MAX,
@@ -34,9 +34,9 @@ from gateway.e86.constants import (
     HistoryKey,
     HistoryKind,
 )
-from gateway.e86.errors import E86Error, PayloadError, UnknownMessage
-from gateway.e86.frame import Frame
-from gateway.e86.values import (
+from e86.errors import E86Error, PayloadError, UnknownMessage
+from e86.frame import Frame
+from e86.values import (
     check_u8,
     check_uint,
     nonzero,

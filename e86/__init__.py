@@ -18,7 +18,7 @@ Modules:
 See docs/e86-protocol.md and /work/shared/ref/e86-protocol.md.
 """
 
-from gateway.e86.advertising import (
+from e86.advertising import (
     advertised_name,
     default_name,
     is_e86_name,
@@ -26,7 +26,7 @@ from gateway.e86.advertising import (
     name_matches_mac,
     parse_advertised_name,
 )
-from gateway.e86.clock import (
+from e86.clock import (
     set_clock,
     utc_ms_to_watch,
     utc_ms_to_watch_local,
@@ -34,7 +34,7 @@ from gateway.e86.clock import (
     watch_local_to_utc_ms,
     watch_to_utc_ms,
 )
-from gateway.e86.commands import (
+from e86.commands import (
     CommandReply,
     DeviceEvent,
     DeviceEventAck,
@@ -54,7 +54,7 @@ from gateway.e86.commands import (
     ecg_start_sequence,
     ecg_stop,
 )
-from gateway.e86.constants import (
+from e86.constants import (
     COMMAND_CHAR_UUID,
     COMPANY_ID,
     DATA_CHAR_UUID,
@@ -79,7 +79,7 @@ from gateway.e86.constants import (
     SettingKey,
     WaveformType,
 )
-from gateway.e86.errors import (
+from e86.errors import (
     CrcError,
     E86Error,
     FrameError,
@@ -88,14 +88,14 @@ from gateway.e86.errors import (
     TruncatedFrame,
     UnknownMessage,
 )
-from gateway.e86.frame import (
+from e86.frame import (
     AssemblerStats,
     Frame,
     FrameAssembler,
     crc16_ccitt_false,
     split_for_mtu,
 )
-from gateway.e86.history import (
+from e86.history import (
     AllRecord,
     BlockAck,
     BlockEnd,
@@ -119,14 +119,14 @@ from gateway.e86.history import (
     history_reply,
     records_frame,
 )
-from gateway.e86.messages import (
+from e86.messages import (
     AppMessage,
     CollectData,
     WatchMessage,
     decode_app_message,
     decode_watch_message,
 )
-from gateway.e86.realtime import (
+from e86.realtime import (
     EcgSamples,
     PpgRaw,
     RealtimeMessage,
@@ -139,7 +139,7 @@ from gateway.e86.realtime import (
     realtime_spo2,
     realtime_sport,
 )
-from gateway.e86.values import VITAL_NAMES
+from e86.values import VITAL_NAMES
 
 __all__ = [
     "COMMAND_CHAR_UUID",
