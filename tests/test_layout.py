@@ -13,7 +13,7 @@ ALLOWED: dict[str, set[str]] = {
     "e86": set(),  # the wire protocol: stdlib only
     "ews": set(),
     "vitalgate": {"ews", "gateway", "ingest", "simulators"},  # only the CLI/demo wire components
-    "gateway": {"vitalgate", "e86", "simulators"},  # simulators only behind --simulate (checked below)
+    "gateway": {"vitalgate", "e86"},  # --simulate is wired at the composition root (vitalgate.cli)
     "ingest": {"vitalgate", "ews"},
     "simulators": {"vitalgate", "e86", "ews", "gateway"},
 }
@@ -44,12 +44,3 @@ def test_package_imports_only_what_it_may(package: str) -> None:
             bad.append(f"{path.relative_to(ROOT)} imports {sorted(imported - allowed)}")
     assert not bad, "\n".join(bad)
 
-
-def test_gateway_reaches_simulators_only_for_simulate() -> None:
-    """The gateway's production path never imports the simulators at module level."""
-    for path in sorted((ROOT / "gateway").rglob("*.py")):
-        tree = ast.parse(path.read_text())
-        for node in tree.body:  # module level only
-            if isinstance(node, ast.ImportFrom | ast.Import):
-                names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
-                assert not any(n and n.startswith("simulators") for n in names), path
