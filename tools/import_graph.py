@@ -6,7 +6,7 @@ else ``a/b/__init__.py``; relative imports are resolved. Parent packages a dotte
 initialises on the way are not edges (they are not what the file asked for).
 
     python -m tools.import_graph                 # file → files it imports, as text
-    python -m tools.import_graph --packages      # top-level package → packages it imports
+    python -m tools.import_graph --packages      # package → packages it imports
     python -m tools.import_graph --dot | dot -Tsvg > imports.svg
     python -m tools.import_graph --cycles        # the cycles between files; exit 1 if any
 
@@ -26,6 +26,11 @@ ROOT: Final = Path(__file__).resolve().parents[1]
 #: the top-level packages of this repository (what "ours" means).
 PACKAGES: Final = ("vitalgate", "e86", "gateway", "ingest", "ews", "simulators", "benchmarks", "tests",
                    "tools")
+#: vitalgate holds both the vocabulary everyone imports (contract, config, broker) and the
+#: composition root that wires the components together (the CLI and the demo): in the package
+#: graph the root is its own node, ``vitalgate.cli``, so "gateway imports the contract" and
+#: "the CLI imports the gateway" are not a cycle.
+COMPOSITION_ROOT: Final = frozenset({"vitalgate.cli", "vitalgate.demo", "vitalgate.__main__"})
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -89,12 +94,18 @@ def graph(root: Path = ROOT, packages: Iterable[str] = PACKAGES) -> dict[str, se
     return {name: imports_of(name, path, known) for name, path in known.items()}
 
 
+def package_of(module: str) -> str:
+    """The node of ``module`` in the package graph: its top-level package, or ``vitalgate.cli``
+    for the composition root."""
+    return "vitalgate.cli" if module in COMPOSITION_ROOT else module.split(".")[0]
+
+
 def package_graph(files: Mapping[str, set[str]]) -> dict[str, set[str]]:
-    """Top-level package → the other top-level packages its files import."""
+    """Package (see :func:`package_of`) → the other packages its files import."""
     out: dict[str, set[str]] = {}
     for module, deps in files.items():
-        top = module.split(".")[0]
-        out.setdefault(top, set()).update(d.split(".")[0] for d in deps if d.split(".")[0] != top)
+        top = package_of(module)
+        out.setdefault(top, set()).update(package_of(d) for d in deps if package_of(d) != top)
     return out
 
 
