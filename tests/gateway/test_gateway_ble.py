@@ -20,13 +20,13 @@ from gateway.backoff import Backoff
 from gateway.ble.manager import SessionManager
 from gateway.buffer import Buffer, RowKind
 from gateway.clock import Clock
-from gateway.probe import Probe, unique_seqs
 from gateway.service import Gateway
 from gateway.settings import GatewaySettings
 from simulators.bleak_bumble import BumbleLink
 from simulators.physiology import Patient, fleet_patients
 from simulators.simulate import bumble_backend
 from simulators.watch import VirtualE86
+from tests.support.probe import Probe, unique_seqs
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import Kind, Reading, Source
 

@@ -11,7 +11,6 @@ import pytest
 
 from gateway.buffer import Buffer, RowKind
 from gateway.lock import DataDirLocked
-from gateway.probe import unique_seqs
 from gateway.service import Gateway
 from gateway.settings import GatewaySettings
 from gateway.status import render
@@ -19,6 +18,7 @@ from simulators.bleak_bumble import BumbleLink
 from simulators.simulate import bumble_backend
 from tests.gateway.small_disk import small_disk
 from tests.gateway.test_gateway_ble import gateway_env
+from tests.support.probe import unique_seqs
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import Source
 

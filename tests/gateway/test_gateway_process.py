@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from gateway.buffer import Buffer, RowKind
-from gateway.probe import Probe, unique_seqs
+from tests.support.probe import Probe, unique_seqs
 from vitalgate.broker import Mosquitto, free_port
 from vitalgate.contract import Kind
 
