@@ -8,8 +8,10 @@ Modules:
 - ``commands``: groups 0x01–0x04: set clock, monitoring, get requests and replies, one-shot
   measurement, real-time / waveform / ECG switches, wear status, device events and acks.
 - ``realtime``: group 0x06 uploads (``decode_realtime``, ``RealtimeValues``, ``EcgSamples``).
-- ``history``: group 0x05 sync: records, header, block end / ack, ``HistoryReceiver``
-  (gateway) and ``history_reply`` / ``history_frames`` (watch).
+- ``records``: history record layouts as data, read by one generic codec; record frames.
+- ``history``: group 0x05 sync messages: request, header, block end / ack, delete.
+- ``history_receiver``: ``HistoryReceiver`` (gateway side, sans-IO).
+- ``history_builder``: ``history_reply`` / ``history_frames`` (watch side).
 - ``messages``: ``decode_watch_message`` / ``decode_app_message`` by direction.
 - ``clock``: watch time ↔ UTC milliseconds, the set-clock command.
 - ``advertising``: advertised names and manufacturer data.
@@ -96,29 +98,16 @@ from e86.frame import (
     split_for_mtu,
 )
 from e86.history import (
-    AllRecord,
     BlockAck,
     BlockEnd,
-    BloodPressureRecord,
-    HeartRateRecord,
     HistoryDelete,
     HistoryHeader,
-    HistoryReceiver,
-    HistoryRecord,
     HistoryRequest,
-    HistoryStats,
-    HistoryStep,
-    RawRecord,
-    RecordBatch,
-    Spo2Record,
-    TemperatureRecord,
     block_crc,
     decode_history,
-    decode_records,
-    history_frames,
-    history_reply,
-    records_frame,
 )
+from e86.history_builder import history_frames, history_reply
+from e86.history_receiver import HistoryReceiver, HistoryStats, HistoryStep
 from e86.messages import (
     AppMessage,
     CollectData,
@@ -138,6 +127,18 @@ from e86.realtime import (
     realtime_respiratory_rate,
     realtime_spo2,
     realtime_sport,
+)
+from e86.records import (
+    AllRecord,
+    BloodPressureRecord,
+    HeartRateRecord,
+    HistoryRecord,
+    RawRecord,
+    RecordBatch,
+    Spo2Record,
+    TemperatureRecord,
+    decode_records,
+    records_frame,
 )
 from e86.values import VITAL_NAMES
 

@@ -54,9 +54,11 @@ from e86.constants import (
 )
 from e86.errors import E86Error
 from e86.frame import Frame, FrameAssembler
-from e86.history import BlockEnd, HistoryHeader, HistoryReceiver, RecordBatch
+from e86.history import BlockEnd, HistoryHeader
+from e86.history_receiver import HistoryReceiver
 from e86.messages import CollectData, WatchMessage, decode_watch_message
 from e86.realtime import EcgSamples, PpgRaw, RealtimeValues
+from e86.records import RecordBatch
 from gateway.buffer import BufferError, Measurement
 from gateway.clock import Clock
 from gateway.settings import GatewaySettings

@@ -15,14 +15,6 @@ from typing import Final
 
 from e86.clock import WATCH_TIME_MAX, utc_ms_to_watch
 from e86.constants import ECG_SAMPLE_SIZE, HistoryKind, RealtimeKey
-from e86.history import (
-    AllRecord,
-    BloodPressureRecord,
-    HeartRateRecord,
-    Spo2Record,
-    TemperatureRecord,
-    TimedRecord,
-)
 from e86.realtime import (
     EcgSamples,
     RealtimeValues,
@@ -30,6 +22,14 @@ from e86.realtime import (
     realtime_heart_rate,
     realtime_respiratory_rate,
     realtime_spo2,
+)
+from e86.records import (
+    AllRecord,
+    BloodPressureRecord,
+    HeartRateRecord,
+    Spo2Record,
+    TemperatureRecord,
+    TimedRecord,
 )
 from e86.values import temperature_to_bytes
 
