@@ -90,7 +90,7 @@ def _run(args: argparse.Namespace, simulate: BackendOption | None = None) -> int
 
 async def _main(settings: Any, args: argparse.Namespace, simulate: BackendOption | None = None) -> int:
     from gateway.ble.backend import bluez
-    from gateway.clock import Clock
+    from gateway.clock import Clock, SystemTime
     from gateway.service import Gateway
 
     loop = asyncio.get_running_loop()
@@ -104,14 +104,16 @@ async def _main(settings: Any, args: argparse.Namespace, simulate: BackendOption
         loop.add_signal_handler(sig, stopper)
     try:
         if simulate is not None and simulate.selected(args):
-            clock = Clock()  # wall time: what the watches report is stamped as it happens
+            # wall time: what the watches report is stamped as it happens; the virtual watches
+            # stamp on this same clock, so it is its own truth (no NTP wait)
+            clock = Clock(source=SystemTime(assume_synchronised=True))
             async with simulate.open(args, clock) as ble:
                 settings = settings.model_copy(update={"devices": {**settings.devices, **ble.devices}})
                 _log_start(settings, ble.description)
                 await Gateway(settings, ble.backend, clock=clock).run()
         else:
             _log_start(settings, "BlueZ")
-            await Gateway(settings, bluez()).run()
+            await Gateway(settings, bluez(settings.adapters)).run()
     except asyncio.CancelledError:
         pass
     except (DataDirLocked, BufferError) as exc:  # a second gateway, an unusable buffer: no retry loop here

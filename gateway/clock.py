@@ -2,24 +2,149 @@
 
 Everything in the gateway that stamps or schedules reads this clock, so a test (or the
 simulator) runs watch life at 60× while the code stays the same.
+
+A Raspberry Pi has no real-time clock: it boots with the time it last saved (or 1970) and jumps
+when NTP synchronises. So the clock reads its time from a :class:`TimeSource` that also says
+whether the wall time can be trusted yet (:class:`SystemTime` asks the Linux kernel and
+systemd-timesyncd; :class:`ManualTime` is a settable one for tests and tools), and
+:class:`HeldReadings` holds realtime readings (with their monotonic time) until it can:
+
+* **event time** (``Reading.ts``, when a thing was measured) is never taken from an
+  unsynchronised wall clock. A reading taken before the sync is stamped once the clock is
+  synchronised: ``wall = sync_wall - (sync_mono - reading_mono)``.
+* a later **step** of the wall clock (NTP stepping instead of slewing, an operator's
+  ``date -s``) is detected as a change of ``wall - monotonic`` beyond :data:`STEP_BOUND_S`;
+  it is counted (``Clock.steps``) and logged once. Readings keep their arrival order (the
+  buffer numbers them as they come), so a step can move ``ts`` but never reorders or repeats
+  a ``seq``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import logging
+import sys
 import time
+from collections import deque
 from collections.abc import Callable
+from pathlib import Path
+from typing import Final, Generic, Protocol, TypeVar
+
+log = logging.getLogger(__name__)
+
+#: wall - monotonic may wander this much (clock seconds) before we call it a step: NTP slews
+#: corrections below 128 ms (ntpd's step threshold) and steps above, so one second is far
+#: above any slew and far below any boot-time jump.
+STEP_BOUND_S: Final = 1.0
+#: realtime readings held per watch while the clock is not synchronised: one hour at the
+#: watch's fastest realtime rate (one per 5 s). Beyond it the oldest is dropped — counted.
+HELD_LIMIT: Final = 720
+#: systemd-timesyncd creates this file once it has synchronised the clock (systemd ≥ 239).
+TIMESYNCD_FLAG: Final = Path("/run/systemd/timesync/synchronized")
+#: adjtimex(2) returns TIME_ERROR while the kernel's STA_UNSYNC (or STA_CLOCKERR) is set.
+_TIME_ERROR: Final = 5
+
+
+class TimeSource(Protocol):
+    """Wall and monotonic seconds, and whether the wall time is known to be right."""
+
+    def wall(self) -> float: ...
+    def monotonic(self) -> float: ...
+    def synchronised(self) -> bool: ...
+
+
+class _Timex(ctypes.Structure):
+    # The head of struct timex (linux/timex.h) up to ``status``; the kernel writes the whole
+    # struct, so the padding leaves room for the rest (about 200 bytes on 64-bit).
+    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+                ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
+                ("_rest", ctypes.c_char * 256)]
+
+
+def kernel_synchronised() -> bool | None:
+    """The kernel's view (adjtimex with modes 0 only reads): None where it cannot be asked."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        state = int(libc.adjtimex(ctypes.byref(_Timex())))
+    except (OSError, AttributeError):
+        return None
+    return None if state < 0 else state != _TIME_ERROR
+
+
+class SystemTime:
+    """This machine's clocks; synchronised when the kernel says so or timesyncd has synced.
+
+    ``assume_synchronised``: the wall time is trusted as it is — for simulated time (the
+    virtual watches stamp on this same clock) and for hosts whose sync state cannot be read
+    (setting ``clock_assume_synchronised``)."""
+
+    def __init__(self, *, assume_synchronised: bool = False, flag: Path = TIMESYNCD_FLAG) -> None:
+        self.assume_synchronised = assume_synchronised
+        self.flag = flag
+        self._known = assume_synchronised
+
+    def wall(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def synchronised(self) -> bool:
+        if self._known:  # once synchronised, a later NTP step is detected by the Clock instead
+            return True
+        self._known = bool(self.flag.exists() or kernel_synchronised())
+        return self._known
+
+
+class ManualTime:
+    """A time source that moves only when told: a boot at ``wall``, NTP steps, ``sync()``."""
+
+    def __init__(self, wall: float = 0.0, *, monotonic: float = 100.0, synchronised: bool = False) -> None:
+        self._wall = wall
+        self._mono = monotonic
+        self._synced = synchronised
+
+    def wall(self) -> float:
+        return self._wall
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def synchronised(self) -> bool:
+        return self._synced
+
+    def advance(self, seconds: float) -> None:
+        """Time passes: both clocks move."""
+        self._wall += seconds
+        self._mono += seconds
+
+    def step(self, to_wall: float, *, synchronised: bool = True) -> None:
+        """The wall clock jumps (NTP), monotonic time does not."""
+        self._wall = to_wall
+        self._synced = synchronised
 
 
 class Clock:
     def __init__(self, speed: float = 1.0, *, start: float | None = None,
-                 real: Callable[[], float] = time.time) -> None:
+                 real: Callable[[], float] | None = None, source: TimeSource | None = None) -> None:
         if not speed > 0:
             raise ValueError(f"speed must be > 0, got {speed}")
         self.speed = speed
-        self._real = real
-        self._t0 = real()
+        simulated = speed != 1.0 or start is not None or real is not None
+        #: where wall, monotonic and sync state come from; simulated time is its own truth.
+        self.source: TimeSource = source or SystemTime(assume_synchronised=simulated)
+        self._real = real or self.source.wall
+        self._t0 = self._real()
+        self._m0 = self.source.monotonic()
         self._start = self._t0 if start is None else start
+        #: wall-clock steps seen after synchronisation (counted; the first one is logged).
+        self.steps = 0
+        self._offset: float | None = None
+        self._synced_logged = False
 
     def __call__(self) -> float:
         """Seconds since the epoch (simulated when speed != 1)."""
@@ -28,6 +153,30 @@ class Clock:
     def ms(self) -> int:
         return int(self() * 1000)
 
+    def mono(self) -> float:
+        """Monotonic clock seconds (same scale as ``__call__``; never steps)."""
+        return (self.source.monotonic() - self._m0) * self.speed
+
+    def synchronised(self) -> bool:
+        """Is the wall time known to be right (NTP synchronised, or simulated)?"""
+        synced = self.source.synchronised()
+        if synced and not self._synced_logged:
+            self._synced_logged = True
+            log.info("system clock is synchronised")
+        return synced
+
+    def ms_at(self, mono: float) -> int:
+        """Wall ms of the moment the monotonic clock read ``mono`` (call when synchronised)."""
+        wall, now = self(), self.mono()
+        offset = wall - now
+        if self._offset is not None and abs(offset - self._offset) > STEP_BOUND_S:
+            self.steps += 1
+            (log.warning if self.steps == 1 else log.debug)(
+                "wall clock stepped by %+.1f s (step %d): readings keep their order; their "
+                "timestamps follow the new time", offset - self._offset, self.steps)
+        self._offset = offset
+        return round((wall - (now - mono)) * 1000)
+
     def real_seconds(self, seconds: float) -> float:
         """How long ``seconds`` of clock time take in real time."""
         return seconds / self.speed
@@ -35,3 +184,42 @@ class Clock:
     async def sleep(self, seconds: float) -> None:
         """Sleep ``seconds`` of clock time."""
         await asyncio.sleep(max(0.0, seconds) / self.speed)
+
+
+T = TypeVar("T")
+
+
+class HeldReadings(Generic[T]):
+    """Readings of one watch waiting for a synchronised clock (bounded, oldest dropped first)."""
+
+    def __init__(self, limit: int = HELD_LIMIT) -> None:
+        self.limit = limit
+        self._held: deque[tuple[float, T]] = deque()
+        #: readings that had to wait for the clock / were dropped because too many waited.
+        self.held_total = 0
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def stamp(self, clock: Clock, item: T) -> list[tuple[int, T]]:
+        """``item`` measured now: [] while the clock is unsynchronised (held), else every held
+        item and this one with their event time in ms, oldest first."""
+        mono = clock.mono()
+        if not clock.synchronised():
+            if not self._held and self.held_total == 0:
+                log.warning("system clock not synchronised (no NTP yet): holding realtime "
+                            "readings until it is, to stamp them with the right time")
+            self._held.append((mono, item))
+            self.held_total += 1
+            if len(self._held) > self.limit:
+                self._held.popleft()
+                self.dropped += 1
+                if self.dropped == 1:
+                    log.warning("clock still not synchronised: %d readings held, dropping the "
+                                "oldest (counted as clock_dropped)", self.limit)
+            return []
+        out = [(clock.ms_at(m), it) for m, it in self._held]
+        self._held.clear()
+        out.append((clock.ms_at(mono), item))
+        return out

@@ -18,7 +18,7 @@ from gateway.backoff import Backoff
 from gateway.ble.backend import BleBackend
 from gateway.ble.manager import SessionManager
 from gateway.buffer import Buffer, BufferError, BufferStats, Measurement, set_aside_files
-from gateway.clock import Clock
+from gateway.clock import Clock, SystemTime
 from gateway.lock import DataDirLock
 from gateway.publisher import Publisher
 from gateway.settings import GatewaySettings
@@ -70,7 +70,8 @@ class Gateway:
         """Locks the data directory (:class:`gateway.lock.DataDirLocked` if another gateway has
         it), then opens the buffer (a damaged one is set aside and a fresh one started)."""
         self.settings = settings
-        self.clock = clock or Clock()
+        self.clock = clock or Clock(source=SystemTime(
+            assume_synchronised=settings.clock_assume_synchronised))
         self.lock = DataDirLock(settings.data_dir).acquire()
         try:
             self.buffer = Buffer.open_or_reset(

@@ -157,3 +157,34 @@ class GatewaySettings(ServiceSettings):
     #: Mosquitto 2.0.11's MQTT 5 flow control is unreliable (docs/reliability.md); with "5" the
     #: broker can say "Session taken over" (gateway/mqtt_retry.py detects takeovers either way).
     mqtt_protocol: Literal["5", "3.1.1"] = "3.1.1"
+
+    # --- issue 16, many devices per Pi: adapters, connection slots, rotation, recovery, clock ---
+    #: the Bluetooth adapters to connect through (BlueZ names); a second USB adapter adds slots.
+    adapters: list[str] = Field(default_factory=lambda: ["hci0"], min_length=1, max_length=4)
+    #: simultaneous connections per adapter. 3 is ESPHome's bluetooth_proxy default (its docs:
+    #: "a maximum number of 3 simultaneous active connections", at most 5 recommended); a Pi's
+    #: onboard controller (CYW43455, UART-attached, shared with Wi-Fi) documents no figure, so
+    #: the same conservative number — raise it for a USB adapter that holds more.
+    slots_per_adapter: int = Field(default=3, ge=1, le=10)
+    #: when devices wait for a slot, a connected one yields its slot after this long (clock
+    #: seconds) and its first history sync — enough for realtime readings and the history that
+    #: fills what it missed while it waited.
+    rotation_session_s: float = Field(default=120.0, gt=0, le=86400)
+    #: consecutive connection failures of one device after which its cached BlueZ state is
+    #: dropped (RemoveDevice) before the next try.
+    forget_after_failures: int = Field(default=3, ge=1, le=100)
+    #: trust the wall clock without an NTP sync signal (hosts whose kernel time status cannot be
+    #: read, e.g. some containers); off on a Pi, which boots with a stale time.
+    clock_assume_synchronised: bool = False
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_names(cls, v: list[str]) -> list[str]:
+        import re
+
+        for name in v:
+            if not re.fullmatch(r"hci[0-9]{1,2}", name):
+                raise ValueError(f"adapter {name!r} is not a BlueZ adapter name (hci0, hci1 …)")
+        if len(set(v)) != len(v):
+            raise ValueError("adapters are listed twice")
+        return v

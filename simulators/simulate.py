@@ -19,9 +19,24 @@ from simulators.physiology import fleet_patients
 from simulators.watch import VirtualE86
 
 
+class BumbleControl:
+    """The simulated adapters' equivalents of BlueZ's RemoveDevice and power cycle (counted
+    on each :class:`simulators.bleak_bumble.central.SharedCentral`)."""
+
+    def __init__(self, link: BumbleLink) -> None:
+        self.link = link
+
+    async def forget_device(self, address: str, adapter: str) -> bool:
+        return self.link.centrals[adapter].forget(address)
+
+    async def power_cycle(self, adapter: str) -> None:
+        await self.link.centrals[adapter].power_cycle()
+
+
 def bumble_backend(link: BumbleLink) -> BleBackend:
     """The bumble local link (virtual watches in this process) as the gateway's backend."""
-    return BleBackend("bumble", link.scanner_backend, link.client_backend)
+    return BleBackend("bumble", link.scanner_backend, link.client_backend,
+                      adapters=tuple(link.centrals), control=BumbleControl(link))
 
 
 @contextlib.asynccontextmanager

@@ -44,9 +44,13 @@ RETRY_POLICY: Final[tuple[RetryRule, ...]] = (
         "rebooted), then up to a minute — the scanner reports it as soon as it advertises again",
     ),
     RetryRule(
-        "no-slots", _type(BleakOutOfConnectionSlotsError),
+        "no-slots", lambda exc: (isinstance(exc, BleakOutOfConnectionSlotsError)
+                                 or _text("CONNECTION_LIMIT_EXCEEDED", "Connection Limit Exceeded",
+                                          "connection slot", "available connection")(exc)),
         Backoff(initial_s=10.0, factor=2.0, max_s=120.0, jitter=0.5),
-        "the adapter has no free connection slot: wait for another watch to drop off",
+        "the controller has no free connection slot (HCI 0x09 Connection Limit Exceeded, or "
+        "bleak-retry-connector's out-of-slots texts): the slot pool now believes it has fewer "
+        "slots, and this device waits for another one's session to end",
     ),
     RetryRule(
         "in-progress", _text("InProgress", "Operation already in progress"),
@@ -80,6 +84,13 @@ RETRY_POLICY: Final[tuple[RetryRule, ...]] = (
         "anything else (including protocol errors during set-up): retry, at most once a minute",
     ),
 )
+
+
+#: failures that say the adapter is full: the slot pool learns from them (gateway/ble/slots.py).
+SLOT_RULES: Final = frozenset({"no-slots"})
+#: failures that do not point at stale BlueZ state, so they never lead to forget_device: the
+#: adapter is full or off, the device is away, or BlueZ is merely busy.
+STALE_EXEMPT: Final = frozenset({"no-slots", "not-found", "not-ready", "in-progress"})
 
 
 def classify(exc: BaseException, policy: tuple[RetryRule, ...] = RETRY_POLICY) -> RetryRule:

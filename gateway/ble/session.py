@@ -60,7 +60,7 @@ from e86.messages import CollectData, WatchMessage, decode_watch_message
 from e86.realtime import EcgSamples, PpgRaw, RealtimeValues
 from e86.records import RecordBatch
 from gateway.buffer import BufferError, Measurement
-from gateway.clock import Clock
+from gateway.clock import Clock, HeldReadings
 from gateway.settings import GatewaySettings
 from vitalgate.contract import EcgChunk, Reading, Source, Vitals
 
@@ -130,6 +130,8 @@ class SessionCounters:
     #: its periodic measurements in its history, which is synced once the buffer writes again
     readings_not_stored: int = 0
     ecg_chunks_not_stored: int = 0
+    #: connects at which the watch's clock was not set because ours was not synchronised yet
+    clock_not_set: int = 0
 
 
 class EcgRecording:
@@ -190,8 +192,11 @@ class _Pending:
 
 class WatchSession:
     def __init__(self, client: BleakClient, watch: WatchInfo, settings: GatewaySettings, sink: Sink,
-                 clock: Clock) -> None:
+                 clock: Clock, held: HeldReadings[Vitals] | None = None) -> None:
         self.client = client
+        #: realtime readings waiting for a synchronised clock (the manager keeps it per watch,
+        #: so what a session held is stamped by the next one)
+        self.held: HeldReadings[Vitals] = held if held is not None else HeldReadings()
         self.watch = watch
         self.settings = settings
         self.sink = sink
@@ -238,8 +243,11 @@ class WatchSession:
     async def _setup(self) -> None:
         st = self.settings
         async with self._op:
-            now = datetime.fromtimestamp(self.clock(), UTC)
-            await self._request(set_clock(now, self.tz).to_frame())
+            if self.clock.synchronised():  # never teach the watch a wrong time (Pi before NTP)
+                now = datetime.fromtimestamp(self.clock(), UTC)
+                await self._request(set_clock(now, self.tz).to_frame())
+            else:
+                self.counters.clock_not_set += 1
             info = await self._request(GetRequest(GetKey.DEVICE_INFO).to_frame())
             with contextlib.suppress(E86Error):
                 self.battery = DeviceInfo.from_frame(info).battery
@@ -325,15 +333,18 @@ class WatchSession:
         vitals = self._vitals(values)
         if vitals is None:
             return
-        ts = self.clock.ms()
-        try:
-            self.sink.add_readings([Measurement(self.watch.device_id, ts, vitals, Source.REALTIME,
-                                                self.watch.user_code)])
-        except BufferError:  # the buffer logged why (once) and shows its state in status
-            self.counters.readings_not_stored += 1
+        # event time from a synchronised clock only (gateway/clock.py): held until then
+        stamped = self.held.stamp(self.clock, vitals)
+        if not stamped:
             return
-        self.counters.realtime_readings += 1
-        self.last_reading_ms = ts
+        try:
+            self.sink.add_readings([Measurement(self.watch.device_id, ts, v, Source.REALTIME,
+                                                self.watch.user_code) for ts, v in stamped])
+        except BufferError:  # the buffer logged why (once) and shows its state in status
+            self.counters.readings_not_stored += len(stamped)
+            return
+        self.counters.realtime_readings += len(stamped)
+        self.last_reading_ms = stamped[-1][0]
 
     def _vitals(self, values: dict[str, float]) -> Vitals | None:
         try:

@@ -75,6 +75,8 @@ class BumbleClientBackend(BaseBleakClient):
     """bleak ``BaseBleakClient`` on a :class:`BumbleLink` (use ``link.client_backend``)."""
 
     shared: ClassVar[SharedCentral]
+    #: adapter name → central; ``BleakClient(..., adapter="hci1")`` picks one (as on BlueZ)
+    centrals: ClassVar[dict[str, SharedCentral]] = {}
 
     def __init__(
         self,
@@ -97,6 +99,10 @@ class BumbleClientBackend(BaseBleakClient):
         self._connection: Connection | None = None
         self._closing = False
         self._subscribers: dict[int, Callable[[bytes], None]] = {}
+        adapter = kwargs.get("adapter")
+        if adapter is not None and adapter not in self.centrals:
+            raise BleakError(f"no adapter {adapter!r} on the simulated link")
+        self._central = self.centrals[adapter] if adapter is not None else self.shared
 
     # -- identity / state --------------------------------------------------------------------
     @property
@@ -126,8 +132,8 @@ class BumbleClientBackend(BaseBleakClient):
         if pair:
             logger.debug("%s: pairing is not needed on the simulated link; ignored", self.address)
         timeout = float(kwargs.get("timeout", self._timeout))
-        central = self.shared.device
-        async with self.shared.connect_lock:
+        central = self._central.device
+        async with self._central.connect_lock:
             try:
                 connection = await central.connect(
                     self._peer, transport=core.PhysicalTransport.LE, timeout=timeout
@@ -136,13 +142,13 @@ class BumbleClientBackend(BaseBleakClient):
                 raise TimeoutError(
                     f"{self.address}: no connection within {timeout:g} s (not advertising?)"
                 ) from exc
-            except core.ConnectionError as exc:
+            except (core.ConnectionError, hci.HCI_Error, hci.HCI_StatusError) as exc:  # e.g. no slot
                 raise BleakError(f"{self.address}: connection failed: {exc}") from exc
         self._closing = False
         self._connection = connection
         connection.on(Connection.EVENT_DISCONNECTION, self._on_disconnection)
         try:
-            await self._ask(self._gatt.request_mtu(self.shared.request_mtu))
+            await self._ask(self._gatt.request_mtu(self._central.request_mtu))
             self.services = await self._discover()
         except BaseException:
             await self.disconnect()

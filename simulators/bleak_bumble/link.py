@@ -45,6 +45,18 @@ class _LinkController(Controller):
     Connection Complete event carrying status Unknown Connection Identifier (0x02).
     """
 
+    #: LE connections this controller accepts at once (None: bumble's own, unlimited); beyond
+    #: it LE Create Connection is refused with Connection Limit Exceeded (0x09), as a real
+    #: controller with no free connection slot answers (Core Vol 4, Part E, 7.8.12 / Vol 1, F).
+    connection_limit: int | None = None
+
+    def on_hci_le_create_connection_command(self, command: Any) -> Any:
+        if self.connection_limit is not None and len(self.le_connections) >= self.connection_limit:
+            self._send_hci_command_status(
+                hci.HCI_ErrorCode.CONNECTION_LIMIT_EXCEEDED_ERROR, command.op_code)
+            return None
+        return super().on_hci_le_create_connection_command(command)
+
     def on_hci_le_create_connection_cancel_command(self, _command: Any) -> Any:
         pending = self.pending_le_connection
         if pending is None:
@@ -67,9 +79,11 @@ class _LinkController(Controller):
         return result
 
 
-def make_device(link: LocalLink, name: str, address: str) -> tuple[Controller, Device]:
+def make_device(link: LocalLink, name: str, address: str,
+                connection_limit: int | None = None) -> tuple[Controller, Device]:
     """A bumble Device with its own controller attached to ``link`` (not powered on yet)."""
     controller = _LinkController(name, link=link)
+    controller.connection_limit = connection_limit
     host = Host(controller, AsyncPipeSink(controller))
     return controller, Device(name=name, address=hci.Address(address), host=host)
 
@@ -83,8 +97,17 @@ class BumbleLink:
     Peripherals attach with :meth:`add_device`.
     """
 
-    def __init__(self, *, request_mtu: int = DEFAULT_REQUEST_MTU) -> None:
+    def __init__(self, *, request_mtu: int = DEFAULT_REQUEST_MTU, adapters: int = 1,
+                 connection_limit: int | None = None) -> None:
+        """``adapters`` centrals (hci0, hci1 …) on the one radio, each refusing connections
+        beyond ``connection_limit`` the way a controller out of slots does."""
+        if not 1 <= adapters <= 4:
+            raise ValueError(f"adapters must be 1..4, got {adapters}")
         self.request_mtu = request_mtu
+        self.adapter_count = adapters
+        self.connection_limit = connection_limit
+        #: adapter name → its central (``hci0`` also scans)
+        self.centrals: dict[str, SharedCentral] = {}
         self._radio: LocalLink | None = None
         self._central: SharedCentral | None = None
         self._devices: dict[int, tuple[Controller, Device]] = {}
@@ -94,13 +117,18 @@ class BumbleLink:
     # -- life cycle -------------------------------------------------------------------------
     async def __aenter__(self) -> BumbleLink:
         self._radio = LocalLink()  # type: ignore[no-untyped-call]
-        _, device = make_device(self._radio, "vitalgate-central", CENTRAL_ADDRESS)
-        await device.power_on()
-        self._central = shared = SharedCentral(device, self.request_mtu)
+        for i in range(self.adapter_count):
+            address = CENTRAL_ADDRESS[:-2] + f"{i + 1:02X}"
+            _, device = make_device(self._radio, f"vitalgate-central-{i}", address,
+                                    self.connection_limit)
+            await device.power_on()
+            self.centrals[f"hci{i}"] = SharedCentral(device, self.request_mtu)
+        self._central = shared = self.centrals["hci0"]
         # Classes bound to this link's central; bleak instantiates backends itself, so the
-        # central travels as a class attribute.
+        # central travels as a class attribute (a client picks its adapter by ``adapter=``).
         self.scanner_backend = type("BumbleScanner", (BumbleScannerBackend,), {"shared": shared})
-        self.client_backend = type("BumbleClient", (BumbleClientBackend,), {"shared": shared})
+        self.client_backend = type("BumbleClient", (BumbleClientBackend,),
+                                   {"shared": shared, "centrals": dict(self.centrals)})
         return self
 
     async def __aexit__(
@@ -109,7 +137,8 @@ class BumbleLink:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for device in [*(d for _, d in self._devices.values()), self.central]:
+        for device in [*(d for _, d in self._devices.values()),
+                       *(c.device for c in self.centrals.values())]:
             for connection in list(device.connections.values()):
                 try:
                     await connection.disconnect()
