@@ -154,6 +154,7 @@ def render(state: dict[str, Any], source: str) -> str:
     ble = state.get("ble", {})
     lines.append(f"  ble ({ble.get('backend')}): {ble.get('advertisements', 0)} advertisements,"
                  f" scanner restarts {ble.get('scanner_restarts', 0)}")
+    lines.extend(_slot_lines(ble))
     for w in ble.get("watches", []):
         frames = w.get("frames", {})
         lines.append(
@@ -167,3 +168,22 @@ def render(state: dict[str, Any], source: str) -> str:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _slot_lines(ble: dict[str, Any]) -> list[str]:
+    """Connection slots, rotation, recovery steps and the clock (issue 16)."""
+    slots = ble.get("slots")
+    if not slots:
+        return []
+    per = ", ".join(f"{a['adapter']} {a['used']}/{a['capacity']}"
+                    + (f" (budget {a['budget']}, refused {a['refused']})" if a["capacity"] != a["budget"]
+                       or a["refused"] else "")
+                    for a in slots.get("adapters", []))
+    clock = ble.get("clock", {})
+    return [
+        f"  slots: {slots.get('used', 0)}/{slots.get('total', 0)} in use ({per}), {slots.get('waiting', 0)}"
+        f" waiting, rotations {ble.get('rotations', 0)}; forgotten devices {ble.get('forgets', 0)},"
+        f" adapter power cycles {ble.get('adapter_power_cycles', 0)}",
+        f"  clock: {'synchronised' if clock.get('synchronised') else 'NOT SYNCHRONISED (readings held)'},"
+        f" steps {clock.get('steps', 0)}, held {clock.get('held', 0)}, dropped {clock.get('dropped', 0)}",
+    ]

@@ -91,10 +91,10 @@ class BleBackend:
 
     def client_kwargs(self, adapter: str | None = None) -> dict[str, Any]:
         """``BleakClient`` keywords for a connection through ``adapter`` (bleak's BlueZ
-        backend takes ``adapter="hci1"``; so does the simulated one)."""
+        backend takes ``bluez={"adapter": "hci1"}``; so does the simulated one)."""
         kw: dict[str, Any] = {"backend": self.client_backend} if self.client_backend is not None else {}
         if adapter is not None and len(self.adapters) > 1:
-            kw["adapter"] = adapter
+            kw["bluez"] = {"adapter": adapter}
         return kw
 
     async def forget_device(self, address: str, adapter: str) -> bool:

@@ -75,7 +75,8 @@ class BumbleClientBackend(BaseBleakClient):
     """bleak ``BaseBleakClient`` on a :class:`BumbleLink` (use ``link.client_backend``)."""
 
     shared: ClassVar[SharedCentral]
-    #: adapter name → central; ``BleakClient(..., adapter="hci1")`` picks one (as on BlueZ)
+    #: adapter name → central; ``BleakClient(..., bluez={"adapter": "hci1"})`` picks one (as
+    #: on BlueZ)
     centrals: ClassVar[dict[str, SharedCentral]] = {}
 
     def __init__(
@@ -99,7 +100,7 @@ class BumbleClientBackend(BaseBleakClient):
         self._connection: Connection | None = None
         self._closing = False
         self._subscribers: dict[int, Callable[[bytes], None]] = {}
-        adapter = kwargs.get("adapter")
+        adapter = (kwargs.get("bluez") or {}).get("adapter")
         if adapter is not None and adapter not in self.centrals:
             raise BleakError(f"no adapter {adapter!r} on the simulated link")
         self._central = self.centrals[adapter] if adapter is not None else self.shared

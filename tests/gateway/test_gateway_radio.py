@@ -21,6 +21,7 @@ from gateway.ble.manager import SessionManager
 from gateway.buffer import Buffer, Measurement
 from gateway.clock import Clock, HeldReadings, ManualTime
 from gateway.settings import GatewaySettings
+from gateway.status import render
 from simulators.bleak_bumble import BumbleLink
 from simulators.simulate import bumble_backend
 from simulators.watch import VirtualE86
@@ -129,6 +130,9 @@ class BootTime:
     def synchronised(self) -> bool:
         return self.synced
 
+    def sync(self) -> None:
+        self.synced = True
+
 
 async def test_realtime_readings_wait_for_ntp_and_keep_their_order(tmp_path: Path) -> None:
     watch_clock = Clock(SPEED)  # the watch's own clock
@@ -200,6 +204,8 @@ async def test_six_watches_rotate_through_two_slots_the_controller_enforces(tmp_
         # none starves: the longest wait for a slot is bounded by the rotation (6 devices,
         # 2 slots: at most 3 sessions of 60 clock s ahead of it, plus connects and syncs)
         assert w.max_wait_s < 6 * st.rotation_session_s, (w.info.name, w.max_wait_s)
+    text = render({"gateway_id": "ward3", "ble": snap}, "live")  # `vitalgate gateway status`
+    assert "slots: " in text and "hci0 " in text and "budget 3" in text and "rotations" in text
     seqs = sorted({(r.device_id, r.seq) for r in sink.readings})
     assert len(seqs) == len(sink.readings)  # no seq twice
 
