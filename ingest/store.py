@@ -7,7 +7,9 @@ never waits on the disk.
 
 Readings are stored one row per vital. Identities that make QoS 1 redeliveries harmless:
 
-* ``(device_id, seq)``: a contract reading is stored once however often it arrives;
+* ``(device_id, stream, seq)``: a contract reading is stored once however often it arrives;
+  ``stream`` is the gateway buffer's identity (``''`` when a reading carries none: one legacy
+  stream per device), so a new buffer's seq 0 is never taken for an old buffer's seq 0;
 * ``(device_id, ts, vital)`` for ``source = history``: a history record synced twice
   (under two seqs) is stored once;
 * ``(device_id, recording, vital)`` for readings derived from an ECG recording.
@@ -29,7 +31,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 import numpy as np
 
-from ingest import keys, registry
+from ingest import gaps, keys, registry
 from vitalgate.contract import (
     DeviceStatus,
     EcgChunk,
@@ -40,6 +42,17 @@ from vitalgate.contract import (
 )
 
 T = TypeVar("T")
+
+#: ``readings.flags``: measured (``ts``) more than ``late_after_ms`` before it arrived
+#: (``received_at``): buffered, replayed, a history sync, or a clock behind.
+FLAG_LATE: Final = 1
+#: late although a live (realtime, not replayed) measurement: the watch's or the gateway's
+#: clock is behind; the reading is kept and scored by its own timestamp, but suspect.
+FLAG_CLOCK_SUSPECT: Final = 2
+#: default of ``IngestSettings.late_after_s`` (ms).
+LATE_AFTER_MS: Final = 3_600_000
+#: the store's schema version (``PRAGMA user_version``); see :data:`MIGRATIONS`.
+SCHEMA_VERSION: Final = 1
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -54,15 +67,19 @@ CREATE TABLE IF NOT EXISTS readings (
   source TEXT NOT NULL,
   replayed INTEGER NOT NULL DEFAULT 0,
   received_at INTEGER NOT NULL,
-  recording TEXT                     -- the ECG recording a derived reading comes from
+  recording TEXT,                    -- the ECG recording a derived reading comes from
+  stream TEXT NOT NULL DEFAULT '',   -- the buffer's stream ('' = none given: legacy stream)
+  flags INTEGER NOT NULL DEFAULT 0   -- FLAG_LATE | FLAG_CLOCK_SUSPECT
 );
-CREATE UNIQUE INDEX IF NOT EXISTS readings_identity ON readings (device_id, seq, vital);
+CREATE UNIQUE INDEX IF NOT EXISTS readings_stream_identity
+  ON readings (device_id, stream, seq, vital);
 CREATE UNIQUE INDEX IF NOT EXISTS readings_history ON readings (device_id, ts, vital)
   WHERE source = 'history';
 CREATE UNIQUE INDEX IF NOT EXISTS readings_ecg ON readings (device_id, recording, vital)
   WHERE recording IS NOT NULL;
 CREATE INDEX IF NOT EXISTS readings_patient ON readings (user_code, vital, ts);
 CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);
+CREATE INDEX IF NOT EXISTS readings_kept ON readings (max(ts, received_at));
 
 CREATE TABLE IF NOT EXISTS ecg_chunks (
   device_id TEXT NOT NULL,
@@ -98,6 +115,7 @@ CREATE TABLE IF NOT EXISTS ecg_recordings (
 CREATE INDEX IF NOT EXISTS ecg_recordings_patient ON ecg_recordings (user_code, ts);
 CREATE INDEX IF NOT EXISTS ecg_recordings_ts ON ecg_recordings (ts);
 CREATE INDEX IF NOT EXISTS ecg_recordings_name ON ecg_recordings (recording);
+CREATE INDEX IF NOT EXISTS ecg_recordings_kept ON ecg_recordings (max(ts, created_at));
 
 CREATE TABLE IF NOT EXISTS dead_letters (
   id INTEGER PRIMARY KEY,
@@ -213,6 +231,9 @@ class CommitResult:
     dead: list[DeadLetter] = field(default_factory=list)
     recordings: list[CompletedRecording] = field(default_factory=list)
     newest_received: int = 0
+    #: per device: the union of the flags of its late readings in this batch
+    late: dict[str, int] = field(default_factory=dict)
+    gaps: gaps.Update = field(default_factory=gaps.Update)
 
 
 # --------------------------------------------------------------------------------- database
@@ -238,7 +259,7 @@ class Database:
         self._writer = _connect(path, synchronous)
         self._wlock = threading.Lock()
         with self._wlock:
-            self._writer.executescript(SCHEMA + registry.SCHEMA + keys.SCHEMA)
+            migrate(self._writer)
         self._reader = _connect(path, synchronous)
         self._rlock = threading.Lock()
 
@@ -276,14 +297,64 @@ class Database:
             self._reader.close()
 
 
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _v1_stream_identity(conn: sqlite3.Connection) -> None:
+    """v0 → v1: readings gain ``stream`` ('' for every existing row: the legacy stream) and
+    ``flags``; the identity becomes (device_id, stream, seq, vital)."""
+    cols = _columns(conn, "readings")
+    if not cols:
+        return  # a new database: SCHEMA creates everything
+    if "stream" not in cols:
+        conn.execute("ALTER TABLE readings ADD COLUMN stream TEXT NOT NULL DEFAULT ''")
+    if "flags" not in cols:
+        conn.execute("ALTER TABLE readings ADD COLUMN flags INTEGER NOT NULL DEFAULT 0")
+    conn.execute("DROP INDEX IF EXISTS readings_identity")
+
+
+#: (version, step): each step brings a database from version-1 to version; idempotent.
+MIGRATIONS: Final = ((1, _v1_stream_identity),)
+
+
+def migrate(conn: sqlite3.Connection, *, now: int = 0) -> int:
+    """Bring the database to :data:`SCHEMA_VERSION` (at start, before anything else uses it);
+    returns the version it had. A crash midway leaves a state the next start completes."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"{conn!r}: store schema version {version} is newer than this "
+                           f"vitalgate's ({SCHEMA_VERSION}); refusing to run an older release")
+    existed = bool(_columns(conn, "readings"))
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for target, step in MIGRATIONS:
+            if version < target:
+                step(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.executescript(SCHEMA + gaps.SCHEMA + registry.SCHEMA + keys.SCHEMA)
+    if version < SCHEMA_VERSION:
+        conn.execute("BEGIN IMMEDIATE")
+        if existed and version < 1:
+            gaps.seed_legacy(conn, now)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    return version
+
+
 # ------------------------------------------------------------------------------ group commit
 
 
 def commit_batch(
-    conn: sqlite3.Connection, items: Sequence[Item], *, now: int, holder: str
+    conn: sqlite3.Connection, items: Sequence[Item], *, now: int, holder: str,
+    late_after_ms: int = LATE_AFTER_MS,
 ) -> CommitResult:
     """Write one batch of decoded messages (inside the caller's transaction)."""
     out = CommitResult()
+    arrivals = gaps.Arrivals()
     ecg_touched: set[tuple[str, str]] = set()
     # statuses first, so that readings of the same batch see a device's newest user_code
     for item in items:
@@ -335,7 +406,8 @@ def commit_batch(
             dev_code, dev_source = assigned.get(item.device_id, (None, None))
             for r in item.readings:
                 user_code = dev_code if dev_source == "api" else (r.user_code or dev_code)
-                _insert_reading(conn, out, item, r, user_code)
+                _insert_reading(conn, out, item, r, user_code, late_after_ms)
+                arrivals.add(r.device_id, r.stream or "", item.gateway_id, r.seq)
         elif isinstance(item, EcgChunkIn):
             dev_code, dev_source = assigned.get(item.chunk.device_id, (None, None))
             code = dev_code if dev_source == "api" else (item.chunk.user_code or dev_code)
@@ -345,24 +417,38 @@ def commit_batch(
         done = _assemble(conn, device_id, recording, now)
         if done is not None:
             out.recordings.append(done)
+    out.gaps = gaps.observe(conn, arrivals, now)
     return out
 
 
+def reading_flags(r: Reading, received_at: int, late_after_ms: int) -> int:
+    """``FLAG_LATE`` / ``FLAG_CLOCK_SUSPECT`` of a reading (event time vs processing time)."""
+    if received_at - r.ts <= late_after_ms:
+        return 0
+    live = r.source is Source.REALTIME and not r.replayed
+    return FLAG_LATE | (FLAG_CLOCK_SUSPECT if live else 0)
+
+
 def _insert_reading(
-    conn: sqlite3.Connection, out: CommitResult, item: ReadingsIn, r: Reading, user_code: str | None
+    conn: sqlite3.Connection, out: CommitResult, item: ReadingsIn, r: Reading,
+    user_code: str | None, late_after_ms: int = LATE_AFTER_MS,
 ) -> None:
+    stream = r.stream or ""
     if conn.execute(
-        "SELECT 1 FROM readings WHERE device_id = ? AND seq = ? LIMIT 1", (r.device_id, r.seq)
+        "SELECT 1 FROM readings WHERE device_id = ? AND stream = ? AND seq = ? LIMIT 1",
+        (r.device_id, stream, r.seq),
     ).fetchone():
         out.duplicates += 1
         return
     stored = 0
+    flags = reading_flags(r, item.received_at, late_after_ms)
     for vital, value in r.vitals.present().items():
         cur = conn.execute(
             "INSERT OR IGNORE INTO readings (device_id, user_code, gateway_id, vital, value, ts,"
-            " seq, source, replayed, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " seq, source, replayed, received_at, stream, flags)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (r.device_id, user_code, item.gateway_id, vital, value, r.ts, r.seq, r.source.value,
-             int(r.replayed), item.received_at),
+             int(r.replayed), item.received_at, stream, flags),
         )
         if cur.rowcount:
             stored += 1
@@ -371,6 +457,8 @@ def _insert_reading(
                                               item.received_at))
     if not stored:
         out.duplicates += 1  # a history record already stored under another seq
+    elif flags:
+        out.late[r.device_id] = out.late.get(r.device_id, 0) | flags
 
 
 def _insert_chunk(conn: sqlite3.Connection, item: EcgChunkIn, user_code: str | None) -> bool:
@@ -537,7 +625,8 @@ def records(
         parts.append(
             "SELECT r.id, r.device_id, r.user_code, r.vital, r.value, d.value, r.ts, r.source,"
             " r.recording FROM readings r LEFT JOIN readings d ON r.vital = 'systolic_bp'"
-            " AND d.device_id = r.device_id AND d.seq = r.seq AND d.vital = 'diastolic_bp'"
+            " AND d.device_id = r.device_id AND d.stream = r.stream AND d.seq = r.seq"
+            " AND d.vital = 'diastolic_bp'"
             f" WHERE r.user_code = ? AND r.vital IN ({marks}) AND r.ts >= ? AND r.ts < ?")
         args += [user_code, *vitals, start, end]
     if ECG_TYPE in types:
@@ -564,7 +653,8 @@ def latest(conn: sqlite3.Connection, user_code: str) -> dict[str, Any]:
         row = conn.execute(
             "SELECT r.id, r.device_id, r.user_code, r.vital, r.value, d.value, r.ts, r.source,"
             " r.recording FROM readings r LEFT JOIN readings d ON r.vital = 'systolic_bp'"
-            " AND d.device_id = r.device_id AND d.seq = r.seq AND d.vital = 'diastolic_bp'"
+            " AND d.device_id = r.device_id AND d.stream = r.stream AND d.seq = r.seq"
+            " AND d.vital = 'diastolic_bp'"
             " WHERE r.user_code = ? AND r.vital = ? ORDER BY r.ts DESC, r.id DESC LIMIT 1",
             (user_code, vitals[0]),
         ).fetchone()
@@ -609,17 +699,21 @@ def count_readings(conn: sqlite3.Connection) -> int:
 
 # ---------------------------------------------------------------------------------- retention
 
-#: (table, time column) pairs retention deletes from, oldest first by that column.
+#: (table, age expression) pairs retention deletes from. Rows measured long before they arrived
+#: (a clock behind, a long-buffered history) are kept by the LATER of measurement and arrival
+#: time, so nothing accepted is deleted before it was kept ``retention_days`` (expression
+#: indexes ``readings_kept`` / ``ecg_recordings_kept`` serve the exact expression).
 RETAINED: Final = (
-    ("readings", "ts"),
-    ("ecg_recordings", "ts"),
+    ("readings", "max(ts, received_at)"),
+    ("ecg_recordings", "max(ts, created_at)"),
     ("ecg_chunks", "received_at"),
     ("dead_letters", "received_at"),
 )
 
 
 def retention_step(conn: sqlite3.Connection, cutoff_ms: int, batch: int) -> dict[str, int]:
-    """Delete at most ``batch`` rows per table older than ``cutoff_ms``; one short transaction."""
+    """Delete at most ``batch`` rows per table whose age expression is before ``cutoff_ms``
+    (both processing time and, for readings and recordings, event time); one short transaction."""
     deleted: dict[str, int] = {}
     for table, column in RETAINED:
         key = "rowid"
