@@ -15,9 +15,11 @@ reason and logged at most once per reason per minute; valid items next to them a
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import ssl
+import threading
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -60,6 +62,10 @@ RECONNECT_MAX_S: Final = 10
 RECEIVE_MAXIMUM: Final = 1000
 #: committed batches that may wait for scoring while the next batch commits.
 POST_QUEUE: Final = 4
+#: while the queue is full, paho's network thread waits in ``on_message`` (backpressure: it
+#: reads nothing more from the socket, so the broker keeps the rest queued) and looks this
+#: often (s) whether the consumer is stopping.
+BACKPRESSURE_POLL_S: Final = 0.2
 
 
 def epoch_ms() -> int:
@@ -196,6 +202,13 @@ class Consumer:
         self.connected = False
         self.newest_received = 0  #: arrival time of the newest committed message (epoch ms)
         self.committed_batches = 0
+        #: set while stopping: a network thread waiting for queue room gives up (not acked:
+        #: the broker redelivers on the next session)
+        self._closing = threading.Event()
+        #: times paho's thread had to wait for queue room (backpressure engaged)
+        self.backpressure_waits = 0
+        #: successful connections (1 = the first; more = reconnects)
+        self.connects = 0
         self.client = self._make_client()
 
     # ----------------------------------------------------------------------------- paho side
@@ -234,6 +247,7 @@ class Consumer:
             log.warning("MQTT connection refused: %s", reason)
             return
         self._generation += 1
+        self.connects += 1
         self.connected = True
         self._metrics.mqtt_connected.set(1)
         log.info("MQTT connected to %s (session present: %s)", self.settings.mqtt_url,
@@ -250,23 +264,33 @@ class Consumer:
         log.info("MQTT disconnected (%s); reconnecting in the background", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """Hand a message to the asyncio side, waiting while its queue is full: every message
+        paho delivered is taken, and while paho's thread waits it reads nothing more from the
+        broker, which keeps the rest (backpressure instead of drops)."""
         loop = self._loop
-        if loop is None or loop.is_closed():
+        if loop is None or loop.is_closed() or self._closing.is_set():
             return  # not acknowledged: redelivered on the next session
         item = Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._clock(),
                        self._generation)
-        loop.call_soon_threadsafe(self._put, item)
-
-    def _put(self, item: Inbound) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
-            # not acknowledged, so the broker keeps it for this session's next connection
+        if self._queue.full():
+            self.backpressure_waits += 1
             self._metrics.queue_full.inc()
+        fut = asyncio.run_coroutine_threadsafe(self._queue.put(item), loop)
+        while True:
+            try:
+                fut.result(BACKPRESSURE_POLL_S)
+                return
+            except concurrent.futures.TimeoutError:
+                if self._closing.is_set() or loop.is_closed():
+                    fut.cancel()  # not acknowledged: redelivered on the next session
+                    return
+            except (concurrent.futures.CancelledError, RuntimeError):
+                return  # the loop is shutting down
 
     def start(self) -> None:
         """Connect in the background (retrying while the broker is down)."""
         self._loop = asyncio.get_running_loop()
+        self._closing.clear()
         s = self.settings
         if s.mqtt_protocol == "5":
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -279,6 +303,7 @@ class Consumer:
         self.client.loop_start()
 
     def stop(self) -> None:
+        self._closing.set()
         self.client.disconnect()
         self.client.loop_stop()
         self.connected = False
@@ -301,6 +326,7 @@ class Consumer:
                 tg.create_task(self._ingest_loop())
                 tg.create_task(self._post_loop())
         finally:
+            self._closing.set()  # before awaiting: a network thread waiting for room lets go
             await asyncio.to_thread(self.stop)
 
     async def _ingest_loop(self) -> None:
@@ -357,7 +383,8 @@ class Consumer:
             items.extend(classify(msg, self.topics))
         if self._partition is not None:
             items = [item for item in items if self._mine(item)]
-        return store.commit_batch(conn, items, now=self._clock(), holder=self.settings.device_holder)
+        return store.commit_batch(conn, items, now=self._clock(), holder=self.settings.device_holder,
+                                  late_after_ms=int(self.settings.late_after_s * 1000))
 
     def _mine(self, item: store.Item) -> bool:
         """Whether this instance owns ``item`` under ``settings.partition`` (dead letters and

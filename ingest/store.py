@@ -21,6 +21,7 @@ are then reassembled into one ``ecg_recordings`` row whose ``samples`` are int32
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
@@ -126,6 +127,12 @@ CREATE TABLE IF NOT EXISTS dead_letters (
   received_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_received ON dead_letters (received_at);
+
+CREATE TABLE IF NOT EXISTS store_probe (   -- one row, rewritten by the health check's write probe
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  at INTEGER NOT NULL,
+  pad BLOB                           -- a fresh page's worth, so a full disk fails the probe too
+);
 
 CREATE TABLE IF NOT EXISTS gateways (
   gateway_id TEXT PRIMARY KEY,
@@ -233,6 +240,8 @@ class CommitResult:
     newest_received: int = 0
     #: per device: the union of the flags of its late readings in this batch
     late: dict[str, int] = field(default_factory=dict)
+    #: late readings of the batch by flag ("late", "clock_suspect")
+    late_counts: dict[str, int] = field(default_factory=dict)
     gaps: gaps.Update = field(default_factory=gaps.Update)
 
 
@@ -264,15 +273,19 @@ class Database:
         self._rlock = threading.Lock()
 
     def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(conn)`` in one transaction. A failed COMMIT (disk full, read-only) raises its
+        own error; the transaction is rolled back only if SQLite left it open."""
         with self._wlock:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(conn)
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):  # never hide the real error
+                        conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
             return result
 
     def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -459,6 +472,9 @@ def _insert_reading(
         out.duplicates += 1  # a history record already stored under another seq
     elif flags:
         out.late[r.device_id] = out.late.get(r.device_id, 0) | flags
+        for name, bit in (("late", FLAG_LATE), ("clock_suspect", FLAG_CLOCK_SUSPECT)):
+            if flags & bit:
+                out.late_counts[name] = out.late_counts.get(name, 0) + 1
 
 
 def _insert_chunk(conn: sqlite3.Connection, item: EcgChunkIn, user_code: str | None) -> bool:
@@ -691,6 +707,14 @@ def dead_letters(
         for i, t, p, r, d, at in rows
     ]
     return items, int(total)
+
+
+def write_probe(conn: sqlite3.Connection, now: int) -> None:
+    """A small real write (inside the caller's transaction): fails as a commit would on a full
+    or read-only store. It rewrites a row with a page-sized blob, so the commit needs new
+    pages (WAL frames), as a batch of readings does."""
+    conn.execute("INSERT OR REPLACE INTO store_probe (id, at, pad) VALUES (1, ?, zeroblob(4096))",
+                 (now,))
 
 
 def count_readings(conn: sqlite3.Connection) -> int:

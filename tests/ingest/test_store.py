@@ -215,6 +215,7 @@ def test_late_readings_are_flagged_and_kept_by_arrival_time(db: store.Database) 
             _rs(2, STREAM_A, received - 1000)]  # on time
     res = _commit(db, store.ReadingsIn("gw", DEV, late, received))
     assert res.late == {DEV: store.FLAG_LATE | store.FLAG_CLOCK_SUSPECT}
+    assert res.late_counts == {"late": 2, "clock_suspect": 1}
     flags = db.read_sync(lambda c: [r[0] for r in c.execute("SELECT flags FROM readings ORDER BY seq")])
     assert flags == [store.FLAG_LATE | store.FLAG_CLOCK_SUSPECT, store.FLAG_LATE, 0]
     # a 30-day retention right after arrival keeps all three (measured 40 days ago or not)...
