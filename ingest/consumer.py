@@ -209,6 +209,7 @@ class Consumer:
         self.backpressure_waits = 0
         #: successful connections (1 = the first; more = reconnects)
         self.connects = 0
+        self._started = False
         self.client = self._make_client()
 
     # ----------------------------------------------------------------------------- paho side
@@ -291,6 +292,11 @@ class Consumer:
         """Connect in the background (retrying while the broker is down)."""
         self._loop = asyncio.get_running_loop()
         self._closing.clear()
+        if self._started:
+            # a restart (after a store failure): a fresh client, as paho's loop_start on a
+            # stopped client leaks its wake-up socket pair
+            self.client = self._make_client()
+        self._started = True
         s = self.settings
         if s.mqtt_protocol == "5":
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
