@@ -322,6 +322,12 @@ class IngestService:
                         else " (buffered or history)")
 
     async def _gap_loop(self) -> None:
+        if self.settings.shared_group:
+            # a shared-subscription instance gets only a share of each device's messages: its
+            # "gaps" are its siblings' messages, not losses (docs/scaling.md); tracked, not acted on
+            log.info("shared subscription %r: sequence gaps are tracked but neither requested"
+                     " nor reported by this instance", self.settings.shared_group)
+            return
         while True:
             await asyncio.sleep(self.settings.gap_interval_s)
             await self.gap_pass()
