@@ -580,7 +580,11 @@ async def start_service(
 
 def run(settings: IngestSettings) -> None:
     """Run until SIGINT/SIGTERM (``vitalgate ingest``)."""
-    service = IngestService(settings)
+    try:
+        service = IngestService(settings)
+    except store.StoreOpenError as exc:
+        log.error("vitalgate ingest cannot start: %s", exc)  # one line, no traceback
+        raise SystemExit(1) from None
     log.info("vitalgate ingest: HTTP on %s:%d, MQTT %s", settings.http_host, settings.http_port,
              settings.mqtt_url)
     web.run_app(service.app, host=settings.http_host, port=settings.http_port, print=None,

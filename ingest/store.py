@@ -257,18 +257,26 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
+class StoreOpenError(RuntimeError):
+    """The store cannot be opened for writing (read-only or full data dir, not ours...)."""
+
+
 class Database:
     """The store's connections. ``write`` runs ``fn(conn)`` in one IMMEDIATE transaction."""
 
     def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._writer = _connect(path, synchronous)
         self._wlock = threading.Lock()
-        with self._wlock:
-            migrate(self._writer)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = _connect(path, synchronous)
+            with self._wlock:
+                migrate(self._writer)
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise StoreOpenError(f"store {path} cannot be opened for writing: {exc} (is the"
+                                 " data dir read-only or full?)") from exc
         self._reader = _connect(path, synchronous)
         self._rlock = threading.Lock()
 

@@ -225,3 +225,17 @@ async def test_full_disk_is_the_stores_failure_and_nothing_is_lost(
                 status, body = await api.get("/healthz")
                 assert status == 200 and body["data"]["store"]["ok"] is True
                 assert svc.service.metrics.store_failures.value(error="disk_full") >= 1
+
+
+def test_a_read_only_data_dir_is_named_at_start(tmp_path: Path) -> None:
+    """A store on a read-only filesystem: one clear error naming the file, not a traceback
+    from deep inside SQLite (the service logs it and exits 1)."""
+    with small_disk(tmp_path / "disk") as disk:
+        path = disk / "data" / "ingest.sqlite3"
+        store.Database(path, synchronous="NORMAL").close()
+        done = subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True,
+                              check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot remount read-only: {done.stderr.decode(errors='replace')[:200]}")
+        with pytest.raises(store.StoreOpenError, match=r"ingest\.sqlite3 cannot be opened for writing"):
+            store.Database(path, synchronous="NORMAL")
