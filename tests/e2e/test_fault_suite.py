@@ -47,6 +47,7 @@ from tests.e2e.harness import (
     expand,
     fleet_proc,
     gap_accounting,
+    gap_seqs,
     gateway_counters,
     gateway_pending,
     gateway_proc,
@@ -222,6 +223,10 @@ def test_fault_suite(tmp_path: Path) -> None:
         assert acc.duplicates == 0
         assert acc.extra == set()
         assert acc.missing <= still_buffered
+        # ingest's own gap tracking agrees: what it reports missing is still in a gateway's
+        # buffer (no false gap; with the line above, no silent difference either)
+        reported = {(d, s) for (d, _), seqs in gap_seqs(db).items() for s in seqs}
+        assert reported <= {(d, s) for d, s, _ in still_buffered}, sorted(reported)[:20]
         # EWS: produced = queued = delivered; the upstream got every body, extras are resends
         assert ews.produced > 0 and ews.unqueued == 0
         assert set(ews.states) == {"delivered"}, ews.states
