@@ -26,6 +26,7 @@ BENCHMARKS = (
     "fleet",          # fleet-mode readings/s onto Mosquitto vs raw paho publish
     "gateway",        # gateway CPU/RSS, publish latency, replay rate vs bare publish
     "ingest",         # publish→committed with scoring vs bare paho subscriber; p99 to EWS
+    "api_guards",     # REST body depth check vs json.loads; cached key check vs one SHA-256
 )
 #: a benchmark that takes longer than this is stopped and reported as such (s)
 TIMEOUT_S = 600

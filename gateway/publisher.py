@@ -7,7 +7,14 @@
 * paho callbacks run in paho's thread and do nothing but hand an event to the asyncio loop
   (``call_soon_threadsafe``) onto a bounded queue; the drain task consumes it.
 * At most ``inflight_window`` rows are unacknowledged at a time; a row leaves the buffer only on
-  its PUBACK (``on_publish`` with a success reason code) via the message id → row id map.
+  its PUBACK (``on_publish`` with a success reason code) via the message id → row id map. An
+  acknowledgement the buffer cannot record (a full disk) is kept in memory and retried; such a
+  row is not sent again meanwhile. No buffer error ends :meth:`Publisher.run`.
+* Every end of a connection backs off, a clean disconnect included, by the rules of
+  :mod:`gateway.mqtt_retry`; a client-id takeover (MQTT 5 "Session taken over", or repeated
+  short sessions) is one WARNING per episode, counted, and backs off with wide jitter.
+* ``republish`` commands (:meth:`Publisher.republish`): the requested readings still in the
+  buffer are published again, ``replayed: true``; what is no longer there is counted and logged.
 * Rows that were already in the buffer when a connection came up are published with
   ``replayed: true``.
 * Retained gateway status (last will ``{"v":1,"online":false}``), retained device statuses,
@@ -17,7 +24,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -26,12 +35,21 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.backoff import Backoff
-from gateway.buffer import Buffer, Row, RowKind
+from gateway.buffer import Buffer, BufferError, Row, RowKind
+from gateway.mqtt_retry import (
+    MQTT_RETRY_POLICY,
+    SESSION_TAKEN_OVER,
+    SHORT_SESSION_S,
+    SHORT_SESSIONS_FOR_TAKEOVER,
+    STABLE_SESSION_S,
+    MqttRetryRule,
+    Outcome,
+)
 from gateway.settings import GatewaySettings
 from vitalgate.contract import (
     Command,
@@ -46,16 +64,19 @@ from vitalgate.contract import (
 
 log = logging.getLogger(__name__)
 
-#: reconnect policy to the broker: first retry after ~1 s (a restarted Mosquitto is back within
-#: a second or two), doubling to at most 30 s so a returning broker is found within half a
-#: minute; ±50 % jitter so a ward's gateways do not reconnect in lockstep.
-MQTT_BACKOFF: Final = Backoff(initial_s=1.0, factor=2.0, max_s=30.0, jitter=0.5)
+#: reconnect policy to an unreachable broker (the rest is in :mod:`gateway.mqtt_retry`).
+MQTT_BACKOFF: Final = MQTT_RETRY_POLICY["unreachable"].backoff
 #: how long a CONNACK may take after the TCP/TLS connection is up.
 CONNACK_TIMEOUT_S: Final = 10.0
 #: how long a clean stop waits for the broker to acknowledge the "offline" status.
 STOP_TIMEOUT_S: Final = 3.0
 #: commands waiting for the session manager; more than this means nobody is consuming.
 COMMAND_QUEUE: Final = 32
+#: republished rows waiting for room in the in-flight window: two full ``republish`` ranges;
+#: a request beyond it is refused (counted, logged) and ingest asks again while the gap stays.
+REPUBLISH_QUEUE: Final = 20_000
+#: how often PUBACKs the buffer could not record (full disk) are tried again while connected.
+ACK_RETRY_S: Final = 1.0
 
 
 class ConnectRefused(ConnectionError):
@@ -74,6 +95,18 @@ class PublisherCounters:
     commands_rejected: int = 0
     commands_dropped: int = 0
     events_dropped: int = 0
+    #: every way a connection ended, counted (clean disconnects included)
+    disconnects: int = 0
+    #: connections the broker ended because another client took our client id
+    takeovers: int = 0
+    #: PUBACKs the buffer could not record yet (disk full); retried, the rows are not resent
+    acks_unrecorded: int = 0
+    #: republish: readings requested, found and published again, not in the buffer any more,
+    #: and refused because the republish queue was full
+    republish_requested: int = 0
+    republished: int = 0
+    republish_missing: int = 0
+    republish_refused: int = 0
 
 
 EventName = Literal["connack", "disconnected", "puback", "wake"]
@@ -85,6 +118,7 @@ class _Event:
     mid: int = 0
     failed: bool = False
     detail: str = ""
+    code: int | None = None
 
 
 @dataclass
@@ -92,6 +126,9 @@ class _Session:
     client: Client
     events: asyncio.Queue[_Event]
     inflight: dict[int, Row] = field(default_factory=dict)
+    #: when the CONNACK came (monotonic) and the disconnect that ended the session
+    up_since: float | None = None
+    ended: _Event | None = None
 
 
 class Publisher:
@@ -104,23 +141,35 @@ class Publisher:
         *,
         version: str = "",
         clock: Callable[[], float] = time.time,
-        backoff: Backoff = MQTT_BACKOFF,
+        backoff: Backoff | None = None,
+        policy: dict[Outcome, MqttRetryRule] = MQTT_RETRY_POLICY,
         rand: Callable[[], float] = random.random,
     ) -> None:
+        """``backoff``, if given, replaces every rule's backoff (tests use a fast one)."""
         self.settings = settings
         self.buffer = buffer
         self.topics = Topics(settings.prefix)
         self.version = version
         self.counters = PublisherCounters()
         self._clock = clock
-        self._backoff = backoff
+        self._policy = policy
+        self._backoff_override = backoff
         self._rand = rand
         self._window = settings.inflight_window
         self._devices: dict[str, DeviceStatus] = {}
         self._session: _Session | None = None
         self._commands: asyncio.Queue[Command] = asyncio.Queue(COMMAND_QUEUE)
         self._wake_pending = False
-        self._attempt = 0
+        #: attempts that grow each outcome's backoff: failed connects (reset by a CONNACK),
+        #: lost sessions (reset by one that lasted SHORT_SESSION_S), takeovers (reset when the
+        #: episode ends: a session that lasted STABLE_SESSION_S)
+        self._attempts: dict[Outcome, int] = dict.fromkeys(policy, 0)
+        self._short_sessions = 0
+        self._takeover_episode = 0  # takeovers in the current episode (0: none going on)
+        self._storage_failing = False
+        #: row ids the broker acknowledged that the buffer could not record yet (disk full)
+        self._unrecorded: set[int] = set()
+        self._republish: collections.deque[Row] = collections.deque()
 
     # ------------------------------------------------------------------ public
 
@@ -172,26 +221,83 @@ class Publisher:
         )
 
     async def run(self) -> None:
-        """Connect, drain, reconnect with backoff — until cancelled; then say offline and leave."""
+        """Connect, drain, reconnect with backoff — until cancelled; then say offline and leave.
+        Every end of a session backs off (:mod:`gateway.mqtt_retry`); nothing but cancellation
+        ends this loop."""
         broker = self.settings.broker
         while True:
+            quiet = False
+            outcome: Outcome
             try:
-                await self._run_session()
-            except (OSError, ConnectRefused, TimeoutError) as exc:
+                outcome, detail = await self._run_session()
+                quiet = outcome == "takeover" and self._takeover_episode > 1
+                self._storage_failing = False
+            except ConnectRefused as exc:
+                outcome, detail = "refused", str(exc)
                 self.counters.connect_failures += 1
-                delay = self._backoff.delay(self._attempt, self._rand)
-                self._attempt += 1
-                log.warning("MQTT broker %s:%d: %s; retrying in %.1f s", broker.host, broker.port,
-                            exc or type(exc).__name__, delay)
-                await asyncio.sleep(delay)
+            except (OSError, TimeoutError) as exc:
+                outcome, detail = "unreachable", str(exc) or type(exc).__name__
+                self.counters.connect_failures += 1
+            except BufferError as exc:  # the buffer says why (its state); once per episode here
+                outcome, detail = "storage", str(exc)
+                quiet = self._storage_failing
+                self._storage_failing = True
+            rule = self._policy[outcome]
+            backoff = self._backoff_override or rule.backoff
+            delay = backoff.delay(self._attempts[outcome], self._rand)
+            self._attempts[outcome] += 1
+            (log.debug if quiet else log.warning)(
+                "MQTT broker %s:%d: %s (%s); retrying in %.1f s", broker.host, broker.port, detail,
+                outcome, delay)
+            await asyncio.sleep(delay)
+
+    def _session_ended(self, s: _Session) -> tuple[Outcome, str]:
+        """Classify how an established session ended, and track takeover episodes."""
+        self.counters.disconnects += 1
+        lasted = time.monotonic() - (s.up_since or time.monotonic())
+        code = s.ended.code if s.ended is not None else None
+        detail = s.ended.detail if s.ended is not None else "publish failed"
+        if lasted >= SHORT_SESSION_S:
+            self._attempts["lost"] = 0
+        if lasted >= STABLE_SESSION_S:
+            self._attempts["takeover"] = 0
+            self._short_sessions = 0
+            if self._takeover_episode:
+                log.info("MQTT client id %s: no takeover for %.0f s; the episode is over (%d takeovers)",
+                         self.settings.client_id, lasted, self._takeover_episode)
+                self._takeover_episode = 0
+        self._short_sessions = self._short_sessions + 1 if lasted < SHORT_SESSION_S else 0
+        # within an episode, any session that ends before it was stable is the same fight
+        taken = (code == SESSION_TAKEN_OVER or self._short_sessions >= SHORT_SESSIONS_FOR_TAKEOVER
+                 or (self._takeover_episode > 0 and lasted < STABLE_SESSION_S))
+        if not taken:
+            return "lost", f"connection lost after {lasted:.1f} s ({detail}); {len(self.buffer)} rows stay buffered"
+        self.counters.takeovers += 1
+        self._takeover_episode += 1
+        if self._takeover_episode == 1:
+            log.warning(
+                "MQTT client id %s is taken over by another client (%s; is gateway_id %s running on "
+                "another machine too?): backing off with jitter while this lasts; further takeovers "
+                "are counted in status (mqtt.takeovers), not logged",
+                self.settings.client_id,
+                "broker: session taken over" if code == SESSION_TAKEN_OVER
+                else f"{self._short_sessions} sessions in a row ended within {SHORT_SESSION_S:.0f} s",
+                self.settings.gateway_id)
+        return "takeover", f"session taken over after {lasted:.1f} s ({self._takeover_episode} in this episode)"
 
     # ------------------------------------------------------------------ session
 
     def _make_client(self, loop: asyncio.AbstractEventLoop, events: asyncio.Queue[_Event]) -> Client:
         st = self.settings
         broker = st.broker
-        client = Client(CallbackAPIVersion.VERSION2, client_id=st.client_id, clean_session=True,
-                        reconnect_on_failure=False)
+        # MQTT 3.1.1 by default (as ingest: Mosquitto 2.0.11's MQTT 5 flow control is off, see
+        # docs/reliability.md); with "5" a broker may name why it ends a session
+        if st.mqtt_protocol == "5":
+            client = Client(CallbackAPIVersion.VERSION2, client_id=st.client_id,
+                            protocol=MQTTProtocolVersion.MQTTv5, reconnect_on_failure=False)
+        else:
+            client = Client(CallbackAPIVersion.VERSION2, client_id=st.client_id, clean_session=True,
+                            protocol=MQTTProtocolVersion.MQTTv311, reconnect_on_failure=False)
         if broker.tls:
             client.tls_set(
                 ca_certs=str(st.mqtt_ca) if st.mqtt_ca else None,
@@ -208,7 +314,8 @@ class Publisher:
             loop.call_soon_threadsafe(self._offer, events, _Event("connack", failed=rc.is_failure, detail=str(rc)))
 
         def on_disconnect(c: Client, u: Any, f: DisconnectFlags, rc: ReasonCode, p: Properties | None) -> None:
-            loop.call_soon_threadsafe(self._offer, events, _Event("disconnected", detail=str(rc)))
+            loop.call_soon_threadsafe(self._offer, events, _Event("disconnected", detail=str(rc),
+                                                                   code=rc.value))
 
         def on_publish(c: Client, u: Any, mid: int, rc: ReasonCode, p: Properties) -> None:
             loop.call_soon_threadsafe(self._offer, events, _Event("puback", mid=mid, failed=rc.is_failure,
@@ -229,13 +336,16 @@ class Publisher:
         except asyncio.QueueFull:  # cannot happen for PUBACKs (bounded by the window); counted
             self.counters.events_dropped += 1
 
-    async def _run_session(self) -> None:
+    async def _run_session(self) -> tuple[Outcome, str]:
         loop = asyncio.get_running_loop()
         # PUBACKs are bounded by the window; a few more for connack/disconnect/wake
         events: asyncio.Queue[_Event] = asyncio.Queue(2 * self._window + 16)
         client = self._make_client(loop, events)
         broker = self.settings.broker
-        await loop.run_in_executor(None, client.connect, broker.host, broker.port, self.settings.mqtt_keepalive_s)
+        connect = functools.partial(client.connect, broker.host, broker.port, self.settings.mqtt_keepalive_s)
+        if self.settings.mqtt_protocol == "5":
+            connect = functools.partial(connect, clean_start=True)
+        await loop.run_in_executor(None, connect)
         client.loop_start()
         session = _Session(client, events)
         try:
@@ -244,14 +354,17 @@ class Publisher:
             if first.name != "connack" or first.failed:
                 raise ConnectRefused(f"broker refused the connection: {first.detail}")
             self._session = session
+            session.up_since = time.monotonic()
+            for outcome in ("unreachable", "refused", "storage"):
+                self._attempts[outcome] = 0
             self._wake_pending = False
-            self._attempt = 0
             self.counters.connects += 1
-            log.info("connected to MQTT broker %s:%d", broker.host, broker.port)
+            (log.debug if self._takeover_episode else log.info)(
+                "connected to MQTT broker %s:%d", broker.host, broker.port)
             client.subscribe(self.topics.cmd(self.settings.gateway_id), qos=1)
             self._publish_statuses(client)
             await self._drain(session)
-            log.warning("MQTT connection lost; %d rows stay buffered", len(self.buffer))
+            return self._session_ended(session)
         except asyncio.CancelledError:
             if client.is_connected():
                 await self._say_offline(client)
@@ -275,16 +388,30 @@ class Publisher:
                 await asyncio.to_thread(info.wait_for_publish, STOP_TIMEOUT_S)
 
     async def _drain(self, s: _Session) -> None:
-        """Publish rows in id order with at most ``window`` in flight; return when disconnected."""
+        """Publish rows in id order with at most ``window`` in flight (republished rows first);
+        return when disconnected (``s.ended`` says how)."""
         gid = self.settings.gateway_id
         replay_upto = self.buffer.max_id()  # rows older than this connection are late
         cursor = 0
         status_every = self.settings.status_interval_s
         next_status = time.monotonic() + status_every
+        again: set[int] = set()  # message ids of republished rows
         while True:
             room = self._window - len(s.inflight)
+            while room > 0 and self._republish:
+                row = self._republish.popleft()
+                info = s.client.publish(self.topics.reading(gid, row.device_id), _payload(row, True), qos=1)
+                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self._republish.appendleft(row)
+                    return
+                s.inflight[info.mid] = row
+                again.add(info.mid)
+                room -= 1
             if room > 0:
                 for row in self.buffer.pending(cursor, room):
+                    cursor = row.id
+                    if row.id in self._unrecorded:
+                        continue  # the broker has it; only the buffer does not know yet
                     replayed = row.id <= replay_upto
                     topic = (self.topics.reading(gid, row.device_id) if row.kind is RowKind.READING
                              else self.topics.ecg(gid, row.device_id))
@@ -292,11 +419,13 @@ class Publisher:
                     if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                         return  # the connection is going; the rows stay buffered
                     s.inflight[info.mid] = row
-                    cursor = row.id
                     self.counters.published += 1
                     self.counters.replayed += replayed
+            wait = max(0.0, next_status - time.monotonic())
+            if self._unrecorded:
+                wait = min(wait, ACK_RETRY_S)
             try:
-                async with asyncio.timeout(max(0.0, next_status - time.monotonic())):
+                async with asyncio.timeout(wait):
                     event = await s.events.get()
             except TimeoutError:
                 event = None
@@ -310,24 +439,82 @@ class Publisher:
                     if ev.mid not in s.inflight:
                         continue  # a retained status publish
                     row = s.inflight.pop(ev.mid)
+                    republished = ev.mid in again
+                    again.discard(ev.mid)
                     if ev.failed:
                         self.counters.ack_failures += 1
                         log.warning("broker rejected row %d (%s); it stays buffered", row.id, ev.detail)
+                    elif republished:
+                        self.counters.republished += 1
+                        acked.append(row.id)  # a no-op if it was acknowledged before
                     else:
                         acked.append(row.id)
+                        self.counters.acked += 1
                 elif ev.name == "wake":
                     self._wake_pending = False
                 elif ev.name == "disconnected":
+                    s.ended = ev
                     lost = True
-            if acked:
-                self.buffer.ack(acked)
-                self.counters.acked += len(acked)
+            self._record_acks(acked)
             if lost:
                 return
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + status_every
                 s.client.publish(self.topics.gateway_status(gid), self.gateway_status().to_bytes(),
                                  qos=1, retain=True)
+
+    def _record_acks(self, acked: list[int]) -> None:
+        """Tell the buffer what the broker has. If it cannot write (disk full), the ids wait here
+        (and those rows are not sent again) until a later attempt succeeds."""
+        if not acked and not self._unrecorded:
+            return
+        ids = self._unrecorded.union(acked)
+        try:
+            self.buffer.ack(ids)
+        except BufferError as exc:
+            if not self._unrecorded:
+                log.warning("cannot record %d PUBACKs in the buffer (%s); retrying every %.0f s",
+                            len(ids), exc, ACK_RETRY_S)
+            self._unrecorded = ids
+        else:
+            if self._unrecorded:
+                log.info("recorded %d PUBACKs the buffer could not take before", len(self._unrecorded))
+            self._unrecorded = set()
+        self.counters.acks_unrecorded = len(self._unrecorded)
+
+    # ------------------------------------------------------------------ republish
+
+    def republish(self, cmd: Command) -> None:
+        """Queue this device's readings of ``cmd.stream`` in ``from_seq..to_seq`` that are still
+        in the buffer for publishing again (``replayed: true``); what is not there any more is
+        counted and logged (ingest keeps it as a gap)."""
+        assert cmd.stream is not None and cmd.from_seq is not None and cmd.to_seq is not None
+        wanted = cmd.to_seq - cmd.from_seq + 1
+        self.counters.republish_requested += wanted
+        try:
+            rows = self.buffer.readings_range(cmd.device_id, cmd.stream, cmd.from_seq, cmd.to_seq)
+        except BufferError as exc:
+            self.counters.republish_missing += wanted
+            log.warning("republish %s stream %s seq %d..%d: cannot read the buffer: %s", cmd.device_id,
+                        cmd.stream, cmd.from_seq, cmd.to_seq, exc)
+            return
+        unique: dict[int, Row] = {}
+        for r in rows:
+            unique.setdefault(r.seq, r)
+        if len(self._republish) + len(unique) > REPUBLISH_QUEUE:
+            self.counters.republish_refused += wanted
+            log.warning("republish %s stream %s seq %d..%d refused: %d rows already queued", cmd.device_id,
+                        cmd.stream, cmd.from_seq, cmd.to_seq, len(self._republish))
+            return
+        self._republish.extend(unique.values())
+        missing = wanted - len(unique)
+        self.counters.republish_missing += missing
+        this = "this buffer's" if cmd.stream == self.buffer.stream else "another (older) buffer's"
+        (log.warning if missing else log.info)(
+            "republish %s stream %s (%s) seq %d..%d: %d of %d readings found%s", cmd.device_id, cmd.stream,
+            this, cmd.from_seq, cmd.to_seq, wanted - missing, wanted,
+            f"; {missing} are no longer in the buffer" if missing else "")
+        self.notify()
 
     # ------------------------------------------------------------------ commands
 

@@ -146,3 +146,14 @@ class GatewaySettings(ServiceSettings):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    # --- issue 12, gateway side: buffer durability (kept acknowledged readings for `republish`) ---
+    #: acknowledged readings kept in the buffer so ingest can ask for a gap again (0: none kept);
+    #: they count toward buffer_max_rows / buffer_max_bytes and are the first to make room.
+    buffer_keep_acked_rows: int = Field(default=10_000, ge=0, le=5_000_000)
+    #: … and for at most this long after their PUBACK.
+    buffer_keep_acked_s: float = Field(default=6 * 3600.0, ge=0, le=30 * 86400.0)
+    #: MQTT protocol of the publisher (the same setting as ingest's): "3.1.1" by default because
+    #: Mosquitto 2.0.11's MQTT 5 flow control is unreliable (docs/reliability.md); with "5" the
+    #: broker can say "Session taken over" (gateway/mqtt_retry.py detects takeovers either way).
+    mqtt_protocol: Literal["5", "3.1.1"] = "3.1.1"

@@ -61,12 +61,20 @@ def write_state(path: Path, state: dict[str, Any]) -> None:
 
 
 async def state_file_loop(snapshot: Snapshot, path: Path, period_s: float = STATE_FILE_PERIOD_S) -> None:
+    """Rewrite the state file every ``period_s``; a failure (a full disk) is logged once until a
+    write succeeds again, not every period."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    failed = 0
     while True:
         try:
             write_state(path, snapshot())
         except OSError as exc:
-            log.warning("cannot write state file %s: %s", path, exc)
+            (log.debug if failed else log.warning)("cannot write state file %s: %s", path, exc)
+            failed += 1
+        else:
+            if failed:
+                log.info("state file %s written again (after %d failed writes)", path, failed)
+            failed = 0
         await asyncio.sleep(period_s)
 
 
@@ -101,6 +109,21 @@ def render(state: dict[str, Any], source: str) -> str:
         f" (ECG {buf.get('evicted_ecg', 0)}, readings {buf.get('evicted_readings', 0)}),"
         f" publish lag {buf.get('lag_s', 0):.1f} s",
     ]
+    storage = str(buf.get("state", "ok"))
+    lines.append(
+        f"  storage: {storage.upper() if storage != 'ok' else 'ok'}"
+        + (f" since {_when(buf.get('state_since_ms'))} UTC ({buf.get('last_error')})" if storage != "ok" else "")
+        + f", {buf.get('write_failures', 0)} failed writes; stream {buf.get('stream')},"
+        f" {buf.get('kept', 0)} acknowledged readings kept for republish"
+    )
+    if buf.get("corrupt_set_aside"):
+        lines.append(f"  damaged buffers set aside: {buf.get('corrupt_set_aside')}"
+                     f" ({', '.join(buf.get('set_aside_files', []))}), rows salvaged {buf.get('salvaged', 0)}")
+    if mqtt.get("takeovers") or mqtt.get("acks_unrecorded") or mqtt.get("republish_requested"):
+        lines.append(f"  mqtt: disconnects {mqtt.get('disconnects', 0)}, client-id takeovers {mqtt.get('takeovers', 0)},"
+                     f" PUBACKs not yet recorded {mqtt.get('acks_unrecorded', 0)}; republish: requested"
+                     f" {mqtt.get('republish_requested', 0)}, sent {mqtt.get('republished', 0)},"
+                     f" no longer buffered {mqtt.get('republish_missing', 0)}")
     ble = state.get("ble", {})
     lines.append(f"  ble ({ble.get('backend')}): {ble.get('advertisements', 0)} advertisements,"
                  f" scanner restarts {ble.get('scanner_restarts', 0)}")

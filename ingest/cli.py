@@ -1,4 +1,4 @@
-"""``vitalgate ingest`` (run the service) and ``vitalgate keys create|list|revoke``."""
+"""``vitalgate ingest`` (run the service) and ``vitalgate keys create|list|revoke|retire-bootstrap``."""
 
 from __future__ import annotations
 
@@ -22,12 +22,20 @@ def register(subparsers: Any) -> None:
     ks = k.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     c = ks.add_parser("create", help="create a key and print it (shown once)")
     c.add_argument("name")
+    c.add_argument("--scope", required=True, metavar="SCOPES",
+                   help="comma-separated: read, clinical, platform, admin (admin holds all)")
+    c.add_argument("--holder", metavar="H",
+                   help="limit the key to devices with this device_holder and their patients")
     c.set_defaults(func=keys_create)
-    ks.add_parser("list", help="list keys (names and dates, never the keys)").set_defaults(
-        func=keys_list)
-    r = ks.add_parser("revoke", help="revoke a key")
+    ks.add_parser("list", help="list keys (names, scopes, holder, dates; never the keys)"
+                  ).set_defaults(func=keys_list)
+    r = ks.add_parser("revoke", help="revoke a key (the service refuses it within 1 s)")
     r.add_argument("name")
     r.set_defaults(func=keys_revoke)
+    b = ks.add_parser("retire-bootstrap",
+                      help="stop accepting VITALGATE_API_KEY (within 1 s); --undo accepts it again")
+    b.add_argument("--undo", action="store_true")
+    b.set_defaults(func=keys_retire_bootstrap)
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Any:
@@ -58,16 +66,23 @@ def _now() -> int:
 def keys_create(args: argparse.Namespace) -> int:
     from ingest import keys
 
+    try:
+        scopes = keys.parse_scopes(args.scope)
+    except keys.ApiKeyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     db = _db(args)
     try:
-        key = db.write_sync(lambda c: keys.create(c, args.name, _now()))
+        key = db.write_sync(lambda c: keys.create(c, args.name, _now(), scopes, args.holder))
     except keys.ApiKeyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         db.close()
     sys.stdout.write(f"{key}\n")
-    sys.stderr.write(f"key {args.name!r} created; it is shown only this once\n")
+    limit = f", limited to device_holder {args.holder!r}" if args.holder else ""
+    sys.stderr.write(f"key {args.name!r} created with scope {','.join(scopes)}{limit}; "
+                     "it is shown only this once\n")
     return 0
 
 
@@ -77,15 +92,20 @@ def keys_list(args: argparse.Namespace) -> int:
     db = _db(args)
     try:
         rows = db.read_sync(keys.list_keys)
+        retired = db.read_sync(keys.bootstrap_retired_at)
     finally:
         db.close()
 
     def fmt(ms: int | None) -> str:
         return "-" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
+    sys.stdout.write("NAME\tSCOPES\tHOLDER\tCREATED\tSTATE\n")
     for k in rows:
         state = "revoked " + fmt(k.revoked_at) if k.revoked_at else "active"
-        sys.stdout.write(f"{k.name}\tcreated {fmt(k.created_at)}\t{state}\n")
+        sys.stdout.write(f"{k.name}\t{','.join(k.scopes)}\t{k.holder or '-'}\t"
+                         f"{fmt(k.created_at)}\t{state}\n")
+    boot = "retired " + fmt(retired) if retired is not None else "accepted when set"
+    sys.stdout.write(f"(VITALGATE_API_KEY)\tadmin\t-\t-\t{boot}\n")
     return 0
 
 
@@ -101,4 +121,17 @@ def keys_revoke(args: argparse.Namespace) -> int:
         print(f"error: no active key named {args.name!r}", file=sys.stderr)
         return 1
     sys.stdout.write(f"revoked {args.name}\n")
+    return 0
+
+
+def keys_retire_bootstrap(args: argparse.Namespace) -> int:
+    from ingest import keys
+
+    db = _db(args)
+    try:
+        db.write_sync(lambda c: keys.retire_bootstrap(c, _now(), undo=args.undo))
+    finally:
+        db.close()
+    sys.stdout.write("the bootstrap key VITALGATE_API_KEY is accepted again\n" if args.undo else
+                     "the bootstrap key VITALGATE_API_KEY is retired (refused within 1 s)\n")
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -166,38 +167,109 @@ def risk_of(point: int, result: str) -> str:
     return "low"
 
 
-def parse_external(body: object) -> tuple[str, int, str, tuple[str, ...], int]:
+#: bounds of a POST /ews body beyond the chart: at most this many ``cause`` strings of at most
+#: CAUSE_CHARS each (a NEWS2 score has at most 7 scoring parameters), at most this many
+#: ``components`` named like the engine's (``respiratory_rate``...), each scoring 0..3.
+MAX_CAUSES: Final = 16
+CAUSE_CHARS: Final = 128
+MAX_COMPONENTS: Final = 16
+_COMPONENT_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_POINT_TEXT: Final = re.compile(r"[0-9]{1,3}")
+_MS_TEXT: Final = re.compile(r"[0-9]{1,15}")
+MAX_MS: Final = 10**14
+
+
+def results_for(point: int, components: Mapping[str, int] | None = None) -> tuple[str, ...]:
+    """The Cexup result words a total of ``point`` may carry on the chart: 0 normal; 1-2 rendah
+    (a parameter scoring 3 makes the total at least 3); 3-4 rendah, or sedang when a single
+    parameter scores 3, which only ``components`` can tell (without them both are accepted);
+    5-6 sedang; 7 and more tinggi."""
+    if point == 0:
+        return ("normal",)
+    if point <= 2:
+        return ("rendah",)
+    if point <= 4:
+        if components is None:
+            return ("rendah", "sedang")
+        return ("sedang",) if 3 in components.values() else ("rendah",)
+    if point <= 6:
+        return ("sedang",)
+    return ("tinggi",)
+
+
+def _components(raw: object) -> dict[str, int] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or len(raw) > MAX_COMPONENTS:
+        raise EwsInputError("components", f"must be an object of at most {MAX_COMPONENTS} "
+                                          "parameter → points (0..3)")
+    out: dict[str, int] = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or not _COMPONENT_RE.fullmatch(name):
+            raise EwsInputError("components", f"parameter names must match "
+                                              f"{_COMPONENT_RE.pattern}, got {name!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 3:
+            raise EwsInputError("components", f"{name}: points must be an integer 0..3, got {value!r}")
+        out[name] = value
+    return out
+
+
+def parse_external(
+    body: object, *, max_point: int = MAX_POINT, now_ms: int | None = None,
+    max_future_ms: int | None = None,
+) -> tuple[str, int, str, tuple[str, ...], int]:
     """Validate a Cexup POST /ews body → (user_code, point, result, cause, produce_at).
-    Raises EwsInputError naming the field. Unknown extra fields are ignored, as Cexup does."""
+    Raises EwsInputError naming the field. Unknown extra fields are ignored, as Cexup does.
+
+    ``point`` is at most ``max_point`` (the chart's maximum total) and must agree with
+    ``result`` (:func:`results_for`; the optional vitalgate extension ``components`` decides
+    3-4). With ``now_ms`` and ``max_future_ms``, a ``produce_at`` later than ``now_ms +
+    max_future_ms`` (processing time) is refused."""
     if not isinstance(body, Mapping):
         raise EwsInputError("body", "must be a JSON object")
     user_code = body.get("user_code")
-    if not isinstance(user_code, str) or not USER_CODE_RE.match(user_code):
+    if not isinstance(user_code, str) or not USER_CODE_RE.fullmatch(user_code):
         raise EwsInputError("user_code", f"must match {USER_CODE_RE.pattern}, got {user_code!r}")
     point = body.get("point")
-    if isinstance(point, str) and point.strip().isdigit():
-        point = int(point)
+    if isinstance(point, str) and _POINT_TEXT.fullmatch(point.strip()):
+        point = int(point.strip())
     if isinstance(point, float) and point.is_integer():
         point = int(point)
-    if not isinstance(point, int) or isinstance(point, bool) or not 0 <= point <= MAX_POINT:
-        raise EwsInputError("point", f"must be an integer 0..{MAX_POINT}, got {point!r}")
+    if not isinstance(point, int) or isinstance(point, bool) or not 0 <= point <= max_point:
+        raise EwsInputError("point", f"must be an integer 0..{max_point}, got {point!r}")
     result = body.get("result")
     if result not in RESULTS:
         raise EwsInputError("result", f"must be one of {', '.join(RESULTS)}, got {result!r}")
     assert isinstance(result, str)
     raw_at = body.get("produce_at")
     produce_at: int | None = None
-    if isinstance(raw_at, str) and raw_at.strip().isdigit():
+    if isinstance(raw_at, str) and _MS_TEXT.fullmatch(raw_at.strip()):
         produce_at = int(raw_at.strip())
     elif isinstance(raw_at, int) and not isinstance(raw_at, bool):
         produce_at = raw_at
     elif isinstance(raw_at, float) and math.isfinite(raw_at) and raw_at.is_integer():
         produce_at = int(raw_at)
-    if produce_at is None or not 0 <= produce_at < 10**14:
+    if produce_at is None or not 0 <= produce_at < MAX_MS:
         raise EwsInputError("produce_at", f"must be epoch milliseconds (string or number), got {raw_at!r}")
+    if now_ms is not None and max_future_ms is not None and produce_at > now_ms + max_future_ms:
+        raise EwsInputError("produce_at", f"{produce_at} is {produce_at - now_ms} ms after the "
+                                          f"service clock ({now_ms}); at most {max_future_ms} ms "
+                                          "ahead is accepted")
     cause_raw = body.get("cause", [])
-    if not isinstance(cause_raw, list) or not all(isinstance(c, str) for c in cause_raw):
-        raise EwsInputError("cause", "must be a list of strings")
+    if (not isinstance(cause_raw, list) or len(cause_raw) > MAX_CAUSES
+            or not all(isinstance(c, str) and len(c) <= CAUSE_CHARS for c in cause_raw)):
+        raise EwsInputError("cause", f"must be a list of at most {MAX_CAUSES} strings of at most "
+                                     f"{CAUSE_CHARS} characters")
+    # the fields agree with each other (each is valid on its own by now)
+    components = _components(body.get("components"))
+    if components is not None and sum(components.values()) != point:
+        raise EwsInputError("point, components", f"point {point} is not the sum of components "
+                                     f"({sum(components.values())})")
+    allowed = results_for(point, components)
+    if result not in allowed:
+        raise EwsInputError("point, result", f"point {point} and result {result!r} disagree on the chart: "
+                                     f"point {point} is {' or '.join(allowed)}"
+                                     + (" (components decide)" if components is not None else ""))
     return user_code, point, result, tuple(cause_raw), produce_at
 
 
@@ -484,35 +556,54 @@ class EwsEngine:
             codes = sorted(c for c, s in self._patients.items() if s.current is not None)
         return [p for p in (self.current(c) for c in codes) if p is not None]
 
-    def history(self, user_code: str, *, page: int, size: int) -> tuple[list[EwsPoint], int]:
-        """One page (1-based) of the patient's points, newest first, and the total count."""
+    def history(self, user_code: str, *, page: int, size: int, start: int = 0,
+                end: int = MAX_MS) -> tuple[list[EwsPoint], int]:
+        """One page (1-based) of the patient's points with ``start <= produce_at <= end``,
+        newest ``produce_at`` first (then newest row), and the total count."""
         with self.lock:
+            self._db.execute(_HISTORY_INDEX)
+            where = "WHERE user_code = ? AND produce_at BETWEEN ? AND ?"
+            args = (user_code, start, end)
             total = int(self._db.execute(
-                "SELECT COUNT(*) FROM ews_history WHERE user_code = ?", (user_code,)).fetchone()[0])
+                f"SELECT COUNT(*) FROM ews_history {where}", args).fetchone()[0])
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM ews_history WHERE user_code = ? ORDER BY id DESC"
-                " LIMIT ? OFFSET ?", (user_code, size, (page - 1) * size)).fetchall()
+                f"SELECT {_COLUMNS} FROM ews_history {where} ORDER BY produce_at DESC, id DESC"
+                " LIMIT ? OFFSET ?", (*args, size, (page - 1) * size)).fetchall()
         return [_point_from_row(r) for r in rows], total
 
-    def record_external(self, body: object) -> EwsPoint:
+    def record_external(self, body: object, *, max_future_ms: int | None = None) -> EwsPoint:
         """POST /ews: a score made elsewhere (Cexup body). Recorded in the history and served as
         current when newest; not posted upstream (it came from the platform's side) and not used
-        by the emission policy. Raises EwsInputError naming a bad field."""
-        user_code, point, result, cause, produce_at = parse_external(body)
+        by the emission policy. Raises EwsInputError naming a bad field.
+
+        Idempotent: the same (user_code, point, result, produce_at) again returns the row
+        recorded the first time (a platform retrying a timed-out POST adds nothing).
+        ``max_future_ms``: refuse a produce_at further than this after the engine's clock."""
+        now = self.clock()
+        user_code, point, result, cause, produce_at = parse_external(
+            body, max_point=self._scorer.table.max_total, now_ms=now, max_future_ms=max_future_ms)
+        components = _components(body.get("components") if isinstance(body, Mapping) else None)
         p = EwsPoint(user_code=user_code, point=point, result=result, risk=risk_of(point, result),
-                     cause=cause, partial=False, missing=(), components={}, produce_at=produce_at,
-                     trigger=Trigger.EXTERNAL.value, source="external")
+                     cause=cause, partial=False, missing=(), components=components or {},
+                     produce_at=produce_at, trigger=Trigger.EXTERNAL.value, source="external")
         with self.lock:
-            now = self.clock()
             p = replace(p, emitted_at=now)
+            self._db.execute(_HISTORY_INDEX)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                p = replace(p, id=self._insert_history(p))
+                row = self._db.execute(
+                    f"SELECT {_COLUMNS} FROM ews_history WHERE user_code = ? AND produce_at = ?"
+                    " AND point = ? AND result = ? AND source = 'external' ORDER BY id LIMIT 1",
+                    (user_code, produce_at, point, result)).fetchone()
+                if row is None:
+                    p = replace(p, id=self._insert_history(p))
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+            if row is not None:
+                return _point_from_row(row)
             state = self._patient(user_code)
             became_current = state.current is None or p.produce_at >= state.current.produce_at
             if became_current:
@@ -536,6 +627,9 @@ class EwsEngine:
             self._db.close()
 
 
+#: serves history() (by produce_at) and record_external()'s duplicate lookup.
+_HISTORY_INDEX: Final = ("CREATE INDEX IF NOT EXISTS ews_history_produce_at"
+                         " ON ews_history (user_code, produce_at)")
 _COLUMNS: Final = ("id, user_code, point, result, risk, cause, partial, missing, components,"
                    " produce_at, emitted_at, trigger, source")
 
@@ -550,4 +644,4 @@ def _point_from_row(r: Sequence[Any]) -> EwsPoint:
 
 
 __all__ = ["RISK_ORDER", "EmitPolicy", "EwsEngine", "EwsInputError", "EwsPoint", "parse_external",
-           "validate_context"]
+           "results_for", "validate_context"]

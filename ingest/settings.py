@@ -159,6 +159,14 @@ class IngestSettings(ServiceSettings):
     def influx_enabled(self) -> bool:
         return bool(self.influx_url and self.influx_bucket)
 
+    # --- HTTP hardening and EWS API (issue 11/15, helper h2) ---------------------------------
+    #: a request body must arrive within this many seconds of the handler asking for it
+    #: (processing time), else 408: a client trickling a body cannot hold a connection open.
+    http_body_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    #: POST /ews: a produce_at later than now (the service clock) plus this is refused (422): a
+    #: score stamped in the future would sort as the patient's current score until then.
+    ews_future_skew_s: float = Field(default=300.0, ge=0, le=86_400)
+
     # --- durability: gaps, late data, store failures (issue 12, helper h6) -------------------
     #: a reading measured (event time) more than this long before it arrived (processing
     #: time) is stored flagged ``late`` (and ``clock_suspect`` if it claims to be live), counted

@@ -274,6 +274,7 @@ class Database:
             self._writer = _connect(path, synchronous)
             with self._wlock:
                 migrate(self._writer)
+                keys.migrate(self._writer)  # api_keys made before scopes: add the columns
         except (OSError, sqlite3.OperationalError) as exc:
             raise StoreOpenError(f"store {path} cannot be opened for writing: {exc} (is the"
                                  " data dir read-only or full?)") from exc

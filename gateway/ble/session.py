@@ -29,7 +29,7 @@ from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from pydantic import ValidationError
 
-from gateway.buffer import Measurement
+from gateway.buffer import BufferError, Measurement
 from gateway.clock import Clock
 from gateway.e86.clock import set_clock, watch_local_to_utc_ms
 from gateway.e86.commands import (
@@ -108,6 +108,10 @@ class SessionCounters:
     ecg_recordings: int = 0
     ecg_samples: int = 0
     commands_failed: int = 0
+    #: real-time readings / ECG chunks the buffer could not store (disk full): the watch keeps
+    #: its periodic measurements in its history, which is synced once the buffer writes again
+    readings_not_stored: int = 0
+    ecg_chunks_not_stored: int = 0
 
 
 class EcgRecording:
@@ -124,6 +128,7 @@ class EcgRecording:
         self.seq = 0
         self._pending: list[int] = []
         self._emitted = 0
+        self.not_stored = 0
         self.complete = asyncio.Event()
         self.finished = False
 
@@ -147,11 +152,14 @@ class EcgRecording:
             self._pending = []
 
     def _emit(self, samples: list[int], last: bool) -> None:
-        self.sink.add_ecg(EcgChunk(
-            device_id=self.watch.device_id, recording=self.recording, seq=self.seq,
-            ts=self.start_ms + self._emitted * 1000 // ECG_SAMPLE_RATE, fs=ECG_SAMPLE_RATE,
-            samples=samples, last=last, user_code=self.watch.user_code,
-        ))
+        try:
+            self.sink.add_ecg(EcgChunk(
+                device_id=self.watch.device_id, recording=self.recording, seq=self.seq,
+                ts=self.start_ms + self._emitted * 1000 // ECG_SAMPLE_RATE, fs=ECG_SAMPLE_RATE,
+                samples=samples, last=last, user_code=self.watch.user_code,
+            ))
+        except BufferError:  # the buffer logged why (once); the chunk is counted by the session
+            self.not_stored += 1
         self.seq += 1
         self._emitted += len(samples)
 
@@ -289,8 +297,12 @@ class WatchSession:
         if vitals is None:
             return
         ts = self.clock.ms()
-        self.sink.add_readings([Measurement(self.watch.device_id, ts, vitals, Source.REALTIME,
-                                            self.watch.user_code)])
+        try:
+            self.sink.add_readings([Measurement(self.watch.device_id, ts, vitals, Source.REALTIME,
+                                                self.watch.user_code)])
+        except BufferError:  # the buffer logged why (once) and shows its state in status
+            self.counters.readings_not_stored += 1
+            return
         self.counters.realtime_readings += 1
         self.last_reading_ms = ts
 
@@ -349,7 +361,11 @@ class WatchSession:
                     break
                 step = receiver.feed(frame)
                 if step.records:
-                    committed += self._commit_records(step.records)
+                    try:
+                        committed += self._commit_records(step.records)
+                    except BufferError as exc:  # nothing deleted on the watch: the next sync retries
+                        receiver.failed = f"the buffer cannot store records ({exc})"
+                        break
                 if step.reply is not None:
                     await self._write(step.reply)
         finally:
@@ -406,6 +422,7 @@ class WatchSession:
                     await asyncio.shield(self._stop_ecg())
                 except Exception as exc:  # the link may be gone; logged
                     log.warning("%s: could not stop ECG: %s", self.watch.name, exc)
+            self.counters.ecg_chunks_not_stored += rec.not_stored
             log.info("%s: ECG %s: %d samples", self.watch.name, rec.recording, rec.received)
             return rec.recording
 

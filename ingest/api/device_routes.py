@@ -6,7 +6,7 @@ nothing), POST /api/device, PUT /api/device/{id_device}, DELETE /api/device/{id_
 
 from __future__ import annotations
 
-import json
+import sqlite3
 import time
 from typing import Any, Final
 
@@ -15,8 +15,9 @@ from pydantic import ValidationError
 
 from ingest import registry
 from ingest.api import DB_KEY
-from ingest.api.envelope import ApiError, ok, page_params, paged
-from ingest.api.openapi import envelope_response
+from ingest.api.envelope import ApiError, ok, page_params, paged, read_json
+from ingest.api.openapi import envelope_response, errors, page_of
+from ingest.api.scoping import check_device, holder_of, require_device, require_own_holder
 from vitalgate.contract import USER_CODE_RE, validation_detail
 
 #: most devices one bulk POST may register (a spreadsheet import).
@@ -28,21 +29,11 @@ def _now() -> int:
     return time.time_ns() // 1_000_000
 
 
-async def read_json(request: web.Request) -> Any:
-    """The request body as JSON, or 422 naming the problem."""
-    try:
-        raw = await request.read()
-        return json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ApiError(422, f"body: not valid JSON ({exc})") from None
-
-
 def device_id_param(request: web.Request) -> int:
     raw = request.match_info["id_device"]
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(422, f"id_device must be an integer, got {raw!r}") from None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
+        raise ApiError(422, f"id_device must be an integer, got {raw!r}")
+    value = int(raw)
     if not 1 <= value <= INT64_MAX:
         raise ApiError(404, f"device {value} not found")
     return value
@@ -65,14 +56,42 @@ async def _write(request: web.Request, fn: Any) -> Any:
         raise ApiError(exc.status, exc.message) from None
 
 
+def _holder_devices(conn: sqlite3.Connection, holder: str, page: int,
+                    size: int) -> tuple[list[dict[str, Any]], int]:
+    total = conn.execute("SELECT count(*) FROM devices WHERE device_holder = ?",
+                         (holder,)).fetchone()[0]
+    ids = [int(r[0]) for r in conn.execute(
+        "SELECT id FROM devices WHERE device_holder = ? ORDER BY id LIMIT ? OFFSET ?",
+        (holder, size, (page - 1) * size))]
+    return [registry.get_device(conn, i) for i in ids], int(total)
+
+
 async def list_devices(request: web.Request) -> web.Response:
     page, size = page_params(request, size_names=("size", "data", "length"))
-    items, total = await request.app[DB_KEY].read(lambda c: registry.list_devices(c, page, size))
+    holder = holder_of(request)
+    if holder is None:
+        items, total = await request.app[DB_KEY].read(
+            lambda c: registry.list_devices(c, page, size))
+    else:
+        items, total = await request.app[DB_KEY].read(
+            lambda c: _holder_devices(c, holder, page, size))
     return paged(items, page=page, size=size, total=total)
+
+
+def _own(request: web.Request, item: registry.DeviceIn, where: str) -> registry.DeviceIn:
+    """A holder-limited key's new device belongs to its holder (named or not)."""
+    holder = holder_of(request)
+    if holder is None:
+        return item
+    if "device_holder" not in item.model_fields_set:
+        return item.model_copy(update={"device_holder": holder})
+    require_own_holder(request, item.device_holder, where)
+    return item
 
 
 async def get_device(request: web.Request) -> web.Response:
     device_id = device_id_param(request)
+    await require_device(request, device_id)
 
     def read(conn: Any) -> dict[str, Any]:
         return registry.get_device(conn, device_id)
@@ -91,7 +110,8 @@ async def create_many(request: web.Request) -> web.Response:
         raise ApiError(422, "body: the array is empty")
     if len(body) > MAX_BULK:
         raise ApiError(422, f"body: at most {MAX_BULK} devices per request, got {len(body)}")
-    items = [_parse(registry.DeviceIn, obj, f"item {i}: ") for i, obj in enumerate(body)]
+    items = [_own(request, _parse(registry.DeviceIn, obj, f"item {i}: "), f"item {i}: ")
+             for i, obj in enumerate(body)]
     now = _now()
     created = await _write(request, lambda c: registry.create_devices(c, items, now))
     return ok(created, status=201, message="Created")
@@ -99,7 +119,7 @@ async def create_many(request: web.Request) -> web.Response:
 
 async def create_one(request: web.Request) -> web.Response:
     body = await read_json(request)
-    item = _parse(registry.DeviceIn, body, "")
+    item = _own(request, _parse(registry.DeviceIn, body, ""), "")
     now = _now()
     created = await _write(request, lambda c: registry.create_devices(c, [item], now))
     return ok(created[0], status=201, message="Created")
@@ -108,14 +128,25 @@ async def create_one(request: web.Request) -> web.Response:
 async def update(request: web.Request) -> web.Response:
     device_id = device_id_param(request)
     patch = _parse(registry.DevicePatch, await read_json(request), "")
-    now = _now()
-    return ok(await _write(request, lambda c: registry.update_device(c, device_id, patch, now)))
+    require_own_holder(request, patch.device_holder)
+    holder, now = holder_of(request), _now()
+
+    def change(conn: sqlite3.Connection) -> dict[str, Any]:
+        check_device(conn, holder, device_id)  # in the same transaction as the change
+        return registry.update_device(conn, device_id, patch, now)
+
+    return ok(await _write(request, change))
 
 
 async def delete(request: web.Request) -> web.Response:
     device_id = device_id_param(request)
-    return ok(await _write(request, lambda c: registry.delete_device(c, device_id)),
-              message="Deleted")
+    holder = holder_of(request)
+
+    def remove(conn: sqlite3.Connection) -> dict[str, Any]:
+        check_device(conn, holder, device_id)  # in the same transaction as the removal
+        return registry.delete_device(conn, device_id)
+
+    return ok(await _write(request, remove), message="Deleted")
 
 
 def add_routes(app: web.Application) -> None:
@@ -138,18 +169,23 @@ _USER_CODE: Final = {"type": "string", "nullable": True, "pattern": USER_CODE_RE
                      "description": "vitalgate extension: assigns the patient wearing the device "
                                     "(wins over the gateway's); null clears the assignment"}
 DEVICE_IN: Final = {
-    "type": "object", "required": ["device_name", "device_mac"],
+    "type": "object", "required": ["device_name", "device_mac"], "additionalProperties": False,
     "properties": {"device_name": _NAME, "device_mac": _MAC, "device_type": _TYPE,
                    "device_holder": {**_NAME, "example": "unknown"}, "user_code": _USER_CODE},
 }
 DEVICE_PATCH: Final = {
-    "type": "object",
+    "type": "object", "additionalProperties": False,
     "properties": {"device_name": _NAME, "device_mac": _MAC, "device_type": _TYPE,
                    "device_holder": _NAME, "user_code": _USER_CODE},
 }
 _NULLABLE_INT: Final = {"type": "integer", "nullable": True}
+# the registry's shape (ingest/registry.py): every field it sends is required; others are
+# allowed, since the registry's owner may add some (e.g. who moved a device).
 DEVICE: Final = {
     "type": "object",
+    "required": ["id", "device_name", "device_mac", "device_type", "device_holder", "user_code",
+                 "user_code_source", "gateway_id", "model", "last_seen", "battery", "connected",
+                 "rssi", "created_at", "updated_at"],
     "properties": {
         "id": {"type": "integer", "format": "int64"}, "device_name": {"type": "string"},
         "device_mac": {"type": "string"}, "device_type": {"type": "string", "enum": ["CONSUMER", "CORPORATE"]},
@@ -177,36 +213,33 @@ def _resp(code: str, desc: str, data: dict[str, Any] | None = None) -> dict[str,
 
 OPENAPI_PATHS: Final[dict[str, Any]] = {
     "/api/devices": {
-        "get": {"summary": "Registered devices, paged", "operationId": "listDevices",
-                "tags": ["devices"],
+        "get": {"summary": "Registered devices (of the key's holder), paged",
+                "operationId": "listDevices", "tags": ["devices"],
                 "parameters": [{"$ref": "#/components/parameters/page"},
                                {"$ref": "#/components/parameters/size"}],
-                "responses": {**_resp("200", "a page of devices", {"$ref": "#/components/schemas/Page"})}},
+                "responses": {**_resp("200", "a page of devices", page_of(DEVICE)),
+                              **errors(422)}},
         "post": {"summary": "Register devices in bulk (all or nothing)", "operationId": "createDevices",
                  "tags": ["devices"],
                  "requestBody": _body({"type": "array", "minItems": 1, "maxItems": MAX_BULK,
                                        "items": DEVICE_IN}),
                  "responses": {**_resp("201", "created", {"type": "array", "items": DEVICE}),
-                               **_resp("409", "a name or MAC is taken or repeated"),
-                               **_resp("422", "an item is invalid (named in message)")}},
+                               **errors(408, 409, 413, 422)}},
     },
     "/api/device": {
         "post": {"summary": "Register one device", "operationId": "createDevice", "tags": ["devices"],
                  "requestBody": _body(DEVICE_IN),
-                 "responses": {**_resp("201", "created", DEVICE), **_resp("409", "conflict"),
-                               **_resp("422", "invalid")}},
+                 "responses": {**_resp("201", "created", DEVICE), **errors(408, 409, 413, 422)}},
     },
     "/api/device/{id_device}": {
         "parameters": [_ID],
         "get": {"summary": "One device", "operationId": "getDevice", "tags": ["devices"],
-                "responses": {**_resp("200", "the device", DEVICE), **_resp("404", "unknown id"),
-                              **_resp("422", "id is not an integer")}},
+                "responses": {**_resp("200", "the device", DEVICE), **errors(404, 422)}},
         "put": {"summary": "Update a device (absent fields unchanged)", "operationId": "updateDevice",
                 "tags": ["devices"], "requestBody": _body(DEVICE_PATCH),
-                "responses": {**_resp("200", "updated", DEVICE), **_resp("404", "unknown id"),
-                              **_resp("409", "conflict"), **_resp("422", "invalid")}},
+                "responses": {**_resp("200", "updated", DEVICE),
+                              **errors(404, 408, 409, 413, 422)}},
         "delete": {"summary": "Remove a device", "operationId": "deleteDevice", "tags": ["devices"],
-                   "responses": {**_resp("200", "deleted", DEVICE), **_resp("404", "unknown id"),
-                                 **_resp("422", "id is not an integer")}},
+                   "responses": {**_resp("200", "deleted", DEVICE), **errors(404, 422)}},
     },
 }

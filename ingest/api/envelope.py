@@ -7,10 +7,23 @@ Failure: ``{"code": <status>, "success": false, "message": "<why, naming the fie
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
-from typing import Any
+import re
+from typing import Any, Final
 
+import numpy as np
 from aiohttp import web
+
+from ingest.api import SETTINGS_KEY
+
+#: deepest nesting of a REST body (arrays and objects); the deepest real body (a device array)
+#: is 2 levels. Checked on the raw text before parsing, so json's recursion is never the guard.
+MAX_BODY_DEPTH: Final = 32
+#: how long a request body may take to arrive when the settings do not say (s).
+DEFAULT_BODY_TIMEOUT_S: Final = 10.0
+_ASCII_INT: Final = re.compile(r"-?[0-9]{1,19}")
 
 
 class ApiError(Exception):
@@ -32,6 +45,74 @@ def fail(status: int, message: str) -> web.Response:
     return web.json_response({"code": status, "success": False, "message": message}, status=status)
 
 
+def nesting_depth(text: str | bytes) -> int:
+    """The deepest nesting of arrays/objects in JSON ``text``, without parsing it: brackets
+    inside strings do not count (a quote is a string's edge unless an odd run of backslashes
+    precedes it). Vectorised over the UTF-8 bytes (no multi-byte character contains these
+    ASCII bytes), linear, no recursion. On text that is not JSON the count can only be wrong
+    after the first thing a parser would refuse, so it never understates what a parser would
+    reach."""
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if not raw:
+        return 0
+    b = np.frombuffer(raw, dtype=np.uint8)
+    quotes = np.flatnonzero(b == 34)
+    if quotes.size and b"\\" in raw:  # drop quotes after an odd run of backslashes
+        plain = np.flatnonzero(b != 92)  # sorted; every quote is in it
+        before = plain[np.searchsorted(plain, quotes) - 1]  # the plain byte before each quote
+        run = np.where(np.searchsorted(plain, quotes) > 0, quotes - before - 1, quotes)
+        quotes = quotes[run % 2 == 0]
+    opens = np.flatnonzero((b == 91) | (b == 123))
+    closes = np.flatnonzero((b == 93) | (b == 125))
+    # a bracket is outside strings iff an even number of quotes precedes it
+    opens = opens[np.searchsorted(quotes, opens) % 2 == 0]
+    closes = closes[np.searchsorted(quotes, closes) % 2 == 0]
+    if not opens.size:
+        return 0
+    if opens.size + closes.size < b.size // 8:  # few brackets (real bodies): sort just them
+        positions = np.concatenate((opens, closes))
+        steps = np.concatenate((np.ones(opens.size, np.int32), -np.ones(closes.size, np.int32)))
+        steps = steps[np.argsort(positions, kind="stable")]
+    else:  # mostly brackets (hostile): one dense pass
+        steps = np.zeros(b.size, dtype=np.int32)
+        steps[opens] = 1
+        steps[closes] = -1
+    return max(0, int(np.cumsum(steps, dtype=np.int32).max()))
+
+
+async def read_json(request: web.Request, *, max_depth: int = MAX_BODY_DEPTH) -> Any:
+    """The request body as JSON. 408 when the body does not arrive within the settings'
+    ``http_body_timeout_s`` (processing time); 413 beyond aiohttp's ``client_max_size``; 422
+    naming the problem for text that is not UTF-8 JSON or nests deeper than ``max_depth``."""
+    settings = request.app.get(SETTINGS_KEY)
+    timeout = settings.http_body_timeout_s if settings is not None else DEFAULT_BODY_TIMEOUT_S
+    try:
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(408, f"body: not received within {timeout:g} s") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(422, f"body: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    # no more openers than the bound: it cannot nest deeper (the common, small body)
+    openers = raw.count(b"[") + raw.count(b"{")
+    depth = nesting_depth(raw) if openers > max_depth else 0
+    if depth > max_depth:
+        raise ApiError(422, f"body: nested {depth} levels deep, at most {max_depth}")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ApiError(422, f"body: not valid JSON ({exc})") from None
+    except RecursionError:  # unreachable after the depth check; never a 500
+        raise ApiError(422, "body: nested too deep") from None
+
+
+def int_text(raw: str) -> int | None:
+    """An ASCII decimal integer (``str.isdigit`` also accepts ``"²"``, which ``int`` refuses)."""
+    return int(raw) if _ASCII_INT.fullmatch(raw) else None
+
+
 def paged(items: list[Any], *, page: int, size: int, total: int) -> web.Response:
     """A page of ``items``; metadata named like Cexup's clinic API plus ``size``."""
     return ok(
@@ -51,10 +132,9 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(422, f"query parameter {name!r} must be an integer, got {raw!r}") from None
+    value = int_text(raw)
+    if value is None:
+        raise ApiError(422, f"query parameter {name!r} must be an integer, got {raw!r}")
     if not low <= value <= high:
         raise ApiError(422, f"query parameter {name!r} must be between {low} and {high}, got {value}")
     return value

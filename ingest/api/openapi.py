@@ -9,10 +9,40 @@ from typing import Any, Final
 from vitalgate import __version__
 
 ERROR: Final = {
-    "type": "object", "required": ["code", "message"],
-    "properties": {"code": {"type": "integer"}, "success": {"type": "boolean"},
+    "type": "object", "required": ["code", "success", "message"], "additionalProperties": False,
+    "properties": {"code": {"type": "integer", "minimum": 400, "maximum": 599},
+                   "success": {"type": "boolean", "enum": [False]},
                    "message": {"type": "string"}},
 }
+
+#: why each error status can happen (the route modules say which of them a route can answer).
+ERROR_REASONS: Final = {
+    "401": "no API key, or not a valid one (unknown, revoked, the retired bootstrap key)",
+    "403": "the key lacks the scope this route needs (the message names it), or it is "
+           "limited to a device_holder and the request would cross it",
+    "404": "no such patient, device or recording (or not visible to this key's holder)",
+    "408": "the request body did not arrive within http_body_timeout_s",
+    "409": "a conflict (a name or MAC already registered)",
+    "413": "the request body exceeds the size limit",
+    "422": "invalid input; the message names the field or parameter",
+    "429": "rate limited; retry after the Retry-After header's seconds",
+}
+
+
+def strict(properties: Mapping[str, Any], *, optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """An object schema whose every property is required (except ``optional``) and that has no
+    others: what the server sends, exactly."""
+    return {"type": "object", "additionalProperties": False,
+            "required": [k for k in properties if k not in optional],
+            "properties": dict(properties)}
+
+
+def envelope(data: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The success envelope around ``data``."""
+    return strict({"code": {"type": "integer", "minimum": 200, "maximum": 299},
+                   "success": {"type": "boolean", "enum": [True]},
+                   "message": {"type": "string"},
+                   "data": dict(data) if data is not None else {}})
 
 
 def envelope_response(code: str, desc: str, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -20,23 +50,33 @@ def envelope_response(code: str, desc: str, data: Mapping[str, Any] | None = Non
     if code.startswith(("4", "5")):
         schema: dict[str, Any] = {"$ref": "#/components/schemas/Error"}
     else:
-        schema = {"type": "object", "required": ["code", "success", "message"],
-                  "properties": {"code": {"type": "integer"}, "success": {"type": "boolean"},
-                                 "message": {"type": "string"}, "data": dict(data or {})}}
+        schema = envelope(data if data is not None else {"type": "object"})
     return {code: {"description": desc, "content": {"application/json": {"schema": schema}}}}
 
 
-PAGE: Final = {
-    "type": "object",
-    "properties": {"page": {"type": "integer"}, "size": {"type": "integer"},
-                   "length": {"type": "integer"}, "totalpage": {"type": "integer"},
-                   "totaldata": {"type": "integer"}, "displayed": {"type": "integer"},
-                   "data": {"type": "array", "items": {}}},
-}
+def errors(*codes: int | str) -> dict[str, Any]:
+    """The documented error responses ``codes`` with their reasons."""
+    out: dict[str, Any] = {}
+    for code in codes:
+        out.update(envelope_response(str(code), ERROR_REASONS[str(code)]))
+    return out
+
+
+def page_of(item: Mapping[str, Any]) -> dict[str, Any]:
+    """The paged list shape (Cexup's clinic API names plus ``size``) of ``item``s."""
+    count = {"type": "integer", "minimum": 0}
+    return strict({"page": {"type": "integer", "minimum": 1},
+                   "size": {"type": "integer", "minimum": 1},
+                   "length": {"type": "integer", "minimum": 1},
+                   "totalpage": count, "totaldata": count, "displayed": count,
+                   "data": {"type": "array", "items": dict(item)}})
+
+
+PAGE: Final = page_of({})
 
 PARAMETERS: Final = {
     "page": {"name": "page", "in": "query", "required": False,
-             "schema": {"type": "integer", "minimum": 1, "default": 1}},
+             "schema": {"type": "integer", "minimum": 1, "maximum": 10**9, "default": 1}},
     "size": {"name": "size", "in": "query", "required": False,
              "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 20}},
 }
@@ -44,6 +84,10 @@ PARAMETERS: Final = {
 
 def _is_protected(path: str) -> bool:
     return path.startswith("/api/") or path.startswith("/ews")
+
+
+#: errors any keyed route can answer: no/invalid key, a missing scope, the rate limit.
+KEYED_ERRORS: Final = ("401", "403", "429")
 
 
 def build(*path_sets: Mapping[str, Any]) -> dict[str, Any]:
@@ -57,8 +101,7 @@ def build(*path_sets: Mapping[str, Any]) -> dict[str, Any]:
                 if method != "parameters" and _is_protected(path):
                     op = dict(op)
                     op.setdefault("security", [{"ApiKeyAuth": []}, {"BearerAuth": []}])
-                    op["responses"] = {**op.get("responses", {}),
-                                       **envelope_response("401", "missing or invalid API key")}
+                    op["responses"] = {**op.get("responses", {}), **errors(*KEYED_ERRORS)}
                 merged[method] = op
             paths[path] = merged
     return {

@@ -1,21 +1,30 @@
 """Dashboard routes: the static app at ``/``, its read API and the live event stream.
 
 ``/`` and ``/static/*`` are public (they hold no data; the page signs in with an API key);
-``/api/ward*`` and ``/api/events`` sit behind the service's API-key middleware like every
-other ``/api`` route.
+``/api/ward*`` and ``/api/events`` need a key with scope ``read`` (ingest.api.auth). A key
+limited to a device_holder sees only that holder's patients: on the ward, on a patient page
+(another patient is "unknown", 404) and in the event stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
 
 from ingest.api.envelope import ApiError, ok
+from ingest.api.ews_routes import EWS_ITEM
+from ingest.api.openapi import envelope, errors, strict
+from ingest.api.scoping import require_patient, visible_patients
 from ingest.dashboard.events import EventHub
 from ingest.dashboard.ward import WardView
+from vitalgate.contract import USER_CODE_RE
+
+log = logging.getLogger(__name__)
 
 STATIC: Final = Path(__file__).parent / "static"
 WARD_KEY: Final = web.AppKey("ward_view", WardView)
@@ -28,9 +37,18 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
 
 
+#: a holder-limited event stream re-reads which patients it may see at most this often (s)
+VISIBLE_REFRESH_S: Final = 5.0
+
+
 async def ward(request: web.Request) -> web.Response:
     view = request.app[WARD_KEY]
-    return ok(await asyncio.to_thread(view.ward))
+    data = await asyncio.to_thread(view.ward)
+    visible = await visible_patients(request)
+    if visible is not None:
+        data["patients"] = [p for p in data["patients"] if p["user_code"] in visible]
+        data["alerts"] = [a for a in data["alerts"] if a["user_code"] in visible]
+    return ok(data)
 
 
 async def patient(request: web.Request) -> web.Response:
@@ -42,6 +60,9 @@ async def patient(request: web.Request) -> web.Response:
     if not 0.01 <= hours <= MAX_HOURS:
         raise ApiError(422, f"query parameter 'hours' must be in [0.01, {MAX_HOURS:g}], got {hours:g}")
     code = request.match_info["user_code"]
+    if not USER_CODE_RE.fullmatch(code):
+        raise ApiError(422, f"user_code must match {USER_CODE_RE.pattern}, got {code!r}")
+    await require_patient(request, code)
     data = await asyncio.to_thread(request.app[WARD_KEY].patient, code, hours)
     if data is None:
         raise ApiError(404, f"no patient with user_code {code!r}")
@@ -53,10 +74,21 @@ async def events(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={
         "content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no",
     })
+    visible = await visible_patients(request)
+    checked = time.monotonic()
     await resp.prepare(request)
-    await resp.write(b"event: hello\ndata: {}\n\n")
-    async for event in hub.listen():
-        await resp.write(event.sse())
+    try:
+        await resp.write(b"event: hello\ndata: {}\n\n")
+        async for event in hub.listen():
+            code = event.data.get("user_code")
+            if visible is not None and code is not None:
+                if time.monotonic() - checked > VISIBLE_REFRESH_S:
+                    visible, checked = await visible_patients(request), time.monotonic()
+                if code not in (visible or set()):
+                    continue
+            await resp.write(event.sse())
+    except ConnectionResetError:  # the page closed or reloaded: ordinary, not an error
+        log.debug("event stream client went away")
     return resp
 
 
@@ -75,22 +107,61 @@ async def _close_streams(app: web.Application) -> None:
 
 
 _SEC: Final[list[dict[str, list[str]]]] = [{"ApiKeyAuth": []}, {"BearerAuth": []}]
+_INT_OR_NULL: Final = {"type": "integer", "nullable": True}
+_DEVICE: Final = {**strict({
+    "name": {"type": "string", "nullable": True}, "mac": {"type": "string"},
+    "gateway_id": {"type": "string", "nullable": True}, "battery": _INT_OR_NULL,
+    "connected": {"type": "boolean", "nullable": True}, "last_seen": _INT_OR_NULL,
+    "rssi": _INT_OR_NULL,
+    # share of the device's sequence numbers that arrived, 0..1 (ingest.gaps); null: none yet
+    "data_completeness": {"type": "number", "nullable": True, "minimum": 0, "maximum": 1}},
+    optional=("data_completeness",)), "nullable": True}  # on the ward's tiles
+_POINTS: Final = {"type": "array", "items": {"type": "array", "minItems": 2, "maxItems": 2,
+                                             "items": {"type": "number"}}}
+_VITAL: Final = strict({"value": {"type": "number"}, "ts": {"type": "integer"}, "spark": _POINTS})
+TILE: Final = strict({
+    "user_code": {"type": "string"}, "gateway_id": {"type": "string", "nullable": True},
+    "device": _DEVICE, "ews": {**EWS_ITEM, "nullable": True},
+    "vitals": {"type": "object", "additionalProperties": _VITAL},
+    "completeness": {"type": "number", "minimum": 0, "maximum": 1},
+})
+_ALERT: Final = strict({
+    "user_code": {"type": "string"}, "point": {"type": "integer"}, "result": {"type": "string"},
+    "risk": {"type": "string"}, "from_risk": {"type": "string", "nullable": True},
+    "produce_at": {"type": "integer"}})
+WARD: Final = strict({"now": {"type": "integer"}, "patients": {"type": "array", "items": TILE},
+                      "alerts": {"type": "array", "items": _ALERT}})
+_STRIP: Final = strict({
+    "recording": {"type": "string"}, "ts": {"type": "integer"}, "fs": {"type": "number"},
+    "n_samples": {"type": "integer"}, "samples": {"type": "array", "items": {"type": "integer"}},
+    "beats": {"type": "array", "items": {"type": "integer"}},
+    "summary": {"type": "object", "nullable": True}})
+PATIENT: Final = strict({
+    "patient": TILE, "series": {"type": "object", "additionalProperties": _POINTS},
+    "ecg": {"type": "array", "items": _STRIP},
+    "ews_history": {"type": "array", "items": strict({
+        "point": {"type": "integer"}, "result": {"type": "string"}, "risk": {"type": "string"},
+        "produce_at": {"type": "integer"}})},
+    "context": {"type": "object"}, "now": {"type": "integer"}})
 # /api/events (text/event-stream, never ends) is documented in docs/dashboard.md, not here:
 # an OpenAPI client or fuzzer would wait on it forever.
 OPENAPI_PATHS: Final[dict[str, Any]] = {
     "/api/ward": {"get": {
         "summary": "The ward: one tile per patient (EWS, latest vitals with sparklines, device) and recent risk rises",
-        "security": _SEC, "responses": {"200": {"description": "Ok"}, "401": {"description": "no valid API key"}},
+        "operationId": "ward", "tags": ["dashboard"], "security": _SEC,
+        "responses": {"200": {"description": "Ok", "content": {"application/json": {
+            "schema": envelope(WARD)}}}},
     }},
     "/api/ward/{user_code}": {"get": {
         "summary": "One patient's page: trends of each vital and of the EWS, ECG strips, clinical context",
-        "security": _SEC,
+        "operationId": "wardPatient", "tags": ["dashboard"], "security": _SEC,
         "parameters": [
-            {"name": "user_code", "in": "path", "required": True, "schema": {"type": "string"}},
+            {"name": "user_code", "in": "path", "required": True,
+             "schema": {"type": "string", "pattern": USER_CODE_RE.pattern}},
             {"name": "hours", "in": "query", "required": False,
              "schema": {"type": "number", "minimum": 0.01, "maximum": MAX_HOURS, "default": 6}},
         ],
-        "responses": {"200": {"description": "Ok"}, "404": {"description": "unknown patient"},
-                      "422": {"description": "bad hours"}, "401": {"description": "no valid API key"}},
+        "responses": {"200": {"description": "Ok", "content": {"application/json": {
+            "schema": envelope(PATIENT)}}}, **errors(404, 422)},
     }},
 }

@@ -275,7 +275,8 @@ def gateway_counters(buffer_db: Path) -> tuple[dict[str, int], int, int]:
     """(device_id → next_seq, rows still buffered, evicted readings) of a gateway's buffer."""
     with ro(buffer_db) as c:
         seqs = {str(d): int(n) for d, n in c.execute("SELECT device_id, next_seq FROM device_seq")}
-        rows = int(c.execute("SELECT COUNT(*) FROM outbox WHERE kind=0").fetchone()[0])
+        # acknowledged readings the gateway keeps for `republish` are not "still buffered"
+        rows = int(c.execute("SELECT COUNT(*) FROM outbox WHERE kind=0 AND acked_ms IS NULL").fetchone()[0])
         counters = dict(c.execute("SELECT name, value FROM counters").fetchall())
     evicted = int(counters.get("evicted_reading", 0))
     return seqs, rows, evicted
@@ -465,7 +466,8 @@ def gateway_pending(buffer_db: Path) -> dict[tuple[str, int], dict[str, float]]:
 
     out: dict[tuple[str, int], dict[str, float]] = {}
     with ro(buffer_db) as c:
-        for payload, in c.execute("SELECT payload FROM outbox WHERE kind=0"):
+        # only unacknowledged rows: acknowledged ones kept for `republish` must not hide a loss
+        for payload, in c.execute("SELECT payload FROM outbox WHERE kind=0 AND acked_ms IS NULL"):
             r = Reading.model_validate_json(payload)
             out[(r.device_id, r.seq)] = r.vitals.present()
     return out

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,18 @@ from gateway.buffer import Buffer, Measurement
 from gateway.probe import Probe, unique_seqs
 from gateway.publisher import Publisher
 from gateway.settings import GatewaySettings
+from tests.gateway.small_disk import small_disk
 from vitalgate.broker import Mosquitto
-from vitalgate.contract import DeviceStatus, EcgChunk, GatewayStatus, Kind, Reading, Source, Vitals
+from vitalgate.contract import (
+    Command,
+    DeviceStatus,
+    EcgChunk,
+    GatewayStatus,
+    Kind,
+    Reading,
+    Source,
+    Vitals,
+)
 
 DEV = "d061aed45894"
 FAST = Backoff(initial_s=0.1, factor=2.0, max_s=0.5, jitter=0.5)
@@ -164,3 +175,104 @@ def test_any_command_payload_is_accepted_or_counted(payload: bytes) -> None:
     c = pub.counters
     assert c.commands + c.commands_rejected == 1
     assert pub._commands.qsize() == c.commands
+
+
+# ----------------------------------------------------------------------------- issue 12
+
+async def test_acks_on_a_full_disk_never_end_the_publisher_and_nothing_is_lost(
+    mosquitto: Mosquitto, tmp_path: Path, probe: Probe
+) -> None:
+    st = settings(mosquitto, tmp_path)
+    with small_disk(tmp_path) as disk:
+        buffer = Buffer(disk.dir / "buffer.sqlite3")
+        try:
+            add(buffer, 50)
+            pub = Publisher(st, buffer, backoff=FAST)
+            disk.fill(buffer)
+            async with running(pub) as task:
+                await probe.until(lambda: len(unique_seqs(probe.readings(DEV))) == 50, what="50 readings")
+                await probe.until(lambda: pub.counters.acked == 50, what="50 PUBACKs")
+                await asyncio.sleep(1.5)  # a few ack retries on the full disk
+                assert not task.done()
+                if disk.mounted:  # on a tmpfs the acks cannot be written: they wait, nothing is resent
+                    assert buffer.state == "disk_full" and len(buffer) == 50
+                    assert pub.counters.acks_unrecorded == 50
+                assert pub.counters.published == 50
+                disk.free(buffer)
+                await probe.until(lambda: len(buffer) == 0, what="acks recorded once space returned")
+                add(buffer, 5, start=50)
+                pub.notify()
+                await probe.until(lambda: len(unique_seqs(probe.readings(DEV))) == 55, what="5 more")
+                assert not task.done()
+            assert unique_seqs(probe.readings(DEV)) == list(range(55))
+            assert buffer.stats().evicted == 0 and pub.counters.acks_unrecorded == 0
+            assert buffer.stats().acked == 55
+        finally:
+            buffer.close()
+
+
+async def test_republish_sends_a_range_again_from_the_buffer_and_counts_what_is_gone(
+    mosquitto: Mosquitto, tmp_path: Path, probe: Probe
+) -> None:
+    st = settings(mosquitto, tmp_path)
+    buffer = Buffer(st.buffer_path, keep_acked_rows=20)
+    add(buffer, 30)
+    pub = Publisher(st, buffer, backoff=FAST)
+    async with running(pub):
+        await probe.until(lambda: len(probe.readings(DEV)) >= 30 and len(buffer) == 0, what="30 acknowledged")
+        assert buffer.stats().kept == 20  # seq 10..29 are still here
+        before = len(probe.readings(DEV))
+        pub.republish(Command(cmd="republish", device_id=DEV, stream=buffer.stream, from_seq=5, to_seq=14))
+        await probe.until(lambda: pub.counters.republished == 5, what="5 republished")
+        pub.republish(Command(cmd="republish", device_id=DEV, stream="0123456789abcdef", from_seq=0, to_seq=3))
+        await asyncio.sleep(0.3)
+    again = probe.readings(DEV)[before:]
+    assert sorted(r.seq for r in again) == [10, 11, 12, 13, 14]
+    assert all(r.replayed and r.stream == buffer.stream for r in again)
+    c = pub.counters
+    assert (c.republish_requested, c.republished, c.republish_missing) == (14, 5, 9)
+    assert c.acked == 30 and buffer.stats().acked == 30  # a republish is not a second drain
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_two_publishers_with_one_client_id_back_off_instead_of_fighting(
+    mosquitto: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture, protocol: str
+) -> None:
+    """The same gateway_id on two machines: before, 385 takeovers a second and 23,000 WARNING
+    lines a minute each. Now both back off with jitter, one WARNING per episode."""
+    a = Publisher(settings(mosquitto, tmp_path / "a", mqtt_protocol=protocol), Buffer(tmp_path / "a.sqlite3"))
+    b = Publisher(settings(mosquitto, tmp_path / "b", mqtt_protocol=protocol), Buffer(tmp_path / "b.sqlite3"))
+    with caplog.at_level(logging.INFO, logger="gateway.publisher"):
+        async with running(a):
+            await asyncio.wait_for(_until(lambda: a.connected), 10)
+            async with running(b):
+                await asyncio.sleep(8.0)  # the bounded window we count over
+    disconnects = a.counters.disconnects + b.counters.disconnects
+    assert a.counters.takeovers + b.counters.takeovers >= 1  # short sessions in a row: detected
+    assert disconnects <= 12  # over 8 s: was ~3,000 (385/s)
+    warned = [r for r in caplog.records if "is taken over by another client" in r.getMessage()]
+    assert 1 <= len(warned) <= 2  # once per publisher and episode
+    assert all(r.levelno == logging.WARNING for r in warned)
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    while not predicate():
+        await asyncio.sleep(0.05)
+
+
+def test_a_broker_that_says_session_taken_over_starts_an_episode_at_once(tmp_path: Path) -> None:
+    # MQTT 5 brokers may send DISCONNECT 0x8E (Mosquitto 2.0.11 only closes the socket, which
+    # the short-session rule covers): the first such disconnect is a takeover, said once
+    import time as _time
+
+    from gateway.publisher import _Event, _Session
+
+    st_ = GatewaySettings(gateway_id="gw", data_dir=tmp_path)
+    pub = Publisher(st_, Buffer(":memory:"))
+    ended = [_Session(client=None, events=asyncio.Queue(), up_since=_time.monotonic(),  # type: ignore[arg-type]
+                      ended=_Event("disconnected", code=code)) for code in (0x8E, 0x8E, 0x80)]
+    assert [pub._session_ended(s)[0] for s in ended] == ["takeover", "takeover", "takeover"]
+    assert pub.counters.takeovers == 3 and pub.counters.disconnects == 3
+    long_ago = _Session(client=None, events=asyncio.Queue(), up_since=_time.monotonic() - 120,  # type: ignore[arg-type]
+                        ended=_Event("disconnected", code=0x80))
+    assert pub._session_ended(long_ago)[0] == "lost"  # a stable minute ended the episode

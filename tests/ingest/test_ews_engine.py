@@ -178,7 +178,7 @@ def test_external_points_are_history_and_current_but_not_delivered(tmp_path: Pat
     older = eng.record_external({"user_code": "AMSe5Sn8Gkxj7", "point": 0, "result": "normal",
                                  "produce_at": 1632889000000})
     assert eng.current("AMSe5Sn8Gkxj7") == p and published == [p]  # history only
-    assert eng.history("AMSe5Sn8Gkxj7", page=1, size=5)[0] == [older, p]
+    assert eng.history("AMSe5Sn8Gkxj7", page=1, size=5)[0] == [p, older]  # by produce_at
     db = sqlite3.connect(tmp_path / "ews.sqlite3")
     assert db.execute("SELECT COUNT(*) FROM ews_outbox").fetchone() == (0,)
     for body, field in [

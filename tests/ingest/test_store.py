@@ -79,7 +79,8 @@ def test_keys_hashed_and_revocable(db: store.Database) -> None:
     assert len(key) > 40
     raw = db.read_sync(lambda c: c.execute("SELECT hash FROM api_keys").fetchone()[0])
     assert key.encode() not in raw
-    assert db.read_sync(lambda c: keys.find(c, key)) == "console"
+    found = db.read_sync(lambda c: keys.find(c, key))
+    assert found is not None and found.name == "console" and found.scopes == {"read"}
     assert db.read_sync(lambda c: keys.find(c, key + "x")) is None
     with pytest.raises(keys.ApiKeyError, match="already exists"):
         db.write_sync(lambda c: keys.create(c, "console", T0))

@@ -26,6 +26,9 @@ let eventsAbort = null;
 let currentPatient = null;
 
 class Unauthorized extends Error {}
+class ApiFailure extends Error {
+  constructor(message, status) { super(message); this.status = status; }
+}
 
 async function api(path, options = {}) {
   const headers = Object.assign({ "x-api-key": apiKey }, options.headers || {});
@@ -33,7 +36,7 @@ async function api(path, options = {}) {
   const res = await fetch(path, Object.assign({}, options, { headers }));
   if (res.status === 401) throw new Unauthorized("API key refused");
   const body = await res.json();
-  if (!res.ok) throw new Error(body.message || res.statusText);
+  if (!res.ok) throw new ApiFailure(body.message || res.statusText, res.status);
   return body.data;
 }
 
@@ -146,8 +149,28 @@ async function renderWard() {
 
 // ------------------------------------------------------------------------------ patient
 
+// Nothing of the previous patient may stay on screen while (or if) another one loads.
+function clearPatient(code, message) {
+  $("p-title").textContent = code;
+  $("p-score").replaceChildren(el("span", { class: "badge", id: "p-point", "data-point": "", text: message }));
+  $("p-cause").textContent = "";
+  $("p-charts").replaceChildren();
+  $("p-ecg").replaceChildren();
+  $("context-form").hidden = true;
+  $("ctx-status").textContent = "";
+}
+
 async function renderPatient(code) {
-  const data = await api(`/api/ward/${encodeURIComponent(code)}?hours=6`);
+  let data;
+  try {
+    data = await api(`/api/ward/${encodeURIComponent(code)}?hours=6`);
+  } catch (e) {
+    if (e instanceof ApiFailure && e.status === 404) { clearPatient(code, "unknown patient"); return; }
+    if (e instanceof ApiFailure && e.status === 422) { clearPatient(code, "not a patient code"); return; }
+    throw e;
+  }
+  if (currentPatient !== code) return; // the page moved on while this one loaded
+  $("context-form").hidden = false;
   const now = data.now;
   const p = data.patient;
   $("p-title").textContent = p.user_code;
@@ -253,7 +276,9 @@ async function route() {
   if (!apiKey) { show("signin"); return; }
   const m = location.hash.match(/^#\/patient\/(.+)$/);
   if (m) {
-    currentPatient = decodeURIComponent(m[1]);
+    const code = decodeURIComponent(m[1]);
+    if (code !== currentPatient) clearPatient(code, "loading…");
+    currentPatient = code;
     show("patient");
     await renderPatient(currentPatient);
   } else {
