@@ -15,7 +15,6 @@ reason and logged at most once per reason per minute; valid items next to them a
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import logging
 import ssl
@@ -82,6 +81,23 @@ class Inbound:
     qos: int
     received_at: int
     generation: int = 0  #: which connection it came on (acks never cross a reconnect)
+
+
+class Handoff(asyncio.Queue[Inbound]):
+    """The queue between paho's thread and the consumer, bounded by ``slots``: paho's thread
+    takes a slot before it hands a message over (waiting while none is free) and every
+    ``get`` gives one back. The asyncio side itself never refuses an item, so a message paho
+    delivered is never dropped, and the hand-over costs paho's thread no round trip through
+    the event loop while there is room."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__()  # unbounded here: the slots bound it
+        self.slots = threading.Semaphore(maxsize)
+
+    def _get(self) -> Inbound:  # asyncio.Queue's hook under get() / get_nowait()
+        item: Inbound = super()._get()
+        self.slots.release()
+        return item
 
 
 def classify(msg: Inbound, topics: Topics) -> list[store.Item]:
@@ -193,7 +209,7 @@ class Consumer:
         self._after_commit = after_commit
         self._clock = clock
         self._reasons = ReasonLog(clock)
-        self._queue: asyncio.Queue[Inbound] = asyncio.Queue(settings.queue_max)
+        self._queue = Handoff(settings.queue_max)
         #: committed batches waiting for the after-commit stage (bounded: backpressure)
         self._post: asyncio.Queue[store.CommitResult] = asyncio.Queue(POST_QUEUE)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -273,20 +289,17 @@ class Consumer:
             return  # not acknowledged: redelivered on the next session
         item = Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._clock(),
                        self._generation)
-        if self._queue.full():
+        slots = self._queue.slots
+        if not slots.acquire(blocking=False):
             self.backpressure_waits += 1
             self._metrics.queue_full.inc()
-        fut = asyncio.run_coroutine_threadsafe(self._queue.put(item), loop)
-        while True:
-            try:
-                fut.result(BACKPRESSURE_POLL_S)
-                return
-            except concurrent.futures.TimeoutError:
+            while not slots.acquire(timeout=BACKPRESSURE_POLL_S):
                 if self._closing.is_set() or loop.is_closed():
-                    fut.cancel()  # not acknowledged: redelivered on the next session
-                    return
-            except (concurrent.futures.CancelledError, RuntimeError):
-                return  # the loop is shutting down
+                    return  # not acknowledged: redelivered on the next session
+        try:
+            loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop closed meanwhile: not acknowledged, redelivered
+            slots.release()
 
     def start(self) -> None:
         """Connect in the background (retrying while the broker is down)."""

@@ -154,9 +154,12 @@ def _observe_stream(conn: sqlite3.Connection, device_id: str, stream: str, gatew
             up.opened += 1
             up.opened_seqs += s - 1 - prev
         prev = s
-    first = conn.execute("SELECT min(from_seq) FROM seq_gaps WHERE device_id = ? AND stream = ?",
-                         key).fetchone()[0]
-    contiguous = int(first) - 1 if first is not None else prev
+    if contiguous == max_seq and not up.opened:
+        contiguous = prev  # in-order arrivals on a stream without gaps: the common case
+    else:
+        first = conn.execute("SELECT min(from_seq) FROM seq_gaps WHERE device_id = ? AND"
+                             " stream = ?", key).fetchone()[0]
+        contiguous = int(first) - 1 if first is not None else prev
     conn.execute(
         "INSERT INTO seq_streams (device_id, stream, gateway_id, contiguous, max_seq, first_at,"
         " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, stream) DO UPDATE SET"

@@ -224,3 +224,33 @@ def test_late_readings_are_flagged_and_kept_by_arrival_time(db: store.Database) 
     # ...and deletes them 30 days after they arrived
     deleted = db.write_sync(lambda c: store.retention_step(c, received + 30 * day, 100))
     assert deleted == {"readings": 3}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_gap_tracking_matches_a_set_model(db: store.Database, seed: int) -> None:
+    """Random arrivals (duplicates, reordering, two streams) in random batches: the gap rows
+    are exactly the seqs below each stream's highest that have not arrived."""
+    import random
+
+    rng = random.Random(seed)
+    arrived: dict[str, set[int]] = {STREAM_A: set(), STREAM_B: set()}
+    for _ in range(rng.randint(1, 12)):
+        batch = []
+        for _ in range(rng.randint(1, 15)):
+            stream = rng.choice((STREAM_A, STREAM_B))
+            seq = rng.randint(0, 60)
+            arrived[stream].add(seq)
+            batch.append(_rs(seq, stream))
+        _commit(db, store.ReadingsIn("gw", DEV, batch, T0))
+        dev = db.read_sync(lambda c: gaps.device_gaps(c, DEV))
+        assert dev is not None
+        for stream, seqs in arrived.items():
+            if not seqs:
+                continue
+            want = set(range(max(seqs) + 1)) - seqs
+            got = {s for g in dev["gaps"] if g["stream"] == stream
+                   for s in range(g["from_seq"], g["to_seq"] + 1)}
+            assert got == want
+            info = next(s for s in dev["streams"] if s["stream"] == stream)
+            assert info["max_seq"] == max(seqs)
+            assert info["contiguous"] == (min(want) - 1 if want else max(seqs))
