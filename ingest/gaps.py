@@ -63,6 +63,9 @@ CREATE TABLE IF NOT EXISTS seq_gaps (
 CREATE INDEX IF NOT EXISTS seq_gaps_detected ON seq_gaps (detected_at);
 """
 
+# Sums use SQLite's total() (a float): seqs go up to 2**53, so sum() of many gap sizes could
+# overflow 64-bit integers and fail the query; counts stay exact far beyond any real loss.
+
 #: the most gap rows one API answer lists per device.
 LIST_LIMIT: Final = 1000
 
@@ -243,8 +246,8 @@ def unrecovered(conn: sqlite3.Connection, now: int, *, grace_ms: int, retry_ms: 
 def totals(conn: sqlite3.Connection) -> dict[str, int]:
     """Open gaps, missing seqs in them, of them reported (not refilled), and streams tracked."""
     gaps, missing, reported = conn.execute(
-        "SELECT count(*), coalesce(sum(to_seq - from_seq + 1), 0),"
-        " coalesce(sum(CASE WHEN reported_at IS NOT NULL THEN to_seq - from_seq + 1 END), 0)"
+        "SELECT count(*), total(to_seq - from_seq + 1),"
+        " total(CASE WHEN reported_at IS NOT NULL THEN to_seq - from_seq + 1 END)"
         " FROM seq_gaps").fetchone()
     streams = conn.execute("SELECT count(*) FROM seq_streams").fetchone()[0]
     return {"open_gaps": int(gaps), "missing": int(missing), "reported_missing": int(reported),
@@ -261,7 +264,7 @@ def _stream_json(row: tuple[Any, ...]) -> dict[str, Any]:
 
 _STREAM_SQL: Final = (
     "SELECT s.device_id, s.stream, s.gateway_id, s.contiguous, s.max_seq,"
-    " count(g.from_seq), coalesce(sum(g.to_seq - g.from_seq + 1), 0)"
+    " count(g.from_seq), CAST(total(g.to_seq - g.from_seq + 1) AS INTEGER)"
     " FROM seq_streams s LEFT JOIN seq_gaps g USING (device_id, stream)")
 
 
@@ -298,7 +301,7 @@ def summary(conn: sqlite3.Connection, limit: int) -> dict[str, Any]:
 def completeness(conn: sqlite3.Connection) -> dict[str, float]:
     """Per device: the share of its seqs (all streams) that arrived, 0..1."""
     rows = conn.execute(
-        "SELECT s.device_id, sum(s.max_seq + 1), coalesce(sum(g.missing), 0) FROM seq_streams s"
-        " LEFT JOIN (SELECT device_id, stream, sum(to_seq - from_seq + 1) AS missing FROM seq_gaps"
+        "SELECT s.device_id, total(s.max_seq + 1), total(g.missing) FROM seq_streams s"
+        " LEFT JOIN (SELECT device_id, stream, total(to_seq - from_seq + 1) AS missing FROM seq_gaps"
         " GROUP BY device_id, stream) g USING (device_id, stream) GROUP BY s.device_id").fetchall()
     return {str(d): round((e - m) / e, 6) for d, e, m in rows if e > 0}

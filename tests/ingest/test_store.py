@@ -254,3 +254,19 @@ def test_gap_tracking_matches_a_set_model(db: store.Database, seed: int) -> None
             info = next(s for s in dev["streams"] if s["stream"] == stream)
             assert info["max_seq"] == max(seqs)
             assert info["contiguous"] == (min(want) - 1 if want else max(seqs))
+
+
+def test_hostile_seqs_cannot_overflow_the_gap_sums(db: store.Database) -> None:
+    """Seqs go to 2**53: 1,100 devices each jumping there from 0 open gaps whose sizes add up
+    past 2**63; the totals and summaries still answer (float sums), and stay huge."""
+    items: list[store.Item] = []
+    for i in range(1100):
+        dev = f"d061ae{i:06x}"
+        items.append(store.ReadingsIn("gw", dev, [
+            Reading(device_id=dev, seq=s, ts=T0, vitals=Vitals(heart_rate=70.0)) for s in (0, 2**53)
+        ], T0))
+    db.write_sync(lambda c: store.commit_batch(c, items, now=T0, holder="RS"))
+    totals = db.read_sync(gaps.totals)
+    assert totals["open_gaps"] == 1100 and totals["missing"] > 2**63
+    assert len(db.read_sync(lambda c: gaps.summary(c, 5))["streams_with_gaps"]) == 5
+    assert 0 <= min(db.read_sync(gaps.completeness).values()) < 1e-9
