@@ -91,6 +91,7 @@ class _Compiled:
     oxygen_code: NDArray[np.uint16]  # by oxygen code + 2
     points_lut: Int8Array  # by accumulator: total, -1 if invalid
     band_lut: Int8Array  # by accumulator: band, -1 if invalid
+    points_band_lut: NDArray[np.int16]  # both in one look-up: bytes (points, band) of each entry
     valid_lut: BoolArray
     partial_lut: BoolArray
     red_lut: BoolArray
@@ -171,15 +172,26 @@ def _build(table: ScoringTable) -> _Compiled:
         oxygen_code=oxy,
         points_lut=np.where(valid, total, -1).astype(np.int8),
         band_lut=np.where(valid, band, -1).astype(np.int8),
+        points_band_lut=np.stack([np.where(valid, total, -1), np.where(valid, band, -1)], axis=1)
+        .astype(np.int8).view(np.int16).ravel(),
         valid_lut=valid,
         partial_lut=(missing > 0) | (assumed > 0),
         red_lut=valid & (red > 0),
     )
 
 
+#: up to this many rows, a parameter's edges are compared in one broadcast (edges × rows) call:
+#: for the stream scorer's ~1,000-patient rescoring the per-call cost dominates, not the data.
+SMALL: Final = 4_096
+
 def _codes(x: Float64Array, cb: _CompiledBands) -> NDArray[np.uint16]:
     """The 16-bit code of every value: count the edges each value does not exceed, look it up."""
     edges = cb.edges
+    if x.size <= SMALL:  # one broadcast comparison: fewer calls, same sum of x <= edge
+        small: NDArray[np.uint16] = cb.lut.take(
+            np.less_equal(x, edges[:, None]).sum(axis=0, dtype=np.uint8)
+        )
+        return small
     count = np.less_equal(x, edges[0]).view(np.uint8)
     scratch = np.empty(x.shape, np.bool_)
     for edge in edges[1:]:
@@ -187,6 +199,29 @@ def _codes(x: Float64Array, cb: _CompiledBands) -> NDArray[np.uint16]:
         np.add(count, scratch.view(np.uint8), out=count)
     codes: NDArray[np.uint16] = cb.lut.take(count)
     return codes
+
+
+def _codes_into(
+    x: Float64Array,
+    cb: _CompiledBands,
+    out: NDArray[np.uint16],
+    count: NDArray[np.uint8],
+    scratch: BoolArray,
+) -> None:
+    """:func:`_codes` into ``out``, with caller-owned scratch of ``x``'s length (one block)."""
+    edges = cb.edges
+    np.less_equal(x, edges[0], out=count.view(np.bool_))
+    for edge in edges[1:]:
+        np.less_equal(x, edge, out=scratch)
+        np.add(count, scratch.view(np.uint8), out=count)
+    cb.lut.take(count, out=out)
+
+
+#: rows scored per block by the batch body: a block's vitals (8 B/row each) and its scratch
+#: (~0.45 MB in all) stay in a core's L2 cache (2 MiB here) while every edge of every parameter
+#: is compared, so each vital is read from memory once instead of once per edge; the
+#: whole-array body was memory-bound (docs/benchmarks.md, "Stream and batch scorer").
+BLOCK: Final = 32_768
 
 
 # -- the result -----------------------------------------------------------------------------------
@@ -210,6 +245,26 @@ class ScoreResult:
 
     def __len__(self) -> int:
         return int(self.points.shape[0])
+
+    def take(self, rows: NDArray[np.intp]) -> ScoreResult:
+        """The scores of ``rows`` only (their words are then computed for those rows alone)."""
+        n = len(self)
+
+        def pick(a: NDArray[Any]) -> NDArray[Any]:
+            return a[rows] if a.ndim else a  # context codes may be scalars for all rows
+
+        return ScoreResult(
+            table=self.table,
+            points=self.points[rows],
+            band=self.band[rows],
+            values={k: np.broadcast_to(v, (n,))[rows] for k, v in self.values.items()},
+            codes={k: v[rows] for k, v in self.codes.items()},
+            accumulator=self.accumulator[rows],
+            consciousness_code=pick(self.consciousness_code),
+            oxygen_code=pick(self.oxygen_code),
+            scale_code=pick(self.scale_code),
+            raw_context={k: pick(np.asarray(v)) for k, v in self.raw_context.items()},
+        )
 
     @functools.cached_property
     def valid(self) -> BoolArray:
@@ -574,17 +629,16 @@ def score_arrays(
     acc = np.empty(n, np.uint16)
     acc[...] = ctx
     codes: dict[str, NDArray[np.uint16]] = {}
-    for k, (p, cb) in enumerate(zip(comp.params, comp.bands, strict=True)):
-        x = values[p.name]
-        code = _codes(x, cb)
-        if k == comp.scale2_index and bool(np.any(scale == 2)):
-            code = _apply_scale2(comp, x, code, scale, oxygen, n)
-        codes[p.name] = code
-        np.add(acc, code, out=acc)
+    if n > BLOCK and not (comp.scale2_index >= 0 and bool(np.any(scale == 2))):
+        _blocked(comp, values, acc, codes, n)
+    else:
+        _whole(comp, values, acc, codes, scale, oxygen, n)
+    # one look-up for points and band (two int8 per entry): half the random reads of two tables
+    points_band = comp.points_band_lut.take(acc).view(np.int8).reshape(n, 2)
     return ScoreResult(
         table=table,
-        points=comp.points_lut.take(acc),
-        band=comp.band_lut.take(acc),
+        points=points_band[:, 0],
+        band=points_band[:, 1],
         values=values,
         codes=codes,
         accumulator=acc,
@@ -593,6 +647,48 @@ def score_arrays(
         scale_code=scale,
         raw_context=raw_context or {},
     )
+
+
+def _blocked(
+    comp: _Compiled,
+    values: Mapping[str, Float64Array],
+    acc: NDArray[np.uint16],
+    codes: dict[str, NDArray[np.uint16]],
+    n: int,
+) -> None:
+    """The body over blocks of BLOCK rows (no SpO2 scale 2 row in the batch)."""
+    for p in comp.params:
+        codes[p.name] = np.empty(n, np.uint16)
+    count = np.empty(BLOCK, np.uint8)
+    scratch = np.empty(BLOCK, np.bool_)
+    pairs = [(values[p.name], codes[p.name], cb) for p, cb in zip(comp.params, comp.bands, strict=True)]
+    for lo in range(0, n, BLOCK):
+        hi = min(lo + BLOCK, n)
+        m = hi - lo
+        a = acc[lo:hi]
+        for x, code, cb in pairs:
+            c = code[lo:hi]
+            _codes_into(x[lo:hi], cb, c, count[:m], scratch[:m])
+            np.add(a, c, out=a)
+
+
+def _whole(
+    comp: _Compiled,
+    values: Mapping[str, Float64Array],
+    acc: NDArray[np.uint16],
+    codes: dict[str, NDArray[np.uint16]],
+    scale: Int8Array,
+    oxygen: Int8Array,
+    n: int,
+) -> None:
+    """The body over the whole batch at once (small batches, or SpO2 scale 2 present)."""
+    for k, (p, cb) in enumerate(zip(comp.params, comp.bands, strict=True)):
+        x = values[p.name]
+        code = _codes(x, cb)
+        if k == comp.scale2_index and bool(np.any(scale == 2)):
+            code = _apply_scale2(comp, x, code, scale, oxygen, n)
+        codes[p.name] = code
+        np.add(acc, code, out=acc)
 
 
 def _apply_scale2(

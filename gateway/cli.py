@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vitalgate.config import load_settings
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
@@ -82,11 +87,12 @@ async def _main(settings: Any, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
     from gateway.buffer import BufferError
     from gateway.lock import DataDirLocked
 
+    stopper = Stopper(task)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: its terminal closed
+        loop.add_signal_handler(sig, stopper)
     try:
         if args.simulate > 0:
             from simulators.bleak_bumble import BumbleLink
@@ -97,14 +103,18 @@ async def _main(settings: Any, args: argparse.Namespace) -> int:
                 realtime_interval_s=args.interval, physiology_speed=args.speed,
             ) as (_watches, devices):
                 settings = settings.model_copy(update={"devices": {**settings.devices, **devices}})
+                _log_start(settings, f"{args.simulate} simulated watches (bumble)")
                 await Gateway(settings, simulated(link), clock=clock).run()
         else:
+            _log_start(settings, "BlueZ")
             await Gateway(settings, bluez()).run()
     except asyncio.CancelledError:
         pass
     except (DataDirLocked, BufferError) as exc:  # a second gateway, an unusable buffer: no retry loop here
         print(f"vitalgate gateway: {exc}", file=sys.stderr)
         return 1
+    finally:
+        stopper.close()
     return 0
 
 
@@ -137,6 +147,60 @@ def _salvage(args: argparse.Namespace) -> int:
     print(f"{args.file}: {got.read} rows read, {got.imported} imported into {settings.buffer_path}, "
           f"{got.already_here} already there, {got.invalid} invalid, {got.unreadable} unreadable")
     return 0 if got.complete else 3
+
+
+def _log_start(settings: Any, ble: str) -> None:
+    """What the gateway is about to use, at INFO (host:port only: no credentials)."""
+    broker = settings.broker
+    log.info(
+        "gateway %s: MQTT broker %s:%d%s, BLE %s, %d configured watches, buffer %s",
+        settings.gateway_id, broker.host, broker.port, " (TLS)" if broker.tls else "", ble,
+        len(settings.devices), settings.buffer_path)
+
+
+#: after SIGTERM the gateway stops in about a second; if a task is still running after this
+#: long (a library swallowed its cancellation), every task is cancelled again, and after as
+#: long again the process exits: a service manager's SIGTERM always stops it within seconds.
+STOP_GRACE_S = 4.0
+
+
+class Stopper:
+    """The SIGTERM/SIGINT handler: cancel the main task; if it has not stopped ``grace_s``
+    later, log an ERROR naming the tasks still running and cancel every one again (a library
+    swallowed a cancellation); if it is still running ``grace_s`` after that, exit (1)."""
+
+    def __init__(self, main: asyncio.Task[Any], grace_s: float = STOP_GRACE_S,
+                 exit_now: Callable[[], None] | None = None) -> None:
+        self.main = main
+        self.grace_s = grace_s
+        self.exit_now = exit_now or _exit_now
+        self._timers: list[asyncio.TimerHandle] = []
+
+    def __call__(self) -> None:
+        if not self._timers:
+            self._timers.append(self.main.get_loop().call_later(self.grace_s, self._stuck))
+        self.main.cancel()
+
+    def _stuck(self) -> None:
+        loop = self.main.get_loop()
+        pending = [t for t in asyncio.all_tasks(loop) if t is not self.main and not t.done()]
+        log.error("still stopping %.0f s after SIGTERM: %s; cancelling them again", self.grace_s,
+                  ", ".join(sorted(t.get_name() for t in pending))[:500])
+        for t in pending:
+            t.cancel()
+        self.main.cancel()
+        self._timers.append(loop.call_later(self.grace_s, self.exit_now))
+
+    def close(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+
+
+def _exit_now() -> None:
+    log.critical("did not stop %.0f s after SIGTERM: exiting now (the buffer is crash-safe)",
+                 2 * STOP_GRACE_S)
+    logging.shutdown()
+    os._exit(1)
 
 
 def _status(args: argparse.Namespace) -> int:

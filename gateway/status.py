@@ -26,11 +26,22 @@ Snapshot = Callable[[], dict[str, Any]]
 
 #: the state file is rewritten this often (real seconds).
 STATE_FILE_PERIOD_S: Final = 5.0
+#: a taken status port is tried again this often (real seconds): rare enough to cost nothing,
+#: often enough that the endpoint is back soon after the other program let the port go.
+STATUS_BIND_RETRY_S: Final = 30.0
 
 
 async def serve_status(snapshot: Snapshot, port: int, host: str = "127.0.0.1",
-                       bound: Callable[[int], None] | None = None) -> None:
-    """Serve ``/healthz`` until cancelled; ``bound(port)`` is told the real port (port 0)."""
+                       bound: Callable[[int], None] | None = None,
+                       retry_s: float = STATUS_BIND_RETRY_S) -> None:
+    """Serve ``/healthz`` until cancelled; ``bound(port)`` is told the real port (port 0).
+
+    A taken port (a second gateway, any other program) is not fatal: a bedside gateway keeps
+    collecting and buffering, which matters more than its status page. It says so at WARNING
+    (``vitalgate gateway status`` then reads the state file) and tries the port again every
+    ``retry_s`` seconds, so the endpoint comes back once the port is free. This task never
+    raises: a failure here must not cancel the gateway's other tasks (it once did, while the
+    BLE scanner was starting, and bumble swallowed that cancellation: the gateway hung)."""
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response(snapshot(), dumps=lambda o: json.dumps(o, default=str))
@@ -40,11 +51,27 @@ async def serve_status(snapshot: Snapshot, port: int, host: str = "127.0.0.1",
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        failures = 0
+        while True:
+            site = web.TCPSite(runner, host, port)
+            try:
+                await site.start()
+                break
+            except OSError as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("status endpoint http://%s:%d/healthz not available (%s); the gateway "
+                                "collects and publishes without it and tries again every %.0f s; "
+                                "`vitalgate gateway status` reads the state file meanwhile",
+                                host, port, exc.strerror or exc, retry_s)
+                else:
+                    log.debug("status port %s:%d still not available: %s", host, port, exc)
+            await asyncio.sleep(retry_s)
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         real_port = sockets[0].getsockname()[1] if sockets else port
+        if failures:
+            log.info("status endpoint available again after %d failed attempts", failures)
         log.info("status on http://%s:%d/healthz", host, real_port)
         if bound is not None:
             bound(int(real_port))

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 from vitalgate.config import load_settings
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
@@ -45,10 +49,26 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Any:
 
 
 def run_ingest(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from ingest.service import run
 
     overrides = {"http_port": args.port} if args.port is not None else {}
-    run(_settings(args, **overrides))
+    try:
+        settings = _settings(args, **overrides)
+    except (ValidationError, FileNotFoundError) as exc:
+        print(f"vitalgate ingest: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run(settings)
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL) and "bind" not in str(exc):
+            raise
+        # the HTTP port is taken (or the address is not ours): the API and dashboard are what
+        # ingest is for, so say so and exit non-zero for the service manager to see
+        log.error("vitalgate ingest: cannot serve HTTP on %s:%d: %s", settings.http_host,
+                  settings.http_port, exc.strerror or exc)
+        return 1
     return 0
 
 

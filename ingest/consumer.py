@@ -10,13 +10,31 @@ harmless.
 
 Invalid messages are committed to the dead-letter table (then acknowledged too), counted per
 reason and logged at most once per reason per minute; valid items next to them are kept.
+
+No message can stop ingestion (poison-message isolation):
+
+* a batch whose commit fails is committed again in one transaction, message by message under
+  SAVEPOINTs, and a failing message item by item (a reading array reading by reading); an
+  item that fails alone becomes a ``store_error`` dead letter (its detail names the exception
+  type, never the payload) and is acknowledged, and the good items beside it are kept. When
+  even its dead letter cannot be written the store itself is failing: the commit raises and
+  nothing is acknowledged (the broker keeps it all).
+* the crash-loop detector: a message delivered again (MQTT DUP flag, or seen in a batch of
+  this process that never committed) is counted in ``deliveries``, committed BEFORE it is
+  processed; at ``redelivery_max`` uncommitted redeliveries it is dead-lettered
+  (``redelivery_loop``) instead of processed, so a message that kills the consumer or the
+  process is stopped after a bounded number of tries, retained or not.
+* readings, ECG chunks and device statuses stamped (event time) later than their arrival
+  (processing time, the injected clock) plus ``max_future_skew_s`` are ``future`` dead letters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
+import sqlite3
 import ssl
 import threading
 import time
@@ -32,7 +50,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ingest import store
+from ingest import dead_letters, store
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
 from vitalgate.contract import (
@@ -65,6 +83,10 @@ POST_QUEUE: Final = 4
 #: reads nothing more from the socket, so the broker keeps the rest queued) and looks this
 #: often (s) whether the consumer is stopping.
 BACKPRESSURE_POLL_S: Final = 0.2
+#: keys of messages taken but not yet committed, at most (only QoS 0 ones can linger).
+UNCOMMITTED_MAX: Final = 100_000
+#: redelivery counts of messages not seen again for this long are dropped (ms).
+DELIVERIES_KEPT_MS: Final = 7 * 24 * 3600 * 1000
 
 
 def epoch_ms() -> int:
@@ -81,6 +103,12 @@ class Inbound:
     qos: int
     received_at: int
     generation: int = 0  #: which connection it came on (acks never cross a reconnect)
+    dup: bool = False  #: the broker's DUP flag: it delivered this message before
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The message's identity for the crash-loop detector: topic and payload digest."""
+        return self.topic, dead_letters.digest(self.payload)
 
 
 class Handoff(asyncio.Queue[Inbound]):
@@ -100,11 +128,28 @@ class Handoff(asyncio.Queue[Inbound]):
         return item
 
 
-def classify(msg: Inbound, topics: Topics) -> list[store.Item]:
-    """Decode one message into what the store writes: valid items and dead letters."""
+#: the default skew (ms) a message's event time may be ahead of processing time.
+DEFAULT_FUTURE_MS: Final = 300_000
+
+
+def classify(msg: Inbound, topics: Topics, *, max_future_ms: int = DEFAULT_FUTURE_MS
+             ) -> list[store.Item]:
+    """Decode one message into what the store writes: valid items and dead letters.
+
+    Event time (a reading's or chunk's ``ts``, a status's ``last_seen``) later than processing
+    time (``msg.received_at``) plus ``max_future_ms`` is a ``future`` dead letter. Details
+    never depend on the arrival time, so that the same junk delivered again (a retained
+    message at each restart) is recognised as a repeat."""
 
     def dead(exc: ContractError) -> store.DeadLetter:
         return store.DeadLetter(msg.topic, msg.payload, exc.reason, exc.detail, msg.received_at)
+
+    horizon = msg.received_at + max_future_ms
+
+    def not_future(ts: int | None, what: str) -> None:
+        if ts is not None and ts > horizon:
+            raise ContractError("future", f"{what} {ts} is later than its arrival plus the "
+                                          f"{max_future_ms} ms allowed")
 
     try:
         topic = topics.parse(msg.topic)
@@ -118,23 +163,32 @@ def classify(msg: Inbound, topics: Topics) -> list[store.Item]:
                     out.append(dead(ContractError(
                         "topic", f"reading {i}: device_id {r.device_id!r} is not the topic's "
                                  f"{topic.device_id!r}")))
+                elif r.ts > horizon:
+                    out.append(dead(ContractError(
+                        "future", f"reading {i}: ts {r.ts} is later than its arrival plus the "
+                                  f"{max_future_ms} ms allowed")))
                 else:
                     good.append(r)
             if good:
-                out.append(store.ReadingsIn(topic.gateway_id, topic.device_id, good, msg.received_at))
+                out.append(store.ReadingsIn(topic.gateway_id, topic.device_id, good, msg.received_at,
+                                            msg.topic, msg.payload))
             return out
         if topic.kind is Kind.DEVICE_STATUS:
             assert topic.gateway_id is not None
             status = decode(Kind.DEVICE_STATUS, msg.payload)
             assert isinstance(status, DeviceStatus)
             _same_device(status.device_id, topic.device_id)
-            return [store.DeviceStatusIn(topic.gateway_id, status, msg.received_at)]
+            not_future(status.last_seen, "last_seen")
+            return [store.DeviceStatusIn(topic.gateway_id, status, msg.received_at, msg.topic,
+                                         msg.payload)]
         if topic.kind is Kind.ECG:
             assert topic.gateway_id is not None
             chunk = decode(Kind.ECG, msg.payload)
             assert isinstance(chunk, EcgChunk)
             _same_device(chunk.device_id, topic.device_id)
-            return [store.EcgChunkIn(topic.gateway_id, chunk, msg.received_at)]
+            not_future(chunk.ts, "ts")
+            return [store.EcgChunkIn(topic.gateway_id, chunk, msg.received_at, msg.topic,
+                                     msg.payload)]
         if topic.kind is Kind.GATEWAY_STATUS:
             assert topic.gateway_id is not None
             gw = decode(Kind.GATEWAY_STATUS, msg.payload)
@@ -226,6 +280,14 @@ class Consumer:
         #: successful connections (1 = the first; more = reconnects)
         self.connects = 0
         self._started = False
+        #: (topic, digest) of messages taken in a batch that has not committed yet
+        self._uncommitted: set[tuple[str, str]] = set()
+        self._future_ms = int(settings.max_future_skew_s * 1000)
+        self._dead_limits = dead_letters.Limits(
+            payload_bytes=settings.dead_letter_payload_bytes,
+            max_rows=settings.dead_letters_max_rows, max_bytes=settings.dead_letters_max_bytes)
+        self._ecg_limits = store.EcgLimits(max_chunks=settings.ecg_max_chunks,
+                                           max_samples=settings.ecg_max_samples)
         self.client = self._make_client()
 
     # ----------------------------------------------------------------------------- paho side
@@ -241,17 +303,31 @@ class Consumer:
             manual_ack=True,
         )
         client.manual_ack_set(True)
-        if s.mqtt_username:
-            client.username_pw_set(s.mqtt_username, s.mqtt_password)
+        # explicit settings beat the credentials in mqtt_url (as the gateway does)
+        username = s.mqtt_username or s.broker.username
+        password = s.mqtt_password if s.mqtt_password is not None else s.broker.password
+        if username:
+            client.username_pw_set(username, password)
         if s.mqtt_tls:
-            client.tls_set(ca_certs=str(s.mqtt_ca_file) if s.mqtt_ca_file else None,
+            client.tls_set(ca_certs=str(s.mqtt_ca) if s.mqtt_ca else None,
                            cert_reqs=ssl.CERT_REQUIRED)
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         client.max_inflight_messages_set(100)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_connect_fail = self._on_connect_fail
         return client
+
+    # process issue: say at WARNING (once per outage) why ingest cannot reach its broker
+    _connect_failures = 0
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._connect_failures += 1
+        s = self.settings
+        (log.warning if self._connect_failures == 1 else log.debug)(
+            "MQTT broker %s:%d not reachable (attempt %d); retrying every %d-%d s in the background",
+            s.mqtt_host, s.mqtt_port, self._connect_failures, RECONNECT_MIN_S, RECONNECT_MAX_S)
 
     def subscriptions(self) -> list[str]:
         subs = self.topics.gateway_subscriptions()
@@ -267,8 +343,10 @@ class Consumer:
         self.connects += 1
         self.connected = True
         self._metrics.mqtt_connected.set(1)
-        log.info("MQTT connected to %s (session present: %s)", self.settings.mqtt_url,
-                 flags.session_present)
+        self._connect_failures = 0
+        # host:port only: mqtt_url may carry a password
+        log.info("MQTT connected to %s:%d (session present: %s)", self.settings.mqtt_host,
+                 self.settings.mqtt_port, flags.session_present)
         if self.settings.mqtt_protocol == "5":
             client.subscribe([(t, SubscribeOptions(qos=QOS)) for t in self.subscriptions()])
         else:
@@ -288,7 +366,7 @@ class Consumer:
         if loop is None or loop.is_closed() or self._closing.is_set():
             return  # not acknowledged: redelivered on the next session
         item = Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._clock(),
-                       self._generation)
+                       self._generation, bool(msg.dup))
         slots = self._queue.slots
         if not slots.acquire(blocking=False):
             self.backpressure_waits += 1
@@ -325,6 +403,9 @@ class Consumer:
         self._closing.set()
         self.client.disconnect()
         self.client.loop_stop()
+        # paho 2.x's loop_start() makes a new wake-up socket pair without closing the previous
+        # one: close it here, or every restart of the consumer task leaks two sockets
+        self.client._reset_sockets(sockpair_only=True)
         self.connected = False
         self._metrics.mqtt_connected.set(0)
 
@@ -387,8 +468,37 @@ class Consumer:
         return result
 
     async def commit(self, batch: Sequence[Inbound]) -> store.CommitResult:
-        """Validate, commit, then acknowledge the batch's messages."""
-        result = await self._db.write(lambda conn: self._commit(conn, batch))
+        """Validate, commit, then acknowledge the batch's messages. A failing commit is
+        retried message by message, item by item (see the module's docstring)."""
+        keys = [msg.key for msg in batch]
+        suspects = {k for msg, k in zip(batch, keys, strict=True)
+                    if msg.qos > 0 and (msg.dup or k in self._uncommitted)}
+        if len(self._uncommitted) > UNCOMMITTED_MAX:
+            self._uncommitted.clear()  # only QoS 0 leftovers can pile up here
+        self._uncommitted.update(keys)
+        looped: set[tuple[str, str]] = set()
+        if suspects:
+            now = self._clock()
+
+            def record(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+                dead_letters.prune_deliveries(conn, now - DELIVERIES_KEPT_MS)
+                return dead_letters.record_deliveries(conn, suspects, now)
+
+            counts = await self._db.write(record)
+            looped = {k for k, n in counts.items() if n >= self.settings.redelivery_max}
+        parts: list[tuple[Inbound, list[store.Item]]] = []
+        try:
+            result = await self._db.write(lambda conn: self._commit(conn, batch, looped, suspects,
+                                                                    parts))
+        except Exception as exc:  # one bad item must not fail its batch: isolate it
+            self._metrics.isolated_batches.inc()
+            log.warning("commit of a batch of %d messages failed (%s); committing it message by "
+                        "message", len(batch), type(exc).__name__)
+            if len(parts) != len(batch):
+                parts.clear()
+            result = await self._db.write(
+                lambda conn: self._commit_isolated(conn, batch, looped, suspects, parts))
+        self._uncommitted.difference_update(keys)
         generation = self._generation
         for msg in batch:
             if msg.qos > 0 and msg.generation == generation:
@@ -396,14 +506,75 @@ class Consumer:
         self._account(batch, result)
         return result
 
-    def _commit(self, conn: Any, batch: Sequence[Inbound]) -> store.CommitResult:
-        items: list[store.Item] = []
-        for msg in batch:
-            items.extend(classify(msg, self.topics))
+    def _items_of(self, msg: Inbound, looped: set[tuple[str, str]]) -> list[store.Item]:
+        """What one message becomes (this instance's part of it, under ``partition``)."""
+        if looped and msg.key in looped:
+            return [store.DeadLetter(
+                msg.topic, msg.payload, "redelivery_loop",
+                f"delivered again {self.settings.redelivery_max} times without ever being "
+                "committed (the consumer failed on it each time): not processed again",
+                msg.received_at)]
+        try:
+            items = classify(msg, self.topics, max_future_ms=self._future_ms)
+        except Exception as exc:  # a decoder bug must not loop the consumer either
+            items = [store.DeadLetter(msg.topic, msg.payload, "internal",
+                                      f"decoding raised {type(exc).__name__}", msg.received_at)]
         if self._partition is not None:
             items = [item for item in items if self._mine(item)]
-        return store.commit_batch(conn, items, now=self._clock(), holder=self.settings.device_holder,
-                                  late_after_ms=int(self.settings.late_after_s * 1000))
+        return items
+
+    def _store(self, conn: sqlite3.Connection, items: Sequence[store.Item]) -> store.CommitResult:
+        s = self.settings
+        return store.commit_batch(conn, items, now=self._clock(), holder=s.device_holder,
+                                  dead_limits=self._dead_limits, ecg_limits=self._ecg_limits,
+                                  late_after_ms=int(s.late_after_s * 1000))
+
+    def _commit(self, conn: sqlite3.Connection, batch: Sequence[Inbound],
+                looped: set[tuple[str, str]], suspects: set[tuple[str, str]],
+                parts: list[tuple[Inbound, list[store.Item]]]) -> store.CommitResult:
+        parts.extend((msg, self._items_of(msg, looped)) for msg in batch)
+        result = self._store(conn, [item for _, items in parts for item in items])
+        if suspects:
+            dead_letters.forget_deliveries(conn, suspects)
+        return result
+
+    def _commit_isolated(self, conn: sqlite3.Connection, batch: Sequence[Inbound],
+                         looped: set[tuple[str, str]], suspects: set[tuple[str, str]],
+                         parts: list[tuple[Inbound, list[store.Item]]]) -> store.CommitResult:
+        """The batch again in one transaction: each message under a SAVEPOINT; a failing
+        message item by item; an item failing alone becomes a ``store_error`` dead letter.
+        If that dead letter cannot be written either, the store is failing: raise."""
+        if not parts:
+            parts.extend((msg, self._items_of(msg, looped)) for msg in batch)
+        out = store.CommitResult()
+        for msg, items in parts:
+            part, _ = self._attempt(conn, items)
+            if part is not None:
+                out.merge(part)
+                continue
+            for item in _split(items):
+                one, exc = self._attempt(conn, [item])
+                if one is None:
+                    detail = f"the store refused {_what(item)}: {_exc_detail(exc)}"
+                    one = self._store(conn, [store.DeadLetter(msg.topic, msg.payload,
+                                                              "store_error", detail,
+                                                              msg.received_at)])
+                out.merge(one)
+        if suspects:
+            dead_letters.forget_deliveries(conn, suspects)
+        return out
+
+    def _attempt(self, conn: sqlite3.Connection, items: Sequence[store.Item]
+                 ) -> tuple[store.CommitResult | None, BaseException | None]:
+        conn.execute("SAVEPOINT item")
+        try:
+            result = self._store(conn, items)
+        except Exception as exc:
+            conn.execute("ROLLBACK TO item")
+            conn.execute("RELEASE item")
+            return None, exc
+        conn.execute("RELEASE item")
+        return result, None
 
     def _mine(self, item: store.Item) -> bool:
         """Whether this instance owns ``item`` under ``settings.partition`` (dead letters and
@@ -433,8 +604,23 @@ class Consumer:
             m.duplicates.inc(result.duplicates)
         for letter in result.dead:
             m.rejects.inc(reason=letter.reason)
-            m.dead_letters.inc()
-            self._reasons.reject(letter)
+            if letter.reason == "redelivery_loop":  # once per message: it is committed now
+                log.warning("message on %s was delivered %d more times without being committed: "
+                            "dead-lettered (redelivery_loop)", letter.topic,
+                            self.settings.redelivery_max)
+            else:
+                self._reasons.reject(letter)
+        if result.dead:
+            m.dead_letters.inc(len(result.dead) - result.dead_repeats)
+        if result.dead_repeats:
+            m.dead_letter_repeats.inc(result.dead_repeats)
+        if result.dead_evicted:
+            m.dead_letters_evicted.inc(result.dead_evicted)
+        if result.dead_stats is not None:
+            m.dead_letter_rows.set(result.dead_stats.rows)
+            m.dead_letter_bytes.set(result.dead_stats.bytes)
+        if result.ecg_discarded:
+            m.ecg_chunks_discarded.inc(result.ecg_discarded)
         m.batch_size.observe(len(batch))
         oldest = min(msg.received_at for msg in batch)
         m.commit_ms.observe(max(0, self._clock() - oldest))
@@ -444,6 +630,40 @@ class Consumer:
     @property
     def queue_depth(self) -> int:
         return self._queue.qsize()
+
+
+def _split(items: Sequence[store.Item]) -> list[store.Item]:
+    """Items one by one, a reading array reading by reading."""
+    out: list[store.Item] = []
+    for item in items:
+        if isinstance(item, store.ReadingsIn) and len(item.readings) > 1:
+            out.extend(dataclasses.replace(item, readings=[r]) for r in item.readings)
+        else:
+            out.append(item)
+    return out
+
+
+def _what(item: store.Item) -> str:
+    if isinstance(item, store.ReadingsIn):
+        return f"reading seq {item.readings[0].seq}" if len(item.readings) == 1 else "readings"
+    if isinstance(item, store.EcgChunkIn):
+        return f"ECG chunk {item.chunk.seq} of {item.chunk.recording!r}"
+    if isinstance(item, store.DeviceStatusIn):
+        return "the device status"
+    if isinstance(item, store.GatewayStatusIn):
+        return "the gateway status"
+    return f"the {item.reason} dead letter"
+
+
+def _exc_detail(exc: BaseException | None) -> str:
+    """The exception's type, and its message when it comes from the store (SQLite names
+    columns and constraints, never values); never the payload."""
+    if exc is None:
+        return "unknown error"
+    name = type(exc).__name__
+    if isinstance(exc, sqlite3.Error | OverflowError):
+        return f"{name} ({str(exc)[:200]})"
+    return name
 
 
 def _first_vitals(rows: Iterable[store.StoredReading]) -> list[str]:

@@ -17,7 +17,16 @@ few, timely EWS points:
    an older state) and is not emitted, so every patient's emitted points are monotone in
    ``produce_at``.
 
+Which time. Every interval above (``min_interval_ms``, ``heartbeat_ms``) is measured on the
+patient's own clock (``StreamScorer.patient_clock``): its newest reading's event time, running
+on with processing time only while its data pauses. ``now`` and ``last_at`` below are values of
+that clock, never the service's wall clock alone: a recorded stay replayed at 3600× then gets
+the points it would have had in real time, and a live feed (event ≈ processing time) behaves
+as before. Rule 5 compares event times (``produce_at``).
+
 The decision is a pure function of data, so the policy is tested without clocks or databases.
+:func:`decide` takes one patient; :func:`decide_many` takes arrays of patients (the engine's hot
+path) and gives the same answer for each.
 """
 
 from __future__ import annotations
@@ -25,6 +34,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
 
 #: NEWS2 clinical risk, lowest first (ref/news2.md, "Aggregate risk and response").
 RISK_ORDER: Final[dict[str, int]] = {"low": 0, "low-medium": 1, "medium": 2, "high": 3}
@@ -99,7 +111,8 @@ def decide(
     now: int,
 ) -> Decision:
     """Whether the valid score ``new`` is emitted now, given the last emitted ``last`` (emitted at
-    clock time ``last_at``). Heartbeats are decided by :func:`heartbeat_due`."""
+    patient-clock time ``last_at``; ``now`` is that clock now). Heartbeats are decided by
+    :func:`heartbeat_due`."""
     if last is None or last_at is None:
         return Decision(True, Trigger.FIRST)
     if new.produce_at < last.produce_at:
@@ -117,3 +130,45 @@ def heartbeat_due(policy: EmitPolicy, last_at: int | None, now: int, new_data: b
     """A heartbeat is due when the patient had data since the last emission and it is at least
     ``heartbeat_ms`` old."""
     return new_data and last_at is not None and now - last_at >= policy.heartbeat_ms
+
+
+#: trigger codes of :func:`decide_many` (index into this tuple; -1 = not emitted).
+TRIGGERS: Final = (Trigger.FIRST, Trigger.RISK_RISE, Trigger.CHANGE, Trigger.HEARTBEAT)
+NO_TRIGGER: Final = -1
+FIRST, RISK_RISE, CHANGE, HEARTBEAT = range(4)
+
+
+def decide_many(
+    policy: EmitPolicy,
+    *,
+    point: NDArray[np.integer],
+    result: NDArray[np.integer],
+    risk: NDArray[np.integer],
+    produce_at: NDArray[np.int64],
+    has_last: NDArray[np.bool_],
+    last_point: NDArray[np.integer],
+    last_result: NDArray[np.integer],
+    last_risk: NDArray[np.integer],
+    last_produce_at: NDArray[np.int64],
+    last_at: NDArray[np.int64],
+    now: NDArray[np.int64],
+    new_data: NDArray[np.bool_],
+) -> tuple[NDArray[np.int8], NDArray[np.bool_]]:
+    """:func:`decide` then :func:`heartbeat_due` for many valid scores at once → (trigger code
+    per row, -1 where nothing is emitted; whether a change is held back). ``result`` and
+    ``risk`` are codes (an index into the result words; ``RISK_ORDER`` values); the ``last_*``
+    arrays are ignored where ``has_last`` is False."""
+    older = produce_at < last_produce_at
+    rise = (risk > last_risk) if policy.immediate_on_risk_rise else np.zeros_like(older)
+    same = (point == last_point) & (result == last_result)
+    since = now - last_at
+    change = ~older & ~rise & ~same
+    due = since >= policy.min_interval_ms
+    heartbeat = ~older & ~rise & same & new_data & (since >= policy.heartbeat_ms)
+    trigger = np.select(
+        [~has_last, older, rise, change & due, change, heartbeat],
+        [FIRST, NO_TRIGGER, RISK_RISE, CHANGE, NO_TRIGGER, HEARTBEAT],
+        NO_TRIGGER,
+    ).astype(np.int8)
+    hold = has_last & change & ~due
+    return trigger, hold

@@ -7,10 +7,30 @@ on restart), ``ews_history`` (every emitted or externally posted EWS point) and 
 are written in one transaction: no point is delivered that is not in the history, and none in the
 history is lost for delivery.
 
-Stale patients: when none of a patient's vitals is fresh, the scorer's score is invalid and
-nothing is emitted (a score must not outlive its data). :meth:`EwsEngine.current` then still
-returns the last point, marked ``valid=False`` with the scorer's ``reason``, so the dashboard
-shows a stale score as stale instead of hiding the patient.
+Which time each rule uses (DEVELOPERS.md: say which; never let a wrong clock hide a patient):
+
+* freshness and the median window: **event time**, the patient's newest reading (``ews.stream``);
+* the emission policy's intervals (rate limit, heartbeat): the **patient's clock**, its event
+  time running on with processing time while its data pauses (``StreamScorer.patient_clock``,
+  ``ingest.emit_policy``); ``last_at`` is that clock at the last emission;
+* staleness of a patient whose data stops arriving: **processing time** (the scorer's
+  arrival timeout): nothing is emitted and :meth:`EwsEngine.current` returns the engine's last
+  point marked ``valid=False`` with the scorer's ``reason``, so the dashboard shows a stale
+  score as stale instead of hiding the patient;
+* ``emitted_at`` of a history row, the outbox and retention: processing time.
+
+Readings of one committed batch are scored in event-time order (one round per distinct reading
+time of a patient, at most ``MAX_ROUNDS``), so the points do not depend on how the consumer
+happened to batch them: a replay at any speed gives the trajectory the patient had.
+
+The current score (``current``, ``all_current``, the ward counts) of a patient the engine
+scores is the engine's own last point, never an external POST /ews point that sorts later only
+because its ``produce_at`` is wrong; external points are current only for patients without a
+score of the engine's.
+
+Hot path: the scorer returns arrays (``ews.stream.Scores``); the policy decides on arrays
+(``emit_policy.decide_many``) over per-patient state kept in arrays by the scorer's patient
+index; ``PatientScore``/``EwsPoint`` objects are built only for the points emitted.
 """
 
 from __future__ import annotations
@@ -26,16 +46,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from ews.stream import PatientScore, StreamScorer
+import numpy as np
+from numpy.typing import NDArray
+
+from ews.stream import NO_FRESH, PatientScore, Scores, StreamScorer
 from ews.tables import TABLES
 from ingest.emit_policy import (
+    CHANGE,
     DEFAULT_POLICY,
+    NO_TRIGGER,
     RISK_ORDER,
+    TRIGGERS,
     EmitPolicy,
     Snapshot,
     Trigger,
-    decide,
-    heartbeat_due,
+    decide_many,
 )
 from ingest.outbox import State, connect, enqueue
 from vitalgate.contract import USER_CODE_RE, Ews
@@ -74,6 +99,17 @@ RESULTS: Final = ("normal", "rendah", "sedang", "tinggi")
 MAX_POINT: Final = 30
 
 Source = Literal["vitalgate", "external"]
+
+#: the most scoring rounds one observed batch gets: a batch holding more distinct reading times
+#: of one patient (a long history sync) scores its newest times together in the last round
+#: (those readings are counted in ``EwsEngine.merged_rounds``); 64 covers far more than a replay
+#: at 36,000x puts into one commit batch (about one reading time per patient per 0.1 s).
+MAX_ROUNDS: Final = 64
+#: by the scorer's result band (ews.news2.BAND_NAMES): index into RESULTS, RISK_ORDER value
+_RESULT_BY_BAND: Final = np.array([0, 1, 2, 2, 3], np.int8)
+_RISK_BY_BAND: Final = np.array([0, 0, 1, 2, 3], np.int8)
+_CONTEXT_CODE: Final = len(TRIGGERS)  #: a local trigger code: a clinician's context change
+_LABELS: Final = (*(t.value for t in TRIGGERS), Trigger.CONTEXT.value)
 
 
 class EwsInputError(ValueError):
@@ -147,14 +183,12 @@ class EwsPoint:
 
 @dataclass
 class _Patient:
-    """Emission state of one patient (in memory; rebuilt from ews_history on start)."""
+    """A patient's points in memory (rebuilt from ews_history on start). The emission policy's
+    state (pending, new data, the last point's codes and clock) lives in the engine's arrays."""
 
     last: EwsPoint | None = None  #: last point this engine emitted (not external ones)
-    last_at: int | None = None  #: service clock of that emission
-    pending: bool = False  #: a change is held back by min_interval_ms
-    new_data: bool = False  #: readings arrived since the last emission
-    current: EwsPoint | None = None  #: what GET /ews/{user_code} serves
-    stale_reason: str | None = None  #: set while the scorer says the score is invalid
+    current: EwsPoint | None = None  #: newest point by produce_at, external ones included
+    stale_reason: str | None = None  #: kept for external points (record_external)
 
 
 def risk_of(point: int, result: str) -> str:
@@ -323,6 +357,20 @@ class EwsEngine:
         self.emitted = 0  #: points emitted since start
         self._scorer = StreamScorer(TABLES[table_name], freshness_ms=freshness_ms,
                                     median_k=median_k, clock=clock)
+        #: readings scored in a folded round: beyond MAX_ROUNDS reading times of one patient
+        self.merged_rounds = 0
+        # the policy's state per scorer patient index (grown by _sync)
+        self._n = 0
+        self._has_last = np.zeros(0, np.bool_)
+        self._last_point = np.zeros(0, np.int16)
+        self._last_result = np.zeros(0, np.int8)
+        self._last_risk = np.zeros(0, np.int8)
+        self._last_produce = np.zeros(0, np.int64)
+        self._last_at = np.zeros(0, np.int64)  #: the patient's clock at the last emission
+        self._pending = np.zeros(0, np.bool_)  #: a change is held back by min_interval_ms
+        self._new_data = np.zeros(0, np.bool_)  #: readings arrived since the last emission
+        self._stale = np.zeros(0, np.bool_)  #: the scorer says the current score is invalid
+        self._reasons: dict[int, str] = {}  #: why, for stale patients
         self._db = connect(db_path)
         self._db.executescript(SCHEMA)
         self._patients: dict[str, _Patient] = {}
@@ -351,7 +399,7 @@ class EwsEngine:
             point = _point_from_row(row)
             state = self._patient(point.user_code)
             if point.source == "vitalgate":
-                state.last, state.last_at = point, point.emitted_at
+                state.last = point  # its policy state is loaded when the patient is scored
             if state.current is None or point.produce_at >= state.current.produce_at:
                 state.current = point
 
@@ -366,105 +414,181 @@ class EwsEngine:
     def warm_start(self, items: Iterable[tuple[str, str, float, int]]) -> list[EwsPoint]:
         """Feed recent readings from the store after a restart. Scores that equal the last emitted
         point emit nothing; a difference (e.g. a crash between storing readings and emitting) is
-        emitted under the normal policy. Returns what was emitted."""
+        emitted under the normal policy. Returns what was emitted. A stored reading counts as
+        having arrived when it was measured (or now, if later), so the arrival timeout is not
+        restarted by the restart."""
         batch = list(items)
         with self.lock:
+            now = self.clock()
             if batch:
-                self._update(batch, mark_new_data=False)
-            return self._emit_changes(self.clock())
+                arrived = np.minimum(np.array([int(i[3]) for i in batch], np.int64), now)
+                self._update(batch, mark_new_data=False, arrived=arrived)
+            return self._emit_changes(now)
 
     def observe(self, items: Sequence[tuple[str, str, float, int]]) -> list[EwsPoint]:
         """(user_code, vital, value, ts_ms) of committed readings → the points emitted (to be
-        published on MQTT); their history and outbox rows are committed before this returns."""
+        published on MQTT); their history and outbox rows are committed before this returns.
+        Scored in event-time order, one round per distinct reading time of a patient."""
         if not items:
             return []
         with self.lock:
-            self._update(items, mark_new_data=True)
-            return self._emit_changes(self.clock())
+            out: list[EwsPoint] = []
+            for part in self._rounds(items):
+                # one clock reading per round: the patients whose event clock this round moves
+                # are decided at exactly their event time (no sub-round processing slack)
+                now = self.clock()
+                self._update(part, mark_new_data=True, arrived=now)
+                out += self._emit_changes(now)
+            return out
 
     def tick(self) -> list[EwsPoint]:
         """Call every few seconds: staleness, held-back changes whose interval passed, heartbeats."""
         with self.lock:
             return self._emit_changes(self.clock())
 
-    def _update(self, items: Sequence[tuple[str, str, float, int]], *, mark_new_data: bool) -> None:
+    def _rounds(
+        self, items: Sequence[tuple[str, str, float, int]]
+    ) -> list[Sequence[tuple[str, str, float, int]]]:
+        """``items`` split so that round r holds each patient's r-th distinct reading time."""
+        if len(items) == 1:
+            return [items]
+        pid = self._scorer.indices([i[0] for i in items])
+        t = np.fromiter((int(i[3]) for i in items), np.int64, len(items))
+        order = np.lexsort((t, pid))
+        ps, ts = pid[order], t[order]
+        new_p = np.append(True, ps[1:] != ps[:-1])
+        new_t = new_p | np.append(True, ts[1:] != ts[:-1])
+        distinct = np.cumsum(new_t)
+        rank = distinct - distinct[np.flatnonzero(new_p)][np.cumsum(new_p) - 1]
+        top = int(rank.max())
+        if top == 0:
+            return [items]
+        if top >= MAX_ROUNDS:
+            self.merged_rounds += int(np.count_nonzero(rank >= MAX_ROUNDS))
+            log.warning("a batch held %d reading times of one patient; the newest %d scored"
+                        " together", top + 1, top + 2 - MAX_ROUNDS)
+            rank = np.minimum(rank, MAX_ROUNDS - 1)
+            top = MAX_ROUNDS - 1
+        return [[items[j] for j in order[rank == r].tolist()] for r in range(top + 1)]
+
+    def _update(self, items: Sequence[tuple[str, str, float, int]], *, mark_new_data: bool,
+                arrived: NDArray[np.int64] | int | None = None) -> None:
         patients = [i[0] for i in items]
         self._scorer.update(patients, [i[1] for i in items], [float(i[2]) for i in items],
-                            [int(i[3]) for i in items])
+                            [int(i[3]) for i in items], arrived_ms=arrived)
+        self._sync()
         if mark_new_data:
-            for user_code in set(patients):
-                self._patient(user_code).new_data = True
+            self._new_data[self._scorer.indices(patients)] = True
+
+    def _sync(self) -> None:
+        """Grow the policy arrays to the scorer's patients; load the restored last point of a
+        patient the scorer has just met."""
+        n = len(self._scorer)
+        if n <= self._n:
+            return
+        if n > self._has_last.size:
+            extra = max(n, 2 * self._has_last.size, 64) - self._has_last.size
+            for name in ("_has_last", "_last_point", "_last_result", "_last_risk",
+                         "_last_produce", "_last_at", "_pending", "_new_data", "_stale"):
+                a = getattr(self, name)
+                setattr(self, name, np.concatenate([a, np.zeros(extra, a.dtype)]))
+        names = self._scorer.names
+        for i in range(self._n, n):
+            state = self._patients.get(names[i])
+            if state is not None and state.last is not None:
+                # the clock of a restored emission is not known: its produce_at (event time,
+                # the patient's clock at most) is the conservative stand-in
+                self._set_last(i, state.last, state.last.produce_at)
+        self._n = n
+
+    def _set_last(self, i: int, p: EwsPoint, clock: int) -> None:
+        self._has_last[i] = True
+        self._last_point[i] = p.point
+        self._last_result[i] = RESULTS.index(p.result) if p.result in RESULTS else 0
+        self._last_risk[i] = RISK_ORDER.get(p.risk, 0)
+        self._last_produce[i] = p.produce_at
+        self._last_at[i] = clock
 
     def _emit_changes(self, now: int, *, context_of: str | None = None) -> list[EwsPoint]:
-        out: list[EwsPoint] = []
-        seen: set[str] = set()
-        for score in self._scorer.rescore():
-            seen.add(score.patient)
-            point = self._consider(score, now, context=score.patient == context_of)
-            if point is not None:
-                out.append(point)
-        for user_code, state in self._patients.items():
-            if user_code in seen:
-                continue
-            point = None
-            if state.pending and (state.last_at is None
-                                  or now - state.last_at >= self.policy.min_interval_ms):
-                point = self._consider_current(user_code, now)
-            elif heartbeat_due(self.policy, state.last_at, now, state.new_data):
-                point = self._heartbeat(user_code)
-            if point is not None:
-                out.append(point)
-        return self._record(out, now)
+        scorer = self._scorer
+        scores = scorer.rescore()
+        self._sync()
+        ctx = scorer.index(context_of) if context_of is not None else None
+        entries = self._decide(scores, now, ctx)
+        # patients not rescored: a held change whose interval passed, or a heartbeat due
+        n = self._n
+        if n:
+            policy = self.policy
+            idle = np.ones(n, np.bool_)
+            idle[scores.idx] = False
+            since = scorer.patient_clock(np.arange(n), now) - self._last_at[:n]
+            has_last = self._has_last[:n]
+            due = idle & (
+                (self._pending[:n] & (~has_last | (since >= policy.min_interval_ms)))
+                | (has_last & self._new_data[:n] & (since >= policy.heartbeat_ms))
+            )
+            if due.any():
+                entries += self._decide(scorer.score(np.flatnonzero(due)), now, ctx)
+        return self._record(entries, now)
 
-    def _consider_current(self, user_code: str, now: int) -> EwsPoint | None:
-        score = self._scorer.current(user_code)
-        if score is None:
-            self._patient(user_code).pending = False
-            return None
-        return self._consider(score, now, context=False)
+    def _decide(
+        self, scores: Scores, now: int, ctx: int | None
+    ) -> list[tuple[EwsPoint, int, int]]:
+        """The policy over one batch of scores → (point, patient index, patient clock) to emit."""
+        if len(scores) == 0:
+            return []
+        idx = scores.idx
+        valid = scores.valid
+        if not valid.all():  # stale (or unscorable) patients: nothing is emitted, all shown
+            rows = np.flatnonzero(~valid)
+            self._stale[idx[rows]] = True
+            self._pending[idx[rows]] = self._new_data[idx[rows]] = False
+            for s, i in zip(scores.materialise(rows), idx[rows].tolist(), strict=True):
+                self._reasons[i] = s.reason or NO_FRESH
+        v = np.flatnonzero(valid)
+        if v.size == 0:
+            return []
+        iv = idx[v]
+        if self._reasons:
+            for i in iv[self._stale[iv]].tolist():
+                self._reasons.pop(i, None)
+        self._stale[iv] = False
+        band = scores.band[v].astype(np.intp)
+        clock = self._scorer.patient_clock(iv, now)
+        trigger, hold = decide_many(
+            self.policy,
+            point=scores.points[v], result=_RESULT_BY_BAND[band], risk=_RISK_BY_BAND[band],
+            produce_at=scores.produce_at[v], has_last=self._has_last[iv],
+            last_point=self._last_point[iv], last_result=self._last_result[iv],
+            last_risk=self._last_risk[iv], last_produce_at=self._last_produce[iv],
+            last_at=self._last_at[iv], now=clock, new_data=self._new_data[iv],
+        )
+        if ctx is not None:
+            # a clinician changed the context: emit the consequence now (rate limiting exists
+            # for sensor flicker, not for deliberate changes)
+            mine = iv == ctx
+            trigger = np.where(mine & (hold | (trigger == CHANGE)), _CONTEXT_CODE, trigger)
+            hold = hold & ~mine
+        quiet = trigger == NO_TRIGGER
+        self._pending[iv[quiet]] = hold[quiet]
+        emit = np.flatnonzero(~quiet)
+        if emit.size == 0:
+            return []
+        out = []
+        for s, code, i, c in zip(scores.materialise(v[emit]), trigger[emit].tolist(),
+                                 iv[emit].tolist(), clock[emit].tolist(), strict=True):
+            out.append((replace(EwsPoint.from_score(s), trigger=_LABELS[code]), i, c))
+        return out
 
-    def _consider(self, score: PatientScore, now: int, *, context: bool) -> EwsPoint | None:
-        state = self._patient(score.patient)
-        if not score.valid:
-            state.pending = False
-            state.stale_reason = score.reason or "no fresh vital signs"
-            return None
-        state.stale_reason = None
-        point = EwsPoint.from_score(score)
-        last = state.last.snapshot() if state.last is not None else None
-        decision = decide(self.policy, point.snapshot(), last, state.last_at, now)
-        if context and not decision.emit and decision.hold:
-            # a clinician changed the context: emit the consequence now (rate limiting exists for
-            # sensor flicker, not for deliberate changes)
-            return replace(point, trigger=Trigger.CONTEXT.value)
-        if decision.emit:
-            assert decision.trigger is not None
-            trigger = Trigger.CONTEXT if context and decision.trigger is Trigger.CHANGE else decision.trigger
-            return replace(point, trigger=trigger.value)
-        state.pending = decision.hold
-        if not decision.hold and heartbeat_due(self.policy, state.last_at, now, state.new_data):
-            return self._heartbeat(score.patient)
-        return None
-
-    def _heartbeat(self, user_code: str) -> EwsPoint | None:
-        state = self._patient(user_code)
-        score = self._scorer.current(user_code)
-        if score is None or not score.valid:
-            return None
-        point = EwsPoint.from_score(score)
-        if state.last is not None and point.produce_at < state.last.produce_at:
-            return None
-        return replace(point, trigger=Trigger.HEARTBEAT.value)
-
-    def _record(self, points: list[EwsPoint], now: int) -> list[EwsPoint]:
-        """History + outbox rows for ``points`` in ONE transaction, then the in-memory state."""
-        if not points:
+    def _record(self, entries: list[tuple[EwsPoint, int, int]], now: int) -> list[EwsPoint]:
+        """History + outbox rows for the points in ONE transaction, then the in-memory state."""
+        if not entries:
             return []
         recorded: list[EwsPoint] = []
         outbox_state = State.PENDING if self.deliver else State.LOCAL
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            for p in points:
+            for p, _, _ in entries:
                 p = replace(p, emitted_at=now)
                 row_id = self._insert_history(p)
                 enqueue(self._db, history_id=row_id, user_code=p.user_code, body=p.to_cexup(),
@@ -474,15 +598,16 @@ class EwsEngine:
         except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            for p in points:  # not lost: tick() considers these patients again
-                self._patient(p.user_code).pending = True
+            for _, i, _ in entries:  # not lost: tick() considers these patients again
+                self._pending[i] = True
             raise
-        for p in recorded:
+        for p, (_, i, clock) in zip(recorded, entries, strict=True):
             state = self._patient(p.user_code)
-            state.last, state.last_at = p, now
-            state.pending = state.new_data = False
+            state.last = p
             if state.current is None or p.produce_at >= state.current.produce_at:
                 state.current = p
+            self._set_last(i, p, clock)
+            self._pending[i] = self._new_data[i] = False
         self.emitted += len(recorded)
         if self.deliver and self.notify is not None:
             self.notify()
@@ -541,19 +666,28 @@ class EwsEngine:
     # ----------------------------------------------------------------- reading
 
     def current(self, user_code: str) -> EwsPoint | None:
-        """The patient's newest point (by produce_at); ``valid=False`` while its data is stale."""
+        """The patient's current point: the engine's own last point when it scores the patient
+        (``valid=False`` with the reason while its data is stale), whatever external points
+        say; otherwise the newest external point (by produce_at)."""
         with self.lock:
             state = self._patients.get(user_code)
-            if state is None or state.current is None:
+            if state is None:
                 return None
-            if state.stale_reason is not None:
-                return replace(state.current, valid=False, reason=state.stale_reason)
-            return state.current
+            own = state.last
+            if own is None:
+                return state.current
+            i = self._scorer.index(user_code)
+            if i is None or i >= self._n:  # not scored since the restart: no fresh data
+                return replace(own, valid=False, reason=NO_FRESH)
+            if self._stale[i]:
+                return replace(own, valid=False, reason=self._reasons.get(i, NO_FRESH))
+            return own
 
     def all_current(self) -> list[EwsPoint]:
         """Every patient's current point, by user_code."""
         with self.lock:
-            codes = sorted(c for c, s in self._patients.items() if s.current is not None)
+            codes = sorted(c for c, s in self._patients.items()
+                           if s.last is not None or s.current is not None)
         return [p for p in (self.current(c) for c in codes) if p is not None]
 
     def history(self, user_code: str, *, page: int, size: int, start: int = 0,
@@ -612,6 +746,13 @@ class EwsEngine:
         if became_current and self.on_emit is not None:
             self.on_emit([p])
         return p
+
+    def scoring_counts(self) -> dict[str, int]:
+        """Every reading the scorer saw, by what became of it (``StreamScorer.counters``: accepted,
+        late, duplicate, superseded, rejected, ignored; ``old`` among them), and the readings whose
+        scoring round was folded into a batch's last (``merged_rounds``): for the metrics."""
+        with self.lock:
+            return {**self._scorer.counters, "merged_rounds": self.merged_rounds}
 
     def counts_by_result(self) -> dict[str, int]:
         """Patients per current result word (normal, rendah, sedang, tinggi) and ``stale``

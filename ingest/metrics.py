@@ -196,6 +196,23 @@ class IngestMetrics:
             "vitalgate_ingest_mqtt_connected", "1 while connected to the broker")
         self.errors = r.counter(
             "vitalgate_ingest_errors_total", "unexpected errors in background tasks, by task")
+        # --- poison messages and bounded junk (issue 11)
+        self.dead_letter_repeats = r.counter(
+            "vitalgate_ingest_dead_letter_repeats_total",
+            "dead letters identical to one already kept (counted on its row, not stored again)")
+        self.dead_letters_evicted = r.counter(
+            "vitalgate_ingest_dead_letters_evicted_total",
+            "dead letters evicted (oldest first) to keep the table within its row/byte bounds")
+        self.dead_letter_rows = r.gauge(
+            "vitalgate_ingest_dead_letter_rows", "rows in the dead-letter table (after the last commit)")
+        self.dead_letter_bytes = r.gauge(
+            "vitalgate_ingest_dead_letter_bytes", "bytes stored in the dead-letter table")
+        self.isolated_batches = r.counter(
+            "vitalgate_ingest_isolated_batches_total",
+            "batches whose commit failed and were retried message by message / item by item")
+        self.ecg_chunks_discarded = r.counter(
+            "vitalgate_ingest_ecg_chunks_discarded_total",
+            "partial ECG chunks discarded because their recording exceeded the size cap")
         # --- durability: gaps, late data, store failures (issue 12) ---------------------------
         self.gaps_opened = r.counter(
             "vitalgate_ingest_gaps_opened_total",

@@ -3,7 +3,15 @@
 A device is a watch, identified by its MAC (upper-case colon form, unique) and a unique name.
 Devices are registered through the REST API or automatically when first seen on MQTT. Which
 patient wears a device (``user_code``) comes from the gateway (device status, readings) unless
-it was assigned through the API: an API assignment wins until it is cleared (``null``).
+it was assigned through the API: an API assignment wins until it is cleared (``null``); MQTT
+never overrides it (``user_code_source = 'api'``).
+
+A device belongs to one gateway (``gateway_id``): the first that registered it, or the one the
+API assigned. Messages about it from another gateway's topics are refused (``foreign_device``
+dead letters, see ``store.commit_batch``): the broker's ACL only limits a topic's gateway
+segment, so without this one gateway could re-home another's devices and patients. A device
+moves only through the API (``PUT /api/device/{id}`` with ``gateway_id``), and every move is
+recorded in ``device_moves``.
 
 Functions here take an open ``sqlite3.Connection`` and run inside the caller's transaction.
 """
@@ -16,7 +24,13 @@ from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints
 
-from vitalgate.contract import USER_CODE_RE, DeviceStatus, mac_from_device_id, normalise_mac
+from vitalgate.contract import (
+    GATEWAY_ID_RE,
+    USER_CODE_RE,
+    DeviceStatus,
+    mac_from_device_id,
+    normalise_mac,
+)
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -36,6 +50,18 @@ CREATE TABLE IF NOT EXISTS devices (
   created_at INTEGER NOT NULL,
   updated_at INTEGER NOT NULL
 );
+
+-- every change of a device's gateway made through the API
+CREATE TABLE IF NOT EXISTS device_moves (
+  id INTEGER PRIMARY KEY,
+  device_id INTEGER NOT NULL,       -- devices.id
+  device_mac TEXT NOT NULL,
+  from_gateway TEXT,
+  to_gateway TEXT,
+  moved_at INTEGER NOT NULL,
+  key_name TEXT                     -- the API key that moved it, when known
+);
+CREATE INDEX IF NOT EXISTS device_moves_device ON device_moves (device_id, moved_at);
 """
 
 COLUMNS: Final = (
@@ -81,6 +107,7 @@ def _check_type(v: Any) -> Any:
 Mac = Annotated[str, BeforeValidator(_check_mac)]
 Type = Annotated[DeviceType, BeforeValidator(_check_type)]
 UserCode = Annotated[str, StringConstraints(pattern=USER_CODE_RE.pattern)]
+GatewayId = Annotated[str, StringConstraints(pattern=GATEWAY_ID_RE.pattern)]
 
 
 class DeviceIn(BaseModel):
@@ -95,6 +122,8 @@ class DeviceIn(BaseModel):
     device_type: Type = DeviceType.CONSUMER
     device_holder: Name = "unknown"
     user_code: UserCode | None = None
+    #: the gateway the device belongs to (absent: the first gateway to report it)
+    gateway_id: GatewayId | None = None
 
 
 class DevicePatch(BaseModel):
@@ -108,6 +137,9 @@ class DevicePatch(BaseModel):
     device_type: Type | None = None
     device_holder: Name | None = None
     user_code: UserCode | None = None
+    #: move the device to this gateway (recorded in ``device_moves``); ``null`` detaches it,
+    #: so that the next gateway to report it owns it
+    gateway_id: GatewayId | None = None
 
 
 def row_to_json(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
@@ -156,17 +188,20 @@ def create_devices(conn: sqlite3.Connection, items: list[DeviceIn], now: int) ->
             raise RegistryError(409, f"item {i}: {clash}" if len(items) > 1 else clash)
         cur = conn.execute(
             "INSERT INTO devices (device_name, device_mac, device_type, device_holder, user_code,"
-            " user_code_source, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " user_code_source, gateway_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (item.device_name, item.device_mac, item.device_type.value, item.device_holder,
-             item.user_code, "api" if item.user_code else None, now, now),
+             item.user_code, "api" if item.user_code else None, item.gateway_id, now, now),
         )
         out.append(get_device(conn, int(cur.lastrowid or 0)))
     return out
 
 
 def update_device(
-    conn: sqlite3.Connection, device_id: int, patch: DevicePatch, now: int
+    conn: sqlite3.Connection, device_id: int, patch: DevicePatch, now: int, *,
+    key_name: str | None = None,
 ) -> dict[str, Any]:
+    """Apply ``patch``; a change of ``gateway_id`` is recorded in ``device_moves`` with the
+    name of the API key that made it (``key_name``), when the caller knows it."""
     current = get_device(conn, device_id)
     fields = patch.model_fields_set
     name = patch.device_name if patch.device_name is not None else current["device_name"]
@@ -180,12 +215,37 @@ def update_device(
     if "user_code" in fields:  # an explicit null clears the API assignment
         user_code = patch.user_code
         source = "api" if patch.user_code is not None else None
+    gateway_id = current["gateway_id"]
+    if "gateway_id" in fields and patch.gateway_id != gateway_id:
+        conn.execute(
+            "INSERT INTO device_moves (device_id, device_mac, from_gateway, to_gateway, moved_at,"
+            " key_name) VALUES (?, ?, ?, ?, ?, ?)",
+            (device_id, mac, gateway_id, patch.gateway_id, now, key_name))
+        gateway_id = patch.gateway_id
     conn.execute(
         "UPDATE devices SET device_name=?, device_mac=?, device_type=?, device_holder=?,"
-        " user_code=?, user_code_source=?, updated_at=? WHERE id=?",
-        (name, mac, dtype, holder, user_code, source, now, device_id),
+        " user_code=?, user_code_source=?, gateway_id=?, updated_at=? WHERE id=?",
+        (name, mac, dtype, holder, user_code, source, gateway_id, now, device_id),
     )
     return get_device(conn, device_id)
+
+
+def device_moves(conn: sqlite3.Connection, device_id: int) -> list[dict[str, Any]]:
+    """A device's moves between gateways, oldest first."""
+    rows = conn.execute(
+        "SELECT from_gateway, to_gateway, moved_at, key_name FROM device_moves WHERE device_id = ?"
+        " ORDER BY moved_at, id", (device_id,)).fetchall()
+    return [{"from_gateway": f, "to_gateway": t, "moved_at": at, "key_name": k}
+            for f, t, at, k in rows]
+
+
+def owner_of(conn: sqlite3.Connection, device_id: str) -> str | None:
+    """The gateway a device (contract device id) belongs to; None when it is not registered
+    or belongs to none yet (the next gateway to report it claims it)."""
+    row = conn.execute("SELECT gateway_id FROM devices WHERE device_mac = ?",
+                       (mac_from_device_id(device_id),)).fetchone()
+    return None if row is None else row[0]
+
 
 
 def delete_device(conn: sqlite3.Connection, device_id: int) -> dict[str, Any]:
@@ -244,13 +304,13 @@ def seen_on_mqtt(
     seen = max(x for x in (cur_seen, last_seen, 0) if x is not None) or None
     if status is None:
         conn.execute(
-            "UPDATE devices SET user_code=?, user_code_source=?, gateway_id=coalesce(?, gateway_id),"
+            "UPDATE devices SET user_code=?, user_code_source=?, gateway_id=coalesce(gateway_id, ?),"
             " last_seen=?, updated_at=? WHERE id=?",
             (cur_code, cur_source, gateway_id, seen, now, dev_id),
         )
     else:
         conn.execute(
-            "UPDATE devices SET user_code=?, user_code_source=?, gateway_id=coalesce(?, gateway_id),"
+            "UPDATE devices SET user_code=?, user_code_source=?, gateway_id=coalesce(gateway_id, ?),"
             " last_seen=?, battery=coalesce(?, battery), connected=?, rssi=coalesce(?, rssi),"
             " model=coalesce(?, model), updated_at=? WHERE id=?",
             (cur_code, cur_source, gateway_id, seen, status.battery, int(status.connected),

@@ -585,8 +585,9 @@ def run(settings: IngestSettings) -> None:
     except store.StoreOpenError as exc:
         log.error("vitalgate ingest cannot start: %s", exc)  # one line, no traceback
         raise SystemExit(1) from None
-    log.info("vitalgate ingest: HTTP on %s:%d, MQTT %s", settings.http_host, settings.http_port,
-             settings.mqtt_url)
+    log.info("vitalgate ingest: HTTP on %s:%d, MQTT broker %s:%d%s, data in %s", settings.http_host,
+             settings.http_port, settings.mqtt_host, settings.mqtt_port,
+             " (TLS)" if settings.mqtt_tls else "", settings.data_dir)
     web.run_app(service.app, host=settings.http_host, port=settings.http_port, print=None,
                 access_log=None, shutdown_timeout=5.0)
 

@@ -24,8 +24,11 @@ class IngestSettings(ServiceSettings):
     mqtt_client_id: str = "vitalgate-ingest"
     mqtt_username: str | None = None
     mqtt_password: str | None = None
-    #: CA bundle for mqtts:// (default: the system's trust store).
+    #: CA bundle for mqtts:// (default: the system's trust store); the gateway's name for it too.
+    mqtt_ca: Path | None = None
+    #: deprecated name of ``mqtt_ca`` (read with a WARNING; see ServiceSettings.deprecated_names).
     mqtt_ca_file: Path | None = None
+    deprecated_names: ClassVar[dict[str, str]] = {"mqtt_ca_file": "mqtt_ca"}
     #: "3.1.1" (clean_session=False) or "5" (clean_start=False + session expiry). 3.1.1 is the
     #: default: under the fault suite (broker and ingest restarts), Debian's Mosquitto 2.0.11
     #: stopped delivering to an MQTT 5 session while it stayed connected (its inflight-quota
@@ -124,6 +127,24 @@ class IngestSettings(ServiceSettings):
     influx_token: str | None = None
     influx_org: str | None = None
     influx_bucket: str | None = None
+
+    # --- hostile input: poison messages, future stamps, bounded junk (issue 11, h1) -------
+    #: readings, ECG chunks and device statuses stamped (event time) later than processing
+    #: time (the consumer's clock at arrival) plus this skew are dead-lettered (``future``).
+    max_future_skew_s: float = Field(default=300.0, ge=0, le=7 * 24 * 3600)
+    #: a message delivered this many times more without ever being committed (the consumer
+    #: failed on it each time) is dead-lettered (``redelivery_loop``) instead of processed.
+    redelivery_max: int = Field(default=3, ge=1, le=1000)
+    #: bytes of a rejected payload kept in the dead-letter table (its size and SHA-256 are
+    #: kept in full).
+    dead_letter_payload_bytes: int = Field(default=4096, ge=0, le=256 * 1024)
+    #: bounds of the dead-letter table; beyond either the oldest rows are evicted (counted).
+    dead_letters_max_rows: int = Field(default=100_000, ge=1)
+    dead_letters_max_bytes: int = Field(default=64 * 2**20, ge=4096)
+    #: the size cap of one ECG recording (chunks and samples); beyond it the recording's
+    #: partial chunks are discarded (counted) and its chunks dead-lettered (``ecg_too_large``).
+    ecg_max_chunks: int = Field(default=5_000, ge=1, le=65_536)
+    ecg_max_samples: int = Field(default=600_000, ge=1, le=10_000_000)
 
     @field_validator("mqtt_url")
     @classmethod

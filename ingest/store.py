@@ -32,8 +32,11 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 import numpy as np
 
+from ingest import dead_letters as dl
 from ingest import gaps, keys, registry
+from ingest.dead_letters import DeadLetter as DeadLetter
 from vitalgate.contract import (
+    MAX_ECG_CHUNK_SEQ,
     DeviceStatus,
     EcgChunk,
     GatewayStatus,
@@ -118,15 +121,13 @@ CREATE INDEX IF NOT EXISTS ecg_recordings_ts ON ecg_recordings (ts);
 CREATE INDEX IF NOT EXISTS ecg_recordings_name ON ecg_recordings (recording);
 CREATE INDEX IF NOT EXISTS ecg_recordings_kept ON ecg_recordings (max(ts, created_at));
 
-CREATE TABLE IF NOT EXISTS dead_letters (
-  id INTEGER PRIMARY KEY,
-  topic TEXT NOT NULL,
-  payload BLOB NOT NULL,
-  reason TEXT NOT NULL,
-  detail TEXT NOT NULL,
-  received_at INTEGER NOT NULL
+-- recordings refused as too large: their later chunks are dead-lettered, not collected again
+CREATE TABLE IF NOT EXISTS ecg_rejected (
+  device_id TEXT NOT NULL,
+  recording TEXT NOT NULL,
+  at INTEGER NOT NULL,
+  PRIMARY KEY (device_id, recording)
 );
-CREATE INDEX IF NOT EXISTS dead_letters_received ON dead_letters (received_at);
 
 CREATE TABLE IF NOT EXISTS store_probe (   -- one row, rewritten by the health check's write probe
   id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -179,13 +180,9 @@ class StoredReading(NamedTuple):
 # ------------------------------------------------------------------------- what a batch holds
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    topic: str
-    payload: bytes
-    reason: str
-    detail: str
-    received_at: int
+# DeadLetter lives in ingest.dead_letters (imported above, so store.DeadLetter still names it).
+# ``topic``/``payload`` on the items below: the message they came from, for the dead letter
+# written when the store refuses them (foreign_device, ecg_too_large, store_error).
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +191,8 @@ class ReadingsIn:
     device_id: str
     readings: list[Reading]
     received_at: int
+    topic: str = ""
+    payload: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +200,8 @@ class DeviceStatusIn:
     gateway_id: str
     status: DeviceStatus
     received_at: int
+    topic: str = ""
+    payload: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +216,8 @@ class EcgChunkIn:
     gateway_id: str
     chunk: EcgChunk
     received_at: int
+    topic: str = ""
+    payload: bytes = b""
 
 
 Item = DeadLetter | ReadingsIn | DeviceStatusIn | GatewayStatusIn | EcgChunkIn
@@ -243,6 +246,43 @@ class CommitResult:
     #: late readings of the batch by flag ("late", "clock_suspect")
     late_counts: dict[str, int] = field(default_factory=dict)
     gaps: gaps.Update = field(default_factory=gaps.Update)
+    #: dead letters already kept (same topic, payload, reason, detail): counted, not stored
+    dead_repeats: int = 0
+    #: dead letters evicted (oldest first) to keep the table within its bounds
+    dead_evicted: int = 0
+    #: the table's size after this commit (None when this commit wrote no dead letter)
+    dead_stats: dl.Stats | None = None
+    #: partial ECG chunks discarded because their recording exceeded the size cap
+    ecg_discarded: int = 0
+
+    def merge(self, other: CommitResult) -> None:
+        """Add ``other`` (a part of the same transaction) to this result."""
+        self.readings += other.readings
+        self.duplicates += other.duplicates
+        self.dead += other.dead
+        self.recordings += other.recordings
+        self.newest_received = max(self.newest_received, other.newest_received)
+        self.dead_repeats += other.dead_repeats
+        self.dead_evicted += other.dead_evicted
+        self.dead_stats = other.dead_stats or self.dead_stats
+        self.ecg_discarded += other.ecg_discarded
+        for device_id, flags in other.late.items():
+            self.late[device_id] = self.late.get(device_id, 0) | flags
+        for flag, n in other.late_counts.items():
+            self.late_counts[flag] = self.late_counts.get(flag, 0) + n
+        self.gaps.add(other.gaps)
+
+
+@dataclass(frozen=True, slots=True)
+class EcgLimits:
+    """The size cap of one ECG recording (``IngestSettings.ecg_max_*``)."""
+
+    max_chunks: int = MAX_ECG_CHUNK_SEQ + 1
+    max_samples: int = 600_000
+
+
+DEFAULT_ECG_LIMITS: Final = EcgLimits()
+DEFAULT_DEAD_LIMITS: Final = dl.Limits()
 
 
 # --------------------------------------------------------------------------------- database
@@ -274,6 +314,7 @@ class Database:
             self._writer = _connect(path, synchronous)
             with self._wlock:
                 migrate(self._writer)
+                dl.migrate(self._writer)
                 keys.migrate(self._writer)  # api_keys made before scopes: add the columns
         except (OSError, sqlite3.OperationalError) as exc:
             raise StoreOpenError(f"store {path} cannot be opened for writing: {exc} (is the"
@@ -357,7 +398,7 @@ def migrate(conn: sqlite3.Connection, *, now: int = 0) -> int:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    conn.executescript(SCHEMA + gaps.SCHEMA + registry.SCHEMA + keys.SCHEMA)
+    conn.executescript(SCHEMA + dl.SCHEMA + gaps.SCHEMA + registry.SCHEMA + keys.SCHEMA)
     if version < SCHEMA_VERSION:
         conn.execute("BEGIN IMMEDIATE")
         if existed and version < 1:
@@ -372,22 +413,21 @@ def migrate(conn: sqlite3.Connection, *, now: int = 0) -> int:
 
 def commit_batch(
     conn: sqlite3.Connection, items: Sequence[Item], *, now: int, holder: str,
+    dead_limits: dl.Limits = DEFAULT_DEAD_LIMITS,
+    ecg_limits: EcgLimits = DEFAULT_ECG_LIMITS,
     late_after_ms: int = LATE_AFTER_MS,
 ) -> CommitResult:
     """Write one batch of decoded messages (inside the caller's transaction)."""
     out = CommitResult()
     arrivals = gaps.Arrivals()
     ecg_touched: set[tuple[str, str]] = set()
+    dead: list[DeadLetter] = []
+    items = _owned(conn, items, dead)
     # statuses first, so that readings of the same batch see a device's newest user_code
     for item in items:
         out.newest_received = max(out.newest_received, item.received_at)
         if isinstance(item, DeadLetter):
-            conn.execute(
-                "INSERT INTO dead_letters (topic, payload, reason, detail, received_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (item.topic, item.payload, item.reason, item.detail[:2000], item.received_at),
-            )
-            out.dead.append(item)
+            dead.append(item)
         elif isinstance(item, DeviceStatusIn):
             s = item.status
             registry.seen_on_mqtt(conn, s.device_id, gateway_id=item.gateway_id, now=now,
@@ -433,14 +473,63 @@ def commit_batch(
         elif isinstance(item, EcgChunkIn):
             dev_code, dev_source = assigned.get(item.chunk.device_id, (None, None))
             code = dev_code if dev_source == "api" else (item.chunk.user_code or dev_code)
-            if _insert_chunk(conn, item, code):
+            stored = _insert_chunk(conn, item, code, ecg_limits, now)
+            if stored is True:
                 ecg_touched.add((item.chunk.device_id, item.chunk.recording))
+            elif stored is not False:
+                discarded, detail = stored
+                out.ecg_discarded += discarded
+                dead.append(DeadLetter(item.topic, item.payload, "ecg_too_large", detail,
+                                       item.received_at))
     for device_id, recording in sorted(ecg_touched):
         done = _assemble(conn, device_id, recording, now)
         if done is not None:
             out.recordings.append(done)
+    for letter in dead:
+        out.newest_received = max(out.newest_received, letter.received_at)
+        if not dl.insert(conn, letter, dead_limits):
+            out.dead_repeats += 1
+        out.dead.append(letter)
+    if dead:
+        out.dead_evicted = dl.enforce(conn, dead_limits)
+        out.dead_stats = dl.stats(conn)
     out.gaps = gaps.observe(conn, arrivals, now)
     return out
+
+
+def _device_of(item: Item) -> tuple[str, str] | None:
+    """``(device_id, gateway_id)`` of an item about a device."""
+    if isinstance(item, ReadingsIn):
+        return item.device_id, item.gateway_id
+    if isinstance(item, DeviceStatusIn):
+        return item.status.device_id, item.gateway_id
+    if isinstance(item, EcgChunkIn):
+        return item.chunk.device_id, item.gateway_id
+    return None
+
+
+def _owned(conn: sqlite3.Connection, items: Sequence[Item], dead: list[DeadLetter]) -> list[Item]:
+    """The items whose device belongs to the gateway they came from; the others become
+    ``foreign_device`` dead letters. A device belongs to the gateway that first registered it
+    (the first in this batch, for a device not registered yet) or to the one the API assigned."""
+    claims: dict[str, str] = {}
+    kept: list[Item] = []
+    for item in items:
+        about = _device_of(item)
+        if about is not None:
+            device_id, gateway_id = about
+            owner = claims.get(device_id) or registry.owner_of(conn, device_id)
+            if owner is not None and owner != gateway_id:
+                assert not isinstance(item, DeadLetter | GatewayStatusIn)
+                dead.append(DeadLetter(
+                    item.topic, item.payload, "foreign_device",
+                    f"device {device_id} belongs to gateway {owner!r}, not {gateway_id!r}"
+                    " (move it through the API: PUT /api/device/{id} with gateway_id)",
+                    item.received_at))
+                continue
+            claims[device_id] = gateway_id
+        kept.append(item)
+    return kept
 
 
 def reading_flags(r: Reading, received_at: int, late_after_ms: int) -> int:
@@ -486,12 +575,33 @@ def _insert_reading(
                 out.late_counts[name] = out.late_counts.get(name, 0) + 1
 
 
-def _insert_chunk(conn: sqlite3.Connection, item: EcgChunkIn, user_code: str | None) -> bool:
+def _insert_chunk(
+    conn: sqlite3.Connection, item: EcgChunkIn, user_code: str | None, limits: EcgLimits, now: int,
+) -> bool | tuple[int, str]:
+    """``True`` when stored, ``False`` when already stored, ``(discarded, detail)`` when the
+    recording exceeds the size cap: its partial chunks are deleted (``discarded`` of them) and
+    its later chunks are refused too."""
     c = item.chunk
     if conn.execute(
         "SELECT 1 FROM ecg_recordings WHERE device_id = ? AND recording = ?", (c.device_id, c.recording)
     ).fetchone():
         return False  # a chunk of a recording already assembled (redelivery)
+    if conn.execute("SELECT 1 FROM ecg_rejected WHERE device_id = ? AND recording = ?",
+                    (c.device_id, c.recording)).fetchone():
+        return 0, f"recording {c.recording!r} was refused as too large; chunk {c.seq} dropped"
+    have, samples = conn.execute(
+        "SELECT count(*), coalesce(sum(length(samples)), 0) / 4 FROM ecg_chunks"
+        " WHERE device_id = ? AND recording = ? AND seq != ?", (c.device_id, c.recording, c.seq),
+    ).fetchone()
+    if c.seq >= limits.max_chunks or have + 1 > limits.max_chunks \
+            or samples + len(c.samples) > limits.max_samples:
+        conn.execute("DELETE FROM ecg_chunks WHERE device_id = ? AND recording = ?",
+                     (c.device_id, c.recording))
+        conn.execute("INSERT OR IGNORE INTO ecg_rejected (device_id, recording, at) VALUES (?, ?, ?)",
+                     (c.device_id, c.recording, now))
+        return int(have), (f"recording {c.recording!r} exceeds {limits.max_chunks} chunks or "
+                           f"{limits.max_samples} samples (chunk {c.seq}); {have} partial chunks "
+                           "discarded")
     cur = conn.execute(
         "INSERT OR IGNORE INTO ecg_chunks (device_id, recording, seq, ts, fs, samples, last,"
         " user_code, gateway_id, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -702,20 +812,11 @@ def warm_items(conn: sqlite3.Connection, since_ms: int) -> list[tuple[str, str, 
 
 
 def dead_letters(
-    conn: sqlite3.Connection, page: int, size: int, reason: str | None = None
+    conn: sqlite3.Connection, page: int, size: int, reason: str | None = None, *,
+    with_payload: bool = True,
 ) -> tuple[list[dict[str, Any]], int]:
-    where, args = ("WHERE reason = ?", [reason]) if reason else ("", [])
-    total = conn.execute(f"SELECT count(*) FROM dead_letters {where}", args).fetchone()[0]
-    rows = conn.execute(
-        f"SELECT id, topic, payload, reason, detail, received_at FROM dead_letters {where}"
-        " ORDER BY id DESC LIMIT ? OFFSET ?", [*args, size, (page - 1) * size],
-    ).fetchall()
-    items = [
-        {"id": i, "topic": t, "payload": p[:2048].decode("utf-8", "replace"), "size": len(p),
-         "reason": r, "detail": d, "received_at": at}
-        for i, t, p, r, d, at in rows
-    ]
-    return items, int(total)
+    """The dead letters, newest first (see :func:`ingest.dead_letters.list_dead_letters`)."""
+    return dl.list_dead_letters(conn, page, size, reason, with_payload=with_payload)
 
 
 def write_probe(conn: sqlite3.Connection, now: int) -> None:
@@ -741,6 +842,7 @@ RETAINED: Final = (
     ("ecg_recordings", "max(ts, created_at)"),
     ("ecg_chunks", "received_at"),
     ("dead_letters", "received_at"),
+    ("ecg_rejected", "at"),
 )
 
 

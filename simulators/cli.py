@@ -1,27 +1,37 @@
 """``vitalgate simulate | replay | record``: fleet mode, replay of recordings, broker recording.
 
 Defaults come from :class:`SimulatorSettings` (``[simulators]`` in the TOML file named by
-``--config`` or $VITALGATE_CONFIG, env ``VITALGATE_BROKER`` etc.); command-line options win.
+``--config`` or $VITALGATE_CONFIG, env ``VITALGATE_MQTT_URL`` etc., the same names as the
+gateway's and ingest's); command-line options win.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import re
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any, ClassVar
 
 from simulators import scenarios as scenario_files
-from vitalgate.config import ServiceSettings, load_settings
+from vitalgate.config import BrokerAddress, ServiceSettings, load_settings
 from vitalgate.contract import DEFAULT_PREFIX, GATEWAY_ID_RE
 
 
 class SimulatorSettings(ServiceSettings):
     toml_table: ClassVar[str] = "simulators"
 
-    broker: str = "mqtt://127.0.0.1:1883"
+    #: the broker, as the gateway and ingest name it (``VITALGATE_MQTT_URL``).
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    #: deprecated name of ``mqtt_url`` (read with a WARNING; see ServiceSettings.deprecated_names).
+    broker: str | None = None
+    deprecated_names: ClassVar[dict[str, str]] = {"broker": "mqtt_url"}
     prefix: str = DEFAULT_PREFIX
     gateway_id: str = "sim-ward"
     seed: int = 0
@@ -30,6 +40,35 @@ class SimulatorSettings(ServiceSettings):
     rate_s: float = 60.0
     #: "wall": ts = real time of delivery; "sim": ts on the simulated timeline.
     timestamps: str = "wall"
+
+
+log = logging.getLogger(__name__)
+
+
+def _log_broker(settings: SimulatorSettings, what: str) -> None:
+    """Say at INFO which broker this command uses (host:port only: never credentials)."""
+    try:
+        broker = BrokerAddress.parse(settings.mqtt_url)
+    except ValueError:
+        return  # the client refuses it with a clear error of its own
+    log.info("%s: MQTT broker %s:%d%s (mqtt_url, VITALGATE_MQTT_URL), topic prefix %s", what,
+             broker.host, broker.port, " (TLS)" if broker.tls else "", settings.prefix)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (a service manager, ``kill``, a CI runner) stops these commands as Ctrl-C does:
+    the publisher says offline and closes, a recording drains and closes its file, and the
+    process exits within seconds (130, or 0 for ``record``, whose end is always Ctrl-C)."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*$")
@@ -52,7 +91,7 @@ def _gateway_id(text: str) -> str:
 
 def _settings(args: argparse.Namespace) -> SimulatorSettings:
     overrides: dict[str, Any] = {}
-    for name in ("broker", "prefix", "gateway_id", "seed", "speed", "rate_s", "timestamps"):
+    for name in ("mqtt_url", "prefix", "gateway_id", "seed", "speed", "rate_s", "timestamps"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -60,13 +99,23 @@ def _settings(args: argparse.Namespace) -> SimulatorSettings:
 
 
 def _common(p: argparse.ArgumentParser, gateway: bool = True) -> None:
-    p.add_argument("--broker", help="mqtt://host:port")
+    p.add_argument("--mqtt-url", "--broker", dest="mqtt_url",
+                   help="mqtt://host:port (default: mqtt_url from the settings, VITALGATE_MQTT_URL)")
     p.add_argument("--prefix", help=f"topic prefix (default {DEFAULT_PREFIX})")
     p.add_argument("--config", type=Path, help="TOML settings file ([simulators] table)")
     if gateway:
         p.add_argument("--gateway-id", dest="gateway_id", type=_gateway_id)
         p.add_argument("--speed", type=float, help="simulated time runs SPEED × real time")
         p.add_argument("--timestamps", choices=("wall", "sim"), help="ts = delivery time (wall) or simulated time")
+
+
+def _with_sigterm(cmd: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        with _sigterm_as_ctrl_c():
+            return int(cmd(args))
+
+    run.__name__ = cmd.__name__
+    return run
 
 
 def register(subparsers: Any) -> None:
@@ -78,7 +127,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--list-scenarios", action="store_true", help="list the built-in scenarios and exit")
     _common(p)
-    p.set_defaults(func=cmd_simulate)
+    p.set_defaults(func=_with_sigterm(cmd_simulate))
 
     p = subparsers.add_parser("replay", help="replay recorded vitals onto MQTT in their own timing")
     p.add_argument("file", type=Path, help="JSONL, CSV, .psv, Challenge 2012 .txt, WFDB .hea, or a folder")
@@ -92,14 +141,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data-dir", type=Path, default=None,
                    help="with --virtual-watches: the gateway's buffer directory (default: temp)")
     _common(p)
-    p.set_defaults(func=cmd_replay)
+    p.set_defaults(func=_with_sigterm(cmd_replay))
 
     p = subparsers.add_parser("record", help="record the readings on a broker to JSONL")
     p.add_argument("--out", type=Path, required=True, help="JSONL file (appended)")
     p.add_argument("--duration", type=duration, help="stop after this long (real time); default: until Ctrl-C")
     p.add_argument("--all", action="store_true", help="also record status, ECG, EWS and command messages")
     _common(p, gateway=False)
-    p.set_defaults(func=cmd_record)
+    p.set_defaults(func=_with_sigterm(cmd_record))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -123,7 +172,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return 2
     clock = SimClock(speed=settings.speed)
     cohort = Cohort([loaded[i % len(loaded)] for i in range(args.patients)], settings.seed, clock.start_ms)
-    publisher = GatewayPublisher(settings.broker, settings.gateway_id, settings.prefix)
+    _log_broker(settings, f"simulate {args.patients} patients as gateway {settings.gateway_id}")
+    publisher = GatewayPublisher(settings.mqtt_url, settings.gateway_id, settings.prefix)
     try:
         publisher.connect()
     except (MqttError, ValueError) as exc:
@@ -161,7 +211,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         sys.stderr.write(f"skipped {err}\n")
     if args.virtual_watches:
         return _replay_through_watches(args, settings, loaded.tracks)
-    publisher = GatewayPublisher(settings.broker, settings.gateway_id, settings.prefix)
+    _log_broker(settings, f"replay {len(loaded.tracks)} tracks as gateway {settings.gateway_id}")
+    publisher = GatewayPublisher(settings.mqtt_url, settings.gateway_id, settings.prefix)
     try:
         publisher.connect()
     except (MqttError, ValueError) as exc:
@@ -192,8 +243,9 @@ def _replay_through_watches(args: argparse.Namespace, settings: Any, tracks: lis
     from simulators.replay_watches import replay_through_watches
 
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="vitalgate-replay-"))
+    _log_broker(settings, f"replay {len(tracks)} tracks through virtual watches, buffer in {data_dir}")
     snapshot = asyncio.run(replay_through_watches(
-        tracks, mqtt_url=settings.broker, gateway_id=settings.gateway_id, data_dir=data_dir,
+        tracks, mqtt_url=settings.mqtt_url, gateway_id=settings.gateway_id, data_dir=data_dir,
         speed=settings.speed, interval_s=args.interval, prefix=settings.prefix,
     ))
     buffered = snapshot.get("buffer", {})
@@ -208,9 +260,10 @@ def cmd_record(args: argparse.Namespace) -> int:
     from simulators.replay import record
 
     settings = _settings(args)
+    _log_broker(settings, f"record to {args.out}")
     with JsonlWriter(args.out) as writer:
         try:
-            stats = record(settings.broker, writer, settings.prefix, args.duration, args.all)
+            stats = record(settings.mqtt_url, writer, settings.prefix, args.duration, args.all)
         except (MqttError, ValueError) as exc:
             sys.stderr.write(f"{exc}\n")
             return 1

@@ -19,7 +19,7 @@ from typing import Any, Final
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from vitalgate.config import BrokerAddress
+from vitalgate.config import BrokerAddress, redact_url
 from vitalgate.contract import (
     DEFAULT_PREFIX,
     QOS,
@@ -47,7 +47,7 @@ def parse_url(url: str) -> tuple[str, int]:
     """``mqtt://host:port`` (port 1883 by default) → (host, port)."""
     address = BrokerAddress.parse(url)
     if address.tls:
-        raise ValueError(f"broker URL {url!r}: the simulators speak plain mqtt://host:port only")
+        raise ValueError(f"broker URL {redact_url(url)!r}: the simulators speak plain mqtt://host:port only")
     return address.host, address.port
 
 
@@ -65,14 +65,17 @@ def _client(client_id: str) -> mqtt.Client:
 
 def _connect(client: mqtt.Client, url: str, connected: threading.Event) -> None:
     host, port = parse_url(url)
+    address = BrokerAddress.parse(url)
+    if address.username:  # mqtt://user:password@host: used, never shown (host:port only below)
+        client.username_pw_set(address.username, address.password)
     try:
         client.connect(host, port, keepalive=30)
     except OSError as exc:
-        raise MqttError(f"cannot connect to {url}: {exc}") from None
+        raise MqttError(f"cannot connect to MQTT broker {host}:{port}: {exc}") from None
     client.loop_start()
     if not connected.wait(CONNECT_TIMEOUT_S):
         client.loop_stop()
-        raise MqttError(f"no CONNACK from {url} within {CONNECT_TIMEOUT_S}s")
+        raise MqttError(f"no CONNACK from MQTT broker {host}:{port} within {CONNECT_TIMEOUT_S}s")
 
 
 class GatewayPublisher:
@@ -124,7 +127,7 @@ class GatewayPublisher:
         with self._cond:
             while self.published - self.acked >= self.max_unacked:
                 if not self._cond.wait(CONNECT_TIMEOUT_S):
-                    raise MqttError(f"broker {self.url} stopped acknowledging publishes")
+                    raise MqttError(f"broker {redact_url(self.url)} stopped acknowledging publishes")
         info = self._client.publish(topic, payload, qos=QOS, retain=retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
             raise MqttError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
@@ -214,7 +217,7 @@ class Subscriber:
         _connect(self._client, self.url, self._connected)
         if not self._subscribed.wait(CONNECT_TIMEOUT_S):
             self.close()
-            raise MqttError(f"no SUBACK from {self.url} within {CONNECT_TIMEOUT_S}s")
+            raise MqttError(f"no SUBACK from {redact_url(self.url)} within {CONNECT_TIMEOUT_S}s")
         return self
 
     def close(self) -> None:

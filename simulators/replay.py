@@ -7,8 +7,12 @@ PhysioNet 2019 patient at ``--speed 3600`` delivers one row per second.
 
 Timestamps: with ``timestamps="wall"`` (default) a reading's ``ts`` is the real time at which it
 is delivered, ``start + round(offset / speed)``: the consumer sees fresh readings whose spacing is
-the recorded spacing scaled by 1/speed, and its freshness windows work. With ``"sim"`` the
-``ts`` is ``start + offset`` (the recorded spacing, on the simulated timeline).
+the recorded spacing scaled by 1/speed. With ``"sim"`` the ``ts`` keeps the recorded spacing
+(event time as recorded) on a timeline that ENDS at the replay's start: ``ts = start - span +
+offset`` where ``span`` is the recording's last offset. The recording's last reading is stamped
+with the start time and every reading lies in the past when it is delivered, so a consumer that
+rejects readings from the future (ingest's ``future`` skew) takes them all, and an ingest scoring
+on event time gives the EWS trajectory the patient had in real time, at any ``speed``.
 
 Identity: a track keeps its ``device_id`` and ``user_code`` when the recording has them; a
 PhysioNet track gets a deterministic locally administered device id and 13-character
@@ -103,6 +107,7 @@ def replay_tracks(
     if not non_empty:
         return stats
     origin = min(int(t.t_ms[0]) for t in non_empty)
+    span = max(int(t.t_ms[-1]) for t in non_empty) - origin  # "sim": the timeline ends at start
     ids = []
     for track in tracks:
         device_id, user_code = identity_for(track.name)
@@ -121,7 +126,7 @@ def replay_tracks(
         if not vitals:
             continue
         clock.sleep_until(start + offset)
-        ts = start + round(offset / speed) if timestamps == "wall" else start + offset
+        ts = start + round(offset / speed) if timestamps == "wall" else start - span + offset
         item = ReplayItem(ids[i][0], ids[i][1], ts, offset, vitals, track.name)
         try:
             sink(item)

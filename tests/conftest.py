@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from vitalgate.broker import Mosquitto
+from vitalgate.postgres import PostgresServer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -31,3 +34,32 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.fail(f"shared data not found at {path}: clone beside ../shared")
     return path
+
+
+# ---- PostgreSQL (vitalgate/postgres.py): one private server per session, one database per test
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL 15 on a free loopback port for the whole session (fsync off: throwaway).
+    Its work dir is under /tmp, not tmp_path: when the tests run as root the server runs as
+    the unprivileged 'postgres' user, which cannot enter pytest's 0700 root-owned tmp dirs."""
+    workdir = Path(tempfile.mkdtemp(prefix="vitalgate-test-postgres-"))
+    workdir.chmod(0o755)
+    server = PostgresServer(workdir=workdir, fsync=False)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def postgres_db(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database on the session's server; yields its URL and drops it after."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = postgres_server.create_database(name)
+    try:
+        yield url
+    finally:
+        postgres_server.drop_database(name)

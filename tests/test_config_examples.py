@@ -75,3 +75,98 @@ def test_bad_broker_urls_are_refused_by_every_service(url: str) -> None:
     for cls in (IngestSettings, GatewaySettings):
         with pytest.raises(ValueError, match="broker URL"):
             load_settings(cls, None, mqtt_url=url)
+
+
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("VITALGATE_")]:
+        monkeypatch.delenv(key)
+
+
+def test_one_broker_setting_reaches_every_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """VITALGATE_MQTT_URL set once points the simulators too (they read ``broker`` before, and
+    published to localhost:1883 while gateway and ingest went elsewhere)."""
+    from gateway.settings import GatewaySettings
+    from ingest.settings import IngestSettings
+    from simulators.cli import SimulatorSettings
+
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("VITALGATE_MQTT_URL", "mqtt://broker.ward:1999")
+    for cls in (IngestSettings, GatewaySettings, SimulatorSettings):
+        assert load_settings(cls).mqtt_url == "mqtt://broker.ward:1999", cls.__name__
+
+
+@pytest.mark.parametrize(
+    ("cls_path", "old", "new", "value"),
+    [
+        ("simulators.cli:SimulatorSettings", "broker", "mqtt_url", "mqtt://old.ward:1884"),
+        ("ingest.settings:IngestSettings", "mqtt_ca_file", "mqtt_ca", "/etc/ca.pem"),
+    ],
+)
+@pytest.mark.parametrize("where", ["env", "toml", "init"])
+def test_deprecated_names_are_read_with_a_warning(
+    cls_path: str, old: str, new: str, value: str, where: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    _clean_env(monkeypatch)
+    module, cls_name = cls_path.split(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    toml = None
+    kwargs: dict[str, str] = {}
+    if where == "env":
+        monkeypatch.setenv(f"VITALGATE_{old.upper()}", value)
+    elif where == "toml":
+        toml = tmp_path / "c.toml"
+        toml.write_text(f'[{cls.toml_table}]\n{old} = "{value}"\n')
+    else:
+        kwargs[old] = value
+    with caplog.at_level("WARNING", logger="vitalgate.config"):
+        settings = load_settings(cls, toml, **kwargs)
+    assert str(getattr(settings, new)) == value
+    assert getattr(settings, old) is None
+    assert any(old in r.getMessage() and new in r.getMessage() and r.levelname == "WARNING"
+               for r in caplog.records)
+
+
+def test_new_name_wins_over_deprecated_one(monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    from simulators.cli import SimulatorSettings
+
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("VITALGATE_BROKER", "mqtt://old.ward:1")
+    monkeypatch.setenv("VITALGATE_MQTT_URL", "mqtt://new.ward:2")
+    with caplog.at_level("WARNING", logger="vitalgate.config"):
+        assert load_settings(SimulatorSettings).mqtt_url == "mqtt://new.ward:2"
+    assert any("ignored" in r.getMessage() for r in caplog.records)
+
+
+def test_examples_use_no_deprecated_names() -> None:
+    import tomllib
+
+    for name, target in EXAMPLES.items():
+        module, cls_name = target.split(":")
+        cls = getattr(importlib.import_module(module), cls_name)
+        data = tomllib.loads((ROOT / "config" / name).read_text())
+        used = set(data.get(cls.toml_table, data))
+        assert not used & set(cls.deprecated_names), name
+
+
+@pytest.mark.parametrize("url", ["mqtt://gw:s3cr3t@host:notaport", "amqp://gw:s3cr3t@h:1",
+                                 "gw:s3cr3t@host:99999"])
+def test_a_bad_broker_url_is_named_without_its_password(url: str) -> None:
+    from vitalgate.config import BrokerAddress
+
+    with pytest.raises(ValueError, match="broker URL") as info:
+        BrokerAddress.parse(url)
+    assert "s3cr3t" not in str(info.value) and "***@" in str(info.value)
+
+
+def test_a_bad_setting_error_never_shows_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from gateway.settings import GatewaySettings
+
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("VITALGATE_MQTT_URL", "mqtt://gw:s3cr3t@host:notaport")
+    with pytest.raises(ValidationError) as info:
+        load_settings(GatewaySettings)
+    assert "mqtt_url" in str(info.value) and "s3cr3t" not in str(info.value)

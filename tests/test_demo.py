@@ -174,3 +174,55 @@ async def test_embedded_broker_relays_qos1_between_two_paho_clients() -> None:
             for client in (pub, sub):
                 client.disconnect()
                 client.loop_stop()
+
+
+def test_ward_table_renders_patients_not_yet_scored_and_never_parses_api_text() -> None:
+    """A patient without a score yet once rendered as the markup '[]–[/]', which killed rich's
+    refresh thread: the terminal kept 'ward · 0 patients' all run. Cells are Text now."""
+    from rich.console import Console
+
+    from vitalgate.demo import patient_labels, ward_table
+
+    labels = patient_labels(["sepsis_demo", "stable"])
+    codes = list(labels)
+    ward = {"patients": [
+        {"user_code": codes[0], "ews": None, "vitals": {}, "device": {"connected": True}},
+        {"user_code": codes[1], "ews": {"point": 7, "result": "tinggi", "partial": True},
+         "vitals": {"heart_rate": {"value": 131.0}, "temperature": {"value": 39.24}},
+         "device": {"connected": False}},
+        {"user_code": "[bold]x[/]", "ews": {"result": "[/]"}, "vitals": {}},
+    ]}
+    console = Console(record=True, width=160, color_system=None)
+    console.print(ward_table(ward, labels))
+    text = console.export_text()
+    assert "ward · 3 patients" in text
+    assert "bed 1 · sepsis" in text and "bed 2 · stable" in text
+    rows = [line for line in text.splitlines() if "│" in line]
+    worst = next(i for i, line in enumerate(rows) if codes[1] in line)
+    unscored = next(i for i, line in enumerate(rows) if codes[0] in line)
+    assert worst < unscored  # worst first
+    assert "tinggi" in rows[worst] and "131" in rows[worst] and "39.2" in rows[worst]
+    assert "partial disconnected" in rows[worst]
+    assert "[bold]x[/]" in text  # shown as it came, not parsed as markup
+
+
+def test_demo_sepsis_reaches_sedang_or_tinggi_within_its_first_simulated_hour() -> None:
+    """At the demo's 60× that hour is its first real minute (the stable mix showed nothing for
+    minutes). Scored with the engine's own NEWS2 on the patient the demo's gateway simulates."""
+    import numpy as np
+
+    from ews.news2 import score_news2
+    from simulators.physiology import fleet_patients
+    from vitalgate.demo import SCENARIO_MIX, SEED
+
+    assert SCENARIO_MIX[0] == "sepsis_demo"
+    patient = fleet_patients(1, list(SCENARIO_MIX[:1]), seed=SEED, start_ms=0)[0]
+    minutes = range(0, 91, 5)
+    rows = [patient.vitals(m * 60_000) for m in minutes]
+    vitals = ("heart_rate", "spo2", "systolic_bp", "temperature", "respiratory_rate")
+    scores = score_news2({v: np.array([r.get(v, np.nan) for r in rows], dtype=float) for v in vitals})
+    by_minute = dict(zip(minutes, scores.result.tolist(), strict=True))
+    points = dict(zip(minutes, scores.points.tolist(), strict=True))
+    assert points[0] <= 4, points  # it starts low: the rise is what the demo shows
+    assert all(by_minute[m] in ("sedang", "tinggi") for m in range(45, 91, 5)), by_minute
+    assert by_minute[60] == "tinggi" or points[60] >= 5, points

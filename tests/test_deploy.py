@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -108,3 +109,23 @@ def test_broker_tls_auth_and_per_gateway_acl(tmp_path: Path) -> None:
     finally:
         broker.terminate()
         broker.wait(5)
+
+
+def test_compose_postgres_service() -> None:
+    """PostgreSQL 15 (issue 13): data on a named volume, a pg_isready health check, the
+    password required from .env (never a default in the compose file), no host port."""
+    spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    pg = spec["services"]["postgres"]
+    assert str(pg["image"]).split(":")[1].startswith("15")
+    mounts = [v.split(":") for v in pg["volumes"]]
+    assert ["postgres-data", "/var/lib/postgresql/data"] in mounts
+    assert "postgres-data" in spec["volumes"], "the data volume is not declared"
+    check = pg["healthcheck"]
+    assert "pg_isready" in " ".join(check["test"]) and int(check["retries"]) > 0
+    password = pg["environment"]["POSTGRES_PASSWORD"]
+    assert re.fullmatch(r"\$\{POSTGRES_PASSWORD:\?[^}]*\}", password), password
+    assert "POSTGRES_HOST_AUTH_METHOD" not in pg["environment"]  # "trust" would skip the password
+    assert "ports" not in pg, "PostgreSQL must not be published on the host"
+    example = (ROOT / "config/compose.env.example").read_text()
+    for key in ("POSTGRES_USER", "POSTGRES_DB", "POSTGRES_PASSWORD"):
+        assert re.search(rf"^{key}=\S", example, re.M), f"{key} missing from compose.env.example"

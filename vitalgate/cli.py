@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitalgate", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"vitalgate {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="-v debug of vitalgate, -vv also of the libraries (default: info)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMPONENT_CLIS:
         try:
@@ -43,11 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: libraries that are chatty at INFO/DEBUG; they speak at WARNING unless -vv asks for them.
+NOISY_LIBRARIES = ("bumble", "amqtt", "aiohttp.access", "asyncio", "transitions", "passlib")
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Services log at INFO by default (what they connected to, and why they cannot): a
+    gateway or ingest started by hand or by systemd says what it is doing. INFO carries no
+    patient data and no credentials (tests/test_privacy_logs.py)."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose < 2:
+        for name in NOISY_LIBRARIES:
+            logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose, args.quiet)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

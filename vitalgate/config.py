@@ -7,12 +7,15 @@ source below the environment.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from pydantic import model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,15 +25,44 @@ from pydantic_settings import (
 
 CONFIG_ENV = "VITALGATE_CONFIG"
 
+log = logging.getLogger(__name__)
+
 
 class ServiceSettings(BaseSettings):
     """Base of every service's settings class. Unknown keys are errors (typos are caught)."""
 
-    model_config = SettingsConfigDict(env_prefix="VITALGATE_", extra="forbid", env_nested_delimiter="__")
+    # hide_input_in_errors: a bad setting's error names the key and what is wrong, never the
+    # value itself (it may be a password, an API key or a URL with credentials)
+    model_config = SettingsConfigDict(env_prefix="VITALGATE_", extra="forbid", env_nested_delimiter="__",
+                                      hide_input_in_errors=True)
 
     #: the TOML table this service reads, e.g. ``"ingest"``: ``[ingest]`` in the file.
     toml_table: ClassVar[str] = ""
     _toml_path: ClassVar[Path | None] = None
+    #: old name → new name of renamed settings (one name per setting across services). The
+    #: service still declares the old name as a field (``None`` by default) so that its
+    #: environment variable and TOML key are read; the value moves to the new name, with a
+    #: WARNING. The new name wins when both are set.
+    deprecated_names: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rename_deprecated(cls, data: Any) -> Any:
+        if not cls.deprecated_names or not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in cls.deprecated_names.items():
+            value = data.pop(old, None)
+            if value is None:
+                continue
+            if data.get(new) is not None:
+                log.warning("setting %s (VITALGATE_%s) is deprecated and ignored: %s (VITALGATE_%s) "
+                            "is set too and wins", old, old.upper(), new, new.upper())
+                continue
+            log.warning("setting %s (VITALGATE_%s) is deprecated: name it %s (VITALGATE_%s), "
+                        "as every service does", old, old.upper(), new, new.upper())
+            data[new] = value
+        return data
 
     @classmethod
     def settings_customise_sources(
@@ -80,6 +112,11 @@ MQTT_PORT = 1883
 MQTTS_PORT = 8883
 
 
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@``: safe to show in a message."""
+    return re.sub(r"^([^:/]*://)?[^@/]*@", lambda m: f"{m.group(1) or ''}***@", url)
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerAddress:
     """A broker URL, parsed once for every service: ``mqtt://[user:pass@]host[:port]``,
@@ -94,14 +131,15 @@ class BrokerAddress:
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        shown = redact_url(url)
         if parts.scheme not in ("mqtt", "mqtts", "tcp"):
-            raise ValueError(f"broker URL {url!r} must look like mqtt://host:1883 or mqtts://host:8883")
+            raise ValueError(f"broker URL {shown!r} must look like mqtt://host:1883 or mqtts://host:8883")
         if not parts.hostname:
-            raise ValueError(f"broker URL {url!r} has no host")
+            raise ValueError(f"broker URL {shown!r} has no host")
         try:
             port = parts.port
         except ValueError:
-            raise ValueError(f"broker URL {url!r} has a bad port") from None
+            raise ValueError(f"broker URL {shown!r} has a bad port") from None
         tls = parts.scheme == "mqtts"
         return cls(
             host=parts.hostname,

@@ -30,7 +30,34 @@ from pydantic import (
 VERSION: Final = 1
 DEFAULT_PREFIX: Final = "vitals/v1"
 MAX_PAYLOAD_BYTES: Final = 256 * 1024
+#: the deepest nesting of arrays and objects a payload may have. A contract payload needs 3
+#: (an array of readings, a reading, its vitals); the bound is checked by a linear scan BEFORE
+#: ``json.loads`` so that no recursion limit is ever the guard (``[`` × 100 000 would otherwise
+#: raise RecursionError inside the parser).
+MAX_JSON_DEPTH: Final = 16
 QOS: Final = 1
+
+# Bounds of integers, strings and lists (the store holds signed 64-bit integers; every bound
+# below is far inside that and still far beyond anything a real gateway sends).
+#: readings in one reading payload (an array): 256 KiB hold ~1 300 full readings; the bound
+#: stops 80 000 tiny junk items (``{}``) from becoming 80 000 dead letters.
+MAX_READINGS_PER_MESSAGE: Final = 2_000
+#: an ECG chunk's index within its recording (600 s at 10 kHz in 100-sample chunks is 60 000).
+MAX_ECG_CHUNK_SEQ: Final = 65_535
+#: samples in one ECG chunk (gateways send 10..5 000).
+MAX_ECG_CHUNK_SAMPLES: Final = 10_000
+#: received signal strength (dBm): Bluetooth LE's RSSI is a signed byte, -127..+20 by spec.
+RSSI_RANGE: Final = (-127, 20)
+#: devices one gateway may report, and its buffer counters (fit a signed 32-bit integer).
+MAX_GATEWAY_DEVICES: Final = 100_000
+MAX_COUNTER: Final = 2**31 - 1
+#: free-text fields: device name, model, gateway version.
+MAX_NAME_CHARS: Final = 128
+MAX_MODEL_CHARS: Final = 128
+MAX_VERSION_CHARS: Final = 64
+#: an EWS's cause list (one per scored parameter, ~10 in NEWS2), missing list, components.
+MAX_EWS_ITEMS: Final = 32
+MAX_EWS_ITEM_CHARS: Final = 200
 
 GATEWAY_ID_RE: Final = re.compile(r"^[a-z0-9-]{1,64}$")
 DEVICE_ID_RE: Final = re.compile(r"^[0-9a-f]{12}$")
@@ -39,6 +66,13 @@ USER_CODE_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: gateway's buffer is created. (device_id, stream, seq) names a reading across buffer resets:
 #: a deleted or replaced buffer starts a new stream, so its seq 0 is never taken for the old one's.
 STREAM_RE: Final = re.compile(r"^[0-9a-f]{16}$")
+#: an ECG recording's name (gateways use ``{device_id}-{start_ms}``).
+RECORDING_RE: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: a MAC address in any common spelling: colons, dashes or none, any case.
+MAC_RE: Final = re.compile(r"^[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}$")
+# Every identifier pattern is matched WHOLE: Python's ``re.match`` with ``$`` lets a trailing
+# newline through ("abc\n" matches ``^abc$``), so code checks with :func:`matches` (fullmatch);
+# pydantic's patterns (Rust regex, where ``$`` is the end of the text) are whole too.
 
 GatewayId = Annotated[str, StringConstraints(pattern=GATEWAY_ID_RE.pattern)]
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_RE.pattern)]
@@ -48,6 +82,15 @@ StreamId = Annotated[str, StringConstraints(pattern=STREAM_RE.pattern)]
 #: (2**53 also keeps it exact in every JSON implementation).
 Seq = Annotated[int, Field(ge=0, le=2**53)]
 EpochMs = Annotated[int, Field(ge=0, lt=10**14)]
+Recording = Annotated[str, StringConstraints(pattern=RECORDING_RE.pattern)]
+Mac = Annotated[str, StringConstraints(pattern=MAC_RE.pattern)]
+Counter = Annotated[int, Field(ge=0, le=MAX_COUNTER)]
+EwsWord = Annotated[str, StringConstraints(max_length=MAX_EWS_ITEM_CHARS)]
+
+
+def matches(pattern: re.Pattern[str], value: object) -> bool:
+    """Whether ``value`` is a string matching ``pattern`` as a whole (``fullmatch``)."""
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
 
 # Physiological plausibility: a value outside these closed ranges is not a measurement of a
 # living patient but a sensor error, and is rejected rather than stored or scored.
@@ -122,11 +165,11 @@ class Reading(_Message):
 
 class EcgChunk(_Message):
     device_id: DeviceId
-    recording: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    seq: int = Field(ge=0)
+    recording: Recording
+    seq: int = Field(ge=0, le=MAX_ECG_CHUNK_SEQ)
     ts: EpochMs
     fs: float = Field(gt=0, le=10_000)
-    samples: list[int]
+    samples: list[int] = Field(max_length=MAX_ECG_CHUNK_SAMPLES)
     last: bool = False
     user_code: UserCode | None = None
 
@@ -141,12 +184,12 @@ class EcgChunk(_Message):
 
 class DeviceStatus(_Message):
     device_id: DeviceId
-    name: str | None = None
-    mac: str | None = None
-    model: str | None = None
+    name: Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS)] | None = None
+    mac: Mac | None = None
+    model: Annotated[str, StringConstraints(max_length=MAX_MODEL_CHARS)] | None = None
     connected: bool
     battery: Annotated[int, Field(ge=0, le=100)] | None = None
-    rssi: int | None = None
+    rssi: Annotated[int, Field(ge=RSSI_RANGE[0], le=RSSI_RANGE[1])] | None = None
     last_seen: EpochMs | None = None
     user_code: UserCode | None = None
 
@@ -154,10 +197,10 @@ class DeviceStatus(_Message):
 class GatewayStatus(_Message):
     online: bool
     gateway_id: GatewayId | None = None
-    version: str | None = None
-    devices: int | None = None
-    buffered: int | None = None
-    evicted: int | None = None
+    version: Annotated[str, StringConstraints(max_length=MAX_VERSION_CHARS)] | None = None
+    devices: Annotated[int, Field(ge=0, le=MAX_GATEWAY_DEVICES)] | None = None
+    buffered: Counter | None = None
+    evicted: Counter | None = None
     ts: EpochMs | None = None
 
 
@@ -194,12 +237,13 @@ class Ews(_Message):
     user_code: UserCode
     point: int = Field(ge=0, le=30)
     result: Literal["normal", "rendah", "sedang", "tinggi"]
-    cause: list[str] = Field(default_factory=list)
+    cause: list[EwsWord] = Field(default_factory=list, max_length=MAX_EWS_ITEMS)
     produce_at: EpochMs
     risk: Literal["low", "low-medium", "medium", "high"] | None = None
     partial: bool | None = None
-    missing: list[str] | None = None
-    components: dict[str, int] | None = None
+    missing: list[EwsWord] | None = Field(default=None, max_length=MAX_EWS_ITEMS)
+    components: dict[EwsWord, Annotated[int, Field(ge=0, le=3)]] | None = Field(
+        default=None, max_length=MAX_EWS_ITEMS)
 
 
 # ---------------------------------------------------------------------------------- topics
@@ -282,7 +326,7 @@ class Topics:
 
 
 def _check(pattern: re.Pattern[str], value: str, name: str) -> None:
-    if not pattern.match(value):
+    if not matches(pattern, value):
         raise ContractError("topic", f"{name} {value!r} does not match {pattern.pattern}")
 
 
@@ -299,19 +343,60 @@ _MODELS: Final[dict[Kind, type[_Message]]] = {
 _READINGS = TypeAdapter(list[Reading])
 
 
-def load_json(payload: bytes) -> Any:
-    """Parse a payload as JSON, enforcing the size limit; ContractError names what is wrong."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise ContractError("oversize", f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+#: the bytes the depth scan stops at: quotes, backslashes and brackets.
+_STRUCTURE: Final = re.compile(rb'["\\\[\]{}]')
+
+
+def json_depth(payload: bytes, limit: int = MAX_JSON_DEPTH) -> int:
+    """The nesting depth of arrays and objects in ``payload``, outside strings, scanned once
+    from left to right without recursion; the scan stops as soon as the depth exceeds
+    ``limit`` (so ``[`` × 100 000 costs ``limit`` steps). Not a validator: json.loads is."""
+    depth = deepest = 0
+    in_string = False
+    skip = -1  # the index of a character escaped by a backslash inside a string
+    for m in _STRUCTURE.finditer(payload):
+        i = m.start()
+        if i == skip:
+            continue
+        c = payload[i]
+        if in_string:
+            if c == 0x5C:  # backslash: the next byte is escaped
+                skip = i + 1
+            elif c == 0x22:
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    return deepest
+        elif c in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+def load_json(payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES,
+              max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse a payload as JSON, enforcing the size and nesting limits BEFORE parsing;
+    ContractError names what is wrong."""
+    if len(payload) > max_bytes:
+        raise ContractError("oversize", f"payload of {len(payload)} bytes exceeds {max_bytes}")
+    depth = json_depth(payload, max_depth)
+    if depth > max_depth:
+        raise ContractError("json", f"payload nests arrays/objects deeper than {max_depth}")
     try:
         return json.loads(payload)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ContractError("json", f"payload is not UTF-8 JSON ({exc})") from None
+        raise ContractError("json", f"payload is not UTF-8 JSON ({str(exc)[:200]})") from None
+    except RecursionError:  # unreachable after the depth scan; kept so no parser quirk escapes
+        raise ContractError("json", f"payload nests deeper than {max_depth}") from None
 
 
 def _version_of(obj: Any) -> None:
     if isinstance(obj, dict) and "v" in obj and obj["v"] != VERSION:
-        raise ContractError("version", f"unknown contract version v={obj['v']!r}")
+        raise ContractError("version", f"unknown contract version v={repr(obj['v'])[:40]}")
 
 
 def validation_detail(exc: ValidationError) -> str:
@@ -345,6 +430,9 @@ class ReadingBatch:
 
 def decode_readings(payload: bytes) -> ReadingBatch:
     obj = load_json(payload)
+    if isinstance(obj, list) and len(obj) > MAX_READINGS_PER_MESSAGE:
+        raise ContractError("schema", f"reading array of {len(obj)} items exceeds "
+                                      f"{MAX_READINGS_PER_MESSAGE}")
     items = obj if isinstance(obj, list) else [obj]
     good: list[Reading] = []
     bad: list[ContractError] = []
@@ -382,7 +470,7 @@ def device_id_from_mac(mac: str) -> str:
 
 def mac_from_device_id(device_id: str) -> str:
     """``d061aed45894`` → ``D0:61:AE:D4:58:94``."""
-    if not DEVICE_ID_RE.match(device_id):
+    if not matches(DEVICE_ID_RE, device_id):
         raise ValueError(f"not a device id: {device_id!r}")
     return ":".join(device_id[i : i + 2] for i in range(0, 12, 2)).upper()
 

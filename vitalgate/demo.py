@@ -4,6 +4,12 @@ A broker (Mosquitto when installed, else an embedded amqtt broker), the ingest s
 SQLite in a temporary directory, and a gateway collecting from virtual E86 watches over the
 bumble BLE stack (the real gateway code path), each in its own process as in production.
 The demo shows a live table of the ward from the ingest service's own REST API.
+
+However the demo ends (Ctrl-C, SIGTERM from a service manager or CI runner, SIGHUP when its
+terminal closes, an error, ``--duration``), it stops its children: each runs in its own
+session (a terminal's Ctrl-C reaches only the demo, which stops them in order) and, on Linux,
+with ``PR_SET_PDEATHSIG``, so even a SIGKILLed demo leaves no broker, ingest or gateway
+holding the ports.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,13 +38,16 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
-from vitalgate.broker import Mosquitto, free_port, wait_port
+from vitalgate.broker import Mosquitto, free_port, parent_death_signal, wait_port
 
 log = logging.getLogger(__name__)
 
-#: the scenario of each demo patient in turn (names of simulators/scenarios/*.toml)
-SCENARIO_MIX = ("sepsis", "stable", "respiratory", "copd", "offwrist", "stable", "fever", "bradycardia")
+#: the scenario of each demo patient in turn (names of simulators/scenarios/*.toml); the first
+#: patient is a sepsis already under way, so the demo shows a rise to sedang/tinggi in its
+#: first minute at 60x
+SCENARIO_MIX = ("sepsis_demo", "stable", "respiratory", "copd", "offwrist", "stable", "fever", "bradycardia")
 #: the simulated patients' seed: the gateway's watches and this table agree on who is who
 SEED = 0
 #: scenarios whose patients a clinician would put on SpO2 scale 2
@@ -46,6 +56,11 @@ SCALE2_SCENARIOS = frozenset({"copd"})
 REFRESH_S = 1.0
 #: how long each process may take to start before the demo gives up (s)
 START_TIMEOUT_S = 60.0
+#: how long each child may take to stop after SIGTERM before it is killed (s): the gateway and
+#: ingest each stop in about a second; the bound keeps the whole stop under 10 s
+STOP_TIMEOUT_S = 4.0
+#: signals that stop the demo cleanly (SIGHUP: its terminal went away)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 RESULT_STYLE = {"normal": "green", "rendah": "yellow", "sedang": "dark_orange", "tinggi": "bold red"}
 
 
@@ -66,6 +81,7 @@ class Demo:
     console: Console = field(default_factory=Console)
     api_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    stopped_by: signal.Signals | None = None
 
     @property
     def base_url(self) -> str:
@@ -78,7 +94,7 @@ class Demo:
         want = self.options.broker
         has_mosquitto = shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()
         if want == "mosquitto" or (want == "auto" and has_mosquitto):
-            broker = Mosquitto(workdir=self.workdir / "mosquitto")
+            broker = Mosquitto(workdir=self.workdir / "mosquitto", die_with_parent=True)
             broker.workdir.mkdir(exist_ok=True)  # type: ignore[union-attr]
             broker.start()
             try:
@@ -96,22 +112,30 @@ class Demo:
             env={**os.environ, **env},
             stdout=logfile,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True,  # its own process group: stop_all ends it and its children
+            preexec_fn=parent_death_signal(),  # ends with the demo even if the demo is SIGKILLed
         )
         logfile.close()
         self.procs.append(proc)
         return proc
 
     def stop_all(self) -> None:
+        """Stop the children one by one, newest first: the gateway (it publishes "offline"
+        while ingest still listens), then ingest. Each gets SIGTERM to its process group and
+        STOP_TIMEOUT_S to end, then SIGKILL; the broker stops after them."""
         for proc in reversed(self.procs):
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in reversed(self.procs):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
             try:
-                proc.wait(15)
+                proc.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                log.warning("%s did not stop within %.0f s of SIGTERM: killing it",
+                            " ".join(str(a) for a in proc.args[2:4]), STOP_TIMEOUT_S)  # type: ignore[index]
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
+        self.procs.clear()
 
     def get(self, path: str) -> Any:
         req = urllib.request.Request(self.base_url + path, headers={"x-api-key": self.api_key})
@@ -128,8 +152,36 @@ class Demo:
 
     # ------------------------------------------------------------------ run
 
+    async def main(self) -> int:
+        """:meth:`run`, stopped cleanly (exit 0) by SIGTERM, SIGINT or SIGHUP."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def stop(sig: signal.Signals) -> None:
+            if self.stopped_by is None:
+                self.stopped_by = sig
+                log.info("%s: stopping the demo", sig.name)
+                task.cancel()
+
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, stop, sig)
+        try:
+            return await self.run()
+        except asyncio.CancelledError:
+            if self.stopped_by is None:
+                raise
+            return 0
+        finally:
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+
     async def run(self) -> int:
         opts = self.options
+        if not port_is_free(opts.port):
+            self.console.print(f"[red]port {opts.port} is taken (another demo or ingest?): stop it, "
+                               f"or pick another with --port (0 = any free port)[/]")
+            return 2
         self.workdir = Path(opts.data_dir or tempfile.mkdtemp(prefix="vitalgate-demo-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         scenarios = [SCENARIO_MIX[i % len(SCENARIO_MIX)] for i in range(opts.patients)]
@@ -170,8 +222,14 @@ class Demo:
         opts = self.options
         started = time.monotonic()
         scale2_done: set[str] = set()
-        table = Table(title="waiting for the first readings…")
-        with Live(table, console=self.console, refresh_per_second=2, transient=False) as live:
+        labelled: set[str] = set()
+        labels = patient_labels(scenarios)
+        # Rendered here, on the event loop (auto_refresh=False): rich's refresh thread used to
+        # render, and a cell it could not render (markup "[]–[/]" of a patient not yet scored)
+        # killed that thread silently, so a terminal showed "0 patients" for the whole run.
+        with Live(Table(title="waiting for the first readings…"), console=self.console,
+                  auto_refresh=False, transient=False) as live:
+            live.refresh()
             while opts.duration is None or time.monotonic() - started < opts.duration:
                 for proc in self.procs:
                     if proc.poll() is not None:
@@ -184,10 +242,30 @@ class Demo:
                     log.debug("ward not readable yet: %s", exc)
                 else:
                     await self.apply_context(ward, scenarios, scale2_done)
-                    table = ward_table(ward, scenarios_by_code(ward, scenarios))
-                    live.update(table)
+                    await self.label_devices(ward, labels, labelled)
+                    live.update(ward_table(ward, labels), refresh=True)
                 await asyncio.sleep(REFRESH_S)
         return 0
+
+    async def label_devices(self, ward: dict[str, Any], labels: dict[str, str], done: set[str]) -> None:
+        """Name each demo watch after its patient's bed and scenario in the device registry
+        (``PUT /api/device/{id}``), so the dashboard shows the label with no change of its own."""
+        seen = {p["user_code"] for p in ward.get("patients", []) if p.get("device")}
+        todo = {code for code in seen if code in labels and code not in done}
+        if not todo:
+            return
+        try:
+            page = await asyncio.to_thread(self.get, "/api/devices?size=500")
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            log.debug("device registry not readable: %s", exc)
+            return
+        for dev in page.get("data", []):
+            code = dev.get("user_code")
+            if code in todo:
+                name = f"{labels[code]} · {dev.get('device_name', '')}"[:128]
+                with contextlib.suppress(urllib.error.URLError, OSError, ValueError):
+                    await asyncio.to_thread(self.put, f"/api/device/{dev['id']}", {"device_name": name})
+                    done.add(code)
 
     async def apply_context(self, ward: dict[str, Any], scenarios: list[str], done: set[str]) -> None:
         """COPD patients are put on SpO2 scale 2, as their clinician would."""
@@ -201,6 +279,17 @@ class Demo:
                     done.add(code)
 
 
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ingest can listen on ``host:port`` (else the demo would show another program)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def scenarios_by_code(ward: dict[str, Any], scenarios: list[str]) -> dict[str, str]:
     """user_code → scenario of the demo's patients (patient i of seed SEED wears watch i)."""
     from simulators.physiology import user_code_for  # the demo runs the simulators anyway
@@ -208,35 +297,54 @@ def scenarios_by_code(ward: dict[str, Any], scenarios: list[str]) -> dict[str, s
     return {user_code_for(SEED, i): name for i, name in enumerate(scenarios)}
 
 
-def ward_table(ward: dict[str, Any], scenarios: dict[str, str]) -> Table:
+def patient_labels(scenarios: list[str]) -> dict[str, str]:
+    """user_code → a label a person can read: the bed and the scenario (``bed 1 · sepsis``)."""
+    from simulators.physiology import user_code_for
+
+    return {user_code_for(SEED, i): f"bed {i + 1} · {name.removesuffix('_demo')}"
+            for i, name in enumerate(scenarios)}
+
+
+RESULT_ORDER = {"tinggi": 0, "sedang": 1, "rendah": 2, "normal": 3}
+NUMERIC = ("NEWS2", "HR", "SpO2", "RR", "SBP", "Temp")
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) else -1
+
+
+def ward_table(ward: dict[str, Any], labels: dict[str, str]) -> Table:
+    """The ward, worst first. Cells are Text, never markup: data from the API is not parsed."""
     table = Table(title=f"ward · {len(ward.get('patients', []))} patients", expand=False)
-    for col in ("patient", "scenario", "NEWS2", "result", "HR", "SpO2", "RR", "SBP", "Temp", "flags"):
-        table.add_column(col, justify="right" if col in ("NEWS2", "HR", "SpO2", "RR", "SBP", "Temp") else "left")
-    order = {"tinggi": 0, "sedang": 1, "rendah": 2, "normal": 3}
+    for col in ("patient", "user_code", "NEWS2", "result", "HR", "SpO2", "RR", "SBP", "Temp", "flags"):
+        table.add_column(col, justify="right" if col in NUMERIC else "left")
     patients = sorted(
         ward.get("patients", []),
-        key=lambda p: (order.get((p.get("ews") or {}).get("result", ""), 4), p["user_code"]),
+        key=lambda p: (RESULT_ORDER.get((p.get("ews") or {}).get("result", ""), 4),
+                       -_int((p.get("ews") or {}).get("point")), str(p.get("user_code"))),
     )
     for p in patients:
         ews = p.get("ews") or {}
         vit = p.get("vitals") or {}
 
-        def v(name: str, fmt: Callable[[float], str] = "{:.0f}".format, vit: dict[str, Any] = vit) -> str:
+        def v(name: str, fmt: Callable[[float], str] = "{:.0f}".format, vit: dict[str, Any] = vit) -> Text:
             item = vit.get(name)
-            return fmt(item["value"]) if item else "–"
+            return Text(fmt(item["value"]) if item and item.get("value") is not None else "–")
 
-        result = ews.get("result", "")
+        result = str(ews.get("result") or "")
         flags = []
         if ews.get("partial"):
             flags.append("partial")
         device = p.get("device") or {}
         if device and not device.get("connected", True):
             flags.append("disconnected")
+        code = str(p.get("user_code", ""))
+        point = ews.get("point")
         table.add_row(
-            p["user_code"], scenarios.get(p["user_code"], ""),
-            str(ews.get("point", "–")), f"[{RESULT_STYLE.get(result, '')}]{result or '–'}[/]",
+            Text(labels.get(code, "")), Text(code),
+            Text("–" if point is None else str(point)), Text(result or "–", style=RESULT_STYLE.get(result, "")),
             v("heart_rate"), v("spo2"), v("respiratory_rate"), v("systolic_bp"),
-            v("temperature", "{:.1f}".format), " ".join(flags),
+            v("temperature", "{:.1f}".format), Text(" ".join(flags)),
         )
     return table
 
@@ -265,10 +373,11 @@ def _run(args: argparse.Namespace) -> int:
     )
     demo = Demo(opts)
     try:
-        return asyncio.run(demo.run())
-    except KeyboardInterrupt:
-        demo.stop_all()
+        return asyncio.run(demo.main())
+    except KeyboardInterrupt:  # before the signal handlers were in place
         return 0
+    finally:
+        demo.stop_all()  # whatever happened above: no child outlives the demo
 
 
 def register(sub: Any) -> None:

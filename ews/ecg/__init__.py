@@ -4,7 +4,7 @@ Pure functions (no I/O) except the small WFDB reader used to load PhysioNet test
 Imports nothing outside numpy, scipy and the standard library.
 """
 
-from .analysis import SCREENING_NOTE, AnalysisSettings, EcgSummary, analyse
+from .analysis import SCREENING_NOTE, AnalysisSettings, EcgSummary, WindowRate, analyse
 from .detect import DetectorSettings, detect_r_peaks
 from .evaluate import MatchResult, match_beats
 from .quality import QualitySettings, SegmentQuality
@@ -20,6 +20,7 @@ __all__ = [
     "QualitySettings",
     "SegmentQuality",
     "WfdbError",
+    "WindowRate",
     "analyse",
     "detect_r_peaks",
     "match_beats",

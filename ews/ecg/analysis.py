@@ -1,7 +1,9 @@
 """From one ECG lead to heart rate, RR intervals, HRV and an irregular-rhythm screening hint.
 
-Beats in windows the quality index marks unusable are excluded from every figure. Every
-constant is in :class:`AnalysisSettings` with its reason.
+Beats in windows the quality index marks unusable are excluded from every figure. Per window,
+the derived heart rate is published only when the window's beats pass the rate gate
+(:class:`WindowRate`: quality, beat-shape agreement, plausible RR); otherwise it is withheld with
+the reason. Every constant is in :class:`AnalysisSettings` with its reason.
 """
 
 from __future__ import annotations
@@ -15,9 +17,19 @@ import numpy.typing as npt
 from .detect import detect_prepared, prepare_signal
 from .quality import DEFAULT_QUALITY, QualitySettings, SegmentQuality, assess_segments
 
-__all__ = ["SCREENING_NOTE", "AnalysisSettings", "EcgSummary", "analyse"]
+__all__ = ["SCREENING_NOTE", "AnalysisSettings", "EcgSummary", "WindowRate", "analyse"]
 
 Quality = Literal["good", "fair", "unusable"]
+RateStatus = Literal[
+    "ok",
+    "missing",
+    "flatline",
+    "clipping",
+    "no_beats",
+    "noisy",
+    "inconsistent_beats",
+    "implausible_rr",
+]
 
 SCREENING_NOTE = (
     "irregular_rhythm is a screening hint (e.g. atrial fibrillation or frequent ectopic beats), "
@@ -54,6 +66,51 @@ class AnalysisSettings:
     """…with a median window SQI of at least 0.75."""
     fair_usable_fraction: float = 0.5
     """'fair' when at least half is usable; below that the recording is 'unusable'."""
+    window_min_rr: int = 3
+    """A window's heart rate needs ≥ 3 plausible RR intervals (4 beats, ≥ 24 bpm over 10 s)."""
+    window_min_correlation: float = 0.8
+    """A window's rate needs beats that recur clearly (shape correlation ≥ 0.8, stricter than the
+    0.6 that makes a window usable): in a usable window under 0.8, false beats from noise hide
+    among the real ones. Synthetic muscle / motion noise at 0–6 dB on 8 MIT-BIH records: published
+    rates > 10 bpm off fall from 401 to 69; clean records: 38 of 8,579 windows lose their rate.
+    (The SQI itself is not used: its QRS/noise part falls with tall T waves at fast rates.)"""
+    window_trim: float = 0.1
+    """The window's rate is 60000 / mean RR after dropping the shortest and longest 10 % (≥ 1 each
+    from 10 RR up): a missed or an extra beat barely moves it, and unlike a median it stays the
+    true ventricular rate in bigeminy (short-long RR alternating)."""
+    window_max_implausible: float = 0.1
+    """…and at most 10 % of its RR outside 300–2000 ms: in a clean window such RR are rare (a
+    pause, a couplet); more means false or missed beats, and a rate from the rest would be a guess,
+    so it is withheld (MIT-BIH, 48 records: 98.7 % of windows still published)."""
+
+
+@dataclass(frozen=True)
+class WindowRate:
+    """The heart rate derived for one analysed window, or why it was withheld.
+
+    ``hr_bpm`` = 60000 / trimmed-mean RR of the window's accepted beats (those the quality index
+    passed; RR ending in the window, both beats usable, 300–2000 ms); ``None`` when ``status`` is not
+    ``"ok"``: the window's quality reason (``missing`` … ``noisy``), ``inconsistent_beats``
+    (usable, but beat shapes under ``window_min_correlation``) or ``implausible_rr``."""
+
+    start_s: float
+    end_s: float
+    hr_bpm: float | None
+    status: RateStatus
+    sqi: float
+    n_beats: int
+    n_rr: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "start_s": round(self.start_s, 3),
+            "end_s": round(self.end_s, 3),
+            "hr_bpm": _r(self.hr_bpm, 1),
+            "status": self.status,
+            "sqi": round(self.sqi, 3),
+            "n_beats": self.n_beats,
+            "n_rr": self.n_rr,
+        }
 
 
 DEFAULT_ANALYSIS = AnalysisSettings()
@@ -80,6 +137,8 @@ class EcgSummary:
     hr_bpm: tuple[float, ...]
     """Instantaneous heart rate 60000 / RR for each interval of ``rr_ms``."""
     mean_hr_bpm: float | None
+    """60000 / mean RR over the windows whose rate was published (``windows[i].status == "ok"``);
+    ``None`` when the gate withheld every window: no rate rather than a wrong one."""
     sdnn_ms: float | None
     """Standard deviation of normal-to-normal RR (ectopic/outlier RR removed)."""
     rmssd_ms: float | None
@@ -95,6 +154,8 @@ class EcgSummary:
     quality: Quality
     usable_fraction: float
     note: str = field(default=SCREENING_NOTE)
+    windows: tuple[WindowRate, ...] = ()
+    """Per quality window: the derived heart rate from accepted beats only, or why withheld."""
 
     def to_dict(self) -> dict[str, object]:
         """JSON-friendly dict (lists, rounded floats, ``None`` for figures not computable)."""
@@ -118,6 +179,7 @@ class EcgSummary:
             "usable_fraction": round(self.usable_fraction, 4),
             "segments": [s.to_dict() for s in self.segments],
             "note": self.note,
+            "windows": [w.to_dict() for w in self.windows],
         }
 
 
@@ -166,8 +228,6 @@ def analyse(
     rr = rr_all[plausible]
     rr_end = beats[1:][plausible]
 
-    mean_hr = float(60000.0 / rr.mean()) if rr.size else None
-
     # normal-to-normal intervals: ectopic-filtered; successive differences only between
     # intervals adjacent in the recording and both normal
     idx = np.flatnonzero(plausible)
@@ -206,6 +266,12 @@ def analyse(
     else:
         quality = "fair"
 
+    windows = _window_rates(segments, beats, beat_ok, win_of, rr_all, pair_ok, fs_f, settings)
+    # the recording's mean rate: only RR in windows whose rate the gate published
+    rate_ok = np.array([w.status == "ok" for w in windows], dtype=bool)
+    rr_rated = rr[rate_ok[win_of[1:][plausible]]] if rr.size else rr
+    mean_hr = float(60000.0 / rr_rated.mean()) if rr_rated.size else None
+
     return EcgSummary(
         fs=fs_f,
         duration_s=n / fs_f,
@@ -224,4 +290,47 @@ def analyse(
         segments=segments,
         quality=quality,
         usable_fraction=float(usable_fraction),
+        windows=windows,
     )
+
+
+def _trimmed_mean(x: npt.NDArray[np.float64], trim: float) -> float:
+    """Mean after dropping the ``trim`` fraction (rounded down, ≥ 1 when n ≥ 10) at each end."""
+    v = np.sort(x)
+    k = int(trim * v.size)
+    if v.size >= 10:
+        k = max(k, 1)
+    return float(v[k : v.size - k].mean())
+
+
+def _window_rates(
+    segments: tuple[SegmentQuality, ...],
+    beats: npt.NDArray[np.int64],
+    beat_ok: npt.NDArray[np.bool_],
+    win_of: npt.NDArray[np.int64],
+    rr_all: npt.NDArray[np.float64],
+    pair_ok: npt.NDArray[np.bool_],
+    fs: float,
+    s: AnalysisSettings,
+) -> tuple[WindowRate, ...]:
+    """One :class:`WindowRate` per quality window (RR assigned to the window of its end beat)."""
+    end_win = win_of[1:] if beats.size > 1 else np.zeros(0, dtype=np.int64)
+    plausible = (rr_all >= s.rr_min_ms) & (rr_all <= s.rr_max_ms)
+    out: list[WindowRate] = []
+    for i, seg in enumerate(segments):
+        in_win = (end_win == i) & pair_ok
+        rr = rr_all[in_win & plausible]
+        n_pairs = int(in_win.sum())
+        n_beats = int(((win_of == i) & beat_ok).sum()) if beats.size else 0
+        status: RateStatus
+        if not seg.usable:
+            status = seg.reason
+        elif seg.correlation < s.window_min_correlation:
+            status = "inconsistent_beats"
+        elif rr.size < s.window_min_rr or (n_pairs - rr.size) > s.window_max_implausible * n_pairs:
+            status = "implausible_rr"
+        else:
+            status = "ok"
+        hr = float(60000.0 / _trimmed_mean(rr, s.window_trim)) if status == "ok" else None
+        out.append(WindowRate(seg.start_s, seg.end_s, hr, status, seg.sqi, n_beats, int(rr.size)))
+    return tuple(out)

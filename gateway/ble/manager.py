@@ -29,7 +29,7 @@ from bleak_retry_connector import establish_connection
 
 from gateway.ble.backend import BleBackend
 from gateway.ble.retry import classify
-from gateway.ble.session import Sink, WatchInfo, WatchSession
+from gateway.ble.session import Sink, WatchInfo, WatchSession, raise_if_cancel_swallowed
 from gateway.clock import Clock
 from gateway.e86.advertising import is_e86_name
 from gateway.e86.constants import MODEL, SERVICE_UUID
@@ -196,6 +196,12 @@ class SessionManager:
         while True:
             scanner = self.backend.scanner(detection_callback=self._on_advertisement)
             await scanner.start()
+            try:
+                raise_if_cancel_swallowed()
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await scanner.stop()
+                raise
             self._last_adv_mono = time.monotonic()
             try:
                 while True:
@@ -246,6 +252,13 @@ class SessionManager:
             timeout=self.settings.connect_timeout_s,
             **self.backend.client_kwargs(),
         )
+        try:
+            raise_if_cancel_swallowed()
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(DISCONNECT_TIMEOUT_S):
+                    await client.disconnect()
+            raise
         w.connects += 1
         session = WatchSession(client, w.info, self.settings, self.sink, self.clock)
         w.session = session

@@ -60,6 +60,18 @@ from vitalgate.contract import EcgChunk, Reading, Source, Vitals
 
 log = logging.getLogger(__name__)
 
+
+def raise_if_cancel_swallowed() -> None:
+    """Raise CancelledError when this task was cancelled during an await that then returned
+    normally. bumble does this (Device.start_scanning, a connect through bleak-retry-connector,
+    a GATT write): cancelling() stays > 0 but no CancelledError comes, the task runs on deaf
+    to its cancellation and the gateway's TaskGroup waits for it forever (SIGTERM did not stop
+    a gateway whose status port was taken, or one stopped while its watches connected).
+    Called after each BLE await of the gateway's own code."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling() > 0:
+        raise asyncio.CancelledError()
+
 #: frames decoded but not yet handled; at ~10 frames/s of ECG this is many seconds of slack.
 FRAME_QUEUE: Final = 2048
 #: a command the watch does not answer within this (real) time failed.
@@ -207,6 +219,7 @@ class WatchSession:
         """Subscribe, set the watch up, sync, then serve until cancelled or a BLE error."""
         await self.client.start_notify(COMMAND_CHAR_UUID, self._notified(COMMAND_CHAR_UUID))
         await self.client.start_notify(DATA_CHAR_UUID, self._notified(DATA_CHAR_UUID))
+        raise_if_cancel_swallowed()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._dispatch(), name=f"{self.watch.name} frames")
             await self._setup()
@@ -318,6 +331,7 @@ class WatchSession:
 
     async def _write(self, frame: Frame) -> None:
         await self.client.write_gatt_char(COMMAND_CHAR_UUID, bytes(frame), response=True)
+        raise_if_cancel_swallowed()
 
     async def _request(self, frame: Frame, timeout: float = REPLY_TIMEOUT_S) -> Frame:
         """Send a command and wait for the watch's frame with the same group and key."""

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from ingest import registry
 from ingest.api import DB_KEY
+from ingest.api.auth import principal_of
 from ingest.api.envelope import ApiError, ok, page_params, paged, read_json
 from ingest.api.openapi import envelope_response, errors, page_of
 from ingest.api.scoping import check_device, holder_of, require_device, require_own_holder
@@ -133,7 +134,7 @@ async def update(request: web.Request) -> web.Response:
 
     def change(conn: sqlite3.Connection) -> dict[str, Any]:
         check_device(conn, holder, device_id)  # in the same transaction as the change
-        return registry.update_device(conn, device_id, patch, now)
+        return registry.update_device(conn, device_id, patch, now, key_name=principal_of(request).name)
 
     return ok(await _write(request, change))
 

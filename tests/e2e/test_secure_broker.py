@@ -58,7 +58,7 @@ async def test_ingest_and_gateway_over_tls_with_passwords_and_acl(
     port, ca = secure_broker
     url = f"mqtts://localhost:{port}"
     settings = settings_for(tmp_path / "ingest", url, mqtt_username="ingest",
-                            mqtt_password="pw-ingest", mqtt_ca_file=ca)
+                            mqtt_password="pw-ingest", mqtt_ca=ca)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VITALGATE_")}
     env |= {"VITALGATE_MQTT_USERNAME": GATEWAY, "VITALGATE_MQTT_PASSWORD": f"pw-{GATEWAY}",
             "VITALGATE_MQTT_CA": str(ca)}

@@ -107,25 +107,63 @@ def test_bad_context_is_rejected_clearly(clock: Clock) -> None:
     assert s.patients() == []
 
 
-def test_values_go_stale_by_the_injected_clock(clock: Clock) -> None:
+def test_values_go_stale_on_event_time(clock: Clock) -> None:
+    # was "by the injected clock": freshness is measured on the patient's newest reading time
+    # (event time), so a replay or a late sync is scored as the patient was then
     s = StreamScorer(freshness_ms=15 * MIN, clock=clock)
     feed(s, "p", {"heart_rate": 135}, T0)
+    clock.now = T0 + 5 * MIN
     feed(s, "p", {"temperature": 39.5}, T0 + 5 * MIN)
     assert s.rescore()[0].point == 3 + 2
-    clock.now = T0 + 15 * MIN  # exactly the window: still fresh
-    assert s.rescore() == []
-    clock.now = T0 + 15 * MIN + 1  # heart rate is stale: rescored without being told
+    clock.now = T0 + 15 * MIN
+    feed(s, "p", {"temperature": 39.5}, T0 + 15 * MIN)  # exactly the window: still fresh
+    assert s.rescore()[0].point == 3 + 2
+    clock.now = T0 + 15 * MIN + 1
+    feed(s, "p", {"temperature": 39.5}, T0 + 15 * MIN + 1)  # heart rate is now stale
     (p,) = s.rescore()
-    assert (p.point, p.produce_at) == (2, T0 + 5 * MIN)
+    assert (p.point, p.produce_at) == (2, T0 + 15 * MIN + 1)
     assert "heart_rate" in p.missing and "heart_rate" not in p.values
     assert s.rescore() == []
-    clock.now = T0 + 20 * MIN + 1  # everything stale
+    # processing time alone does not age values while data flows on the patient's own timeline
+    late = StreamScorer(freshness_ms=15 * MIN, clock=clock)
+    feed(late, "p", {"heart_rate": 135}, T0 - 3 * 60 * MIN)  # measured 3 h ago, arriving now
+    (p,) = late.rescore()
+    assert (p.valid, p.point, p.produce_at) == (True, 3, T0 - 3 * 60 * MIN)
+
+
+def test_a_patient_whose_data_stops_arriving_goes_stale_by_the_injected_clock(clock: Clock) -> None:
+    s = StreamScorer(freshness_ms=15 * MIN, clock=clock)
+    feed(s, "p", {"heart_rate": 135}, T0 - 60 * MIN)  # event clock an hour behind
+    feed(s, "p", {"temperature": 39.5}, T0 - 55 * MIN)
+    assert s.rescore()[0].point == 3 + 2
+    clock.now = T0 + 15 * MIN  # exactly the timeout after the last arrival: not yet stale
+    assert s.rescore() == []
+    clock.now = T0 + 15 * MIN + 1  # nothing new for 15 min of processing time: rescored stale
     (p,) = s.rescore()
     assert (p.valid, p.reason, p.point, p.produce_at, p.values) == (False, NO_FRESH, -1, None, {})
     assert s.rescore() == []
-    feed(s, "p", {"heart_rate": 80}, clock.now)
+    # late history does not revive it (the event clock did not advance) ...
+    feed(s, "p", {"heart_rate": 80}, T0 - 58 * MIN)
     (p,) = s.rescore()
-    assert (p.valid, p.point) == (True, 0)
+    assert p.valid is False
+    # ... a new reading does
+    feed(s, "p", {"heart_rate": 80}, T0 - 50 * MIN)
+    (p,) = s.rescore()
+    assert (p.valid, p.point, p.produce_at) == (True, 2, T0 - 50 * MIN)  # HR 80: 0, temp 39.5: 2
+    assert s.patient_clock([0], clock.now).tolist() == [T0 - 50 * MIN]
+    clock.now += 20_000  # the data pauses: the patient's clock runs on with processing time
+    assert s.patient_clock([0], clock.now).tolist() == [T0 - 50 * MIN + 20_000]
+    assert s.event_time([0]).tolist() == [T0 - 50 * MIN]
+
+
+def test_very_old_readings_are_counted_and_never_current(clock: Clock) -> None:
+    s = StreamScorer(freshness_ms=15 * MIN, clock=clock)
+    feed(s, "p", {"heart_rate": 80}, T0)
+    s.rescore()
+    feed(s, "p", {"spo2": 85}, T0 - 16 * MIN)  # older than the newest by more than 15 min
+    (p,) = s.rescore()
+    assert "spo2" not in p.values and p.point == 0
+    assert s.counters["old"] == 1
 
 
 def test_current_scores_now_without_consuming_changes(clock: Clock) -> None:
@@ -239,7 +277,8 @@ def test_median_uses_only_fresh_readings_and_late_ones_in_time_order(clock: Cloc
     s.update(["p"], ["spo2"], [50], [T0 - 20 * MIN])  # older than the whole full window
     assert s.rescore() == []
     assert s.counters["superseded"] == 1
-    clock.now = T0 + 2 * MIN  # the 90 % reading (T0 - 9 min) is now stale
+    # a reading 2 min later (event time) makes the 90 % reading (T0 - 9 min) stale
+    s.update(["p"], ["heart_rate"], [70], [T0 + 2 * MIN])
     (p,) = s.rescore()
     assert p.values["spo2"] == 96.5
 
@@ -290,10 +329,13 @@ def test_stream_equals_batch_scoring_of_the_latest_fresh_values(data: st.DataObj
     got = {x.patient: x for x in s.rescore()}
     assert sorted(got) == sorted(s.patients()) == sorted({p for p, _, _ in items})
     for patient, score in got.items():
+        # fresh on event time: within 10 min of the patient's own newest reading (this
+        # reference used the clock, the processing-time rule issue 11 replaced)
+        newest = max(t for (p, _), (t, _) in latest.items() if p == patient)
         fresh = {
             v: (t, x)
             for (p, v), (t, x) in latest.items()
-            if p == patient and t >= clock.now - 10 * MIN
+            if p == patient and t >= newest - 10 * MIN
         }
         if not fresh:
             assert (score.valid, score.reason) == (False, NO_FRESH)
@@ -328,7 +370,8 @@ def test_median_window_equals_reference(readings: list[tuple[int, int]], k: int,
                 [T0 + t * 1000 for _, t in part],
             )
     window = sorted(readings, key=lambda r: r[1])[-k:]  # the last k by reading time
-    fresh = sorted(x for x, t in window if T0 + t * 1000 >= clock.now - 300_000)
+    newest = T0 + max(t for _, t in readings) * 1000  # fresh on event time (was: the clock)
+    fresh = sorted(x for x, t in window if T0 + t * 1000 >= newest - 300_000)
     cur = s.current("p")
     assert cur is not None
     if not fresh:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -212,3 +214,45 @@ async def test_ecg_reassembled_analysed_and_heart_rate_stored(svc: RunningServic
         assert body["data"]["totaldata"] == 1
         _, body = await api.get("/api/medical-records/ECGPATIENT", type="ELECTROCARDIOGRAPH")
         assert body["data"]["data"][0]["value"]["recording"] == rec
+
+
+# ------------------------------------------------------------------ issue 11: the door
+
+
+@pytest.mark.parametrize("topic", [
+    f"vitals/v1/{GW}/{DEV}/reading\n", f"vitals/v1/{GW}\n/{DEV}/reading",
+    f"vitals/v1/{GW}/{DEV}\n/status", f"vitals/v1/{GW}\n/status",
+])
+def test_trailing_newline_in_a_topic_segment_is_a_topic_dead_letter(topic: str) -> None:
+    """re.match with ``$`` let these through on main (Mosquitto refuses control characters in
+    topics, so this is checked on the decoder: other brokers may not)."""
+    from ingest import store
+    from ingest.consumer import Inbound, classify
+
+    payload = reading(DEV, 1, T0).to_bytes()
+    (item,) = classify(Inbound(topic, payload, 0, 1, T0), TOPICS)
+    assert isinstance(item, store.DeadLetter) and item.reason == "topic"
+
+
+async def test_credentials_in_mqtt_url_are_used_and_never_logged(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import subprocess
+
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "ingest", "s3cret-pw"], check=True)
+    broker = Mosquitto(workdir=tmp_path / "mq",
+                       extra_conf=f"allow_anonymous false\npassword_file {passwd}\n")
+    broker.start()
+    try:
+        caplog.set_level(logging.DEBUG)
+        wrong = settings_for(tmp_path / "d1", f"mqtt://ingest:wrong@{broker.host}:{broker.port}")
+        async with running(wrong) as svc:
+            await asyncio.sleep(1.0)
+            assert not svc.service.consumer.connected  # the password IS used: a wrong one fails
+        url = f"mqtt://ingest:s3cret-pw@{broker.host}:{broker.port}"
+        async with running(settings_for(tmp_path / "d2", url)) as svc:
+            await eventually(lambda: svc.service.consumer.connected)
+        assert f"MQTT connected to {broker.host}:{broker.port}" in caplog.text
+        assert "s3cret-pw" not in caplog.text and "wrong@" not in caplog.text
+    finally:
+        broker.stop()

@@ -251,3 +251,81 @@ def test_late_readings_never_move_produce_at_backwards(tmp_path: Path) -> None:
     current = eng.current("P1")
     assert current is not None and current.produce_at == t0
     eng.close()
+
+
+def test_a_batch_is_scored_in_event_time_order_whatever_its_size(tmp_path: Path) -> None:
+    # one commit batch holding a patient's readings of three moments gives the points three
+    # separate batches give (a replay's trajectory must not depend on the consumer's batching)
+    clock = FakeTime()
+    t0 = clock.now
+    rows = [*readings("P1", t0 - 2 * 60 * MIN, **NORMAL),
+            *readings("P1", t0 - 60 * MIN, **{**NORMAL, "respiratory_rate": 25.0}),
+            *readings("P1", t0, **{**NORMAL, "respiratory_rate": 16.0, "heart_rate": 95.0})]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    together = engine(tmp_path / "a", clock).observe(rows[::-1])  # arrival order reversed
+    apart = engine(tmp_path / "b", clock)
+    separately = [p for k in range(3) for p in apart.observe(rows[5 * k:5 * k + 5])]
+    key = [(p.point, p.result, p.produce_at, p.trigger) for p in together]
+    assert key == [(p.point, p.result, p.produce_at, p.trigger) for p in separately]
+    assert key == [(0, "normal", t0 - 120 * MIN, "first"), (3, "sedang", t0 - 60 * MIN, "risk-rise"),
+                   (1, "rendah", t0, "change")]
+
+
+def test_replayed_hours_are_scored_on_their_own_timeline(tmp_path: Path) -> None:
+    # readings measured hours ago arrive one second apart: fresh on event time, and the hourly
+    # heartbeat and the 30 s rate limit run on the readings' clock, not the ingest's
+    clock = FakeTime()
+    eng = engine(tmp_path, clock)
+    start = clock.now - 10 * 60 * MIN
+    emitted = []
+    for hour in range(10):
+        vitals = {**NORMAL, "heart_rate": 95.0} if hour in (3, 4) else NORMAL
+        emitted += eng.observe(readings("P1", start + hour * 60 * MIN, **vitals))
+        clock.advance(1_000)
+        emitted += eng.tick()
+    assert [(p.point, p.trigger) for p in emitted] == [
+        (0, "first"), (0, "heartbeat"), (0, "heartbeat"), (1, "change"), (1, "heartbeat"),
+        (0, "change"), (0, "heartbeat"), (0, "heartbeat"), (0, "heartbeat"), (0, "heartbeat")]
+    assert [p.produce_at - start for p in emitted] == [h * 60 * MIN for h in range(10)]
+    # the feed stops: stale by processing time, still shown (never hidden)
+    clock.advance(15 * MIN + 1)
+    assert eng.tick() == []
+    stale = eng.current("P1")
+    assert stale is not None and stale.valid is False and stale.point == 0
+
+
+def test_a_far_future_external_point_never_pins_the_current_score(tmp_path: Path) -> None:
+    clock = FakeTime()
+    eng = engine(tmp_path, clock)
+    sick = {"respiratory_rate": 26.0, "spo2": 91.0, "heart_rate": 115.0, "systolic_bp": 95.0,
+            "temperature": 38.5}
+    [p] = observe_at(eng, clock, "AMSe5Sn8Gkxj7", **sick)
+    assert (p.point, p.result) == (11, "tinggi")
+    eng.record_external({"user_code": "AMSe5Sn8Gkxj7", "point": 0, "result": "normal",
+                         "produce_at": clock.now + 365 * 24 * 60 * MIN})  # a wrong clock
+    clock.advance(MIN)
+    observe_at(eng, clock, "AMSe5Sn8Gkxj7", **{**sick, "heart_rate": 135.0})
+    current = eng.current("AMSe5Sn8Gkxj7")
+    assert current is not None and (current.point, current.result, current.source) == (
+        12, "tinggi", "vitalgate")
+    assert [c.point for c in eng.all_current()] == [12]
+    assert eng.counts_by_result()["tinggi"] == 1 and eng.counts_by_result()["normal"] == 0
+    eng.close()
+
+
+def test_scoring_counts_account_for_old_readings_and_merged_rounds(tmp_path: Path) -> None:
+    clock = FakeTime()
+    eng = engine(tmp_path, clock)
+    eng.observe(readings("P1", clock.now, heart_rate=80.0))
+    eng.observe(readings("P1", clock.now - 20 * MIN, heart_rate=150.0))  # older than 15 min
+    many = [("P2", "heart_rate", 70.0 + k, clock.now - k * 1_000) for k in range(70)]
+    eng.observe(many)  # 70 reading times of one patient in one batch: 64 rounds at most
+    counts = eng.scoring_counts()
+    assert counts["old"] == 1 and counts["merged_rounds"] == 70 - 64  # scored in the last round
+    # the folded round still scored the newest reading (HR 70 → 0, as the last point emitted)
+    scored = eng._scorer.current("P2")
+    assert scored is not None and scored.produce_at == clock.now and scored.point == 0
+    current = eng.current("P2")
+    assert current is not None and current.point == 0
+    eng.close()

@@ -100,8 +100,9 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, mosquit
         published.append(len(infos))
         done.set()
 
-    # readings of now: older ones would be removed by retention (30 days) at startup
-    t0 = time.time_ns() // 1_000_000
+    # readings of the last PER_DEVICE seconds: older ones would be removed by retention
+    # (30 days) at startup, later ones are in the future (dead-lettered beyond 300 s)
+    t0 = time.time_ns() // 1_000_000 - PER_DEVICE * 1000
     thread = threading.Thread(target=publish, daemon=True)
     try:
         _warm_up(db, pub, topics, t0)

@@ -1,0 +1,295 @@
+"""Poison messages on real parts (Mosquitto, SQLite, HTTP on loopback): no message, retained or
+not, stops ingestion, loops the consumer or costs the good data beside it (issue 11).
+
+Each test reproduces what stopped or flooded main: values SQLite cannot bind (2**70),
+``[`` × 100 000, a 10 MB payload, future stamps, a store that refuses one item, a message
+that fails the consumer at every delivery, oversized ECG recordings, unbounded junk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from ingest.service import RunningService
+from ingest.testing import Api, eventually, publish_all, publisher, reading, running, settings_for
+from vitalgate.broker import Mosquitto
+from vitalgate.contract import QOS, EcgChunk, Topics, encode_readings
+
+T0 = 1_700_000_000_000
+NOW = T0 + 60_000  #: the service's (processing-time) clock
+GOOD_GW = "gw-good"
+GOOD_DEV = "d061aed45894"
+BAD_GW = "gw-poison"
+TOPICS = Topics()
+
+
+def _settings(tmp_path: Path, mosquitto: Mosquitto, **overrides: Any) -> Any:
+    return settings_for(tmp_path / "data", mosquitto.url, mqtt_client_id="ingest-poison",
+                        **overrides)
+
+
+@pytest.fixture
+def pub(mosquitto: Mosquitto) -> Any:
+    client = publisher(mosquitto.host, mosquitto.port)
+    yield client
+    client.disconnect()
+    client.loop_stop()
+
+
+async def _letters(svc: RunningService) -> list[tuple[Any, ...]]:
+    return await svc.service.db.read(lambda c: c.execute(
+        "SELECT topic, reason, repeats, size, length(payload), sha256, detail FROM dead_letters"
+        " ORDER BY id").fetchall())
+
+
+async def _seqs(svc: RunningService, device_id: str) -> list[int]:
+    rows = await svc.service.db.read(lambda c: c.execute(
+        "SELECT DISTINCT seq FROM readings WHERE device_id = ? ORDER BY seq", (device_id,)).fetchall())
+    return [int(r[0]) for r in rows]
+
+
+def _good_stream(n: int, start: int = 0) -> list[tuple[str, bytes]]:
+    return [(TOPICS.reading(GOOD_GW, GOOD_DEV),
+             reading(GOOD_DEV, s, T0 + s, user_code="GOOD", heart_rate=60 + s % 40).to_bytes())
+            for s in range(start, start + n)]
+
+
+def _poison() -> dict[str, bytes]:
+    """One retained poison per topic kind (and a few more on reading/status topics)."""
+    dev = [f"c0ffee00{i:04x}" for i in range(8)]
+    return {
+        # values beyond int64: SQLite's OverflowError failed the whole batch on main
+        TOPICS.gateway_status(BAD_GW): json.dumps(
+            {"v": 1, "online": True, "devices": 2**70, "buffered": 2**70, "evicted": 2**70}).encode(),
+        TOPICS.device_status(BAD_GW, dev[0]): json.dumps(
+            {"v": 1, "device_id": dev[0], "connected": True, "rssi": 2**70}).encode(),
+        TOPICS.ecg(BAD_GW, dev[1]): json.dumps(
+            {"v": 1, "device_id": dev[1], "recording": "r1", "seq": 2**70, "ts": T0, "fs": 250,
+             "samples": [1], "last": True}).encode(),
+        # RecursionError inside json.loads on main
+        TOPICS.reading(BAD_GW, dev[2]): b"[" * 100_000,
+        # 10 MB: stored in full on main
+        TOPICS.reading(BAD_GW, dev[3]): b'{"junk": "' + b"x" * (10 * 2**20) + b'"}',
+        # a 200 000-character model, a trailing-newline user_code
+        TOPICS.device_status(BAD_GW, dev[4]): json.dumps(
+            {"v": 1, "device_id": dev[4], "connected": True, "model": "m" * 200_000}).encode(),
+        TOPICS.device_status(BAD_GW, dev[5]): json.dumps(
+            {"v": 1, "device_id": dev[5], "connected": True, "user_code": "P1\n"}).encode(),
+        # a reading stamped an hour after processing time: "latest" and "fresh" forever on main
+        TOPICS.reading(BAD_GW, dev[6]): reading(dev[6], 1, NOW + 3_600_000).to_bytes(),
+        # the reading of the issue's first reproduction
+        TOPICS.reading(BAD_GW, dev[7]): json.dumps(
+            {"v": 1, "device_id": dev[7], "seq": 2**70, "ts": T0, "vitals": {"spo2": 97}}).encode(),
+    }
+
+
+def _publish_retained(client: mqtt.Client, messages: dict[str, bytes]) -> None:
+    infos = [client.publish(t, p, qos=QOS, retain=True) for t, p in messages.items()]
+    for info in infos:
+        info.wait_for_publish(30)
+
+
+async def test_retained_poison_on_every_topic_kind_is_dead_lettered_once_across_restarts(
+        tmp_path: Path, mosquitto: Mosquitto, pub: mqtt.Client) -> None:
+    poison = _poison()
+    _publish_retained(pub, poison)
+    expected = {
+        TOPICS.gateway_status(BAD_GW): "schema", TOPICS.reading(BAD_GW, "c0ffee000002"): "json",
+        TOPICS.reading(BAD_GW, "c0ffee000003"): "oversize",
+        TOPICS.reading(BAD_GW, "c0ffee000006"): "future",
+    }
+    for topic in poison:
+        expected.setdefault(topic, "schema")
+    n_good = 300
+    for run in (1, 2):
+        async with running(_settings(tmp_path, mosquitto), clock=lambda: NOW) as svc:
+            await eventually(lambda s=svc: s.service.consumer.connected)
+            publish_all(pub, _good_stream(n_good // 2, (run - 1) * n_good // 2))
+            m = svc.service.metrics
+            # every retained poison arrives again at each subscription (each restart)
+            await eventually(lambda m=m: m.rejects.total() >= len(poison), timeout=30)
+            await eventually(lambda s=svc, n=run * n_good // 2: _seq_count_is(s, n), timeout=30)
+            letters = await _letters(svc)
+            assert sorted(t for t, *_ in letters) == sorted(poison), "each poison exactly once"
+            for topic, reason, repeats, size, stored, sha, detail in letters:
+                assert reason == expected[topic], (topic, detail)
+                assert repeats == run - 1  # the second delivery is counted, not stored again
+                assert size == len(poison[topic]) and sha == hashlib.sha256(poison[topic]).hexdigest()
+                assert stored == min(size, 4096)  # a capped prefix
+            assert m.dead_letter_repeats.total() == (len(poison) if run == 2 else 0)
+            assert m.errors.total() == 0, "no background task failed"
+            async with Api(svc.url) as api:
+                status, body = await api.get("/healthz")
+                assert status == 200 and body["data"]["mqtt"]["connected"] is True
+                _, body = await api.get("/api/medical-records/GOOD", type="HEART_RATE", size=500)
+                assert body["data"]["totaldata"] == run * n_good // 2
+                text = await _metrics(api)
+                assert f"vitalgate_ingest_dead_letter_rows {len(poison)}" in text
+            # and the future reading never became anyone's reading
+            assert await _seqs(svc, "c0ffee000006") == []
+
+
+async def _seq_count_is(svc: RunningService, n: int) -> bool:
+    return len(await _seqs(svc, GOOD_DEV)) == n
+
+
+async def _metrics(api: Api) -> str:
+    status, text = await api.get("/metrics")
+    assert status == 200
+    return str(text)
+
+
+@pytest.fixture
+async def svc(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningService]:
+    async with running(_settings(tmp_path, mosquitto, ecg_max_chunks=3, dead_letters_max_rows=20),
+                       clock=lambda: NOW) as service:
+        await eventually(lambda: service.service.consumer.connected)
+        yield service
+
+
+async def test_a_store_failure_of_one_item_costs_only_that_item(
+        svc: RunningService, pub: mqtt.Client) -> None:
+    # a real SQLite refusal of one reading (what 2**70 caused on main: an error binding it)
+    svc.service.db.write_sync(lambda c: c.execute(
+        "CREATE TRIGGER refuse_666 BEFORE INSERT ON readings WHEN NEW.seq = 666"
+        " BEGIN SELECT RAISE(ABORT, 'refused by the test trigger'); END"))
+    array = encode_readings([reading(GOOD_DEV, s, T0 + s, user_code="GOOD") for s in (665, 666, 667)])
+    stream = [*_good_stream(20), (TOPICS.reading(GOOD_GW, GOOD_DEV), array), *_good_stream(20, 20)]
+    publish_all(pub, stream)
+    m = svc.service.metrics
+    await eventually(lambda: m.messages.total() >= len(stream))
+    await eventually(lambda: _seq_count_is(svc, 42))
+    assert await _seqs(svc, GOOD_DEV) == [*range(40), 665, 667]
+    ((topic, reason, _, _, _, _, detail),) = await _letters(svc)
+    assert reason == "store_error" and topic == TOPICS.reading(GOOD_GW, GOOD_DEV)
+    assert "reading seq 666" in detail and "IntegrityError" in detail
+    assert '"vitals"' not in detail  # names the exception, never the payload
+    assert m.isolated_batches.total() >= 1
+    assert m.errors.total() == 0 and svc.service.consumer.connected
+
+
+async def test_a_message_failing_every_delivery_is_stopped_by_the_crash_loop_detector(
+        svc: RunningService, pub: mqtt.Client, caplog: pytest.LogCaptureFixture) -> None:
+    # the store refuses the reading AND its store_error dead letter: the consumer fails on the
+    # message at every delivery (as a message that crashes the process would)
+    for trigger in ("CREATE TRIGGER refuse_777 BEFORE INSERT ON readings WHEN NEW.seq = 777"
+                    " BEGIN SELECT RAISE(ABORT, 'refused'); END",
+                    "CREATE TRIGGER refuse_777_letter BEFORE INSERT ON dead_letters"
+                    " WHEN NEW.reason = 'store_error' BEGIN SELECT RAISE(ABORT, 'refused'); END"):
+        svc.service.db.write_sync(lambda c, t=trigger: c.execute(t))
+    caplog.set_level(logging.WARNING, logger="ingest.consumer")
+    publish_all(pub, [(TOPICS.reading(GOOD_GW, GOOD_DEV),
+                       reading(GOOD_DEV, 777, T0, user_code="GOOD").to_bytes())])
+    letters = await eventually(lambda: _letters(svc), timeout=30)
+    ((_, reason, _, _, _, _, detail),) = letters
+    assert reason == "redelivery_loop" and "3 times" in detail
+    m = svc.service.metrics
+    assert m.errors.value(task="consumer") == 3  # three failed deliveries, then it stopped
+    # the consumer is healthy again: what follows is stored
+    publish_all(pub, _good_stream(5))
+    await eventually(lambda: _seq_count_is(svc, 5))
+    loops = [r for r in caplog.records if "redelivery_loop" in r.getMessage()
+             and "delivered" in r.getMessage()]
+    assert len(loops) == 1, "said once"
+    left = await svc.service.db.read(lambda c: c.execute("SELECT count(*) FROM deliveries").fetchone())
+    assert left == (0,)
+
+
+async def test_future_stamps_are_dead_lettered_and_good_items_beside_them_kept(
+        svc: RunningService, pub: mqtt.Client) -> None:
+    future = NOW + 301_000  # beyond the default 300 s skew
+    dev = "c0ffee00aaaa"
+    array = encode_readings([reading(dev, 1, T0, user_code="P1"), reading(dev, 2, future, user_code="P1"),
+                             reading(dev, 3, NOW + 299_000, user_code="P1")])
+    chunk = EcgChunk(device_id=dev, recording="rf", seq=0, ts=future, fs=250, samples=[1], last=True)
+    status = json.dumps({"v": 1, "device_id": dev, "connected": True, "last_seen": future}).encode()
+    publish_all(pub, [(TOPICS.reading(BAD_GW, dev), array), (TOPICS.ecg(BAD_GW, dev), chunk.to_bytes()),
+                      (TOPICS.device_status(BAD_GW, dev), status)])
+    await eventually(lambda: svc.service.metrics.rejects.value(reason="future") == 3)
+    assert await _seqs(svc, dev) == [1, 3]  # within the skew is kept
+    details = sorted(d.split(" ")[0] + d.split(" ")[1] for _, r, *_, d in await _letters(svc)
+                     if r == "future")
+    assert details == ["last_seen" + str(future), "reading1:", "ts" + str(future)]
+
+
+async def test_ecg_recording_over_the_cap_is_dead_lettered_and_its_chunks_discarded(
+        svc: RunningService, pub: mqtt.Client) -> None:
+    dev = "c0ffee00bbbb"
+
+    def chunk(rec: str, seq: int, last: bool) -> tuple[str, bytes]:
+        c = EcgChunk(device_id=dev, recording=rec, seq=seq, ts=T0 + seq, fs=250,
+                     samples=[seq] * 250, last=last)
+        return TOPICS.ecg(BAD_GW, dev), c.to_bytes()
+
+    big = [chunk("big", s, s == 4) for s in range(5)]  # 5 chunks, the cap is 3
+    small = [chunk("small", s, s == 2) for s in range(3)]
+    publish_all(pub, big + small)
+    m = svc.service.metrics
+    await eventually(lambda: m.ecg_recordings.total() >= 1 and m.rejects.value(reason="ecg_too_large") == 2)
+    assert m.ecg_chunks_discarded.total() == 3
+    names = await svc.service.db.read(lambda c: c.execute(
+        "SELECT recording FROM ecg_recordings").fetchall())
+    assert names == [("small",)]
+    left = await svc.service.db.read(lambda c: c.execute(
+        "SELECT count(*) FROM ecg_chunks WHERE recording = 'big'").fetchone())
+    assert left == (0,)
+
+
+async def test_dead_letters_are_bounded_with_counted_eviction_and_repeats(
+        svc: RunningService, pub: mqtt.Client) -> None:
+    topic = TOPICS.reading(BAD_GW, "c0ffee00cccc")
+    junk = [(topic, f"junk {i}".encode()) for i in range(30)] + [(topic, b"junk 29")] * 3
+    publish_all(pub, junk)
+    m = svc.service.metrics
+    await eventually(lambda: m.rejects.total() == 33)
+    letters = await _letters(svc)
+    assert len(letters) == 20  # dead_letters_max_rows
+    assert m.dead_letters_evicted.total() == 10 and m.dead_letter_repeats.total() == 3
+    assert letters[-1][2] == 3  # the newest row, "junk 29", seen three times more
+    async with Api(svc.url) as api:
+        text = await _metrics(api)
+        assert "vitalgate_ingest_dead_letters_evicted_total 10" in text
+        assert "vitalgate_ingest_dead_letter_rows 20" in text
+        _, body = await api.get("/api/dead-letters", size=1)
+        item = body["data"]["data"][0]
+        assert item["repeats"] == 3 and item["size"] == len(b"junk 29")
+    stats = await svc.service.db.read(lambda c: c.execute(
+        "SELECT rows, evicted FROM dead_letter_stats").fetchone())
+    assert stats == (20, 10)
+
+
+async def test_the_redelivery_count_survives_a_restart_of_the_process(
+        tmp_path: Path, mosquitto: Mosquitto, pub: mqtt.Client) -> None:
+    """A message that kills the process has no in-memory trace: the broker's DUP flag and the
+    count committed before processing are what stop it after the restart."""
+    settings = _settings(tmp_path, mosquitto)
+    async with running(settings, clock=lambda: NOW) as first:
+        await eventually(lambda: first.service.consumer.connected)
+        for trigger in ("CREATE TRIGGER refuse_888 BEFORE INSERT ON readings WHEN NEW.seq = 888"
+                        " BEGIN SELECT RAISE(ABORT, 'refused'); END",
+                        "CREATE TRIGGER refuse_888_letter BEFORE INSERT ON dead_letters"
+                        " WHEN NEW.reason = 'store_error' BEGIN SELECT RAISE(ABORT, 'refused'); END"):
+            first.service.db.write_sync(lambda c, t=trigger: c.execute(t))
+        publish_all(pub, [(TOPICS.reading(GOOD_GW, GOOD_DEV),
+                           reading(GOOD_DEV, 888, T0, user_code="GOOD").to_bytes())])
+        await eventually(lambda: first.service.metrics.errors.value(task="consumer") >= 2)
+    # the first process failed on it at least twice: its redeliveries are counted on disk
+    with sqlite3.connect(settings.db_path) as conn:
+        ((counted,),) = conn.execute("SELECT attempts FROM deliveries").fetchall()
+    assert counted >= 1
+    async with running(settings, clock=lambda: NOW) as second:
+        m = second.service.metrics
+        await eventually(lambda: m.rejects.value(reason="redelivery_loop") == 1, timeout=30)
+        # a fresh count would fail twice more (counts 1 and 2) before stopping it at 3
+        assert m.errors.value(task="consumer") == max(0, 2 - counted)
+        (row,) = [r for r in await _letters(second) if r[1] == "redelivery_loop"]
+        assert row[0] == TOPICS.reading(GOOD_GW, GOOD_DEV)
