@@ -9,6 +9,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY vitalgate ./vitalgate
 COPY ews ./ews
+COPY e86 ./e86
 COPY gateway ./gateway
 COPY ingest ./ingest
 COPY simulators ./simulators

@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-import gateway.e86.frame as frame_module
-from gateway.e86 import (
+import e86.frame as frame_module
+from e86 import (
     ECG_SAMPLE_RATE,
     EcgSamples,
     Frame,

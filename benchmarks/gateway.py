@@ -30,9 +30,9 @@ from paho.mqtt.client import Client
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.buffer import Buffer, Measurement
-from gateway.probe import Probe
 from gateway.publisher import Publisher
 from gateway.settings import GatewaySettings
+from tests.support.probe import Probe
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import Kind, Source, Vitals
 

@@ -20,10 +20,10 @@ import time
 from bleak import BleakClient, BleakScanner
 from bleak_retry_connector import establish_connection
 
-from gateway.e86.commands import RealtimeUpload, ecg_start_sequence
-from gateway.e86.constants import Group, RealtimeKey
-from gateway.e86.frame import FrameAssembler, split_for_mtu
-from gateway.e86.realtime import decode_realtime
+from e86.commands import RealtimeUpload, ecg_start_sequence
+from e86.constants import Group, RealtimeKey
+from e86.frame import FrameAssembler, split_for_mtu
+from e86.realtime import decode_realtime
 from simulators.bleak_bumble import BumbleLink
 from simulators.watch import VirtualE86, encode
 from simulators.watch.central import FrameCentral

@@ -10,35 +10,44 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vitalgate.config import load_settings
+
+if TYPE_CHECKING:
+    from gateway.ble.backend import BleInUse
+    from gateway.clock import Clock
 
 log = logging.getLogger(__name__)
 
 
-def register(subparsers: Any) -> None:
+class BackendOption(Protocol):
+    """A BLE backend ``gateway run`` can use instead of BlueZ (``--simulate``, wired by the
+    composition root): it adds its options and, when they select it, opens the backend."""
+
+    def add_arguments(self, run: argparse.ArgumentParser) -> None: ...
+
+    def selected(self, args: argparse.Namespace) -> bool: ...
+
+    def open(self, args: argparse.Namespace, clock: Clock) -> AbstractAsyncContextManager[BleInUse]: ...
+
+
+def register(subparsers: Any, simulate: BackendOption | None = None) -> None:
+    """``simulate``: the backend of ``--simulate`` (``vitalgate.cli`` passes the simulators')."""
     gw = subparsers.add_parser("gateway", help="the BLE → MQTT gateway (Raspberry Pi)")
     sub = gw.add_subparsers(dest="gateway_command", metavar="SUBCOMMAND")
 
     run = sub.add_parser("run", help="collect from E86 watches and publish to MQTT")
     run.add_argument("--config", type=Path, help="TOML file ([gateway] table)")
-    run.add_argument("--simulate", type=int, metavar="N", default=0,
-                     help="run N virtual E86 watches on a simulated BLE link in this process")
-    run.add_argument("--scenario", action="append", metavar="NAME",
-                     help="patient scenario of the simulated watches (repeatable; default stable)")
-    run.add_argument("--speed", type=float, default=1.0,
-                     help="with --simulate: the patients' physiology runs S x faster (readings keep "
-                          "wall-clock timestamps, so the hospital's freshness window still holds)")
-    run.add_argument("--interval", type=float, default=5.0,
-                     help="seconds between the virtual watches' readings")
-    run.add_argument("--seed", type=int, default=0, help="seed of the simulated patients")
+    if simulate is not None:
+        simulate.add_arguments(run)
     run.add_argument("--mqtt-url", help="override mqtt_url")
     run.add_argument("--gateway-id", help="override gateway_id")
     run.add_argument("--data-dir", type=Path, help="override data_dir (buffer, state file)")
     run.add_argument("--status-port", type=int, help="override status_port (0 = any free port)")
-    run.set_defaults(func=_run)
+    run.set_defaults(func=lambda args: _run(args, simulate))
 
     status = sub.add_parser("status", help="what a running gateway is doing (or did last)")
     status.add_argument("--config", type=Path, help="TOML file ([gateway] table)")
@@ -68,7 +77,7 @@ def _settings(args: argparse.Namespace) -> Any:
     return load_settings(GatewaySettings, args.config, **overrides)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, simulate: BackendOption | None = None) -> int:
     from pydantic import ValidationError
 
     try:
@@ -76,13 +85,13 @@ def _run(args: argparse.Namespace) -> int:
     except (ValidationError, FileNotFoundError) as exc:
         print(f"vitalgate gateway: bad configuration: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_main(settings, args))
+    return asyncio.run(_main(settings, args, simulate))
 
 
-async def _main(settings: Any, args: argparse.Namespace) -> int:
-    from gateway.ble.backend import bluez, simulated
+async def _main(settings: Any, args: argparse.Namespace, simulate: BackendOption | None = None) -> int:
+    from gateway.ble.backend import bluez
     from gateway.clock import Clock
-    from gateway.service import Gateway, simulated_watches
+    from gateway.service import Gateway
 
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -94,17 +103,12 @@ async def _main(settings: Any, args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: its terminal closed
         loop.add_signal_handler(sig, stopper)
     try:
-        if args.simulate > 0:
-            from simulators.bleak_bumble import BumbleLink
-
+        if simulate is not None and simulate.selected(args):
             clock = Clock()  # wall time: what the watches report is stamped as it happens
-            async with BumbleLink() as link, simulated_watches(
-                link, args.simulate, args.scenario or ["stable"], clock, seed=args.seed,
-                realtime_interval_s=args.interval, physiology_speed=args.speed,
-            ) as (_watches, devices):
-                settings = settings.model_copy(update={"devices": {**settings.devices, **devices}})
-                _log_start(settings, f"{args.simulate} simulated watches (bumble)")
-                await Gateway(settings, simulated(link), clock=clock).run()
+            async with simulate.open(args, clock) as ble:
+                settings = settings.model_copy(update={"devices": {**settings.devices, **ble.devices}})
+                _log_start(settings, ble.description)
+                await Gateway(settings, ble.backend, clock=clock).run()
         else:
             _log_start(settings, "BlueZ")
             await Gateway(settings, bluez()).run()

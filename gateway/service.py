@@ -2,18 +2,17 @@
 
 ``Gateway(settings, backend).run()`` runs until cancelled; cancelling it (SIGTERM/SIGINT in
 the CLI) stops every task, publishes the retained "offline" status and closes the buffer.
-``simulated_watches(...)`` starts virtual E86 watches worn by simulated patients on a bumble
-link for ``--simulate``.
+The backend decides where the watches are (BlueZ, or the simulators' bumble link for
+``--simulate``, built at the composition root); the gateway only knows ``BleBackend``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from gateway.backoff import Backoff
 from gateway.ble.backend import BleBackend
@@ -26,10 +25,6 @@ from gateway.settings import GatewaySettings
 from gateway.status import serve_status, state_file_loop, write_state
 from vitalgate import __version__
 from vitalgate.contract import EcgChunk, Reading
-
-if TYPE_CHECKING:
-    from simulators.bleak_bumble import BumbleLink
-    from simulators.watch import VirtualE86
 
 log = logging.getLogger(__name__)
 
@@ -188,33 +183,3 @@ class Gateway:
             "set_aside_files": [p.name for p in aside[-5:]],
         }
 
-
-@contextlib.asynccontextmanager
-async def simulated_watches(
-    link: BumbleLink, n: int, scenarios: Sequence[str], clock: Clock, *, seed: int = 0,
-    realtime_interval_s: float = 5.0, physiology_speed: float = 1.0,
-) -> AsyncIterator[tuple[list[VirtualE86], dict[str, str]]]:
-    """``n`` virtual E86 watches worn by simulated patients; yields them and MAC → user_code.
-
-    ``physiology_speed`` runs the patients' trajectories faster than ``clock`` (a sepsis of
-    hours in minutes) while the watches still measure and stamp on ``clock``."""
-    from simulators.physiology import fleet_patients
-    from simulators.watch import VirtualE86
-
-    start = clock.ms()
-    patients = fleet_patients(n, list(scenarios), seed=seed, start_ms=start)
-
-    def accelerated(vitals: Callable[[int], Mapping[str, float]]) -> Callable[[int], Mapping[str, float]]:
-        if physiology_speed == 1.0:
-            return vitals
-        return lambda ts: vitals(start + int((ts - start) * physiology_speed))
-
-    watches = [
-        VirtualE86(link, p.mac, clock=clock, speed=1.0, vitals=accelerated(p.vitals), ecg=p.ecg,
-                   realtime_interval_s=realtime_interval_s, seed=seed + i)
-        for i, p in enumerate(patients)
-    ]
-    async with contextlib.AsyncExitStack() as stack:
-        for w in watches:
-            await stack.enter_async_context(w)
-        yield watches, {p.mac: p.user_code for p in patients}

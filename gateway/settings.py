@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from vitalgate.config import BrokerAddress, ServiceSettings
 from vitalgate.contract import DEFAULT_PREFIX, GATEWAY_ID_RE, USER_CODE_RE, normalise_mac
 
-#: history kinds the gateway may ask a watch for (names of gateway.e86 history kinds).
+#: history kinds the gateway may ask a watch for (names of e86 history kinds).
 HISTORY_KINDS = ("all", "heart_rate", "blood_pressure", "spo2", "temperature")
 
 

@@ -24,7 +24,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from simulators.physiology import hash_normal, patient_key
+from simulators.hashing import hash_normal, patient_key
 
 FS: Final = 250.0
 COUNTS_PER_MV: Final = 2**16

@@ -21,7 +21,8 @@ from typing import Final, Literal, Protocol
 
 import numpy as np
 
-from simulators.physiology import Cohort, Patient, SimClock, hash_uniform
+from simulators.hashing import hash_uniform
+from simulators.physiology import Cohort, Patient, SimClock
 from vitalgate.contract import VITALS, DeviceStatus, Reading, Source, Vitals
 
 log = logging.getLogger(__name__)

@@ -35,17 +35,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
 
 from simulators import scenarios as scenario_files
+from simulators.ecg_synth import EcgSynth
+from simulators.hashing import hash_normal, hash_uniform, patient_key
 from simulators.scenarios import Scenario
 from vitalgate.contract import PLAUSIBLE, VITALS, device_id_from_mac
-
-if TYPE_CHECKING:
-    from simulators.ecg_synth import EcgSynth
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -65,39 +64,6 @@ _ALPHABET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 
 # Hash streams: each kind of random draw has its own, so they are independent.
 _S_PARAM, _S_NOISE, _S_MOTION, _S_OFF, _S_DROP, _S_ID = 1, 2, 3, 4, 5, 6
-
-
-# ------------------------------------------------------------------------------ hashing
-
-
-def _mix(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
-    """SplitMix64 finaliser, element-wise (wrapping uint64 arithmetic)."""
-    with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def _u64(values: object) -> NDArray[np.uint64]:
-    return np.asarray(values, dtype=np.int64).astype(np.uint64)
-
-
-def hash_uniform(key: NDArray[np.uint64], counter: object, stream: int) -> FloatArray:
-    """Uniform (0, 1) values, a pure function of (key, counter, stream); broadcasts."""
-    h = _mix(_mix(key ^ _u64(stream * 0x632BE59BD9B4E019 % 2**63)) ^ _u64(counter))
-    return ((h >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
-
-
-def hash_normal(key: NDArray[np.uint64], counter: object, stream: int) -> FloatArray:
-    """Standard normal values (Box-Muller on two hash streams)."""
-    u1 = hash_uniform(key, counter, stream * 2 + 1000)
-    u2 = hash_uniform(key, counter, stream * 2 + 1001)
-    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
-
-
-def patient_key(seed: int, index: int | IntArray) -> NDArray[np.uint64]:
-    return _mix(_mix(_u64(seed % 2**63)) ^ _u64(index))
 
 
 def user_code_for(seed: int, index: int) -> str:
@@ -391,8 +357,6 @@ class Patient:
     def ecg(self, start_ms: int, n: int) -> list[int]:
         """``n`` raw ECG samples (250 Hz, signed 24-bit counts) from ``start_ms``."""
         if self._ecg is None:
-            from simulators.ecg_synth import EcgSynth
-
             index = self.index
             self._ecg = EcgSynth(
                 seed=(self.cohort.seed, index),

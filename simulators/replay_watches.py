@@ -78,11 +78,11 @@ async def replay_through_watches(
 ) -> dict[str, Any]:
     """Run virtual watches for ``tracks`` and a gateway collecting them until every track has
     played (plus ``linger_s`` for the buffer to drain); returns the gateway's final snapshot."""
-    from gateway.ble.backend import simulated
     from gateway.clock import Clock
     from gateway.service import Gateway
     from gateway.settings import GatewaySettings
     from simulators.bleak_bumble import BumbleLink
+    from simulators.simulate import bumble_backend
     from simulators.watch import VirtualE86
     from vitalgate.config import load_settings
 
@@ -101,7 +101,7 @@ async def replay_through_watches(
             watch = VirtualE86(link, mac, clock=clock, vitals=source, realtime_interval_s=interval_s,
                                seed=i)
             await stack.enter_async_context(watch)
-        gateway = Gateway(settings, simulated(link), clock=clock)
+        gateway = Gateway(settings, bumble_backend(link), clock=clock)
         run = asyncio.create_task(gateway.run())
         try:
             longest = max((s.duration_ms for s in sources), default=0.0) / 1000

@@ -1,54 +1,117 @@
-"""The layout is a contract too: what each package may import (README, "Layout")."""
+"""The layout is a contract too: what each package may import (README, "Layout"), and no file
+imports itself back through others. Every import counts: module level, inside functions and
+behind ``TYPE_CHECKING`` (read with ``ast`` by tools/import_graph.py, which also draws it:
+``python -m tools.import_graph --packages`` / ``--dot`` / ``--cycles``)."""
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-OURS = {"vitalgate", "gateway", "ingest", "ews", "simulators", "benchmarks", "tests"}
+from tools.import_graph import (
+    COMPOSITION_ROOT,
+    PACKAGES,
+    ROOT,
+    cycles,
+    graph,
+    modules,
+    package_graph,
+    package_of,
+)
+
+#: package → the packages of ours it may import: what the code needs, nothing more.
+#: contract (vitalgate) ← e86? no: the wire protocol is stdlib only. e86 ← gateway, simulators;
+#: ews ← ingest; the simulators build the gateway's BleBackend for --simulate (so they may
+#: import the gateway, never the other way). "vitalgate" is the vocabulary (contract, config,
+#: broker: nothing of the others); "vitalgate.cli" is the composition root (cli, demo,
+#: __main__), which wires --simulate and labels the demo's patients (the other components'
+#: CLIs it loads by name, with importlib).
 ALLOWED: dict[str, set[str]] = {
+    "e86": set(),
     "ews": set(),
-    "vitalgate": {"ews", "gateway", "ingest", "simulators"},  # only the CLI/demo wire components
-    "gateway": {"vitalgate", "simulators"},  # simulators only behind --simulate (checked below)
+    "vitalgate": set(),
+    "vitalgate.cli": {"vitalgate", "simulators"},
+    "gateway": {"vitalgate", "e86"},
     "ingest": {"vitalgate", "ews"},
-    "simulators": {"vitalgate", "ews", "gateway"},
+    "simulators": {"vitalgate", "e86", "gateway"},
+    "tools": set(),
 }
-# vitalgate's core modules (contract, config, broker) import none of the components.
-CORE = {"contract.py", "config.py", "broker.py", "__init__.py"}
-
-
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), str(path))
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
-    return found & OURS
+FILES = graph()
+TOP = package_graph(FILES)
 
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))
 def test_package_imports_only_what_it_may(package: str) -> None:
     bad = []
-    for path in sorted((ROOT / package).rglob("*.py")):
-        imported = _imports(path) - {package}
+    for module, deps in sorted(FILES.items()):
+        if package_of(module) != package:
+            continue
         allowed = ALLOWED[package]
-        if package == "vitalgate" and path.name in CORE:
-            allowed = set()
+        imported = {package_of(d) for d in deps} - {package}
         if not imported <= allowed:
-            bad.append(f"{path.relative_to(ROOT)} imports {sorted(imported - allowed)}")
+            bad.append(f"{module} imports {sorted(imported - allowed)}")
     assert not bad, "\n".join(bad)
 
 
-def test_gateway_reaches_simulators_only_for_simulate() -> None:
-    """The gateway's production path never imports the simulators at module level."""
-    for path in sorted((ROOT / "gateway").rglob("*.py")):
-        tree = ast.parse(path.read_text())
-        for node in tree.body:  # module level only
-            if isinstance(node, ast.ImportFrom | ast.Import):
-                names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
-                assert not any(n and n.startswith("simulators") for n in names), path
+def test_every_package_has_a_rule() -> None:
+    """A new top-level package gets a row in ALLOWED (tests and benchmarks may import anything)."""
+    assert set(TOP) - {"tests", "benchmarks"} == set(ALLOWED)
+    assert set(TOP) == set(PACKAGES) | {"vitalgate.cli"}
+    assert all(m in FILES for m in COMPOSITION_ROOT)
+
+
+def test_gateway_never_imports_simulators() -> None:
+    """Not even in a function or behind TYPE_CHECKING: --simulate hands it a BleBackend."""
+    assert "simulators" not in TOP["gateway"]
+    assert not [m for m, deps in FILES.items() if m.startswith("gateway")
+                and any(d.startswith("simulators") for d in deps)]
+
+
+@pytest.mark.parametrize("package", ["e86", "tools"])
+def test_stdlib_only(package: str) -> None:
+    """The wire protocol (and the dev tools) import the standard library and themselves only."""
+    bad = []
+    for module, path in sorted(modules(packages=[package]).items()):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0
+                     else [])
+            bad += [f"{module} imports {n}" for n in names
+                    if n.split(".")[0] not in sys.stdlib_module_names | {package, "__future__"}]
+    assert not bad, "\n".join(bad)
+
+
+def test_packages_are_acyclic() -> None:
+    assert cycles(TOP) == []
+
+
+@pytest.mark.parametrize("package", [
+    pytest.param(p, marks=pytest.mark.xfail(
+        strict=True, reason="ingest/api/__init__ <-> auth, envelope, ratelimit (app keys): ingest "
+                            "is reworked by the PostgreSQL issue; strict: remove this mark once fixed"))
+    if p == "ingest" else p
+    for p in PACKAGES])
+def test_files_are_acyclic(package: str) -> None:
+    """No file imports itself back through other files (a cycle across packages would be a
+    package cycle, checked above)."""
+    inside = {m: {d for d in deps if d.split(".")[0] == package}
+              for m, deps in FILES.items() if m.split(".")[0] == package}
+    assert inside, f"no files in {package}"
+    assert cycles(inside) == []
+
+
+def test_the_graph_reader_sees_hidden_imports(tmp_path: Path) -> None:
+    """Function-level, TYPE_CHECKING and relative imports are edges; a cycle through them is found."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.b import B\n")
+    (pkg / "b.py").write_text("def f():\n    from . import c\n")
+    (pkg / "c.py").write_text("import pkg.a\n")
+    edges = graph(tmp_path, ["pkg"])
+    assert edges["pkg.a"] == {"pkg.b"} and edges["pkg.b"] == {"pkg.c"} and edges["pkg.c"] == {"pkg.a"}
+    assert cycles(edges) == [["pkg.a", "pkg.b", "pkg.c"]]
+    assert ROOT.is_dir()

@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from vitalgate import __version__
 
@@ -41,8 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name and name.startswith(exc.name):
                 continue  # component not built yet
             raise
-        module.register(sub)
+        _register(name, module, sub)
     return parser
+
+
+def _register(name: str, module: Any, sub: Any) -> None:
+    """The composition root: the gateway never imports the simulators; ``--simulate``'s
+    backend (bumble link + virtual watches) is handed to it here."""
+    if name == "gateway.cli":
+        from simulators.simulate import SIMULATE
+
+        module.register(sub, simulate=SIMULATE)
+    else:
+        module.register(sub)
 
 
 #: libraries that are chatty at INFO/DEBUG; they speak at WARNING unless -vv asks for them.

@@ -1,20 +1,19 @@
 """Which bleak backend the gateway drives — decided here and nowhere else.
 
 On a Raspberry Pi it is bleak's own (BlueZ over D-Bus): both classes are ``None`` and bleak
-picks its platform backend. With ``--simulate`` it is the bumble local link of
-:mod:`simulators.bleak_bumble`, on which virtual E86 watches advertise; the rest of the gateway
-runs the same bleak code path either way.
+picks its platform backend. With ``--simulate`` the composition root hands the gateway another
+``BleBackend`` (the bumble local link of ``simulators.simulate``, on which virtual E86 watches
+advertise); the rest of the gateway runs the same bleak code path either way and never imports
+the simulators.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bleak import BleakClient, BleakScanner
-
-if TYPE_CHECKING:
-    from simulators.bleak_bumble import BumbleLink
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +40,11 @@ def bluez() -> BleBackend:
     return BleBackend("bluez")
 
 
-def simulated(link: BumbleLink) -> BleBackend:
-    """The bumble local link (virtual watches in this process)."""
-    return BleBackend("bumble", link.scanner_backend, link.client_backend)
+@dataclass(frozen=True, slots=True)
+class BleInUse:
+    """A backend opened for ``gateway run``: the backend, the watches it brings (MAC → user_code,
+    added to ``devices``) and how the start log line names it."""
+
+    backend: BleBackend
+    devices: Mapping[str, str]
+    description: str

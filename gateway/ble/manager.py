@@ -27,12 +27,12 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak_retry_connector import establish_connection
 
+from e86.advertising import is_e86_name
+from e86.constants import MODEL, SERVICE_UUID
 from gateway.ble.backend import BleBackend
 from gateway.ble.retry import classify
 from gateway.ble.session import Sink, WatchInfo, WatchSession, raise_if_cancel_swallowed
 from gateway.clock import Clock
-from gateway.e86.advertising import is_e86_name
-from gateway.e86.constants import MODEL, SERVICE_UUID
 from gateway.settings import GatewaySettings
 from vitalgate.contract import Command, DeviceStatus, device_id_from_mac, normalise_mac
 

@@ -22,39 +22,45 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, assert_never
 from zoneinfo import ZoneInfo
 
 from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from pydantic import ValidationError
 
-from gateway.buffer import BufferError, Measurement
-from gateway.clock import Clock
-from gateway.e86.clock import set_clock, watch_local_to_utc_ms
-from gateway.e86.commands import (
+from e86.clock import set_clock, watch_local_to_utc_ms
+from e86.commands import (
+    CommandReply,
     DeviceEvent,
     DeviceInfo,
+    DeviceName,
+    Functions,
     GetRequest,
+    MacAddress,
     RealtimeUpload,
     SetMonitoring,
     WearStatus,
     ecg_start_sequence,
     ecg_stop,
 )
-from gateway.e86.constants import (
+from e86.constants import (
     COMMAND_CHAR_UUID,
     DATA_CHAR_UUID,
     ECG_SAMPLE_RATE,
-    AppControlKey,
     GetKey,
     Group,
     HistoryKind,
 )
-from gateway.e86.errors import E86Error
-from gateway.e86.frame import Frame, FrameAssembler
-from gateway.e86.history import HistoryReceiver
-from gateway.e86.realtime import EcgSamples, RealtimeValues, decode_realtime
+from e86.errors import E86Error
+from e86.frame import Frame, FrameAssembler
+from e86.history import BlockEnd, HistoryHeader
+from e86.history_receiver import HistoryReceiver
+from e86.messages import CollectData, WatchMessage, decode_watch_message
+from e86.realtime import EcgSamples, PpgRaw, RealtimeValues
+from e86.records import RecordBatch
+from gateway.buffer import BufferError, Measurement
+from gateway.clock import Clock
 from gateway.settings import GatewaySettings
 from vitalgate.contract import EcgChunk, Reading, Source, Vitals
 
@@ -276,33 +282,43 @@ class WatchSession:
                 log.debug("%s: undecodable frame %02x %02x: %s", self.watch.name, frame.group, frame.key, exc)
 
     async def _handle(self, frame: Frame) -> None:
-        key = (frame.group, frame.key)
+        """The reply to a pending command and the frames of a running history sync go, as
+        frames, to whoever awaits them (the history receiver checks CRCs over their bytes);
+        everything else is decoded by ``decode_watch_message`` (an ``E86Error`` is counted as
+        an unexpected frame) and dispatched by its type."""
         pending = self._pending
-        if pending is not None and pending.key == key and not pending.future.done():
+        if pending is not None and pending.key == (frame.group, frame.key) and not pending.future.done():
             pending.future.set_result(frame)
         elif frame.group == Group.HISTORY and self._history is not None:
             try:
                 self._history.put_nowait(frame)
             except asyncio.QueueFull:
                 self.counters.frames_dropped += 1
-        elif frame.group == Group.REALTIME:
-            self._on_realtime(frame)
-        elif frame.group == Group.DEVICE_CONTROL:
-            await self._write(DeviceEvent.from_frame(frame).ack().to_frame())
-        elif key == (Group.APP_CONTROL, AppControlKey.WEAR_STATUS):
-            self.worn = WearStatus.from_frame(frame).worn
         else:
-            self.counters.unexpected_frames += 1
+            await self._on_message(decode_watch_message(frame))
 
-    def _on_realtime(self, frame: Frame) -> None:
-        message = decode_realtime(frame)
-        if isinstance(message, EcgSamples):
-            if self._ecg is not None:
-                self._ecg.add(message.samples)
-                self.counters.ecg_samples += len(message.samples)
-            return
-        if not isinstance(message, RealtimeValues):
-            return
+    async def _on_message(self, message: WatchMessage) -> None:
+        """mypy checks that every message of ``WatchMessage`` has its case."""
+        match message:
+            case RealtimeValues():
+                self._on_values(message)
+            case EcgSamples():
+                if self._ecg is not None:
+                    self._ecg.add(message.samples)
+                    self.counters.ecg_samples += len(message.samples)
+            case PpgRaw():
+                pass  # raw PPG waveform: the gateway never asks for it and has no use for it
+            case DeviceEvent():
+                await self._write(message.ack().to_frame())
+            case WearStatus():
+                self.worn = message.worn
+            case (HistoryHeader() | RecordBatch() | BlockEnd() | CommandReply() | DeviceInfo()
+                  | Functions() | MacAddress() | DeviceName() | CollectData()):
+                self.counters.unexpected_frames += 1  # a reply or upload nobody is waiting for
+            case _:
+                assert_never(message)
+
+    def _on_values(self, message: RealtimeValues) -> None:
         values = message.vitals()
         if not values:
             return

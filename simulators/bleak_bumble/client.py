@@ -13,7 +13,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from bleak.args import SizedBuffer
 from bleak.assigned_numbers import CharacteristicPropertyName
@@ -28,10 +28,8 @@ from bumble.device import Connection
 from bumble.gatt import Characteristic
 from bumble.gatt_client import CharacteristicProxy, Client
 
+from simulators.bleak_bumble.central import SharedCentral
 from simulators.bleak_bumble.scanner import BumblePeer
-
-if TYPE_CHECKING:
-    from simulators.bleak_bumble.link import BumbleLink
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +74,7 @@ def _peer_address(address_or_ble_device: BLEDevice | str) -> hci.Address:
 class BumbleClientBackend(BaseBleakClient):
     """bleak ``BaseBleakClient`` on a :class:`BumbleLink` (use ``link.client_backend``)."""
 
-    link: ClassVar[BumbleLink]
+    shared: ClassVar[SharedCentral]
 
     def __init__(
         self,
@@ -128,8 +126,8 @@ class BumbleClientBackend(BaseBleakClient):
         if pair:
             logger.debug("%s: pairing is not needed on the simulated link; ignored", self.address)
         timeout = float(kwargs.get("timeout", self._timeout))
-        central = self.link.central
-        async with self.link.connect_lock:
+        central = self.shared.device
+        async with self.shared.connect_lock:
             try:
                 connection = await central.connect(
                     self._peer, transport=core.PhysicalTransport.LE, timeout=timeout
@@ -144,7 +142,7 @@ class BumbleClientBackend(BaseBleakClient):
         self._connection = connection
         connection.on(Connection.EVENT_DISCONNECTION, self._on_disconnection)
         try:
-            await self._ask(self._gatt.request_mtu(self.link.request_mtu))
+            await self._ask(self._gatt.request_mtu(self.shared.request_mtu))
             self.services = await self._discover()
         except BaseException:
             await self.disconnect()

@@ -6,8 +6,7 @@ Every controller on the link is a real bumble ``Controller`` and every stack a r
 is replaced by in-process delivery.
 
 The link's central is shared by every scanner and client bound to it (like one adapter, hci0):
-scanning is reference counted, and connection set-up is serialised because a controller can
-have only one pending LE connection at a time.
+see :mod:`simulators.bleak_bumble.central`.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from bumble import hci
 from bumble.controller import Controller
@@ -24,9 +23,9 @@ from bumble.host import Host
 from bumble.link import LocalLink
 from bumble.transport.common import AsyncPipeSink
 
-if TYPE_CHECKING:
-    from simulators.bleak_bumble.client import BumbleClientBackend
-    from simulators.bleak_bumble.scanner import BumbleScannerBackend
+from simulators.bleak_bumble.central import SharedCentral
+from simulators.bleak_bumble.client import BumbleClientBackend
+from simulators.bleak_bumble.scanner import BumbleScannerBackend
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +34,6 @@ CENTRAL_ADDRESS: Final = "C0:DE:00:00:00:01"
 # ATT MTU the central asks for right after connecting; 247 is what Android and BlueZ ask for
 # with LE data length extension, and what the E86 app expects.
 DEFAULT_REQUEST_MTU: Final = 247
-# Scan window/interval for the central, in ms: continuous scanning (window == interval).
-SCAN_INTERVAL_MS: Final = 60.0
 
 
 class _LinkController(Controller):
@@ -89,26 +86,21 @@ class BumbleLink:
     def __init__(self, *, request_mtu: int = DEFAULT_REQUEST_MTU) -> None:
         self.request_mtu = request_mtu
         self._radio: LocalLink | None = None
-        self._central: Device | None = None
+        self._central: SharedCentral | None = None
         self._devices: dict[int, tuple[Controller, Device]] = {}
-        self._scan_users = 0
-        self._scan_lock = asyncio.Lock()
-        self._connect_lock = asyncio.Lock()
         self.scanner_backend: type[BumbleScannerBackend]
         self.client_backend: type[BumbleClientBackend]
 
     # -- life cycle -------------------------------------------------------------------------
     async def __aenter__(self) -> BumbleLink:
-        from simulators.bleak_bumble.client import BumbleClientBackend
-        from simulators.bleak_bumble.scanner import BumbleScannerBackend
-
         self._radio = LocalLink()  # type: ignore[no-untyped-call]
-        _, self._central = make_device(self._radio, "vitalgate-central", CENTRAL_ADDRESS)
-        await self._central.power_on()
-        # Classes bound to this link; bleak instantiates backends itself, so the link travels
-        # as a class attribute.
-        self.scanner_backend = type("BumbleScanner", (BumbleScannerBackend,), {"link": self})
-        self.client_backend = type("BumbleClient", (BumbleClientBackend,), {"link": self})
+        _, device = make_device(self._radio, "vitalgate-central", CENTRAL_ADDRESS)
+        await device.power_on()
+        self._central = shared = SharedCentral(device, self.request_mtu)
+        # Classes bound to this link's central; bleak instantiates backends itself, so the
+        # central travels as a class attribute.
+        self.scanner_backend = type("BumbleScanner", (BumbleScannerBackend,), {"shared": shared})
+        self.client_backend = type("BumbleClient", (BumbleClientBackend,), {"shared": shared})
         return self
 
     async def __aexit__(
@@ -137,7 +129,7 @@ class BumbleLink:
     def central(self) -> Device:
         if self._central is None:
             raise RuntimeError("BumbleLink is not started: use 'async with BumbleLink()'")
-        return self._central
+        return self._central.device
 
     async def add_device(self, name: str, address: str) -> Device:
         """Attach a new peripheral stack (controller + host + Device) and power it on."""
@@ -152,36 +144,6 @@ class BumbleLink:
         entry = self._devices.pop(id(device), None)
         if entry is not None and entry[0] in self.radio.controllers:
             self.radio.remove_controller(entry[0])
-
-    # -- shared central services for the backends -------------------------------------------
-    async def acquire_scan(self) -> None:
-        async with self._scan_lock:
-            self._scan_users += 1
-            if self._scan_users == 1:
-                await self.central.start_scanning(
-                    active=True,
-                    scan_interval=SCAN_INTERVAL_MS,
-                    scan_window=SCAN_INTERVAL_MS,
-                    filter_duplicates=False,
-                )
-
-    async def release_scan(self) -> None:
-        async with self._scan_lock:
-            if self._scan_users == 0:
-                return
-            self._scan_users -= 1
-            if self._scan_users == 0 and self.central.powered_on:
-                await self.central.stop_scanning()
-
-    def on_advertisement(self, listener: Any) -> None:
-        self.central.on(Device.EVENT_ADVERTISEMENT, listener)
-
-    def remove_advertisement_listener(self, listener: Any) -> None:
-        self.central.remove_listener(Device.EVENT_ADVERTISEMENT, listener)
-
-    @property
-    def connect_lock(self) -> asyncio.Lock:
-        return self._connect_lock
 
 
 __all__ = ["CENTRAL_ADDRESS", "DEFAULT_REQUEST_MTU", "Advertisement", "BumbleLink", "make_device"]

@@ -11,7 +11,7 @@ import logging
 import struct
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from bleak.backends.scanner import AdvertisementData, AdvertisementDataCallback, BaseBleakScanner
 from bleak.uuids import normalize_uuid_16, normalize_uuid_32
@@ -19,8 +19,7 @@ from bumble import hci
 from bumble.core import AdvertisingData
 from bumble.device import Advertisement
 
-if TYPE_CHECKING:
-    from simulators.bleak_bumble.link import BumbleLink
+from simulators.bleak_bumble.central import SharedCentral
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ def advertisement_data(adv: Advertisement) -> AdvertisementData:
 class BumbleScannerBackend(BaseBleakScanner):
     """bleak ``BaseBleakScanner`` on a :class:`BumbleLink` (use ``link.scanner_backend``)."""
 
-    link: ClassVar[BumbleLink]
+    shared: ClassVar[SharedCentral]
 
     def __init__(
         self,
@@ -135,13 +134,13 @@ class BumbleScannerBackend(BaseBleakScanner):
         if self._running:
             return
         self.seen_devices = {}
-        self.link.on_advertisement(self._on_advertisement)
-        await self.link.acquire_scan()
+        self.shared.on_advertisement(self._on_advertisement)
+        await self.shared.acquire_scan()
         self._running = True
 
     async def stop(self) -> None:
         if not self._running:
             return
         self._running = False
-        self.link.remove_advertisement_listener(self._on_advertisement)
-        await self.link.release_scan()
+        self.shared.remove_advertisement_listener(self._on_advertisement)
+        await self.shared.release_scan()

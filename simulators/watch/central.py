@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
 
-from gateway.e86.constants import COMMAND_CHAR_UUID, DATA_CHAR_UUID
-from gateway.e86.frame import Frame, FrameAssembler
+from e86.constants import COMMAND_CHAR_UUID, DATA_CHAR_UUID
+from e86.frame import Frame, FrameAssembler
 
 logger = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC
 from types import TracebackType
+from typing import assert_never
 
 from bumble import hci
 from bumble.core import UUID, AdvertisingData
@@ -33,32 +34,29 @@ from bumble.device import (
 )
 from bumble.gatt import Characteristic, CharacteristicValue, Service
 
-from gateway.e86 import commands as cmd
-from gateway.e86.advertising import default_name
-from gateway.e86.constants import (
+from e86 import commands as cmd
+from e86.advertising import default_name
+from e86.constants import (
     COMMAND_CHAR_UUID,
     COMPANY_ID,
     DATA_CHAR_UUID,
     ECG_SAMPLE_RATE,
-    HISTORY_KIND_BY_DELETE_KEY,
     HISTORY_KINDS,
     MODEL,
     PPG_WORN,
     SERVICE_UUID,
-    AppControlKey,
     BlockStatus,
     EcgMode,
     GetKey,
-    Group,
-    HistoryKey,
     HistoryKind,
     MeasurementType,
     RealtimeKey,
     SettingKey,
 )
-from gateway.e86.errors import E86Error
-from gateway.e86.frame import Frame, FrameAssembler, split_for_mtu
-from gateway.e86.history import HistoryHeader
+from e86.errors import E86Error
+from e86.frame import Frame, FrameAssembler, split_for_mtu
+from e86.history import BlockAck, HistoryDelete, HistoryHeader, HistoryRequest
+from e86.messages import decode_app_message
 from simulators.bleak_bumble.link import BumbleLink
 from simulators.watch import encode
 from simulators.watch.encode import Measurement
@@ -499,85 +497,81 @@ class VirtualE86:
                 logger.debug("%s: bad command %r: %s", self.name, frame, exc)
 
     def _handle(self, central: _Link, frame: Frame) -> None:
-        group, key = frame.group, frame.key
-        if group == Group.SETTING and key == SettingKey.CLOCK:
-            clock = cmd.SetClock.from_frame(frame)
-            local = clock.to_datetime(UTC).timestamp()
-            # Offsets are whole minutes; rounding absorbs the command's own latency.
-            self.utc_offset_s = round((local - self.now_s()) / 60.0) * 60.0
-            self.send(cmd.CommandReply.ok(frame).to_frame())
-        elif group == Group.SETTING:
-            setting = cmd.SetMonitoring.from_frame(frame)
-            self.monitoring[setting.key] = (setting.on, setting.interval_min)
-            self.send(cmd.CommandReply.ok(frame).to_frame())
-        elif group == Group.GET:
-            request = cmd.GetRequest.from_frame(frame)
-            reply: Frame
-            if request.key == GetKey.DEVICE_INFO:
-                reply = cmd.DeviceInfo(max(0, min(100, self.battery)), *FIRMWARE).to_frame()
-            elif request.key == GetKey.FUNCTIONS:
-                reply = cmd.Functions(FUNCTIONS_BITMAP).to_frame()
-            elif request.key == GetKey.MAC:
-                reply = cmd.MacAddress(self.mac).to_frame()
-            else:
-                reply = cmd.DeviceName(MODEL).to_frame()
-            self.send(reply)
-        elif group == Group.APP_CONTROL and key == AppControlKey.MEASURE:
-            measure = cmd.MeasureOnce.from_frame(frame)
-            self.send(cmd.CommandReply.ok(frame).to_frame())
-            if measure.on:
-                m = self._measure(self.now_s())
-                rt_key = MEASURE_REPLY_KEY[measure.type]
-                self.send(encode.realtime(rt_key, m).to_frame(), bulk=True)
-        elif group == Group.APP_CONTROL and key == AppControlKey.REALTIME_UPLOAD:
-            central.realtime = cmd.RealtimeUpload.from_frame(frame).on
-            self.send(cmd.CommandReply.ok(frame).to_frame())
-        elif group == Group.APP_CONTROL and key == AppControlKey.WAVEFORM_UPLOAD:
-            cmd.WaveformUpload.from_frame(frame)
-            self.send(cmd.CommandReply.ok(frame).to_frame())
-        elif group == Group.APP_CONTROL and key == AppControlKey.ECG:
-            mode = cmd.EcgControl.from_frame(frame).mode
-            self.send(cmd.CommandReply.ok(frame).to_frame())
-            if mode == EcgMode.START and central.ecg_task is None:
-                self.send(cmd.WearStatus(0, PPG_WORN).to_frame())
-                central.ecg_task = asyncio.create_task(
-                    self._ecg_stream(central), name=f"{self.name} ecg"
-                )
-            elif mode == EcgMode.STOP and central.ecg_task is not None:
-                central.ecg_task.cancel()
-                central.ecg_task = None
-        elif group == Group.HISTORY:
-            self._handle_history(central, frame)
-        elif group == Group.DEVICE_CONTROL:
-            pass  # the app's acknowledgement of one of our events: nothing to do
-        else:
-            raise E86Error(f"unknown command {group:02x} {key:02x}")
+        """One command from the app, decoded by ``decode_app_message`` (an ``E86Error`` for a
+        frame it does not know: counted as a bad command) and dispatched by its type; mypy
+        checks that every command of ``AppMessage`` has its case."""
+        command = decode_app_message(frame)
+        match command:
+            case cmd.SetClock():
+                local = command.to_datetime(UTC).timestamp()
+                # Offsets are whole minutes; rounding absorbs the command's own latency.
+                self.utc_offset_s = round((local - self.now_s()) / 60.0) * 60.0
+                self.send(cmd.CommandReply.ok(frame).to_frame())
+            case cmd.SetMonitoring():
+                self.monitoring[command.key] = (command.on, command.interval_min)
+                self.send(cmd.CommandReply.ok(frame).to_frame())
+            case cmd.GetRequest():
+                self.send(self._get_reply(command.key))
+            case cmd.MeasureOnce():
+                self.send(cmd.CommandReply.ok(frame).to_frame())
+                if command.on:
+                    m = self._measure(self.now_s())
+                    rt_key = MEASURE_REPLY_KEY[command.type]
+                    self.send(encode.realtime(rt_key, m).to_frame(), bulk=True)
+            case cmd.RealtimeUpload():
+                central.realtime = command.on
+                self.send(cmd.CommandReply.ok(frame).to_frame())
+            case cmd.WaveformUpload():
+                self.send(cmd.CommandReply.ok(frame).to_frame())
+            case cmd.EcgControl():
+                self.send(cmd.CommandReply.ok(frame).to_frame())
+                self._ecg_control(central, command.mode)
+            case BlockAck():
+                self._on_block_ack(central, command)
+            case HistoryDelete():
+                self.stats.history_deleted += self.history.delete_synced(command.kind)
+                self.send(cmd.CommandReply.ok(frame).to_frame())
+            case HistoryRequest():
+                self._on_history_request(central, command.kind)
+            case cmd.DeviceEventAck():
+                pass  # the app's acknowledgement of one of our events: nothing to do
+            case _:
+                assert_never(command)
 
-    def _handle_history(self, central: _Link, frame: Frame) -> None:
-        key = frame.key
-        if key == HistoryKey.BLOCK_END:
-            session = central.sync
-            if session is None or not frame.payload:
-                raise E86Error("block answer without a history sync in progress")
-            if frame.payload[0] == BlockStatus.RESEND and session.resends < MAX_BLOCK_RESENDS:
-                session.resends += 1
-                self.stats.history_resends += 1
-            else:
-                session.index += 1
-            if session.done:
-                central.sync = None
-            else:
-                self._send_block(session)
-            return
-        if key in HISTORY_KIND_BY_DELETE_KEY:
-            kind = HISTORY_KIND_BY_DELETE_KEY[key]
-            self.stats.history_deleted += self.history.delete_synced(kind)
-            self.send(cmd.CommandReply.ok(frame).to_frame())
-            return
-        try:
-            kind = HistoryKind(key)
-        except ValueError:
-            raise E86Error(f"unknown history command 05 {key:02x}") from None
+    def _get_reply(self, key: GetKey) -> Frame:
+        match key:
+            case GetKey.DEVICE_INFO:
+                return cmd.DeviceInfo(max(0, min(100, self.battery)), *FIRMWARE).to_frame()
+            case GetKey.FUNCTIONS:
+                return cmd.Functions(FUNCTIONS_BITMAP).to_frame()
+            case GetKey.MAC:
+                return cmd.MacAddress(self.mac).to_frame()
+            case _:
+                return cmd.DeviceName(MODEL).to_frame()
+
+    def _ecg_control(self, central: _Link, mode: EcgMode) -> None:
+        if mode == EcgMode.START and central.ecg_task is None:
+            self.send(cmd.WearStatus(0, PPG_WORN).to_frame())
+            central.ecg_task = asyncio.create_task(self._ecg_stream(central), name=f"{self.name} ecg")
+        elif mode == EcgMode.STOP and central.ecg_task is not None:
+            central.ecg_task.cancel()
+            central.ecg_task = None
+
+    def _on_block_ack(self, central: _Link, ack: BlockAck) -> None:
+        session = central.sync
+        if session is None:
+            raise E86Error("block answer without a history sync in progress")
+        if ack.status == BlockStatus.RESEND and session.resends < MAX_BLOCK_RESENDS:
+            session.resends += 1
+            self.stats.history_resends += 1
+        else:
+            session.index += 1
+        if session.done:
+            central.sync = None
+        else:
+            self._send_block(session)
+
+    def _on_history_request(self, central: _Link, kind: HistoryKind) -> None:
         if kind not in RECORDED_KINDS:
             self.send(HistoryHeader(kind).to_frame())  # nothing stored
             return

@@ -1,6 +1,6 @@
 """What the virtual watch measures, and how a reading becomes E86 messages.
 
-The wire formats themselves live in ``gateway.e86`` (one implementation, shared with the
+The wire formats themselves live in ``e86`` (one implementation, shared with the
 gateway, so that the two are corrected together). This module only holds the watch's reading
 (``Measurement``) and the watch's choices when it fills those messages: values are rounded and
 clamped to what the wire can carry (u8, u16, 24-bit samples), never wrapped; an unmeasured
@@ -13,17 +13,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from gateway.e86.clock import WATCH_TIME_MAX, utc_ms_to_watch
-from gateway.e86.constants import ECG_SAMPLE_SIZE, HistoryKind, RealtimeKey
-from gateway.e86.history import (
-    AllRecord,
-    BloodPressureRecord,
-    HeartRateRecord,
-    Spo2Record,
-    TemperatureRecord,
-    TimedRecord,
-)
-from gateway.e86.realtime import (
+from e86.clock import WATCH_TIME_MAX, utc_ms_to_watch
+from e86.constants import ECG_SAMPLE_SIZE, HistoryKind, RealtimeKey
+from e86.realtime import (
     EcgSamples,
     RealtimeValues,
     realtime_blood_pressure,
@@ -31,7 +23,15 @@ from gateway.e86.realtime import (
     realtime_respiratory_rate,
     realtime_spo2,
 )
-from gateway.e86.values import temperature_to_bytes
+from e86.records import (
+    AllRecord,
+    BloodPressureRecord,
+    HeartRateRecord,
+    Spo2Record,
+    TemperatureRecord,
+    TimedRecord,
+)
+from e86.values import temperature_to_bytes
 
 #: Record "mode" byte: 0 = automatic measurement (the watch's own schedule).
 MODE_AUTO: Final = 0

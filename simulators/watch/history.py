@@ -1,6 +1,6 @@
 """The watch's bounded history memory and its block-by-block sync session.
 
-Header, record frames and block ends are built by ``gateway.e86.history.history_reply`` (the
+Header, record frames and block ends are built by ``e86.history_builder.history_reply`` (the
 same code the gateway decodes with); this module only keeps the records and the watch's
 progress through one sync.
 """
@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Final
 
-from gateway.e86.constants import HISTORY_KINDS, MAX_PAYLOAD, HistoryKind
-from gateway.e86.frame import Frame
-from gateway.e86.history import HistoryHeader, TimedRecord, history_reply
+from e86.constants import HISTORY_KINDS, MAX_PAYLOAD, HistoryKind
+from e86.frame import Frame
+from e86.history import HistoryHeader
+from e86.history_builder import history_reply
+from e86.records import TimedRecord
 
 #: Kinds the virtual watch records on every measurement (sport/sleep are not simulated).
 RECORDED_KINDS: tuple[HistoryKind, ...] = (

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.e86 import (
+from e86 import (
     AppMessage,
     BlockAck,
     BlockStatus,

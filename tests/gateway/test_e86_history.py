@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.e86 import (
+from e86 import (
     HISTORY_KINDS,
     AllRecord,
     BlockAck,
@@ -299,3 +299,16 @@ def test_receiver_random_frames_never_raise(frames: list[Frame]) -> None:
         assert all(isinstance(e, E86Error) for e in step.errors)
         assert all(isinstance(r, HeartRateRecord) for r in step.records)
         assert step.reply in (None, ACCEPT, RESEND)
+
+
+def test_record_layout_tables_agree_with_the_kind_table() -> None:
+    """Every known record layout (e86.records) is as long as the kind table says, and its
+    generic codec round-trips a record of distinct field values."""
+    from e86.records import RECORD_TYPES
+
+    sized = {info.record_key: info.record_size for info in HISTORY_KINDS.values() if info.record_size}
+    assert set(RECORD_TYPES) == set(sized)
+    for key, cls in RECORD_TYPES.items():
+        assert cls.size() == sized[key]
+        data = bytes(range(1, cls.size() + 1))
+        assert bytes(cls.from_bytes(data)) == data

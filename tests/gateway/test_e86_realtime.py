@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.e86 import (
+from e86 import (
     E86Error,
     EcgSamples,
     Frame,

@@ -17,16 +17,16 @@ from typing import Any
 import pytest
 
 from gateway.backoff import Backoff
-from gateway.ble.backend import simulated
 from gateway.ble.manager import SessionManager
 from gateway.buffer import Buffer, RowKind
 from gateway.clock import Clock
-from gateway.probe import Probe, unique_seqs
 from gateway.service import Gateway
 from gateway.settings import GatewaySettings
 from simulators.bleak_bumble import BumbleLink
 from simulators.physiology import Patient, fleet_patients
+from simulators.simulate import bumble_backend
 from simulators.watch import VirtualE86
+from tests.support.probe import Probe, unique_seqs
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import Kind, Reading, Source
 
@@ -72,7 +72,7 @@ async def gateway_env(broker: Mosquitto, tmp_path: Path, n: int, **kw: Any) -> A
             settings = GatewaySettings(gateway_id="ward3", mqtt_url=broker.url, data_dir=tmp_path / "gw",
                                        devices={p.mac: p.user_code for p in patients}, status_port=0,
                                        **kw)
-            gw = Gateway(settings, simulated(link), clock=clock, mqtt_backoff=FAST_MQTT)
+            gw = Gateway(settings, bumble_backend(link), clock=clock, mqtt_backoff=FAST_MQTT)
             task = asyncio.create_task(gw.run())
             try:
                 yield Env(gw, watches, patients, clock, probe, generated)
@@ -261,7 +261,7 @@ async def test_adopt_any_connects_an_unlisted_e86(tmp_path: Path) -> None:
     clock = Clock(SPEED)
     async with BumbleLink() as link, VirtualE86(link, "C2:11:22:33:44:55", clock=clock) as watch:
         st = GatewaySettings(adopt_any=True, data_dir=tmp_path)
-        manager = SessionManager(st, simulated(link), NoSink(), clock=clock)
+        manager = SessionManager(st, bumble_backend(link), NoSink(), clock=clock)
         task = asyncio.create_task(manager.run())
         try:
             for _ in range(200):
@@ -282,7 +282,7 @@ async def test_scanner_watchdog_restarts_a_deaf_scanner(tmp_path: Path) -> None:
 
     async with BumbleLink() as link:
         st = GatewaySettings(devices={"C2:00:00:00:00:01": "U1"}, scan_watchdog_s=0.5, data_dir=tmp_path)
-        manager = SessionManager(st, simulated(link), NoSink(), clock=clock)
+        manager = SessionManager(st, bumble_backend(link), NoSink(), clock=clock)
         task = asyncio.create_task(manager.run())
         try:
             for _ in range(200):

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ble.backend import simulated
 from gateway.buffer import Buffer, RowKind
 from gateway.lock import DataDirLocked
-from gateway.probe import unique_seqs
 from gateway.service import Gateway
 from gateway.settings import GatewaySettings
 from gateway.status import render
 from simulators.bleak_bumble import BumbleLink
+from simulators.simulate import bumble_backend
 from tests.gateway.small_disk import small_disk
 from tests.gateway.test_gateway_ble import gateway_env
+from tests.support.probe import unique_seqs
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import Source
 
@@ -101,14 +101,14 @@ async def test_republish_over_mqtt_resends_the_range_from_the_buffer(mosquitto: 
 async def test_a_second_gateway_on_the_same_data_directory_does_not_start(tmp_path: Path) -> None:
     settings = GatewaySettings(gateway_id="ward3", data_dir=tmp_path / "gw", status_port=0)
     async with BumbleLink() as link:
-        first = Gateway(settings, simulated(link))
+        first = Gateway(settings, bumble_backend(link))
         try:
             with pytest.raises(DataDirLocked, match=r"another gateway .* is running on data directory"):
-                Gateway(settings, simulated(link))
+                Gateway(settings, bumble_backend(link))
             assert len(first.buffer) == 0  # the first one's buffer untouched
         finally:
             first.buffer.close()
             first.lock.release()
-        again = Gateway(settings, simulated(link))  # released: the next one may start
+        again = Gateway(settings, bumble_backend(link))  # released: the next one may start
         again.buffer.close()
         again.lock.release()

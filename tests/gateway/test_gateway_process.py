@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.buffer import Buffer, RowKind
-from gateway.probe import Probe, unique_seqs
+from tests.support.probe import Probe, unique_seqs
 from vitalgate.broker import Mosquitto, free_port
 from vitalgate.contract import Kind
 

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from gateway.backoff import Backoff
 from gateway.buffer import Buffer, Measurement
-from gateway.probe import Probe, unique_seqs
 from gateway.publisher import Publisher
 from gateway.settings import GatewaySettings
 from tests.gateway.small_disk import small_disk
+from tests.support.probe import Probe, unique_seqs
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import (
     Command,

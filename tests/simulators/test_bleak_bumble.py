@@ -9,8 +9,8 @@ from bleak import BleakClient, BleakScanner
 from bleak.exc import BleakError
 from bleak_retry_connector import establish_connection
 
-from gateway.e86.commands import GetRequest
-from gateway.e86.constants import (
+from e86.commands import GetRequest
+from e86.constants import (
     COMMAND_CHAR_UUID,
     COMPANY_ID,
     DATA_CHAR_UUID,

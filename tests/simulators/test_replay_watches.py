@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.probe import Probe
 from simulators.recording import Track
 from simulators.replay_watches import HOLD_MS, TrackSource, identities, replay_through_watches
+from tests.support.probe import Probe
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import device_id_from_mac
 

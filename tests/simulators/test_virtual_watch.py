@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from bleak import BleakClient, BleakScanner
 from bleak_retry_connector import establish_connection
 
-from gateway.e86.commands import (
+from e86.commands import (
     DeviceInfo,
     EcgControl,
     GetRequest,
@@ -22,7 +22,7 @@ from gateway.e86.commands import (
     SetMonitoring,
     ecg_start_sequence,
 )
-from gateway.e86.constants import (
+from e86.constants import (
     DATA_CHAR_UUID,
     WATCH_EPOCH_UNIX,
     BlockStatus,
@@ -34,8 +34,8 @@ from gateway.e86.constants import (
     MeasurementType,
     RealtimeKey,
 )
-from gateway.e86.frame import Frame, crc16_ccitt_false
-from gateway.e86.realtime import EcgSamples, RealtimeValues, decode_realtime
+from e86.frame import Frame, crc16_ccitt_false
+from e86.realtime import EcgSamples, RealtimeValues, decode_realtime
 from simulators.bleak_bumble import BumbleLink
 from simulators.watch import VirtualE86
 from simulators.watch.central import FrameCentral

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from gateway.e86.constants import TEMPERATURE_TENTHS_ERROR
-from gateway.e86.errors import PayloadError
+from e86.constants import TEMPERATURE_TENTHS_ERROR
+from e86.errors import PayloadError
 
 #: Contract names of the six vitals, in contract order.
 VITAL_NAMES: Final = (

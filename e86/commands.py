@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import ClassVar, Self
 
-from gateway.e86.constants import (
+from e86.constants import (
     DEVICE_EVENT_ACK,
     GET_REQUEST_PAYLOAD,
     REPLY_OK,
@@ -26,9 +26,9 @@ from gateway.e86.constants import (
     SettingKey,
     WaveformType,
 )
-from gateway.e86.errors import PayloadError, UnknownMessage
-from gateway.e86.frame import Frame
-from gateway.e86.values import check_u8, check_uint, need
+from e86.errors import PayloadError, UnknownMessage
+from e86.frame import Frame
+from e86.values import check_u8, check_uint, need
 
 
 def expect(frame: Frame, group: int, key: int | None, what: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.e86.commands import (
+from e86.commands import (
     MONITOR_KEYS,
     CommandReply,
     DeviceEvent,
@@ -28,7 +28,7 @@ from gateway.e86.commands import (
     WaveformUpload,
     WearStatus,
 )
-from gateway.e86.constants import (
+from e86.constants import (
     HISTORY_KIND_BY_DELETE_KEY,
     AppControlKey,
     GetKey,
@@ -37,16 +37,16 @@ from gateway.e86.constants import (
     HistoryKind,
     SettingKey,
 )
-from gateway.e86.errors import UnknownMessage
-from gateway.e86.frame import Frame
-from gateway.e86.history import (
+from e86.errors import UnknownMessage
+from e86.frame import Frame
+from e86.history import (
     BlockAck,
     HistoryDelete,
     HistoryMessage,
     HistoryRequest,
     decode_history,
 )
-from gateway.e86.realtime import RealtimeMessage, decode_realtime
+from e86.realtime import RealtimeMessage, decode_realtime
 
 
 @dataclass(frozen=True, slots=True)

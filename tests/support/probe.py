@@ -1,6 +1,6 @@
 """A paho subscriber that collects what gateways publish, validated with the contract.
 
-Used by the gateway tests and benchmark (and handy at a bedside: ``python -m gateway.probe``).
+A test tool (tests/support: not installed): used by the gateway tests and benchmark.
 Persistent session (clean_session=False, QoS 1) so a broker restart loses nothing for it.
 """
 

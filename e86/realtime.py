@@ -13,16 +13,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final, Self
 
-from gateway.e86.constants import (
+from e86.constants import (
     ECG_SAMPLE_RATE,
     ECG_SAMPLE_SIZE,
     MAX_PAYLOAD,
     Group,
     RealtimeKey,
 )
-from gateway.e86.errors import PayloadError, UnknownMessage
-from gateway.e86.frame import Frame
-from gateway.e86.values import (
+from e86.errors import PayloadError, UnknownMessage
+from e86.frame import Frame
+from e86.values import (
     check_u8,
     check_uint,
     need,

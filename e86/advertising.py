@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
-from gateway.e86.constants import COMPANY_ID, MODEL, NAME_PREFIX
+from e86.constants import COMPANY_ID, MODEL, NAME_PREFIX
 
 _MAC_RE: Final = re.compile(r"^[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}$")
 _NAME_RE: Final = re.compile(r"^(?P<model>\S+) (?P<suffix>[0-9A-F]{4})$")

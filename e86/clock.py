@@ -15,8 +15,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Final
 
-from gateway.e86.commands import SetClock
-from gateway.e86.constants import WATCH_EPOCH_UNIX
+from e86.commands import SetClock
+from e86.constants import WATCH_EPOCH_UNIX
 
 _WATCH_EPOCH_NAIVE: Final = datetime(2000, 1, 1)
 #: Largest watch time (u32).

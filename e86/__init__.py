@@ -8,8 +8,10 @@ Modules:
 - ``commands``: groups 0x01–0x04: set clock, monitoring, get requests and replies, one-shot
   measurement, real-time / waveform / ECG switches, wear status, device events and acks.
 - ``realtime``: group 0x06 uploads (``decode_realtime``, ``RealtimeValues``, ``EcgSamples``).
-- ``history``: group 0x05 sync: records, header, block end / ack, ``HistoryReceiver``
-  (gateway) and ``history_reply`` / ``history_frames`` (watch).
+- ``records``: history record layouts as data, read by one generic codec; record frames.
+- ``history``: group 0x05 sync messages: request, header, block end / ack, delete.
+- ``history_receiver``: ``HistoryReceiver`` (gateway side, sans-IO).
+- ``history_builder``: ``history_reply`` / ``history_frames`` (watch side).
 - ``messages``: ``decode_watch_message`` / ``decode_app_message`` by direction.
 - ``clock``: watch time ↔ UTC milliseconds, the set-clock command.
 - ``advertising``: advertised names and manufacturer data.
@@ -18,7 +20,7 @@ Modules:
 See docs/e86-protocol.md and /work/shared/ref/e86-protocol.md.
 """
 
-from gateway.e86.advertising import (
+from e86.advertising import (
     advertised_name,
     default_name,
     is_e86_name,
@@ -26,7 +28,7 @@ from gateway.e86.advertising import (
     name_matches_mac,
     parse_advertised_name,
 )
-from gateway.e86.clock import (
+from e86.clock import (
     set_clock,
     utc_ms_to_watch,
     utc_ms_to_watch_local,
@@ -34,7 +36,7 @@ from gateway.e86.clock import (
     watch_local_to_utc_ms,
     watch_to_utc_ms,
 )
-from gateway.e86.commands import (
+from e86.commands import (
     CommandReply,
     DeviceEvent,
     DeviceEventAck,
@@ -54,7 +56,7 @@ from gateway.e86.commands import (
     ecg_start_sequence,
     ecg_stop,
 )
-from gateway.e86.constants import (
+from e86.constants import (
     COMMAND_CHAR_UUID,
     COMPANY_ID,
     DATA_CHAR_UUID,
@@ -79,7 +81,7 @@ from gateway.e86.constants import (
     SettingKey,
     WaveformType,
 )
-from gateway.e86.errors import (
+from e86.errors import (
     CrcError,
     E86Error,
     FrameError,
@@ -88,45 +90,32 @@ from gateway.e86.errors import (
     TruncatedFrame,
     UnknownMessage,
 )
-from gateway.e86.frame import (
+from e86.frame import (
     AssemblerStats,
     Frame,
     FrameAssembler,
     crc16_ccitt_false,
     split_for_mtu,
 )
-from gateway.e86.history import (
-    AllRecord,
+from e86.history import (
     BlockAck,
     BlockEnd,
-    BloodPressureRecord,
-    HeartRateRecord,
     HistoryDelete,
     HistoryHeader,
-    HistoryReceiver,
-    HistoryRecord,
     HistoryRequest,
-    HistoryStats,
-    HistoryStep,
-    RawRecord,
-    RecordBatch,
-    Spo2Record,
-    TemperatureRecord,
     block_crc,
     decode_history,
-    decode_records,
-    history_frames,
-    history_reply,
-    records_frame,
 )
-from gateway.e86.messages import (
+from e86.history_builder import history_frames, history_reply
+from e86.history_receiver import HistoryReceiver, HistoryStats, HistoryStep
+from e86.messages import (
     AppMessage,
     CollectData,
     WatchMessage,
     decode_app_message,
     decode_watch_message,
 )
-from gateway.e86.realtime import (
+from e86.realtime import (
     EcgSamples,
     PpgRaw,
     RealtimeMessage,
@@ -139,7 +128,19 @@ from gateway.e86.realtime import (
     realtime_spo2,
     realtime_sport,
 )
-from gateway.e86.values import VITAL_NAMES
+from e86.records import (
+    AllRecord,
+    BloodPressureRecord,
+    HeartRateRecord,
+    HistoryRecord,
+    RawRecord,
+    RecordBatch,
+    Spo2Record,
+    TemperatureRecord,
+    decode_records,
+    records_frame,
+)
+from e86.values import VITAL_NAMES
 
 __all__ = [
     "COMMAND_CHAR_UUID",

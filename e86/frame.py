@@ -15,7 +15,7 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Self
 
-from gateway.e86.constants import (
+from e86.constants import (
     CRC_INIT,
     CRC_SIZE,
     FRAME_OVERHEAD,
@@ -24,7 +24,7 @@ from gateway.e86.constants import (
     MAX_PAYLOAD,
     Group,
 )
-from gateway.e86.errors import CrcError, FrameError, LengthError, TruncatedFrame
+from e86.errors import CrcError, FrameError, LengthError, TruncatedFrame
 
 log = logging.getLogger(__name__)
 

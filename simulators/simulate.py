@@ -1,0 +1,84 @@
+"""What ``vitalgate gateway run --simulate N`` collects from: a bumble link, virtual E86 watches
+worn by simulated patients, and the :class:`gateway.ble.backend.BleBackend` on that link.
+
+The gateway only knows ``BleBackend``; this module builds one and the watches behind it, and
+the composition root (``vitalgate.cli``) hands :data:`SIMULATE` to ``gateway.cli.register``,
+which adds its options to ``gateway run`` and opens it when ``--simulate`` asks for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+
+from gateway.ble.backend import BleBackend, BleInUse
+from gateway.clock import Clock
+from simulators.bleak_bumble import BumbleLink
+from simulators.physiology import fleet_patients
+from simulators.watch import VirtualE86
+
+
+def bumble_backend(link: BumbleLink) -> BleBackend:
+    """The bumble local link (virtual watches in this process) as the gateway's backend."""
+    return BleBackend("bumble", link.scanner_backend, link.client_backend)
+
+
+@contextlib.asynccontextmanager
+async def simulated_watches(
+    link: BumbleLink, n: int, scenarios: Sequence[str], clock: Clock, *, seed: int = 0,
+    realtime_interval_s: float = 5.0, physiology_speed: float = 1.0,
+) -> AsyncIterator[tuple[list[VirtualE86], dict[str, str]]]:
+    """``n`` virtual E86 watches worn by simulated patients; yields them and MAC → user_code.
+
+    ``physiology_speed`` runs the patients' trajectories faster than ``clock`` (a sepsis of
+    hours in minutes) while the watches still measure and stamp on ``clock``."""
+    start = clock.ms()
+    patients = fleet_patients(n, list(scenarios), seed=seed, start_ms=start)
+
+    def accelerated(vitals: Callable[[int], Mapping[str, float]]) -> Callable[[int], Mapping[str, float]]:
+        if physiology_speed == 1.0:
+            return vitals
+        return lambda ts: vitals(start + int((ts - start) * physiology_speed))
+
+    watches = [
+        VirtualE86(link, p.mac, clock=clock, speed=1.0, vitals=accelerated(p.vitals), ecg=p.ecg,
+                   realtime_interval_s=realtime_interval_s, seed=seed + i)
+        for i, p in enumerate(patients)
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        for w in watches:
+            await stack.enter_async_context(w)
+        yield watches, {p.mac: p.user_code for p in patients}
+
+
+class Simulate:
+    """``--simulate N`` and its options on ``gateway run`` (a ``gateway.cli.BackendOption``)."""
+
+    def add_arguments(self, run: argparse.ArgumentParser) -> None:
+        run.add_argument("--simulate", type=int, metavar="N", default=0,
+                         help="run N virtual E86 watches on a simulated BLE link in this process")
+        run.add_argument("--scenario", action="append", metavar="NAME",
+                         help="patient scenario of the simulated watches (repeatable; default stable)")
+        run.add_argument("--speed", type=float, default=1.0,
+                         help="with --simulate: the patients' physiology runs S x faster (readings keep "
+                              "wall-clock timestamps, so the hospital's freshness window still holds)")
+        run.add_argument("--interval", type=float, default=5.0,
+                         help="seconds between the virtual watches' readings")
+        run.add_argument("--seed", type=int, default=0, help="seed of the simulated patients")
+
+    def selected(self, args: argparse.Namespace) -> bool:
+        return int(args.simulate) > 0
+
+    @contextlib.asynccontextmanager
+    async def open(self, args: argparse.Namespace, clock: Clock) -> AsyncIterator[BleInUse]:
+        """The link and its watches, stamping on ``clock``; both stop when the block ends."""
+        async with BumbleLink() as link, simulated_watches(
+            link, args.simulate, args.scenario or ["stable"], clock, seed=args.seed,
+            realtime_interval_s=args.interval, physiology_speed=args.speed,
+        ) as (_watches, devices):
+            yield BleInUse(bumble_backend(link), devices, f"{args.simulate} simulated watches (bumble)")
+
+
+#: what the composition root passes to ``gateway.cli.register``.
+SIMULATE = Simulate()
