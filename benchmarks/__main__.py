@@ -28,6 +28,7 @@ BENCHMARKS = (
     "ingest",         # publish→committed with scoring vs bare paho subscriber; p99 to EWS
     "api_guards",     # REST body depth check vs json.loads; cached key check vs one SHA-256
     "postgres_baseline",  # PostgreSQL 15 batch inserts (multi-row, unnest, COPY) vs SQLite executemany
+    "gap_tracking",   # group commit with vs without sequence-gap tracking (issue 12)
 )
 #: a benchmark that takes longer than this is stopped and reported as such (s)
 TIMEOUT_S = 600

@@ -36,6 +36,7 @@ import json
 import logging
 import sqlite3
 import ssl
+import threading
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -78,6 +79,10 @@ RECONNECT_MAX_S: Final = 10
 RECEIVE_MAXIMUM: Final = 1000
 #: committed batches that may wait for scoring while the next batch commits.
 POST_QUEUE: Final = 4
+#: while the queue is full, paho's network thread waits in ``on_message`` (backpressure: it
+#: reads nothing more from the socket, so the broker keeps the rest queued) and looks this
+#: often (s) whether the consumer is stopping.
+BACKPRESSURE_POLL_S: Final = 0.2
 #: keys of messages taken but not yet committed, at most (only QoS 0 ones can linger).
 UNCOMMITTED_MAX: Final = 100_000
 #: redelivery counts of messages not seen again for this long are dropped (ms).
@@ -104,6 +109,23 @@ class Inbound:
     def key(self) -> tuple[str, str]:
         """The message's identity for the crash-loop detector: topic and payload digest."""
         return self.topic, dead_letters.digest(self.payload)
+
+
+class Handoff(asyncio.Queue[Inbound]):
+    """The queue between paho's thread and the consumer, bounded by ``slots``: paho's thread
+    takes a slot before it hands a message over (waiting while none is free) and every
+    ``get`` gives one back. The asyncio side itself never refuses an item, so a message paho
+    delivered is never dropped, and the hand-over costs paho's thread no round trip through
+    the event loop while there is room."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__()  # unbounded here: the slots bound it
+        self.slots = threading.Semaphore(maxsize)
+
+    def _get(self) -> Inbound:  # asyncio.Queue's hook under get() / get_nowait()
+        item: Inbound = super()._get()
+        self.slots.release()
+        return item
 
 
 #: the default skew (ms) a message's event time may be ahead of processing time.
@@ -241,7 +263,7 @@ class Consumer:
         self._after_commit = after_commit
         self._clock = clock
         self._reasons = ReasonLog(clock)
-        self._queue: asyncio.Queue[Inbound] = asyncio.Queue(settings.queue_max)
+        self._queue = Handoff(settings.queue_max)
         #: committed batches waiting for the after-commit stage (bounded: backpressure)
         self._post: asyncio.Queue[store.CommitResult] = asyncio.Queue(POST_QUEUE)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -250,6 +272,14 @@ class Consumer:
         self.connected = False
         self.newest_received = 0  #: arrival time of the newest committed message (epoch ms)
         self.committed_batches = 0
+        #: set while stopping: a network thread waiting for queue room gives up (not acked:
+        #: the broker redelivers on the next session)
+        self._closing = threading.Event()
+        #: times paho's thread had to wait for queue room (backpressure engaged)
+        self.backpressure_waits = 0
+        #: successful connections (1 = the first; more = reconnects)
+        self.connects = 0
+        self._started = False
         #: (topic, digest) of messages taken in a batch that has not committed yet
         self._uncommitted: set[tuple[str, str]] = set()
         self._future_ms = int(settings.max_future_skew_s * 1000)
@@ -310,6 +340,7 @@ class Consumer:
             log.warning("MQTT connection refused: %s", reason)
             return
         self._generation += 1
+        self.connects += 1
         self.connected = True
         self._metrics.mqtt_connected.set(1)
         self._connect_failures = 0
@@ -328,23 +359,35 @@ class Consumer:
         log.info("MQTT disconnected (%s); reconnecting in the background", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """Hand a message to the asyncio side, waiting while its queue is full: every message
+        paho delivered is taken, and while paho's thread waits it reads nothing more from the
+        broker, which keeps the rest (backpressure instead of drops)."""
         loop = self._loop
-        if loop is None or loop.is_closed():
+        if loop is None or loop.is_closed() or self._closing.is_set():
             return  # not acknowledged: redelivered on the next session
         item = Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._clock(),
                        self._generation, bool(msg.dup))
-        loop.call_soon_threadsafe(self._put, item)
-
-    def _put(self, item: Inbound) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
-            # not acknowledged, so the broker keeps it for this session's next connection
+        slots = self._queue.slots
+        if not slots.acquire(blocking=False):
+            self.backpressure_waits += 1
             self._metrics.queue_full.inc()
+            while not slots.acquire(timeout=BACKPRESSURE_POLL_S):
+                if self._closing.is_set() or loop.is_closed():
+                    return  # not acknowledged: redelivered on the next session
+        try:
+            loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop closed meanwhile: not acknowledged, redelivered
+            slots.release()
 
     def start(self) -> None:
         """Connect in the background (retrying while the broker is down)."""
         self._loop = asyncio.get_running_loop()
+        self._closing.clear()
+        if self._started:
+            # a restart (after a store failure): a fresh client, as paho's loop_start on a
+            # stopped client leaks its wake-up socket pair
+            self.client = self._make_client()
+        self._started = True
         s = self.settings
         if s.mqtt_protocol == "5":
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -357,6 +400,7 @@ class Consumer:
         self.client.loop_start()
 
     def stop(self) -> None:
+        self._closing.set()
         self.client.disconnect()
         self.client.loop_stop()
         # paho 2.x's loop_start() makes a new wake-up socket pair without closing the previous
@@ -382,6 +426,7 @@ class Consumer:
                 tg.create_task(self._ingest_loop())
                 tg.create_task(self._post_loop())
         finally:
+            self._closing.set()  # before awaiting: a network thread waiting for room lets go
             await asyncio.to_thread(self.stop)
 
     async def _ingest_loop(self) -> None:
@@ -481,7 +526,8 @@ class Consumer:
     def _store(self, conn: sqlite3.Connection, items: Sequence[store.Item]) -> store.CommitResult:
         s = self.settings
         return store.commit_batch(conn, items, now=self._clock(), holder=s.device_holder,
-                                  dead_limits=self._dead_limits, ecg_limits=self._ecg_limits)
+                                  dead_limits=self._dead_limits, ecg_limits=self._ecg_limits,
+                                  late_after_ms=int(s.late_after_s * 1000))
 
     def _commit(self, conn: sqlite3.Connection, batch: Sequence[Inbound],
                 looped: set[tuple[str, str]], suspects: set[tuple[str, str]],

@@ -177,7 +177,8 @@ class IngestMetrics:
             "vitalgate_ingest_dead_letters_total", "rows written to the dead-letter table")
         self.queue_full = r.counter(
             "vitalgate_ingest_queue_full_total",
-            "messages not taken (queue full); the broker redelivers them on reconnect")
+            "times a delivered message found the queue full: paho's thread waited for room"
+            " (backpressure; nothing is dropped, the broker keeps the rest queued)")
         self.batch_size = r.histogram(
             "vitalgate_ingest_batch_messages", "messages per group commit",
             (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
@@ -212,3 +213,24 @@ class IngestMetrics:
         self.ecg_chunks_discarded = r.counter(
             "vitalgate_ingest_ecg_chunks_discarded_total",
             "partial ECG chunks discarded because their recording exceeded the size cap")
+        # --- durability: gaps, late data, store failures (issue 12) ---------------------------
+        self.gaps_opened = r.counter(
+            "vitalgate_ingest_gaps_opened_total",
+            "sequence gaps detected per (device, stream), and the seqs missing in them (unit)")
+        self.gaps_filled = r.counter(
+            "vitalgate_ingest_gap_seqs_filled_total",
+            "seqs that arrived inside an open gap (late, redelivered or republished)")
+        self.gaps_closed = r.counter(
+            "vitalgate_ingest_gaps_closed_total", "gaps whose every seq arrived")
+        self.republish_requested = r.counter(
+            "vitalgate_ingest_republish_requested_total",
+            "republish commands published to gateways for open gaps")
+        self.gaps_unrecovered = r.counter(
+            "vitalgate_ingest_gaps_unrecovered_total",
+            "gaps reported as not refilled after their requests (or legacy streams), and seqs (unit)")
+        self.late_readings = r.counter(
+            "vitalgate_ingest_late_readings_total",
+            "readings stored whose measurement time is far behind their arrival, by flag")
+        self.store_failures = r.counter(
+            "vitalgate_ingest_store_failures_total",
+            "store writes that failed (disk full, read-only...), by error")

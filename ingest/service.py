@@ -9,9 +9,14 @@ them when it stops:
 * ``outbox``     delivery of EWS points to the Cexup platform
 * ``ecg``        analysis of completed ECG recordings (in a worker thread)
 * ``retention``  deletes rows older than ``retention_days`` in small batches
+* ``gaps``       asks gateways to republish sequence gaps; reports the ones that stay
 
 A task that fails is logged, counted (``vitalgate_ingest_errors_total{task}``) and restarted
-after a second: one bad moment never stops ingestion.
+after a second: one bad moment never stops ingestion. A store that cannot write (disk full,
+read-only) is the exception: the consumer then stops (its messages stay unacknowledged in the
+broker's session), the failure is logged once with a count and shown by ``/healthz`` as the
+store's, and the consumer reconnects only after the store accepts a write probe again, with
+a back-off (1 s doubling up to ``store_retry_max_s``).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -27,7 +33,7 @@ from typing import Any, Final
 import numpy as np
 from aiohttp import web
 
-from ingest import store
+from ingest import gaps, store
 from ingest.api import ENGINE_KEY, LIMITER_KEY
 from ingest.api.app import create_app
 from ingest.consumer import Consumer, epoch_ms
@@ -38,7 +44,7 @@ from ingest.keys import KeyChecker
 from ingest.metrics import IngestMetrics, Sample
 from ingest.outbox import Outbox
 from ingest.settings import IngestSettings
-from vitalgate.contract import Topics
+from vitalgate.contract import Command, Topics
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,62 @@ RETENTION_BATCH: Final = 500
 ECG_POLL_S: Final = 60.0
 #: an ECG of good quality contributes its mean heart rate as a reading (source "ecg").
 ECG_GOOD: Final = "good"
+#: a failure state that persists is logged again (with its count) at most this often (ms).
+STORE_LOG_EVERY_MS: Final = 60_000
+#: devices whose late readings were logged (once each); beyond this many, counted only.
+LATE_LOG_DEVICES: Final = 100_000
+#: unrecovered gaps logged one by one per pass; the rest in one summary line.
+GAP_LOG_LINES: Final = 20
+
+
+class StoreHealth:
+    """The store's ability to write: the last write's outcome. Each failure state (its error
+    text) is logged once when it starts, then at most every ``STORE_LOG_EVERY_MS`` with the
+    count, and once when it ends; never a traceback per attempt."""
+
+    def __init__(self, clock: Callable[[], int]) -> None:
+        self._clock = clock
+        self.error: str | None = None
+        self.since: int | None = None
+        self.failures = 0
+        self._logged_at = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def failed(self, exc: BaseException) -> None:
+        text = str(exc) or type(exc).__name__
+        now = self._clock()
+        self.failures += 1
+        if text != self.error:
+            log.error("store cannot write (%s): consuming paused, the broker keeps the messages;"
+                      " retrying with back-off", text)
+            self.error, self.since, self._logged_at = text, now, now
+        elif now - self._logged_at >= STORE_LOG_EVERY_MS:
+            log.warning("store still cannot write (%s): %d failed attempts since %d",
+                        text, self.failures, self.since or now)
+            self._logged_at = now
+
+    def succeeded(self) -> None:
+        if self.error is not None:
+            log.info("store writes again after %d failed attempts (%s)", self.failures, self.error)
+            self.error, self.since, self.failures = None, None, 0
+
+    def json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "error": self.error, "since": self.since, "failures": self.failures}
+
+
+def store_error(exc: BaseException) -> sqlite3.OperationalError | None:
+    """The store failure (disk full, read-only, I/O) inside ``exc`` (maybe an ExceptionGroup)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = store_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def load_ecg_analyse() -> Callable[..., Any] | None:
@@ -99,6 +161,10 @@ class IngestService:
         self.hub = EventHub()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._store_ok = True
+        self.store_health = StoreHealth(clock)
+        self._late_logged: set[str] = set()
+        #: gap totals of the last gap pass (for /metrics without a query per scrape)
+        self.gap_totals: dict[str, int] = {}
         self.app = create_app(settings=settings, db=self.db, metrics_=self.metrics,
                               checker=self.checker, health=self.health,
                               extra_routes=self._extra_routes())
@@ -137,11 +203,12 @@ class IngestService:
         self._loop = asyncio.get_running_loop()
         await self._warm_start()
         tasks = [
-            asyncio.create_task(self._supervise("consumer", self.consumer.run), name="consumer"),
+            asyncio.create_task(self._supervise("consumer", self._run_consumer), name="consumer"),
             asyncio.create_task(self._supervise("ews-tick", self._tick_loop), name="ews-tick"),
             asyncio.create_task(self._supervise("outbox", self.outbox.run), name="outbox"),
             asyncio.create_task(self._supervise("ecg", self._ecg_loop), name="ecg"),
             asyncio.create_task(self._supervise("retention", self._retention_loop), name="retention"),
+            asyncio.create_task(self._supervise("gaps", self._gap_loop), name="gaps"),
         ]
         try:
             yield
@@ -166,6 +233,41 @@ class IngestService:
                 self.metrics.errors.inc(task=name)
                 await asyncio.sleep(RESTART_DELAY_S)
 
+    async def _run_consumer(self) -> None:
+        """The consumer; while the store cannot write, paused (disconnected, messages kept by
+        the broker) until a write probe succeeds, probing with a doubling back-off."""
+        delay = 1.0
+        while True:
+            try:
+                await self.consumer.run()
+                return
+            except Exception as exc:
+                err = store_error(exc)
+                if err is None:
+                    raise
+                self._store_failed(err)
+            while True:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.store_retry_max_s)
+                if await self.probe_store():
+                    break
+
+    def _store_failed(self, exc: BaseException) -> None:
+        self.store_health.failed(exc)
+        self.metrics.store_failures.inc(error=_error_kind(exc))
+
+    async def probe_store(self) -> bool:
+        """One small real write; its outcome is the store's (a batch that still does not fit,
+        e.g. under SQLite's max_page_count, fails the next commit and marks it failing again)."""
+        now = self.clock()
+        try:
+            await self.db.write(lambda c: store.write_probe(c, now))
+        except sqlite3.Error as exc:
+            self._store_failed(exc)
+            return False
+        self.store_health.succeeded()
+        return True
+
     async def _warm_start(self) -> None:
         since = self.clock() - self.settings.freshness_ms
         items = await self.db.read(lambda c: store.warm_items(c, since))
@@ -175,6 +277,8 @@ class IngestService:
     # ------------------------------------------------------------------------------- flow
 
     async def _after_commit(self, result: store.CommitResult) -> None:
+        self.store_health.succeeded()
+        self._account_durability(result)
         rows = result.readings
         if self.influx is not None and rows:
             self.influx.write_readings([(r.device_id, r.user_code, r.gateway_id, r.vital, r.value,
@@ -193,6 +297,81 @@ class IngestService:
         points = await asyncio.to_thread(self.engine.observe, items)
         self._publish(points)
         return points
+
+    def _account_durability(self, result: store.CommitResult) -> None:
+        m, g = self.metrics, result.gaps
+        if g.opened:
+            m.gaps_opened.inc(g.opened, unit="gaps")
+            m.gaps_opened.inc(g.opened_seqs, unit="seqs")
+        if g.filled_seqs:
+            m.gaps_filled.inc(g.filled_seqs)
+        if g.closed:
+            m.gaps_closed.inc(g.closed)
+        for flag, n in result.late_counts.items():
+            m.late_readings.inc(n, flag=flag)
+        for device_id, flags in result.late.items():
+            if device_id in self._late_logged or len(self._late_logged) >= LATE_LOG_DEVICES:
+                continue
+            self._late_logged.add(device_id)
+            suspect = bool(flags & store.FLAG_CLOCK_SUSPECT)
+            # no values, no user_code: the device id and what is wrong
+            log.warning("device %s: readings measured more than %.0f s before they arrived%s;"
+                        " stored, flagged and counted (logged once per device)", device_id,
+                        self.settings.late_after_s,
+                        " although live: its clock or the gateway's is behind" if suspect
+                        else " (buffered or history)")
+
+    async def _gap_loop(self) -> None:
+        if self.settings.shared_group:
+            # a shared-subscription instance gets only a share of each device's messages: its
+            # "gaps" are its siblings' messages, not losses (docs/scaling.md); tracked, not acted on
+            log.info("shared subscription %r: sequence gaps are tracked but neither requested"
+                     " nor reported by this instance", self.settings.shared_group)
+            return
+        while True:
+            await asyncio.sleep(self.settings.gap_interval_s)
+            await self.gap_pass()
+
+    async def gap_pass(self) -> tuple[list[gaps.Request], list[gaps.Unrecovered]]:
+        """Ask gateways to republish gaps past their grace period (rate-limited), report the
+        gaps that outlived their requests, refresh the gap totals."""
+        s = self.settings
+        now = self.clock()
+        grace, retry = int(s.gap_grace_s * 1000), int(s.gap_retry_s * 1000)
+
+        def step(conn: sqlite3.Connection) -> tuple[list[gaps.Request], list[gaps.Unrecovered]]:
+            due = gaps.due(conn, now, grace_ms=grace, retry_ms=retry,
+                           max_requests=s.gap_max_requests, limit=s.gap_requests_per_pass)
+            gaps.mark_requested(conn, due, now)
+            lost = gaps.unrecovered(conn, now, grace_ms=grace, retry_ms=retry,
+                                    max_requests=s.gap_max_requests)
+            return due, lost
+
+        due, lost = await self.db.write(step)
+        for r in due:
+            cmd = Command(cmd="republish", device_id=r.device_id, stream=r.stream,
+                          from_seq=r.from_seq, to_seq=r.to_seq)
+            self.consumer.publish(self.topics.cmd(r.gateway_id), cmd.to_bytes(), retain=False)
+            self.metrics.republish_requested.inc()
+        if due:
+            log.info("asked %d gateway(s) to republish %d gap(s), %d seqs",
+                     len({r.gateway_id for r in due}), len(due),
+                     sum(r.to_seq - r.from_seq + 1 for r in due))
+        for u in lost[:GAP_LOG_LINES]:
+            log.warning("gap not refilled: device %s stream %s seqs %d..%d (%d readings) after %d"
+                        " republish request(s); reported in /api/gaps", u.device_id,
+                        u.stream or "(legacy)", u.from_seq, u.to_seq, u.to_seq - u.from_seq + 1,
+                        u.requests)
+        if len(lost) > GAP_LOG_LINES:
+            rest = lost[GAP_LOG_LINES:]
+            log.warning("%d more gaps not refilled (%d readings); see /api/gaps", len(rest),
+                        sum(u.to_seq - u.from_seq + 1 for u in rest))
+        if lost:
+            self.metrics.gaps_unrecovered.inc(len(lost), unit="gaps")
+            self.metrics.gaps_unrecovered.inc(sum(u.to_seq - u.from_seq + 1 for u in lost),
+                                              unit="seqs")
+        self.gap_totals = await self.db.read(gaps.totals)
+        return due, lost
 
     def _publish_threadsafe(self, points: list[EwsPoint]) -> None:
         """``engine.on_emit``: may be called from a worker thread; publish on the loop."""
@@ -290,18 +469,29 @@ class IngestService:
     # ---------------------------------------------------------------------------- status
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
+        """The store's health is its last write's outcome (a failed commit or probe) and,
+        while idle, a write probe; a store that cannot write is reported as such (not as the
+        broker connection the consumer gave up while paused)."""
+        if self.consumer.queue_depth == 0:
+            await self.probe_store()  # idle (or paused): does the store take a write now?
         try:
             await self.db.read(lambda c: c.execute("SELECT 1").fetchone())
-            store_ok = True
-        except Exception as exc:
-            log.warning("store check failed: %s", exc)
-            store_ok = False
+            readable = True
+        except sqlite3.Error as exc:
+            self._store_failed(exc)
+            readable = False
+        store_ok = readable and self.store_health.ok
         outbox = self.outbox.stats()
         connected = self.consumer.connected
+        mqtt_state: dict[str, Any] = {"connected": connected, "queue": self.consumer.queue_depth,
+                                      "connects": self.consumer.connects}
+        if not store_ok and not connected:
+            mqtt_state["paused"] = "store cannot write"
         body = {
             "status": "ok" if store_ok and connected else ("degraded" if store_ok else "failing"),
-            "mqtt": {"connected": connected, "queue": self.consumer.queue_depth},
-            "store": {"ok": store_ok},
+            "mqtt": mqtt_state,
+            "store": {**self.store_health.json(), "ok": store_ok},
+            "gaps": self.gap_totals or None,
             "outbox": {"depth": outbox.get("depth", 0), "enabled": self.outbox.enabled},
             "influx": None if self.influx is None else {"enabled": True},
         }
@@ -337,6 +527,17 @@ class IngestService:
                     "messages waiting between paho and the consumer", queue)
         r.collector("vitalgate_ingest_influx", "gauge",
                     "InfluxDB writer: written, dropped, retries, errors, buffered", influx)
+        r.collector("vitalgate_ingest_gaps", "gauge",
+                    "sequence gaps at the last gap pass: open_gaps, missing, reported_missing, streams",
+                    lambda: [("vitalgate_ingest_gaps", {"stat": k}, float(v))
+                             for k, v in self.gap_totals.items()])
+        r.collector("vitalgate_ingest_store_ok", "gauge",
+                    "1 while the store's last write succeeded, 0 while it cannot write",
+                    lambda: [("vitalgate_ingest_store_ok", {}, float(self.store_health.ok))])
+        r.collector("vitalgate_ingest_mqtt_connects_total", "counter",
+                    "successful broker connections of the consumer (1 + reconnects)",
+                    lambda: [("vitalgate_ingest_mqtt_connects_total", {},
+                              float(self.consumer.connects))])
         r.collector("vitalgate_ingest_http_rate_limited_total", "counter",
                     "HTTP requests answered 429 (rate limit per API key or address)",
                     lambda: [("vitalgate_ingest_http_rate_limited_total", {},
@@ -379,9 +580,23 @@ async def start_service(
 
 def run(settings: IngestSettings) -> None:
     """Run until SIGINT/SIGTERM (``vitalgate ingest``)."""
-    service = IngestService(settings)
+    try:
+        service = IngestService(settings)
+    except store.StoreOpenError as exc:
+        log.error("vitalgate ingest cannot start: %s", exc)  # one line, no traceback
+        raise SystemExit(1) from None
     log.info("vitalgate ingest: HTTP on %s:%d, MQTT broker %s:%d%s, data in %s", settings.http_host,
              settings.http_port, settings.mqtt_host, settings.mqtt_port,
              " (TLS)" if settings.mqtt_tls else "", settings.data_dir)
     web.run_app(service.app, host=settings.http_host, port=settings.http_port, print=None,
                 access_log=None, shutdown_timeout=5.0)
+
+
+def _error_kind(exc: BaseException) -> str:
+    """A short stable label of a store error for the metric (never the full text)."""
+    text = str(exc).lower()
+    for key, label in (("full", "disk_full"), ("readonly", "read_only"), ("read-only", "read_only"),
+                       ("disk i/o", "io"), ("locked", "locked")):
+        if key in text:
+            return label
+    return "other"

@@ -187,3 +187,23 @@ class IngestSettings(ServiceSettings):
     #: POST /ews: a produce_at later than now (the service clock) plus this is refused (422): a
     #: score stamped in the future would sort as the patient's current score until then.
     ews_future_skew_s: float = Field(default=300.0, ge=0, le=86_400)
+
+    # --- durability: gaps, late data, store failures (issue 12, helper h6) -------------------
+    #: a reading measured (event time) more than this long before it arrived (processing
+    #: time) is stored flagged ``late`` (and ``clock_suspect`` if it claims to be live), counted
+    #: and logged once per device; never dropped.
+    late_after_s: float = Field(default=3600.0, gt=0)
+    #: a sequence gap is only asked for after this long: out-of-order delivery (a broker
+    #: restart, two sessions, a replay) fills most gaps within seconds by itself.
+    gap_grace_s: float = Field(default=30.0, ge=0)
+    #: a republish request still unanswered is repeated after this long...
+    gap_retry_s: float = Field(default=120.0, gt=0)
+    #: ...at most this many times; then the gap is reported (logged once, counted, listed).
+    gap_max_requests: int = Field(default=3, ge=0, le=100)
+    #: how often the gap pass runs (s), and how many republish commands it sends at most (the
+    #: rate limit: a gateway answers each from its buffer, up to MAX_REPUBLISH readings).
+    gap_interval_s: float = Field(default=10.0, gt=0)
+    gap_requests_per_pass: int = Field(default=20, ge=0, le=10_000)
+    #: while the store cannot write, the consumer (and its broker connection) restarts after
+    #: a back-off doubling from 1 s up to this many seconds, probing the store first.
+    store_retry_max_s: float = Field(default=60.0, ge=1)

@@ -7,7 +7,9 @@ never waits on the disk.
 
 Readings are stored one row per vital. Identities that make QoS 1 redeliveries harmless:
 
-* ``(device_id, seq)``: a contract reading is stored once however often it arrives;
+* ``(device_id, stream, seq)``: a contract reading is stored once however often it arrives;
+  ``stream`` is the gateway buffer's identity (``''`` when a reading carries none: one legacy
+  stream per device), so a new buffer's seq 0 is never taken for an old buffer's seq 0;
 * ``(device_id, ts, vital)`` for ``source = history``: a history record synced twice
   (under two seqs) is stored once;
 * ``(device_id, recording, vital)`` for readings derived from an ECG recording.
@@ -19,6 +21,7 @@ are then reassembled into one ``ecg_recordings`` row whose ``samples`` are int32
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
@@ -30,7 +33,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 import numpy as np
 
 from ingest import dead_letters as dl
-from ingest import keys, registry
+from ingest import gaps, keys, registry
 from ingest.dead_letters import DeadLetter as DeadLetter
 from vitalgate.contract import (
     MAX_ECG_CHUNK_SEQ,
@@ -43,6 +46,17 @@ from vitalgate.contract import (
 )
 
 T = TypeVar("T")
+
+#: ``readings.flags``: measured (``ts``) more than ``late_after_ms`` before it arrived
+#: (``received_at``): buffered, replayed, a history sync, or a clock behind.
+FLAG_LATE: Final = 1
+#: late although a live (realtime, not replayed) measurement: the watch's or the gateway's
+#: clock is behind; the reading is kept and scored by its own timestamp, but suspect.
+FLAG_CLOCK_SUSPECT: Final = 2
+#: default of ``IngestSettings.late_after_s`` (ms).
+LATE_AFTER_MS: Final = 3_600_000
+#: the store's schema version (``PRAGMA user_version``); see :data:`MIGRATIONS`.
+SCHEMA_VERSION: Final = 1
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -57,15 +71,19 @@ CREATE TABLE IF NOT EXISTS readings (
   source TEXT NOT NULL,
   replayed INTEGER NOT NULL DEFAULT 0,
   received_at INTEGER NOT NULL,
-  recording TEXT                     -- the ECG recording a derived reading comes from
+  recording TEXT,                    -- the ECG recording a derived reading comes from
+  stream TEXT NOT NULL DEFAULT '',   -- the buffer's stream ('' = none given: legacy stream)
+  flags INTEGER NOT NULL DEFAULT 0   -- FLAG_LATE | FLAG_CLOCK_SUSPECT
 );
-CREATE UNIQUE INDEX IF NOT EXISTS readings_identity ON readings (device_id, seq, vital);
+CREATE UNIQUE INDEX IF NOT EXISTS readings_stream_identity
+  ON readings (device_id, stream, seq, vital);
 CREATE UNIQUE INDEX IF NOT EXISTS readings_history ON readings (device_id, ts, vital)
   WHERE source = 'history';
 CREATE UNIQUE INDEX IF NOT EXISTS readings_ecg ON readings (device_id, recording, vital)
   WHERE recording IS NOT NULL;
 CREATE INDEX IF NOT EXISTS readings_patient ON readings (user_code, vital, ts);
 CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);
+CREATE INDEX IF NOT EXISTS readings_kept ON readings (max(ts, received_at));
 
 CREATE TABLE IF NOT EXISTS ecg_chunks (
   device_id TEXT NOT NULL,
@@ -101,6 +119,7 @@ CREATE TABLE IF NOT EXISTS ecg_recordings (
 CREATE INDEX IF NOT EXISTS ecg_recordings_patient ON ecg_recordings (user_code, ts);
 CREATE INDEX IF NOT EXISTS ecg_recordings_ts ON ecg_recordings (ts);
 CREATE INDEX IF NOT EXISTS ecg_recordings_name ON ecg_recordings (recording);
+CREATE INDEX IF NOT EXISTS ecg_recordings_kept ON ecg_recordings (max(ts, created_at));
 
 -- recordings refused as too large: their later chunks are dead-lettered, not collected again
 CREATE TABLE IF NOT EXISTS ecg_rejected (
@@ -108,6 +127,12 @@ CREATE TABLE IF NOT EXISTS ecg_rejected (
   recording TEXT NOT NULL,
   at INTEGER NOT NULL,
   PRIMARY KEY (device_id, recording)
+);
+
+CREATE TABLE IF NOT EXISTS store_probe (   -- one row, rewritten by the health check's write probe
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  at INTEGER NOT NULL,
+  pad BLOB                           -- a fresh page's worth, so a full disk fails the probe too
 );
 
 CREATE TABLE IF NOT EXISTS gateways (
@@ -216,6 +241,11 @@ class CommitResult:
     dead: list[DeadLetter] = field(default_factory=list)
     recordings: list[CompletedRecording] = field(default_factory=list)
     newest_received: int = 0
+    #: per device: the union of the flags of its late readings in this batch
+    late: dict[str, int] = field(default_factory=dict)
+    #: late readings of the batch by flag ("late", "clock_suspect")
+    late_counts: dict[str, int] = field(default_factory=dict)
+    gaps: gaps.Update = field(default_factory=gaps.Update)
     #: dead letters already kept (same topic, payload, reason, detail): counted, not stored
     dead_repeats: int = 0
     #: dead letters evicted (oldest first) to keep the table within its bounds
@@ -236,6 +266,11 @@ class CommitResult:
         self.dead_evicted += other.dead_evicted
         self.dead_stats = other.dead_stats or self.dead_stats
         self.ecg_discarded += other.ecg_discarded
+        for device_id, flags in other.late.items():
+            self.late[device_id] = self.late.get(device_id, 0) | flags
+        for flag, n in other.late_counts.items():
+            self.late_counts[flag] = self.late_counts.get(flag, 0) + n
+        self.gaps.add(other.gaps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,33 +297,45 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
+class StoreOpenError(RuntimeError):
+    """The store cannot be opened for writing (read-only or full data dir, not ours...)."""
+
+
 class Database:
     """The store's connections. ``write`` runs ``fn(conn)`` in one IMMEDIATE transaction."""
 
     def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._writer = _connect(path, synchronous)
         self._wlock = threading.Lock()
-        with self._wlock:
-            self._writer.executescript(SCHEMA + dl.SCHEMA + registry.SCHEMA + keys.SCHEMA)
-            dl.migrate(self._writer)
-            keys.migrate(self._writer)  # api_keys made before scopes: add the columns
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = _connect(path, synchronous)
+            with self._wlock:
+                migrate(self._writer)
+                dl.migrate(self._writer)
+                keys.migrate(self._writer)  # api_keys made before scopes: add the columns
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise StoreOpenError(f"store {path} cannot be opened for writing: {exc} (is the"
+                                 " data dir read-only or full?)") from exc
         self._reader = _connect(path, synchronous)
         self._rlock = threading.Lock()
 
     def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(conn)`` in one transaction. A failed COMMIT (disk full, read-only) raises its
+        own error; the transaction is rolled back only if SQLite left it open."""
         with self._wlock:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(conn)
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):  # never hide the real error
+                        conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
             return result
 
     def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -313,6 +360,54 @@ class Database:
             self._reader.close()
 
 
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _v1_stream_identity(conn: sqlite3.Connection) -> None:
+    """v0 → v1: readings gain ``stream`` ('' for every existing row: the legacy stream) and
+    ``flags``; the identity becomes (device_id, stream, seq, vital)."""
+    cols = _columns(conn, "readings")
+    if not cols:
+        return  # a new database: SCHEMA creates everything
+    if "stream" not in cols:
+        conn.execute("ALTER TABLE readings ADD COLUMN stream TEXT NOT NULL DEFAULT ''")
+    if "flags" not in cols:
+        conn.execute("ALTER TABLE readings ADD COLUMN flags INTEGER NOT NULL DEFAULT 0")
+    conn.execute("DROP INDEX IF EXISTS readings_identity")
+
+
+#: (version, step): each step brings a database from version-1 to version; idempotent.
+MIGRATIONS: Final = ((1, _v1_stream_identity),)
+
+
+def migrate(conn: sqlite3.Connection, *, now: int = 0) -> int:
+    """Bring the database to :data:`SCHEMA_VERSION` (at start, before anything else uses it);
+    returns the version it had. A crash midway leaves a state the next start completes."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"{conn!r}: store schema version {version} is newer than this "
+                           f"vitalgate's ({SCHEMA_VERSION}); refusing to run an older release")
+    existed = bool(_columns(conn, "readings"))
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for target, step in MIGRATIONS:
+            if version < target:
+                step(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.executescript(SCHEMA + dl.SCHEMA + gaps.SCHEMA + registry.SCHEMA + keys.SCHEMA)
+    if version < SCHEMA_VERSION:
+        conn.execute("BEGIN IMMEDIATE")
+        if existed and version < 1:
+            gaps.seed_legacy(conn, now)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    return version
+
+
 # ------------------------------------------------------------------------------ group commit
 
 
@@ -320,9 +415,11 @@ def commit_batch(
     conn: sqlite3.Connection, items: Sequence[Item], *, now: int, holder: str,
     dead_limits: dl.Limits = DEFAULT_DEAD_LIMITS,
     ecg_limits: EcgLimits = DEFAULT_ECG_LIMITS,
+    late_after_ms: int = LATE_AFTER_MS,
 ) -> CommitResult:
     """Write one batch of decoded messages (inside the caller's transaction)."""
     out = CommitResult()
+    arrivals = gaps.Arrivals()
     ecg_touched: set[tuple[str, str]] = set()
     dead: list[DeadLetter] = []
     items = _owned(conn, items, dead)
@@ -371,7 +468,8 @@ def commit_batch(
             dev_code, dev_source = assigned.get(item.device_id, (None, None))
             for r in item.readings:
                 user_code = dev_code if dev_source == "api" else (r.user_code or dev_code)
-                _insert_reading(conn, out, item, r, user_code)
+                _insert_reading(conn, out, item, r, user_code, late_after_ms)
+                arrivals.add(r.device_id, r.stream or "", item.gateway_id, r.seq)
         elif isinstance(item, EcgChunkIn):
             dev_code, dev_source = assigned.get(item.chunk.device_id, (None, None))
             code = dev_code if dev_source == "api" else (item.chunk.user_code or dev_code)
@@ -395,6 +493,7 @@ def commit_batch(
     if dead:
         out.dead_evicted = dl.enforce(conn, dead_limits)
         out.dead_stats = dl.stats(conn)
+    out.gaps = gaps.observe(conn, arrivals, now)
     return out
 
 
@@ -433,21 +532,34 @@ def _owned(conn: sqlite3.Connection, items: Sequence[Item], dead: list[DeadLette
     return kept
 
 
+def reading_flags(r: Reading, received_at: int, late_after_ms: int) -> int:
+    """``FLAG_LATE`` / ``FLAG_CLOCK_SUSPECT`` of a reading (event time vs processing time)."""
+    if received_at - r.ts <= late_after_ms:
+        return 0
+    live = r.source is Source.REALTIME and not r.replayed
+    return FLAG_LATE | (FLAG_CLOCK_SUSPECT if live else 0)
+
+
 def _insert_reading(
-    conn: sqlite3.Connection, out: CommitResult, item: ReadingsIn, r: Reading, user_code: str | None
+    conn: sqlite3.Connection, out: CommitResult, item: ReadingsIn, r: Reading,
+    user_code: str | None, late_after_ms: int = LATE_AFTER_MS,
 ) -> None:
+    stream = r.stream or ""
     if conn.execute(
-        "SELECT 1 FROM readings WHERE device_id = ? AND seq = ? LIMIT 1", (r.device_id, r.seq)
+        "SELECT 1 FROM readings WHERE device_id = ? AND stream = ? AND seq = ? LIMIT 1",
+        (r.device_id, stream, r.seq),
     ).fetchone():
         out.duplicates += 1
         return
     stored = 0
+    flags = reading_flags(r, item.received_at, late_after_ms)
     for vital, value in r.vitals.present().items():
         cur = conn.execute(
             "INSERT OR IGNORE INTO readings (device_id, user_code, gateway_id, vital, value, ts,"
-            " seq, source, replayed, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " seq, source, replayed, received_at, stream, flags)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (r.device_id, user_code, item.gateway_id, vital, value, r.ts, r.seq, r.source.value,
-             int(r.replayed), item.received_at),
+             int(r.replayed), item.received_at, stream, flags),
         )
         if cur.rowcount:
             stored += 1
@@ -456,6 +568,11 @@ def _insert_reading(
                                               item.received_at))
     if not stored:
         out.duplicates += 1  # a history record already stored under another seq
+    elif flags:
+        out.late[r.device_id] = out.late.get(r.device_id, 0) | flags
+        for name, bit in (("late", FLAG_LATE), ("clock_suspect", FLAG_CLOCK_SUSPECT)):
+            if flags & bit:
+                out.late_counts[name] = out.late_counts.get(name, 0) + 1
 
 
 def _insert_chunk(
@@ -643,7 +760,8 @@ def records(
         parts.append(
             "SELECT r.id, r.device_id, r.user_code, r.vital, r.value, d.value, r.ts, r.source,"
             " r.recording FROM readings r LEFT JOIN readings d ON r.vital = 'systolic_bp'"
-            " AND d.device_id = r.device_id AND d.seq = r.seq AND d.vital = 'diastolic_bp'"
+            " AND d.device_id = r.device_id AND d.stream = r.stream AND d.seq = r.seq"
+            " AND d.vital = 'diastolic_bp'"
             f" WHERE r.user_code = ? AND r.vital IN ({marks}) AND r.ts >= ? AND r.ts < ?")
         args += [user_code, *vitals, start, end]
     if ECG_TYPE in types:
@@ -670,7 +788,8 @@ def latest(conn: sqlite3.Connection, user_code: str) -> dict[str, Any]:
         row = conn.execute(
             "SELECT r.id, r.device_id, r.user_code, r.vital, r.value, d.value, r.ts, r.source,"
             " r.recording FROM readings r LEFT JOIN readings d ON r.vital = 'systolic_bp'"
-            " AND d.device_id = r.device_id AND d.seq = r.seq AND d.vital = 'diastolic_bp'"
+            " AND d.device_id = r.device_id AND d.stream = r.stream AND d.seq = r.seq"
+            " AND d.vital = 'diastolic_bp'"
             " WHERE r.user_code = ? AND r.vital = ? ORDER BY r.ts DESC, r.id DESC LIMIT 1",
             (user_code, vitals[0]),
         ).fetchone()
@@ -700,16 +819,27 @@ def dead_letters(
     return dl.list_dead_letters(conn, page, size, reason, with_payload=with_payload)
 
 
+def write_probe(conn: sqlite3.Connection, now: int) -> None:
+    """A small real write (inside the caller's transaction): fails as a commit would on a full
+    or read-only store. It rewrites a row with a page-sized blob, so the commit needs new
+    pages (WAL frames), as a batch of readings does."""
+    conn.execute("INSERT OR REPLACE INTO store_probe (id, at, pad) VALUES (1, ?, zeroblob(4096))",
+                 (now,))
+
+
 def count_readings(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
 
 
 # ---------------------------------------------------------------------------------- retention
 
-#: (table, time column) pairs retention deletes from, oldest first by that column.
+#: (table, age expression) pairs retention deletes from. Rows measured long before they arrived
+#: (a clock behind, a long-buffered history) are kept by the LATER of measurement and arrival
+#: time, so nothing accepted is deleted before it was kept ``retention_days`` (expression
+#: indexes ``readings_kept`` / ``ecg_recordings_kept`` serve the exact expression).
 RETAINED: Final = (
-    ("readings", "ts"),
-    ("ecg_recordings", "ts"),
+    ("readings", "max(ts, received_at)"),
+    ("ecg_recordings", "max(ts, created_at)"),
     ("ecg_chunks", "received_at"),
     ("dead_letters", "received_at"),
     ("ecg_rejected", "at"),
@@ -717,7 +847,8 @@ RETAINED: Final = (
 
 
 def retention_step(conn: sqlite3.Connection, cutoff_ms: int, batch: int) -> dict[str, int]:
-    """Delete at most ``batch`` rows per table older than ``cutoff_ms``; one short transaction."""
+    """Delete at most ``batch`` rows per table whose age expression is before ``cutoff_ms``
+    (both processing time and, for readings and recordings, event time); one short transaction."""
     deleted: dict[str, int] = {}
     for table, column in RETAINED:
         key = "rowid"

@@ -26,6 +26,7 @@ from ingest.api import (
     METRICS_KEY,
     SETTINGS_KEY,
     device_routes,
+    gap_routes,
     record_routes,
 )
 from ingest.api.auth import auth_middleware
@@ -125,7 +126,7 @@ def openapi_document(
 ) -> dict[str, Any]:
     """The OpenAPI document of the service routes plus ``extra_paths`` (the EWS routes')."""
     return build(SERVICE_PATHS, device_routes.OPENAPI_PATHS, record_routes.OPENAPI_PATHS,
-                 *extra_paths)
+                 gap_routes.OPENAPI_PATHS, *extra_paths)
 
 
 def create_app(
@@ -154,6 +155,7 @@ def create_app(
     app.router.add_get("/openapi.json", openapi)
     device_routes.add_routes(app)
     record_routes.add_routes(app)
+    gap_routes.add_routes(app)
     for add, _ in extra_routes:
         add(app)
     app[OPENAPI_KEY] = openapi_document([paths for _, paths in extra_routes])

@@ -78,6 +78,9 @@ ROUTE_SCOPES: Final[Mapping[tuple[str, str], str]] = {
     # operations with raw payloads or delivery state
     ("GET", "/api/dead-letters"): ADMIN,
     ("GET", "/api/outbox"): ADMIN,
+    # sequence gaps: device and gateway ids and seq ranges, no patient data (issue 12, h6)
+    ("GET", "/api/gaps"): READ,
+    ("GET", "/api/devices/{device_id}/gaps"): READ,
 }
 
 #: the request's authenticated key (set by :func:`auth_middleware` on every keyed route).

@@ -112,7 +112,10 @@ _DEVICE: Final = {**strict({
     "name": {"type": "string", "nullable": True}, "mac": {"type": "string"},
     "gateway_id": {"type": "string", "nullable": True}, "battery": _INT_OR_NULL,
     "connected": {"type": "boolean", "nullable": True}, "last_seen": _INT_OR_NULL,
-    "rssi": _INT_OR_NULL}), "nullable": True}
+    "rssi": _INT_OR_NULL,
+    # share of the device's sequence numbers that arrived, 0..1 (ingest.gaps); null: none yet
+    "data_completeness": {"type": "number", "nullable": True, "minimum": 0, "maximum": 1}},
+    optional=("data_completeness",)), "nullable": True}  # on the ward's tiles
 _POINTS: Final = {"type": "array", "items": {"type": "array", "minItems": 2, "maxItems": 2,
                                              "items": {"type": "number"}}}
 _VITAL: Final = strict({"value": {"type": "number"}, "ts": {"type": "integer"}, "spark": _POINTS})

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from ingest import gaps
+
 #: vitals shown on a tile / patient page, in NEWS2 chart order (diastolic only on the page)
 TILE_VITALS: Final = ("respiratory_rate", "spo2", "systolic_bp", "heart_rate", "temperature")
 PAGE_VITALS: Final = (*TILE_VITALS, "diastolic_bp")
@@ -87,6 +89,10 @@ class WardView:
                 "name": row[1], "mac": row[2], "gateway_id": row[3], "battery": row[4],
                 "connected": None if row[5] is None else bool(row[5]), "last_seen": row[6], "rssi": row[7],
             }
+        # the share of each device's sequence numbers that arrived (ingest.gaps), 0..1
+        seq_complete = gaps.completeness(conn)
+        for device in devices.values():
+            device["data_completeness"] = seq_complete.get(str(device["mac"]).replace(":", "").lower())
         latest: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
         for code, vital, value, ts in conn.execute(
             "SELECT r.user_code, r.vital, r.value, r.ts FROM readings r JOIN ("

@@ -525,3 +525,60 @@ class Monitor:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+# ------------------------------------------------------------------- gaps (issue 12)
+
+
+def stored_seqs(db: Path) -> dict[tuple[str, str], set[int]]:
+    """(device_id, stream) → the distinct seqs stored (any vital)."""
+    out: dict[tuple[str, str], set[int]] = defaultdict(set)
+    with ro(db) as c:
+        for d, st, s in c.execute("SELECT DISTINCT device_id, stream, seq FROM readings"
+                                  " WHERE seq IS NOT NULL"):
+            out[(str(d), str(st))].add(int(s))
+    return dict(out)
+
+
+def gap_seqs(db: Path) -> dict[tuple[str, str], set[int]]:
+    """(device_id, stream) → the seqs ingest reports missing (its open gaps)."""
+    out: dict[tuple[str, str], set[int]] = defaultdict(set)
+    with ro(db) as c:
+        for d, st, lo, hi in c.execute("SELECT device_id, stream, from_seq, to_seq FROM seq_gaps"):
+            out[(str(d), str(st))].update(range(int(lo), int(hi) + 1))
+    return dict(out)
+
+
+def gap_accounting(generated: dict[str, int], db: Path,
+                   pending: dict[str, set[int]] | None = None) -> dict[str, int]:
+    """Per device seqs 0..n-1 generated: each is stored, reported as a gap, or still in a
+    gateway buffer; returns the figures and ``silent``: seqs in none of them."""
+    stored = stored_seqs(db)
+    gaps = gap_seqs(db)
+    figures = {"generated": 0, "stored": 0, "reported_gaps": 0, "still_buffered": 0, "silent": 0,
+               "both_stored_and_gap": 0}
+    for device_id, n in generated.items():
+        got = set().union(*(v for (d, _), v in stored.items() if d == device_id))
+        gap = set().union(*(v for (d, _), v in gaps.items() if d == device_id))
+        buffered = (pending or {}).get(device_id, set())
+        for seq in range(n):
+            figures["generated"] += 1
+            if seq in got:
+                figures["stored"] += 1
+                figures["both_stored_and_gap"] += seq in gap
+            elif seq in gap:
+                figures["reported_gaps"] += 1
+            elif seq in buffered:
+                figures["still_buffered"] += 1
+            else:
+                figures["silent"] += 1
+    return figures
+
+
+def metric(port: int, name: str) -> float:
+    """One sample of ingest's /metrics (exact name with labels), 0 when absent."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+    return 0.0

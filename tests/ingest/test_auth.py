@@ -54,6 +54,8 @@ SAMPLES: dict[tuple[str, str], tuple[str, Any]] = {
     ("DELETE", "/api/device/{id_device}"): ("/api/device/999999", None),
     ("GET", "/api/dead-letters"): ("/api/dead-letters", None),
     ("GET", "/api/outbox"): ("/api/outbox", None),
+    ("GET", "/api/gaps"): ("/api/gaps", None),
+    ("GET", "/api/devices/{device_id}/gaps"): ("/api/devices/d061aed45894/gaps", None),
 }
 
 

@@ -242,6 +242,12 @@ async def test_every_live_response_validates_against_the_served_schema(
                      json={"on_oxygen": True})
         await c.call("PUT", "/api/patient/{user_code}/context", f"/api/patient/{CODE}/context",
                      json={"spo2_scale": 3})
+        # sequence gaps (the fed reading was seq 1: seq 0 is a gap)
+        await c.call("GET", "/api/gaps")
+        await c.call("GET", "/api/gaps", "/api/gaps?limit=0")
+        await c.call("GET", "/api/devices/{device_id}/gaps", f"/api/devices/{DEV}/gaps")
+        await c.call("GET", "/api/devices/{device_id}/gaps", "/api/devices/ffffffffffff/gaps")
+        await c.call("GET", "/api/devices/{device_id}/gaps", "/api/devices/x/gaps")
         # the dashboard
         await c.call("GET", "/api/ward")
         await c.call("GET", "/api/ward/{user_code}", f"/api/ward/{CODE}?hours=2")
