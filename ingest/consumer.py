@@ -527,7 +527,7 @@ class Consumer:
         s = self.settings
         return store.commit_batch(conn, items, now=self._clock(), holder=s.device_holder,
                                   dead_limits=self._dead_limits, ecg_limits=self._ecg_limits,
-                                  late_after_ms=int(s.late_after_s * 1000))
+                                  late_after_ms=int(s.late_after_s * 1000), ward_of=s.ward_of)
 
     def _commit(self, conn: sqlite3.Connection, batch: Sequence[Inbound],
                 looped: set[tuple[str, str]], suspects: set[tuple[str, str]],

@@ -10,8 +10,11 @@ A device belongs to one gateway (``gateway_id``): the first that registered it, 
 API assigned. Messages about it from another gateway's topics are refused (``foreign_device``
 dead letters, see ``store.commit_batch``): the broker's ACL only limits a topic's gateway
 segment, so without this one gateway could re-home another's devices and patients. A device
-moves only through the API (``PUT /api/device/{id}`` with ``gateway_id``), and every move is
-recorded in ``device_moves``.
+moves through the API (``PUT /api/device/{id}`` with ``gateway_id``) or, between the gateways
+of one ward (setting ``roaming_groups``), by **roaming**: a gateway of the owner's group may take
+a device over once the owner itself has reported it disconnected (its last device status says
+``connected: false``). Every move is recorded in ``device_moves`` (``key_name`` ``roaming:<ward>``
+for a roam). See docs/security.md, "Who owns a device".
 
 Functions here take an open ``sqlite3.Connection`` and run inside the caller's transaction.
 """
@@ -246,6 +249,28 @@ def owner_of(conn: sqlite3.Connection, device_id: str) -> str | None:
                        (mac_from_device_id(device_id),)).fetchone()
     return None if row is None else row[0]
 
+
+
+def released_by_owner(conn: sqlite3.Connection, device_id: str) -> bool:
+    """Has the owning gateway reported the device disconnected (its newest stored status)?"""
+    row = conn.execute("SELECT connected FROM devices WHERE device_mac = ?",
+                       (mac_from_device_id(device_id),)).fetchone()
+    return row is not None and row[0] == 0
+
+
+def roam(conn: sqlite3.Connection, device_id: str, from_gateway: str, to_gateway: str,
+         ward: str, now: int) -> None:
+    """Move a device to ``to_gateway`` of the same ward (the caller checked the rule)."""
+    mac = mac_from_device_id(device_id)
+    row = conn.execute("SELECT id FROM devices WHERE device_mac = ?", (mac,)).fetchone()
+    if row is None:
+        return
+    conn.execute(
+        "INSERT INTO device_moves (device_id, device_mac, from_gateway, to_gateway, moved_at,"
+        " key_name) VALUES (?, ?, ?, ?, ?, ?)",
+        (row[0], mac, from_gateway, to_gateway, now, f"roaming:{ward}"))
+    conn.execute("UPDATE devices SET gateway_id = ?, updated_at = ? WHERE id = ?",
+                 (to_gateway, now, row[0]))
 
 
 def delete_device(conn: sqlite3.Connection, device_id: int) -> dict[str, Any]:

@@ -207,3 +207,33 @@ class IngestSettings(ServiceSettings):
     #: while the store cannot write, the consumer (and its broker connection) restarts after
     #: a back-off doubling from 1 s up to this many seconds, probing the store first.
     store_retry_max_s: float = Field(default=60.0, ge=1)
+
+    # --- issue 16, roaming between the gateways of one ward (helper h12) ---------------------
+    #: ward → its gateways' ids. A device owned by one of them may be taken over by another of
+    #: the same ward once its owner has reported it disconnected (recorded in device_moves as
+    #: ``roaming:<ward>``); between wards, and with no group, a move goes through the API only.
+    roaming_groups: dict[str, list[str]] = Field(default_factory=dict, max_length=1000)
+
+    @field_validator("roaming_groups")
+    @classmethod
+    def _roaming_groups(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        import re
+
+        from vitalgate.contract import GATEWAY_ID_RE
+
+        seen: dict[str, str] = {}
+        for ward, gateways in v.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", ward):
+                raise ValueError(f"ward name {ward!r} must be 1-64 letters, digits, '-' or '_'")
+            for g in gateways:
+                if not re.fullmatch(GATEWAY_ID_RE, g):
+                    raise ValueError(f"ward {ward!r}: {g!r} is not a gateway id")
+                if g in seen and seen[g] != ward:
+                    raise ValueError(f"gateway {g!r} is in two wards ({seen[g]!r}, {ward!r})")
+                seen[g] = ward
+        return v
+
+    @property
+    def ward_of(self) -> dict[str, str]:
+        """gateway id → its ward (from ``roaming_groups``)."""
+        return {g: ward for ward, gateways in self.roaming_groups.items() for g in gateways}

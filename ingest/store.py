@@ -25,7 +25,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NamedTuple, TypeVar
@@ -416,13 +416,16 @@ def commit_batch(
     dead_limits: dl.Limits = DEFAULT_DEAD_LIMITS,
     ecg_limits: EcgLimits = DEFAULT_ECG_LIMITS,
     late_after_ms: int = LATE_AFTER_MS,
+    ward_of: Mapping[str, str] | None = None,
 ) -> CommitResult:
-    """Write one batch of decoded messages (inside the caller's transaction)."""
+    """Write one batch of decoded messages (inside the caller's transaction).
+
+    ``ward_of``: gateway id → ward, from ``roaming_groups`` (devices roam within a ward)."""
     out = CommitResult()
     arrivals = gaps.Arrivals()
     ecg_touched: set[tuple[str, str]] = set()
     dead: list[DeadLetter] = []
-    items = _owned(conn, items, dead)
+    items = _owned(conn, items, dead, ward_of or {}, now)
     # statuses first, so that readings of the same batch see a device's newest user_code
     for item in items:
         out.newest_received = max(out.newest_received, item.received_at)
@@ -508,17 +511,27 @@ def _device_of(item: Item) -> tuple[str, str] | None:
     return None
 
 
-def _owned(conn: sqlite3.Connection, items: Sequence[Item], dead: list[DeadLetter]) -> list[Item]:
+def _owned(conn: sqlite3.Connection, items: Sequence[Item], dead: list[DeadLetter],
+           ward_of: Mapping[str, str], now: int) -> list[Item]:
     """The items whose device belongs to the gateway they came from; the others become
     ``foreign_device`` dead letters. A device belongs to the gateway that first registered it
-    (the first in this batch, for a device not registered yet) or to the one the API assigned."""
+    (the first in this batch, for a device not registered yet) or to the one the API assigned,
+    or it roamed to a gateway of its owner's ward after the owner reported it disconnected."""
     claims: dict[str, str] = {}
+    released: dict[str, bool] = {}  # the owner's newest status in this batch: disconnected?
     kept: list[Item] = []
     for item in items:
         about = _device_of(item)
         if about is not None:
             device_id, gateway_id = about
             owner = claims.get(device_id) or registry.owner_of(conn, device_id)
+            ward = ward_of.get(gateway_id)
+            if (owner is not None and owner != gateway_id and ward is not None
+                    and ward_of.get(owner) == ward
+                    and released.get(device_id, registry.released_by_owner(conn, device_id))):
+                registry.roam(conn, device_id, owner, gateway_id, ward, now)
+                released.pop(device_id, None)
+                owner = gateway_id
             if owner is not None and owner != gateway_id:
                 assert not isinstance(item, DeadLetter | GatewayStatusIn)
                 dead.append(DeadLetter(
@@ -528,6 +541,8 @@ def _owned(conn: sqlite3.Connection, items: Sequence[Item], dead: list[DeadLette
                     item.received_at))
                 continue
             claims[device_id] = gateway_id
+            if isinstance(item, DeviceStatusIn):
+                released[device_id] = not item.status.connected
         kept.append(item)
     return kept
 
