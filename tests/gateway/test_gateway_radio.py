@@ -268,3 +268,17 @@ async def test_a_deaf_scanner_is_restarted_then_the_adapter_power_cycled(tmp_pat
     assert manager.scanner_restarts == 2  # a restart that did not help, then one with the cycle
     assert manager.adapter_power_cycles == central.power_cycles == 1
     assert manager.snapshot()["adapter_power_cycles"] == 1
+
+
+def test_system_time_reads_timesyncd_and_the_kernel(tmp_path: Path) -> None:
+    from gateway.clock import SystemTime, kernel_synchronised
+
+    flag = tmp_path / "synchronized"
+    kernel = kernel_synchronised()
+    assert kernel in (True, False)  # this is Linux: adjtimex answers
+    src = SystemTime(flag=flag)
+    assert src.synchronised() is bool(kernel)  # no timesyncd flag: the kernel decides
+    flag.touch()  # timesyncd says it synchronised
+    assert SystemTime(flag=flag).synchronised() is True
+    assert SystemTime(flag=tmp_path / "absent", assume_synchronised=True).synchronised() is True
+    assert Clock(SPEED).synchronised() is True  # simulated time is its own truth
