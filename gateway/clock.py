@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import logging
 import sys
 import time
@@ -63,13 +64,17 @@ class _Timex(ctypes.Structure):
                 ("_rest", ctypes.c_char * 256)]
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
 def kernel_synchronised() -> bool | None:
     """The kernel's view (adjtimex with modes 0 only reads): None where it cannot be asked."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        state = int(libc.adjtimex(ctypes.byref(_Timex())))
+        state = int(_libc().adjtimex(ctypes.byref(_Timex())))
     except (OSError, AttributeError):
         return None
     return None if state < 0 else state != _TIME_ERROR

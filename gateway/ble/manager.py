@@ -307,13 +307,13 @@ class SessionManager:
             except Exception as exc:  # classified; every failure is retried
                 _reraise_if_cancelling(exc)
                 failure = exc
+                if classify(exc).name in SLOT_RULES:  # before the slot goes to somebody else
+                    self.slots.refused(adapter, w.info.device_id)
             finally:
                 self.slots.release(adapter, w.info.device_id)
             if failure is not None:
                 rule = classify(failure)
-                if rule.name in SLOT_RULES:
-                    self.slots.refused(adapter, w.info.device_id)
-                elif rule.name not in STALE_EXEMPT:
+                if rule.name not in SLOT_RULES and rule.name not in STALE_EXEMPT:
                     w.stale_failures += 1
                 delay = rule.backoff.delay(attempt)
                 attempt += 1

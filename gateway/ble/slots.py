@@ -9,8 +9,9 @@ gets its turn and its history sync fills what it missed while it waited.
 
 The budget is what we believe; the controller has the last word. When it refuses a connect
 for want of a slot although the budget had one free (another program holds a connection, or
-the controller has fewer than configured), the adapter's capacity is lowered to what it holds
-now (``learned``), counted as ``refused`` and logged once.
+the controller has fewer than configured), the adapter's capacity is lowered to the number of
+our other devices holding a slot on it at that moment, counted as ``refused`` and logged once. It is
+not raised again until the gateway restarts (a controller does not grow slots).
 """
 
 from __future__ import annotations
@@ -85,7 +86,10 @@ class Slots:
         self._grant()
 
     def refused(self, adapter: str, device_id: str) -> None:
-        """The controller refused ``device_id`` for want of a slot: believe it."""
+        """The controller refused ``device_id`` for want of a slot: believe it. Call it before
+        releasing the refused device's slot. The others holding a slot on the adapter are
+        connected or about to be; counting them all errs high, which the next refusal corrects
+        (capacity only goes down), never low."""
         a = self.adapters[adapter]
         a.refused += 1
         held = len(a.used - {device_id})

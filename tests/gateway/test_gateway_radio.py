@@ -199,11 +199,11 @@ async def test_six_watches_rotate_through_two_slots_the_controller_enforces(tmp_
     assert snap["rotations"] >= 6
     for w in manager.watches.values():
         got = sink.of(w.info.device_id)
-        assert {r.source for r in got} >= {Source.REALTIME}, w.info.name
+        assert {r.source for r in got} == {Source.REALTIME, Source.HISTORY}, w.info.name
         assert w.rotations >= 1 or w.connects >= 2
-        # none starves: the longest wait for a slot is bounded by the rotation (6 devices,
-        # 2 slots: at most 3 sessions of 60 clock s ahead of it, plus connects and syncs)
-        assert w.max_wait_s < 6 * st.rotation_session_s, (w.info.name, w.max_wait_s)
+        # none starves: 6 devices on 2 slots wait at most two rounds of 60 clock s sessions
+        # (plus connects and first syncs) for a slot — about 130 s measured
+        assert w.max_wait_s < 3 * st.rotation_session_s, (w.info.name, w.max_wait_s)
     text = render({"gateway_id": "ward3", "ble": snap}, "live")  # `vitalgate gateway status`
     assert "slots: " in text and "hci0 " in text and "budget 3" in text and "rotations" in text
     seqs = sorted({(r.device_id, r.seq) for r in sink.readings})
