@@ -120,9 +120,10 @@ class BootTime:
 
     def __init__(self) -> None:
         self.synced = False
+        self.offset = 0.0  # a later NTP step
 
     def wall(self) -> float:
-        return time.time() if self.synced else time.monotonic()
+        return time.time() + self.offset if self.synced else time.monotonic()
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -153,6 +154,9 @@ async def test_realtime_readings_wait_for_ntp_and_keep_their_order(tmp_path: Pat
                 boot.sync()
                 await _until(lambda: len([r for r in sink.readings if r.source is Source.REALTIME])
                              > w.held.held_total + 3, 30, "readings after the sync")
+                before_step = len(sink.readings)
+                boot.offset = -60.0  # NTP steps the clock back a minute
+                await _until(lambda: len(sink.readings) > before_step + 3, 30, "readings after the step")
             snap = manager.snapshot()
     assert realtime_before == []  # nothing went out with a 1970 time
     assert w.totals.get("clock_not_set", 0) + (w.session.counters.clock_not_set if w.session else 0) >= 1
@@ -161,7 +165,10 @@ async def test_realtime_readings_wait_for_ntp_and_keep_their_order(tmp_path: Pat
     assert all(r.ts > 1_600_000_000_000 for r in rt)  # no 1970 stamps
     held = rt[: w.held.held_total]
     assert all(r.ts <= synced_at * 1000 + 50 for r in held)  # measured before the sync
-    assert [r.ts for r in rt] == sorted(r.ts for r in rt)
+    stepped_at = next(i for i, r in enumerate(rt) if i and r.ts < rt[i - 1].ts)
+    assert [r.ts for r in rt[:stepped_at]] == sorted(r.ts for r in rt[:stepped_at])
+    assert rt[stepped_at - 1].ts - rt[stepped_at].ts > 50_000  # ts is event time: it stepped back
+    assert clock.steps == 1 and snap["clock"]["steps"] == 1  # counted once
     assert snap["clock"]["synchronised"] is True and snap["clock"]["held"] == 0
 
 
