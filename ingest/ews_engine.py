@@ -763,6 +763,40 @@ class EwsEngine:
             counts[key] = counts.get(key, 0) + 1
         return counts
 
+    def retention_step(self, cutoff_ms: int, batch: int) -> dict[str, int]:
+        """Retention of the EWS history and clinical context (processing time: ``emitted_at`` /
+        ``updated_at`` before ``cutoff_ms``), at most ``batch`` rows per table, one transaction.
+
+        The newest point of each patient and source is kept whatever its age: it is the
+        emission state the engine restores on start (so a patient seen again after the window
+        is not re-emitted as "first") and the last score a reader is shown as stale. A context is
+        kept while its patient has any history inside the window.
+        """
+        deleted: dict[str, int] = {}
+        with self.lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._db.execute(
+                    "DELETE FROM ews_history WHERE id IN (SELECT id FROM ews_history"
+                    " WHERE emitted_at < ? AND id NOT IN"
+                    " (SELECT MAX(id) FROM ews_history GROUP BY user_code, source) LIMIT ?)",
+                    (cutoff_ms, batch))
+                if cur.rowcount:
+                    deleted["ews_history"] = cur.rowcount
+                cur = self._db.execute(
+                    "DELETE FROM patient_context WHERE user_code IN (SELECT c.user_code"
+                    " FROM patient_context c WHERE c.updated_at < ? AND NOT EXISTS"
+                    " (SELECT 1 FROM ews_history h WHERE h.user_code = c.user_code"
+                    " AND h.emitted_at >= ?) LIMIT ?)", (cutoff_ms, cutoff_ms, batch))
+                if cur.rowcount:
+                    deleted["patient_context"] = cur.rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        return deleted
+
     def close(self) -> None:
         with self.lock:
             self._db.close()

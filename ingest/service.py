@@ -419,8 +419,19 @@ class IngestService:
                 total[table] = total.get(table, 0) + n
                 self.metrics.retention_deleted.inc(n, table=table)
             if not deleted:
-                return total
+                break
             await asyncio.sleep(0.01)  # let ingestion commit between batches
+        # the EWS database (its own file): history, context and outbox, on processing time
+        for step in (self.engine.retention_step, self.outbox.retention_step):
+            while True:
+                deleted = await asyncio.to_thread(step, cutoff, RETENTION_BATCH)
+                for table, n in deleted.items():
+                    total[table] = total.get(table, 0) + n
+                    self.metrics.retention_deleted.inc(n, table=table)
+                if not deleted:
+                    break
+                await asyncio.sleep(0.01)
+        return total
 
     async def _ecg_loop(self) -> None:
         self._ecg_wake.set()  # recordings left unanalysed by a previous run
