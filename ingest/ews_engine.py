@@ -63,7 +63,7 @@ from ingest.emit_policy import (
     decide_many,
 )
 from ingest.outbox import State, connect, enqueue
-from vitalgate.contract import USER_CODE_RE, Ews
+from vitalgate.contract import USER_CODE_RE, Ews, matches
 
 log = logging.getLogger(__name__)
 
@@ -630,7 +630,7 @@ class EwsEngine:
                     spo2_scale: int) -> EwsPoint | None:
         """Persist the clinical context and rescore at once; returns the point emitted, if any.
         Raises EwsInputError naming a bad field."""
-        if not USER_CODE_RE.match(user_code):
+        if not matches(USER_CODE_RE, user_code):
             raise EwsInputError("user_code", f"must match {USER_CODE_RE.pattern}")
         cons, oxy, scale = validate_context(consciousness, on_oxygen, spo2_scale)
         table = self._scorer.table

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from simulators import scenarios as scenario_files
 from vitalgate.config import BrokerAddress, ServiceSettings, load_settings
-from vitalgate.contract import DEFAULT_PREFIX, GATEWAY_ID_RE
+from vitalgate.contract import DEFAULT_PREFIX, GATEWAY_ID_RE, matches
 
 
 class SimulatorSettings(ServiceSettings):
@@ -77,14 +77,14 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def duration(text: str) -> float:
     """``90``, ``90s``, ``30m``, ``8h``, ``2d`` → seconds."""
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if match is None:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90, 30m, 8h)")
     return float(match[1]) * _UNITS[match[2]]
 
 
 def _gateway_id(text: str) -> str:
-    if not GATEWAY_ID_RE.match(text):
+    if not matches(GATEWAY_ID_RE, text):
         raise argparse.ArgumentTypeError(f"gateway id {text!r} must match {GATEWAY_ID_RE.pattern}")
     return text
 
