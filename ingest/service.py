@@ -542,6 +542,12 @@ class IngestService:
                     "HTTP requests answered 429 (rate limit per API key or address)",
                     lambda: [("vitalgate_ingest_http_rate_limited_total", {},
                               float(self.app[LIMITER_KEY].limited))])
+        r.collector("vitalgate_ingest_ews_readings_total", "counter",
+                    "vital values the EWS scorer saw, by outcome (accepted, late, duplicate, "
+                    "superseded, rejected, ignored, old) and merged_rounds (scoring rounds "
+                    "folded into their batch's last)",
+                    lambda: [("vitalgate_ingest_ews_readings_total", {"outcome": k}, float(v))
+                             for k, v in self.engine.scoring_counts().items()])
 
 
 @dataclass
