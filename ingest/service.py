@@ -34,8 +34,9 @@ import numpy as np
 from aiohttp import web
 
 from ingest import gaps, store
-from ingest.api import ENGINE_KEY, LIMITER_KEY
 from ingest.api.app import create_app
+from ingest.api.appkeys import ENGINE_KEY
+from ingest.api.ratelimit import LIMITER_KEY
 from ingest.consumer import Consumer, epoch_ms
 from ingest.dashboard.events import EventHub
 from ingest.emit_policy import EmitPolicy

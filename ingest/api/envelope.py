@@ -16,7 +16,7 @@ from typing import Any, Final
 import numpy as np
 from aiohttp import web
 
-from ingest.api import SETTINGS_KEY
+from ingest.api.appkeys import SETTINGS_KEY
 
 #: deepest nesting of a REST body (arrays and objects); the deepest real body (a device array)
 #: is 2 levels. Checked on the raw text before parsing, so json's recursion is never the guard.

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from ingest.api import ENGINE_KEY, SETTINGS_KEY
+from ingest.api.appkeys import ENGINE_KEY, SETTINGS_KEY
 from ingest.api.envelope import ApiError, int_text, ok, page_params, paged, read_json
 from ingest.api.openapi import envelope, errors, page_of, strict
 from ingest.api.scoping import require_patient, visible_patients
