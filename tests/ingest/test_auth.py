@@ -20,7 +20,7 @@ import pytest
 from ingest import keys, store
 from ingest.api.auth import ADMIN, PUBLIC, ROUTE_SCOPES, required_scope
 from ingest.service import IngestService, RunningService
-from ingest.testing import TEST_KEY, Api, eventually, publisher, running, settings_for
+from tests.support.ingest_service import TEST_KEY, Api, eventually, publisher, running, settings_for
 from vitalgate.broker import Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,15 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from ingest.service import RunningService
-from ingest.testing import Api, eventually, publish_all, publisher, reading, running, settings_for
+from tests.support.ingest_service import (
+    Api,
+    eventually,
+    publish_all,
+    publisher,
+    reading,
+    running,
+    settings_for,
+)
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import QOS, EcgChunk, Topics, encode_readings
 
