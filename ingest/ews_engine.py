@@ -706,8 +706,9 @@ class EwsEngine:
         return [_point_from_row(r) for r in rows], total
 
     def record_external(self, body: object, *, max_future_ms: int | None = None) -> EwsPoint:
-        """POST /ews: a score made elsewhere (Cexup body). Recorded in the history and served as
-        current when newest; not posted upstream (it came from the platform's side) and not used
+        """POST /ews: a score made elsewhere (Cexup body). Recorded in the history; served as
+        current and published (``on_emit``) when newest and the engine has no own point for the
+        patient (the engine's score is the truth for a patient it scores); not posted upstream (it came from the platform's side) and not used
         by the emission policy. Raises EwsInputError naming a bad field.
 
         Idempotent: the same (user_code, point, result, produce_at) again returns the row
@@ -743,7 +744,10 @@ class EwsEngine:
             if became_current:
                 state.current = p
                 state.stale_reason = None
-        if became_current and self.on_emit is not None:
+            # the engine's own point is the current score of a patient it scores (current()):
+            # an external point is published (retained ews topic, dashboard) only without one
+            publish = became_current and state.last is None
+        if publish and self.on_emit is not None:
             self.on_emit([p])
         return p
 
