@@ -152,7 +152,7 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from simulators.fleet import Fleet
+    from simulators.fleet import Fleet, Timestamps, sim_start_ms
     from simulators.mqtt_out import GatewayPublisher, MqttError
     from simulators.physiology import Cohort, SimClock
 
@@ -170,8 +170,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except scenario_files.ScenarioError as exc:
         sys.stderr.write(f"{exc}\n")
         return 2
-    clock = SimClock(speed=settings.speed)
-    cohort = Cohort([loaded[i % len(loaded)] for i in range(args.patients)], settings.seed, clock.start_ms)
     _log_broker(settings, f"simulate {args.patients} patients as gateway {settings.gateway_id}")
     publisher = GatewayPublisher(settings.mqtt_url, settings.gateway_id, settings.prefix)
     try:
@@ -179,7 +177,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except (MqttError, ValueError) as exc:
         sys.stderr.write(f"{exc}\n")
         return 1
-    fleet = Fleet(cohort, publisher, clock, settings.rate_s, "sim" if settings.timestamps == "sim" else "wall")
+    # the clock starts once connected, right before the fleet: simulated time runs speed ×
+    # faster, so every real millisecond in between is speed simulated ones
+    stamps: Timestamps = "sim" if settings.timestamps == "sim" else "wall"
+    start_ms = sim_start_ms(int(time.time() * 1000), args.duration, stamps)
+    cohort = Cohort([loaded[i % len(loaded)] for i in range(args.patients)], settings.seed, start_ms)
+    clock = SimClock(start_ms, settings.speed)
+    fleet = Fleet(cohort, publisher, clock, settings.rate_s, stamps)
     started = time.perf_counter()
     try:
         stats = fleet.run(args.duration)
