@@ -411,17 +411,22 @@ class EwsEngine:
 
     # ----------------------------------------------------------------- scoring
 
-    def warm_start(self, items: Iterable[tuple[str, str, float, int]]) -> list[EwsPoint]:
+    def warm_start(self, items: Iterable[tuple[str, str, float, int]],
+                   arrived_ms: Sequence[int] | None = None) -> list[EwsPoint]:
         """Feed recent readings from the store after a restart. Scores that equal the last emitted
         point emit nothing; a difference (e.g. a crash between storing readings and emitting) is
         emitted under the normal policy. Returns what was emitted. A stored reading counts as
-        having arrived when it was measured (or now, if later), so the arrival timeout is not
-        restarted by the restart."""
+        having arrived when it did (``arrived_ms``, aligned with ``items``: the store's
+        ``received_at``; without it, when it was measured), never later than now, so the
+        arrival timeout is not restarted by the restart."""
         batch = list(items)
         with self.lock:
             now = self.clock()
             if batch:
-                arrived = np.minimum(np.array([int(i[3]) for i in batch], np.int64), now)
+                when = [int(i[3]) for i in batch] if arrived_ms is None else list(arrived_ms)
+                if len(when) != len(batch):
+                    raise ValueError(f"{len(when)} arrival times for {len(batch)} items")
+                arrived = np.minimum(np.array(when, np.int64), now)
                 self._update(batch, mark_new_data=False, arrived=arrived)
             return self._emit_changes(now)
 

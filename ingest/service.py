@@ -270,9 +270,14 @@ class IngestService:
         return True
 
     async def _warm_start(self) -> None:
-        since = self.clock() - self.settings.freshness_ms
-        items = await self.db.read(lambda c: store.warm_items(c, since))
-        points = await asyncio.to_thread(self.engine.warm_start, items)
+        window = self.settings.freshness_ms
+        since = self.clock() - window
+        warm = await self.db.read(lambda c: store.warm_items(c, since, window))
+        if warm.truncated:
+            log.warning("warm start: more than %d patient vitals measured or received in the last "
+                        "%d s; the rest are scored when their next reading arrives",
+                        store.WARM_MAX_ROWS, window // 1000)
+        points = await asyncio.to_thread(self.engine.warm_start, warm.items, warm.arrived)
         self._publish(points)
 
     # ------------------------------------------------------------------------------- flow
