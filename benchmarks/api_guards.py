@@ -2,7 +2,7 @@
 measured in the same run.
 
 Run: ``python -m benchmarks.api_guards``. Prints, for a 1 MiB JSON body (a bulk device import of
-~7,000 objects, the largest body aiohttp accepts), the time of ``envelope.nesting_depth`` and
+~7,000 objects, the largest body aiohttp accepts), the time of ``contract.json_depth`` (the depth guard of REST bodies and MQTT payloads) and
 of ``json.loads`` (the parse it guards) and their ratio; the same for a 1 MiB body of 500,000
 nested brackets (the hostile case, which ``json.loads`` refuses with RecursionError); and the
 cost of a cached key check (``KeyChecker.cached``) against one SHA-256 of the key.
@@ -15,8 +15,8 @@ import json
 import time
 from collections.abc import Callable
 
-from ingest.api.envelope import nesting_depth
 from ingest.keys import KeyChecker, Principal
+from vitalgate.contract import json_depth
 
 MIB = 1024 * 1024
 
@@ -41,12 +41,12 @@ def device_body(size: int = MIB) -> str:
 def main() -> None:
     body = device_body()
     parse = best_of(lambda: json.loads(body))
-    scan = best_of(lambda: nesting_depth(body))
+    scan = best_of(lambda: json_depth(body, None))
     print(f"1 MiB device body ({len(body):,} chars): json.loads {parse * 1e3:.1f} ms, "
-          f"nesting_depth {scan * 1e3:.1f} ms, ratio {scan / parse:.1f}x")
+          f"json_depth {scan * 1e3:.1f} ms, ratio {scan / parse:.1f}x")
     hostile = "[" * (MIB // 2) + "]" * (MIB // 2)
-    scan_h = best_of(lambda: nesting_depth(hostile))
-    print(f"1 MiB of nested brackets: nesting_depth {scan_h * 1e3:.1f} ms "
+    scan_h = best_of(lambda: json_depth(hostile, None))
+    print(f"1 MiB of nested brackets: json_depth {scan_h * 1e3:.1f} ms "
           f"(json.loads raises RecursionError), ratio to the device-body parse {scan_h / parse:.1f}x")
     key = "vg_" + "x" * 43
     checker = KeyChecker(None)

@@ -32,7 +32,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ingest.testing import running, settings_for
+from tests.support.ingest_service import running, settings_for
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import Reading, Topics, Vitals, encode_readings
 

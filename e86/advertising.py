@@ -20,7 +20,7 @@ def is_e86_name(name: str | None) -> bool:
 
 def advertised_name(model: str, mac: str) -> str:
     """``advertised_name("E86", "D0:61:AE:D4:58:94")`` → ``"E86 5894"``."""
-    if not _MAC_RE.match(mac):
+    if not _MAC_RE.fullmatch(mac):
         raise ValueError(f"not a MAC address: {mac!r}")
     digits = re.sub(r"[^0-9A-Fa-f]", "", mac).upper()
     return f"{model} {digits[-4:]}"
@@ -28,7 +28,7 @@ def advertised_name(model: str, mac: str) -> str:
 
 def parse_advertised_name(name: str) -> tuple[str, str] | None:
     """``"E80DL 6B56"`` → ``("E80DL", "6B56")``; None if the name has not that shape."""
-    m = _NAME_RE.match(name)
+    m = _NAME_RE.fullmatch(name)
     return (m["model"], m["suffix"]) if m else None
 
 

@@ -252,7 +252,7 @@ class MacAddress(Message):
     mac: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.mac, str) or not _MAC_RE.match(self.mac.upper()):
+        if not isinstance(self.mac, str) or not _MAC_RE.fullmatch(self.mac.upper()):
             raise PayloadError(f"not a MAC address: {self.mac!r}")
         object.__setattr__(self, "mac", self.mac.upper())
 

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from vitalgate.config import BrokerAddress, ServiceSettings
-from vitalgate.contract import DEFAULT_PREFIX, GATEWAY_ID_RE, USER_CODE_RE, normalise_mac
+from vitalgate.contract import DEFAULT_PREFIX, GATEWAY_ID_RE, USER_CODE_RE, matches, normalise_mac
 
 #: history kinds the gateway may ask a watch for (names of e86 history kinds).
 HISTORY_KINDS = ("all", "heart_rate", "blood_pressure", "spo2", "temperature")
@@ -74,7 +74,7 @@ class GatewaySettings(ServiceSettings):
     @field_validator("gateway_id")
     @classmethod
     def _gateway_id(cls, v: str) -> str:
-        if not GATEWAY_ID_RE.match(v):
+        if not matches(GATEWAY_ID_RE, v):
             raise ValueError(f"gateway_id {v!r} must match {GATEWAY_ID_RE.pattern}")
         return v
 
@@ -89,7 +89,7 @@ class GatewaySettings(ServiceSettings):
     def _devices(cls, v: dict[str, str]) -> dict[str, str]:
         out: dict[str, str] = {}
         for mac, user_code in v.items():
-            if not USER_CODE_RE.match(user_code):
+            if not matches(USER_CODE_RE, user_code):
                 raise ValueError(f"devices.{mac}: user_code {user_code!r} must match {USER_CODE_RE.pattern}")
             out[normalise_mac(mac)] = user_code
         return out

@@ -63,7 +63,7 @@ from ingest.emit_policy import (
     decide_many,
 )
 from ingest.outbox import State, connect, enqueue
-from vitalgate.contract import USER_CODE_RE, Ews
+from vitalgate.contract import USER_CODE_RE, Ews, matches
 
 log = logging.getLogger(__name__)
 
@@ -411,17 +411,22 @@ class EwsEngine:
 
     # ----------------------------------------------------------------- scoring
 
-    def warm_start(self, items: Iterable[tuple[str, str, float, int]]) -> list[EwsPoint]:
+    def warm_start(self, items: Iterable[tuple[str, str, float, int]],
+                   arrived_ms: Sequence[int] | None = None) -> list[EwsPoint]:
         """Feed recent readings from the store after a restart. Scores that equal the last emitted
         point emit nothing; a difference (e.g. a crash between storing readings and emitting) is
         emitted under the normal policy. Returns what was emitted. A stored reading counts as
-        having arrived when it was measured (or now, if later), so the arrival timeout is not
-        restarted by the restart."""
+        having arrived when it did (``arrived_ms``, aligned with ``items``: the store's
+        ``received_at``; without it, when it was measured), never later than now, so the
+        arrival timeout is not restarted by the restart."""
         batch = list(items)
         with self.lock:
             now = self.clock()
             if batch:
-                arrived = np.minimum(np.array([int(i[3]) for i in batch], np.int64), now)
+                when = [int(i[3]) for i in batch] if arrived_ms is None else list(arrived_ms)
+                if len(when) != len(batch):
+                    raise ValueError(f"{len(when)} arrival times for {len(batch)} items")
+                arrived = np.minimum(np.array(when, np.int64), now)
                 self._update(batch, mark_new_data=False, arrived=arrived)
             return self._emit_changes(now)
 
@@ -630,7 +635,7 @@ class EwsEngine:
                     spo2_scale: int) -> EwsPoint | None:
         """Persist the clinical context and rescore at once; returns the point emitted, if any.
         Raises EwsInputError naming a bad field."""
-        if not USER_CODE_RE.match(user_code):
+        if not matches(USER_CODE_RE, user_code):
             raise EwsInputError("user_code", f"must match {USER_CODE_RE.pattern}")
         cons, oxy, scale = validate_context(consciousness, on_oxygen, spo2_scale)
         table = self._scorer.table
@@ -706,8 +711,9 @@ class EwsEngine:
         return [_point_from_row(r) for r in rows], total
 
     def record_external(self, body: object, *, max_future_ms: int | None = None) -> EwsPoint:
-        """POST /ews: a score made elsewhere (Cexup body). Recorded in the history and served as
-        current when newest; not posted upstream (it came from the platform's side) and not used
+        """POST /ews: a score made elsewhere (Cexup body). Recorded in the history; served as
+        current and published (``on_emit``) when newest and the engine has no own point for the
+        patient (the engine's score is the truth for a patient it scores); not posted upstream (it came from the platform's side) and not used
         by the emission policy. Raises EwsInputError naming a bad field.
 
         Idempotent: the same (user_code, point, result, produce_at) again returns the row
@@ -743,7 +749,10 @@ class EwsEngine:
             if became_current:
                 state.current = p
                 state.stale_reason = None
-        if became_current and self.on_emit is not None:
+            # the engine's own point is the current score of a patient it scores (current()):
+            # an external point is published (retained ews topic, dashboard) only without one
+            publish = became_current and state.last is None
+        if publish and self.on_emit is not None:
             self.on_emit([p])
         return p
 
@@ -762,6 +771,40 @@ class EwsEngine:
             key = p.result if p.valid else "stale"
             counts[key] = counts.get(key, 0) + 1
         return counts
+
+    def retention_step(self, cutoff_ms: int, batch: int) -> dict[str, int]:
+        """Retention of the EWS history and clinical context (processing time: ``emitted_at`` /
+        ``updated_at`` before ``cutoff_ms``), at most ``batch`` rows per table, one transaction.
+
+        The newest point of each patient and source is kept whatever its age: it is the
+        emission state the engine restores on start (so a patient seen again after the window
+        is not re-emitted as "first") and the last score a reader is shown as stale. A context is
+        kept while its patient has any history inside the window.
+        """
+        deleted: dict[str, int] = {}
+        with self.lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._db.execute(
+                    "DELETE FROM ews_history WHERE id IN (SELECT id FROM ews_history"
+                    " WHERE emitted_at < ? AND id NOT IN"
+                    " (SELECT MAX(id) FROM ews_history GROUP BY user_code, source) LIMIT ?)",
+                    (cutoff_ms, batch))
+                if cur.rowcount:
+                    deleted["ews_history"] = cur.rowcount
+                cur = self._db.execute(
+                    "DELETE FROM patient_context WHERE user_code IN (SELECT c.user_code"
+                    " FROM patient_context c WHERE c.updated_at < ? AND NOT EXISTS"
+                    " (SELECT 1 FROM ews_history h WHERE h.user_code = c.user_code"
+                    " AND h.emitted_at >= ?) LIMIT ?)", (cutoff_ms, cutoff_ms, batch))
+                if cur.rowcount:
+                    deleted["patient_context"] = cur.rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        return deleted
 
     def close(self) -> None:
         with self.lock:

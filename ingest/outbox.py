@@ -421,6 +421,18 @@ class Outbox:
             )
         return wide
 
+    def retention_step(self, cutoff_ms: int, batch: int) -> dict[str, int]:
+        """Retention of the outbox (processing time: ``updated_at`` before ``cutoff_ms``), at most
+        ``batch`` rows: delivered and local items, and failed ones (refused for good by the
+        platform; they were counted and listed by the API while the window lasted). A pending
+        item is never deleted, however old: it has not been delivered yet."""
+        with self._lock:
+            cur = self._db.execute(
+                "DELETE FROM ews_outbox WHERE id IN (SELECT id FROM ews_outbox WHERE state IN"
+                " (?, ?, ?) AND updated_at < ? LIMIT ?)",
+                (State.DELIVERED.value, State.LOCAL.value, State.FAILED.value, cutoff_ms, batch))
+        return {"ews_outbox": cur.rowcount} if cur.rowcount else {}
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -34,8 +34,9 @@ import numpy as np
 from aiohttp import web
 
 from ingest import gaps, store
-from ingest.api import ENGINE_KEY, LIMITER_KEY
 from ingest.api.app import create_app
+from ingest.api.appkeys import ENGINE_KEY
+from ingest.api.ratelimit import LIMITER_KEY
 from ingest.consumer import Consumer, epoch_ms
 from ingest.dashboard.events import EventHub
 from ingest.emit_policy import EmitPolicy
@@ -269,9 +270,14 @@ class IngestService:
         return True
 
     async def _warm_start(self) -> None:
-        since = self.clock() - self.settings.freshness_ms
-        items = await self.db.read(lambda c: store.warm_items(c, since))
-        points = await asyncio.to_thread(self.engine.warm_start, items)
+        window = self.settings.freshness_ms
+        since = self.clock() - window
+        warm = await self.db.read(lambda c: store.warm_items(c, since, window))
+        if warm.truncated:
+            log.warning("warm start: more than %d patient vitals measured or received in the last "
+                        "%d s; the rest are scored when their next reading arrives",
+                        store.WARM_MAX_ROWS, window // 1000)
+        points = await asyncio.to_thread(self.engine.warm_start, warm.items, warm.arrived)
         self._publish(points)
 
     # ------------------------------------------------------------------------------- flow
@@ -419,8 +425,19 @@ class IngestService:
                 total[table] = total.get(table, 0) + n
                 self.metrics.retention_deleted.inc(n, table=table)
             if not deleted:
-                return total
+                break
             await asyncio.sleep(0.01)  # let ingestion commit between batches
+        # the EWS database (its own file): history, context and outbox, on processing time
+        for step in (self.engine.retention_step, self.outbox.retention_step):
+            while True:
+                deleted = await asyncio.to_thread(step, cutoff, RETENTION_BATCH)
+                for table, n in deleted.items():
+                    total[table] = total.get(table, 0) + n
+                    self.metrics.retention_deleted.inc(n, table=table)
+                if not deleted:
+                    break
+                await asyncio.sleep(0.01)
+        return total
 
     async def _ecg_loop(self) -> None:
         self._ecg_wake.set()  # recordings left unanalysed by a previous run
@@ -542,6 +559,12 @@ class IngestService:
                     "HTTP requests answered 429 (rate limit per API key or address)",
                     lambda: [("vitalgate_ingest_http_rate_limited_total", {},
                               float(self.app[LIMITER_KEY].limited))])
+        r.collector("vitalgate_ingest_ews_readings_total", "counter",
+                    "vital values the EWS scorer saw, by outcome (accepted, late, duplicate, "
+                    "superseded, rejected, ignored, old) and merged_rounds (scoring rounds "
+                    "folded into their batch's last)",
+                    lambda: [("vitalgate_ingest_ews_readings_total", {"outcome": k}, float(v))
+                             for k, v in self.engine.scoring_counts().items()])
 
 
 @dataclass

@@ -28,7 +28,8 @@ class IngestSettings(ServiceSettings):
     mqtt_ca: Path | None = None
     #: deprecated name of ``mqtt_ca`` (read with a WARNING; see ServiceSettings.deprecated_names).
     mqtt_ca_file: Path | None = None
-    deprecated_names: ClassVar[dict[str, str]] = {"mqtt_ca_file": "mqtt_ca"}
+    deprecated_names: ClassVar[dict[str, str]] = {"mqtt_ca_file": "mqtt_ca",
+                                                  "ews_future_skew_s": "max_future_skew_s"}
     #: "3.1.1" (clean_session=False) or "5" (clean_start=False + session expiry). 3.1.1 is the
     #: default: under the fault suite (broker and ingest restarts), Debian's Mosquitto 2.0.11
     #: stopped delivering to an MQTT 5 session while it stayed connected (its inflight-quota
@@ -130,7 +131,9 @@ class IngestSettings(ServiceSettings):
 
     # --- hostile input: poison messages, future stamps, bounded junk (issue 11, h1) -------
     #: readings, ECG chunks and device statuses stamped (event time) later than processing
-    #: time (the consumer's clock at arrival) plus this skew are dead-lettered (``future``).
+    #: time (the consumer's clock at arrival) plus this skew are dead-lettered (``future``);
+    #: a POST /ews ``produce_at`` later than the service clock plus this is refused (422): a
+    #: score stamped in the future would sort as the patient's current score until then.
     max_future_skew_s: float = Field(default=300.0, ge=0, le=7 * 24 * 3600)
     #: a message delivered this many times more without ever being committed (the consumer
     #: failed on it each time) is dead-lettered (``redelivery_loop``) instead of processed.
@@ -184,9 +187,9 @@ class IngestSettings(ServiceSettings):
     #: a request body must arrive within this many seconds of the handler asking for it
     #: (processing time), else 408: a client trickling a body cannot hold a connection open.
     http_body_timeout_s: float = Field(default=10.0, gt=0, le=300)
-    #: POST /ews: a produce_at later than now (the service clock) plus this is refused (422): a
-    #: score stamped in the future would sort as the patient's current score until then.
-    ews_future_skew_s: float = Field(default=300.0, ge=0, le=86_400)
+    #: deprecated name of ``max_future_skew_s`` (the same rule for POST /ews produce_at as for
+    #: MQTT stamps; read with a WARNING, see ServiceSettings.deprecated_names).
+    ews_future_skew_s: float | None = Field(default=None, ge=0, le=7 * 24 * 3600)
 
     # --- durability: gaps, late data, store failures (issue 12, helper h6) -------------------
     #: a reading measured (event time) more than this long before it arrived (processing

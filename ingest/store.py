@@ -817,13 +817,44 @@ def latest(conn: sqlite3.Connection, user_code: str) -> dict[str, Any]:
     return out
 
 
-def warm_items(conn: sqlite3.Connection, since_ms: int) -> list[tuple[str, str, float, int]]:
-    """Each patient's newest value per vital measured at or after ``since_ms``."""
+#: rows :func:`warm_items` returns at most (one per patient and vital: ~30,000 patients).
+WARM_MAX_ROWS: Final = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class WarmItems:
+    """What a restarted engine is fed: ``items`` (user_code, vital, value, ts) and, aligned with
+    them, when each arrived (``received_at``, processing time); ``truncated`` when the bound
+    cut the selection short."""
+
+    items: list[tuple[str, str, float, int]]
+    arrived: list[int]
+    truncated: bool = False
+
+
+def warm_items(conn: sqlite3.Connection, since_ms: int, window_ms: int,
+               max_rows: int = WARM_MAX_ROWS) -> WarmItems:
+    """Each live patient's newest value per vital, on the patient's own event clock.
+
+    Live: a reading measured or received at or after ``since_ms`` (``max(ts, received_at)``,
+    served by the ``readings_kept`` index), so a replayed or late-stamped patient (measured
+    hours ago, received just now) counts. Kept: the newest value of each vital measured at
+    most ``window_ms`` before that patient's newest reading (event time, as the scorer's
+    freshness). At most ``max_rows`` rows (``truncated`` says when more were there)."""
     rows = conn.execute(
-        "SELECT user_code, vital, value, max(ts) FROM readings"
-        " WHERE ts >= ? AND user_code IS NOT NULL GROUP BY user_code, vital", (since_ms,),
+        "SELECT user_code, vital, value, max(ts), received_at FROM readings"
+        " WHERE user_code IN (SELECT DISTINCT user_code FROM readings"
+        "  WHERE max(ts, received_at) >= ? AND user_code IS NOT NULL)"
+        " GROUP BY user_code, vital LIMIT ?", (since_ms, max_rows + 1),
     ).fetchall()
-    return [(str(u), str(v), float(x), int(t)) for u, v, x, t in rows]
+    truncated = len(rows) > max_rows
+    rows = rows[:max_rows]
+    newest: dict[str, int] = {}
+    for u, _v, _x, t, _r in rows:
+        newest[u] = max(newest.get(u, t), t)
+    kept = [(str(u), str(v), float(x), int(t), int(r)) for u, v, x, t, r in rows
+            if t >= newest[u] - window_ms]
+    return WarmItems([k[:4] for k in kept], [k[4] for k in kept], truncated)
 
 
 def dead_letters(

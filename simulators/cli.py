@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from simulators import scenarios as scenario_files
 from vitalgate.config import BrokerAddress, ServiceSettings, load_settings
-from vitalgate.contract import DEFAULT_PREFIX, GATEWAY_ID_RE
+from vitalgate.contract import DEFAULT_PREFIX, GATEWAY_ID_RE, matches
 
 
 class SimulatorSettings(ServiceSettings):
@@ -77,14 +77,14 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def duration(text: str) -> float:
     """``90``, ``90s``, ``30m``, ``8h``, ``2d`` → seconds."""
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if match is None:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90, 30m, 8h)")
     return float(match[1]) * _UNITS[match[2]]
 
 
 def _gateway_id(text: str) -> str:
-    if not GATEWAY_ID_RE.match(text):
+    if not matches(GATEWAY_ID_RE, text):
         raise argparse.ArgumentTypeError(f"gateway id {text!r} must match {GATEWAY_ID_RE.pattern}")
     return text
 
@@ -152,7 +152,7 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from simulators.fleet import Fleet
+    from simulators.fleet import Fleet, Timestamps, sim_start_ms
     from simulators.mqtt_out import GatewayPublisher, MqttError
     from simulators.physiology import Cohort, SimClock
 
@@ -170,8 +170,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except scenario_files.ScenarioError as exc:
         sys.stderr.write(f"{exc}\n")
         return 2
-    clock = SimClock(speed=settings.speed)
-    cohort = Cohort([loaded[i % len(loaded)] for i in range(args.patients)], settings.seed, clock.start_ms)
     _log_broker(settings, f"simulate {args.patients} patients as gateway {settings.gateway_id}")
     publisher = GatewayPublisher(settings.mqtt_url, settings.gateway_id, settings.prefix)
     try:
@@ -179,7 +177,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except (MqttError, ValueError) as exc:
         sys.stderr.write(f"{exc}\n")
         return 1
-    fleet = Fleet(cohort, publisher, clock, settings.rate_s, "sim" if settings.timestamps == "sim" else "wall")
+    # the clock starts once connected, right before the fleet: simulated time runs speed ×
+    # faster, so every real millisecond in between is speed simulated ones
+    stamps: Timestamps = "sim" if settings.timestamps == "sim" else "wall"
+    start_ms = sim_start_ms(int(time.time() * 1000), args.duration, stamps)
+    cohort = Cohort([loaded[i % len(loaded)] for i in range(args.patients)], settings.seed, start_ms)
+    clock = SimClock(start_ms, settings.speed)
+    fleet = Fleet(cohort, publisher, clock, settings.rate_s, stamps)
     started = time.perf_counter()
     try:
         stats = fleet.run(args.duration)

@@ -10,7 +10,11 @@ reading and consumes no ``seq``: per device, ``seq`` runs 0, 1, 2, … without h
 
 Timestamps: ``timestamps="wall"`` (default) stamps a reading with the real time at which it is
 due (``SimClock.to_real_ms``), so a consumer's freshness window works against its own clock
-while the patient's course runs ``speed`` × faster; ``"sim"`` stamps simulated time.
+while the patient's course runs ``speed`` × faster; ``"sim"`` stamps simulated time. Simulated
+time runs ``speed`` × faster than real time, so a "sim" timeline that starts now lies in the
+future at once (and ingest dead-letters readings stamped later than their arrival plus
+``max_future_skew_s``, reason ``future``): start its clock at :func:`sim_start_ms`, so that the
+simulated timeline **ends at the start**, as ``vitalgate replay --timestamps sim`` does.
 """
 
 from __future__ import annotations
@@ -33,6 +37,16 @@ _S_PHASE: Final = 50
 _S_STATUS: Final = 51
 
 Timestamps = Literal["wall", "sim"]
+
+
+def sim_start_ms(now_ms: int, duration_s: float, timestamps: Timestamps) -> int:
+    """Where the simulated timeline of a run of ``duration_s`` simulated seconds starts.
+
+    ``"wall"``: now (readings are stamped on the real timeline anyway). ``"sim"``: ``duration_s``
+    before now, so the run ends at the start: after ``r`` real seconds simulated time is
+    ``now − duration + speed·r ≤ now``, at any speed, so no reading is in the future when it
+    arrives (event time never later than processing time)."""
+    return now_ms if timestamps == "wall" else now_ms - round(duration_s * 1000)
 
 
 class FleetSink(Protocol):
@@ -161,9 +175,13 @@ class Fleet:
 
     def run(self, duration_s: float, announce: bool = True) -> FleetStats:
         """Announce (unless told not to), then publish every reading due in the first
-        ``duration_s`` simulated seconds after ``start_ms``."""
+        ``duration_s`` simulated seconds after ``start_ms``. With ``"sim"`` stamps the run ends
+        ``duration_s`` after the clock's start instead (:func:`sim_start_ms`: now), however long
+        it took from the clock's start to this fleet's: at 3600× a 10 ms connect is 36 simulated
+        seconds, which would otherwise land in the future."""
         start = self.start_ms
-        end = start + round(duration_s * 1000)
+        origin = self.clock.start_ms if self.timestamps == "sim" else start
+        end = max(start, origin + round(duration_s * 1000))
         if announce:
             self.announce()
         while True:

@@ -153,7 +153,7 @@ def read_physionet2012(path: str | Path) -> Track:
             bad += bool(line.strip())
             continue
         stamp, parameter, text = parts
-        match = _HHMM.match(stamp)
+        match = _HHMM.fullmatch(stamp)
         try:
             value = float(text)
         except ValueError:
@@ -222,7 +222,7 @@ def parse_wfdb_header(text: str, name: str = "header") -> WfdbHeader:
         f = ln.split()
         try:
             fmt = int(f[1].split("x")[0].split(":")[0].split("+")[0])
-            gm = _GAIN.match(f[2]) if len(f) > 2 else None
+            gm = _GAIN.fullmatch(f[2]) if len(f) > 2 else None
             if gm is None:
                 raise ValueError(f[2])
             gain = float(gm[1]) if gm[1] else 200.0

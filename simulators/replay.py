@@ -45,6 +45,7 @@ from vitalgate.contract import (
     Vitals,
     decode_readings,
     load_json,
+    matches,
 )
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def replay_tracks(
     ids = []
     for track in tracks:
         device_id, user_code = identity_for(track.name)
-        if track.user_code and USER_CODE_RE.match(track.user_code):
+        if track.user_code and matches(USER_CODE_RE, track.user_code):
             user_code = track.user_code
         ids.append((track.device_id or device_id, user_code))
     heap = [(int(t.t_ms[0]) - origin, i, 0) for i, t in enumerate(tracks) if len(t)]

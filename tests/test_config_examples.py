@@ -100,6 +100,7 @@ def test_one_broker_setting_reaches_every_service(monkeypatch: pytest.MonkeyPatc
     [
         ("simulators.cli:SimulatorSettings", "broker", "mqtt_url", "mqtt://old.ward:1884"),
         ("ingest.settings:IngestSettings", "mqtt_ca_file", "mqtt_ca", "/etc/ca.pem"),
+        ("ingest.settings:IngestSettings", "ews_future_skew_s", "max_future_skew_s", "120.0"),
     ],
 )
 @pytest.mark.parametrize("where", ["env", "toml", "init"])

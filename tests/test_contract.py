@@ -174,6 +174,18 @@ def test_depth_scan_ignores_brackets_inside_strings() -> None:
     assert c.json_depth(b"[" * (c.MAX_JSON_DEPTH + 5), c.MAX_JSON_DEPTH) == c.MAX_JSON_DEPTH + 1
 
 
+def test_too_deep_counts_first_then_scans() -> None:
+    """Few openers cannot nest past the limit; many openers are scanned (wide is not deep)."""
+    limit = c.MAX_JSON_DEPTH
+    assert not c.json_too_deep(b"[" * limit + b"]" * limit, limit)
+    assert c.json_too_deep(b"[" * (limit + 1), limit)
+    assert c.json_too_deep("{\"a\":" * (limit + 1), limit)
+    assert not c.json_too_deep(b"[" + b"[1]," * 1000 + b"[1]]", limit)  # 1 002 openers, depth 2
+    assert not c.json_too_deep(json.dumps(["[" * 100]).encode(), limit)  # inside a string
+    with pytest.raises(c.ContractError, match="deeper"):
+        c.load_json(b"[" * (limit + 1) + b"]" * (limit + 1))
+
+
 def test_reading_array_length_is_bounded() -> None:
     with pytest.raises(c.ContractError) as info:  # tiny junk items: one error, not 2 001
         c.decode_readings(json.dumps([{}] * (c.MAX_READINGS_PER_MESSAGE + 1)).encode())

@@ -88,12 +88,7 @@ def test_packages_are_acyclic() -> None:
     assert cycles(TOP) == []
 
 
-@pytest.mark.parametrize("package", [
-    pytest.param(p, marks=pytest.mark.xfail(
-        strict=True, reason="ingest/api/__init__ <-> auth, envelope, ratelimit (app keys): ingest "
-                            "is reworked by the PostgreSQL issue; strict: remove this mark once fixed"))
-    if p == "ingest" else p
-    for p in PACKAGES])
+@pytest.mark.parametrize("package", PACKAGES)
 def test_files_are_acyclic(package: str) -> None:
     """No file imports itself back through other files (a cycle across packages would be a
     package cycle, checked above)."""

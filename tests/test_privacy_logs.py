@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest.testing import (
+from tests.ingest.upstream import Upstream
+from tests.support.ingest_service import (
     Api,
     eventually,
     publish_all,
@@ -20,7 +21,6 @@ from ingest.testing import (
     settings_for,
     topics,
 )
-from tests.ingest.upstream import Upstream
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import EcgChunk
 

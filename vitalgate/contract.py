@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
+import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -343,38 +344,60 @@ _MODELS: Final[dict[Kind, type[_Message]]] = {
 _READINGS = TypeAdapter(list[Reading])
 
 
-#: the bytes the depth scan stops at: quotes, backslashes and brackets.
-_STRUCTURE: Final = re.compile(rb'["\\\[\]{}]')
+def json_depth(payload: bytes | str, limit: int | None = MAX_JSON_DEPTH) -> int:
+    """The deepest nesting of arrays/objects in JSON ``payload``, without parsing it: brackets
+    inside strings do not count (a quote is a string's edge unless an odd run of backslashes
+    precedes it). Vectorised over the UTF-8 bytes (no multi-byte character contains these
+    ASCII bytes), linear, no recursion: the one depth guard of MQTT payloads (load_json) and
+    REST bodies (ingest.api.envelope.read_json). On text that is not JSON the count can only
+    be wrong after the first thing a parser would refuse, so it never understates what a
+    parser would reach. Exact up to ``limit``; deeper is reported as ``limit + 1`` (``None``:
+    always exact). Not a validator: json.loads is.
+
+    Measured against the former regex scan (docs/benchmarks.md, "One JSON depth guard"): ~18×
+    faster on a 256 KiB reading array, ~10× on a 1 MiB device body; only ``[`` × 500 000 at the
+    very start is faster to refuse by a left-to-right scan that stops at the limit (9 ms here,
+    3 µs there). :func:`json_too_deep` spares small payloads the scan."""
+    raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
+    if not raw:
+        return 0
+    b = np.frombuffer(raw, dtype=np.uint8)
+    quotes = np.flatnonzero(b == 34)
+    if quotes.size and b"\\" in raw:  # drop quotes after an odd run of backslashes
+        plain = np.flatnonzero(b != 92)  # sorted; every quote is in it
+        at = np.searchsorted(plain, quotes)
+        before = plain[at - 1]  # the plain byte before each quote
+        run = np.where(at > 0, quotes - before - 1, quotes)
+        quotes = quotes[run % 2 == 0]
+    opens = np.flatnonzero((b == 91) | (b == 123))
+    if not opens.size:
+        return 0
+    closes = np.flatnonzero((b == 93) | (b == 125))
+    # a bracket is outside strings iff an even number of quotes precedes it
+    opens = opens[np.searchsorted(quotes, opens) % 2 == 0]
+    closes = closes[np.searchsorted(quotes, closes) % 2 == 0]
+    if not opens.size:
+        return 0
+    if opens.size + closes.size < b.size // 8:  # few brackets (real bodies): sort just them
+        positions = np.concatenate((opens, closes))
+        steps = np.concatenate((np.ones(opens.size, np.int32), -np.ones(closes.size, np.int32)))
+        steps = steps[np.argsort(positions, kind="stable")]
+    else:  # mostly brackets (hostile): one dense pass
+        steps = np.zeros(b.size, dtype=np.int32)
+        steps[opens] = 1
+        steps[closes] = -1
+    depth = max(0, int(np.cumsum(steps, dtype=np.int32).max()))
+    return depth if limit is None else min(depth, limit + 1)
 
 
-def json_depth(payload: bytes, limit: int = MAX_JSON_DEPTH) -> int:
-    """The nesting depth of arrays and objects in ``payload``, outside strings, scanned once
-    from left to right without recursion; the scan stops as soon as the depth exceeds
-    ``limit`` (so ``[`` × 100 000 costs ``limit`` steps). Not a validator: json.loads is."""
-    depth = deepest = 0
-    in_string = False
-    skip = -1  # the index of a character escaped by a backslash inside a string
-    for m in _STRUCTURE.finditer(payload):
-        i = m.start()
-        if i == skip:
-            continue
-        c = payload[i]
-        if in_string:
-            if c == 0x5C:  # backslash: the next byte is escaped
-                skip = i + 1
-            elif c == 0x22:
-                in_string = False
-        elif c == 0x22:
-            in_string = True
-        elif c in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > limit:
-                    return deepest
-        elif c in (0x5D, 0x7D):  # ] }
-            depth -= 1
-    return deepest
+def json_too_deep(payload: bytes | str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``payload`` nests arrays/objects deeper than ``limit``: the guard before a parse.
+    A payload with no more ``[``/``{`` than ``limit`` cannot (two counts at C speed: every real
+    MQTT message and most REST bodies), so :func:`json_depth` scans only the others."""
+    raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    return json_depth(raw, limit) > limit
 
 
 def load_json(payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES,
@@ -383,8 +406,7 @@ def load_json(payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES,
     ContractError names what is wrong."""
     if len(payload) > max_bytes:
         raise ContractError("oversize", f"payload of {len(payload)} bytes exceeds {max_bytes}")
-    depth = json_depth(payload, max_depth)
-    if depth > max_depth:
+    if json_too_deep(payload, max_depth):
         raise ContractError("json", f"payload nests arrays/objects deeper than {max_depth}")
     try:
         return json.loads(payload)

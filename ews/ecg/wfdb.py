@@ -115,7 +115,7 @@ def _parse_signal_line(hea: Path, line: str) -> SignalSpec:
     f = line.split()
     if len(f) < 2:
         raise WfdbError(f"{hea}: signal line needs a file name and a format: {line!r}")
-    fm = _FMT_RE.match(f[1])
+    fm = _FMT_RE.fullmatch(f[1])
     if fm is None:
         raise WfdbError(f"{hea}: bad format field {f[1]!r}")
     if fm.group("offset"):
@@ -123,7 +123,7 @@ def _parse_signal_line(hea: Path, line: str) -> SignalSpec:
     fmt = int(fm.group("fmt"))
     gain, baseline, units = _DEFAULT_GAIN, None, "mV"
     if len(f) > 2:
-        gm = _GAIN_RE.match(f[2])
+        gm = _GAIN_RE.fullmatch(f[2])
         if gm is None:
             raise WfdbError(f"{hea}: bad gain field {f[2]!r}")
         if gm.group("gain"):

@@ -1,37 +1,4 @@
 """The REST API of the ingestion service (Cexup-shaped JSON envelope, x-api-key auth).
 
-App keys shared by the route modules are defined here so that route modules and the service
-agree on them without importing each other.
+The app keys shared by the route modules and the service are in ingest.api.appkeys.
 """
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-from aiohttp import web
-
-if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable  # noqa: F401
-    from typing import Any  # noqa: F401
-
-    from ingest.api.ratelimit import RateLimiter  # noqa: F401
-    from ingest.ews_engine import EwsEngine  # noqa: F401
-    from ingest.keys import KeyChecker  # noqa: F401
-    from ingest.metrics import IngestMetrics  # noqa: F401
-    from ingest.settings import IngestSettings  # noqa: F401
-    from ingest.store import Database  # noqa: F401
-
-#: the EWS engine of the running service (read by ingest.api.ews_routes).
-ENGINE_KEY = web.AppKey["EwsEngine"]("ews_engine")
-#: the SQLite store (readings, devices, keys...).
-DB_KEY = web.AppKey["Database"]("db")
-SETTINGS_KEY = web.AppKey["IngestSettings"]("settings")
-METRICS_KEY = web.AppKey["IngestMetrics"]("metrics")
-KEYS_KEY = web.AppKey["KeyChecker"]("key_checker")
-#: the HTTP rate limiter (its ``limited`` count is exported in /metrics).
-LIMITER_KEY = web.AppKey["RateLimiter"]("rate_limiter")
-#: returns (healthy, the /healthz body); set by the service.
-HEALTH_KEY = web.AppKey["Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]"]("health")
-
-__all__ = ["DB_KEY", "ENGINE_KEY", "HEALTH_KEY", "KEYS_KEY", "LIMITER_KEY", "METRICS_KEY",
-           "SETTINGS_KEY"]

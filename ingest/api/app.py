@@ -18,21 +18,12 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from ingest.api import (
-    DB_KEY,
-    HEALTH_KEY,
-    KEYS_KEY,
-    LIMITER_KEY,
-    METRICS_KEY,
-    SETTINGS_KEY,
-    device_routes,
-    gap_routes,
-    record_routes,
-)
+from ingest.api import device_routes, gap_routes, record_routes
+from ingest.api.appkeys import DB_KEY, HEALTH_KEY, KEYS_KEY, METRICS_KEY, SETTINGS_KEY
 from ingest.api.auth import auth_middleware
 from ingest.api.envelope import ApiError, fail, ok
 from ingest.api.openapi import build, envelope_response, strict
-from ingest.api.ratelimit import RateLimiter, RatePolicy, rate_limit_middleware
+from ingest.api.ratelimit import LIMITER_KEY, RateLimiter, RatePolicy, rate_limit_middleware
 from ingest.keys import KeyChecker
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings

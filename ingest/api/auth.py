@@ -23,7 +23,7 @@ from typing import Final
 from aiohttp import web
 
 from ingest import keys
-from ingest.api import DB_KEY, KEYS_KEY
+from ingest.api.appkeys import DB_KEY, KEYS_KEY
 from ingest.api.envelope import fail
 from ingest.keys import Principal
 

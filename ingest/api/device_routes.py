@@ -14,7 +14,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from ingest import registry
-from ingest.api import DB_KEY
+from ingest.api.appkeys import DB_KEY
 from ingest.api.auth import principal_of
 from ingest.api.envelope import ApiError, ok, page_params, paged, read_json
 from ingest.api.openapi import envelope_response, errors, page_of

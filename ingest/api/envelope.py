@@ -13,10 +13,10 @@ import math
 import re
 from typing import Any, Final
 
-import numpy as np
 from aiohttp import web
 
-from ingest.api import SETTINGS_KEY
+from ingest.api.appkeys import SETTINGS_KEY
+from vitalgate.contract import json_too_deep
 
 #: deepest nesting of a REST body (arrays and objects); the deepest real body (a device array)
 #: is 2 levels. Checked on the raw text before parsing, so json's recursion is never the guard.
@@ -45,41 +45,6 @@ def fail(status: int, message: str) -> web.Response:
     return web.json_response({"code": status, "success": False, "message": message}, status=status)
 
 
-def nesting_depth(text: str | bytes) -> int:
-    """The deepest nesting of arrays/objects in JSON ``text``, without parsing it: brackets
-    inside strings do not count (a quote is a string's edge unless an odd run of backslashes
-    precedes it). Vectorised over the UTF-8 bytes (no multi-byte character contains these
-    ASCII bytes), linear, no recursion. On text that is not JSON the count can only be wrong
-    after the first thing a parser would refuse, so it never understates what a parser would
-    reach."""
-    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
-    if not raw:
-        return 0
-    b = np.frombuffer(raw, dtype=np.uint8)
-    quotes = np.flatnonzero(b == 34)
-    if quotes.size and b"\\" in raw:  # drop quotes after an odd run of backslashes
-        plain = np.flatnonzero(b != 92)  # sorted; every quote is in it
-        before = plain[np.searchsorted(plain, quotes) - 1]  # the plain byte before each quote
-        run = np.where(np.searchsorted(plain, quotes) > 0, quotes - before - 1, quotes)
-        quotes = quotes[run % 2 == 0]
-    opens = np.flatnonzero((b == 91) | (b == 123))
-    closes = np.flatnonzero((b == 93) | (b == 125))
-    # a bracket is outside strings iff an even number of quotes precedes it
-    opens = opens[np.searchsorted(quotes, opens) % 2 == 0]
-    closes = closes[np.searchsorted(quotes, closes) % 2 == 0]
-    if not opens.size:
-        return 0
-    if opens.size + closes.size < b.size // 8:  # few brackets (real bodies): sort just them
-        positions = np.concatenate((opens, closes))
-        steps = np.concatenate((np.ones(opens.size, np.int32), -np.ones(closes.size, np.int32)))
-        steps = steps[np.argsort(positions, kind="stable")]
-    else:  # mostly brackets (hostile): one dense pass
-        steps = np.zeros(b.size, dtype=np.int32)
-        steps[opens] = 1
-        steps[closes] = -1
-    return max(0, int(np.cumsum(steps, dtype=np.int32).max()))
-
-
 async def read_json(request: web.Request, *, max_depth: int = MAX_BODY_DEPTH) -> Any:
     """The request body as JSON. 408 when the body does not arrive within the settings'
     ``http_body_timeout_s`` (processing time); 413 beyond aiohttp's ``client_max_size``; 422
@@ -95,11 +60,8 @@ async def read_json(request: web.Request, *, max_depth: int = MAX_BODY_DEPTH) ->
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ApiError(422, f"body: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    # no more openers than the bound: it cannot nest deeper (the common, small body)
-    openers = raw.count(b"[") + raw.count(b"{")
-    depth = nesting_depth(raw) if openers > max_depth else 0
-    if depth > max_depth:
-        raise ApiError(422, f"body: nested {depth} levels deep, at most {max_depth}")
+    if json_too_deep(raw, max_depth):
+        raise ApiError(422, f"body: nested more than {max_depth} levels deep")
     try:
         return json.loads(text)
     except ValueError as exc:

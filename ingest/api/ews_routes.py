@@ -9,7 +9,7 @@ a user_code under ``/api/ews/``).
 ``POST /ews`` is idempotent: the same (user_code, point, result, produce_at) twice is one
 history row. ``point`` must agree with ``result`` on the chart (see
 :func:`ingest.ews_engine.results_for`), be at most the chart's maximum, and ``produce_at``
-may be at most ``ews_future_skew_s`` after the service clock.
+may be at most ``max_future_skew_s`` after the service clock.
 
 The service puts the engine under ``ENGINE_KEY`` and, when delivering upstream, the outbox under
 ``OUTBOX_KEY``. Authentication and scopes are the API middleware's business
@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from ingest.api import ENGINE_KEY, SETTINGS_KEY
+from ingest.api.appkeys import ENGINE_KEY, SETTINGS_KEY
 from ingest.api.envelope import ApiError, int_text, ok, page_params, paged, read_json
 from ingest.api.openapi import envelope, errors, page_of, strict
 from ingest.api.scoping import require_patient, visible_patients
@@ -51,7 +51,7 @@ def _user_code(request: web.Request) -> str:
 
 def _future_ms(request: web.Request) -> int:
     settings = request.app.get(SETTINGS_KEY)
-    skew = settings.ews_future_skew_s if settings is not None else DEFAULT_FUTURE_SKEW_S
+    skew = settings.max_future_skew_s if settings is not None else DEFAULT_FUTURE_SKEW_S
     return int(skew * 1000)
 
 
@@ -195,7 +195,7 @@ _EWS_BODY: Final = {
         "result": _RESULT,
         "produce_at": {"oneOf": [{"type": "string", "pattern": "^[0-9]{1,14}$"},
                                  {"type": "integer", "minimum": 0, "maximum": MAX_MS - 1}],
-                       "description": "epoch milliseconds; at most ews_future_skew_s ahead of "
+                       "description": "epoch milliseconds; at most max_future_skew_s ahead of "
                                       "the service clock", "example": "1632889813001"},
         "cause": {"type": "array", "maxItems": 16, "items": {"type": "string", "maxLength": 128}},
         "components": {"type": "object", "maxProperties": 16,

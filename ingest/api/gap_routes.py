@@ -11,7 +11,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from ingest import gaps
-from ingest.api import DB_KEY
+from ingest.api.appkeys import DB_KEY
 from ingest.api.envelope import ApiError, ok
 from ingest.api.openapi import envelope_response
 from vitalgate.contract import DEVICE_ID_RE

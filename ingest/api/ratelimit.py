@@ -82,3 +82,8 @@ def rate_limit_middleware(limiter: RateLimiter) -> Middleware:
         return await handler(request)
 
     return middleware
+
+
+#: the service's HTTP rate limiter (its ``limited`` count is exported in /metrics); it lives
+#: with the limiter, not with the other app keys (ingest.api.appkeys), which ratelimit imports.
+LIMITER_KEY: Final = web.AppKey("rate_limiter", RateLimiter)

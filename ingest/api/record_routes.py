@@ -14,7 +14,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from ingest import store
-from ingest.api import DB_KEY
+from ingest.api.appkeys import DB_KEY
 from ingest.api.auth import principal_of
 from ingest.api.envelope import ApiError, int_text, ok, page_params, paged
 from ingest.api.openapi import envelope_response, errors, page_of

@@ -12,7 +12,7 @@ import sqlite3
 
 from aiohttp import web
 
-from ingest.api import DB_KEY
+from ingest.api.appkeys import DB_KEY
 from ingest.api.auth import principal_of
 from ingest.api.envelope import ApiError
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Request, async_playwright
 
-from ingest.testing import eventually, publisher, running, settings_for
 from tests.browser.harness import (
     CHROMIUM_ARGS,
     DETERIORATING,
@@ -24,6 +23,7 @@ from tests.browser.harness import (
     Ward,
     chromium_or_fail,
 )
+from tests.support.ingest_service import eventually, publisher, running, settings_for
 from vitalgate.broker import Mosquitto
 
 

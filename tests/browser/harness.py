@@ -23,7 +23,7 @@ from playwright.async_api import BrowserContext, Page
 
 from ingest.consumer import epoch_ms
 from ingest.service import RunningService
-from ingest.testing import TEST_KEY, publish_all
+from tests.support.ingest_service import TEST_KEY, publish_all
 from vitalgate.contract import DeviceStatus, Reading, Topics, Vitals
 
 #: Debian's Chromium (apt-get install chromium); never a browser Playwright downloaded.

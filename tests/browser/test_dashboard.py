@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Page, expect
 
-from ingest.testing import TEST_KEY
 from tests.browser.harness import (
     DETERIORATING,
     MEDIAN_K,
@@ -23,6 +22,7 @@ from tests.browser.harness import (
     UI_TIMEOUT_MS,
     Ward,
 )
+from tests.support.ingest_service import TEST_KEY
 
 pytestmark = pytest.mark.browser
 

@@ -392,7 +392,7 @@ def test_broker_queue_overflow_is_reported_as_gaps(tmp_path: Path) -> None:
 def test_backlog_drained_in_one_connection(tmp_path: Path) -> None:
     """BACKLOG QoS 1 readings queued by the broker for an offline ingest whose own queue holds
     BACKLOG_QUEUE_MAX: drained in ONE connection (backpressure, no drop, no reconnect)."""
-    from ingest.testing import publisher, reading
+    from tests.support.ingest_service import publisher, reading
     from vitalgate.contract import QOS, Topics
 
     logs = tmp_path / "logs"

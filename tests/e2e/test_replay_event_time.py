@@ -23,11 +23,11 @@ from ews.stream import StreamScorer
 from ews.tables import TABLES
 from ingest import store
 from ingest.emit_policy import EmitPolicy, Snapshot, Trigger, decide, heartbeat_due
-from ingest.testing import eventually, running, settings_for
 from simulators.importers import load_tracks
 from simulators.mqtt_out import GatewayPublisher
 from simulators.physiology import SimClock
 from simulators.replay import MqttReplaySink, ReplayItem, replay_tracks
+from tests.support.ingest_service import eventually, running, settings_for
 from vitalgate.broker import Mosquitto
 
 pytestmark = pytest.mark.e2e

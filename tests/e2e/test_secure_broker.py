@@ -17,7 +17,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from ingest.testing import Api, eventually, reading, running, settings_for
+from tests.support.ingest_service import Api, eventually, reading, running, settings_for
 from vitalgate.broker import free_port, wait_port
 
 pytestmark = pytest.mark.e2e

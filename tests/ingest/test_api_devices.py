@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ingest.service import RunningService
-from ingest.testing import Api, running, settings_for
+from tests.support.ingest_service import Api, running, settings_for
 from vitalgate.broker import Mosquitto, free_port
 
 SEED_PAGE = Path(__file__).resolve().parents[3] / "shared" / "seeds" / "002_7579d21bed325170.txt"

@@ -20,7 +20,7 @@ import pytest
 from ingest import keys, store
 from ingest.api.auth import ADMIN, PUBLIC, ROUTE_SCOPES, required_scope
 from ingest.service import IngestService, RunningService
-from ingest.testing import TEST_KEY, Api, eventually, publisher, running, settings_for
+from tests.support.ingest_service import TEST_KEY, Api, eventually, publisher, running, settings_for
 from vitalgate.broker import Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -408,3 +408,17 @@ async def test_a_holder_key_s_event_stream_carries_only_its_patients(svc: Runnin
         frames = [await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 30) for _ in range(2)]
     assert frames[0].startswith(b"event: readings")
     assert frames[1].startswith(b"event: ews") and b'"PA"' in frames[1]
+
+
+async def test_post_ews_future_bound_is_max_future_skew_s(tmp_path: Path,
+                                                          mosquitto: Mosquitto) -> None:
+    """One setting for both future rules: POST /ews produce_at obeys ``max_future_skew_s``."""
+    async with running(settings_for(tmp_path / "d", mosquitto.url, max_future_skew_s=60)) as run:
+        now = run.service.clock()
+        async with Api(run.url) as api:
+            status, body = await api.call("POST", "/api/ews", json={
+                "user_code": "PA", "point": 0, "result": "normal", "produce_at": str(now + 120_000)})
+            assert status == 422 and body["message"].startswith("produce_at")
+            status, _ = await api.call("POST", "/api/ews", json={
+                "user_code": "PA", "point": 0, "result": "normal", "produce_at": str(now + 30_000)})
+            assert status == 200

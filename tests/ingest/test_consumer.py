@@ -15,8 +15,16 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest.service import RunningService
-from ingest.testing import Api, eventually, publish_all, publisher, reading, running, settings_for
 from simulators.ecg_synth import EcgSynth, to_counts
+from tests.support.ingest_service import (
+    Api,
+    eventually,
+    publish_all,
+    publisher,
+    reading,
+    running,
+    settings_for,
+)
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import DeviceStatus, EcgChunk, Reading, Topics, Vitals, encode_readings
 

@@ -17,7 +17,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest import store
 from ingest.service import start_service
-from ingest.testing import Api, eventually, publish_all, publisher, reading, running, settings_for
+from tests.support.ingest_service import (
+    Api,
+    eventually,
+    publish_all,
+    publisher,
+    reading,
+    running,
+    settings_for,
+)
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import Command, Kind, Reading, Topics, Vitals, decode
 

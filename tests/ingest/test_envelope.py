@@ -1,4 +1,5 @@
-"""The REST body guards on their own: nesting depth without parsing, ASCII integers."""
+"""The REST body guards on their own: nesting depth without parsing (contract.json_depth, the
+one guard of MQTT payloads and REST bodies), ASCII integers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.api.envelope import int_text, nesting_depth
+from ingest.api.envelope import int_text
+from vitalgate.contract import json_depth
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab\n,:'),
@@ -30,14 +32,20 @@ def depth(value: Any) -> int:
 @settings(max_examples=300, deadline=None)
 def test_depth_of_any_json_equals_its_nesting(value: Any, ascii_only: bool) -> None:
     """Brackets and quotes inside strings (escaped or not) never count."""
-    assert nesting_depth(json.dumps(value, ensure_ascii=ascii_only)) == depth(value)
+    assert json_depth(json.dumps(value, ensure_ascii=ascii_only), None) == depth(value)
+
+
+@given(JSON, st.integers(0, 6))
+@settings(max_examples=200, deadline=None)
+def test_depth_is_exact_up_to_the_limit(value: Any, limit: int) -> None:
+    assert json_depth(json.dumps(value).encode(), limit) == min(depth(value), limit + 1)
 
 
 def test_depth_of_hostile_text_is_linear_and_bounded() -> None:
-    assert nesting_depth("[" * 200_000) == 200_000
-    assert nesting_depth('"' + '\\"' * 200_000) == 0  # one unterminated string: not O(n²)
-    assert nesting_depth('["a\\\\"]') == 1
-    assert nesting_depth('{"a": "[[[[", "b": [[1]]}') == 3
+    assert json_depth("[" * 200_000, None) == 200_000
+    assert json_depth('"' + '\\"' * 200_000, None) == 0  # one unterminated string: not O(n²)
+    assert json_depth('["a\\\\"]', None) == 1
+    assert json_depth('{"a": "[[[[", "b": [[1]]}', None) == 3
 
 
 def test_int_text_takes_ascii_digits_only() -> None:

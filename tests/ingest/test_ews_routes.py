@@ -13,7 +13,7 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.api import ENGINE_KEY
+from ingest.api.appkeys import ENGINE_KEY
 from ingest.api.envelope import ApiError, fail
 from ingest.api.ews_routes import OPENAPI_PATHS, OUTBOX_KEY, add_routes
 from ingest.ews_engine import EwsEngine, EwsInputError, parse_external, results_for

@@ -20,7 +20,15 @@ from hypothesis import strategies as st
 from ingest import store
 from ingest.consumer import Inbound, classify
 from ingest.service import RunningService
-from ingest.testing import Api, eventually, publish_all, publisher, reading, running, settings_for
+from tests.support.ingest_service import (
+    Api,
+    eventually,
+    publish_all,
+    publisher,
+    reading,
+    running,
+    settings_for,
+)
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import Topics
 

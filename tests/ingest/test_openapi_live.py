@@ -18,7 +18,8 @@ from openapi_schema_validator import OAS30Validator
 
 from ingest import keys
 from ingest.service import RunningService
-from ingest.testing import (
+from simulators.ecg_synth import EcgSynth, to_counts
+from tests.support.ingest_service import (
     TEST_KEY,
     eventually,
     publish_all,
@@ -27,7 +28,6 @@ from ingest.testing import (
     running,
     settings_for,
 )
-from simulators.ecg_synth import EcgSynth, to_counts
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import EcgChunk, Topics
 

@@ -19,7 +19,15 @@ import pytest
 
 from ingest import registry
 from ingest.service import RunningService
-from ingest.testing import Api, eventually, publish_all, publisher, reading, running, settings_for
+from tests.support.ingest_service import (
+    Api,
+    eventually,
+    publish_all,
+    publisher,
+    reading,
+    running,
+    settings_for,
+)
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import EcgChunk, Topics
 

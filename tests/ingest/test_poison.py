@@ -20,7 +20,15 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from ingest.service import RunningService
-from ingest.testing import Api, eventually, publish_all, publisher, reading, running, settings_for
+from tests.support.ingest_service import (
+    Api,
+    eventually,
+    publish_all,
+    publisher,
+    reading,
+    running,
+    settings_for,
+)
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import QOS, EcgChunk, Topics, encode_readings
 
@@ -293,3 +301,17 @@ async def test_the_redelivery_count_survives_a_restart_of_the_process(
         assert m.errors.value(task="consumer") == max(0, 2 - counted)
         (row,) = [r for r in await _letters(second) if r[1] == "redelivery_loop"]
         assert row[0] == TOPICS.reading(GOOD_GW, GOOD_DEV)
+
+
+async def test_scoring_counts_are_on_metrics(svc: RunningService, pub: mqtt.Client) -> None:
+    """What the EWS scorer did with every vital (EwsEngine.scoring_counts) is on /metrics."""
+    batch = [reading(GOOD_DEV, i, T0 + i * 1000, user_code="GOOD", heart_rate=70.0 + i)
+             for i in range(3)]
+    publish_all(pub, [(TOPICS.reading(GOOD_GW, GOOD_DEV), encode_readings(batch))])
+    await eventually(lambda: svc.service.engine.scoring_counts()["accepted"] >= 3)
+    counts = svc.service.engine.scoring_counts()
+    async with Api(svc.url) as api:
+        text = await _metrics(api)
+    assert "# TYPE vitalgate_ingest_ews_readings_total counter" in text
+    for outcome, value in counts.items():
+        assert f'vitalgate_ingest_ews_readings_total{{outcome="{outcome}"}} {value}' in text

@@ -7,7 +7,7 @@ from pathlib import Path
 import aiohttp
 
 from ingest.api.ratelimit import RateLimiter, RatePolicy
-from ingest.testing import TEST_KEY, running, settings_for
+from tests.support.ingest_service import TEST_KEY, running, settings_for
 from vitalgate.broker import Mosquitto
 
 

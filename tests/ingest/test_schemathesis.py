@@ -30,7 +30,7 @@ from ingest.api import ews_routes
 from ingest.api.app import openapi_document
 from ingest.api.auth import ADMIN, PUBLIC, required_scope
 from ingest.dashboard import routes as dashboard_routes
-from ingest.testing import TEST_KEY
+from tests.support.ingest_service import TEST_KEY
 from vitalgate.broker import Mosquitto, free_port, wait_port
 
 DOC = openapi_document([ews_routes.OPENAPI_PATHS, dashboard_routes.OPENAPI_PATHS])

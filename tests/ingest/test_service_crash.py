@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from ingest.testing import TEST_KEY, publisher, reading
+from tests.support.ingest_service import TEST_KEY, publisher, reading
 from vitalgate.broker import Mosquitto, free_port, wait_port
 from vitalgate.contract import QOS, Topics
 

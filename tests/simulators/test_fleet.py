@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import queue
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from simulators.fleet import Fleet
+from simulators.fleet import Fleet, sim_start_ms
 from simulators.mqtt_out import GatewayPublisher, Received, Subscriber
 from simulators.physiology import Cohort, SimClock, SteppedTime
 from vitalgate.broker import Mosquitto
@@ -26,6 +29,7 @@ from vitalgate.contract import (
 )
 
 START = 1_700_000_000_000
+ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = "sim-test"
 
 
@@ -147,3 +151,71 @@ def test_simulate_cli_publishes_and_prints_a_summary(
 def test_unknown_scenario_is_a_clear_cli_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", "--scenario", "sepsys", "--broker", "mqtt://127.0.0.1:9"]) == 2
     assert "unknown scenario 'sepsys'" in capsys.readouterr().err
+
+
+async def test_simulate_with_sim_timestamps_puts_nothing_in_the_future(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """``vitalgate simulate --timestamps sim`` (a real process) at 3600× onto a real Mosquitto
+    into a real ingest: its simulated timeline ends at the start, so every reading is stored
+    (none dead-lettered as ``future``) and none is stamped after its arrival."""
+    from tests.support.ingest_service import eventually, running, settings_for
+
+    async with running(settings_for(tmp_path / "ingest", mosquitto.url)) as svc:
+        await eventually(lambda: svc.service.consumer.connected)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "vitalgate", "simulate", "--patients", "5", "--scenario",
+            "sepsis,stable", "--speed", "3600", "--duration", "2h", "--rate", "300",
+            "--timestamps", "sim", "--mqtt-url", mosquitto.url, "--gateway-id", "sim-future",
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+        assert proc.returncode == 0, err.decode()
+        published = int(out.decode().split(" readings in ")[0].rsplit(" ", 1)[1])
+        assert published > 5 * 20  # ~24 per patient over two simulated hours
+
+        async def stored() -> list[tuple[int, int]]:
+            return await svc.service.db.read(lambda c: c.execute(
+                "SELECT DISTINCT ts, received_at FROM readings").fetchall())
+
+        async def letters() -> list[tuple[str, int]]:
+            return await svc.service.db.read(lambda c: c.execute(
+                "SELECT reason, count(*) FROM dead_letters GROUP BY reason").fetchall())
+
+        async def all_in() -> bool:
+            n = await svc.service.db.read(lambda c: c.execute(
+                "SELECT count(*) FROM (SELECT DISTINCT device_id, seq FROM readings)").fetchone()[0])
+            return int(n) + sum(k for _, k in await letters()) >= published
+
+        await eventually(all_in, timeout=60)
+        assert await letters() == []  # in particular nothing "future"
+        rows = await stored()
+        assert rows and [(ts, r) for ts, r in rows if ts > r] == []
+
+
+class _Stamps:
+    def __init__(self) -> None:
+        self.ts: list[int] = []
+
+    def gateway_status(self, online: bool, **kw: object) -> None:
+        pass
+
+    def device_status(self, status: object) -> None:
+        pass
+
+    def send_readings(self, device_id: str, readings: list[Reading]) -> None:
+        self.ts += [r.ts for r in readings]
+
+
+def test_sim_timeline_ends_at_the_start_even_if_the_fleet_starts_late() -> None:
+    """The clock starts at sim_start_ms (now − duration); 50 real ms pass before the fleet is
+    made (a broker connect): at 3600× that is 180 simulated seconds, yet no stamp passes now."""
+    now, duration_s = START, 2 * 3600
+    fake = SteppedTime()
+    clock = SimClock(sim_start_ms(now, duration_s, "sim"), speed=3600, time_fn=fake.time,
+                     sleep_fn=fake.sleep)
+    fake.sleep(0.05)
+    sink = _Stamps()
+    stats = Fleet(Cohort(["stable"] * 4, seed=2, start_ms=clock.start_ms), sink, clock,
+                  rate_s=60, timestamps="sim").run(duration_s)
+    assert stats.readings > 4 * 100 and max(sink.ts) <= now
+    assert min(sink.ts) >= now - duration_s * 1000
+    assert sim_start_ms(now, duration_s, "wall") == now

@@ -1,4 +1,4 @@
-"""Helpers for tests, benchmarks and the demo: run the service, publish like a gateway."""
+"""Test tools for the ingest service (tests and benchmarks): run the service, publish like a gateway."""
 
 from __future__ import annotations
 
