@@ -19,11 +19,11 @@ from gateway.clock import Clock
 from gateway.service import Gateway
 from gateway.settings import GatewaySettings
 from ingest import registry
-from ingest.testing import eventually, running, settings_for
 from simulators.bleak_bumble import BumbleLink
 from simulators.physiology import fleet_patients
 from simulators.simulate import bumble_backend
 from simulators.watch import VirtualE86
+from tests.support.ingest_service import eventually, running, settings_for
 from vitalgate.broker import Mosquitto
 
 SPEED = 60.0

@@ -18,7 +18,7 @@ import pytest
 
 from ingest import registry
 from ingest.service import RunningService
-from ingest.testing import eventually, publish_all, publisher, running, settings_for
+from tests.support.ingest_service import eventually, publish_all, publisher, running, settings_for
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import Reading, Topics, Vitals
 
