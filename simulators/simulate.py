@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from gateway.ble.backend import BleBackend, BleInUse
 from gateway.clock import Clock
 from simulators.bleak_bumble import BumbleLink
-from simulators.physiology import fleet_patients
+from simulators.devices import KINDS, VirtualHealthDevice
+from simulators.physiology import fleet_patients, mac_for, user_code_for
 from simulators.watch import VirtualE86
 
 
@@ -52,6 +53,37 @@ async def simulated_watches(
         yield watches, {p.mac: p.user_code for p in patients}
 
 
+def device_kinds(text: str) -> list[str]:
+    """``hr,plx,bp,thermometer`` → the kinds, checked (argparse type)."""
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"unknown device kind(s) {unknown or text!r}: choose from {', '.join(KINDS)}")
+    return kinds
+
+
+#: seed offset of the health devices' MACs and user codes (apart from the watches' patients).
+DEVICE_SEED_OFFSET = 1_000_000
+
+
+@contextlib.asynccontextmanager
+async def simulated_devices(
+    link: BumbleLink, kinds: Sequence[str], clock: Clock, *, seed: int = 0, interval_s: float = 5.0,
+) -> AsyncIterator[tuple[list[VirtualHealthDevice], dict[str, str]]]:
+    """One virtual health device per entry of ``kinds``; yields them and MAC → user_code."""
+    devices = [
+        KINDS[kind](link, mac_for(seed + DEVICE_SEED_OFFSET, i), clock=clock, interval_s=interval_s,
+                    seed=seed + i)
+        for i, kind in enumerate(kinds)
+    ]
+    codes = {d.mac: user_code_for(seed + DEVICE_SEED_OFFSET, i) for i, d in enumerate(devices)}
+    async with contextlib.AsyncExitStack() as stack:
+        for d in devices:
+            await stack.enter_async_context(d)
+        yield devices, codes
+
+
 class Simulate:
     """``--simulate N`` and its options on ``gateway run`` (a ``gateway.cli.BackendOption``)."""
 
@@ -66,9 +98,12 @@ class Simulate:
         run.add_argument("--interval", type=float, default=5.0,
                          help="seconds between the virtual watches' readings")
         run.add_argument("--seed", type=int, default=0, help="seed of the simulated patients")
+        run.add_argument("--simulate-devices", type=device_kinds, default=[], metavar="KINDS",
+                         help="also run standard BLE health devices on the simulated link, e.g. "
+                              f"hr,plx,bp,thermometer (kinds: {', '.join(KINDS)})")
 
     def selected(self, args: argparse.Namespace) -> bool:
-        return int(args.simulate) > 0
+        return int(args.simulate) > 0 or bool(args.simulate_devices)
 
     @contextlib.asynccontextmanager
     async def open(self, args: argparse.Namespace, clock: Clock) -> AsyncIterator[BleInUse]:
@@ -76,8 +111,12 @@ class Simulate:
         async with BumbleLink() as link, simulated_watches(
             link, args.simulate, args.scenario or ["stable"], clock, seed=args.seed,
             realtime_interval_s=args.interval, physiology_speed=args.speed,
-        ) as (_watches, devices):
-            yield BleInUse(bumble_backend(link), devices, f"{args.simulate} simulated watches (bumble)")
+        ) as (_watches, devices), simulated_devices(
+            link, args.simulate_devices, clock, seed=args.seed, interval_s=args.interval,
+        ) as (_health, health_devices):
+            kinds = f" + devices {','.join(args.simulate_devices)}" if args.simulate_devices else ""
+            yield BleInUse(bumble_backend(link), {**devices, **health_devices},
+                           f"{args.simulate} simulated watches{kinds} (bumble)")
 
 
 #: what the composition root passes to ``gateway.cli.register``.
