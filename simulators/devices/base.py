@@ -38,7 +38,7 @@ from bumble.device import (
 )
 from bumble.gatt import Characteristic, CharacteristicValue, Service
 
-from gateway.gatt_health import CurrentTime, DateTime, GattDecodeError
+from gatt.health import CurrentTime, DateTime, GattDecodeError
 from simulators.watch.e86 import static_address
 
 logger = logging.getLogger(__name__)

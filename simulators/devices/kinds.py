@@ -1,4 +1,4 @@
-"""The four virtual health devices, built from the wire formats of :mod:`gateway.gatt_health`.
+"""The four virtual health devices, built from the wire formats of :mod:`gatt.health`.
 
 * :class:`VirtualHeartRateStrap` – Heart Rate Measurement (0x2A37, notify) with skin contact
   and RR intervals, every ``interval_s``; nothing stored.
@@ -21,7 +21,7 @@ from typing import ClassVar, Final
 from bumble.device import Connection
 from bumble.gatt import Characteristic, CharacteristicValue
 
-from gateway.gatt_health import (
+from gatt.health import (
     BloodPressureMeasurement,
     HeartRateMeasurement,
     PlxContinuous,

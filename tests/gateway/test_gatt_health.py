@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.gatt_health import (
+from gatt.health import (
     BLOOD_PRESSURE_MEASUREMENT,
     DECODERS,
     FLOAT_SPECIAL,

@@ -16,14 +16,14 @@ from gateway.ble.profiles.base import HealthSession
 from gateway.ble.profiles.thermometer import STORED_AGE_MS
 from gateway.buffer import Measurement
 from gateway.clock import Clock
-from gateway.gatt_health import (
+from gateway.settings import GatewaySettings
+from gatt.health import (
     BLOOD_PRESSURE_SERVICE,
     HEART_RATE_SERVICE,
     PULSE_OXIMETER_SERVICE,
     PlxContinuous,
     uuid16,
 )
-from gateway.settings import GatewaySettings
 from simulators.bleak_bumble import BumbleLink
 from simulators.devices import (
     VirtualBloodPressureCuff,

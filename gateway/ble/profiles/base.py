@@ -8,7 +8,7 @@ Thermometer): the part every profile shares.
 * Sets the device's clock through the Current Time Service (0x1805 / 0x2A2B) when the device
   offers it writable: local time in ``settings.timezone``, the same zone the gateway reads the
   devices' time stamps in (a failure is counted, the session goes on: stamps then fall back).
-* Maps each measurement (decoded by :mod:`gateway.gatt_health`) to a contract reading:
+* Maps each measurement (decoded by :mod:`gatt.health`) to a contract reading:
   ``ts`` is the device's time stamp where the measurement carries a valid one, else the
   reception time (processing time stands in for event time; counted in ``reception_stamped``);
   ``source`` is decided by the profile (:meth:`HealthSession.source_of`).
@@ -34,7 +34,8 @@ from bleak.backends.characteristic import BleakGATTCharacteristic
 from gateway.ble.session import Sink, WatchInfo, raise_if_cancel_swallowed
 from gateway.buffer import BufferError, Measurement
 from gateway.clock import Clock
-from gateway.gatt_health import (
+from gateway.settings import GatewaySettings
+from gatt.health import (
     CURRENT_TIME,
     CurrentTime,
     DateTime,
@@ -42,7 +43,6 @@ from gateway.gatt_health import (
     GattMeasurement,
     decoder_for,
 )
-from gateway.settings import GatewaySettings
 from vitalgate.contract import PLAUSIBLE, Source, Vitals
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from gateway.ble.profiles.base import HealthSession
 from gateway.ble.profiles.thermometer import stored_or_live
-from gateway.gatt_health import BLOOD_PRESSURE_MEASUREMENT, BLOOD_PRESSURE_SERVICE, GattMeasurement
+from gatt.health import BLOOD_PRESSURE_MEASUREMENT, BLOOD_PRESSURE_SERVICE, GattMeasurement
 from vitalgate.contract import Source
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from gateway.ble.profiles.base import HealthSession
-from gateway.gatt_health import (
+from gatt.health import (
     HEART_RATE_MEASUREMENT,
     HEART_RATE_SERVICE,
     GattMeasurement,

@@ -22,7 +22,8 @@ from bleak.backends.characteristic import BleakGATTCharacteristic
 from gateway.ble.profiles.base import HealthSession
 from gateway.ble.session import Sink, WatchInfo, raise_if_cancel_swallowed
 from gateway.clock import Clock
-from gateway.gatt_health import (
+from gateway.settings import GatewaySettings
+from gatt.health import (
     PLX_CONTINUOUS,
     PLX_SPOT_CHECK,
     PULSE_OXIMETER_SERVICE,
@@ -33,7 +34,6 @@ from gateway.gatt_health import (
     RacpResponse,
     RacpResult,
 )
-from gateway.settings import GatewaySettings
 from vitalgate.contract import Source
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import ClassVar, Final
 
 from gateway.ble.profiles.base import HealthSession
-from gateway.gatt_health import HEALTH_THERMOMETER_SERVICE, TEMPERATURE_MEASUREMENT, GattMeasurement
+from gatt.health import HEALTH_THERMOMETER_SERVICE, TEMPERATURE_MEASUREMENT, GattMeasurement
 from vitalgate.contract import Source
 
 #: a measurement delivered later than this after its own time stamp was stored on the device
