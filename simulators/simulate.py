@@ -16,8 +16,10 @@ from gateway.ble.backend import BleBackend, BleInUse
 from gateway.clock import Clock
 from simulators.bleak_bumble import BumbleLink
 from simulators.devices import KINDS, VirtualHealthDevice
+from simulators.devices.relay import LinkServer, parse_endpoint
 from simulators.physiology import fleet_patients, mac_for, user_code_for
 from simulators.watch import VirtualE86
+from vitalgate.contract import USER_CODE_RE, device_id_from_mac, normalise_mac
 
 
 def bumble_backend(link: BumbleLink) -> BleBackend:
@@ -35,7 +37,7 @@ async def simulated_watches(
     ``physiology_speed`` runs the patients' trajectories faster than ``clock`` (a sepsis of
     hours in minutes) while the watches still measure and stamp on ``clock``."""
     start = clock.ms()
-    patients = fleet_patients(n, list(scenarios), seed=seed, start_ms=start)
+    patients = fleet_patients(n, list(scenarios), seed=seed, start_ms=start) if n > 0 else []
 
     def accelerated(vitals: Callable[[int], Mapping[str, float]]) -> Callable[[int], Mapping[str, float]]:
         if physiology_speed == 1.0:
@@ -84,6 +86,27 @@ async def simulated_devices(
         yield devices, codes
 
 
+def endpoint(text: str) -> str:
+    """argparse type of ``--simulate-link``: ``HOST:PORT``."""
+    try:
+        parse_endpoint(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def remote_device(text: str) -> tuple[str, str]:
+    """argparse type of ``--simulate-remote``: ``MAC=USER_CODE``."""
+    mac, sep, code = text.partition("=")
+    if not sep or not USER_CODE_RE.fullmatch(code):
+        raise argparse.ArgumentTypeError(f"not MAC=USER_CODE: {text!r}")
+    try:
+        device_id_from_mac(mac)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return normalise_mac(mac), code
+
+
 class Simulate:
     """``--simulate N`` and its options on ``gateway run`` (a ``gateway.cli.BackendOption``)."""
 
@@ -101,9 +124,15 @@ class Simulate:
         run.add_argument("--simulate-devices", type=device_kinds, default=[], metavar="KINDS",
                          help="also run standard BLE health devices on the simulated link, e.g. "
                               f"hr,plx,bp,thermometer (kinds: {', '.join(KINDS)})")
+        run.add_argument("--simulate-link", type=endpoint, metavar="HOST:PORT",
+                         help="share the simulated radio over TCP (HCI), so that virtual devices of "
+                              "other processes join it: vitalgate simulate-device KIND --link HOST:PORT")
+        run.add_argument("--simulate-remote", type=remote_device, action="append", default=[],
+                         metavar="MAC=USER_CODE",
+                         help="collect this device of another process (repeatable; else only with adopt_any)")
 
     def selected(self, args: argparse.Namespace) -> bool:
-        return int(args.simulate) > 0 or bool(args.simulate_devices)
+        return int(args.simulate) > 0 or bool(args.simulate_devices) or bool(args.simulate_link)
 
     @contextlib.asynccontextmanager
     async def open(self, args: argparse.Namespace, clock: Clock) -> AsyncIterator[BleInUse]:
@@ -113,9 +142,13 @@ class Simulate:
             realtime_interval_s=args.interval, physiology_speed=args.speed,
         ) as (_watches, devices), simulated_devices(
             link, args.simulate_devices, clock, seed=args.seed, interval_s=args.interval,
-        ) as (_health, health_devices):
+        ) as (_health, health_devices), contextlib.AsyncExitStack() as stack:
             kinds = f" + devices {','.join(args.simulate_devices)}" if args.simulate_devices else ""
-            yield BleInUse(bumble_backend(link), {**devices, **health_devices},
+            if args.simulate_link:
+                host, port = parse_endpoint(args.simulate_link)
+                server = await stack.enter_async_context(LinkServer(link, host, port))
+                kinds += f", shared on {server.host}:{server.port}"
+            yield BleInUse(bumble_backend(link), {**devices, **health_devices, **dict(args.simulate_remote)},
                            f"{args.simulate} simulated watches{kinds} (bumble)")
 
 

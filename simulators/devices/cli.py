@@ -1,0 +1,107 @@
+"""``vitalgate simulate-device KIND --link HOST:PORT``: one virtual health device in this
+process, on the simulated radio of another (``vitalgate gateway run --simulate-link``).
+
+It runs until SIGTERM / SIGINT, then powers its stack off and closes its socket. ``--stored N``
+gives it N stored measurements (one an hour before now) that it delivers as a real device of
+its kind does (cuff / thermometer: on connect; oximeter: through RACP). At INFO it says where it
+is attached and its MAC; at exit how many measurements it sent (no values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from typing import Any
+
+from simulators.devices.base import VirtualHealthDevice
+from simulators.devices.kinds import KINDS
+from simulators.devices.relay import RemoteRadio
+from vitalgate.contract import device_id_from_mac, normalise_mac
+
+log = logging.getLogger(__name__)
+
+#: stored measurements a device may be given (bounded input).
+MAX_STORED = 1000
+#: one stored measurement of each kind (the device stamps it).
+STORED_VALUES: dict[str, dict[str, float]] = {
+    "hr": {"heart_rate": 70.0},
+    "plx": {"spo2": 95.0, "heart_rate": 78.0},
+    "bp": {"systolic_bp": 134.0, "diastolic_bp": 86.0, "heart_rate": 68.0},
+    "thermometer": {"temperature": 37.9},
+}
+
+
+def _mac(text: str) -> str:
+    try:
+        device_id_from_mac(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return normalise_mac(text)
+
+
+def _stored(text: str) -> int:
+    n = int(text)
+    if not 0 <= n <= MAX_STORED:
+        raise argparse.ArgumentTypeError(f"--stored must be 0..{MAX_STORED}, got {n}")
+    return n
+
+
+def _interval(text: str) -> float:
+    v = float(text)
+    if not 0.05 <= v <= 86_400:
+        raise argparse.ArgumentTypeError(f"--interval must be 0.05..86400 s, got {v}")
+    return v
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("simulate-device", help="run one virtual BLE health device on a "
+                              "gateway's shared simulated radio (gateway run --simulate-link)")
+    p.add_argument("kind", choices=sorted(KINDS), help="hr, plx, bp or thermometer")
+    p.add_argument("--link", required=True, metavar="HOST:PORT",
+                   help="the gateway's --simulate-link endpoint")
+    p.add_argument("--mac", type=_mac, default="C6:00:00:00:00:01", help="the device's address")
+    p.add_argument("--interval", type=_interval, default=5.0, help="seconds between measurements")
+    p.add_argument("--stored", type=_stored, default=0, help="stored measurements at start (hourly)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def build(args: argparse.Namespace, radio: RemoteRadio) -> VirtualHealthDevice:
+    now = time.time()
+    stored = [(float(int(now - 3600 * (args.stored - i))), dict(STORED_VALUES[args.kind]))
+              for i in range(args.stored)]
+    kwargs: dict[str, Any] = {"interval_s": args.interval, "seed": args.seed}
+    if args.kind != "hr":
+        kwargs["stored"] = stored
+    return KINDS[args.kind](radio, args.mac, **kwargs)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    radio = RemoteRadio(args.link)
+    try:
+        device = build(args, radio)
+        async with device:
+            log.info("%s (%s) attached to the simulated radio at %s", device.name, device.mac, args.link)
+            await stop.wait()
+            log.info("%s: stopping; %d measurements sent, %d connections",
+                     device.name, len(device.sent), device.stats.connections)
+    except OSError as exc:
+        log.error("cannot attach to the simulated radio at %s: %s", args.link, exc)
+        return 1
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(serve(args))
