@@ -12,9 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import time
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from simulators.devices.base import VirtualHealthDevice
@@ -66,14 +69,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--mac", type=_mac, default="C6:00:00:00:00:01", help="the device's address")
     p.add_argument("--interval", type=_interval, default=5.0, help="seconds between measurements")
     p.add_argument("--stored", type=_stored, default=0, help="stored measurements at start (hourly)")
+    p.add_argument("--stored-from", type=int, default=None, metavar="EPOCH_S",
+                   help="time of the first stored measurement (UTC seconds; default: N hours ago)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sent-log", type=Path, default=None, metavar="PATH",
+                   help="at exit, write what the device sent as JSON lines (kind, utc_ms, vitals, stored)")
     p.set_defaults(func=run)
 
 
 def build(args: argparse.Namespace, radio: RemoteRadio) -> VirtualHealthDevice:
-    now = time.time()
-    stored = [(float(int(now - 3600 * (args.stored - i))), dict(STORED_VALUES[args.kind]))
-              for i in range(args.stored)]
+    first = args.stored_from if args.stored_from is not None else int(time.time()) - 3600 * args.stored
+    stored = [(float(first + 3600 * i), dict(STORED_VALUES[args.kind])) for i in range(args.stored)]
     kwargs: dict[str, Any] = {"interval_s": args.interval, "seed": args.seed}
     if args.kind != "hr":
         kwargs["stored"] = stored
@@ -93,6 +99,8 @@ async def serve(args: argparse.Namespace) -> int:
             await stop.wait()
             log.info("%s: stopping; %d measurements sent, %d connections",
                      device.name, len(device.sent), device.stats.connections)
+        if args.sent_log is not None:
+            args.sent_log.write_text("".join(json.dumps(asdict(s)) + "\n" for s in device.sent))
     except OSError as exc:
         log.error("cannot attach to the simulated radio at %s: %s", args.link, exc)
         return 1
