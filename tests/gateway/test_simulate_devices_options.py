@@ -14,7 +14,7 @@ from vitalgate.cli import build_parser
 
 def test_device_kinds_are_checked() -> None:
     assert device_kinds("hr,plx, bp,thermometer") == ["hr", "plx", "bp", "thermometer"]
-    with pytest.raises(argparse.ArgumentTypeError, match="unknown device kind.*'ecg'"):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"unknown device kind.*'ecg'"):
         device_kinds("hr,ecg")
     with pytest.raises(argparse.ArgumentTypeError):
         device_kinds(",")
