@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 TX_QUEUE: Final = 4096
 #: how many measurements a device keeps while no central collects them (oldest go first).
 STORE_CAPACITY: Final = 1000
+#: the longest (real) wait of each step of stopping (advertising off, disconnect).
+STOP_STEP_S: Final = 2.0
 #: a time zone is a multiple of this (the CTS write is rounded to it).
 ZONE_STEP_S: Final = 15 * 60
 
@@ -178,12 +180,15 @@ class VirtualHealthDevice:
             _, pending = await asyncio.wait(pending, timeout=1.0)
         self._tasks = []
         if self._device is not None:
+            # bounded: over a remote radio whose socket died, HCI commands wait 10 s each
             with contextlib.suppress(Exception):
-                if self._adv_set is not None and self._adv_set.enabled:
-                    await self._adv_set.stop()
+                async with asyncio.timeout(STOP_STEP_S):
+                    if self._adv_set is not None and self._adv_set.enabled:
+                        await self._adv_set.stop()
             for connection in list(self._device.connections.values()):
                 with contextlib.suppress(Exception):
-                    await connection.disconnect()
+                    async with asyncio.timeout(STOP_STEP_S):
+                        await connection.disconnect()
             self.connection = None
             await self.radio.remove_device(self._device)
             self._device = None

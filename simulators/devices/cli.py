@@ -92,11 +92,19 @@ async def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     radio = RemoteRadio(args.link)
+    code = 0
     try:
         device = build(args, radio)
         async with device:
             log.info("%s (%s) attached to the simulated radio at %s", device.name, device.mac, args.link)
-            await stop.wait()
+            stopping = asyncio.ensure_future(stop.wait())
+            lost = asyncio.ensure_future(radio.wait_lost())
+            await asyncio.wait({stopping, lost}, return_when=asyncio.FIRST_COMPLETED)
+            for t in (stopping, lost):
+                t.cancel()
+            if radio.lost():
+                log.error("the simulated radio at %s went away (its gateway stopped)", args.link)
+                code = 1
             log.info("%s: stopping; %d measurements sent, %d connections",
                      device.name, len(device.sent), device.stats.connections)
         if args.sent_log is not None:
@@ -108,7 +116,7 @@ async def serve(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
-    return 0
+    return code
 
 
 def run(args: argparse.Namespace) -> int:

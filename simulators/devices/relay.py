@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 ENDPOINT_RE: Final = re.compile(r"(?P<host>[A-Za-z0-9.\-]{1,253}):(?P<port>[0-9]{1,5})")
 #: at most this many remote controllers on one link (each is a device of another process).
 MAX_REMOTE: Final = 64
+#: the longest (real) wait for a device's stack to power off when it leaves the link.
+STOP_TIMEOUT_S: Final = 2.0
 
 
 def parse_endpoint(text: str) -> tuple[str, int]:
@@ -141,10 +143,29 @@ class RemoteRadio:
         self._transports[id(device)] = transport
         return device
 
+    def lost(self) -> bool:
+        """True once a device's link server closed its socket (the gateway went away)."""
+        return any(t.source.terminated.done() for t in self._transports.values())
+
+    async def wait_lost(self) -> None:
+        """Return when a device's socket to the link server closes."""
+        waits = [asyncio.ensure_future(asyncio.shield(t.source.terminated))
+                 for t in self._transports.values()]
+        if not waits:
+            await asyncio.Future()  # nothing attached: wait for cancellation
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
     async def remove_device(self, device: Device) -> None:
-        with contextlib.suppress(Exception):
-            await device.power_off()
         transport = self._transports.pop(id(device), None)
+        if transport is not None and not transport.source.terminated.done():
+            # a bounded goodbye: HCI commands to a dead socket wait for bumble's 10 s timeout
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await device.power_off()
         if transport is not None:
             await transport.close()
 

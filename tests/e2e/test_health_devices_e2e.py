@@ -112,7 +112,13 @@ def test_every_device_kind_reaches_ingest_across_processes(mosquitto: Mosquitto,
         after = _rows(db)
         hist = lambda rows: sorted(r for r in rows if r[0] in (bp_id, plx_id) and r[4] == "history")  # noqa: E731
         assert hist(after) == hist(before) and len(hist(after)) == 3 * 3 + 3 * 2
+        # a device whose gateway goes away says so and exits (no orphan process)
+        devices[0].start()
+        wait_for(lambda: "attached" in devices[0].stderr_tail(20_000).rsplit("--- ", 1)[-1], 30,
+                 "the device attached again")
         assert gateway.terminate() == 0, gateway.stderr_tail()
+        assert devices[0].wait(15) == 1
+        assert "went away" in devices[0].stderr_tail()
     finally:
         for p in reversed(procs):
             p.terminate()
