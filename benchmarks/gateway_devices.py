@@ -15,8 +15,10 @@ with the ratio against the E86 watch of the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -32,8 +34,17 @@ ROOT = Path(__file__).resolve().parents[1]
 TYPES = ("idle", "e86", "hr", "plx", "bp", "thermometer")
 
 
-def run_once(broker: Mosquitto, kind: str, devices: int, seconds: float, work: Path) -> tuple[float, float]:
-    """(CPU seconds, max RSS MiB) of one gateway run."""
+def readings_in(data_dir: Path) -> int:
+    """Readings the run numbered (the buffer's per-device seq counters)."""
+    db = data_dir / "buffer.sqlite3"
+    if not db.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
+        return int(c.execute("SELECT COALESCE(SUM(next_seq), 0) FROM device_seq").fetchone()[0])
+
+
+def run_once(broker: Mosquitto, kind: str, devices: int, seconds: float, work: Path) -> tuple[float, float, int]:
+    """(CPU seconds, max RSS MiB, readings) of one gateway run."""
     select = (["--simulate", str(devices)] if kind == "e86"
               else ["--simulate", "0", "--simulate-link", "127.0.0.1:0"] if kind == "idle"
               else ["--simulate", "0", "--simulate-devices", ",".join([kind] * devices)])
@@ -48,7 +59,7 @@ def run_once(broker: Mosquitto, kind: str, devices: int, seconds: float, work: P
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"gateway with {kind} exited {proc.returncode}")
-    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, readings_in(work / kind)
 
 
 def main(argv: list[str]) -> int:
@@ -59,12 +70,14 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     cpu: dict[str, list[float]] = {k: [] for k in TYPES}
     rss: dict[str, list[float]] = {k: [] for k in TYPES}
+    got: dict[str, list[int]] = {k: [] for k in TYPES}
     with tempfile.TemporaryDirectory() as tmp, Mosquitto() as broker:
         for r in range(args.repeats):
             for kind in TYPES:
-                c, m = run_once(broker, kind, args.devices, args.seconds, Path(tmp) / f"r{r}")
+                c, m, n = run_once(broker, kind, args.devices, args.seconds, Path(tmp) / f"r{r}")
                 cpu[kind].append(c)
                 rss[kind].append(m)
+                got[kind].append(n)
     print(f"gateway run, {args.devices} devices of one type, 1 measurement/s each, "
           f"{args.seconds:g} s, median of {args.repeats} (CPU includes the simulated devices)")
     idle_cpu, idle_rss = statistics.median(cpu["idle"]), statistics.median(rss["idle"])
@@ -76,12 +89,13 @@ def main(argv: list[str]) -> int:
 
     base_cpu, base_rss = per_device("e86")
     print(f"idle gateway: {idle_cpu:.2f} cpu s, {idle_rss:.1f} MiB rss")
-    print(f"{'type':12s} {'cpu s':>7s} {'rss MiB':>8s} {'cpu %/device':>13s} {'MiB/device':>11s} "
-          f"{'cpu ratio vs e86':>17s} {'rss ratio':>10s}")
+    print(f"{'type':12s} {'readings':>8s} {'cpu s':>7s} {'rss MiB':>8s} {'cpu %/device':>13s} "
+          f"{'MiB/device':>11s} {'cpu ratio vs e86':>17s} {'rss ratio':>10s}")
     for kind in TYPES[1:]:
         c, m = per_device(kind)
-        print(f"{kind:12s} {statistics.median(cpu[kind]):7.2f} {statistics.median(rss[kind]):8.1f} "
-              f"{c:13.2f} {m:11.2f} {c / base_cpu:15.2f} x {m / base_rss if base_rss else float('nan'):8.2f} x")
+        print(f"{kind:12s} {statistics.median(got[kind]):8.0f} {statistics.median(cpu[kind]):7.2f} "
+              f"{statistics.median(rss[kind]):8.1f} {c:13.2f} {m:11.2f} {c / base_cpu:15.2f} x "
+              f"{m / base_rss if base_rss else float('nan'):8.2f} x")
     return 0
 
 
