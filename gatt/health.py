@@ -6,7 +6,9 @@ and Temperature Measurement (0x2A1C), with the IEEE 11073-20601 SFLOAT / FLOAT n
 formats. Every measurement is a frozen dataclass: ``Cls.from_bytes(data)`` decodes,
 ``bytes(m)`` encodes, ``m.vitals()`` gives the present vitals under the MQTT contract's names
 in its units (kPa → mmHg, °F → °C). ``DECODERS`` maps characteristic UUIDs (full 128-bit,
-lower case) to decoders, so a bedside device is configured by UUID.
+lower case) to decoders, so a bedside device is configured by UUID. Beside them: Current
+Time (0x2A2B, how the gateway sets a device's clock) and the Record Access Control Point
+(0x2A52) commands and responses (how it asks a PLX for its stored records).
 
 Bad bytes raise only ``GattDecodeError`` (a ValueError) naming what is wrong: too short for
 what the flags announce, odd RR-interval bytes. Reserved flag bits and bytes after the last
