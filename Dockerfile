@@ -10,6 +10,7 @@ COPY pyproject.toml README.md ./
 COPY vitalgate ./vitalgate
 COPY ews ./ews
 COPY e86 ./e86
+COPY gatt ./gatt
 COPY gateway ./gateway
 COPY ingest ./ingest
 COPY simulators ./simulators

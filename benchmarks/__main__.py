@@ -25,6 +25,7 @@ BENCHMARKS = (
     "virtual_watches",  # virtual E86 watches sustained over bumble vs codec-only
     "fleet",          # fleet-mode readings/s onto Mosquitto vs raw paho publish
     "gateway",        # gateway CPU/RSS, publish latency, replay rate vs bare publish
+    "gateway_devices",  # gateway CPU/RSS per device type (HR, PLX, BP, thermometer) vs the E86 watch
     "ingest",         # publish→committed with scoring vs bare paho subscriber; p99 to EWS
     "api_guards",     # REST body depth check vs json.loads; cached key check vs one SHA-256
     "postgres_baseline",  # PostgreSQL 15 batch inserts (multi-row, unnest, COPY) vs SQLite executemany

@@ -24,7 +24,7 @@ from typing import Final
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 #: the top-level packages of this repository (what "ours" means).
-PACKAGES: Final = ("vitalgate", "e86", "gateway", "ingest", "ews", "simulators", "benchmarks", "tests",
+PACKAGES: Final = ("vitalgate", "e86", "gatt", "gateway", "ingest", "ews", "simulators", "benchmarks", "tests",
                    "tools")
 #: vitalgate holds both the vocabulary everyone imports (contract, config, broker) and the
 #: composition root that wires the components together (the CLI and the demo): in the package

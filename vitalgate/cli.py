@@ -22,6 +22,7 @@ COMPONENT_CLIS = (
     "gateway.cli",
     "ingest.cli",
     "simulators.cli",
+    "simulators.devices.cli",
     "vitalgate.demo",
 )
 

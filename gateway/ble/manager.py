@@ -38,6 +38,7 @@ from bleak_retry_connector import establish_connection
 from e86.advertising import is_e86_name
 from e86.constants import MODEL, SERVICE_UUID
 from gateway.ble.backend import BleBackend
+from gateway.ble.profiles import Session, is_health_device, make_session
 from gateway.ble.retry import SLOT_RULES, STALE_EXEMPT, classify
 from gateway.ble.session import Sink, WatchInfo, WatchSession, raise_if_cancel_swallowed
 from gateway.ble.slots import Slots
@@ -76,7 +77,7 @@ class WatchState:
     last_error: str | None = None
     last_reading_ms: int | None = None
     battery: int | None = None
-    session: WatchSession | None = None
+    session: Session | None = None
     seen: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     # totals over all sessions (a session's counters are added when it ends)
@@ -193,7 +194,7 @@ class SessionManager:
         elif cmd.cmd == "ecg":
             self._tg.create_task(self._ecg(session, cmd.seconds), name=f"ecg {cmd.device_id}")
 
-    async def _ecg(self, session: WatchSession, seconds: float) -> None:
+    async def _ecg(self, session: Session, seconds: float) -> None:
         try:
             await session.record_ecg(seconds)
         except Exception as exc:  # a failed recording must not stop the gateway
@@ -221,7 +222,8 @@ class SessionManager:
                      "power cycles in all)", self.scanner_restarts, self.adapter_power_cycles)
             self._deaf_restarts = 0
         name = adv.local_name or device.name
-        if not (is_e86_name(name) or SERVICE_UUID in (u.lower() for u in adv.service_uuids)):
+        if not (is_e86_name(name) or SERVICE_UUID in (u.lower() for u in adv.service_uuids)
+                or is_health_device(adv.service_uuids)):
             return
         self.advertisements += 1
         self._last_adv_mono = time.monotonic()
@@ -370,8 +372,9 @@ class SessionManager:
                     await client.disconnect()
             raise
         w.connects += 1
-        session = WatchSession(client, w.info, self.settings, self.sink, self.clock)
-        session.held = w.held  # readings held for the clock outlive a session (gateway/clock.py)
+        session = make_session(client, w.info, self.settings, self.sink, self.clock)
+        if isinstance(session, WatchSession):
+            session.held = w.held  # readings held for the clock outlive a session (gateway/clock.py)
         w.session = session
         run = asyncio.create_task(session.run(), name=f"session {w.info.name}")
         gone = asyncio.create_task(lost.wait())

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.gatt_health import (
+from gatt.health import (
     BLOOD_PRESSURE_MEASUREMENT,
     DECODERS,
     FLOAT_SPECIAL,
@@ -220,3 +220,34 @@ def test_round_trip(m: HeartRateMeasurement | PlxSpotCheck | PlxContinuous
         assert bytes(decoded) == bytes(m)
     else:
         assert decoded == m
+
+
+# ------------------------------------------------------------------ Current Time, RACP
+
+
+def test_current_time_round_trips_and_names_short_input() -> None:
+    from gatt.health import CurrentTime
+
+    moment = datetime(2026, 12, 1, 21, 30, 15, 500_000)
+    ct = CurrentTime.from_datetime(moment)
+    data = bytes(ct)
+    assert len(data) == CurrentTime.SIZE and data[7] == 2 and data[8] == 128  # Tuesday, ½ s
+    assert CurrentTime.from_bytes(data) == ct
+    assert ct.time.to_datetime() == moment.replace(microsecond=0)
+    with pytest.raises(GattDecodeError, match="day of week"):
+        CurrentTime.from_bytes(data[:8])
+
+
+def test_racp_command_and_responses_round_trip() -> None:
+    from gatt.health import RacpCommand, RacpOp, RacpResponse, RacpResult
+
+    report = RacpCommand(RacpOp.REPORT_STORED_RECORDS)
+    assert bytes(report) == b"\x01\x01" and RacpCommand.from_bytes(b"\x01\x01") == report
+    ok = RacpResponse(RacpOp.RESPONSE, RacpOp.REPORT_STORED_RECORDS, RacpResult.NO_RECORDS_FOUND)
+    assert bytes(ok) == b"\x06\x00\x01\x06" and RacpResponse.from_bytes(bytes(ok)) == ok
+    count = RacpResponse(RacpOp.NUMBER_OF_RECORDS, count=513)
+    assert RacpResponse.from_bytes(bytes(count)).count == 513
+    with pytest.raises(GattDecodeError, match="not a response"):
+        RacpResponse.from_bytes(b"\x01\x01\x00\x00")
+    with pytest.raises(GattDecodeError, match="request op code"):
+        RacpResponse.from_bytes(b"\x06\x00\x01")

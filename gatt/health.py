@@ -6,7 +6,9 @@ and Temperature Measurement (0x2A1C), with the IEEE 11073-20601 SFLOAT / FLOAT n
 formats. Every measurement is a frozen dataclass: ``Cls.from_bytes(data)`` decodes,
 ``bytes(m)`` encodes, ``m.vitals()`` gives the present vitals under the MQTT contract's names
 in its units (kPa → mmHg, °F → °C). ``DECODERS`` maps characteristic UUIDs (full 128-bit,
-lower case) to decoders, so a bedside device is configured by UUID.
+lower case) to decoders, so a bedside device is configured by UUID. Beside them: Current
+Time (0x2A2B, how the gateway sets a device's clock) and the Record Access Control Point
+(0x2A52) commands and responses (how it asks a PLX for its stored records).
 
 Bad bytes raise only ``GattDecodeError`` (a ValueError) naming what is wrong: too short for
 what the flags announce, odd RR-interval bytes. Reserved flag bits and bytes after the last
@@ -614,3 +616,105 @@ def decoder_for(uuid: str | int) -> GattDecoder:
 def decode_characteristic(uuid: str | int, data: bytes) -> GattMeasurement:
     """Decode a notification / indication of characteristic ``uuid``."""
     return decoder_for(uuid)(data)
+
+
+# ------------------------------------------------------------------ Current Time 0x2A2B, RACP 0x2A52
+
+CURRENT_TIME_SERVICE: Final = uuid16(0x1805)
+CURRENT_TIME: Final = uuid16(0x2A2B)
+
+#: Adjust Reason bit 0: the time was set by hand (here: by the gateway, from its clock).
+ADJUST_MANUAL: Final = 0x01
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentTime:
+    """0x2A2B (10 bytes): Date Time, day of week (1 = Monday .. 7, 0 = unknown),
+    fractions of a second in 1/256 s, adjust reason flags. The device's local time."""
+
+    time: DateTime
+    day_of_week: int = 0
+    fractions256: int = 0
+    adjust_reason: int = ADJUST_MANUAL
+
+    SIZE = 10
+
+    @classmethod
+    def from_datetime(cls, moment: datetime) -> Self:
+        return cls(DateTime.from_datetime(moment), moment.isoweekday(),
+                   moment.microsecond * 256 // 1_000_000)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        r = _Reader(data, "current time")
+        ts = DateTime.read(r)
+        dow, frac, reason = r.take(3, "day of week, fractions, adjust reason")
+        return cls(ts, dow, frac, reason)
+
+    def __bytes__(self) -> bytes:
+        return bytes(self.time) + bytes((self.day_of_week, self.fractions256, self.adjust_reason))
+
+
+class RacpOp:
+    """Record Access Control Point op codes (PLX, Glucose, CGM profiles)."""
+
+    REPORT_STORED_RECORDS: Final = 0x01
+    DELETE_STORED_RECORDS: Final = 0x02
+    REPORT_NUMBER_OF_RECORDS: Final = 0x04
+    NUMBER_OF_RECORDS: Final = 0x05
+    RESPONSE: Final = 0x06
+
+
+class RacpOperator:
+    ALL_RECORDS: Final = 0x01
+
+
+class RacpResult:
+    SUCCESS: Final = 0x01
+    OP_CODE_NOT_SUPPORTED: Final = 0x02
+    NO_RECORDS_FOUND: Final = 0x06
+
+
+@dataclass(frozen=True, slots=True)
+class RacpCommand:
+    """A RACP write (op code, operator, operand bytes)."""
+
+    op: int
+    operator: int = RacpOperator.ALL_RECORDS
+    operand: bytes = b""
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        r = _Reader(data, "RACP command")
+        op, operator = r.take(2, "op code and operator")
+        return cls(op, operator, r.take(r.remaining, "operand"))
+
+    def __bytes__(self) -> bytes:
+        return bytes((self.op, self.operator)) + self.operand
+
+
+@dataclass(frozen=True, slots=True)
+class RacpResponse:
+    """A RACP indication: Response Code (0x06, operator 0 (null), request op code, result) or
+    Number of Stored Records (0x05, operator 0, u16)."""
+
+    op: int
+    request_op: int = 0
+    result: int = RacpResult.SUCCESS
+    count: int | None = None
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        r = _Reader(data, "RACP response")
+        op, _operator = r.take(2, "op code and operator")
+        if op == RacpOp.NUMBER_OF_RECORDS:
+            return cls(op, RacpOp.REPORT_NUMBER_OF_RECORDS, RacpResult.SUCCESS, r.uint(2, "count"))
+        if op != RacpOp.RESPONSE:
+            raise GattDecodeError(f"RACP response: op code {op:#04x} is not a response")
+        request_op, result = r.take(2, "request op code and result")
+        return cls(op, request_op, result)
+
+    def __bytes__(self) -> bytes:
+        if self.op == RacpOp.NUMBER_OF_RECORDS:
+            return bytes((self.op, 0)) + (self.count or 0).to_bytes(2, "little")
+        return bytes((self.op, 0, self.request_op, self.result))
