@@ -107,7 +107,9 @@ async def test_every_kind_is_collected_with_device_time_and_stored_records(tmp_p
                 VirtualBloodPressureCuff(link, _mac(3), clock=clock, stored=stored_bp),
                 VirtualThermometer(link, _mac(4), clock=clock, stored=stored_t)]
 
-    async with running(tmp_path, build) as (manager, sink, (hr, plx, bp, thermo), clock):
+    # four devices, one slot each: no rotation here (tests/gateway/test_gateway_radio.py
+    # covers rotation; a rotated cuff or thermometer re-sends its memory on reconnect)
+    async with running(tmp_path, build, slots_per_adapter=4) as (manager, sink, (hr, plx, bp, thermo), clock):
         await _until(lambda: all(len(d.sent) >= 4 for d in (hr, plx, bp, thermo))
                      and all(len(sink.of(d)) >= 4 for d in (hr, plx, bp, thermo)))
         # the CTS write set every device's clock (UTC gateway: offset 0)

@@ -33,7 +33,7 @@ from bleak.backends.characteristic import BleakGATTCharacteristic
 
 from gateway.ble.session import Sink, WatchInfo, raise_if_cancel_swallowed
 from gateway.buffer import BufferError, Measurement
-from gateway.clock import Clock
+from gateway.clock import Clock, HeldReadings
 from gateway.settings import GatewaySettings
 from gatt.health import (
     CURRENT_TIME,
@@ -73,6 +73,10 @@ class HealthCounters:
     no_contact: int = 0
     racp_requests: int = 0
     racp_failures: int = 0
+    #: the device's clock was not set because ours was not synchronised yet (gateway/clock.py).
+    clock_not_set: int = 0
+    #: reception-stamped readings still held for the clock when the session ended.
+    clock_dropped: int = 0
 
 
 def characteristics(client: BleakClient) -> dict[str, BleakGATTCharacteristic]:
@@ -116,6 +120,9 @@ class HealthSession:
         self.ready = asyncio.Event()
         self._queue: asyncio.Queue[tuple[str, bytes, int]] = asyncio.Queue(QUEUE)
         self._sync_now = asyncio.Event()
+        #: measurements without a device timestamp, waiting for a synchronised clock to be
+        #: stamped with their reception time (as the watch's realtime readings are)
+        self.held: HeldReadings[tuple[Vitals, Source]] = HeldReadings()
 
     # ------------------------------------------------------------------ what the manager uses
 
@@ -139,6 +146,15 @@ class HealthSession:
                 subscribed += uuid in self.measurements
         if not subscribed:
             raise RuntimeError(f"{self.watch.name}: offers none of the {self.profile} measurements")
+        try:
+            await self._run_subscribed(chars)
+        finally:
+            if self.held:  # the session ended before the clock synchronised: counted
+                self.counters.clock_dropped += len(self.held)
+                log.warning("%s: %d readings still waited for the clock when the session ended",
+                            self.watch.name, len(self.held))
+
+    async def _run_subscribed(self, chars: dict[str, BleakGATTCharacteristic]) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._consume(), name=f"{self.watch.name} measurements")
             if CURRENT_TIME in chars and "write" in chars[CURRENT_TIME].properties:
@@ -179,6 +195,9 @@ class HealthSession:
     # ------------------------------------------------------------------ internals
 
     async def _set_clock(self, char: BleakGATTCharacteristic) -> None:
+        if not self.clock.synchronised():  # never write a wrong time into the device
+            self.counters.clock_not_set += 1
+            return
         now = datetime.fromtimestamp(self.clock(), UTC).astimezone(self.tz)
         try:
             await self.client.write_gatt_char(char, bytes(CurrentTime.from_datetime(now)), response=True)
@@ -243,17 +262,25 @@ class HealthSession:
         if not values:
             return
         device_ms = self._device_ms(measurement)
-        if device_ms is not None and device_ms > received_ms + FUTURE_TOLERANCE_MS:
+        synced = self.clock.synchronised()
+        # "in the future" can only be judged against a synchronised clock of ours
+        if device_ms is not None and synced and device_ms > received_ms + FUTURE_TOLERANCE_MS:
             self.counters.future_timestamps += 1
             log.warning("%s: measurement stamped %d s in the future: not published",
                         self.watch.name, (device_ms - received_ms) // 1000)
             return
-        if device_ms is None:
-            self.counters.reception_stamped += 1
-        ts = device_ms if device_ms is not None else received_ms
         source = self.source_of(uuid, measurement, device_ms, received_ms)
-        self.store([Measurement(self.watch.device_id, ts, Vitals(**values), source,
-                                self.watch.user_code)])
+        if device_ms is not None:  # the device's own clock stamped it
+            self.store([Measurement(self.watch.device_id, device_ms, Vitals(**values), source,
+                                    self.watch.user_code)])
+            return
+        self.counters.reception_stamped += 1
+        item = (Vitals(**values), source)
+        # reception time from a synchronised clock only: held until then (gateway/clock.py)
+        stamped = [(received_ms, item)] if synced and not self.held else self.held.stamp(self.clock, item)
+        if stamped:
+            self.store([Measurement(self.watch.device_id, ts, v, src, self.watch.user_code)
+                        for ts, (v, src) in stamped])
 
     def store(self, items: Sequence[Measurement]) -> None:
         try:
