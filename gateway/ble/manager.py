@@ -344,12 +344,15 @@ class SessionManager:
             _reraise_if_cancelling(exc)
             log.debug("%s: forgetting on %s failed: %s", w.info.name, adapter, exc)
 
-    async def _rotation_due(self, session: WatchSession) -> None:
+    async def _rotation_due(self, session: Session) -> None:
         """Returns when this session should give its slot to a waiting device: it has had
-        ``rotation_session_s`` and its first history sync, and somebody waits."""
+        ``rotation_session_s`` and its first history sync (a watch; a health device reads its
+        stored records before it is ready), and somebody waits."""
         await self.clock.sleep(self.settings.rotation_session_s)
         while True:
-            synced = session.counters.history_syncs + session.counters.history_failures > 0
+            c = session.counters
+            synced = (c.history_syncs + c.history_failures > 0 if isinstance(session, WatchSession)
+                      else session.ready.is_set())
             if synced and self.slots.waiting():
                 return
             await asyncio.sleep(ROTATION_POLL_S)

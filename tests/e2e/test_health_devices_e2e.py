@@ -58,7 +58,9 @@ def test_every_device_kind_reaches_ingest_across_processes(mosquitto: Mosquitto,
         "gateway", "run", "--simulate", "0", "--simulate-devices", "hr,thermometer", "--interval", "1",
         "--simulate-link", link, "--simulate-remote", f"{BP_MAC}=CUFF01", "--simulate-remote", f"{PLX_MAC}=OXI01",
         "--status-port", "0", "--gateway-id", "ward-h", "--mqtt-url", mosquitto.url,
-        "--data-dir", str(tmp_path / "gw")], {}, logs)
+        "--data-dir", str(tmp_path / "gw")],
+        # four devices, a slot each: rotation (tests/gateway/test_gateway_radio.py) is not the point here
+        {"VITALGATE_SLOTS_PER_ADAPTER": "4"}, logs)
     devices = [_device(logs, "bp", BP_MAC, link), _device(logs, "plx", PLX_MAC, link)]
     procs = [ingest, gateway, *devices]
     db = tmp_path / "ingest" / "ingest.sqlite3"
