@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 SCENARIO_MIX = ("sepsis_demo", "stable", "respiratory", "copd", "offwrist", "stable", "fever", "bradycardia")
 #: the simulated patients' seed: the gateway's watches and this table agree on who is who
 SEED = 0
+#: the gateway's bound on ``slots_per_adapter`` (gateway/settings.py)
+SLOTS_MAX = 10
 #: scenarios whose patients a clinician would put on SpO2 scale 2
 SCALE2_SCENARIOS = frozenset({"copd"})
 #: how often the live table is refreshed from the API (s)
@@ -207,6 +209,9 @@ class Demo:
                     "VITALGATE_MQTT_URL": mqtt_url,
                     "VITALGATE_GATEWAY_ID": opts.gateway_id,
                     "VITALGATE_DATA_DIR": str(self.workdir / "gateway"),
+                    # the simulated radio has no controller budget: one slot per watch (up to the
+                    # setting's bound; beyond it the watches share slots in rotation)
+                    "VITALGATE_SLOTS_PER_ADAPTER": str(min(max(opts.patients, 1), SLOTS_MAX)),
                 })
                 self.console.print(
                     f"[bold]vitalgate demo[/] · ward dashboard [link]{self.base_url}/[/link] · "
