@@ -39,6 +39,7 @@ from e86.advertising import is_e86_name
 from e86.constants import MODEL, SERVICE_UUID
 from gateway.ble.backend import BleBackend
 from gateway.ble.profiles import Session, is_health_device, make_session
+from gateway.ble.profiles.base import HealthSession
 from gateway.ble.retry import SLOT_RULES, STALE_EXEMPT, classify
 from gateway.ble.session import Sink, WatchInfo, WatchSession, raise_if_cancel_swallowed
 from gateway.ble.slots import Slots
@@ -91,6 +92,9 @@ class WatchState:
     #: consecutive failures that count toward dropping the cached BlueZ state; times dropped
     stale_failures: int = 0
     forgets: int = 0
+    #: what the device is, as reported in its status: the E86 model, or the standard profile
+    #: its first session found (a BP cuff is not an "E86")
+    model: str = MODEL
 
     def snapshot(self) -> dict[str, Any]:
         s = self.session
@@ -378,6 +382,8 @@ class SessionManager:
         session = make_session(client, w.info, self.settings, self.sink, self.clock)
         if isinstance(session, WatchSession):
             session.held = w.held  # readings held for the clock outlive a session (gateway/clock.py)
+        elif isinstance(session, HealthSession):
+            w.model = f"GATT {session.profile}"
         w.session = session
         run = asyncio.create_task(session.run(), name=f"session {w.info.name}")
         gone = asyncio.create_task(lost.wait())
@@ -417,7 +423,7 @@ class SessionManager:
     def _status(self, w: WatchState, connected: bool) -> None:
         battery = w.session.battery if w.session is not None else w.battery
         self.on_status(DeviceStatus(
-            device_id=w.info.device_id, name=w.info.name, mac=w.info.mac, model=MODEL,
+            device_id=w.info.device_id, name=w.info.name, mac=w.info.mac, model=w.model,
             connected=connected, battery=battery, rssi=w.rssi, last_seen=w.last_seen_ms,
             user_code=w.info.user_code,
         ))

@@ -136,6 +136,13 @@ async def test_every_kind_is_collected_with_device_time_and_stored_records(tmp_p
         assert snap[hr.mac]["counters"]["rr_intervals"] >= 2 * len(sink.of(hr))
         assert snap[plx.mac]["counters"]["racp_requests"] == 1
         assert snap[plx.mac]["state"] == "connected"
+        # each device's status names what it is (a cuff is no "E86")
+        statuses: dict[str | None, str | None] = {}
+        manager.on_status = lambda st: statuses.__setitem__(st.mac, st.model)
+        for w in manager.watches.values():
+            manager._status(w, True)
+        assert statuses == {hr.mac: "GATT heart_rate", plx.mac: "GATT pulse_oximeter",
+                            bp.mac: "GATT blood_pressure", thermo.mac: "GATT thermometer"}
 
 
 async def test_special_and_implausible_values_are_counted_not_published(tmp_path: Path) -> None:
