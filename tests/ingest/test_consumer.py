@@ -20,7 +20,6 @@ from tests.support.ingest_service import (
     Api,
     eventually,
     publish_all,
-    publisher,
     reading,
     running,
     settings_for,
@@ -42,13 +41,6 @@ async def svc(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningServ
         await eventually(lambda: service.service.consumer.connected)
         yield service
 
-
-@pytest.fixture
-def pub(mosquitto: Mosquitto) -> Any:
-    client = publisher(mosquitto.host, mosquitto.port)
-    yield client
-    client.disconnect()
-    client.loop_stop()
 
 
 async def _drained(svc: RunningService, batches_before: int) -> bool:

@@ -23,7 +23,6 @@ from tests.support.ingest_service import (
     Api,
     eventually,
     publish_all,
-    publisher,
     reading,
     running,
     settings_for,
@@ -44,13 +43,6 @@ async def svc(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningServ
         await eventually(lambda: service.service.consumer.connected)
         yield service
 
-
-@pytest.fixture
-def pub(mosquitto: Mosquitto) -> Any:
-    client = publisher(mosquitto.host, mosquitto.port)
-    yield client
-    client.disconnect()
-    client.loop_stop()
 
 
 async def _device(svc: RunningService) -> dict[str, Any]:

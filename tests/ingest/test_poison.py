@@ -24,7 +24,6 @@ from tests.support.ingest_service import (
     Api,
     eventually,
     publish_all,
-    publisher,
     reading,
     running,
     settings_for,
@@ -44,13 +43,6 @@ def _settings(tmp_path: Path, mosquitto: Mosquitto, **overrides: Any) -> Any:
     return settings_for(tmp_path / "data", mosquitto.url, mqtt_client_id="ingest-poison",
                         **overrides)
 
-
-@pytest.fixture
-def pub(mosquitto: Mosquitto) -> Any:
-    client = publisher(mosquitto.host, mosquitto.port)
-    yield client
-    client.disconnect()
-    client.loop_stop()
 
 
 async def _letters(svc: RunningService) -> list[tuple[Any, ...]]:

@@ -18,7 +18,7 @@ import pytest
 
 from ingest import registry
 from ingest.service import RunningService
-from tests.support.ingest_service import eventually, publish_all, publisher, running, settings_for
+from tests.support.ingest_service import eventually, publish_all, running, settings_for
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import Reading, Topics, Vitals
 
@@ -36,13 +36,6 @@ async def svc(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningServ
         await eventually(lambda: service.service.consumer.connected)
         yield service
 
-
-@pytest.fixture
-def pub(mosquitto: Mosquitto) -> Any:
-    client = publisher(mosquitto.host, mosquitto.port)
-    yield client
-    client.disconnect()
-    client.loop_stop()
 
 
 def _reading(seq: int, stream: str, ts: int) -> tuple[str, bytes]:
