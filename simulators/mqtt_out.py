@@ -101,6 +101,7 @@ class GatewayPublisher:
         self._connected = threading.Event()
         self._client = _client(f"{gateway_id}-sim-{int(time.time() * 1000) % 10**9}")
         self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish  # type: ignore[assignment, unused-ignore]
         self._client.will_set(
             self.topics.gateway_status(gateway_id),
@@ -113,6 +114,12 @@ class GatewayPublisher:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if not rc.is_failure:
             self._connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any = None, rc: Any = None,
+                       props: Any = None) -> None:
+        self._connected.clear()
+        with self._cond:  # a flush waiting for acks that cannot come now returns at once
+            self._cond.notify_all()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any = None) -> None:
         with self._cond:
@@ -159,16 +166,21 @@ class GatewayPublisher:
         with self._cond:
             while self.acked < self.published:
                 left = deadline - time.monotonic()
-                if left <= 0 or not self._cond.wait(left):
-                    return self.acked >= self.published
+                if left <= 0 or not self._connected.is_set():
+                    return False  # out of time, or no broker to acknowledge anything
+                self._cond.wait(left)
         return True
 
     def close(self, offline: bool = True, timeout: float = 30.0) -> None:
-        """Publish the offline status (a clean shutdown), wait for acks, disconnect."""
+        """Publish the offline status (a clean shutdown), wait for acks while connected,
+        disconnect. Messages the broker never acknowledged are counted in a WARNING."""
         try:
             if offline and self._connected.is_set():
                 self.gateway_status(False)
-            self.flush(timeout)
+            if not self.flush(timeout):
+                log.warning("closing with %d of %d published messages not acknowledged by the "
+                            "broker (%s)", self.published - self.acked, self.published,
+                            "connection lost" if not self._connected.is_set() else "timed out")
         finally:
             self._client.disconnect()
             self._client.loop_stop()

@@ -268,6 +268,18 @@ def test_simulate_publishing(commands: list[Command], tmp_path: Path, mosquitto:
     assert sim.stop() == 130  # stopped before its end, as by Ctrl-C
 
 
+def test_simulate_whose_broker_went_away(commands: list[Command], tmp_path: Path,
+                                        mosquitto: Mosquitto) -> None:
+    # found by hand: closing waited up to 30 s for acknowledgements no broker could send
+    sim = run(commands, tmp_path, "simulate", "--patients", "3", "--duration", "8h", "--rate", "5",
+              "--mqtt-url", mosquitto.url)
+    sim.reach(r"INFO simulators\.cli: simulate 3 patients .*MQTT broker 127\.0\.0\.1")
+    time.sleep(1.0)
+    mosquitto.stop()
+    time.sleep(1.0)  # publishing into paho's queue, the connection lost
+    assert sim.stop() == 130
+
+
 def test_simulate_with_its_broker_down(commands: list[Command], tmp_path: Path) -> None:
     sim = run(commands, tmp_path, "simulate", "--patients", "1", "--mqtt-url", down_broker())
     assert sim.exits_by_itself() == 1
