@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -95,6 +96,8 @@ class WatchState:
     #: what the device is, as reported in its status: the E86 model, or the standard profile
     #: its first session found (a BP cuff is not an "E86")
     model: str = MODEL
+    #: a health device's recently published device-stamped measurements (outlive a session)
+    recent: OrderedDict[Any, None] = field(default_factory=OrderedDict)
 
     def snapshot(self) -> dict[str, Any]:
         s = self.session
@@ -384,6 +387,7 @@ class SessionManager:
             session.held = w.held  # readings held for the clock outlive a session (gateway/clock.py)
         elif isinstance(session, HealthSession):
             w.model = f"GATT {session.profile}"
+            session.recent = w.recent  # re-sent memory is published once (profiles/base.py)
         w.session = session
         run = asyncio.create_task(session.run(), name=f"session {w.info.name}")
         gone = asyncio.create_task(lost.wait())

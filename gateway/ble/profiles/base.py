@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,6 +53,9 @@ QUEUE: Final = 1024
 #: a device time stamp later than the reception time by more than this is not believed (a
 #: device clock running ahead): the reading is counted in ``future_timestamps`` and not published.
 FUTURE_TOLERANCE_MS: Final = 5 * 60_000
+#: device-stamped measurements remembered per device to publish each once: a cuff's or a
+#: thermometer's memory (tens of records), a PLX's RACP report (its stored records), with room.
+REPEATS: Final = 1024
 
 
 @dataclass
@@ -77,6 +81,8 @@ class HealthCounters:
     clock_not_set: int = 0
     #: reception-stamped readings still held for the clock when the session ended.
     clock_dropped: int = 0
+    #: device-stamped measurements already published (a cuff re-sends its memory on reconnect)
+    repeats_skipped: int = 0
 
 
 def characteristics(client: BleakClient) -> dict[str, BleakGATTCharacteristic]:
@@ -123,6 +129,10 @@ class HealthSession:
         #: measurements without a device timestamp, waiting for a synchronised clock to be
         #: stamped with their reception time (as the watch's realtime readings are)
         self.held: HeldReadings[tuple[Vitals, Source]] = HeldReadings()
+        #: the device-stamped measurements published lately (device ms, values): a device that
+        #: re-sends its memory on every connection publishes each once. The manager hands the
+        #: same map to every session of a device, so it outlives reconnects (bounded: REPEATS).
+        self.recent: OrderedDict[tuple[int, tuple[tuple[str, float], ...]], None] = OrderedDict()
 
     # ------------------------------------------------------------------ what the manager uses
 
@@ -271,8 +281,15 @@ class HealthSession:
             return
         source = self.source_of(uuid, measurement, device_ms, received_ms)
         if device_ms is not None:  # the device's own clock stamped it
-            self.store([Measurement(self.watch.device_id, device_ms, Vitals(**values), source,
-                                    self.watch.user_code)])
+            key = (device_ms, tuple(sorted(values.items())))
+            if key in self.recent:
+                self.counters.repeats_skipped += 1
+                return
+            if self.store([Measurement(self.watch.device_id, device_ms, Vitals(**values), source,
+                                       self.watch.user_code)]):
+                self.recent[key] = None  # only once buffered: a refused one is taken again
+                while len(self.recent) > REPEATS:
+                    self.recent.popitem(last=False)
             return
         self.counters.reception_stamped += 1
         item = (Vitals(**values), source)
@@ -282,18 +299,20 @@ class HealthSession:
             self.store([Measurement(self.watch.device_id, ts, v, src, self.watch.user_code)
                         for ts, (v, src) in stamped])
 
-    def store(self, items: Sequence[Measurement]) -> None:
+    def store(self, items: Sequence[Measurement]) -> bool:
+        """Into the buffer; False when it refused them (counted)."""
         try:
             self.sink.add_readings(items)
         except BufferError:  # the buffer logged why (once) and shows its state in status
             self.counters.readings_not_stored += len(items)
-            return
+            return False
         for item in items:
             if item.source is Source.HISTORY:
                 self.counters.history_records += 1
             else:
                 self.counters.realtime_readings += 1
                 self.last_reading_ms = item.ts
+        return True
 
 
 def lower(uuids: Iterable[str]) -> set[str]:
