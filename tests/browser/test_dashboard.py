@@ -75,7 +75,14 @@ async def test_tiles_show_each_patient_ordered_by_risk(ward: Ward) -> None:
     await ward.open_signed_in()
     await expect(page.locator("#tiles .tile")).to_have_count(3)
     # sedang (5, medium) first, then the two low-risk patients by point: rendah 1, normal 0
-    assert await tile_codes(page) == [MEDIUM.user_code, DETERIORATING.user_code, STABLE.user_code]
+    # (the page updates live while the last readings are scored: wait for the order as the
+    # attribute checks below wait for their values)
+    order = [MEDIUM.user_code, DETERIORATING.user_code, STABLE.user_code]
+    for _ in range(UI_TIMEOUT_MS // 100):
+        if await tile_codes(page) == order:
+            break
+        await page.wait_for_timeout(100)
+    assert await tile_codes(page) == order
     for code, result, point in ((MEDIUM.user_code, "sedang", "5"),
                                 (DETERIORATING.user_code, "rendah", "1"),
                                 (STABLE.user_code, "normal", "0")):
