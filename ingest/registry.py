@@ -284,6 +284,21 @@ def default_name(device_id: str) -> str:
     return f"E86 {device_id[-4:].upper()}"
 
 
+def _name_from_status(conn: sqlite3.Connection, dev_id: int, device_id: str, current: str,
+                      status: DeviceStatus | None) -> None:
+    """A status naming a device replaces the placeholder name its readings registered it under
+    (readings and statuses may be committed in either order); a name given through the API, or
+    an earlier status's, is kept."""
+    if status is None or not status.name or not status.name.strip():
+        return
+    if current not in (default_name(device_id), f"{default_name(device_id)} ({device_id})"):
+        return
+    name = status.name.strip()[:128]
+    if name != current and conn.execute("SELECT 1 FROM devices WHERE device_name = ?",
+                                        (name,)).fetchone() is None:
+        conn.execute("UPDATE devices SET device_name = ? WHERE id = ?", (name, dev_id))
+
+
 def seen_on_mqtt(
     conn: sqlite3.Connection,
     device_id: str,
@@ -304,7 +319,8 @@ def seen_on_mqtt(
     if status is not None and status.user_code is not None:
         user_code = status.user_code
     row = conn.execute(
-        "SELECT id, user_code, user_code_source, last_seen FROM devices WHERE device_mac = ?", (mac,)
+        "SELECT id, user_code, user_code_source, last_seen, device_name FROM devices"
+        " WHERE device_mac = ?", (mac,)
     ).fetchone()
     if row is None:
         name = (status.name.strip() if status and status.name and status.name.strip() else None)
@@ -323,7 +339,8 @@ def seen_on_mqtt(
              status.rssi if status else None, now, now),
         )
         return user_code, ("status" if user_code else None)
-    dev_id, cur_code, cur_source, cur_seen = row
+    dev_id, cur_code, cur_source, cur_seen, cur_name = row
+    _name_from_status(conn, dev_id, device_id, str(cur_name), status)
     if cur_source != "api" and user_code is not None:
         cur_code, cur_source = user_code, "status"
     seen = max(x for x in (cur_seen, last_seen, 0) if x is not None) or None

@@ -78,7 +78,7 @@ async def replay_through_watches(
 ) -> dict[str, Any]:
     """Run virtual watches for ``tracks`` and a gateway collecting them until every track has
     played (plus ``linger_s`` for the buffer to drain); returns the gateway's final snapshot."""
-    from gateway.clock import Clock
+    from gateway.clock import Clock, SystemTime
     from gateway.service import Gateway
     from gateway.settings import GatewaySettings
     from simulators.bleak_bumble import BumbleLink
@@ -86,12 +86,17 @@ async def replay_through_watches(
     from simulators.watch import VirtualE86
     from vitalgate.config import load_settings
 
-    clock = Clock()
+    # a replay is a simulation on this host's wall clock: trusted as it is (gateway/clock.py
+    # would hold every reading on a host that cannot report NTP sync, such as a container)
+    clock = Clock(source=SystemTime(assume_synchronised=True))
     start = now_ms() if now_ms else clock.ms()
     sources = [TrackSource(t, start, speed) for t in tracks]
     devices = dict(identities(t) for t in tracks)
     overrides: dict[str, Any] = {"mqtt_url": mqtt_url, "gateway_id": gateway_id,
-                                 "data_dir": data_dir, "devices": devices}
+                                 "data_dir": data_dir, "devices": devices,
+                                 # no status endpoint to share a port with a real gateway (0:
+                                 # any free port), and a slot per watch on the simulated radio
+                                 "status_port": 0, "slots_per_adapter": min(max(len(tracks), 1), 10)}
     if prefix:
         overrides["prefix"] = prefix
     settings = load_settings(GatewaySettings, None, **overrides)

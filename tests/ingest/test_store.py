@@ -270,3 +270,33 @@ def test_hostile_seqs_cannot_overflow_the_gap_sums(db: store.Database) -> None:
     assert totals["open_gaps"] == 1100 and totals["missing"] > 2**63
     assert len(db.read_sync(lambda c: gaps.summary(c, 5))["streams_with_gaps"]) == 5
     assert 0 <= min(db.read_sync(gaps.completeness).values()) < 1e-9
+
+
+def test_a_status_names_a_device_its_readings_registered_first(db: store.Database) -> None:
+    # readings and a status may be committed in either order: the status's name replaces the
+    # placeholder, never a name given through the API
+    from ingest import registry
+    from vitalgate.contract import DeviceStatus
+
+    dev, api_dev = "d061aed45801", "d061aed45802"
+
+    def seen(device_id: str, status: DeviceStatus | None) -> None:
+        db.write_sync(lambda c: registry.seen_on_mqtt(c, device_id, gateway_id="ward1", now=T0,
+                                                      holder="RS", status=status))
+
+    def name_of(device_id: str) -> str:
+        mac = registry.mac_from_device_id(device_id)
+        return str(db.read_sync(lambda c: c.execute(
+            "SELECT device_name FROM devices WHERE device_mac = ?", (mac,)).fetchone()[0]))
+
+    seen(dev, None)  # a reading first: the placeholder
+    assert name_of(dev) == registry.default_name(dev)
+    seen(dev, DeviceStatus(device_id=dev, name="E86-01", connected=True))
+    assert name_of(dev) == "E86-01"
+    seen(dev, DeviceStatus(device_id=dev, name="renamed by a gateway", connected=True))
+    assert name_of(dev) == "E86-01"  # only the placeholder is replaced
+
+    db.write_sync(lambda c: registry.create_devices(c, [registry.DeviceIn(
+        device_name="Bed 2 watch", device_mac=registry.mac_from_device_id(api_dev))], T0))
+    seen(api_dev, DeviceStatus(device_id=api_dev, name="E86-02", connected=True))
+    assert name_of(api_dev) == "Bed 2 watch"
