@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -39,6 +40,7 @@ from bumble.device import (
 from bumble.gatt import Characteristic, CharacteristicValue, Service
 
 from gatt.health import CurrentTime, DateTime, GattDecodeError
+from simulators.link_drop import send_or_drop
 from simulators.watch.e86 import static_address
 
 logger = logging.getLogger(__name__)
@@ -299,26 +301,20 @@ class VirtualHealthDevice:
             if device is None or out.connection is not self.connection:
                 self.stats.dropped += 1
                 continue
-            try:
-                if out.indicate:
-                    # its own future: a link drop cancels an indication whose confirmation
-                    # will never come (bumble would wait 30 s for it)
-                    self._inflight = asyncio.ensure_future(
-                        device.indicate_subscriber(out.connection, out.char, out.value))
-                    await self._inflight
-                    self.stats.indications += 1
-                else:
-                    await device.notify_subscriber(out.connection, out.char, out.value)
-                    self.stats.notifications += 1
-            except (Exception, asyncio.CancelledError) as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise
-                logger.debug("%s: send failed: %r", self.name, exc)
+            if not await send_or_drop(self.name, functools.partial(self._send, device, out)):
                 self.stats.dropped += 1
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError
+
+    async def _send(self, device: Device, out: _Out) -> None:
+        if out.indicate:
+            # its own future: a link drop cancels an indication whose confirmation
+            # will never come (bumble would wait 30 s for it)
+            self._inflight = asyncio.ensure_future(
+                device.indicate_subscriber(out.connection, out.char, out.value))
+            await self._inflight
+            self.stats.indications += 1
+        else:
+            await device.notify_subscriber(out.connection, out.char, out.value)
+            self.stats.notifications += 1
 
     async def _schedule(self) -> None:
         next_s = self.now_s() + self.interval_s

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -58,6 +59,7 @@ from e86.frame import Frame, FrameAssembler, split_for_mtu
 from e86.history import BlockAck, HistoryDelete, HistoryHeader, HistoryRequest
 from e86.messages import decode_app_message
 from simulators.bleak_bumble.link import BumbleLink
+from simulators.link_drop import send_or_drop
 from simulators.watch import encode
 from simulators.watch.encode import Measurement
 from simulators.watch.history import RECORDED_KINDS, HistoryStore, SyncSession, make_session
@@ -459,28 +461,21 @@ class VirtualE86:
             char = self._data_char if uuid == DATA_CHAR_UUID else self._command_char
             assert char is not None
             payload = max(1, connection.att_mtu - 3)
-            try:
-                for piece in split_for_mtu(data, payload):
-                    # A task of its own, so that a link drop can cancel an indication whose
-                    # confirmation will never come (bumble would wait for it for 30 s).
-                    self._inflight = asyncio.ensure_future(
-                        device.indicate_subscriber(connection, char, piece)
-                    )
-                    await self._inflight
-                    self.stats.indications_sent += 1
+            # the link dropped mid-frame (bumble cancels the pending indication): counted
+            send = functools.partial(self._indicate_frame, device, connection, char, data, payload)
+            if await send_or_drop(self.name, send):
                 self.stats.frames_sent += 1
-            except (Exception, asyncio.CancelledError) as exc:
-                # The link dropped mid-frame (bumble cancels the pending indication): count it
-                # and go on, unless this task itself is being cancelled.
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise
-                logger.debug("%s: indication failed: %r", self.name, exc)
+            else:
                 self.stats.frames_dropped += 1
-            # bumble may swallow a cancellation that lands while an indication is pending.
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError
+
+    async def _indicate_frame(self, device: Device, connection: Connection,
+                              char: Characteristic[bytes], data: bytes, payload: int) -> None:
+        for piece in split_for_mtu(data, payload):
+            # A task of its own, so that a link drop can cancel an indication whose
+            # confirmation will never come (bumble would wait for it for 30 s).
+            self._inflight = asyncio.ensure_future(device.indicate_subscriber(connection, char, piece))
+            await self._inflight
+            self.stats.indications_sent += 1
 
     # -- commands ------------------------------------------------------------------------------
     async def _commands(self) -> None:

@@ -5,28 +5,15 @@ Injected time: ``ManualTime`` is a real implementation of the time-source protoc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.ble.profiles.heart_rate import HeartRateSession
 from gateway.ble.session import WatchInfo
-from gateway.buffer import Measurement
 from gateway.clock import Clock, ManualTime
 from gateway.settings import GatewaySettings
 from gatt.health import HEART_RATE_MEASUREMENT, decoder_for
-from vitalgate.contract import EcgChunk, Reading, Source
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.items: list[Measurement] = []
-
-    def add_readings(self, items: Sequence[Measurement]) -> list[Reading]:
-        self.items.extend(items)
-        return []
-
-    def add_ecg(self, chunk: EcgChunk) -> None:
-        raise AssertionError("no ECG from a heart-rate strap")
+from tests.support.sinks import ListSink
+from vitalgate.contract import Source
 
 
 def hr(bpm: int) -> bytes:

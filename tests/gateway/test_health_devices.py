@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,6 @@ from gateway.ble.manager import SessionManager
 from gateway.ble.profiles import make_session, profile_for
 from gateway.ble.profiles.base import HealthSession
 from gateway.ble.profiles.thermometer import STORED_AGE_MS
-from gateway.buffer import Measurement
 from gateway.clock import Clock
 from gateway.settings import GatewaySettings
 from gatt.health import (
@@ -33,25 +32,11 @@ from simulators.devices import (
     VirtualThermometer,
 )
 from simulators.simulate import bumble_backend
-from vitalgate.contract import EcgChunk, Reading, Source, device_id_from_mac
+from tests.support.sinks import ListSink
+from vitalgate.contract import Source
 
 SPEED = 30.0
 HOUR = 3600.0
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.items: list[Measurement] = []
-
-    def add_readings(self, items: Sequence[Measurement]) -> list[Reading]:
-        self.items.extend(items)
-        return []
-
-    def add_ecg(self, chunk: EcgChunk) -> None:
-        raise AssertionError("no ECG from a health device")
-
-    def of(self, device: VirtualHealthDevice) -> list[Measurement]:
-        return [m for m in self.items if m.device_id == device_id_from_mac(device.mac)]
 
 
 async def _until(check: Callable[[], bool], timeout: float = 20.0) -> None:
