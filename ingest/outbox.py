@@ -26,7 +26,6 @@ import logging
 import random
 import sqlite3
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -34,6 +33,9 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
+
+from vitalgate.backoff import Backoff
+from vitalgate.clock import epoch_ms
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +122,8 @@ class RetryPolicy:
 
     def delay_s(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        raw = min(self.max_s, self.base_s * self.factor ** max(0, attempt - 1))
-        return raw * (1.0 - self.jitter * rng.random())
+        return Backoff(self.base_s, self.factor, self.max_s, self.jitter,
+                       shorten_only=True).delay(attempt - 1, rng.random)
 
 
 class Verdict(StrEnum):
@@ -182,10 +184,6 @@ def retry_after_s(value: str | None, now_ms: int) -> float | None:
     return max(0.0, when.timestamp() - now_ms / 1000)
 
 
-def _epoch_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 @dataclass(frozen=True, slots=True)
 class _Item:
     id: int
@@ -212,7 +210,7 @@ class Outbox:
         upstream_url: str | None,
         api_key: str | None,
         retry: RetryPolicy = RetryPolicy(),
-        clock: Callable[[], int] = _epoch_ms,
+        clock: Callable[[], int] = epoch_ms,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         session_factory: Callable[[], aiohttp.ClientSession] | None = None,
         rng: random.Random | None = None,

@@ -37,7 +37,7 @@ from ingest import gaps, store
 from ingest.api.app import create_app
 from ingest.api.appkeys import ENGINE_KEY
 from ingest.api.ratelimit import LIMITER_KEY
-from ingest.consumer import Consumer, epoch_ms
+from ingest.consumer import Consumer
 from ingest.dashboard.events import EventHub
 from ingest.emit_policy import EmitPolicy
 from ingest.ews_engine import EwsEngine, EwsPoint
@@ -45,6 +45,7 @@ from ingest.keys import KeyChecker
 from ingest.metrics import IngestMetrics, Sample
 from ingest.outbox import Outbox
 from ingest.settings import IngestSettings
+from vitalgate.clock import epoch_ms
 from vitalgate.contract import Command, Topics
 
 log = logging.getLogger(__name__)

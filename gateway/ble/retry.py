@@ -2,7 +2,7 @@
 
 ``classify(exc)`` walks the exception and its causes (bleak-retry-connector wraps bleak's
 errors) and returns the first rule that matches. Every backoff is jittered
-(:class:`gateway.backoff.Backoff`) so several watches that dropped together do not queue up on
+(:class:`vitalgate.backoff.Backoff`) so several watches that dropped together do not queue up on
 the adapter in the same instant.
 """
 
@@ -16,7 +16,7 @@ from typing import Final
 from bleak.exc import BleakDeviceNotFoundError, BleakError
 from bleak_retry_connector import BleakNotFoundError, BleakOutOfConnectionSlotsError
 
-from gateway.backoff import Backoff
+from vitalgate.backoff import Backoff
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,7 +60,7 @@ from e86.messages import CollectData, WatchMessage, decode_watch_message
 from e86.realtime import EcgSamples, PpgRaw, RealtimeValues
 from e86.records import RecordBatch
 from gateway.buffer import BufferError, Measurement
-from gateway.clock import Clock, HeldReadings
+from gateway.clock_sync import HeldReadings, SyncedClock
 from gateway.settings import GatewaySettings
 from vitalgate.contract import EcgChunk, Reading, Source, Vitals
 
@@ -192,7 +192,7 @@ class _Pending:
 
 class WatchSession:
     def __init__(self, client: BleakClient, watch: WatchInfo, settings: GatewaySettings, sink: Sink,
-                 clock: Clock, held: HeldReadings[Vitals] | None = None) -> None:
+                 clock: SyncedClock, held: HeldReadings[Vitals] | None = None) -> None:
         self.client = client
         #: realtime readings waiting for a synchronised clock (the manager keeps it per watch,
         #: so what a session held is stamped by the next one)
@@ -244,7 +244,7 @@ class WatchSession:
         st = self.settings
         async with self._op:
             if self.clock.synchronised():  # never teach the watch a wrong time (Pi before NTP)
-                now = datetime.fromtimestamp(self.clock(), UTC)
+                now = datetime.fromtimestamp(self.clock.wall(), UTC)
                 await self._request(set_clock(now, self.tz).to_frame())
             else:
                 self.counters.clock_not_set += 1
@@ -333,7 +333,7 @@ class WatchSession:
         vitals = self._vitals(values)
         if vitals is None:
             return
-        # event time from a synchronised clock only (gateway/clock.py): held until then
+        # event time from a synchronised clock only (gateway/clock_sync.py): held until then
         stamped = self.held.stamp(self.clock, vitals)
         if not stamped:
             return

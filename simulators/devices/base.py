@@ -22,8 +22,6 @@ import contextlib
 import functools
 import logging
 import random
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -42,6 +40,7 @@ from bumble.gatt import Characteristic, CharacteristicValue, Service
 from gatt.health import CurrentTime, DateTime, GattDecodeError
 from simulators.link_drop import send_or_drop
 from simulators.watch.e86 import static_address
+from vitalgate.clock import SYSTEM, TimeReader
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +101,7 @@ class VirtualHealthDevice:
     #: the advertised name's prefix (the MAC's last four hex digits follow).
     name_prefix: ClassVar[str]
 
-    def __init__(self, radio: Radio, mac: str, *, clock: Callable[[], float] = time.time,
+    def __init__(self, radio: Radio, mac: str, *, clock: TimeReader = SYSTEM,
                  interval_s: float = 5.0, seed: int = 0, current_time: bool = True) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive, got {interval_s}")
@@ -141,7 +140,7 @@ class VirtualHealthDevice:
 
     # -- time --------------------------------------------------------------------------------
     def now_s(self) -> float:
-        return self.clock()
+        return self.clock.wall()
 
     def local_stamp(self, utc_s: float) -> DateTime:
         return DateTime.from_datetime(datetime.fromtimestamp(int(utc_s) + self.utc_offset_s, UTC))

@@ -6,7 +6,7 @@ docs/e86 (/work/shared/ref/e86-protocol.md), measures on its own schedule and ke
 history so nothing is lost while no central is connected. Frames longer than the ATT payload
 are split over several indications (``split_for_mtu``), as the real watch does.
 
-Time: ``clock()`` (UTC seconds) runs ``speed`` times faster inside the watch, from the moment
+Time: ``clock`` (a :class:`vitalgate.clock.TimeReader`, UTC seconds) runs ``speed`` times faster inside the watch, from the moment
 the watch is built. Every scheduled measurement and every ECG sample uses that simulated time,
 so a test at speed 60 sees a minute of watch life per second.
 """
@@ -17,8 +17,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC
 from types import TracebackType
@@ -64,6 +63,7 @@ from simulators.watch import encode
 from simulators.watch.encode import Measurement
 from simulators.watch.history import RECORDED_KINDS, HistoryStore, SyncSession, make_session
 from simulators.watch.sources import EcgSource, VitalsSource, default_ecg, default_vitals
+from vitalgate.clock import SYSTEM, ScaledClock, TimeReader
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class VirtualE86:
         link: BumbleLink,
         mac: str,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: TimeReader = SYSTEM,
         speed: float = 1.0,
         vitals: VitalsSource | None = None,
         ecg: EcgSource | None = None,
@@ -193,8 +193,8 @@ class VirtualE86:
         self.utc_offset_s = 0.0
         #: monitoring switches as last set: setting key → (on, interval minutes).
         self.monitoring: dict[SettingKey, tuple[bool, int]] = {}
-        self._clock = clock
-        self._t0 = clock()
+        #: the watch's own time: ``speed`` × the given clock, from now (vitalgate.clock)
+        self._clock = ScaledClock(speed, base=clock)
         self._vitals = vitals or default_vitals(seed)
         self._ecg = ecg or default_ecg(seed)
         self._in_range = True
@@ -215,10 +215,10 @@ class VirtualE86:
     # -- time --------------------------------------------------------------------------------
     def now_s(self) -> float:
         """Simulated UTC seconds."""
-        return self._t0 + (self._clock() - self._t0) * self.speed
+        return self._clock.wall()
 
     def now_ms(self) -> int:
-        return int(self.now_s() * 1000)
+        return self._clock.ms()
 
     def watch_time(self, utc_s: float) -> int:
         return encode.watch_time(utc_s, self.utc_offset_s)
