@@ -140,7 +140,7 @@ class Verdict(StrEnum):
 _UPSTREAM_WIDE: Final = frozenset({429, 502, 503, 504})
 
 
-def classify(status: int) -> Verdict:
+def verdict_of(status: int) -> Verdict:
     if 200 <= status < 300:
         return Verdict.DELIVERED
     if status in _UPSTREAM_WIDE:
@@ -384,7 +384,7 @@ class Outbox:
                 after = retry_after_s(resp.headers.get("Retry-After"), self._clock())
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return _Outcome(Verdict.RETRY_ALL, None, f"{type(exc).__name__}: {exc}"[:500])
-        return _Outcome(classify(status), status, text[:2000], after)
+        return _Outcome(verdict_of(status), status, text[:2000], after)
 
     def _settle(self, item: _Item, outcome: _Outcome, wide_backoff: float) -> float:
         """Record the outcome; returns the seconds the whole upstream must be left alone (0: none)."""

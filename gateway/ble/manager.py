@@ -40,7 +40,7 @@ from e86.constants import MODEL, SERVICE_UUID
 from gateway.ble.backend import BleBackend
 from gateway.ble.profiles import Session, is_health_device, make_session
 from gateway.ble.profiles.base import HealthSession
-from gateway.ble.retry import SLOT_RULES, STALE_EXEMPT, classify
+from gateway.ble.retry import SLOT_RULES, STALE_EXEMPT, rule_for
 from gateway.ble.session import Sink, WatchInfo, WatchSession, raise_if_cancel_swallowed
 from gateway.ble.slots import Slots
 from gateway.clock_sync import HeldReadings, SyncedClock
@@ -316,12 +316,12 @@ class SessionManager:
             except Exception as exc:  # classified; every failure is retried
                 _reraise_if_cancelling(exc)
                 failure = exc
-                if classify(exc).name in SLOT_RULES:  # before the slot goes to somebody else
+                if rule_for(exc).name in SLOT_RULES:  # before the slot goes to somebody else
                     self.slots.refused(adapter, w.info.device_id)
             finally:
                 self.slots.release(adapter, w.info.device_id)
             if failure is not None:
-                rule = classify(failure)
+                rule = rule_for(failure)
                 if rule.name not in SLOT_RULES and rule.name not in STALE_EXEMPT:
                     w.stale_failures += 1
                 delay = rule.backoff.delay(attempt)

@@ -1,6 +1,6 @@
 """How long to wait before connecting to a watch again, by what went wrong — as data.
 
-``classify(exc)`` walks the exception and its causes (bleak-retry-connector wraps bleak's
+``rule_for(exc)`` walks the exception and its causes (bleak-retry-connector wraps bleak's
 errors) and returns the first rule that matches. Every backoff is jittered
 (:class:`vitalgate.backoff.Backoff`) so several watches that dropped together do not queue up on
 the adapter in the same instant.
@@ -93,7 +93,7 @@ SLOT_RULES: Final = frozenset({"no-slots"})
 STALE_EXEMPT: Final = frozenset({"no-slots", "not-found", "not-ready", "in-progress"})
 
 
-def classify(exc: BaseException, policy: tuple[RetryRule, ...] = RETRY_POLICY) -> RetryRule:
+def rule_for(exc: BaseException, policy: tuple[RetryRule, ...] = RETRY_POLICY) -> RetryRule:
     """The rule for ``exc`` or, failing a specific one, for its causes; else the last rule."""
     chain: list[BaseException] = []
     seen: BaseException | None = exc

@@ -48,6 +48,7 @@ from e86.constants import (
     COMMAND_CHAR_UUID,
     DATA_CHAR_UUID,
     ECG_SAMPLE_RATE,
+    VITAL_HISTORY_KINDS,
     GetKey,
     Group,
     HistoryKind,
@@ -88,15 +89,6 @@ HISTORY_FRAME_TIMEOUT_S: Final = 10.0
 ECG_STOP_TIMEOUT_S: Final = 5.0
 #: extra real time granted to an ECG recording beyond its length before it is cut short.
 ECG_GRACE_S: Final = 10.0
-
-HISTORY_KIND_NAMES: Final = {
-    "all": HistoryKind.ALL,
-    "heart_rate": HistoryKind.HEART_RATE,
-    "blood_pressure": HistoryKind.BLOOD_PRESSURE,
-    "spo2": HistoryKind.SPO2,
-    "temperature": HistoryKind.TEMPERATURE,
-}
-
 
 class Sink(Protocol):
     """Where a session puts what it collected (the store-and-forward buffer)."""
@@ -383,7 +375,7 @@ class WatchSession:
         committed = 0
         async with self._op:
             for name in self.settings.history_kinds:
-                committed += await self._sync_kind(HISTORY_KIND_NAMES[name])
+                committed += await self._sync_kind(VITAL_HISTORY_KINDS[name])
         return committed
 
     async def _sync_kind(self, kind: HistoryKind) -> int:

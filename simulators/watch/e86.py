@@ -60,7 +60,7 @@ from e86.messages import decode_app_message
 from simulators.bleak_bumble.link import BumbleLink
 from simulators.link_drop import send_or_drop
 from simulators.watch import encode
-from simulators.watch.encode import Measurement
+from simulators.watch.encode import WatchSample
 from simulators.watch.history import RECORDED_KINDS, HistoryStore, SyncSession, make_session
 from simulators.watch.sources import EcgSource, VitalsSource, default_ecg, default_vitals
 from vitalgate.clock import SYSTEM, ScaledClock, TimeReader
@@ -80,7 +80,7 @@ OUT_OF_RANGE_REASON = hci.HCI_CONNECTION_TIMEOUT_ERROR
 #: Supported-functions bitmap the watch reports (opaque to vitalgate; HR, BP, SpO2, temp, ECG).
 FUNCTIONS_BITMAP = bytes((0x1F, 0x00, 0x00, 0x00))
 FIRMWARE = (1, 7)
-#: Measurement → real-time frames sent per scheduled reading while real-time upload is on.
+#: WatchSample → real-time frames sent per scheduled reading while real-time upload is on.
 #: 06 03 carries BP, HR, HRV, SpO2 and temperature; 06 07 carries the respiratory rate.
 DEFAULT_REALTIME_KEYS: tuple[RealtimeKey, ...] = (
     RealtimeKey.BLOOD_PRESSURE,
@@ -312,7 +312,7 @@ class VirtualE86:
         if n > 0:
             self._corrupt.append((n, group, key))
 
-    def measure_now(self) -> Measurement:
+    def measure_now(self) -> WatchSample:
         """Take a scheduled-style reading at the current simulated time (stored + uploaded)."""
         return self._take_reading(self.now_s())
 
@@ -586,11 +586,11 @@ class VirtualE86:
         self.stats.history_blocks_sent += 1
 
     # -- measuring -----------------------------------------------------------------------------
-    def _measure(self, utc_s: float) -> Measurement:
+    def _measure(self, utc_s: float) -> WatchSample:
         vitals = self._vitals(int(utc_s * 1000))
-        return Measurement.from_vitals(self.watch_time(utc_s), vitals)
+        return WatchSample.from_vitals(self.watch_time(utc_s), vitals)
 
-    def _take_reading(self, utc_s: float) -> Measurement:
+    def _take_reading(self, utc_s: float) -> WatchSample:
         m = self._measure(utc_s)
         self.stats.readings += 1
         for kind in RECORDED_KINDS:
