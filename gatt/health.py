@@ -337,6 +337,24 @@ class HeartRateMeasurement:
 # ------------------------------------------------------------------ PLX 0x2A5E / 0x2A5F
 
 
+def _read_plx_status(r: _Reader, flags: int, bit: int) -> tuple[int | None, int | None, float | None]:
+    """The tail both PLX measurements share, present by flag bits ``bit`` … ``bit + 2``:
+    measurement status u16, device and sensor status u24, pulse amplitude index SFLOAT."""
+    ms = r.uint(2, "measurement status") if _flag(flags, bit) else None
+    ds = r.uint(3, "device and sensor status") if _flag(flags, bit + 1) else None
+    pai = r.sfloat("pulse amplitude index") if _flag(flags, bit + 2) else None
+    return ms, ds, pai
+
+
+def _plx_status(ms: int | None, ds: int | None, pai: float | None, bit: int) -> tuple[int, bytes]:
+    """The shared tail written: its flag bits (from ``bit``) and its bytes."""
+    flags = ((int(ms is not None) << bit) | (int(ds is not None) << (bit + 1))
+             | (int(pai is not None) << (bit + 2)))
+    out = b"" if ms is None else ms.to_bytes(2, "little")
+    out += b"" if ds is None else ds.to_bytes(3, "little")
+    return flags, out + (b"" if pai is None else _sf(pai))
+
+
 @dataclass(frozen=True, slots=True)
 class PlxSpotCheck:
     """0x2A5E. SpO2 SFLOAT, pulse rate SFLOAT, then by flags: bit0 time stamp, bit1
@@ -358,29 +376,16 @@ class PlxSpotCheck:
         spo2 = r.sfloat("SpO2")
         pr = r.sfloat("pulse rate")
         ts = DateTime.read(r) if _flag(flags, 0) else None
-        ms = r.uint(2, "measurement status") if _flag(flags, 1) else None
-        ds = r.uint(3, "device and sensor status") if _flag(flags, 2) else None
-        pai = r.sfloat("pulse amplitude index") if _flag(flags, 3) else None
-        return cls(spo2, pr, ts, ms, ds, pai, _flag(flags, 4))
+        return cls(spo2, pr, ts, *_read_plx_status(r, flags, 1), _flag(flags, 4))
 
     def __bytes__(self) -> bytes:
-        flags = (
-            int(self.timestamp is not None)
-            | (int(self.measurement_status is not None) << 1)
-            | (int(self.device_status is not None) << 2)
-            | (int(self.pulse_amplitude_index is not None) << 3)
-            | (int(self.clock_not_set) << 4)
-        )
+        status_flags, status = _plx_status(self.measurement_status, self.device_status,
+                                           self.pulse_amplitude_index, 1)
+        flags = int(self.timestamp is not None) | status_flags | (int(self.clock_not_set) << 4)
         out = bytes((flags,)) + _sf(self.spo2) + _sf(self.pulse_rate)
         if self.timestamp is not None:
             out += bytes(self.timestamp)
-        if self.measurement_status is not None:
-            out += self.measurement_status.to_bytes(2, "little")
-        if self.device_status is not None:
-            out += self.device_status.to_bytes(3, "little")
-        if self.pulse_amplitude_index is not None:
-            out += _sf(self.pulse_amplitude_index)
-        return out
+        return out + status
 
     def vitals(self) -> dict[str, float]:
         return _present(spo2=self.spo2, heart_rate=self.pulse_rate)
@@ -418,33 +423,21 @@ class PlxContinuous:
             if _flag(flags, 1)
             else (None, None)
         )
-        ms = r.uint(2, "measurement status") if _flag(flags, 2) else None
-        ds = r.uint(3, "device and sensor status") if _flag(flags, 3) else None
-        pai = r.sfloat("pulse amplitude index") if _flag(flags, 4) else None
-        return cls(spo2, pr, *fast, *slow, ms, ds, pai)
+        ms, ds, pai = _read_plx_status(r, flags, 2)
+        return cls(spo2, pr, *fast, *slow, measurement_status=ms, device_status=ds,
+                   pulse_amplitude_index=pai)
 
     def __bytes__(self) -> bytes:
         fast = self.spo2_fast is not None or self.pulse_rate_fast is not None
         slow = self.spo2_slow is not None or self.pulse_rate_slow is not None
-        flags = (
-            int(fast)
-            | (int(slow) << 1)
-            | (int(self.measurement_status is not None) << 2)
-            | (int(self.device_status is not None) << 3)
-            | (int(self.pulse_amplitude_index is not None) << 4)
-        )
-        out = bytes((flags,)) + _sf(self.spo2) + _sf(self.pulse_rate)
+        status_flags, status = _plx_status(self.measurement_status, self.device_status,
+                                           self.pulse_amplitude_index, 2)
+        out = bytes((int(fast) | (int(slow) << 1) | status_flags,)) + _sf(self.spo2) + _sf(self.pulse_rate)
         if fast:
             out += _sf(self.spo2_fast) + _sf(self.pulse_rate_fast)
         if slow:
             out += _sf(self.spo2_slow) + _sf(self.pulse_rate_slow)
-        if self.measurement_status is not None:
-            out += self.measurement_status.to_bytes(2, "little")
-        if self.device_status is not None:
-            out += self.device_status.to_bytes(3, "little")
-        if self.pulse_amplitude_index is not None:
-            out += _sf(self.pulse_amplitude_index)
-        return out
+        return out + status
 
     def vitals(self) -> dict[str, float]:
         return _present(spo2=self.spo2, heart_rate=self.pulse_rate)

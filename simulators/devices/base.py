@@ -24,7 +24,6 @@ import logging
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import ClassVar, Final, Protocol
 
 from bumble.core import AdvertisingData
@@ -38,7 +37,7 @@ from bumble.device import (
 from bumble.gatt import Characteristic, CharacteristicValue, Service
 
 from gatt.health import CurrentTime, DateTime, GattDecodeError
-from simulators.link_drop import send_or_drop
+from simulators.link_drop import cancel_all, send_or_drop
 from simulators.watch.e86 import static_address
 from vitalgate.clock import SYSTEM, TimeReader
 
@@ -150,8 +149,7 @@ class VirtualHealthDevice:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
     async def start(self) -> None:
@@ -174,11 +172,7 @@ class VirtualHealthDevice:
 
     async def stop(self) -> None:
         self._stopping = True
-        pending = set(self._tasks)
-        while pending:
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=1.0)
+        await cancel_all(self._tasks)
         self._tasks = []
         if self._device is not None:
             # bounded: over a remote radio whose socket died, HCI commands wait 10 s each

@@ -20,7 +20,6 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC
-from types import TracebackType
 from typing import assert_never
 
 from bumble import hci
@@ -58,7 +57,7 @@ from e86.frame import Frame, FrameAssembler, split_for_mtu
 from e86.history import BlockAck, HistoryDelete, HistoryHeader, HistoryRequest
 from e86.messages import decode_app_message
 from simulators.bleak_bumble.link import BumbleLink
-from simulators.link_drop import send_or_drop
+from simulators.link_drop import cancel_all, send_or_drop
 from simulators.watch import encode
 from simulators.watch.encode import WatchSample
 from simulators.watch.history import RECORDED_KINDS, HistoryStore, SyncSession, make_session
@@ -228,12 +227,7 @@ class VirtualE86:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
     async def start(self) -> None:
@@ -269,11 +263,7 @@ class VirtualE86:
             self._central.ecg_task.cancel()
         if self._readvertise is not None:
             self._tasks.append(self._readvertise)
-        pending = set(self._tasks)
-        while pending:
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=1.0)
+        await cancel_all(self._tasks)
         self._tasks = []
         if self._device is not None:
             await self._stop_advertising()
