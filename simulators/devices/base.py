@@ -38,6 +38,7 @@ from bumble.gatt import Characteristic, CharacteristicValue, Service
 
 from gatt.health import CurrentTime, DateTime, GattDecodeError
 from simulators.link_drop import cancel_all, send_or_drop
+from simulators.peripheral import VirtualPeripheral
 from simulators.watch.e86 import static_address
 from vitalgate.clock import SYSTEM, TimeReader
 
@@ -92,7 +93,7 @@ class _Out:
     done: asyncio.Future[None] | None = field(default=None)
 
 
-class VirtualHealthDevice:
+class VirtualHealthDevice(VirtualPeripheral):
     """Base of the virtual health devices; ``async with Kind(radio, mac) as device: ...``."""
 
     #: the profile's primary service, 16-bit.
@@ -145,13 +146,6 @@ class VirtualHealthDevice:
         return DateTime.from_datetime(datetime.fromtimestamp(int(utc_s) + self.utc_offset_s, UTC))
 
     # -- life --------------------------------------------------------------------------------
-    async def __aenter__(self) -> VirtualHealthDevice:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
     async def start(self) -> None:
         device = await self.radio.add_device(self.name, self.address)
         self._device = device

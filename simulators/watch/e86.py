@@ -58,6 +58,7 @@ from e86.history import BlockAck, HistoryDelete, HistoryHeader, HistoryRequest
 from e86.messages import decode_app_message
 from simulators.bleak_bumble.link import BumbleLink
 from simulators.link_drop import cancel_all, send_or_drop
+from simulators.peripheral import VirtualPeripheral
 from simulators.watch import encode
 from simulators.watch.encode import WatchSample
 from simulators.watch.history import RECORDED_KINDS, HistoryStore, SyncSession, make_session
@@ -150,7 +151,7 @@ class _Link:
     sync: SyncSession | None = None
 
 
-class VirtualE86:
+class VirtualE86(VirtualPeripheral):
     """A virtual E86 watch on ``link``; ``async with VirtualE86(link, mac) as watch: ...``."""
 
     def __init__(
@@ -223,13 +224,6 @@ class VirtualE86:
         return encode.watch_time(utc_s, self.utc_offset_s)
 
     # -- life cycle --------------------------------------------------------------------------
-    async def __aenter__(self) -> VirtualE86:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
     async def start(self) -> None:
         device = await self.link.add_device(self.name, self.address)
         self._device = device
