@@ -61,7 +61,7 @@ from vitalgate.contract import (
     Topics,
     decode,
 )
-from vitalgate.mqtt_session import MqttOptions, make_client, where
+from vitalgate.mqtt_session import MqttOptions, broker_label, make_client
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ class Publisher:
             delay = backoff.delay(self._attempts[outcome], self._rand)
             self._attempts[outcome] += 1
             (log.debug if quiet else log.warning)(
-                "MQTT broker %s: %s (%s); retrying in %.1f s", where(broker.host, broker.port), detail,
+                "MQTT broker %s: %s (%s); retrying in %.1f s", broker_label(broker), detail,
                 outcome, delay)
             await self._clock.sleep(delay)
 
@@ -297,9 +297,8 @@ class Publisher:
         # a clean session each time: the buffer, not the broker, holds what is not acknowledged;
         # no paho reconnect: every connection is a new client (run() backs off between them)
         client = make_client(MqttOptions(
-            broker.host, broker.port, st.client_id, protocol=st.mqtt_protocol, clean=True,
-            max_inflight=self._window, tls=broker.tls, ca=st.mqtt_ca, cert=st.mqtt_cert,
-            key=st.mqtt_key, username=broker.username, password=broker.password))
+            broker, st.client_id, protocol=st.mqtt_protocol, clean=True, max_inflight=self._window,
+            ca=st.mqtt_ca, cert=st.mqtt_cert, key=st.mqtt_key))
         client.will_set(self.topics.gateway_status(st.gateway_id),
                         GatewayStatus(online=False).to_bytes(), qos=1, retain=True)
 
@@ -353,7 +352,7 @@ class Publisher:
             self._wake_pending = False
             self.counters.connects += 1
             (log.debug if self._takeover_episode else log.info)(
-                "connected to MQTT broker %s", where(broker.host, broker.port))
+                "connected to MQTT broker %s", broker_label(broker))
             client.subscribe(self.topics.cmd(self.settings.gateway_id), qos=1)
             self._publish_statuses(client)
             await self._drain(session)

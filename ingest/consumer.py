@@ -63,7 +63,7 @@ from vitalgate.contract import (
     decode,
     decode_readings,
 )
-from vitalgate.mqtt_session import MqttOptions, make_client, where
+from vitalgate.mqtt_session import MqttOptions, broker_label, make_client
 
 log = logging.getLogger(__name__)
 
@@ -294,11 +294,12 @@ class Consumer:
         s = self.settings
         # a persistent session acknowledged by hand after each commit; paho reconnects by
         # itself. Explicit settings beat the credentials in mqtt_url (as the gateway does)
+        broker = dataclasses.replace(
+            s.broker, tls=s.mqtt_tls, username=s.mqtt_username or s.broker.username,
+            password=s.mqtt_password if s.mqtt_password is not None else s.broker.password)
         client = make_client(MqttOptions(
-            s.mqtt_host, s.mqtt_port, s.mqtt_client_id, protocol=s.mqtt_protocol, clean=False,
-            max_inflight=100, manual_ack=True, reconnect=RECONNECT, tls=s.mqtt_tls, ca=s.mqtt_ca,
-            username=s.mqtt_username or s.broker.username,
-            password=s.mqtt_password if s.mqtt_password is not None else s.broker.password))
+            broker, s.mqtt_client_id, protocol=s.mqtt_protocol, clean=False, max_inflight=100,
+            manual_ack=True, reconnect=RECONNECT, ca=s.mqtt_ca))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -313,7 +314,7 @@ class Consumer:
         s = self.settings
         (log.warning if self._connect_failures == 1 else log.debug)(
             "MQTT broker %s not reachable (attempt %d); retrying every %.0f-%.0f s in the background",
-            where(s.mqtt_host, s.mqtt_port), self._connect_failures, RECONNECT.initial_s, RECONNECT.max_s)
+            broker_label(s.broker), self._connect_failures, RECONNECT.initial_s, RECONNECT.max_s)
 
     def subscriptions(self) -> list[str]:
         subs = self.topics.gateway_subscriptions()
@@ -332,7 +333,7 @@ class Consumer:
         self._connect_failures = 0
         # host:port only: mqtt_url may carry a password
         log.info("MQTT connected to %s (session present: %s)",
-                 where(self.settings.mqtt_host, self.settings.mqtt_port), flags.session_present)
+                 broker_label(self.settings.broker), flags.session_present)
         if self.settings.mqtt_protocol == "5":
             client.subscribe([(t, SubscribeOptions(qos=QOS)) for t in self.subscriptions()])
         else:

@@ -55,10 +55,8 @@ def parse_url(url: str) -> tuple[str, int]:
 def _options(url: str, client_id: str) -> MqttOptions:
     """A clean 3.1.1 session to ``url`` (mqtt://[user:password@]host:port; the credentials are
     used, never shown); paho reconnects by itself as a simulated gateway would."""
-    host, port = parse_url(url)
-    address = BrokerAddress.parse(url)
-    return MqttOptions(host, port, client_id, max_inflight=MAX_INFLIGHT, reconnect=RECONNECT,
-                       username=address.username, password=address.password)
+    parse_url(url)  # plain mqtt:// only
+    return MqttOptions(BrokerAddress.parse(url), client_id, max_inflight=MAX_INFLIGHT, reconnect=RECONNECT)
 
 
 class GatewayPublisher:

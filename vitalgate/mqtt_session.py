@@ -9,7 +9,7 @@ reconnect — all that is :class:`MqttOptions` and :func:`make_client`, here. Ea
 only its delivery model: the publisher's reconnect loop that re-sends from its disk buffer, the
 consumer's persistent session acknowledged after each commit.
 
-Log lines name a broker by :func:`where` (``host:port``), never by its URL: a URL may carry a
+Log lines name a broker by :func:`broker_label` (``host:port``), never by its URL: a URL may carry a
 password.
 """
 
@@ -24,6 +24,7 @@ from paho.mqtt.client import Client
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from vitalgate.backoff import Backoff
+from vitalgate.config import BrokerAddress
 
 MqttProtocol = Literal["3.1.1", "5"]
 
@@ -36,8 +37,8 @@ class MqttError(RuntimeError):
 class MqttOptions:
     """How to build a client; every field is one decision of the adapter that sets it."""
 
-    host: str
-    port: int
+    #: host, port, TLS or not, credentials (the adapter resolves which credentials win)
+    broker: BrokerAddress
     client_id: str
     #: MQTT 3.1.1 by default (Mosquitto 2.0.11's MQTT 5 flow control is off: docs/reliability.md);
     #: "5" lets a broker name why it ends a session and bounds the inflow (Receive Maximum)
@@ -45,28 +46,26 @@ class MqttOptions:
     #: False: a persistent session (the broker keeps subscriptions and unacknowledged QoS 1
     #: messages while we are away). With MQTT 5 the choice is made at connect (clean_start).
     clean: bool = True
-    #: PUBACKs (or, inbound, PUBRECs) the client may wait for at once; paho's default is 20
+    #: PUBACKs the client may wait for at once on its own publishes; paho's default is 20
     max_inflight: int = 20
     #: acknowledge inbound messages only when the application says so (after its commit)
     manual_ack: bool = False
     #: paho reconnects by itself on this schedule (it doubles from initial_s to max_s and has
     #: no jitter); None: it does not, the adapter owns reconnecting (and makes a new client)
     reconnect: Backoff | None = None
-    tls: bool = False
+    #: with TLS: the CA to trust (None: the system's), and a client certificate and key
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
-    username: str | None = None
-    password: str | None = None
 
     @property
     def v5(self) -> bool:
         return self.protocol == "5"
 
 
-def where(host: str, port: int) -> str:
+def broker_label(broker: BrokerAddress) -> str:
     """A broker as log lines name it: host and port only (a URL may carry a password)."""
-    return f"{host}:{port}"
+    return f"{broker.host}:{broker.port}"
 
 
 def make_client(o: MqttOptions) -> Client:
@@ -79,12 +78,12 @@ def make_client(o: MqttOptions) -> Client:
         reconnect_on_failure=o.reconnect is not None,
         manual_ack=o.manual_ack,
     )
-    if o.tls:
+    if o.broker.tls:
         client.tls_set(ca_certs=str(o.ca) if o.ca else None,
                        certfile=str(o.cert) if o.cert else None,
                        keyfile=str(o.key) if o.key else None)
-    if o.username:
-        client.username_pw_set(o.username, o.password)
+    if o.broker.username:
+        client.username_pw_set(o.broker.username, o.broker.password)
     if o.reconnect is not None:
         client.reconnect_delay_set(max(1, round(o.reconnect.initial_s)), max(1, round(o.reconnect.max_s)))
     client.max_inflight_messages_set(o.max_inflight)
@@ -97,10 +96,10 @@ def connect_blocking(client: Client, o: MqttOptions, connected: threading.Event,
     thread and wait until the adapter's ``on_connect`` sets ``connected``; :class:`MqttError`
     naming the broker (host:port) when it cannot be reached or does not answer in time."""
     try:
-        client.connect(o.host, o.port, keepalive=keepalive_s)
+        client.connect(o.broker.host, o.broker.port, keepalive=keepalive_s)
     except OSError as exc:
-        raise MqttError(f"cannot connect to MQTT broker {where(o.host, o.port)}: {exc}") from None
+        raise MqttError(f"cannot connect to MQTT broker {broker_label(o.broker)}: {exc}") from None
     client.loop_start()
     if not connected.wait(timeout_s):
         client.loop_stop()
-        raise MqttError(f"no CONNACK from MQTT broker {where(o.host, o.port)} within {timeout_s}s")
+        raise MqttError(f"no CONNACK from MQTT broker {broker_label(o.broker)} within {timeout_s}s")

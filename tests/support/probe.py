@@ -18,6 +18,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from vitalgate.backoff import Backoff
+from vitalgate.config import BrokerAddress
 from vitalgate.contract import (
     DEFAULT_PREFIX,
     ContractError,
@@ -48,7 +49,7 @@ class Probe:
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         # a persistent session; paho reconnects every second (a test restarts its broker)
-        self._options = MqttOptions(host, port, client_id, clean=False,
+        self._options = MqttOptions(BrokerAddress(host, port, tls=False), client_id, clean=False,
                                     reconnect=Backoff(initial_s=1.0, factor=1.0, max_s=1.0, jitter=0.0))
         self._client = make_client(self._options)
         self._client.on_connect = self._on_connect
