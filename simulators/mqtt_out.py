@@ -52,14 +52,28 @@ def parse_url(url: str) -> tuple[str, int]:
     return address.host, address.port
 
 
-def _options(url: str, client_id: str) -> MqttOptions:
-    """A clean 3.1.1 session to ``url`` (mqtt://[user:password@]host:port; the credentials are
-    used, never shown); paho reconnects by itself as a simulated gateway would."""
-    parse_url(url)  # plain mqtt:// only
-    return MqttOptions(BrokerAddress.parse(url), client_id, max_inflight=MAX_INFLIGHT, reconnect=RECONNECT)
+class _ToolClient:
+    """One paho client of a simulator tool: a clean 3.1.1 session to ``url``
+    (mqtt://[user:password@]host:port; the credentials are used, never shown), connected from
+    a plain thread; paho reconnects by itself as a simulated gateway would."""
+
+    def __init__(self, url: str, client_id: str) -> None:
+        parse_url(url)  # plain mqtt:// only
+        self.url = url
+        self._connected = threading.Event()
+        self._options = MqttOptions(BrokerAddress.parse(url), client_id, max_inflight=MAX_INFLIGHT,
+                                    reconnect=RECONNECT)
+        self._client = make_client(self._options)
+
+    def _connect(self) -> None:
+        connect_blocking(self._client, self._options, self._connected, timeout_s=CONNECT_TIMEOUT_S)
+
+    def _disconnect(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
 
 
-class GatewayPublisher:
+class GatewayPublisher(_ToolClient):
     """One MQTT connection publishing as gateway ``gateway_id``."""
 
     def __init__(
@@ -70,7 +84,7 @@ class GatewayPublisher:
         version: str = "vitalgate-simulator",
         max_unacked: int = MAX_UNACKED,
     ) -> None:
-        self.url = url
+        super().__init__(url, f"{gateway_id}-sim-{epoch_ms() % 10**9}")
         self.gateway_id = gateway_id
         self.topics = Topics(prefix)
         self.version = version
@@ -79,9 +93,6 @@ class GatewayPublisher:
         self.readings = 0  # readings inside them
         self.acked = 0
         self._cond = threading.Condition()
-        self._connected = threading.Event()
-        self._options = _options(url, f"{gateway_id}-sim-{epoch_ms() % 10**9}")
-        self._client = make_client(self._options)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish  # type: ignore[assignment, unused-ignore]
@@ -109,7 +120,7 @@ class GatewayPublisher:
             self._cond.notify_all()
 
     def connect(self) -> GatewayPublisher:
-        connect_blocking(self._client, self._options, self._connected, timeout_s=CONNECT_TIMEOUT_S)
+        self._connect()
         return self
 
     def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
@@ -164,8 +175,7 @@ class GatewayPublisher:
                             "broker (%s)", self.published - self.acked, self.published,
                             "connection lost" if not self._connected.is_set() else "timed out")
         finally:
-            self._client.disconnect()
-            self._client.loop_stop()
+            self._disconnect()
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,18 +186,15 @@ class Received:
     rx_ms: int
 
 
-class Subscriber:
+class Subscriber(_ToolClient):
     """Subscribes to topics at QoS 1 and queues what arrives (bounded; overflow is counted)."""
 
     def __init__(self, url: str, topics: Iterable[str], maxsize: int = 100_000) -> None:
-        self.url = url
+        super().__init__(url, f"vitalgate-rec-{epoch_ms() % 10**9}")
         self.topics = list(topics)
         self.queue: queue.Queue[Received] = queue.Queue(maxsize)
         self.overflow = 0
-        self._connected = threading.Event()
         self._subscribed = threading.Event()
-        self._options = _options(url, f"vitalgate-rec-{epoch_ms() % 10**9}")
-        self._client = make_client(self._options)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
@@ -209,12 +216,11 @@ class Subscriber:
 
     def connect(self) -> Subscriber:
         """Connect and return once the broker acknowledged the subscriptions."""
-        connect_blocking(self._client, self._options, self._connected, timeout_s=CONNECT_TIMEOUT_S)
+        self._connect()
         if not self._subscribed.wait(CONNECT_TIMEOUT_S):
             self.close()
             raise MqttError(f"no SUBACK from {redact_url(self.url)} within {CONNECT_TIMEOUT_S}s")
         return self
 
     def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._disconnect()
