@@ -90,6 +90,12 @@ ECG_STOP_TIMEOUT_S: Final = 5.0
 #: extra real time granted to an ECG recording beyond its length before it is cut short.
 ECG_GRACE_S: Final = 10.0
 
+class HasVitals(Protocol):
+    """A realtime message or a history record: what it measured, by contract vital name."""
+
+    def vitals(self) -> dict[str, float]: ...
+
+
 class Sink(Protocol):
     """Where a session puts what it collected (the store-and-forward buffer)."""
 
@@ -319,10 +325,7 @@ class WatchSession:
                 assert_never(message)
 
     def _on_values(self, message: RealtimeValues) -> None:
-        values = message.vitals()
-        if not values:
-            return
-        vitals = self._vitals(values)
+        vitals = self._vitals(message)
         if vitals is None:
             return
         # event time from a synchronised clock only (gateway/clock_sync.py): held until then
@@ -338,7 +341,12 @@ class WatchSession:
         self.counters.realtime_readings += len(stamped)
         self.last_reading_ms = stamped[-1][0]
 
-    def _vitals(self, values: dict[str, float]) -> Vitals | None:
+    def _vitals(self, message: HasVitals) -> Vitals | None:
+        """The message's vitals, validated; None if it has none or they are implausible
+        (counted, logged)."""
+        values = message.vitals()
+        if not values:
+            return None
         try:
             return Vitals(**values)
         except ValidationError as exc:
@@ -418,10 +426,7 @@ class WatchSession:
     def _commit_records(self, records: Sequence[Any]) -> int:
         items: list[Measurement] = []
         for record in records:
-            values = record.vitals()
-            if not values:
-                continue
-            vitals = self._vitals(values)
+            vitals = self._vitals(record)
             if vitals is None:
                 continue
             ts = watch_local_to_utc_ms(record.t, self.tz)
