@@ -80,26 +80,6 @@ MMHG_PER_KPA: Final = 7.500615758
 
 # ------------------------------------------------------------------ IEEE 11073 numbers
 
-#: SFLOAT reserved codes (exponent 0): all mean "no value".
-SFLOAT_NAN: Final = 0x07FF
-SFLOAT_NRES: Final = 0x0800
-SFLOAT_POS_INF: Final = 0x07FE
-SFLOAT_NEG_INF: Final = 0x0802
-SFLOAT_RESERVED: Final = 0x0801
-SFLOAT_SPECIAL: Final = frozenset(
-    {SFLOAT_NAN, SFLOAT_NRES, SFLOAT_POS_INF, SFLOAT_NEG_INF, SFLOAT_RESERVED}
-)
-#: FLOAT reserved codes (exponent 0).
-FLOAT_NAN: Final = 0x007FFFFF
-FLOAT_NRES: Final = 0x00800000
-FLOAT_POS_INF: Final = 0x007FFFFE
-FLOAT_NEG_INF: Final = 0x00800002
-FLOAT_RESERVED: Final = 0x00800001
-FLOAT_SPECIAL: Final = frozenset(
-    {FLOAT_NAN, FLOAT_NRES, FLOAT_POS_INF, FLOAT_NEG_INF, FLOAT_RESERVED}
-)
-
-
 def _decode_number(raw: int, mantissa_bits: int, exponent_bits: int) -> float:
     mantissa = raw & ((1 << mantissa_bits) - 1)
     if mantissa >= 1 << (mantissa_bits - 1):
@@ -109,20 +89,6 @@ def _decode_number(raw: int, mantissa_bits: int, exponent_bits: int) -> float:
         exponent -= 1 << exponent_bits
     scale: int = pow(10, abs(exponent))
     return float(mantissa * scale) if exponent >= 0 else mantissa / scale
-
-
-def sfloat_from_raw(raw: int) -> float | None:
-    """16-bit SFLOAT (4-bit exponent, 12-bit mantissa) → value; reserved codes → None."""
-    if raw in SFLOAT_SPECIAL:
-        return None
-    return _decode_number(raw, 12, 4)
-
-
-def float_from_raw(raw: int) -> float | None:
-    """32-bit FLOAT (8-bit exponent, 24-bit mantissa) → value; reserved codes → None."""
-    if raw in FLOAT_SPECIAL:
-        return None
-    return _decode_number(raw, 24, 8)
 
 
 def _encode_number(
@@ -174,19 +140,52 @@ def _encode_number(
     raise ValueError(f"{what} cannot represent {value}")
 
 
-def sfloat_to_raw(value: float | None, exponent: int | None = None) -> int:
-    """Value → SFLOAT; None → NaN. Without ``exponent`` the most precise one is chosen
-    (then trailing zeros are moved into the exponent); the reserved codes are never produced."""
-    if value is None:
-        return SFLOAT_NAN
-    return _encode_number(value, exponent, 12, 4, SFLOAT_SPECIAL, "SFLOAT")
+@dataclass(frozen=True, slots=True)
+class NumberFormat:
+    """An IEEE 11073-20601 number: a signed base-10 exponent over a signed mantissa. The five
+    codes with exponent 0 around the mantissa's midpoint are reserved (NaN, NRes, ±INFINITY,
+    reserved for future use) and all mean "no value" here."""
+
+    name: str
+    mantissa_bits: int
+    exponent_bits: int
+
+    @property
+    def nan(self) -> int:
+        """The "not a number" code: what None (no value) encodes to."""
+        return (1 << (self.mantissa_bits - 1)) - 1
+
+    @property
+    def specials(self) -> frozenset[int]:
+        mid = 1 << (self.mantissa_bits - 1)  # NRes; NaN = mid - 1, +INF = mid - 2, -INF = mid + 2
+        return frozenset({mid - 2, mid - 1, mid, mid + 1, mid + 2})
+
+    def from_raw(self, raw: int) -> float | None:
+        """Raw bits → value; a reserved code → None."""
+        if raw in self.specials:
+            return None
+        return _decode_number(raw, self.mantissa_bits, self.exponent_bits)
+
+    def to_raw(self, value: float | None, exponent: int | None = None) -> int:
+        """Value → raw bits; None → NaN. Without ``exponent`` the most precise one is chosen
+        (then trailing zeros are moved into the exponent); a reserved code is never produced."""
+        if value is None:
+            return self.nan
+        return _encode_number(value, exponent, self.mantissa_bits, self.exponent_bits,
+                              self.specials, self.name)
 
 
-def float_to_raw(value: float | None, exponent: int | None = None) -> int:
-    """Value → FLOAT; None → NaN."""
-    if value is None:
-        return FLOAT_NAN
-    return _encode_number(value, exponent, 24, 8, FLOAT_SPECIAL, "FLOAT")
+#: 16-bit SFLOAT (4-bit exponent, 12-bit mantissa) and 32-bit FLOAT (8-bit exponent, 24-bit).
+SFLOAT: Final = NumberFormat("SFLOAT", 12, 4)
+FLOAT: Final = NumberFormat("FLOAT", 24, 8)
+SFLOAT_NAN: Final = SFLOAT.nan
+SFLOAT_SPECIAL: Final = SFLOAT.specials
+FLOAT_NAN: Final = FLOAT.nan
+FLOAT_SPECIAL: Final = FLOAT.specials
+sfloat_from_raw: Final = SFLOAT.from_raw
+float_from_raw: Final = FLOAT.from_raw
+sfloat_to_raw: Final = SFLOAT.to_raw
+float_to_raw: Final = FLOAT.to_raw
 
 
 # ------------------------------------------------------------------ reading helpers
