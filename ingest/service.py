@@ -39,7 +39,7 @@ from ingest import store
 from ingest.api.app import create_app
 from ingest.api.appkeys import ENGINE_KEY
 from ingest.api.ratelimit import LIMITER_KEY
-from ingest.consumer import Consumer, epoch_ms
+from ingest.consumer import Consumer
 from ingest.dashboard.events import EventHub
 from ingest.db import Conn, DatabaseError, StoreOpenError, gaps, readings, schema, store_failure
 from ingest.db import ews as ews_store
@@ -49,6 +49,7 @@ from ingest.keys import KeyChecker
 from ingest.metrics import IngestMetrics, Sample
 from ingest.outbox import Outbox
 from ingest.settings import IngestSettings
+from vitalgate.clock import epoch_ms
 from vitalgate.contract import Command, Topics
 
 log = logging.getLogger(__name__)

@@ -12,13 +12,15 @@ from typing import Any
 
 import aiohttp
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTProtocolVersion
 
 from ingest.db import Database, Location, schema
 from ingest.service import RunningService, start_service
 from ingest.settings import IngestSettings
-from vitalgate.config import load_settings
+from vitalgate.backoff import Backoff
+from vitalgate.config import BrokerAddress, load_settings
 from vitalgate.contract import QOS, Reading, Topics, Vitals
+from vitalgate.mqtt_session import MqttOptions, make_client
 
 TEST_KEY = "test-key-0123456789abcdef"
 
@@ -83,9 +85,10 @@ class Api:
 def publisher(url_host: str, port: int, client_id: str = "", *,
               protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv311) -> mqtt.Client:
     """A connected paho client with its loop running (QoS 1 publishing like a gateway)."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
-    client.max_inflight_messages_set(1000)
-    client.max_queued_messages_set(0)
+    client = make_client(MqttOptions(
+        BrokerAddress(url_host, port, tls=False), client_id,
+        protocol="5" if protocol == MQTTProtocolVersion.MQTTv5 else "3.1.1", max_inflight=1000,
+        reconnect=Backoff(initial_s=1.0, factor=2.0, max_s=120.0, jitter=0.0)))  # paho's defaults
     client.connect(url_host, port)
     client.loop_start()
     return client
