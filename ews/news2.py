@@ -34,6 +34,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ews.score import Result, Risk
 from ews.tables import NEWS2, Bands, Parameter, Plausible, ScoringTable
 
 # -- the packed accumulator ---------------------------------------------------------------------
@@ -49,9 +50,11 @@ CONTEXT: Final = ("consciousness", "on_oxygen", "spo2_scale")
 #: result bands, as stored in ``ScoreResult.band``: -1 invalid row, else an index into these.
 BAND_NAMES: Final = ("zero", "low", "single-red", "medium", "high")
 #: Cexup's words for each band (the doctor summary counts patients by exactly these four).
-RESULT_WORDS: Final = ("normal", "rendah", "sedang", "sedang", "tinggi")
+RESULT_WORDS: Final[tuple[str, ...]] = tuple(
+    r.value for r in (Result.NORMAL, Result.RENDAH, Result.SEDANG, Result.SEDANG, Result.TINGGI))
 #: NEWS2 clinical risk for each band (news2.md, "Aggregate risk and response").
-RISK_WORDS: Final = ("low", "low", "low-medium", "medium", "high")
+RISK_WORDS: Final[tuple[str, ...]] = tuple(
+    r.value for r in (Risk.LOW, Risk.LOW, Risk.LOW_MEDIUM, Risk.MEDIUM, Risk.HIGH))
 _RESULT_BY_BAND: Final = np.array(("", *RESULT_WORDS))  # index band + 1
 _RISK_BY_BAND: Final = np.array(("", *RISK_WORDS))
 

@@ -38,8 +38,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-#: NEWS2 clinical risk, lowest first (ref/news2.md, "Aggregate risk and response").
-RISK_ORDER: Final[dict[str, int]] = {"low": 0, "low-medium": 1, "medium": 2, "high": 3}
+from ews.score import RISK_ORDER as RISK_ORDER  # re-exported: NEWS2 risk, lowest first
 
 
 @dataclass(frozen=True)

@@ -45,18 +45,19 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import ValidationError
 
+from ews.news2 import RESULT_WORDS, RISK_WORDS
+from ews.score import RESULTS, RISK_ORDER, Score, results_for, risk_of
 from ews.stream import NO_FRESH, PatientScore, Scores, StreamScorer
 from ews.tables import TABLES
 from ingest.db import Conn, Database
@@ -66,19 +67,18 @@ from ingest.emit_policy import (
     CHANGE,
     DEFAULT_POLICY,
     NO_TRIGGER,
-    RISK_ORDER,
     TRIGGERS,
     EmitPolicy,
     Snapshot,
     Trigger,
     decide_many,
 )
+from vitalgate.clock import epoch_ms
 from vitalgate.contract import USER_CODE_RE, Ews, matches
 
 log = logging.getLogger(__name__)
 
 CONSCIOUSNESS: Final = ("A", "C", "V", "P", "U")
-RESULTS: Final = ("normal", "rendah", "sedang", "tinggi")
 #: a score of NEWS2 cannot exceed 20; the MQTT contract allows up to 30 for other charts.
 MAX_POINT: Final = 30
 
@@ -90,8 +90,8 @@ Source = Literal["vitalgate", "external"]
 #: at 36,000x puts into one commit batch (about one reading time per patient per 0.1 s).
 MAX_ROUNDS: Final = 64
 #: by the scorer's result band (ews.news2.BAND_NAMES): index into RESULTS, RISK_ORDER value
-_RESULT_BY_BAND: Final = np.array([0, 1, 2, 2, 3], np.int8)
-_RISK_BY_BAND: Final = np.array([0, 0, 1, 2, 3], np.int8)
+_RESULT_BY_BAND: Final = np.array([RESULTS.index(w) for w in RESULT_WORDS], np.int8)
+_RISK_BY_BAND: Final = np.array([RISK_ORDER[w] for w in RISK_WORDS], np.int8)
 _CONTEXT_CODE: Final = len(TRIGGERS)  #: a local trigger code: a clinician's context change
 _LABELS: Final = (*(t.value for t in TRIGGERS), Trigger.CONTEXT.value)
 
@@ -105,26 +105,11 @@ class EwsInputError(ValueError):
         self.message = message
 
 
-def _epoch_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 @dataclass(frozen=True)
-class EwsPoint:
-    """One EWS point: the Cexup item (user_code, point, result, cause, produce_at) plus
-    vitalgate's own fields. ``produce_at`` is the time of the newest vital used (epoch ms)."""
+class EwsPoint(Score):
+    """One EWS point: the one score type (``ews.score.Score``) with its history record's fields;
+    its serialisers are the edges: Cexup's POST body, the REST item, the MQTT payload."""
 
-    user_code: str
-    point: int
-    result: str
-    risk: str
-    cause: tuple[str, ...]
-    partial: bool
-    missing: tuple[str, ...]
-    components: dict[str, int] = field(hash=False)
-    produce_at: int
-    valid: bool = True
-    reason: str = ""  #: why not valid (e.g. no fresh vitals); '' when valid
     trigger: str = ""  #: why it was emitted (emit_policy.Trigger)
     source: Source = "vitalgate"
     emitted_at: int | None = None  #: service clock when recorded
@@ -176,16 +161,6 @@ class _Patient:
     stale_reason: str | None = None  #: kept for external points (record_external)
 
 
-def risk_of(point: int, result: str) -> str:
-    """The NEWS2 risk of an externally made score, from its Cexup words: ``sedang`` is either a
-    single red parameter (total ≤ 4: low-medium) or a total of 5-6 (medium)."""
-    if result == "tinggi":
-        return "high"
-    if result == "sedang":
-        return "low-medium" if point <= 4 else "medium"
-    return "low"
-
-
 #: bounds of a POST /ews body beyond the chart: at most this many ``cause`` strings of at most
 #: CAUSE_CHARS each (a NEWS2 score has at most 7 scoring parameters), at most this many
 #: ``components`` named like the engine's (``respiratory_rate``...), each scoring 0..3.
@@ -193,27 +168,9 @@ MAX_CAUSES: Final = 16
 CAUSE_CHARS: Final = 128
 MAX_COMPONENTS: Final = 16
 _COMPONENT_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
-_POINT_TEXT: Final = re.compile(r"[0-9]{1,3}")
-_MS_TEXT: Final = re.compile(r"[0-9]{1,15}")
 MAX_MS: Final = 10**14
-
-
-def results_for(point: int, components: Mapping[str, int] | None = None) -> tuple[str, ...]:
-    """The Cexup result words a total of ``point`` may carry on the chart: 0 normal; 1-2 rendah
-    (a parameter scoring 3 makes the total at least 3); 3-4 rendah, or sedang when a single
-    parameter scores 3, which only ``components`` can tell (without them both are accepted);
-    5-6 sedang; 7 and more tinggi."""
-    if point == 0:
-        return ("normal",)
-    if point <= 2:
-        return ("rendah",)
-    if point <= 4:
-        if components is None:
-            return ("rendah", "sedang")
-        return ("sedang",) if 3 in components.values() else ("rendah",)
-    if point <= 6:
-        return ("sedang",)
-    return ("tinggi",)
+#: the Cexup item's fields of a POST /ews body: validated by ``vitalgate.contract.Ews``.
+_ITEM_FIELDS: Final = ("user_code", "point", "result", "cause", "produce_at")
 
 
 def _components(raw: object) -> dict[str, int] | None:
@@ -246,37 +203,26 @@ def parse_external(
     max_future_ms`` (processing time) is refused."""
     if not isinstance(body, Mapping):
         raise EwsInputError("body", "must be a JSON object")
-    user_code = body.get("user_code")
-    if not isinstance(user_code, str) or not USER_CODE_RE.fullmatch(user_code):
-        raise EwsInputError("user_code", f"must match {USER_CODE_RE.pattern}, got {user_code!r}")
-    point = body.get("point")
-    if isinstance(point, str) and _POINT_TEXT.fullmatch(point.strip()):
-        point = int(point.strip())
-    if isinstance(point, float) and point.is_integer():
-        point = int(point)
-    if not isinstance(point, int) or isinstance(point, bool) or not 0 <= point <= max_point:
+    for name in ("point", "produce_at"):  # JSON true/false are no numbers (pydantic's lax int takes them)
+        if isinstance(body.get(name), bool):
+            raise EwsInputError(name, f"must be a number, got {body.get(name)!r}")
+    try:  # each field on its own: the MQTT contract's Ews is the one shape check of the item
+        item = Ews.model_validate({k: body[k] for k in _ITEM_FIELDS if k in body})
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        name = str(err["loc"][0]) if err["loc"] else "body"
+        got = "" if err["type"] == "missing" else f", got {err.get('input')!r:.80}"
+        raise EwsInputError(name, f"{err['msg']}{got}") from None
+    # the POST's own bounds, tighter than the contract's
+    user_code, point, result, produce_at = item.user_code, item.point, item.result.value, item.produce_at
+    if point > max_point:
         raise EwsInputError("point", f"must be an integer 0..{max_point}, got {point!r}")
-    result = body.get("result")
-    if result not in RESULTS:
-        raise EwsInputError("result", f"must be one of {', '.join(RESULTS)}, got {result!r}")
-    assert isinstance(result, str)
-    raw_at = body.get("produce_at")
-    produce_at: int | None = None
-    if isinstance(raw_at, str) and _MS_TEXT.fullmatch(raw_at.strip()):
-        produce_at = int(raw_at.strip())
-    elif isinstance(raw_at, int) and not isinstance(raw_at, bool):
-        produce_at = raw_at
-    elif isinstance(raw_at, float) and math.isfinite(raw_at) and raw_at.is_integer():
-        produce_at = int(raw_at)
-    if produce_at is None or not 0 <= produce_at < MAX_MS:
-        raise EwsInputError("produce_at", f"must be epoch milliseconds (string or number), got {raw_at!r}")
     if now_ms is not None and max_future_ms is not None and produce_at > now_ms + max_future_ms:
         raise EwsInputError("produce_at", f"{produce_at} is {produce_at - now_ms} ms after the "
                                           f"service clock ({now_ms}); at most {max_future_ms} ms "
                                           "ahead is accepted")
-    cause_raw = body.get("cause", [])
-    if (not isinstance(cause_raw, list) or len(cause_raw) > MAX_CAUSES
-            or not all(isinstance(c, str) and len(c) <= CAUSE_CHARS for c in cause_raw)):
+    cause_raw = item.cause
+    if len(cause_raw) > MAX_CAUSES or any(len(c) > CAUSE_CHARS for c in cause_raw):
         raise EwsInputError("cause", f"must be a list of at most {MAX_CAUSES} strings of at most "
                                      f"{CAUSE_CHARS} characters")
     # the fields agree with each other (each is valid on its own by now)
@@ -322,7 +268,7 @@ class EwsEngine:
         freshness_ms: int = 900_000,
         median_k: int = 1,
         policy: EmitPolicy = DEFAULT_POLICY,
-        clock: Callable[[], int] = _epoch_ms,
+        clock: Callable[[], int] = epoch_ms,
         deliver: bool = True,
         notify: Callable[[], None] | None = None,
     ) -> None:
@@ -783,7 +729,7 @@ class EwsEngine:
         user_code, point, result, cause, produce_at = parse_external(
             body, max_point=self._scorer.table.max_total, now_ms=now, max_future_ms=max_future_ms)
         components = _components(body.get("components") if isinstance(body, Mapping) else None)
-        p = EwsPoint(user_code=user_code, point=point, result=result, risk=risk_of(point, result),
+        p = EwsPoint(user_code=user_code, point=point, result=result, risk=risk_of(point, result).value,
                      cause=cause, partial=False, missing=(), components=components or {},
                      produce_at=produce_at, trigger=Trigger.EXTERNAL.value, source="external")
         with self.lock:
@@ -855,5 +801,5 @@ def _point_from_row(r: Sequence[Any]) -> EwsPoint:
     )
 
 
-__all__ = ["RISK_ORDER", "EmitPolicy", "EwsEngine", "EwsInputError", "EwsPoint", "parse_external",
+__all__ = ["RESULTS", "RISK_ORDER", "EmitPolicy", "EwsEngine", "EwsInputError", "EwsPoint", "parse_external",
            "results_for", "validate_context"]

@@ -32,7 +32,7 @@ from influxdb_client.client.write.point import Point
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.write_precision import WritePrecision
 
-from ingest.emit_policy import RISK_ORDER
+from ews.score import RISK_ORDER
 from vitalgate.backoff import Backoff
 from vitalgate.clock import epoch_ms
 

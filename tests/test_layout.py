@@ -29,11 +29,15 @@ from tools.import_graph import (
 #: broker: nothing of the others); "vitalgate.cli" is the composition root (cli, demo,
 #: __main__), which wires --simulate and labels the demo's patients (the other components'
 #: CLIs it loads by name, with importlib).
+#: vitalgate → ews: the EWS score type and its ordered words (ews.score: Result, Risk) are
+#: ews's; the contract's Ews payload is a serialiser of that score and types its fields with
+#: them, so the words are defined once. ews imports nothing of ours (it is the analytics
+#: library, usable alone), so ews stays the leaf under vitalgate and the graph stays acyclic.
 ALLOWED: dict[str, set[str]] = {
     "e86": set(),
     "gatt": set(),
     "ews": set(),
-    "vitalgate": set(),
+    "vitalgate": {"ews"},
     "vitalgate.cli": {"vitalgate", "simulators"},
     "gateway": {"vitalgate", "e86", "gatt"},
     "ingest": {"vitalgate", "ews"},
@@ -123,12 +127,14 @@ BUILDING_BLOCKS: dict[str, str] = {
     "ManualClock": "vitalgate.clock",
     "Backoff": "vitalgate.backoff",
     "make_client": "vitalgate.mqtt_session",
+    "Score": "ews.score",
+    "Result": "ews.score",
+    "Risk": "ews.score",
 }
-#: copies other work removes (issue 14): ews may not import vitalgate (ews <- ingest only), and
-#: the EWS engine is being reshaped with the score type. Each names where it stays and why.
+#: copies that stay, each with where and why: ews may not import vitalgate (vitalgate imports
+#: ews's score words, and ews is the analytics library usable alone).
 PENDING_COPIES: dict[str, str] = {
     "ews.stream": "epoch_ms: ews imports nothing of ours; its StreamScorer's clock default",
-    "ingest.ews_engine": "_epoch_ms: the EWS engine's clock default, moves with the score type",
 }
 PRODUCTION = ("vitalgate", "e86", "gatt", "gateway", "ingest", "ews", "simulators", "tools")
 
@@ -178,4 +184,19 @@ def test_the_gateway_reads_its_clock() -> None:
             if (isinstance(node, ast.Attribute) and node.attr in ("time", "monotonic")
                     and isinstance(node.value, ast.Name) and node.value.id == "time"):
                 bad.append(f"{module}:{node.lineno} calls time.{node.attr}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_score_words_are_defined_once() -> None:
+    """Cexup's result words and NEWS2's risk order are ews.score's (Result, Risk, RESULTS,
+    RISK_ORDER): no other module assigns a RESULTS or RISK_ORDER of its own."""
+    bad = []
+    for module, path in sorted(modules(packages=PRODUCTION).items()):
+        if module == "ews.score":
+            continue
+        for node in ast.parse(path.read_text(), str(path)).body:
+            targets = (node.targets if isinstance(node, ast.Assign)
+                       else [node.target] if isinstance(node, ast.AnnAssign) else [])
+            bad += [f"{module}:{node.lineno} defines {t.id}" for t in targets
+                    if isinstance(t, ast.Name) and t.id in ("RESULTS", "RISK_ORDER")]
     assert not bad, "\n".join(bad)

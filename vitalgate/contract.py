@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from ews.score import Result, Risk
+
 VERSION: Final = 1
 DEFAULT_PREFIX: Final = "vitals/v1"
 MAX_PAYLOAD_BYTES: Final = 256 * 1024
@@ -233,14 +235,15 @@ class Command(_Message):
 
 
 class Ews(_Message):
-    """The Cexup EWS item plus vitalgate's own fields (risk, partial, missing, components)."""
+    """The Cexup EWS item plus vitalgate's own fields (risk, partial, missing, components):
+    the MQTT serialiser of ``ews.score.Score`` (its words are ews's Result and Risk)."""
 
     user_code: UserCode
     point: int = Field(ge=0, le=30)
-    result: Literal["normal", "rendah", "sedang", "tinggi"]
+    result: Result
     cause: list[EwsWord] = Field(default_factory=list, max_length=MAX_EWS_ITEMS)
     produce_at: EpochMs
-    risk: Literal["low", "low-medium", "medium", "high"] | None = None
+    risk: Risk | None = None
     partial: bool | None = None
     missing: list[EwsWord] | None = Field(default=None, max_length=MAX_EWS_ITEMS)
     components: dict[EwsWord, Annotated[int, Field(ge=0, le=3)]] | None = Field(

@@ -22,11 +22,12 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from ews.score import RESULTS, RISK_ORDER
 from ingest.api.appkeys import ENGINE_KEY, SETTINGS_KEY
 from ingest.api.envelope import ApiError, int_text, ok, page_params, paged, read_json
 from ingest.api.openapi import envelope, errors, page_of, strict
 from ingest.api.scoping import require_patient, visible_patients
-from ingest.ews_engine import MAX_MS, RESULTS, EwsEngine, EwsInputError, EwsPoint, parse_external
+from ingest.ews_engine import MAX_MS, EwsEngine, EwsInputError, EwsPoint, parse_external
 from ingest.outbox import Outbox
 from vitalgate.contract import USER_CODE_RE
 
@@ -209,7 +210,7 @@ EWS_ITEM: Final = strict({
     "user_code": {"type": "string"}, "point": {"type": "integer", "minimum": 0},
     "result": _RESULT, "cause": _STR_LIST,
     "produce_at": {"type": "integer", "description": "epoch ms of the newest vital used"},
-    "risk": {"type": "string", "enum": ["low", "low-medium", "medium", "high"]},
+    "risk": {"type": "string", "enum": list(RISK_ORDER)},
     "partial": {"type": "boolean"}, "missing": _STR_LIST,
     "components": {"type": "object", "additionalProperties": {"type": "integer"}},
     "valid": {"type": "boolean", "description": "false: no fresh vitals back this score now"},

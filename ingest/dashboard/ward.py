@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from ews.score import RISK_ORDER
 from ingest import gaps
 
 #: vitals shown on a tile / patient page, in NEWS2 chart order (diastolic only on the page)
@@ -34,7 +35,6 @@ ALERT_LIMIT: Final = 50
 #: ECG strips on a patient page: the newest recordings, the first seconds of each
 ECG_RECORDINGS: Final = 3
 ECG_STRIP_S: Final = 10.0
-RISK_ORDER: Final = {"low": 0, "low-medium": 1, "medium": 2, "high": 3}
 
 
 class Engine(Protocol):
