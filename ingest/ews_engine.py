@@ -133,10 +133,7 @@ class EwsPoint(Score):
 
     def to_contract(self) -> Ews:
         """The MQTT ``{prefix}/ews/{user_code}`` payload."""
-        return Ews(user_code=self.user_code, point=self.point, result=self.result,  # type: ignore[arg-type]
-                   cause=list(self.cause), produce_at=self.produce_at, risk=self.risk,  # type: ignore[arg-type]
-                   partial=self.partial, missing=list(self.missing),
-                   components=dict(self.components))
+        return Ews.of(self)
 
     def snapshot(self) -> Snapshot:
         return Snapshot(self.point, self.result, self.risk, self.produce_at)

@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from ews.score import Result, Risk
+from ews.score import Result, Risk, Score
 
 VERSION: Final = 1
 DEFAULT_PREFIX: Final = "vitals/v1"
@@ -248,6 +248,14 @@ class Ews(_Message):
     missing: list[EwsWord] | None = Field(default=None, max_length=MAX_EWS_ITEMS)
     components: dict[EwsWord, Annotated[int, Field(ge=0, le=3)]] | None = Field(
         default=None, max_length=MAX_EWS_ITEMS)
+
+    @classmethod
+    def of(cls, score: Score) -> Ews:
+        """The MQTT ``{prefix}/ews/{user_code}`` payload of ``score``."""
+        return cls(user_code=score.user_code, point=score.point, result=Result(score.result),
+                   cause=list(score.cause), produce_at=score.produce_at, risk=Risk(score.risk),
+                   partial=score.partial, missing=list(score.missing),
+                   components=dict(score.components))
 
 
 # ---------------------------------------------------------------------------------- topics

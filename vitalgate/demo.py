@@ -40,6 +40,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ews.score import RESULTS
 from vitalgate.broker import Mosquitto, free_port, parent_death_signal, wait_port
 
 log = logging.getLogger(__name__)
@@ -310,7 +311,8 @@ def patient_labels(scenarios: list[str]) -> dict[str, str]:
             for i, name in enumerate(scenarios)}
 
 
-RESULT_ORDER = {"tinggi": 0, "sedang": 1, "rendah": 2, "normal": 3}
+#: the table lists the worst result first (tinggi 0 .. normal 3)
+RESULT_ORDER = {w: len(RESULTS) - 1 - i for i, w in enumerate(RESULTS)}
 NUMERIC = ("NEWS2", "HR", "SpO2", "RR", "SBP", "Temp")
 
 
