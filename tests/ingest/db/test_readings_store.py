@@ -219,3 +219,28 @@ def test_an_ecg_reading_is_stored_once_across_instances(postgres_db: str) -> Non
     finally:
         a.close()
         b.close()
+
+
+def test_the_database_url_is_a_secret_and_its_store_is_named_redacted(
+        postgres_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """VITALGATE_DATABASE_URL never appears in a log, a repr or an error; the store says at
+    INFO where it is, with the password as ***."""
+    import logging
+
+    url = postgres_db.replace("vitalgate@", "vitalgate:s3cretpw@")  # trust auth ignores it
+    settings = load_settings(IngestSettings, None, data_dir=tmp_path, database_url=url)
+    assert "s3cretpw" not in repr(settings) and "s3cretpw" not in str(settings.model_dump())
+    assert settings.readings_location.url == settings.ews_location.url == url  # one database
+    caplog.set_level(logging.INFO, logger="ingest.db.engine")
+    db = schema.open_store(settings.readings_location)
+    db.close()
+    opened = [r.getMessage() for r in caplog.records if "postgres at" in r.getMessage()]
+    assert opened and all("vitalgate:***@" in m for m in opened)
+    assert not any("s3cretpw" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError) as bad:
+        load_settings(IngestSettings, None, data_dir=tmp_path,
+                      database_url="mysql://u:s3cretpw@h/db")
+    assert "s3cretpw" not in str(bad.value) and "scheme" in str(bad.value)
+    sqlite = load_settings(IngestSettings, None, data_dir=tmp_path)
+    assert sqlite.readings_location.path == tmp_path / "ingest.sqlite3"
+    assert sqlite.ews_location.path == tmp_path / "ews.sqlite3"
