@@ -181,9 +181,9 @@ class IngestService:
 
     def _add_dashboard_routes(self, app: web.Application) -> None:
         from ingest.dashboard import routes as dashboard_routes
-        from ingest.dashboard.ward import ReadOnlyDb, WardView
+        from ingest.dashboard.ward import WardView
 
-        ews_db = ReadOnlyDb(self.settings.ews_db_path)  # the engine created it already
+        ews_db = cast(Any, self.ews_db)  # the EWS store (its reads are portable SQL)
         app[dashboard_routes.WARD_KEY] = WardView(db=cast(Any, self.db), engine=self.engine, ews_db=ews_db,
                                                   clock=self.clock)
         app[dashboard_routes.HUB_KEY] = self.hub
