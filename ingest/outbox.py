@@ -391,6 +391,18 @@ class Outbox:
             self._running = False
 
     async def _work(self, ch: _Channel) -> None:
+        """The channel's worker: delivers until cancelled. A store failure (disk, server gone)
+        or a transport that cannot start is logged and retried after ``idle_poll_s``, without
+        stopping the other channels."""
+        while True:
+            try:
+                await self._deliver_until_cancelled(ch)
+            except Exception:
+                log.exception("outbox %s: delivery stopped; again in %.0f s", ch.name,
+                              ch.retry.idle_poll_s)
+                await self._sleep(ch.retry.idle_poll_s)
+
+    async def _deliver_until_cancelled(self, ch: _Channel) -> None:
         owner = None if self._db.dialect.value == "sqlite" else self.instance_id
         # a previous life's claims (SQLite: one process, so every lease is a previous life's)
         await self._db.write(lambda c: table.release(c, ch.name, owner))
