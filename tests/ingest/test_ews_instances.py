@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ingest.db import Database
+from ingest.db import ews as ews_store
 from ingest.emit_policy import EmitPolicy
 from ingest.ews_engine import EwsEngine, EwsInputError
 from tests.ingest.ews_support import opener, query
@@ -87,3 +88,19 @@ def test_a_handover_neither_re_emits_an_unchanged_score_nor_skips_a_change(store
     assert new.tick() == []
     with pytest.raises(EwsInputError):
         new.warm_start_patient("not a code")
+
+
+def test_an_external_point_posted_to_two_instances_is_one_row(store: Open) -> None:
+    clock = FakeTime()
+    a = EwsEngine(store(), clock=clock)
+    b = EwsEngine(store(), clock=clock)
+    body = {"user_code": "X1", "point": 3, "result": "sedang", "produce_at": "1632889813001"}
+    first = a.record_external(body)
+    assert b.record_external(body) == first  # b finds a's row
+    # and when both insert at once (neither saw the other's row yet), the index keeps one
+    external = {"user_code": "X1", "point": 3, "result": "sedang", "risk": "low-medium",
+                "cause": (), "partial": False, "missing": (), "components": {},
+                "produce_at": 1632889813001, "emitted_at": clock.now, "trigger": "external",
+                "source": "external", "seq": None}
+    assert b.db.write_sync(lambda c: ews_store.insert_history(c, **external)) is None  # type: ignore[arg-type]
+    assert query(a.db, "SELECT COUNT(*) FROM ews_history")[0] == (1,)

@@ -108,7 +108,7 @@ async def test_previous_release_ews_store_opens_with_history_and_outbox_kept(tmp
             rows = query(eng.db, "SELECT channel, dedup_key, state, attempts FROM ews_outbox ORDER BY id")
             assert rows == [("cexup", "legacy:1", "delivered", 1), ("cexup", "legacy:2", "pending", 3)]
             assert eng.db.read_sync(lambda c: migrate.current(c, "outbox")) == 1
-            assert eng.db.read_sync(lambda c: migrate.current(c, "ews")) == 1
+            assert eng.db.read_sync(lambda c: migrate.current(c, "ews")) == 2
             # the emission state survived: the unchanged score is not emitted again
             assert eng.warm_start([("P1", k, v, clock.now) for k, v in NORMAL.items()]) == []
             task = asyncio.create_task(outbox.run())
