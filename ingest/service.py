@@ -588,6 +588,11 @@ class IngestService:
                     "folded into their batch's last)",
                     lambda: [("vitalgate_ingest_ews_readings_total", {"outcome": k}, float(v))
                              for k, v in self.engine.scoring_counts().items()])
+        r.collector("vitalgate_ingest_ews_duplicate_emissions_total", "counter",
+                    "EWS emissions absorbed: another instance had recorded the patient's point "
+                    "first (an ownership handover)",
+                    lambda: [("vitalgate_ingest_ews_duplicate_emissions_total", {},
+                              float(self.engine.duplicates))])
 
 
 @dataclass
