@@ -182,9 +182,9 @@ class IngestService:
 
     def _add_dashboard_routes(self, app: web.Application) -> None:
         from ingest.dashboard import routes as dashboard_routes
-        from ingest.dashboard.ward import ReadOnlyDb, WardView
+        from ingest.dashboard.ward import WardView
 
-        ews_db = ReadOnlyDb(self.settings.ews_db_path)  # the engine created it already
+        ews_db = cast(Any, self.ews_db)  # the EWS store (its reads are portable SQL)
         app[dashboard_routes.WARD_KEY] = WardView(db=cast(Any, self.db), engine=self.engine, ews_db=ews_db,
                                                   clock=self.clock)
         app[dashboard_routes.HUB_KEY] = self.hub
@@ -591,6 +591,11 @@ class IngestService:
                     "folded into their batch's last)",
                     lambda: [("vitalgate_ingest_ews_readings_total", {"outcome": k}, float(v))
                              for k, v in self.engine.scoring_counts().items()])
+        r.collector("vitalgate_ingest_ews_duplicate_emissions_total", "counter",
+                    "EWS emissions absorbed: another instance had recorded the patient's point "
+                    "first (an ownership handover)",
+                    lambda: [("vitalgate_ingest_ews_duplicate_emissions_total", {},
+                              float(self.engine.duplicates))])
 
 
 @dataclass
