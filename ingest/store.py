@@ -33,7 +33,10 @@ from typing import Any, Final, NamedTuple, TypeVar
 import numpy as np
 
 from ingest import dead_letters as dl
-from ingest import gaps, keys, registry
+from ingest import gaps, registry
+from ingest.db import keys as db_keys
+from ingest.db import registry as db_registry
+from ingest.db.compat import migrate_sqlite
 from ingest.dead_letters import DeadLetter as DeadLetter
 from vitalgate.contract import (
     MAX_ECG_CHUNK_SEQ,
@@ -315,7 +318,8 @@ class Database:
             with self._wlock:
                 migrate(self._writer)
                 dl.migrate(self._writer)
-                keys.migrate(self._writer)  # api_keys made before scopes: add the columns
+                # the registry's and the keys' tables and migrations (ingest/db/registry.py, keys.py)
+                migrate_sqlite(self._writer, db_registry.migrate, db_keys.migrate)
         except (OSError, sqlite3.OperationalError) as exc:
             raise StoreOpenError(f"store {path} cannot be opened for writing: {exc} (is the"
                                  " data dir read-only or full?)") from exc
@@ -398,7 +402,7 @@ def migrate(conn: sqlite3.Connection, *, now: int = 0) -> int:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    conn.executescript(SCHEMA + dl.SCHEMA + gaps.SCHEMA + registry.SCHEMA + keys.SCHEMA)
+    conn.executescript(SCHEMA + dl.SCHEMA + gaps.SCHEMA)
     if version < SCHEMA_VERSION:
         conn.execute("BEGIN IMMEDIATE")
         if existed and version < 1:
