@@ -184,9 +184,12 @@ class IngestService:
 
     def _add_dashboard_routes(self, app: web.Application) -> None:
         from ingest.dashboard import routes as dashboard_routes
-        from ingest.dashboard.ward import ReadOnlyDb, WardView
+        from ingest.dashboard.ward import WardView, ews_reader
+        from ingest.db import Location
 
-        ews_db = ReadOnlyDb(self.settings.ews_db_path)  # the engine created it already
+        # the engine created it already (on PostgreSQL: the same database, h13a's database_url)
+        ews_db = ews_reader(Location.parse(None, default_path=self.settings.ews_db_path))
+        app.on_cleanup.append(lambda _app: asyncio.to_thread(ews_db.close))
         app[dashboard_routes.WARD_KEY] = WardView(db=self.db, engine=self.engine, ews_db=ews_db,
                                                   clock=self.clock)
         app[dashboard_routes.HUB_KEY] = self.hub
