@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
-from ingest import gaps
 from ingest.db import Conn, Database, Location
 from ingest.db import ward as db
 from ingest.db.compat import as_conn
@@ -54,6 +53,10 @@ class Reader(Protocol):
 
 def ews_reader(location: Location) -> Database:
     """The EWS history for the ward, read-only (the EWS engine created it already)."""
+    if location.path is not None:
+        # a read-only SQLite file is opened by URI (file:PATH?mode=ro): a path spelled with a
+        # leading '//' (sqlite:////abs/path) would read as a URI authority there
+        location = replace(location, path=location.path.resolve())
     return Database(location, readonly=True, name="ews-ward", read_pool=2)
 
 
@@ -80,7 +83,7 @@ class WardView:
                 "connected": None if row[5] is None else bool(row[5]), "last_seen": row[6], "rssi": row[7],
             }
         # the share of each device's sequence numbers that arrived (ingest.gaps), 0..1
-        seq_complete = gaps.completeness(raw)
+        seq_complete = db.seq_completeness(conn)
         for device in devices.values():
             device["data_completeness"] = seq_complete.get(str(device["mac"]).replace(":", "").lower())
         latest: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
