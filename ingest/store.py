@@ -429,7 +429,7 @@ def commit_batch(
     arrivals = gaps.Arrivals()
     ecg_touched: set[tuple[str, str]] = set()
     dead: list[DeadLetter] = []
-    items = _owned(conn, items, dead, ward_of or {}, now)
+    items = _owned(conn, items, dead, ward_of or {}, now, holder)
     # statuses first, so that readings of the same batch see a device's newest user_code
     for item in items:
         out.newest_received = max(out.newest_received, item.received_at)
@@ -516,7 +516,7 @@ def _device_of(item: Item) -> tuple[str, str] | None:
 
 
 def _owned(conn: sqlite3.Connection, items: Sequence[Item], dead: list[DeadLetter],
-           ward_of: Mapping[str, str], now: int) -> list[Item]:
+           ward_of: Mapping[str, str], now: int, holder: str) -> list[Item]:
     """The items whose device belongs to the gateway they came from; the others become
     ``foreign_device`` dead letters. A device belongs to the gateway that first registered it
     (the first in this batch, for a device not registered yet) or to the one the API assigned,
@@ -528,7 +528,9 @@ def _owned(conn: sqlite3.Connection, items: Sequence[Item], dead: list[DeadLette
         about = _device_of(item)
         if about is not None:
             device_id, gateway_id = about
-            owner = claims.get(device_id) or registry.owner_of(conn, device_id)
+            # trust on first use, claimed once however many instances race (registry.claim)
+            owner = claims.get(device_id) or registry.claim(conn, device_id, gateway_id,
+                                                            now=now, holder=holder)
             ward = ward_of.get(gateway_id)
             if (owner is not None and owner != gateway_id and ward is not None
                     and ward_of.get(owner) == ward
