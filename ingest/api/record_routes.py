@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from ingest import records, store
+from ingest import store
 from ingest.api.appkeys import DB_KEY
 from ingest.api.auth import principal_of
 from ingest.api.envelope import ApiError, int_text, ok, page_params, paged
@@ -64,7 +64,7 @@ def _types(request: web.Request) -> list[str]:
 
 async def latest(request: web.Request) -> web.Response:
     code = await visible_user_code(request)
-    return ok(await request.app[DB_KEY].read(lambda c: records.latest(c, code)))
+    return ok(await request.app[DB_KEY].read(lambda c: store.latest(c, code)))
 
 
 async def history(request: web.Request) -> web.Response:
@@ -79,7 +79,7 @@ async def history(request: web.Request) -> web.Response:
         raise ApiError(422, f"query parameter 'order' must be asc or desc, got {order!r}")
     page, size = page_params(request)
     items, total = await request.app[DB_KEY].read(
-        lambda c: records.records(c, code, types, start, end, page, size, order == "desc"))
+        lambda c: store.records(c, code, types, start, end, page, size, order == "desc"))
     return paged(items, page=page, size=size, total=total)
 
 
@@ -87,7 +87,7 @@ async def recordings(request: web.Request) -> web.Response:
     code = await visible_user_code(request)
     page, size = page_params(request)
     items, total = await request.app[DB_KEY].read(
-        lambda c: records.list_recordings(c, code, page, size))
+        lambda c: store.list_recordings(c, code, page, size))
     return paged(items, page=page, size=size, total=total)
 
 
@@ -95,7 +95,7 @@ async def recording(request: web.Request) -> web.Response:
     name = request.match_info["recording"]
     if not 1 <= len(name) <= 128:
         raise ApiError(422, "recording must be 1..128 characters")
-    rec = await request.app[DB_KEY].read(lambda c: records.get_recording(c, name))
+    rec = await request.app[DB_KEY].read(lambda c: store.get_recording(c, name))
     if rec is None:
         raise ApiError(404, f"ECG recording {name!r} not found")
     if principal_of(request).holder is not None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
-from ingest.db import Conn, Database, Location
+from ingest.db import Conn, Database, Location, gaps
 from ingest.db import ward as db
 from ingest.db.compat import as_conn
 
@@ -83,7 +83,7 @@ class WardView:
                 "connected": None if row[5] is None else bool(row[5]), "last_seen": row[6], "rssi": row[7],
             }
         # the share of each device's sequence numbers that arrived (ingest.gaps), 0..1
-        seq_complete = db.seq_completeness(conn)
+        seq_complete = gaps.completeness(conn)
         for device in devices.values():
             device["data_completeness"] = seq_complete.get(str(device["mac"]).replace(":", "").lower())
         latest: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)

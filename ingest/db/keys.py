@@ -78,6 +78,11 @@ def migrate(conn: Conn, now: int = 0) -> int:
     return apply(conn, COMPONENT, schema=SCHEMA, migrations=MIGRATIONS, now=now, legacy=legacy)
 
 
+def setup(conn: Conn, now: int) -> None:
+    """The ``keys`` component of the readings store's setup (ingest.db.schema.COMPONENTS)."""
+    migrate(conn, now)
+
+
 def revoked_at(conn: Conn, name: str) -> tuple[bool, int | None]:
     """``(exists, revoked_at)`` of key ``name``."""
     row = conn.execute("SELECT revoked_at FROM api_keys WHERE name = ?", (name,)).fetchone()

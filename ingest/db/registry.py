@@ -77,6 +77,11 @@ def migrate(conn: Conn, now: int = 0) -> int:
     return apply(conn, COMPONENT, schema=SCHEMA, migrations=MIGRATIONS, now=now, legacy=legacy)
 
 
+def setup(conn: Conn, now: int) -> None:
+    """The ``registry`` component of the readings store's setup (ingest.db.schema.COMPONENTS)."""
+    migrate(conn, now)
+
+
 COLUMNS: Final = (
     "id", "device_name", "device_mac", "device_type", "device_holder", "user_code",
     "user_code_source", "gateway_id", "model", "last_seen", "battery", "connected", "rssi",

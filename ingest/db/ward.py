@@ -95,15 +95,3 @@ def ews_of(conn: Conn, user_code: str, since: int) -> list[Row]:
         "SELECT point, result, risk, produce_at FROM ews_history"
         " WHERE user_code = ? AND produce_at >= ? ORDER BY produce_at, id", (user_code, since))]
 
-
-def seq_completeness(conn: Conn) -> dict[str, float]:
-    """Per device (contract device id): the share of its seqs, over all its streams, that
-    arrived (ingest.gaps' ``seq_streams`` and ``seq_gaps``), 0..1; devices without a stream
-    are absent."""
-    rows = conn.execute(
-        "SELECT s.device_id, CAST(COALESCE(SUM(s.max_seq + 1), 0) AS BIGINT),"
-        " CAST(COALESCE(SUM(g.missing), 0) AS BIGINT) FROM seq_streams s LEFT JOIN ("
-        " SELECT device_id, stream, SUM(to_seq - from_seq + 1) AS missing FROM seq_gaps"
-        " GROUP BY device_id, stream) g ON g.device_id = s.device_id AND g.stream = s.stream"
-        " GROUP BY s.device_id").fetchall()
-    return {str(d): round((int(e) - int(m)) / int(e), 6) for d, e, m in rows if int(e) > 0}

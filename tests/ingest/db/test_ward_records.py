@@ -1,5 +1,6 @@
-"""The ward dashboard's and the medical-record API's reads (ingest/db/ward.py, records.py) on
-both engines: the same rows give the same tiles, pages, series, alerts and records."""
+"""The ward dashboard's and the medical-record API's reads (ingest/db/ward.py, ingest.store's
+record reads) on both engines: the same rows give the same tiles, pages, series, alerts and
+records."""
 
 from __future__ import annotations
 
@@ -11,37 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ingest import records, registry
+from ingest import registry
+from ingest import store as records
 from ingest.dashboard.ward import WardView, ews_reader
-from ingest.db import Conn, Database, Location
-from ingest.db import registry as db_registry
-from ingest.db import ward as db_ward
+from ingest.db import Conn, Database, Location, gaps, schema
 
-# The columns of the readings store's tables that the reads use (ingest/store.py, ingest/gaps.py;
-# h13a moves their real DDL to ingest/db), and the EWS history's (ingest/ews_engine.py).
-READINGS_DDL = """
-CREATE TABLE IF NOT EXISTS readings (
-  id {id}, device_id TEXT NOT NULL, user_code TEXT, gateway_id TEXT, vital TEXT NOT NULL,
-  value DOUBLE PRECISION NOT NULL, ts BIGINT NOT NULL, seq BIGINT, source TEXT NOT NULL,
-  replayed BIGINT NOT NULL DEFAULT 0, received_at BIGINT NOT NULL, recording TEXT,
-  stream TEXT NOT NULL DEFAULT '', flags BIGINT NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS ecg_recordings (
-  id {id}, device_id TEXT NOT NULL, recording TEXT NOT NULL, user_code TEXT, gateway_id TEXT,
-  ts BIGINT NOT NULL, fs DOUBLE PRECISION NOT NULL, n_samples BIGINT NOT NULL,
-  samples {blob} NOT NULL, analysis TEXT, quality TEXT, mean_hr DOUBLE PRECISION,
-  created_at BIGINT NOT NULL, UNIQUE (device_id, recording)
-);
-CREATE TABLE IF NOT EXISTS seq_streams (
-  device_id TEXT NOT NULL, stream TEXT NOT NULL, gateway_id TEXT, contiguous BIGINT NOT NULL,
-  max_seq BIGINT NOT NULL, first_at BIGINT NOT NULL, updated_at BIGINT NOT NULL,
-  PRIMARY KEY (device_id, stream)
-);
-CREATE TABLE IF NOT EXISTS seq_gaps (
-  device_id TEXT NOT NULL, stream TEXT NOT NULL, from_seq BIGINT NOT NULL, to_seq BIGINT NOT NULL,
-  detected_at BIGINT NOT NULL, requests BIGINT NOT NULL DEFAULT 0, requested_at BIGINT,
-  reported_at BIGINT, PRIMARY KEY (device_id, stream, from_seq)
-);
+# The EWS history's columns that the ward reads (ingest/ews_engine.py's table); the readings
+# store's tables are its own (ingest.db.schema).
+EWS_DDL = """
 CREATE TABLE IF NOT EXISTS ews_history (
   id {id}, user_code TEXT NOT NULL, point BIGINT NOT NULL, result TEXT NOT NULL,
   risk TEXT NOT NULL, cause TEXT NOT NULL, partial BIGINT NOT NULL, missing TEXT NOT NULL,
@@ -66,8 +44,8 @@ class NoScores:
 
 
 def _fill(c: Conn) -> None:
-    c.script(READINGS_DDL)
-    db_registry.migrate(c)
+    schema.make_setup(window=(NOW - 1_000_000, NOW + 1_000))(c)  # readings partitions (PG)
+    c.script(EWS_DDL)
     registry.create_devices(c, [
         registry.DeviceIn(device_name="A", device_mac=MAC, user_code="PA"),
         registry.DeviceIn(device_name="B", device_mac="D0:61:AE:D4:00:01", user_code="PA")], 1)
@@ -140,7 +118,7 @@ def test_the_patient_page_on_both_engines(view: WardView) -> None:
 
 
 def test_sequence_completeness_on_both_engines(view: WardView) -> None:
-    assert view.db.read_sync(db_ward.seq_completeness) == {DEV: pytest.approx(0.8)}
+    assert view.db.read_sync(gaps.completeness) == {DEV: pytest.approx(0.8)}
 
 
 def test_medical_records_on_both_engines(view: WardView) -> None:
