@@ -42,6 +42,7 @@ from ingest.api.ratelimit import LIMITER_KEY
 from ingest.consumer import Consumer, epoch_ms
 from ingest.dashboard.events import EventHub
 from ingest.db import Conn, DatabaseError, StoreOpenError, gaps, readings, schema, store_failure
+from ingest.db import ews as ews_store
 from ingest.emit_policy import EmitPolicy
 from ingest.ews_engine import EwsEngine, EwsPoint
 from ingest.keys import KeyChecker
@@ -129,15 +130,18 @@ class IngestService:
         self.db = schema.open_store(settings.readings_location,
                                     synchronous=settings.sqlite_synchronous, now=clock(),
                                     window=self.partition_window())
-        self.outbox = Outbox(settings.ews_db_path, upstream_url=settings.upstream_url,
-                             api_key=settings.upstream_api_key, clock=clock)
+        # the EWS store (history, context, outbox): ews.sqlite3, or the readings' PostgreSQL
+        self.ews_db = ews_store.open_store(settings.ews_location)
+        self.outbox = Outbox(self.ews_db, upstream_url=settings.upstream_url,
+                             api_key=settings.upstream_api_key, clock=clock,
+                             instance_id=str(getattr(settings, "instance_id", None) or "local"))
         policy = EmitPolicy(
             immediate_on_risk_rise=settings.ews_immediate_on_rise,
             min_interval_ms=int(settings.ews_min_interval_s * 1000),
             heartbeat_ms=int(settings.ews_heartbeat_s * 1000),
         )
         self.engine = EwsEngine(
-            settings.ews_db_path, table_name=settings.ews_table, freshness_ms=settings.freshness_ms,
+            self.ews_db, table_name=settings.ews_table, freshness_ms=settings.freshness_ms,
             median_k=settings.median_k, policy=policy, clock=clock,
             deliver=settings.upstream_url is not None, notify=self.outbox.notify,
         )
@@ -178,11 +182,10 @@ class IngestService:
     def _add_dashboard_routes(self, app: web.Application) -> None:
         from ingest.dashboard import routes as dashboard_routes
         from ingest.dashboard.ward import WardView, ews_reader
-        from ingest.db import Location
 
-        # read-only, where the EWS engine keeps its history (it created it already): today its
-        # SQLite file on both engines; settings.ews_location once the EWS store is on ingest/db
-        ews_db = ews_reader(Location.parse(None, default_path=self.settings.ews_db_path))
+        # the EWS history, read-only: on SQLite the EWS file opened mode=ro, on PostgreSQL the
+        # same database (settings.ews_location is where the EWS store lives)
+        ews_db = ews_reader(self.settings.ews_location)
         app.on_cleanup.append(lambda _app: asyncio.to_thread(ews_db.close))
         app[dashboard_routes.WARD_KEY] = WardView(db=self.db, engine=self.engine, ews_db=ews_db,
                                                   clock=self.clock)
@@ -220,6 +223,7 @@ class IngestService:
             if self.influx is not None:
                 await asyncio.to_thread(self.influx.close)
             self.engine.close()
+            self.ews_db.close()
             self.db.close()
 
     async def _supervise(self, name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -539,8 +543,8 @@ class IngestService:
         r = self.metrics.registry
 
         def outbox() -> list[Sample]:
-            s = self.outbox.stats()
-            return [("vitalgate_ingest_outbox", {"stat": k}, float(v)) for k, v in s.items()]
+            return [("vitalgate_ingest_outbox", {"channel": ch, "stat": k}, float(v))
+                    for ch, s in self.outbox.all_metrics().items() for k, v in s.items()]
 
         def lag() -> list[Sample]:
             newest = self.consumer.newest_received
@@ -557,7 +561,8 @@ class IngestService:
                     for k, v in stats.items() if isinstance(v, int | float) and v is not None]
 
         r.collector("vitalgate_ingest_outbox", "gauge",
-                    "EWS outbox: depth (pending), delivered, failed, local rows; attempts, retried",
+                    "outbox per channel: depth (pending), delivered, failed, local rows, in_flight,"
+                    " oldest_pending_age_ms; attempts, retried, lost_leases (this instance)",
                     outbox)
         r.collector("vitalgate_ingest_store_lag_ms", "gauge",
                     "now minus the arrival of the newest committed message (ms)", lag)
