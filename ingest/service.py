@@ -30,7 +30,7 @@ import importlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import numpy as np
 from aiohttp import web
@@ -182,10 +182,13 @@ class IngestService:
 
     def _add_dashboard_routes(self, app: web.Application) -> None:
         from ingest.dashboard import routes as dashboard_routes
-        from ingest.dashboard.ward import WardView
+        from ingest.dashboard.ward import WardView, ews_reader
 
-        ews_db = cast(Any, self.ews_db)  # the EWS store (its reads are portable SQL)
-        app[dashboard_routes.WARD_KEY] = WardView(db=cast(Any, self.db), engine=self.engine, ews_db=ews_db,
+        # the EWS history, read-only: on SQLite the EWS file opened mode=ro, on PostgreSQL the
+        # same database (settings.ews_location is where the EWS store lives)
+        ews_db = ews_reader(self.settings.ews_location)
+        app.on_cleanup.append(lambda _app: asyncio.to_thread(ews_db.close))
+        app[dashboard_routes.WARD_KEY] = WardView(db=self.db, engine=self.engine, ews_db=ews_db,
                                                   clock=self.clock)
         app[dashboard_routes.HUB_KEY] = self.hub
         dashboard_routes.add_routes(app)

@@ -88,7 +88,8 @@ class Checker:
 
 
 @pytest.fixture
-async def svc(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningService]:
+async def svc(tmp_path: Path, mosquitto: Mosquitto,
+              ingest_engine: str | None) -> AsyncIterator[RunningService]:
     settings = settings_for(tmp_path / "data", mosquitto.url, ews_min_interval_s=0, ews_tick_s=1.0)
     async with running(settings, clock=lambda: NOW) as service:
         yield service
