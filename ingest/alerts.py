@@ -41,9 +41,10 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 
-from ingest.db import Conn, Database, IntegrityError
+from ingest.db import Conn, Database, IntegrityError, Location
 from ingest.db import alerts as alert_db
 from ingest.outbox import RetryPolicy
+from ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
 
@@ -592,3 +593,27 @@ def sort_for_ward(alerts: Iterable[Alert]) -> list[Alert]:
     newest (by the time it last asked for attention)."""
     return sorted(alerts, key=lambda a: (a.state not in UNACKNOWLEDGED,
                                          -SEVERITY_RANK.get(a.severity, 0), -a.updated_at, -a.id))
+
+
+def open_store(settings: IngestSettings) -> Database:
+    """The alert tables' database: the EWS store (``ews.sqlite3`` in the data dir, or
+    ``database_url`` when set: on PostgreSQL the shared database). Until the EWS store itself
+    is an ``ingest.db.Database`` the alert tables get one of their own on the same file/URL."""
+    secret: Any = getattr(settings, "database_url", None)  # h13a's setting, once it is on main
+    url = secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret
+    location = Location.parse(url or None, default_path=settings.ews_db_path)
+    return Database(location, setup=alert_db.setup, synchronous=settings.sqlite_synchronous,
+                    name="alerts")
+
+
+def from_settings(settings: IngestSettings, db: Database, *, clock: Callable[[], int],
+                  publish: Callable[[str, bytes], None],
+                  notify: Callable[[dict[str, Any]], None]) -> AlertService:
+    webhook = Webhook(settings.alert_webhook_url) if settings.alert_webhook_url else None
+    if webhook is not None:
+        log.info("alerts: escalations also go to a webhook (bounded retry, %d attempts)",
+                 webhook.policy.attempts)
+    return AlertService(
+        db, policy=AlertPolicy(settings.alert_response_high_s, settings.alert_response_medium_s),
+        clock=clock, prefix=settings.prefix, check_s=settings.alert_check_s,
+        continuous_ms=settings.freshness_ms, publish=publish, notify=notify, webhook=webhook)

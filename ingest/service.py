@@ -33,7 +33,8 @@ from typing import Any, Final
 import numpy as np
 from aiohttp import web
 
-from ingest import gaps, store
+from ingest import alerts, gaps, store
+from ingest.api.alert_routes import ALERTS_KEY
 from ingest.api.app import create_app
 from ingest.api.appkeys import ENGINE_KEY
 from ingest.api.ratelimit import LIMITER_KEY
@@ -170,6 +171,12 @@ class IngestService:
                               checker=self.checker, health=self.health,
                               extra_routes=self._extra_routes())
         self.app[ENGINE_KEY] = self.engine
+        # alerts (issue 17): every emitted point goes through their state machine (_publish)
+        self.alerts_db = alerts.open_store(settings)
+        self.alerts = alerts.from_settings(
+            settings, self.alerts_db, clock=clock, notify=lambda a: self.hub.publish("alert", a),
+            publish=lambda topic, payload: self.consumer.publish(topic, payload, retain=True))
+        self.app[ALERTS_KEY] = self.alerts
         # points emitted outside observe()/tick() (context changes, POST /ews) are published too
         self.engine.on_emit = self._publish_threadsafe
         self._register_collectors()
@@ -210,6 +217,7 @@ class IngestService:
             asyncio.create_task(self._supervise("ecg", self._ecg_loop), name="ecg"),
             asyncio.create_task(self._supervise("retention", self._retention_loop), name="retention"),
             asyncio.create_task(self._supervise("gaps", self._gap_loop), name="gaps"),
+            asyncio.create_task(self._supervise("alerts", self.alerts.run), name="alerts"),
         ]
         try:
             yield
@@ -220,6 +228,7 @@ class IngestService:
             if self.influx is not None:
                 await asyncio.to_thread(self.influx.close)
             self.engine.close()
+            self.alerts_db.close()
             self.db.close()
 
     async def _supervise(self, name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -277,6 +286,7 @@ class IngestService:
             log.warning("warm start: more than %d patient vitals measured or received in the last "
                         "%d s; the rest are scored when their next reading arrives",
                         store.WARM_MAX_ROWS, window // 1000)
+        self.alerts.saw(warm.items)
         points = await asyncio.to_thread(self.engine.warm_start, warm.items, warm.arrived)
         self._publish(points)
 
@@ -300,6 +310,7 @@ class IngestService:
         items = [(r.user_code, r.vital, r.value, r.ts) for r in rows if r.user_code]
         if not items:
             return []
+        self.alerts.saw(items)
         points = await asyncio.to_thread(self.engine.observe, items)
         self._publish(points)
         return points
@@ -404,6 +415,7 @@ class IngestService:
                                      "risk": p.risk, "produce_at": p.produce_at})
         if self.influx is not None and points:
             self.influx.write_ews(points)
+        self.alerts.offer(points)
 
     async def _tick_loop(self) -> None:
         while True:
