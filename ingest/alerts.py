@@ -435,6 +435,8 @@ class AlertService:
         self._lock = asyncio.Lock()
         self.last_reading: dict[str, int] = {}
         self.counts = {t: 0 for t in TRANSITIONS} | {"dropped_scores": 0, "conflicts": 0}
+        #: deadline checks done (tests wait on it instead of sleeping)
+        self.checks = 0
 
     # -- input (callbacks: enqueue only) ---------------------------------------------------
 
@@ -513,6 +515,7 @@ class AlertService:
 
         async with self._lock:
             escalated = await self.db.write(step)
+        self.checks += 1
         self._announce(escalated)
         for a in escalated:
             log.warning("alert %d escalated: not acknowledged within %.0f s", a.id,
