@@ -569,6 +569,15 @@ class AlertService:
             if self.notify is not None:
                 self.notify(a.to_api())
 
+    def samples(self) -> list[tuple[str, dict[str, str], float]]:
+        """For /metrics: transitions by name, dropped scores, conflicts, webhook outcomes."""
+        out = [("vitalgate_ingest_alerts_total", {"event": k}, float(v))
+               for k, v in self.counts.items()]
+        if self.webhook is not None:
+            out += [("vitalgate_ingest_alerts_total", {"event": f"webhook_{k}"}, float(v))
+                    for k, v in self.webhook.stats.items()]
+        return out
+
     # -- reads ---------------------------------------------------------------------------
 
     async def find(self, *, states: Sequence[str] = (), user_code: str | None = None,

@@ -577,6 +577,10 @@ class IngestService:
                     "folded into their batch's last)",
                     lambda: [("vitalgate_ingest_ews_readings_total", {"outcome": k}, float(v))
                              for k, v in self.engine.scoring_counts().items()])
+        r.collector("vitalgate_ingest_alerts_total", "counter",
+                    "alert transitions (opened, updated, escalated, acknowledged, resolved), "
+                    "scores dropped before the alert task, conflicts, webhook outcomes",
+                    self.alerts.samples)
 
 
 @dataclass

@@ -211,6 +211,10 @@ async def test_alert_opens_is_acknowledged_and_another_escalates(
                 status, body = await api.get("/api/monitoring")
                 rows = {r["user_code"]: r for r in body["data"]["patients"]}
                 assert rows["BED8"]["overdue"] and not rows["BED7"]["overdue"]
+                status, text = await api.get("/metrics")
+                assert 'vitalgate_ingest_alerts_total{event="escalated"} 1' in text
+                assert 'vitalgate_ingest_alerts_total{event="webhook_delivered"} 1' in text
+                assert 'vitalgate_ingest_alerts_total{event="webhook_attempts"} 2' in text
         finally:
             pub.loop_stop()
             pub.disconnect()
