@@ -32,18 +32,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any, Final, Protocol
 
 import aiohttp
 
-from ingest.db import Conn, Database, IntegrityError, Location
+from ingest.db import Conn, Database, IntegrityError
 from ingest.db import alerts as alert_db
-from ingest.outbox import RetryPolicy
+from ingest.db import outbox as outbox_db
+from ingest.db.outbox import Row
+from ingest.outbox import Outbox, Outcome, RetryPolicy, classify
 from ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
@@ -334,65 +335,42 @@ def monitoring(scores: Iterable[Score], last_reading: Mapping[str, int], now: in
 
 # --------------------------------------------------------------------------------- webhook
 
-
-@dataclass(frozen=True)
-class WebhookPolicy:
-    """The escalation webhook's bounded retry (h13b's durable generic outbox is not on main
-    yet: when it is, escalations go to its channel ``alert-webhook`` instead)."""
-
-    #: backoff between attempts: the outbox's policy (1 s doubling up to 60 s, 10 s timeout)
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    #: 6 attempts span about a minute of backoff (1+2+4+8+16 s... with jitter): a webhook
-    #: receiver restarting is covered; one down for longer is counted as failed and logged.
-    attempts: int = 6
-    #: escalations waiting for the webhook at most; beyond, the newest is dropped (counted).
-    queue_max: int = 1000
+#: the durable outbox channel of escalations (h13b's generic outbox, ingest.outbox): the row
+#: is written in the same transaction as the escalation, so none is lost across a restart.
+WEBHOOK_CHANNEL: Final = "alert-webhook"
 
 
-class Webhook:
-    """POSTs escalated alerts (JSON) to one URL, with bounded retries; counts everything."""
+class WebhookTransport:
+    """``POST {alert_webhook_url}`` with the escalated alert (JSON). The outbox retries it with
+    its policy (backoff 1 s doubling to 60 s; 429/502/503/504 hold the channel, other 5xx and
+    408 retry the row, other 4xx fail it for good: counted and listed)."""
 
-    def __init__(self, url: str, policy: WebhookPolicy = WebhookPolicy(),
-                 sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+    def __init__(self, url: str, *, timeout_s: float) -> None:
         self.url = url
-        self.policy = policy
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(policy.queue_max)
-        self._sleep = sleep
-        self._rng = random.Random()
-        self.stats = {"delivered": 0, "failed": 0, "dropped": 0, "attempts": 0}
+        self._timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None
 
-    def send(self, body: bytes) -> None:
+    async def __aenter__(self) -> WebhookTransport:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self._timeout_s))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def send(self, row: Row) -> Outcome:
+        if self._session is None:
+            raise RuntimeError("WebhookTransport.send outside its context")
         try:
-            self._queue.put_nowait(body)
-        except asyncio.QueueFull:
-            self.stats["dropped"] += 1
-            log.error("alert webhook: %d escalations waiting; one dropped (counted)",
-                      self.policy.queue_max)
-
-    async def run(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=self.policy.retry.timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            while True:
-                body = await self._queue.get()
-                await self._deliver(session, body)
-
-    async def _deliver(self, session: aiohttp.ClientSession, body: bytes) -> None:
-        for attempt in range(1, self.policy.attempts + 1):
-            self.stats["attempts"] += 1
-            try:
-                async with session.post(self.url, data=body,
-                                        headers={"content-type": "application/json"}) as resp:
-                    if 200 <= resp.status < 300:
-                        self.stats["delivered"] += 1
-                        return
-                    reason = f"HTTP {resp.status}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                reason = type(exc).__name__
-            if attempt < self.policy.attempts:
-                await self._sleep(self.policy.retry.delay_s(attempt, self._rng))
-        self.stats["failed"] += 1
-        log.error("alert webhook: an escalation was not delivered after %d attempts (%s)",
-                  self.policy.attempts, reason)
+            async with self._session.post(self.url, data=row.body.encode(),
+                                          headers={"content-type": "application/json"}) as resp:
+                text = await resp.text(errors="replace")
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return Outcome.retry(f"{type(exc).__name__}"[:200], upstream_wide=True)
+        return Outcome(classify(status), status, text[:500])
 
 
 # ----------------------------------------------------------------------------- the service
@@ -415,13 +393,15 @@ class AlertService:
     """Owns the alert tables' transitions: scores in (``offer``), escalation checks (``run``),
     acknowledgements (``acknowledge``). Every transition is stored (alert + audit, one
     transaction), then published: ``publish(topic, payload)`` (retained MQTT), ``notify(data)``
-    (the dashboard's event hub) and, for escalations, the webhook."""
+    (the dashboard's event hub); an escalation is also enqueued on the outbox channel
+    :data:`WEBHOOK_CHANNEL` in its own transaction when ``webhook`` (then ``wake_outbox``)."""
 
     def __init__(self, db: Database, *, policy: AlertPolicy, clock: Callable[[], int],
                  prefix: str, check_s: float = 5.0, continuous_ms: int = 15 * 60 * 1000,
                  publish: Callable[[str, bytes], None] | None = None,
                  notify: Callable[[dict[str, Any]], None] | None = None,
-                 webhook: Webhook | None = None) -> None:
+                 webhook: bool = False,
+                 wake_outbox: Callable[[str], None] | None = None) -> None:
         self.db = db
         self.policy = policy
         self.clock = clock
@@ -431,6 +411,7 @@ class AlertService:
         self.publish = publish
         self.notify = notify
         self.webhook = webhook
+        self.wake_outbox = wake_outbox
         self._queue: asyncio.Queue[Score] | None = None
         self._lock = asyncio.Lock()
         self.last_reading: dict[str, int] = {}
@@ -460,12 +441,10 @@ class AlertService:
 
     async def run(self) -> None:
         """Apply offered scores as they come; check deadlines every ``check_s`` (processing
-        time); the webhook's deliveries run beside."""
+        time)."""
         if self._queue is None:
             self._queue = asyncio.Queue(QUEUE_MAX)
         async with asyncio.TaskGroup() as tg:
-            if self.webhook is not None:
-                tg.create_task(self.webhook.run())
             tg.create_task(self._check_loop())
             while True:
                 first = await self._queue.get()
@@ -503,6 +482,7 @@ class AlertService:
     async def check(self) -> list[Alert]:
         """Escalate every pending alert past its deadline at the clock's now."""
         now = self.clock()
+        webhook = self.webhook
 
         def step(conn: Conn) -> list[Alert]:
             rows = alert_db.due(conn, now, [s.value for s in PENDING], CHECK_BATCH)
@@ -511,6 +491,10 @@ class AlertService:
                 stored = self._store(conn, a, *escalate(a, now))
                 if stored is not None:
                     out.append(stored)
+                    if webhook:  # durable: committed with the escalation, or not at all
+                        outbox_db.enqueue(conn, channel=WEBHOOK_CHANNEL, user_code=stored.user_code,
+                                          dedup_key=f"alert:{stored.id}:{stored.escalations}",
+                                          body=stored.to_api(), now=now)
             return out
 
         async with self._lock:
@@ -520,8 +504,8 @@ class AlertService:
         for a in escalated:
             log.warning("alert %d escalated: not acknowledged within %.0f s", a.id,
                         self.policy.response_ms(a.severity) / 1000)
-            if self.webhook is not None:
-                self.webhook.send(a.to_bytes())
+        if escalated and self.webhook and self.wake_outbox is not None:
+            self.wake_outbox(WEBHOOK_CHANNEL)
         return escalated
 
     async def acknowledge(self, alert_id: int, who: str, note: str | None) -> Alert:
@@ -559,24 +543,22 @@ class AlertService:
             self.counts["conflicts"] += 1
             return None
         alert_db.append_audit(conn, entry.row())
-        self.counts[entry.transition] += 1
         return after
 
     def _announce(self, alerts: Iterable[Alert]) -> None:
+        """After the commit: count, publish, notify (a transition's name is its new state's)."""
         for a in alerts:
+            self.counts[a.state.value] += 1
             if self.publish is not None:
                 self.publish(alert_topic(self.prefix, a.user_code), a.to_bytes())
             if self.notify is not None:
                 self.notify(a.to_api())
 
     def samples(self) -> list[tuple[str, dict[str, str], float]]:
-        """For /metrics: transitions by name, dropped scores, conflicts, webhook outcomes."""
-        out = [("vitalgate_ingest_alerts_total", {"event": k}, float(v))
-               for k, v in self.counts.items()]
-        if self.webhook is not None:
-            out += [("vitalgate_ingest_alerts_total", {"event": f"webhook_{k}"}, float(v))
-                    for k, v in self.webhook.stats.items()]
-        return out
+        """For /metrics: transitions by name, dropped scores, conflicts (the webhook's
+        deliveries are the outbox's, channel ``alert-webhook``)."""
+        return [("vitalgate_ingest_alerts_total", {"event": k}, float(v))
+                for k, v in self.counts.items()]
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -607,25 +589,27 @@ def sort_for_ward(alerts: Iterable[Alert]) -> list[Alert]:
                                          -SEVERITY_RANK.get(a.severity, 0), -a.updated_at, -a.id))
 
 
-def open_store(settings: IngestSettings) -> Database:
-    """The alert tables' database: the EWS store (``ews.sqlite3`` in the data dir, or
-    ``database_url`` when set: on PostgreSQL the shared database). Until the EWS store itself
-    is an ``ingest.db.Database`` the alert tables get one of their own on the same file/URL."""
-    secret: Any = getattr(settings, "database_url", None)  # h13a's setting, once it is on main
-    url = secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret
-    location = Location.parse(url or None, default_path=settings.ews_db_path)
-    return Database(location, setup=alert_db.setup, synchronous=settings.sqlite_synchronous,
-                    name="alerts")
+def attach_store(db: Database) -> Database:
+    """Create or migrate the alert tables in ``db``, the EWS store (``ingest.db.ews``: the
+    file ``ews.sqlite3``, or on PostgreSQL the shared database), beside the outbox."""
+    db.write_sync(alert_db.setup)
+    return db
 
 
-def from_settings(settings: IngestSettings, db: Database, *, clock: Callable[[], int],
-                  publish: Callable[[str, bytes], None],
+def from_settings(settings: IngestSettings, db: Database, outbox: Outbox, *,
+                  clock: Callable[[], int], publish: Callable[[str, bytes], None],
                   notify: Callable[[dict[str, Any]], None]) -> AlertService:
-    webhook = Webhook(settings.alert_webhook_url) if settings.alert_webhook_url else None
-    if webhook is not None:
-        log.info("alerts: escalations also go to a webhook (bounded retry, %d attempts)",
-                 webhook.policy.attempts)
+    """The service's alerts on the EWS store ``db``; with ``alert_webhook_url`` the outbox
+    channel ``alert-webhook`` is registered (call before ``outbox.run``)."""
+    url = settings.alert_webhook_url
+    if url:
+        retry = RetryPolicy()
+        outbox.register(WEBHOOK_CHANNEL, WebhookTransport(url, timeout_s=retry.timeout_s),
+                        retry=retry)
+        log.info("alerts: escalations also go to a webhook (outbox channel %s)", WEBHOOK_CHANNEL)
     return AlertService(
-        db, policy=AlertPolicy(settings.alert_response_high_s, settings.alert_response_medium_s),
+        attach_store(db),
+        policy=AlertPolicy(settings.alert_response_high_s, settings.alert_response_medium_s),
         clock=clock, prefix=settings.prefix, check_s=settings.alert_check_s,
-        continuous_ms=settings.freshness_ms, publish=publish, notify=notify, webhook=webhook)
+        continuous_ms=settings.freshness_ms, publish=publish, notify=notify,
+        webhook=bool(url), wake_outbox=outbox.notify)

@@ -213,8 +213,9 @@ async def test_alert_opens_is_acknowledged_and_another_escalates(
                 assert rows["BED8"]["overdue"] and not rows["BED7"]["overdue"]
                 status, text = await api.get("/metrics")
                 assert 'vitalgate_ingest_alerts_total{event="escalated"} 1' in text
-                assert 'vitalgate_ingest_alerts_total{event="webhook_delivered"} 1' in text
-                assert 'vitalgate_ingest_alerts_total{event="webhook_attempts"} 2' in text
+                # the webhook is the durable outbox's channel: one row, delivered on its retry
+                assert 'vitalgate_ingest_outbox{channel="alert-webhook",stat="delivered"} 1' in text
+                assert 'vitalgate_ingest_outbox{channel="alert-webhook",stat="retried"} 1' in text
         finally:
             pub.loop_stop()
             pub.disconnect()

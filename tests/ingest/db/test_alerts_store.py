@@ -12,6 +12,7 @@ import pytest
 from ingest.alerts import AlertError, AlertPolicy, AlertService, AlertState
 from ingest.db import Conn, Database, DatabaseError, Location
 from ingest.db import alerts as alert_db
+from ingest.db import outbox as outbox_db
 
 T0 = 1_700_000_000_000
 
@@ -131,5 +132,33 @@ async def test_reopening_the_store_keeps_alerts_and_guards(database_url: str, tm
         assert e.id == a.id
         with pytest.raises(DatabaseError):
             db.write_sync(lambda c: c.execute("DELETE FROM alert_audit"))
+    finally:
+        db.close()
+
+
+async def test_an_escalation_and_its_webhook_row_commit_together(database_url: str,
+                                                                 tmp_path: Path) -> None:
+    def setup(c: Conn) -> None:
+        outbox_db.setup(c)
+        alert_db.setup(c)
+
+    db = Database(Location.parse(database_url, default_path=tmp_path / "x.sqlite3"),
+                  setup=setup, name="ews")
+    clock = Clock()
+    woken: list[str] = []
+    svc = AlertService(db, policy=AlertPolicy(300, 1800), clock=clock, prefix="vg",
+                       webhook=True, wake_outbox=woken.append)
+    try:
+        [a] = await svc.apply([S("P1", 9, "high", "tinggi")])
+        clock.now += 300_000
+        [e] = await svc.check()
+        assert e.id == a.id
+        rows = db.read_sync(lambda c: c.execute(
+            "SELECT channel, user_code, dedup_key, body FROM ews_outbox").fetchall())
+        assert [(r[0], r[1], r[2]) for r in rows] == [("alert-webhook", "P1", f"alert:{a.id}:1")]
+        assert '"state":"escalated"' in rows[0][3] and woken == ["alert-webhook"]
+        # escalated once: a later check neither escalates again nor enqueues another row
+        clock.now += 1
+        assert await svc.check() == []
     finally:
         db.close()
