@@ -153,6 +153,20 @@ async def test_alert_opens_is_acknowledged_and_another_escalates(
                 status, body = await api.call("POST", f"/api/alerts/{alert['id']}/ack",
                                               json={"who": "Nurse Ani", "note": "obs repeated"})
                 assert status == 200 and body["data"]["state"] == "acknowledged"
+                # a key limited to another device holder sees none of it (devices seen on
+                # MQTT belong to holder "unknown")
+                other = str(db.write_sync(lambda c: keys.create(
+                    c, "other-hospital", 1, ["read", "clinical"], holder="rs-b")))
+                async with Api(svc.url, other) as foreign:
+                    status, body = await foreign.get("/api/alerts")
+                    assert status == 200 and body["data"]["alerts"] == []
+                    status, _ = await foreign.get(f"/api/alerts/{alert['id']}")
+                    assert status == 404
+                    status, _ = await foreign.call("POST", f"/api/alerts/{alert['id']}/ack",
+                                                   json={"who": "Intruder"})
+                    assert status == 404
+                    status, body = await foreign.get("/api/monitoring")
+                    assert body["data"]["patients"] == []
                 status, body = await api.get(f"/api/alerts/{alert['id']}")
                 audit = body["data"]["audit"]
                 assert [(a["transition"], a["who"]) for a in audit] == [
