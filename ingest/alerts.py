@@ -163,8 +163,11 @@ class Alert:
 
     @property
     def escalated(self) -> bool:
-        """Escalated at least once and still not acknowledged (the dashboard marks it)."""
-        return self.escalations > 0 and self.state in UNACKNOWLEDGED
+        """Escalated since it last asked for attention and still not acknowledged (the
+        dashboard marks it). ``escalated_at`` is cleared by an acknowledgement, so a further
+        rise after one is not shown escalated until its own deadline passes; ``escalations``
+        and the audit keep every escalation."""
+        return self.escalated_at is not None and self.state in UNACKNOWLEDGED
 
     def to_api(self) -> dict[str, Any]:
         return {**self.row(), "escalated": self.escalated}
@@ -284,7 +287,7 @@ def acknowledge(alert: Alert, who: str, note: str | None, now: int) -> tuple[Ale
     if alert.state is AlertState.RESOLVED:
         raise AlertError(409, f"alert {alert.id} is resolved: nothing to acknowledge")
     return _move(alert, "acknowledged", now, who=who, note=note, due_at=None, acked_by=who,
-                 acked_at=now, ack_note=note)
+                 acked_at=now, ack_note=note, escalated_at=None)
 
 
 # ----------------------------------------------------------------- monitoring frequency

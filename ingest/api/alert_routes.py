@@ -148,7 +148,8 @@ ALERT: Final = strict({
     "opened_at": _INT, "updated_at": _INT,
     "due_at": {**_INT_NULL, "description": "respond by (processing time); null once "
                                            "acknowledged, escalated or resolved"},
-    "escalated_at": _INT_NULL, "escalations": _INT, "acked_by": _STR_NULL, "acked_at": _INT_NULL,
+    "escalated_at": {**_INT_NULL, "description": "when it escalated since it last asked for "
+                                                 "attention; null after an acknowledgement"}, "escalations": _INT, "acked_by": _STR_NULL, "acked_at": _INT_NULL,
     "ack_note": _STR_NULL, "resolved_at": _INT_NULL,
     "escalated": {"type": "boolean", "description": "escalated and still not acknowledged"},
 })

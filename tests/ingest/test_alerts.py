@@ -127,7 +127,11 @@ def test_escalation_only_from_pending_and_only_once() -> None:
     with pytest.raises(AlertError):
         escalate(e, T0 + 600_000)
     acked = acknowledge(e, "n2", None, T0 + 601_000)[0]
-    assert not acked.escalated  # acknowledged: no longer marked
+    assert not acked.escalated and acked.escalated_at is None  # acknowledged: no longer marked
+    assert acked.escalations == 1
+    # a further rise after the acknowledgement is not shown escalated before its own deadline
+    rose = on_score(acked, S("P1", 9, "high", "tinggi"), T0 + 602_000, POLICY)
+    assert rose is not None and not rose[0].escalated
     with pytest.raises(AlertError):
         escalate(acked, T0 + 700_000)
     with pytest.raises(AlertError) as err:
