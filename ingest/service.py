@@ -35,7 +35,8 @@ from typing import Any, Final
 import numpy as np
 from aiohttp import web
 
-from ingest import store
+from ingest import alerts, store
+from ingest.api.alert_routes import ALERTS_KEY
 from ingest.api.app import create_app
 from ingest.api.appkeys import ENGINE_KEY
 from ingest.api.ratelimit import LIMITER_KEY
@@ -168,6 +169,12 @@ class IngestService:
                               checker=self.checker, health=self.health,
                               extra_routes=self._extra_routes())
         self.app[ENGINE_KEY] = self.engine
+        # alerts (issue 17): every emitted point goes through their state machine (_publish)
+        self.alerts = alerts.from_settings(
+            settings, self.ews_db, self.outbox, clock=clock,
+            notify=lambda a: self.hub.publish("alert", a),
+            publish=lambda topic, payload: self.consumer.publish(topic, payload, retain=True))
+        self.app[ALERTS_KEY] = self.alerts
         # points emitted outside observe()/tick() (context changes, POST /ews) are published too
         self.engine.on_emit = self._publish_threadsafe
         self._register_collectors()
@@ -211,6 +218,7 @@ class IngestService:
             asyncio.create_task(self._supervise("ecg", self._ecg_loop), name="ecg"),
             asyncio.create_task(self._supervise("retention", self._retention_loop), name="retention"),
             asyncio.create_task(self._supervise("gaps", self._gap_loop), name="gaps"),
+            asyncio.create_task(self._supervise("alerts", self.alerts.run), name="alerts"),
         ]
         if self.db.location.url is not None:  # PostgreSQL: partitions ahead of the window
             tasks.append(asyncio.create_task(self._supervise("partitions", self._partition_loop),
@@ -282,6 +290,7 @@ class IngestService:
             log.warning("warm start: more than %d patient vitals measured or received in the last "
                         "%d s; the rest are scored when their next reading arrives",
                         store.WARM_MAX_ROWS, window // 1000)
+        self.alerts.saw(warm.items)
         points = await asyncio.to_thread(self.engine.warm_start, warm.items, warm.arrived)
         self._publish(points)
 
@@ -305,6 +314,7 @@ class IngestService:
         items = [(r.user_code, r.vital, r.value, r.ts) for r in rows if r.user_code]
         if not items:
             return []
+        self.alerts.saw(items)
         points = await asyncio.to_thread(self.engine.observe, items)
         self._publish(points)
         return points
@@ -409,6 +419,7 @@ class IngestService:
                                      "risk": p.risk, "produce_at": p.produce_at})
         if self.influx is not None and points:
             self.influx.write_ews(points)
+        self.alerts.offer(points)
 
     async def _tick_loop(self) -> None:
         while True:
@@ -599,6 +610,10 @@ class IngestService:
                     "first (an ownership handover)",
                     lambda: [("vitalgate_ingest_ews_duplicate_emissions_total", {},
                               float(self.engine.duplicates))])
+        r.collector("vitalgate_ingest_alerts_total", "counter",
+                    "alert transitions (opened, updated, escalated, acknowledged, resolved), "
+                    "scores dropped before the alert task, conflicts, webhook outcomes",
+                    self.alerts.samples)
 
 
 @dataclass

@@ -283,3 +283,26 @@ class IngestSettings(ServiceSettings):
     def ward_of(self) -> dict[str, str]:
         """gateway id → its ward (from ``roaming_groups``)."""
         return {g: ward for ward, gateways in self.roaming_groups.items() for g in gateways}
+
+    # --- issue 17, alerts a nurse can acknowledge (helper halert) -----------------------------
+    #: an unacknowledged alert of high risk (NEWS2 ≥ 7) escalates after this long (s,
+    #: processing time); NEWS2 asks for an emergency assessment at once: 5 minutes.
+    alert_response_high_s: float = Field(default=300.0, gt=0, le=7 * 24 * 3600)
+    #: ...of medium risk (5-6, or a single parameter scoring 3): an urgent review, 30 minutes.
+    alert_response_medium_s: float = Field(default=1800.0, gt=0, le=7 * 24 * 3600)
+    #: how often the service looks for alerts past their response time (s).
+    alert_check_s: float = Field(default=5.0, gt=0, le=3600)
+    #: escalated alerts are also POSTed (JSON) here, with bounded retries; unset: MQTT only.
+    alert_webhook_url: str | None = None
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _alert_webhook_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("alert_webhook_url must be an http:// or https:// URL with a host")
+        return v

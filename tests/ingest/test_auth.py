@@ -66,6 +66,10 @@ SAMPLES: dict[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/api/outbox"): ("/api/outbox", None),
     ("GET", "/api/gaps"): ("/api/gaps", None),
     ("GET", "/api/devices/{device_id}/gaps"): ("/api/devices/d061aed45894/gaps", None),
+    ("GET", "/api/alerts"): ("/api/alerts", None),
+    ("GET", "/api/alerts/{id}"): ("/api/alerts/1", None),
+    ("POST", "/api/alerts/{id}/ack"): ("/api/alerts/1/ack", {"who": "Nurse Ani"}),
+    ("GET", "/api/monitoring"): ("/api/monitoring", None),
 }
 
 
