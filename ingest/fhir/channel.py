@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -86,6 +87,9 @@ class FhirChannel:
         self.counts: dict[str, int] = dict.fromkeys(
             ("readings", "observations", "points", "rows", "skipped_no_patient",
              "skipped_unbuildable", "derived_unknown", "memory_evicted"), 0)
+        #: readings_rows runs on the event loop, points_rows inside the EWS engine's
+        #: transaction (a worker thread): the memory and counts are shared
+        self.lock = threading.Lock()
 
     def _remember(self, user_code: str, vital: str, ts: int, entry: Entry) -> None:
         mine = self._latest.get(user_code)
@@ -103,6 +107,11 @@ class FhirChannel:
     def readings_rows(self, readings: Iterable[Any],
                       models: Mapping[str, str] | None = None) -> list[OutRow]:
         """Stored readings of one commit → rows (one or more per patient, in order)."""
+        with self.lock:
+            return self._readings_rows(readings, models)
+
+    def _readings_rows(self, readings: Iterable[Any],
+                       models: Mapping[str, str] | None = None) -> list[OutRow]:
         vital_readings = [r if isinstance(r, VitalReading) else VitalReading.of(r) for r in readings]
         self.counts["readings"] += len(vital_readings)
         built = vitals_units(vital_readings, self.patient_system, models)
@@ -124,6 +133,10 @@ class FhirChannel:
 
     def points_rows(self, points: Iterable[ScorePoint]) -> list[OutRow]:
         """Emitted NEWS2 points → one row each."""
+        with self.lock:
+            return self._points_rows(points)
+
+    def _points_rows(self, points: Iterable[ScorePoint]) -> list[OutRow]:
         rows: list[OutRow] = []
         for p in points:
             self.counts["points"] += 1

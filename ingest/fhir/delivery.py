@@ -1,0 +1,124 @@
+"""FHIR delivery wired into the service: the outbox channel ``fhir`` and its two producers.
+
+``FhirDelivery.attach`` (called by the service only when ``fhir_url`` is set):
+
+* registers :class:`OutboxTransport` (one transaction Bundle per outbox row, answers classified
+  by :mod:`ingest.fhir.transport`) on the durable outbox as channel ``fhir``, with the outbox's
+  retry policy (backoff, one row in flight per patient, leases across instances);
+* adds channel ``fhir`` to the EWS engine: every point the engine emits is enqueued in the same
+  transaction as its history row (dedup key ``ews:<history id>``);
+* :meth:`FhirDelivery.enqueue_readings` enqueues the rows of each commit's stored readings on
+  the EWS store (dedup keys name the Observations: enqueued twice, stored once), before the
+  engine scores them, so a patient's readings rows precede the NEWS2 rows derived from them.
+
+Counts (``FhirDelivery.stats``): the channel's (readings, observations, rows, skipped...), rows
+absorbed by the outbox's dedup key, render failures, and the transport's answers by verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from pydantic import SecretStr
+
+from ingest.db import Conn, Database
+from ingest.db.outbox import Row, enqueue
+from ingest.fhir.channel import CHANNEL, FhirChannel, send_row
+from ingest.fhir.transport import DEFAULT_TIMEOUT_S, FhirTransport
+from ingest.outbox import Outbox, Outcome, RetryPolicy, Verdict
+
+log = logging.getLogger(__name__)
+
+class OutboxTransport:
+    """``ingest.outbox.Transport`` for channel ``fhir``: a row's body is its units."""
+
+    def __init__(self, transport: FhirTransport) -> None:
+        self.transport = transport
+
+    async def __aenter__(self) -> OutboxTransport:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.transport.close()
+
+    async def send(self, row: Row) -> Outcome:
+        a = await send_row(self.transport, row.body)
+        if a.verdict is Verdict.DELIVERED:
+            return Outcome(Verdict.DELIVERED, a.status)
+        return Outcome(a.verdict, a.status, a.detail, a.retry_after_s)
+
+
+class FhirDelivery:
+    """The FHIR channel's producers and counters (one per service)."""
+
+    def __init__(self, channel: FhirChannel, db: Database, outbox: Outbox,
+                 clock: Callable[[], int]) -> None:
+        self.channel = channel
+        self.db = db
+        self.outbox = outbox
+        self.clock = clock
+        self.transport: FhirTransport | None = None
+        self.counts: dict[str, int] = {"absorbed_rows": 0, "render_failures": 0}
+
+    @classmethod
+    def attach(cls, *, url: str, token: SecretStr | None, patient_system: str, batch: int,
+               db: Database, outbox: Outbox, engine: Any, clock: Callable[[], int],
+               retry: RetryPolicy | None = None) -> FhirDelivery:
+        """Register the channel on ``outbox`` and on ``engine`` (``EwsEngine.add_channel``).
+
+        Retry policy: the outbox's defaults (1 s doubling to 60 s, 20 % jitter, 4 patients in
+        flight) with the FHIR request timeout (30 s: a server validates and commits a whole
+        transaction, slower than one Cexup POST); the lease is then 2 x 30 s + 30 s."""
+        policy = retry or RetryPolicy(timeout_s=DEFAULT_TIMEOUT_S)
+        self = cls(FhirChannel(patient_system, batch=batch), db, outbox, clock)
+        self.transport = FhirTransport(url, token=token, max_entries=batch,
+                                       timeout_s=policy.timeout_s)
+        outbox.register(CHANNEL, OutboxTransport(self.transport), retry=policy)
+        engine.add_channel(CHANNEL, self.render)
+        return self
+
+    def render(self, point: Any) -> str | None:
+        """The body of a NEWS2 point's row (called inside the engine's history transaction:
+        never raises; a point that cannot be built is counted and logged, not enqueued)."""
+        try:
+            rows = self.channel.points_rows([point])
+        except Exception:  # a bug here must not cost the EWS history its row
+            self.counts["render_failures"] += 1
+            log.exception("FHIR: a NEWS2 point could not be rendered; not enqueued for FHIR")
+            return None
+        if not rows:
+            self.counts["render_failures"] += 1
+            log.warning("FHIR: a NEWS2 point is not a FHIR score (counted); not enqueued")
+            return None
+        return rows[0].body
+
+    async def enqueue_readings(self, readings: Iterable[Any],
+                               models: Mapping[str, str] | None = None) -> int:
+        """Enqueue the FHIR rows of committed readings; returns the rows added."""
+        rows = self.channel.readings_rows(readings, models)
+        if not rows:
+            return 0
+        now = self.clock()
+
+        def write(conn: Conn) -> int:
+            added = 0
+            for r in rows:
+                if enqueue(conn, channel=CHANNEL, user_code=r.user_code, dedup_key=r.dedup_key,
+                           body=r.body, now=now) is not None:
+                    added += 1
+            return added
+
+        added = await self.db.write(write)
+        self.counts["absorbed_rows"] += len(rows) - added
+        if added:
+            self.outbox.notify(CHANNEL)
+        return added
+
+    def notify(self) -> None:
+        self.outbox.notify(CHANNEL)
+
+    def stats(self) -> dict[str, int]:
+        answers = {f"answers_{k}": v for k, v in (self.transport.counts if self.transport else {}).items()}
+        return {**self.channel.counts, **self.counts, **answers}
