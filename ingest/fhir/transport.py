@@ -156,7 +156,14 @@ class FhirTransport:
         try:
             async with self._get_session().post(self.base_url, data=data, headers=self._headers(),
                                                 timeout=self.timeout) as resp:
-                raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_chunked(64 * 1024):  # to EOF, bounded
+                    size += len(chunk)
+                    chunks.append(chunk)
+                    if size > MAX_RESPONSE_BYTES:
+                        break
+                raw = b"".join(chunks)
                 status = resp.status
                 after = retry_after_s(resp.headers.get("Retry-After"), time.time_ns() // 10**6)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

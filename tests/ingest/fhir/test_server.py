@@ -218,3 +218,18 @@ def test_the_token_is_never_in_a_log_or_repr(caplog: pytest.LogCaptureFixture) -
     assert "s3cret" not in repr(t.__dict__)
     with pytest.raises(ValueError, match="http"):
         FhirTransport("ftp://x/y")
+
+
+async def test_a_large_answer_is_read_whole(fhir_server: FhirServer) -> None:
+    """The server echoes each resource: an answer of several chunks is read to its end (not
+    taken for a garbled 2xx and retried)."""
+    [unit] = units_of([reading("heart_rate")])
+    obs = unit.entries[-1]
+    res = copy.deepcopy(obs.resource)
+    res["note"] = [{"text": "x" * 300_000}]
+    t = FhirTransport(fhir_server.url)
+    try:
+        [a] = await t.send([Unit("P-001", "vitals", (*unit.entries[:-1], replace(obs, resource=res)))])
+    finally:
+        await t.close()
+    assert a.verdict is Verdict.DELIVERED and a.created == 4, a
