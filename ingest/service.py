@@ -168,7 +168,8 @@ class IngestService:
             self.fhir = FhirDelivery.attach(
                 url=settings.fhir_url, token=settings.fhir_token,
                 patient_system=settings.fhir_patient_system, batch=settings.fhir_batch,
-                db=self.ews_db, outbox=self.outbox, engine=self.engine, clock=clock)
+                db=self.ews_db, outbox=self.outbox, engine=self.engine, clock=clock,
+                store_read=self.db.read)
         self.influx: Any = None
         if settings.influx_enabled:
             from ingest.influx import InfluxWriter

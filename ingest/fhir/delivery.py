@@ -18,8 +18,9 @@ absorbed by the outbox's dedup key, render failures, and the transport's answers
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Final
 
 from pydantic import SecretStr
 
@@ -28,8 +29,55 @@ from ingest.db.outbox import Row, enqueue
 from ingest.fhir.channel import CHANNEL, FhirChannel, send_row
 from ingest.fhir.transport import DEFAULT_TIMEOUT_S, FhirTransport
 from ingest.outbox import Outbox, Outcome, RetryPolicy, Verdict
+from vitalgate.contract import mac_from_device_id
 
 log = logging.getLogger(__name__)
+
+#: devices whose model is remembered (a hospital has thousands of watches at most).
+MAX_MODELS: Final = 100_000
+#: a device without a model in the registry is looked up again after 5 min (processing time):
+#: its status (which carries the model) usually arrives before its first readings, not always.
+MODEL_RETRY_MS: Final = 300_000
+
+#: runs ``fn(conn)`` on the readings store's reader (``ingest.store.Database.read``)
+StoreRead = Callable[[Callable[[Any], Any]], Awaitable[Any]]
+
+
+class Models:
+    """device_id → the watch model the registry holds (for the FHIR Device), cached."""
+
+    def __init__(self, read: StoreRead, clock: Callable[[], int]) -> None:
+        self._read = read
+        self._clock = clock
+        self._known: OrderedDict[str, tuple[str, int]] = OrderedDict()  #: model ('' none), when
+        self.lookups = 0
+        self.errors = 0
+
+    async def of(self, device_ids: Iterable[str]) -> dict[str, str]:
+        now = self._clock()
+        wanted = set(device_ids)
+        stale = sorted(d for d in wanted if d not in self._known
+                       or (not self._known[d][0] and now - self._known[d][1] >= MODEL_RETRY_MS))
+        if stale:
+            macs = [mac_from_device_id(d) for d in stale]
+            marks = ",".join("?" * len(macs))
+            # the registry's devices table (ingest.registry; moves with it into ingest/db)
+            query = f"SELECT device_mac, model FROM devices WHERE device_mac IN ({marks})"
+            try:
+                rows = await self._read(lambda conn: conn.execute(query, macs).fetchall())
+            except Exception as exc:  # no model is no reason to hold back a reading
+                self.errors += 1
+                log.warning("FHIR: device models could not be read (%s); Devices without model",
+                            type(exc).__name__)
+                rows = []
+            self.lookups += 1
+            found = {str(mac).replace(":", "").lower(): str(model or "")[:128] for mac, model in rows}
+            for d in stale:
+                self._known[d] = (found.get(d, ""), now)
+                self._known.move_to_end(d)
+            while len(self._known) > MAX_MODELS:
+                self._known.popitem(last=False)
+        return {d: self._known[d][0] for d in wanted if d in self._known and self._known[d][0]}
 
 class OutboxTransport:
     """``ingest.outbox.Transport`` for channel ``fhir``: a row's body is its units."""
@@ -54,25 +102,28 @@ class FhirDelivery:
     """The FHIR channel's producers and counters (one per service)."""
 
     def __init__(self, channel: FhirChannel, db: Database, outbox: Outbox,
-                 clock: Callable[[], int]) -> None:
+                 clock: Callable[[], int], models: Models | None = None) -> None:
         self.channel = channel
         self.db = db
         self.outbox = outbox
         self.clock = clock
+        self.models = models
         self.transport: FhirTransport | None = None
         self.counts: dict[str, int] = {"absorbed_rows": 0, "render_failures": 0}
 
     @classmethod
     def attach(cls, *, url: str, token: SecretStr | None, patient_system: str, batch: int,
                db: Database, outbox: Outbox, engine: Any, clock: Callable[[], int],
-               retry: RetryPolicy | None = None) -> FhirDelivery:
+               retry: RetryPolicy | None = None, store_read: StoreRead | None = None
+               ) -> FhirDelivery:
         """Register the channel on ``outbox`` and on ``engine`` (``EwsEngine.add_channel``).
 
         Retry policy: the outbox's defaults (1 s doubling to 60 s, 20 % jitter, 4 patients in
         flight) with the FHIR request timeout (30 s: a server validates and commits a whole
         transaction, slower than one Cexup POST); the lease is then 2 x 30 s + 30 s."""
         policy = retry or RetryPolicy(timeout_s=DEFAULT_TIMEOUT_S)
-        self = cls(FhirChannel(patient_system, batch=batch), db, outbox, clock)
+        models = Models(store_read, clock) if store_read is not None else None
+        self = cls(FhirChannel(patient_system, batch=batch), db, outbox, clock, models)
         self.transport = FhirTransport(url, token=token, max_entries=batch,
                                        timeout_s=policy.timeout_s)
         outbox.register(CHANNEL, OutboxTransport(self.transport), retry=policy)
@@ -96,7 +147,11 @@ class FhirDelivery:
 
     async def enqueue_readings(self, readings: Iterable[Any],
                                models: Mapping[str, str] | None = None) -> int:
-        """Enqueue the FHIR rows of committed readings; returns the rows added."""
+        """Enqueue the FHIR rows of committed readings; returns the rows added. ``models``
+        (device_id → model) defaults to what the registry says."""
+        readings = list(readings)
+        if models is None and self.models is not None:
+            models = await self.models.of({r.device_id for r in readings if r.user_code})
         rows = self.channel.readings_rows(readings, models)
         if not rows:
             return 0
@@ -121,4 +176,6 @@ class FhirDelivery:
 
     def stats(self) -> dict[str, int]:
         answers = {f"answers_{k}": v for k, v in (self.transport.counts if self.transport else {}).items()}
-        return {**self.channel.counts, **self.counts, **answers}
+        lookups = {} if self.models is None else {"model_lookups": self.models.lookups,
+                                                   "model_errors": self.models.errors}
+        return {**self.channel.counts, **self.counts, **answers, **lookups}

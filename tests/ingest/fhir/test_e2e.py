@@ -24,7 +24,7 @@ from tests.support.ingest_service import (
     settings_for,
 )
 from vitalgate.broker import Mosquitto
-from vitalgate.contract import Topics, encode_readings
+from vitalgate.contract import DeviceStatus, Topics, encode_readings
 
 pytestmark = pytest.mark.e2e
 TOPICS = Topics()
@@ -87,6 +87,14 @@ async def test_server_down_readings_flow_restart_then_up_every_observation_once(
     sent: list[Any] = []
     async with running(settings) as svc:
         await eventually(lambda: svc.service.consumer.connected)
+        client = publisher(mosquitto.host, mosquitto.port, "gw-status")
+        try:  # the gateway reports its watches (with their model) before their readings
+            publish_all(client, [(TOPICS.device_status(GATEWAY, device), DeviceStatus(
+                device_id=device, connected=True, model="E86", user_code=user).to_bytes())
+                for user, device in PATIENTS.items()])
+        finally:
+            client.disconnect()
+            client.loop_stop()
         for step in (0, 1):
             publish(mosquitto, sent, step, base_ts)
         # readings are stored and their FHIR rows wait: the server is down, attempts fail
@@ -129,4 +137,8 @@ async def test_server_down_readings_flow_restart_then_up_every_observation_once(
     # absorbed by conditional create)
     assert sorted(got_news) == sorted(expected_news)
     assert fhir_server.count("Patient") == 3 and fhir_server.count("Device") == 4
+    watches = fhir_server.search("Device", identifier=f"{codes.BLUETOOTH_SYSTEM}|")
+    assert sorted(w["identifier"][0]["value"].replace(":", "").lower() for w in watches) == sorted(
+        PATIENTS.values())
+    assert {w.get("modelNumber") for w in watches} == {"E86"}  # from the registry
     assert fhir_counts["skipped_no_patient"] == 0 and fhir_counts["render_failures"] == 0
