@@ -17,6 +17,7 @@ absorbed by the outbox's dedup key, render failures, and the transport's answers
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -38,6 +39,11 @@ MAX_MODELS: Final = 100_000
 #: a device without a model in the registry is looked up again after 5 min (processing time):
 #: its status (which carries the model) usually arrives before its first readings, not always.
 MODEL_RETRY_MS: Final = 300_000
+
+#: pauses between the attempts to enqueue a commit's rows when the EWS store refuses the write
+#: (a lock timeout, a PostgreSQL failover): three attempts within 1.1 s, then the rows are
+#: counted as lost for FHIR (enqueue_failed_rows) rather than holding back the consumer.
+ENQUEUE_RETRY_S: Final = (0.1, 1.0, 0.0)
 
 #: runs ``fn(conn)`` on the readings store's reader (``ingest.store.Database.read``)
 StoreRead = Callable[[Callable[[Any], Any]], Awaitable[Any]]
@@ -109,7 +115,8 @@ class FhirDelivery:
         self.clock = clock
         self.models = models
         self.transport: FhirTransport | None = None
-        self.counts: dict[str, int] = {"absorbed_rows": 0, "render_failures": 0}
+        self.counts: dict[str, int] = {"absorbed_rows": 0, "render_failures": 0,
+                                       "enqueue_failed_rows": 0}
 
     @classmethod
     def attach(cls, *, url: str, token: SecretStr | None, patient_system: str, batch: int,
@@ -165,7 +172,19 @@ class FhirDelivery:
                     added += 1
             return added
 
-        added = await self.db.write(write)
+        for attempt, pause_s in enumerate(ENQUEUE_RETRY_S):
+            try:
+                added = await self.db.write(write)
+                break
+            except Exception as exc:  # the readings are stored and must still be scored
+                if attempt + 1 < len(ENQUEUE_RETRY_S):
+                    await asyncio.sleep(pause_s)
+                    continue
+                self.counts["enqueue_failed_rows"] += len(rows)
+                log.error("FHIR: %d rows could not be enqueued (%s: %s); their readings are "
+                          "stored but will not reach the FHIR server (counted)",
+                          len(rows), type(exc).__name__, str(exc)[:200])
+                return 0
         self.counts["absorbed_rows"] += len(rows) - added
         if added:
             self.outbox.notify(CHANNEL)

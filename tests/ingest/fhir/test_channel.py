@@ -4,6 +4,7 @@ from what was enqueued, and rows delivered to the real FHIR server."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ingest.fhir import codes
 from ingest.fhir.channel import FhirChannel, decode, send_row
@@ -104,3 +105,19 @@ async def test_a_row_with_a_refused_unit_fails_naming_it_and_delivers_the_rest(
     assert a.created == 4  # Patient, 2 Devices, the heart rate
     assert fhir_server.count("Observation") == 1
 
+
+
+async def test_a_store_that_refuses_the_enqueue_costs_nothing_but_is_counted(tmp_path: Path) -> None:
+    from ingest.db import ews as ews_store
+    from ingest.fhir.delivery import FhirDelivery
+    from ingest.outbox import Outbox
+
+    db = ews_store.open_store(f"sqlite:///{tmp_path / 'ingest.sqlite3'}", tmp_path)
+    outbox = Outbox(db, upstream_url=None, api_key=None)
+    fhir = FhirDelivery(FhirChannel(SYSTEM), db, outbox, clock=lambda: TS)
+    assert await fhir.enqueue_readings(full_message()) == 1
+    assert await fhir.enqueue_readings(full_message()) == 0  # the same rows: absorbed
+    assert fhir.stats()["absorbed_rows"] == 1
+    db.close()  # a store that cannot write any more
+    assert await fhir.enqueue_readings(full_message(seq=9, ts=TS + 9)) == 0  # does not raise
+    assert fhir.stats()["enqueue_failed_rows"] == 1
