@@ -19,9 +19,10 @@ from ingest.fhir.delivery import FhirDelivery
 from ingest.fhir.resources import VitalReading, news2_id, vitals_units
 from ingest.outbox import Outbox, RetryPolicy
 from tests.ingest.ews_support import opener, query
-from tests.ingest.test_outbox import Open, stop, until
+from tests.ingest.test_outbox import Open, stop
 from tests.ingest.upstream import FakeTime
 from tests.support.fhir import FhirServer
+from tests.support.ingest_service import eventually
 
 SYSTEM = "urn:oid:1.2.3"
 PATIENTS = ("OB-1", "OB-2")
@@ -72,7 +73,7 @@ async def test_outage_restart_and_recovery_every_observation_once(
                 await fhir.enqueue_readings(rs)
                 engine.observe([(r.user_code or "", r.vital, r.value, r.ts) for r in rs])
             clock.advance(60_000)
-        await until(lambda: outbox.metrics("fhir")["retried"] >= 2, "retries while down")
+        await eventually(lambda: outbox.metrics("fhir")["retried"] >= 2, timeout=60)
         assert outbox.metrics("fhir")["delivered"] == 0
     finally:
         await stop(task)
@@ -93,7 +94,7 @@ async def test_outage_restart_and_recovery_every_observation_once(
                 await fhir.enqueue_readings(rs)
                 engine.observe([(r.user_code or "", r.vital, r.value, r.ts) for r in rs])
             clock.advance(60_000)
-        await until(lambda: outbox.metrics("fhir")["depth"] == 0, "every row delivered")
+        await eventually(lambda: outbox.metrics("fhir")["depth"] == 0, timeout=120)
     finally:
         await stop(task)
     m = outbox.metrics("fhir")
