@@ -3,7 +3,7 @@
 ``FhirTransport`` POSTs a transaction Bundle to the server's base URL (``VITALGATE_FHIR_URL``)
 with an optional bearer token (``VITALGATE_FHIR_TOKEN``: sent in the Authorization header, never
 logged, never in an error text). What an answer means (the same table as the Cexup delivery,
-:func:`ingest.outbox.classify`):
+:func:`ingest.outbox.verdict_of`):
 
 * 2xx with a ``transaction-response`` Bundle of one entry per entry sent, each ``response.status``
   2xx: delivered (``201`` created, ``200`` an identical resource was already there: a resend
@@ -34,7 +34,8 @@ from pydantic import SecretStr
 
 from ingest.fhir.bundle import DEFAULT_BATCH, pack, transaction
 from ingest.fhir.resources import Json, Unit
-from ingest.outbox import Verdict, classify, retry_after_s
+from ingest.outbox import Verdict, retry_after_s
+from ingest.outbox import verdict_of as classify
 
 log = logging.getLogger(__name__)
 
