@@ -192,9 +192,9 @@ class IngestService:
 
     def _add_dashboard_routes(self, app: web.Application) -> None:
         from ingest.dashboard import routes as dashboard_routes
-        from ingest.dashboard.ward import ReadOnlyDb, WardView
+        from ingest.dashboard.ward import WardView
 
-        ews_db = ReadOnlyDb(self.settings.ews_db_path)  # the engine created it already
+        ews_db = cast(Any, self.ews_db)  # the EWS store (its reads are portable SQL)
         app[dashboard_routes.WARD_KEY] = WardView(db=cast(Any, self.db), engine=self.engine, ews_db=ews_db,
                                                   clock=self.clock)
         app[dashboard_routes.HUB_KEY] = self.hub
@@ -455,9 +455,11 @@ class IngestService:
     async def retention_pass(self) -> dict[str, int]:
         """Delete everything older than the retention window, one small transaction at a time."""
         cutoff = self.clock() - int(self.settings.retention_days * 86_400_000)
+        accepted = self.partition_window()[0]
         total: dict[str, int] = {}
         while True:
-            deleted = await self.db.write(lambda c: store.retention_step(c, cutoff, RETENTION_BATCH))
+            deleted = await self.db.write(lambda c: store.retention_step(
+                c, cutoff, RETENTION_BATCH, accepted_from_ms=accepted))
             for table, n in deleted.items():
                 total[table] = total.get(table, 0) + n
                 self.metrics.retention_deleted.inc(n, table=table)
@@ -605,6 +607,11 @@ class IngestService:
                     "folded into their batch's last)",
                     lambda: [("vitalgate_ingest_ews_readings_total", {"outcome": k}, float(v))
                              for k, v in self.engine.scoring_counts().items()])
+        r.collector("vitalgate_ingest_ews_duplicate_emissions_total", "counter",
+                    "EWS emissions absorbed: another instance had recorded the patient's point "
+                    "first (an ownership handover)",
+                    lambda: [("vitalgate_ingest_ews_duplicate_emissions_total", {},
+                              float(self.engine.duplicates))])
         r.collector("vitalgate_ingest_fhir", "gauge",
                     "FHIR channel (docs/fhir.md): readings, observations, points, rows, "
                     "skipped_no_patient, skipped_unbuildable, derived_unknown, memory_evicted, "
