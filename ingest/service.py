@@ -147,6 +147,16 @@ class IngestService:
             median_k=settings.median_k, policy=policy, clock=clock,
             deliver=settings.upstream_url is not None, notify=self.outbox.notify,
         )
+        #: FHIR R4 out (issue 17, docs/fhir.md): outbox channel "fhir"; off unless fhir_url is set
+        self.fhir: Any = None
+        if settings.fhir_url:
+            from ingest.fhir.delivery import FhirDelivery
+
+            self.fhir = FhirDelivery.attach(
+                url=settings.fhir_url, token=settings.fhir_token,
+                patient_system=settings.fhir_patient_system, batch=settings.fhir_batch,
+                db=self.ews_db, outbox=self.outbox, engine=self.engine, clock=clock,
+                store_read=self.db.read)
         self.influx: Any = None
         if settings.influx_enabled:
             from ingest.influx import InfluxWriter
@@ -303,6 +313,8 @@ class IngestService:
         if self.influx is not None and rows:
             self.influx.write_readings([(r.device_id, r.user_code, r.gateway_id, r.vital, r.value,
                                          r.ts, r.source) for r in rows])
+        if self.fhir is not None and rows:  # before scoring: vitals' rows precede their NEWS2's
+            await self.fhir.enqueue_readings(rows)
         await self.observe(rows)
         if rows:
             self.hub.publish("readings", {"count": len(rows)})
@@ -420,6 +432,8 @@ class IngestService:
         if self.influx is not None and points:
             self.influx.write_ews(points)
         self.alerts.offer(points)
+        if self.fhir is not None and points:  # their FHIR rows were enqueued with their history
+            self.fhir.notify()
 
     async def _tick_loop(self) -> None:
         while True:
@@ -520,6 +534,8 @@ class IngestService:
             if self.influx is not None:
                 self.influx.write_readings([(reading.device_id, reading.user_code, reading.gateway_id,
                                              reading.vital, reading.value, reading.ts, reading.source)])
+            if self.fhir is not None:
+                await self.fhir.enqueue_readings([reading])
             await self.observe([reading])
 
     # ---------------------------------------------------------------------------- status
@@ -614,6 +630,13 @@ class IngestService:
                     "alert transitions (opened, updated, escalated, acknowledged, resolved), "
                     "scores dropped before the alert task, conflicts, webhook outcomes",
                     self.alerts.samples)
+        r.collector("vitalgate_ingest_fhir", "gauge",
+                    "FHIR channel (docs/fhir.md): readings, observations, points, rows, "
+                    "skipped_no_patient, skipped_unbuildable, derived_unknown, memory_evicted, "
+                    "absorbed_rows, render_failures, answers_<verdict>",
+                    lambda: [] if self.fhir is None else [
+                        ("vitalgate_ingest_fhir", {"stat": k}, float(v))
+                        for k, v in self.fhir.stats().items()])
 
 
 @dataclass

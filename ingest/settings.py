@@ -306,3 +306,29 @@ class IngestSettings(ServiceSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("alert_webhook_url must be an http:// or https:// URL with a host")
         return v
+
+    # --- FHIR R4 out (issue 17, helper hfhir; docs/fhir.md) ----------------------------------
+    #: the FHIR server's base URL (http(s)://host[:port]/base): readings and NEWS2 points go
+    #: there as transaction Bundles. Unset: no FHIR delivery at all.
+    fhir_url: str | None = None
+    #: bearer token sent with every request (never logged).
+    fhir_token: SecretStr | None = None
+    #: the identifier system of Patient.identifier (its value is the user_code).
+    fhir_patient_system: str = Field(default="urn:vitalgate:user-code",
+                                     pattern=r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s|]{1,250}$")
+    #: entries per transaction Bundle at most (Patients and Devices included). 8 is Medplum's
+    #: cap for a transaction holding a conditional create, and one reading message fits it.
+    fhir_batch: int = Field(default=8, ge=1, le=1000)
+
+    @field_validator("fhir_url")
+    @classmethod
+    def _check_fhir_url(cls, v: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if v is not None and (urlsplit(v).scheme not in ("http", "https") or not urlsplit(v).hostname):
+            raise ValueError("fhir_url must be http(s)://host[:port]/base")
+        return v
+
+    @property
+    def fhir_enabled(self) -> bool:
+        return bool(self.fhir_url)
