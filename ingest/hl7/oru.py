@@ -1,0 +1,392 @@
+"""ORU^R01 (HL7 v2.6, IHE PCD-01 "Communicate PCD Data", DEC profile) of readings and scores.
+
+One message per contract reading (one device, one event time: every vital it carried) and one
+per emitted NEWS2 point, built with hl7apy at its strict validation level (every value checked
+against its data type and length as it is set) and validated against the v2.6 ORU_R01
+structure before it is returned. Free text goes through :func:`ingest.hl7.text.field_text`.
+
+The message control id (MSH-10) is derived from what the message is about (the reading's
+device, stream position and event time; the point's patient, history row and time), never
+from a counter or a clock, so the same item built again, or sent again, has the same id and a
+receiver recognises a resend. The message text itself is built once, when its outbox row is
+written, and sent verbatim on every attempt (MSH-7 is the build time, processing time).
+
+Times: OBR-7 and OBX-14 are event time (when measured; for a score, the time of the newest
+vital it used); MSH-7 is processing time. All in UTC with an explicit ``+0000`` offset.
+
+docs/hl7.md has the full segment mapping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.core import Message
+
+from ingest.hl7 import vocab
+from ingest.hl7.text import field_text
+from vitalgate.contract import DEVICE_ID_RE, USER_CODE_RE, mac_from_device_id, matches
+
+VERSION: Final = "2.6"
+#: MSH-21: the IHE PCD-01 message profile (PCD TF-2, "IHE PCD ORU^R01").
+PROFILE: Final = "IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO"
+#: OBR-4: the universal service id IHE PCD uses for periodic monitoring data.
+SERVICE: Final = vocab.Coded("182777000", "monitoring of patient", "SCT")
+#: MSH-15 / MSH-16: the sender asks for an accept acknowledgment (commit level), never an
+#: application acknowledgment (PCD-01's choice: the ACK of the MLLP exchange is the answer).
+ACCEPT_ACK: Final = "AL"
+APPLICATION_ACK: Final = "NE"
+#: OBX-11 of device measurements: "R" (results entered, not verified), as IHE PCD prescribes
+#: for unvalidated device data; "X" for a row that carries no value (the blood pressure's
+#: compound row); a score is "F" (final) or "P" (preliminary) while partial.
+DEVICE_RESULT: Final = "R"
+NO_VALUE: Final = "X"
+#: bounds of free text (escaped characters); HD namespace ids (IS) hold 20, ST 199 in v2.6.
+MAX_NAMESPACE: Final = 20
+MAX_TEXT: Final = 199
+#: a comment (NTE-3, FT): the score's causes and missing inputs, at most this long.
+MAX_COMMENT: Final = 1000
+#: an ISO object identifier (assigning authority / facility given as an OID).
+_OID: Final = re.compile(r"[0-2](\.(0|[1-9][0-9]*)){1,40}")
+
+Kind = Literal["vitals", "ews"]
+
+
+@dataclass(frozen=True, slots=True)
+class OruConfig:
+    """What the hospital configures (settings ``hl7_facility``, ``hl7_patient_authority``)."""
+
+    #: MSH-4 sending facility: a namespace id (up to 20 characters) or an ISO OID.
+    facility: str = "vitalgate"
+    #: PID-3.4 assigning authority of the patient identifier (user_code): namespace or OID.
+    patient_authority: str = "vitalgate"
+    #: MSH-3 sending application.
+    application: str = "vitalgate"
+    #: the EWS chart the engine scores with (settings ``ews_table``): picks the total's code.
+    table: str = "news2"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """What the registry knows of a watch (free text from the device or an API client)."""
+
+    name: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingGroup:
+    """One contract reading as stored: every vital one device measured at one time."""
+
+    user_code: str
+    device_id: str
+    gateway_id: str | None
+    ts: int  #: event time (epoch ms)
+    seq: int | None
+    source: str
+    vitals: tuple[tuple[str, float], ...]
+    ward: str | None = None
+    bed: str | None = None
+    device: DeviceInfo = field(default_factory=DeviceInfo)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreItem:
+    """One emitted EWS point (from ``ingest.ews_engine.EwsPoint``), with where the patient is."""
+
+    user_code: str
+    point: int
+    risk: str
+    result: str
+    partial: bool
+    components: tuple[tuple[str, int], ...]
+    cause: tuple[str, ...]
+    missing: tuple[str, ...]
+    produce_at: int  #: event time of the newest vital used (epoch ms)
+    history_id: int | None = None
+    ward: str | None = None
+    bed: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Hl7Message:
+    """A built message: its control id, whose it is (the outbox's ordering key), its text."""
+
+    control_id: str
+    user_code: str
+    kind: Kind
+    er7: str  #: segments separated by CR, no MLLP framing
+
+    def to_bytes(self) -> bytes:
+        return self.er7.encode("utf-8")
+
+
+class BuildError(ValueError):
+    """An item that cannot become a message (e.g. no patient); ``reason`` is a short label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+# ------------------------------------------------------------------------------- values
+
+
+def dtm(epoch_ms: int) -> str:
+    """HL7 DTM in UTC with milliseconds and offset: ``20261201231800.123+0000``."""
+    t = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return t.strftime("%Y%m%d%H%M%S") + f".{epoch_ms % 1000:03d}+0000"
+
+
+def number(value: float) -> str:
+    """An NM value: at most 4 decimals, no trailing zeros (72, 36.8, 97.25)."""
+    text = f"{value:.4f}".rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
+def hd(value: str, sep: str = "^") -> str:
+    """An HD (hierarchic designator): an OID as universal id (type ISO), else a namespace id.
+    ``sep`` joins its parts: ``^`` for a field, ``&`` where the HD is itself a component."""
+    if _OID.fullmatch(value) is not None and len(value) <= MAX_TEXT:
+        return f"{sep}{value}{sep}ISO"
+    return field_text(value, MAX_NAMESPACE)
+
+
+def eui64(device_id: str) -> str:
+    """The device's EUI-64 from its MAC-48 (IEEE's mapping: FFFE inserted after the OUI)."""
+    return (device_id[:6] + "fffe" + device_id[6:]).upper()
+
+
+def control_id(*parts: object) -> str:
+    """A stable 20-character MSH-10 from what the message is about (fits v2.5's ST(20) too)."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()
+    return "VG" + digest[:18].upper()
+
+
+# ------------------------------------------------------------------------------- building
+
+
+def _message(config: OruConfig, control: str, now_ms: int) -> Any:
+    m = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
+    msh = m.msh
+    msh.msh_3 = field_text(config.application, MAX_NAMESPACE)
+    msh.msh_4 = hd(config.facility)
+    msh.msh_7 = dtm(now_ms)
+    msh.msh_9 = "ORU^R01^ORU_R01"
+    msh.msh_10 = control
+    msh.msh_11 = "P"
+    msh.msh_12 = VERSION
+    msh.msh_15 = ACCEPT_ACK
+    msh.msh_16 = APPLICATION_ACK
+    msh.msh_18 = "UNICODE UTF-8"
+    msh.msh_21 = PROFILE
+    return m
+
+
+def _patient(m: Any, config: OruConfig, user_code: str, ward: str | None,
+             bed: str | None) -> Any:
+    if not matches(USER_CODE_RE, user_code):
+        raise BuildError("user_code", f"{user_code!r} is not a user code")
+    result = m.add_group("ORU_R01_PATIENT_RESULT")
+    patient = result.add_group("ORU_R01_PATIENT")
+    pid = patient.pid
+    pid.pid_1 = "1"
+    # PI: patient internal identifier (the Cexup user_code) of the configured authority
+    pid.pid_3 = f"{field_text(user_code, MAX_TEXT)}^^^{hd(config.patient_authority, '&')}^PI"
+    # the name is not known to vitalgate (and stays where it is): XPN-7 name type U, unspecified
+    pid.pid_5 = "^^^^^^U"
+    if ward:
+        visit = patient.add_group("ORU_R01_VISIT")
+        visit.pv1.pv1_1 = "1"
+        visit.pv1.pv1_2 = "I"  # inpatient: the watches are worn on a ward
+        pv1_3 = f"{field_text(ward, MAX_NAMESPACE)}^^{field_text(bed, MAX_NAMESPACE)}"
+        visit.pv1.pv1_3 = f"{pv1_3}^{hd(config.facility, '&')}"
+    return result
+
+
+def _order(result: Any, control: str, ts: int) -> Any:
+    order = result.add_group("ORU_R01_ORDER_OBSERVATION")
+    obr = order.obr
+    obr.obr_1 = "1"
+    obr.obr_3 = f"{control}^vitalgate"  # filler order number: unique per message
+    obr.obr_4 = SERVICE.cwe()
+    obr.obr_7 = dtm(ts)
+    return order
+
+
+@dataclass(slots=True)
+class _Rows:
+    """Adds OBX rows (and their NTE comments) to an order group, numbering OBX-1."""
+
+    order: Any
+    n: int = 0
+
+    def add(self, *, value_type: str, code: vocab.Coded, sub_id: str, value: str = "",
+            unit: vocab.Unit | None = None, flag: str = "", status: str = DEVICE_RESULT,
+            ts: int | None = None, method: vocab.Coded | None = None,
+            equipment: Sequence[str] = (), comments: Sequence[str] = ()) -> None:
+        self.n += 1
+        obx = self.order.add_group("ORU_R01_OBSERVATION").obx
+        obx.obx_1 = str(self.n)
+        if value_type:
+            obx.obx_2 = value_type
+        obx.obx_3 = code.cwe()
+        obx.obx_4 = sub_id
+        if value:
+            obx.obx_5 = value
+        if unit is not None:
+            obx.obx_6 = unit.cwe()
+        if flag:
+            obx.obx_8 = flag
+        obx.obx_11 = status
+        if ts is not None:
+            obx.obx_14 = dtm(ts)
+        if method is not None:
+            obx.obx_17 = method.cwe()
+        for rep in equipment:
+            obx.add_field("OBX_18").value = rep
+        group = obx.parent
+        for i, text in enumerate(comments, start=1):
+            nte = group.add_segment("NTE")
+            nte.nte_1 = str(i)
+            nte.nte_3 = text
+
+
+def _finish(m: Any, control: str, user_code: str, kind: Kind) -> Hl7Message:
+    m.validate()  # raises hl7apy's ValidationError naming the element
+    return Hl7Message(control, user_code, kind, m.to_er7())
+
+
+def reading_control_id(g: ReadingGroup) -> str:
+    vitals = ",".join(f"{k}={v!r}" for k, v in sorted(g.vitals))
+    return control_id("vitals", g.device_id, g.seq, g.ts, g.source, vitals)
+
+
+def build_reading(g: ReadingGroup, config: OruConfig, now_ms: int) -> Hl7Message:
+    """The ORU^R01 of one reading: one OBX per vital (blood pressure: a compound row and its
+    systolic / diastolic facets), then the device's model and name."""
+    if not matches(DEVICE_ID_RE, g.device_id):
+        raise BuildError("device_id", f"{g.device_id!r} is not a device id")
+    if not g.vitals:
+        raise BuildError("vitals", "a reading without vitals")
+    control = reading_control_id(g)
+    m = _message(config, control, now_ms)
+    result = _patient(m, config, g.user_code, g.ward, g.bed)
+    order = _order(result, control, g.ts)
+    equipment = [f"{eui64(g.device_id)}^^{eui64(g.device_id)}^EUI-64",
+                 f"{mac_from_device_id(g.device_id)}^MAC"]
+    if g.gateway_id:
+        equipment.append(f"{field_text(g.gateway_id, MAX_TEXT)}^VITALGATE-GATEWAY")
+    method = vocab.MANUAL_MEASUREMENT if g.source == "manual" else vocab.AUTO_MEASUREMENT
+    rows = _Rows(order)
+    values = dict(g.vitals)
+    metric = 0
+    for name in vocab.ORDER:
+        if name == "blood_pressure":
+            facets = [(c, values[v]) for c, v in ((vocab.BP_SYS, "systolic_bp"),
+                                                  (vocab.BP_DIA, "diastolic_bp")) if v in values]
+            if not facets:
+                continue
+            metric += 1
+            sub = f"1.1.1.{metric}"
+            rows.add(value_type="", code=vocab.BP, sub_id=sub, status=NO_VALUE, ts=g.ts,
+                     method=method, equipment=equipment)
+            for k, (code, value) in enumerate(facets, start=1):
+                rows.add(value_type="NM", code=code, sub_id=f"{sub}.{k}", value=number(value),
+                         unit=vocab.MM_HG, ts=g.ts, method=method, equipment=equipment)
+            continue
+        if name not in values:
+            continue
+        metric += 1
+        if name == "heart_rate":
+            code, unit = vocab.heart_rate_code(g.source), vocab.PER_MIN
+        else:
+            code, unit = vocab.SIMPLE[name]
+        rows.add(value_type="NM", code=code, sub_id=f"1.1.1.{metric}", value=number(values[name]),
+                 unit=unit, ts=g.ts, method=method, equipment=equipment)
+    if rows.n == 0:
+        raise BuildError("vitals", f"no known vital in {sorted(values)}")
+    if g.device.model:
+        rows.add(value_type="ST", code=vocab.MODEL, sub_id="1",
+                 value=field_text(g.device.model, MAX_TEXT), equipment=equipment[:1])
+    if g.device.name:
+        rows.add(value_type="ST", code=vocab.DEVICE_NAME, sub_id="1",
+                 value=field_text(g.device.name, MAX_TEXT), equipment=equipment[:1])
+    return _finish(m, control, g.user_code, "vitals")
+
+
+def score_control_id(s: ScoreItem) -> str:
+    comps = ",".join(f"{k}={v}" for k, v in s.components)
+    return control_id("ews", s.user_code, s.history_id, s.produce_at, s.point, s.risk, comps)
+
+
+def build_score(s: ScoreItem, config: OruConfig, now_ms: int) -> Hl7Message:
+    """The ORU^R01 of one EWS point: the total (with the risk band's abnormal flag, the causes
+    and missing inputs as comments), the risk band, one row per sub-score."""
+    if s.risk not in vocab.RISK:
+        raise BuildError("risk", f"{s.risk!r} is not a risk band")
+    control = score_control_id(s)
+    m = _message(config, control, now_ms)
+    result = _patient(m, config, s.user_code, s.ward, s.bed)
+    order = _order(result, control, s.produce_at)
+    band_text, flag = vocab.RISK[s.risk]
+    status = "P" if s.partial else "F"
+    comments = []
+    if s.cause:
+        comments.append(field_text("cause: " + "; ".join(s.cause), MAX_COMMENT))
+    if s.missing:
+        comments.append(field_text("partial, missing: " + ", ".join(s.missing), MAX_COMMENT))
+    rows = _Rows(order)
+    rows.add(value_type="NM", code=vocab.total_code(config.table), sub_id="1",
+             value=str(int(s.point)), unit=vocab.SCORE, flag=flag, status=status,
+             ts=s.produce_at, comments=comments)
+    band = (f"{s.risk}^{band_text}^{vocab.LOCAL}^{field_text(s.result, MAX_NAMESPACE)}"
+            f"^{field_text(s.result, MAX_NAMESPACE)}^{vocab.CEXUP}")
+    rows.add(value_type="CWE", code=vocab.RISK_BAND, sub_id="2", value=band, status=status,
+             ts=s.produce_at)
+    for k, (name, points) in enumerate(s.components, start=1):
+        code = vocab.subscore_code(config.table, field_text(name, 40))
+        rows.add(value_type="NM", code=code, sub_id=f"3.{k}", value=str(int(points)),
+                 unit=vocab.SCORE, status=status, ts=s.produce_at)
+    return _finish(m, control, s.user_code, "ews")
+
+
+# ------------------------------------------------------------------------------- inputs
+
+
+def group_readings(rows: Iterable[Any], *, ward_of: Mapping[str, str] | None = None,
+                   devices: Mapping[str, DeviceInfo] | None = None) -> list[ReadingGroup]:
+    """Committed reading rows (``ingest.store.StoredReading``: one per vital) → one group per
+    reading, in the rows' order of first appearance. Rows without a patient are left out."""
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for r in rows:
+        if not r.user_code:
+            continue
+        key = (r.user_code, r.device_id, r.gateway_id, r.ts, r.seq, r.source)
+        groups.setdefault(key, []).append(r)
+    ward_of, devices = ward_of or {}, devices or {}
+    out = []
+    for (user_code, device_id, gateway_id, ts, seq, source), members in groups.items():
+        out.append(ReadingGroup(
+            user_code=user_code, device_id=device_id, gateway_id=gateway_id, ts=int(ts),
+            seq=seq, source=str(source),
+            vitals=tuple((str(r.vital), float(r.value)) for r in members),
+            ward=ward_of.get(gateway_id) if gateway_id else None,
+            device=devices.get(device_id, DeviceInfo())))
+    return out
+
+
+def score_item(point: Any, *, ward: str | None = None) -> ScoreItem:
+    """An ``ingest.ews_engine.EwsPoint`` as the builder's input."""
+    return ScoreItem(
+        user_code=point.user_code, point=int(point.point), risk=str(point.risk),
+        result=str(point.result), partial=bool(point.partial),
+        components=tuple((str(k), int(v)) for k, v in sorted(point.components.items())),
+        cause=tuple(point.cause), missing=tuple(point.missing), produce_at=int(point.produce_at),
+        history_id=point.id, ward=ward)
