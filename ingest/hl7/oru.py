@@ -265,7 +265,7 @@ def _finish(m: Any, control: str, user_code: str, kind: Kind) -> Hl7Message:
 
 def reading_control_id(g: ReadingGroup) -> str:
     vitals = ",".join(f"{k}={v!r}" for k, v in sorted(g.vitals))
-    return control_id("vitals", g.device_id, g.seq, g.ts, g.source, vitals)
+    return control_id("vitals", g.user_code, g.device_id, g.seq, g.ts, g.source, vitals)
 
 
 def build_reading(g: ReadingGroup, config: OruConfig, now_ms: int) -> Hl7Message:

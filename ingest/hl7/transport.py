@@ -11,7 +11,7 @@ accepted       ACK with MSA-1 AA (or CA)                        delivered
 rejected       AR (or CR): the receiver refuses this message    failed: never retried; counted
 app-error      AE (or CE): the receiver failed to process it    retried with backoff (this
                                                                 item only) up to
-                                                                ``ae_max_attempts``, then failed
+                                                                ``ae_max_attempts`` AEs, then failed
 unavailable    no connection, no ACK within the timeout, a      retried with backoff; every
                garbled ACK or one naming another message        patient waits (receiver down)
 ============  ===============================================  =============================
@@ -55,7 +55,7 @@ class Transport(Protocol):
 class AckPolicy:
     """How acknowledgments become verdicts (the table above)."""
 
-    #: an AE is retried until the item has been tried this many times, then it is failed: an
+    #: an AE is retried until the item has been answered AE this many times, then failed: an
     #: application error that survives 5 attempts over the backoff (1+2+4+8 s and more) is
     #: the receiver refusing this message, not a passing fault; it must not block the
     #: patient's later messages for ever.
@@ -65,12 +65,14 @@ class AckPolicy:
         if self.ae_max_attempts < 1:
             raise ValueError(f"ae_max_attempts must be >= 1, got {self.ae_max_attempts}")
 
-    def verdict(self, delivery: Delivery, attempts: int) -> Verdict:
-        """``attempts``: how many times the item has been tried, this attempt included."""
+    def verdict(self, delivery: Delivery, errors: int) -> Verdict:
+        """``errors``: how many AE (or CE) answers the item has had, this one included (the
+        attempts the receiver was unavailable for do not count: an outage does not use up
+        the item's chances)."""
         if delivery.outcome is Outcome.ACCEPTED:
             return Verdict.DELIVERED
         if delivery.outcome is Outcome.REJECTED:
             return Verdict.FAILED
         if delivery.outcome is Outcome.APP_ERROR:
-            return Verdict.FAILED if attempts >= self.ae_max_attempts else Verdict.RETRY_ITEM
+            return Verdict.FAILED if errors >= self.ae_max_attempts else Verdict.RETRY_ITEM
         return Verdict.RETRY_ALL
