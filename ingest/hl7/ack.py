@@ -1,7 +1,8 @@
 """ACK messages: MSA-1 (the acknowledgment code), MSA-2 (which message), and what they mean.
 
 Original mode (AA/AE/AR) and enhanced mode's commit acknowledgments (CA/CE/CR) mean the same
-here: IHE PCD-01 asks for an accept acknowledgment only (MSH-15 AL, MSH-16 NE).
+here: IHE PCD-01 asks for an accept acknowledgment only (MSH-15 AL, MSH-16 NE). Read with
+python-hl7, which takes the separators from the ACK's own MSH.
 """
 
 from __future__ import annotations
@@ -9,9 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from hl7apy.consts import VALIDATION_LEVEL
-from hl7apy.exceptions import HL7apyException
-from hl7apy.parser import parse_message
+import hl7
 
 ACCEPTED: Final = frozenset({"AA", "CA"})
 ERROR: Final = frozenset({"AE", "CE"})
@@ -27,33 +26,33 @@ MAX_DETAIL: Final = 500
 class Ack:
     code: str  #: MSA-1
     control_id: str  #: MSA-2: the MSH-10 of the message acknowledged
-    text: str  #: MSA-3 or ERR-8 (bounded), '' when absent
+    text: str  #: MSA-3 or ERR-8 (bounded, unescaped), '' when absent
 
 
-def _value(element: Any) -> str:
+def _text(msg: Any, segment: Any, field: int) -> str:
     try:
-        return str(element.to_er7())
-    except (HL7apyException, AttributeError, IndexError):
+        return str(msg.unescape(str(segment[field]))) if len(segment) > field else ""
+    except (IndexError, ValueError):
         return ""
 
 
 def parse_ack(text: str) -> Ack | None:
     """The ACK in ``text`` (ER7, segments separated by CR), or None if it is not one."""
-    if not text.startswith("MSH"):
+    text = text.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
+    if not text.startswith("MSH") or len(text) < 8:
         return None
     try:
-        msg = parse_message(text.replace("\n", "\r"), validation_level=VALIDATION_LEVEL.TOLERANT,
-                            find_groups=False)
-    except (HL7apyException, ValueError, KeyError, IndexError):
+        msg = hl7.parse(text)
+        msa = msg.segment("MSA")
+    except (KeyError, IndexError, ValueError, hl7.exceptions.ParseException):
         return None
-    msa = [s for s in msg.children if s.name == "MSA"]
-    if not msa:
-        return None
-    code = _value(msa[0].msa_1).strip().upper()
+    code = _text(msg, msa, 1).strip().upper()
     if code not in ACCEPTED | ERROR | REJECTED:
         return None
-    detail = _value(msa[0].msa_3)
+    detail = _text(msg, msa, 3)
     if not detail:
-        err = [s for s in msg.children if s.name == "ERR"]
-        detail = _value(err[0].err_8) if err else ""
-    return Ack(code, _value(msa[0].msa_2).strip(), detail[:MAX_DETAIL])
+        try:
+            detail = _text(msg, msg.segment("ERR"), 8)
+        except (KeyError, IndexError):
+            detail = ""
+    return Ack(code, _text(msg, msa, 2).strip(), detail[:MAX_DETAIL])

@@ -1,9 +1,15 @@
 """ORU^R01 (HL7 v2.6, IHE PCD-01 "Communicate PCD Data", DEC profile) of readings and scores.
 
 One message per contract reading (one device, one event time: every vital it carried) and one
-per emitted NEWS2 point, built with hl7apy at its strict validation level (every value checked
-against its data type and length as it is set) and validated against the v2.6 ORU_R01
-structure before it is returned. Free text goes through :func:`ingest.hl7.text.field_text`.
+per emitted NEWS2 point, composed as python-hl7 containers (segments, fields, repetitions,
+components, subcomponents: the library places every separator) and rendered by it. Free text
+goes through :func:`ingest.hl7.text.field_text`; every value is bounded to its v2.6 length.
+
+:func:`validate_v26` parses a message with hl7apy at its strict level (every value against its
+data type and length) and validates it against the v2.6 ORU_R01 structure: the tests run it on
+every kind of message; ``validate=True`` runs it as each is built. It is not on by default:
+hl7apy takes about 20x as long as building (measured here: ~100 ms against ~5 ms per reading
+message on this shared machine), too slow for a ward's stream.
 
 The message control id (MSH-10) is derived from what the message is about (the reading's
 device, stream position and event time; the point's patient, history row and time), never
@@ -26,8 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-from hl7apy.consts import VALIDATION_LEVEL
-from hl7apy.core import Message
+import hl7
 
 from ingest.hl7 import vocab
 from ingest.hl7.text import field_text
@@ -150,14 +155,6 @@ def number(value: float) -> str:
     return "0" if text in ("", "-0") else text
 
 
-def hd(value: str, sep: str = "^") -> str:
-    """An HD (hierarchic designator): an OID as universal id (type ISO), else a namespace id.
-    ``sep`` joins its parts: ``^`` for a field, ``&`` where the HD is itself a component."""
-    if _OID.fullmatch(value) is not None and len(value) <= MAX_TEXT:
-        return f"{sep}{value}{sep}ISO"
-    return field_text(value, MAX_NAMESPACE)
-
-
 def eui64(device_id: str) -> str:
     """The device's EUI-64 from its MAC-48 (IEEE's mapping: FFFE inserted after the OUI)."""
     return (device_id[:6] + "fffe" + device_id[6:]).upper()
@@ -171,96 +168,128 @@ def control_id(*parts: object) -> str:
 
 # ------------------------------------------------------------------------------- building
 
+#: a field as given to :func:`_segment`: a leaf string; a tuple of components (each a string or
+#: a tuple of subcomponents); a list of repetitions (each such a tuple).
+Value = str | tuple[Any, ...] | list[tuple[Any, ...]]
 
-def _message(config: OruConfig, control: str, now_ms: int) -> Any:
-    m = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
-    msh = m.msh
-    msh.msh_3 = field_text(config.application, MAX_NAMESPACE)
-    msh.msh_4 = hd(config.facility)
-    msh.msh_7 = dtm(now_ms)
-    msh.msh_9 = "ORU^R01^ORU_R01"
-    msh.msh_10 = control
-    msh.msh_11 = "P"
-    msh.msh_12 = VERSION
-    msh.msh_15 = ACCEPT_ACK
-    msh.msh_16 = APPLICATION_ACK
-    msh.msh_18 = "UNICODE UTF-8"
-    msh.msh_21 = PROFILE
-    return m
+
+def _field(m: Any, v: Value) -> Any:
+    if isinstance(v, str):
+        return v
+    reps = v if isinstance(v, list) else [v]
+    return m.create_field([
+        m.create_repetition([m.create_component(list(c)) if isinstance(c, tuple) else c
+                             for c in rep])
+        for rep in reps])
+
+
+def _segment(m: Any, name: str, fields: Mapping[int, Value]) -> None:
+    """Append segment ``name`` with ``fields`` by position (1-based; the rest empty)."""
+    width = max(fields) if fields else 0
+    m.append(m.create_segment([name, *(_field(m, fields.get(i, "")) for i in range(1, width + 1))]))
+
+
+def _trim(v: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A component tuple without its empty tail (``a^b^^`` is ``a^b``)."""
+    n = len(v)
+    while n > 1 and v[n - 1] in ("", ()):
+        n -= 1
+    return v[:n]
+
+
+def _hd(value: str) -> str | tuple[str, ...]:
+    """An HD (hierarchic designator): an OID as universal id (type ISO), else a namespace id."""
+    if _OID.fullmatch(value) is not None and len(value) <= MAX_TEXT:
+        return ("", value, "ISO")
+    return field_text(value, MAX_NAMESPACE)
+
+
+def hd(value: str, sep: str = "^") -> str:
+    """:func:`_hd` as text: ``sep`` joins its parts (``&`` where the HD is a component)."""
+    v = _hd(value)
+    return v if isinstance(v, str) else sep.join(v)
+
+
+def _cwe(c: vocab.Coded | vocab.Unit) -> tuple[str, ...]:
+    return tuple(c.cwe().split("^"))
+
+
+def _header(m: Any, config: OruConfig, control: str, now_ms: int) -> None:
+    # MSH-1 / MSH-2 are the separators themselves (python-hl7 renders the MSH specially)
+    _segment(m, "MSH", {1: "|", 2: "^~\\&", 3: field_text(config.application, MAX_NAMESPACE),
+                        4: _hd(config.facility), 7: dtm(now_ms), 9: ("ORU", "R01", "ORU_R01"),
+                        10: control, 11: "P", 12: VERSION, 15: ACCEPT_ACK, 16: APPLICATION_ACK,
+                        18: "UNICODE UTF-8", 21: tuple(PROFILE.split("^"))})
 
 
 def _patient(m: Any, config: OruConfig, user_code: str, ward: str | None,
-             bed: str | None) -> Any:
+             bed: str | None) -> None:
     if not matches(USER_CODE_RE, user_code):
         raise BuildError("user_code", f"{user_code!r} is not a user code")
-    result = m.add_group("ORU_R01_PATIENT_RESULT")
-    patient = result.add_group("ORU_R01_PATIENT")
-    pid = patient.pid
-    pid.pid_1 = "1"
-    # PI: patient internal identifier (the Cexup user_code) of the configured authority
-    pid.pid_3 = f"{field_text(user_code, MAX_TEXT)}^^^{hd(config.patient_authority, '&')}^PI"
-    # the name is not known to vitalgate (and stays where it is): XPN-7 name type U, unspecified
-    pid.pid_5 = "^^^^^^U"
+    # PI: patient internal identifier (the Cexup user_code) of the configured authority; the
+    # name is not known to vitalgate (and stays where it is): XPN-7 name type U, unspecified
+    _segment(m, "PID", {1: "1", 3: (field_text(user_code, MAX_TEXT), "", "",
+                                    _hd(config.patient_authority), "PI"),
+                        5: ("", "", "", "", "", "", "U")})
     if ward:
-        visit = patient.add_group("ORU_R01_VISIT")
-        visit.pv1.pv1_1 = "1"
-        visit.pv1.pv1_2 = "I"  # inpatient: the watches are worn on a ward
-        pv1_3 = f"{field_text(ward, MAX_NAMESPACE)}^^{field_text(bed, MAX_NAMESPACE)}"
-        visit.pv1.pv1_3 = f"{pv1_3}^{hd(config.facility, '&')}"
-    return result
+        # inpatient (the watches are worn on a ward); PV1-3 point of care ^ room ^ bed ^ facility
+        _segment(m, "PV1", {1: "1", 2: "I", 3: (field_text(ward, MAX_NAMESPACE), "",
+                                                field_text(bed, MAX_NAMESPACE),
+                                                _hd(config.facility))})
 
 
-def _order(result: Any, control: str, ts: int) -> Any:
-    order = result.add_group("ORU_R01_ORDER_OBSERVATION")
-    obr = order.obr
-    obr.obr_1 = "1"
-    obr.obr_3 = f"{control}^vitalgate"  # filler order number: unique per message
-    obr.obr_4 = SERVICE.cwe()
-    obr.obr_7 = dtm(ts)
-    return order
+def _order(m: Any, control: str, ts: int) -> None:
+    # OBR-3 filler order number: unique per message; OBR-7: event time
+    _segment(m, "OBR", {1: "1", 3: (control, "vitalgate"), 4: _cwe(SERVICE), 7: dtm(ts)})
 
 
 @dataclass(slots=True)
 class _Rows:
-    """Adds OBX rows (and their NTE comments) to an order group, numbering OBX-1."""
+    """Adds OBX rows (and their NTE comments) to a message, numbering OBX-1."""
 
-    order: Any
+    m: Any
     n: int = 0
 
-    def add(self, *, value_type: str, code: vocab.Coded, sub_id: str, value: str = "",
+    def add(self, *, value_type: str, code: vocab.Coded, sub_id: str, value: Value = "",
             unit: vocab.Unit | None = None, flag: str = "", status: str = DEVICE_RESULT,
             ts: int | None = None, method: vocab.Coded | None = None,
-            equipment: Sequence[str] = (), comments: Sequence[str] = ()) -> None:
+            equipment: Sequence[tuple[str, ...]] = (), comments: Sequence[str] = ()) -> None:
         self.n += 1
-        obx = self.order.add_group("ORU_R01_OBSERVATION").obx
-        obx.obx_1 = str(self.n)
-        if value_type:
-            obx.obx_2 = value_type
-        obx.obx_3 = code.cwe()
-        obx.obx_4 = sub_id
-        if value:
-            obx.obx_5 = value
+        fields: dict[int, Value] = {1: str(self.n), 2: value_type, 3: _cwe(code), 4: sub_id,
+                                    5: value, 11: status}
         if unit is not None:
-            obx.obx_6 = unit.cwe()
+            fields[6] = _cwe(unit)
         if flag:
-            obx.obx_8 = flag
-        obx.obx_11 = status
+            fields[8] = flag
         if ts is not None:
-            obx.obx_14 = dtm(ts)
+            fields[14] = dtm(ts)
         if method is not None:
-            obx.obx_17 = method.cwe()
-        for rep in equipment:
-            obx.add_field("OBX_18").value = rep
-        group = obx.parent
+            fields[17] = _cwe(method)
+        if equipment:
+            fields[18] = list(equipment)
+        _segment(self.m, "OBX", fields)
         for i, text in enumerate(comments, start=1):
-            nte = group.add_segment("NTE")
-            nte.nte_1 = str(i)
-            nte.nte_3 = text
+            _segment(self.m, "NTE", {1: str(i), 3: text})
 
 
-def _finish(m: Any, control: str, user_code: str, kind: Kind) -> Hl7Message:
-    m.validate()  # raises hl7apy's ValidationError naming the element
-    return Hl7Message(control, user_code, kind, m.to_er7())
+def _new() -> Any:
+    return hl7.Message("\r", [])
+
+
+def _finish(m: Any, control: str, user_code: str, kind: Kind, validate: bool) -> Hl7Message:
+    er7 = str(m)
+    if validate:
+        validate_v26(er7)
+    return Hl7Message(control, user_code, kind, er7)
+
+
+def validate_v26(er7: str) -> None:
+    """Parse ``er7`` with hl7apy (strict: data types and lengths) and validate it against the
+    HL7 v2.6 structure its MSH-9 names; raises hl7apy's error naming the element otherwise."""
+    from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.parser import parse_message
+
+    parse_message(er7, validation_level=VALIDATION_LEVEL.STRICT).validate()
 
 
 def reading_control_id(g: ReadingGroup) -> str:
@@ -268,7 +297,8 @@ def reading_control_id(g: ReadingGroup) -> str:
     return control_id("vitals", g.user_code, g.device_id, g.seq, g.ts, g.source, vitals)
 
 
-def build_reading(g: ReadingGroup, config: OruConfig, now_ms: int) -> Hl7Message:
+def build_reading(g: ReadingGroup, config: OruConfig, now_ms: int, *,
+                  validate: bool = False) -> Hl7Message:
     """The ORU^R01 of one reading: one OBX per vital (blood pressure: a compound row and its
     systolic / diastolic facets), then the device's model and name."""
     if not matches(DEVICE_ID_RE, g.device_id):
@@ -276,15 +306,16 @@ def build_reading(g: ReadingGroup, config: OruConfig, now_ms: int) -> Hl7Message
     if not g.vitals:
         raise BuildError("vitals", "a reading without vitals")
     control = reading_control_id(g)
-    m = _message(config, control, now_ms)
-    result = _patient(m, config, g.user_code, g.ward, g.bed)
-    order = _order(result, control, g.ts)
-    equipment = [f"{eui64(g.device_id)}^^{eui64(g.device_id)}^EUI-64",
-                 f"{mac_from_device_id(g.device_id)}^MAC"]
+    m = _new()
+    _header(m, config, control, now_ms)
+    _patient(m, config, g.user_code, g.ward, g.bed)
+    _order(m, control, g.ts)
+    equipment = [(eui64(g.device_id), "", eui64(g.device_id), "EUI-64"),
+                 (mac_from_device_id(g.device_id), "MAC")]
     if g.gateway_id:
-        equipment.append(f"{field_text(g.gateway_id, MAX_TEXT)}^VITALGATE-GATEWAY")
+        equipment.append((field_text(g.gateway_id, MAX_TEXT), "VITALGATE-GATEWAY"))
     method = vocab.MANUAL_MEASUREMENT if g.source == "manual" else vocab.AUTO_MEASUREMENT
-    rows = _Rows(order)
+    rows = _Rows(m)
     values = dict(g.vitals)
     metric = 0
     for name in vocab.ORDER:
@@ -318,7 +349,7 @@ def build_reading(g: ReadingGroup, config: OruConfig, now_ms: int) -> Hl7Message
     if g.device.name:
         rows.add(value_type="ST", code=vocab.DEVICE_NAME, sub_id="1",
                  value=field_text(g.device.name, MAX_TEXT), equipment=equipment[:1])
-    return _finish(m, control, g.user_code, "vitals")
+    return _finish(m, control, g.user_code, "vitals", validate)
 
 
 def score_control_id(s: ScoreItem) -> str:
@@ -326,15 +357,19 @@ def score_control_id(s: ScoreItem) -> str:
     return control_id("ews", s.user_code, s.history_id, s.produce_at, s.point, s.risk, comps)
 
 
-def build_score(s: ScoreItem, config: OruConfig, now_ms: int) -> Hl7Message:
+def build_score(s: ScoreItem, config: OruConfig, now_ms: int, *,
+                validate: bool = False) -> Hl7Message:
     """The ORU^R01 of one EWS point: the total (with the risk band's abnormal flag, the causes
     and missing inputs as comments), the risk band, one row per sub-score."""
     if s.risk not in vocab.RISK:
         raise BuildError("risk", f"{s.risk!r} is not a risk band")
+    if not 0 <= s.point <= 99:
+        raise BuildError("point", f"{s.point} is not a score")
     control = score_control_id(s)
-    m = _message(config, control, now_ms)
-    result = _patient(m, config, s.user_code, s.ward, s.bed)
-    order = _order(result, control, s.produce_at)
+    m = _new()
+    _header(m, config, control, now_ms)
+    _patient(m, config, s.user_code, s.ward, s.bed)
+    _order(m, control, s.produce_at)
     band_text, flag = vocab.RISK[s.risk]
     status = "P" if s.partial else "F"
     comments = []
@@ -342,19 +377,20 @@ def build_score(s: ScoreItem, config: OruConfig, now_ms: int) -> Hl7Message:
         comments.append(field_text("cause: " + "; ".join(s.cause), MAX_COMMENT))
     if s.missing:
         comments.append(field_text("partial, missing: " + ", ".join(s.missing), MAX_COMMENT))
-    rows = _Rows(order)
+    rows = _Rows(m)
     rows.add(value_type="NM", code=vocab.total_code(config.table), sub_id="1",
              value=str(int(s.point)), unit=vocab.SCORE, flag=flag, status=status,
              ts=s.produce_at, comments=comments)
-    band = (f"{s.risk}^{band_text}^{vocab.LOCAL}^{field_text(s.result, MAX_NAMESPACE)}"
-            f"^{field_text(s.result, MAX_NAMESPACE)}^{vocab.CEXUP}")
+    word = field_text(s.result, MAX_NAMESPACE)
+    band = _trim((s.risk, band_text, vocab.LOCAL, word, word if word else "",
+                  vocab.CEXUP if word else ""))
     rows.add(value_type="CWE", code=vocab.RISK_BAND, sub_id="2", value=band, status=status,
              ts=s.produce_at)
     for k, (name, points) in enumerate(s.components, start=1):
         code = vocab.subscore_code(config.table, field_text(name, 40))
         rows.add(value_type="NM", code=code, sub_id=f"3.{k}", value=str(int(points)),
                  unit=vocab.SCORE, status=status, ts=s.produce_at)
-    return _finish(m, control, s.user_code, "ews")
+    return _finish(m, control, s.user_code, "ews", validate)
 
 
 # ------------------------------------------------------------------------------- inputs

@@ -236,3 +236,17 @@ def test_field_text_never_leaves_a_delimiter_and_reads_back(value: str, bound: i
     cut = text.unescape(out)
     if len(cut) < len(value):  # cut only because the next character did not fit
         assert text.escaped_length(text.clean(value)[: len(cut) + 1]) > bound
+
+
+def test_validate_on_build_and_the_validator_is_not_a_no_op() -> None:
+    m = build_reading(reading(), OruConfig(), NOW, validate=True)
+    assert m.er7 == build_reading(reading(), OruConfig(), NOW).er7
+    build_score(score(partial=True, missing=("spo2",)), OruConfig(), NOW, validate=True)
+    too_long = m.er7.replace("|vitalgate|", "|" + "v" * 21 + "|", 1)  # MSH-3.1 is an IS(20)
+    with pytest.raises(Exception, match="exceed the max length: 20"):
+        oru.validate_v26(too_long)
+    with pytest.raises(ValueError, match="not an HL7 valid date"):
+        oru.validate_v26(m.er7.replace("|20251201231805.000+0000|", "|yesterday|", 1))
+    no_pid = "\r".join(s for s in m.er7.split("\r") if not s.startswith("PID"))
+    with pytest.raises(Exception, match="PID"):
+        oru.validate_v26(no_pid)
