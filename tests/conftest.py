@@ -63,3 +63,16 @@ def postgres_db(postgres_server: PostgresServer) -> Iterator[str]:
         yield url
     finally:
         postgres_server.drop_database(name)
+
+
+# ---- the ingest store on both engines (ingest/db): one parametrised fixture
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The ingest store's URL, once per engine: ``sqlite:///<tmp>/ingest.sqlite3`` or a fresh
+    PostgreSQL database on the session's private server. Tests taking it run on both engines
+    (``-k sqlite`` / ``-k postgres`` picks one)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ingest.sqlite3'}"
+    return str(request.getfixturevalue("postgres_db"))
