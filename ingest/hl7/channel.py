@@ -17,6 +17,7 @@ patient data; it never stops the others.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
@@ -54,6 +55,8 @@ class Hl7Channel:
         self.ward_of = dict(ward_of or {})
         self.clock = clock
         self.policy = policy or AckPolicy()
+        #: readings and points are built in worker threads: one lock over this state
+        self._lock = threading.Lock()
         self._ward_of_patient: OrderedDict[str, str] = OrderedDict()
         self._errors: OrderedDict[str, int] = OrderedDict()  # control id → AE answers
         self.built = 0
@@ -64,7 +67,8 @@ class Hl7Channel:
     # ---------------------------------------------------------------- building
 
     def _skip(self, reason: str) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        with self._lock:
+            self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
     def readings(self, rows: Sequence[Any],
                  devices: Mapping[str, DeviceInfo] | None = None) -> list[Hl7Message]:
@@ -94,7 +98,9 @@ class Hl7Channel:
                 self._skip("invalid_point")
                 continue
             try:
-                item = score_item(p, ward=self._ward_of_patient.get(p.user_code))
+                with self._lock:
+                    ward = self._ward_of_patient.get(p.user_code)
+                item = score_item(p, ward=ward)
             except (TypeError, ValueError, AttributeError):
                 self._skip("invalid")
                 continue
@@ -102,6 +108,12 @@ class Hl7Channel:
             if msg is not None:
                 out.append(msg)
         return out
+
+    def render_point(self, point: Any) -> str | None:
+        """``EwsEngine.add_channel``'s render: the message text of one emitted point, or None
+        (not sent; counted). Called in the engine's store transaction, in a worker thread."""
+        messages = self.points([point])
+        return messages[0].er7 if messages else None
 
     def _build(self, fn: Callable[[], Hl7Message]) -> Hl7Message | None:
         try:
@@ -114,14 +126,16 @@ class Hl7Channel:
             self._skip("invalid")
             log.warning("HL7: an item was not sent: %s", type(exc).__name__)
             return None
-        self.built += 1
+        with self._lock:
+            self.built += 1
         return msg
 
     def _remember(self, user_code: str, ward: str) -> None:
-        self._ward_of_patient[user_code] = ward
-        self._ward_of_patient.move_to_end(user_code)
-        while len(self._ward_of_patient) > MAX_PATIENTS:
-            self._ward_of_patient.popitem(last=False)
+        with self._lock:
+            self._ward_of_patient[user_code] = ward
+            self._ward_of_patient.move_to_end(user_code)
+            while len(self._ward_of_patient) > MAX_PATIENTS:
+                self._ward_of_patient.popitem(last=False)
 
     # ---------------------------------------------------------------- delivery
 

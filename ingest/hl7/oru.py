@@ -125,8 +125,8 @@ class Hl7Message:
 
     control_id: str
     user_code: str
-    kind: Kind
     er7: str  #: segments separated by CR, no MLLP framing
+    kind: Kind | None = None  #: what it reports (None: read back from the outbox)
 
     def to_bytes(self) -> bytes:
         return self.er7.encode("utf-8")
@@ -280,7 +280,7 @@ def _finish(m: Any, control: str, user_code: str, kind: Kind, validate: bool) ->
     er7 = str(m)
     if validate:
         validate_v26(er7)
-    return Hl7Message(control, user_code, kind, er7)
+    return Hl7Message(control, user_code, er7, kind)
 
 
 def validate_v26(er7: str) -> None:
