@@ -112,7 +112,12 @@ class Hl7Channel:
     def render_point(self, point: Any) -> str | None:
         """``EwsEngine.add_channel``'s render: the message text of one emitted point, or None
         (not sent; counted). Called in the engine's store transaction, in a worker thread."""
-        messages = self.points([point])
+        try:
+            messages = self.points([point])
+        except Exception:  # never fail the engine's transaction (every channel's point) for HL7
+            self._skip("error")
+            log.exception("HL7: a point could not be rendered")
+            return None
         return messages[0].er7 if messages else None
 
     def _build(self, fn: Callable[[], Hl7Message]) -> Hl7Message | None:

@@ -87,6 +87,8 @@ class Hl7Output:
         self.outbox = outbox
         self.enqueued = 0
         self.duplicates = 0
+        #: batches of committed readings whose messages could not be enqueued (store failure)
+        self.enqueue_errors = 0
 
     async def readings(self, rows: Sequence[Any],
                        devices: Callable[[set[str]], Awaitable[Mapping[str, DeviceInfo]]]
@@ -94,13 +96,19 @@ class Hl7Output:
         """Enqueue the messages of committed reading rows (``ingest.store.StoredReading``)."""
         if not rows:
             return
-        ids = {r.device_id for r in rows if r.user_code}
-        labels = await devices(ids) if devices is not None and ids else {}
-        messages = await asyncio.to_thread(self.channel.readings, rows, labels)
-        if not messages:
+        try:
+            ids = {r.device_id for r in rows if r.user_code}
+            labels = await devices(ids) if devices is not None and ids else {}
+            messages = await asyncio.to_thread(self.channel.readings, rows, labels)
+            if not messages:
+                return
+            now = self.channel.clock()
+            added = await self.outbox.db.write(lambda c: enqueue_messages(c, messages, now))
+        except Exception as exc:  # HL7 output never stops ingestion: counted and logged
+            self.enqueue_errors += 1
+            log.error("HL7: the messages of %d committed reading rows were not enqueued (%s);"
+                      " %d such failures", len(rows), type(exc).__name__, self.enqueue_errors)
             return
-        now = self.channel.clock()
-        added = await self.outbox.db.write(lambda c: enqueue_messages(c, messages, now))
         self.enqueued += added
         self.duplicates += len(messages) - added
         if added:
@@ -112,7 +120,8 @@ class Hl7Output:
             self.outbox.notify(NAME)
 
     def stats(self) -> dict[str, int]:
-        return {**self.channel.stats(), "enqueued": self.enqueued, "duplicates": self.duplicates}
+        return {**self.channel.stats(), "enqueued": self.enqueued, "duplicates": self.duplicates,
+                "enqueue_errors": self.enqueue_errors}
 
 
 def attach(settings: Any, outbox: Outbox, engine: Any, *,

@@ -98,3 +98,11 @@ def test_device_labels_from_the_registry(tmp_path: Path) -> None:
     assert (labels[DEV].name, labels[DEV].model) == ("E86|^~&\\", "E86")
     msg = channel().readings([row("heart_rate", 70, 1)], devices=labels)[0]
     assert "E86\\F\\\\S\\\\R\\\\T\\\\E\\" in msg.er7
+
+
+def test_render_point_never_raises_into_the_engines_transaction() -> None:
+    ch = channel()
+    assert ch.render_point(point()) is not None
+    assert ch.render_point(object()) is None  # not a point at all: counted, not raised
+    assert ch.render_point(point(source="external")) is None
+    assert ch.stats().get("skipped_error", 0) + ch.stats().get("skipped_invalid", 0) == 1
