@@ -175,3 +175,39 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.IncompleteReadError):
         return "connection closed in the middle of the ACK"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class MllpPool:
+    """:class:`ingest.hl7.transport.Transport` over up to ``size`` MLLP connections to one
+    receiver: each send takes an idle connection, so ``size`` messages (of different patients:
+    the outbox keeps one per patient in flight) are exchanged at once."""
+
+    def __init__(self, host: str, port: int, *, size: int, ack_timeout_s: float = 10.0,
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.host, self.port = host, port
+        self._clients = [MllpClient(host, port, ack_timeout_s=ack_timeout_s,
+                                    connect_timeout_s=connect_timeout_s) for _ in range(size)]
+        self._idle: asyncio.Queue[MllpClient] = asyncio.Queue()
+        for c in self._clients:
+            self._idle.put_nowait(c)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def connects(self) -> int:
+        return sum(c.connects for c in self._clients)
+
+    async def send(self, message: Hl7Message) -> Delivery:
+        client = await self._idle.get()
+        try:
+            return await client.send(message)
+        finally:
+            self._idle.put_nowait(client)
+
+    async def close(self) -> None:
+        for c in self._clients:
+            await c.close()

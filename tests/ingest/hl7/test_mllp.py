@@ -200,3 +200,29 @@ async def test_receiver_down_then_up_nothing_lost_in_order_per_patient() -> None
         receiver.stop()
         await client.close()
 
+
+
+async def test_a_pool_sends_to_several_connections_at_once() -> None:
+    from ingest.hl7.mllp import MllpPool
+
+    gate = asyncio.Event()
+    in_flight = 0
+    most = 0
+
+    async def slow(block: bytes) -> bytes:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        if most >= 3:
+            gate.set()
+        await asyncio.wait_for(gate.wait(), 5)  # hold every answer until 3 are in flight
+        in_flight -= 1
+        return ack_for(block.decode().split("\r")[0].split("|")[9])
+
+    async with raw_server(slow) as port:
+        pool = MllpPool("127.0.0.1", port, size=3, ack_timeout_s=10)
+        got = await asyncio.gather(*(pool.send(message(user=f"pat-{i}", seq=i))
+                                     for i in range(6)))
+        await pool.close()
+    assert [d.outcome for d in got] == [Outcome.ACCEPTED] * 6
+    assert most == 3 and pool.connects == 3  # never more connections than the pool's size
