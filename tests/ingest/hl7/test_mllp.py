@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -226,3 +227,38 @@ async def test_a_pool_sends_to_several_connections_at_once() -> None:
         await pool.close()
     assert [d.outcome for d in got] == [Outcome.ACCEPTED] * 6
     assert most == 3 and pool.connects == 3  # never more connections than the pool's size
+
+
+async def test_python_hl7s_asyncio_mllp_server_keeps_the_connection_and_acks() -> None:
+    """A second real receiver: python-hl7's asyncio MLLP server, which parses each message and
+    answers the ACK python-hl7 builds (``create_ack``), on one kept connection."""
+    import hl7
+    from hl7.mllp import start_hl7_server
+
+    got: list[str] = []
+
+    async def handle(reader: Any, writer: Any) -> None:
+        try:
+            while not writer.is_closing():
+                msg = await reader.readmessage()
+                got.append(str(msg.segment("MSH")[10]))
+                assert str(msg.segment("PID")[3][0][0]).startswith("pat-")
+                writer.writemessage(msg.create_ack("AA"))
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            writer.close()
+
+    server = await start_hl7_server(handle, "127.0.0.1", 0)
+    port = int(server.sockets[0].getsockname()[1])
+    client = MllpClient("127.0.0.1", port, ack_timeout_s=5)
+    try:
+        sent = [message(user="pat-1", seq=s, name="a|b^c") for s in range(4)]
+        for m in sent:
+            assert (await client.send(m)).outcome is Outcome.ACCEPTED
+        assert got == [m.control_id for m in sent] and client.connects == 1
+        assert hl7.parse(sent[0].er7).unescape(
+            str(hl7.parse(sent[0].er7).segments("OBX")[-1][5])) == "a|b^c"
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
