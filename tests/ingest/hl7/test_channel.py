@@ -85,11 +85,15 @@ def test_judge_ae_bounded_per_message_ar_failed_outage_never() -> None:
             s["failed_after_errors"]) == (1, 1, 4, 10, 1)
 
 
-def test_device_labels_from_the_registry(tmp_path: Path) -> None:
-    db = store.Database(tmp_path / "ingest.sqlite3")
+def test_device_labels_from_the_registry_on_both_engines(database_url: str,
+                                                          tmp_path: Path) -> None:
+    from ingest.db.engine import Location
+    from ingest.db.schema import open_store
+
+    db = open_store(Location.parse(database_url, default_path=tmp_path / "x.sqlite3"))
     try:
         status = DeviceStatus(device_id=DEV, name="E86|^~&\\", model="E86", connected=True)
-        db.write_sync(lambda c: registry.seen_on_mqtt(c, DEV, gateway_id="gw-a", now=TS,
+        db.write_sync(lambda c: registry.seen_on_mqtt(c, DEV, gateway_id="gw-a", now=TS,  # type: ignore[arg-type]
                                                       holder="x", status=status))
         labels = db.read_sync(lambda c: device_labels(c, [DEV, "aabbccddeeff"]))
     finally:
