@@ -8,11 +8,11 @@ goes through :func:`ingest.hl7.text.field_text`; every value is bounded to its v
 :func:`validate_v26` parses a message with hl7apy at its strict level (every value against its
 data type and length) and validates it against the v2.6 ORU_R01 structure: the tests run it on
 every kind of message; ``validate=True`` runs it as each is built. It is not on by default:
-hl7apy takes about 20x as long as building (measured here: ~100 ms against ~5 ms per reading
-message on this shared machine), too slow for a ward's stream.
+it takes 100-300x as long as building (benchmarks/hl7_out.py, docs/benchmarks.md), too slow
+for a ward's stream.
 
 The message control id (MSH-10) is derived from what the message is about (the reading's
-device, stream position and event time; the point's patient, history row and time), never
+patient, device, seq, event time and values; the point's patient, history row and time), never
 from a counter or a clock, so the same item built again, or sent again, has the same id and a
 receiver recognises a resend. The message text itself is built once, when its outbox row is
 written, and sent verbatim on every attempt (MSH-7 is the build time, processing time).
