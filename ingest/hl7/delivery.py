@@ -13,7 +13,8 @@ delivered over MLLP by the outbox's worker for the channel.
 
 What is not covered: a crash between the readings' commit and their enqueue loses those
 readings' messages (the store keeps the readings; the window is one transaction). Closing it
-needs the readings' commit to write the rows (the readings store is not the EWS store yet).
+needs the readings' commit to write the rows (on SQLite the readings and the EWS store are
+two files).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ingest.hl7.transport import Transport
 from ingest.outbox import Outbox, Outcome, RetryPolicy
 
 log = logging.getLogger(__name__)
+
 
 class Hl7Transport:
     """``ingest.outbox.Transport`` of channel ``hl7``: one row, one MLLP exchange."""
