@@ -66,16 +66,16 @@ class Hl7Channel:
 
     # ---------------------------------------------------------------- building
 
-    def _skip(self, reason: str) -> None:
+    def _skip(self, reason: str, n: int = 1) -> None:
         with self._lock:
-            self.skipped[reason] = self.skipped.get(reason, 0) + 1
+            self.skipped[reason] = self.skipped.get(reason, 0) + n
 
     def readings(self, rows: Sequence[Any],
                  devices: Mapping[str, DeviceInfo] | None = None) -> list[Hl7Message]:
         """Messages of committed reading rows (``ingest.store.StoredReading``), in row order."""
         no_patient = sum(1 for r in rows if not r.user_code)
         if no_patient:
-            self._skip("no_patient")
+            self._skip("no_patient", no_patient)  # rows (vitals), not readings
         now = self.clock()
         out = []
         for g in group_readings(rows, ward_of=self.ward_of, devices=devices):
