@@ -39,7 +39,7 @@ from ingest import store
 from ingest.api.app import create_app
 from ingest.api.appkeys import ENGINE_KEY
 from ingest.api.ratelimit import LIMITER_KEY
-from ingest.consumer import Consumer, epoch_ms
+from ingest.consumer import Consumer
 from ingest.dashboard.events import EventHub
 from ingest.db import Conn, DatabaseError, StoreOpenError, gaps, readings, schema, store_failure
 from ingest.db import ews as ews_store
@@ -49,6 +49,7 @@ from ingest.keys import KeyChecker
 from ingest.metrics import IngestMetrics, Sample
 from ingest.outbox import Outbox
 from ingest.settings import IngestSettings
+from vitalgate.clock import epoch_ms
 from vitalgate.contract import Command, Topics
 
 log = logging.getLogger(__name__)
@@ -185,9 +186,9 @@ class IngestService:
 
     def _add_dashboard_routes(self, app: web.Application) -> None:
         from ingest.dashboard import routes as dashboard_routes
-        from ingest.dashboard.ward import ReadOnlyDb, WardView
+        from ingest.dashboard.ward import WardView
 
-        ews_db = ReadOnlyDb(self.settings.ews_db_path)  # the engine created it already
+        ews_db = cast(Any, self.ews_db)  # the EWS store (its reads are portable SQL)
         app[dashboard_routes.WARD_KEY] = WardView(db=cast(Any, self.db), engine=self.engine, ews_db=ews_db,
                                                   clock=self.clock)
         app[dashboard_routes.HUB_KEY] = self.hub
@@ -453,9 +454,11 @@ class IngestService:
     async def retention_pass(self) -> dict[str, int]:
         """Delete everything older than the retention window, one small transaction at a time."""
         cutoff = self.clock() - int(self.settings.retention_days * 86_400_000)
+        accepted = self.partition_window()[0]
         total: dict[str, int] = {}
         while True:
-            deleted = await self.db.write(lambda c: store.retention_step(c, cutoff, RETENTION_BATCH))
+            deleted = await self.db.write(lambda c: store.retention_step(
+                c, cutoff, RETENTION_BATCH, accepted_from_ms=accepted))
             for table, n in deleted.items():
                 total[table] = total.get(table, 0) + n
                 self.metrics.retention_deleted.inc(n, table=table)
@@ -609,6 +612,11 @@ class IngestService:
                     "folded into their batch's last)",
                     lambda: [("vitalgate_ingest_ews_readings_total", {"outcome": k}, float(v))
                              for k, v in self.engine.scoring_counts().items()])
+        r.collector("vitalgate_ingest_ews_duplicate_emissions_total", "counter",
+                    "EWS emissions absorbed: another instance had recorded the patient's point "
+                    "first (an ownership handover)",
+                    lambda: [("vitalgate_ingest_ews_duplicate_emissions_total", {},
+                              float(self.engine.duplicates))])
 
 
 @dataclass

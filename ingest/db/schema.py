@@ -22,18 +22,21 @@ from ingest.db.engine import Conn, Database, Location
 
 def _registry(conn: Conn, now: int) -> None:
     # PENDING h13d (ingest/db/registry.py): the registry's own component replaces this
-    migrate.apply(conn, "registry", schema=_portable(registry.SCHEMA), now=now)
+    migrate.apply(conn, "registry", schema=_portable(conn, registry.SCHEMA), now=now)
 
 
 def _keys(conn: Conn, now: int) -> None:
     # PENDING h13d (ingest/db/keys.py): the keys' own component replaces this
     if not conn.is_postgres:
         keys.migrate(conn.sqlite)  # api_keys made before scopes: add the columns
-    migrate.apply(conn, "keys", schema=_portable(keys.SCHEMA), now=now)
+    migrate.apply(conn, "keys", schema=_portable(conn, keys.SCHEMA), now=now)
 
 
-def _portable(ddl: str) -> str:
-    """The registry's and keys' SQLite DDL in the portable form (until they own it)."""
+def _portable(conn: Conn, ddl: str) -> str:
+    """The registry's and keys' SQLite DDL, as written on SQLite (AUTOINCREMENT kept: ids are
+    never reused), in the portable form on PostgreSQL (until they own it)."""
+    if not conn.is_postgres:
+        return ddl
     ddl = ddl.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "{id}").replace(
         "INTEGER PRIMARY KEY,", "{id},").replace("BLOB", "{blob}")
     return re.sub(r"\bINTEGER\b", "BIGINT", ddl)
