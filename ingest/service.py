@@ -157,6 +157,10 @@ class IngestService:
                 patient_system=settings.fhir_patient_system, batch=settings.fhir_batch,
                 db=self.ews_db, outbox=self.outbox, engine=self.engine, clock=clock,
                 store_read=self.db.read)
+        # HL7 v2 out (issue 17): channel "hl7" of the outbox, when a receiver is configured
+        from ingest.hl7 import delivery as hl7_delivery
+
+        self.hl7 = hl7_delivery.attach(settings, self.outbox, self.engine, clock=clock)
         self.influx: Any = None
         if settings.influx_enabled:
             from ingest.influx import InfluxWriter
@@ -324,6 +328,8 @@ class IngestService:
     async def observe(self, rows: Sequence[store.StoredReading]) -> list[EwsPoint]:
         """Feed committed readings to the engine; publish what it emits."""
         items = [(r.user_code, r.vital, r.value, r.ts) for r in rows if r.user_code]
+        if self.hl7 is not None:  # enqueued before the scores made from them
+            await self.hl7.readings(rows, self._device_labels)
         if not items:
             return []
         self.alerts.saw(items)
@@ -434,6 +440,13 @@ class IngestService:
         self.alerts.offer(points)
         if self.fhir is not None and points:  # their FHIR rows were enqueued with their history
             self.fhir.notify()
+        if self.hl7 is not None and points:
+            self.hl7.points(points)
+
+    async def _device_labels(self, device_ids: set[str]) -> dict[str, Any]:
+        from ingest.hl7.channel import device_labels
+
+        return await self.db.read(lambda c: device_labels(c, device_ids))
 
     async def _tick_loop(self) -> None:
         while True:
@@ -615,6 +628,14 @@ class IngestService:
                     "HTTP requests answered 429 (rate limit per API key or address)",
                     lambda: [("vitalgate_ingest_http_rate_limited_total", {},
                               float(self.app[LIMITER_KEY].limited))])
+        if self.hl7 is not None:
+            hl7 = self.hl7
+            r.collector("vitalgate_ingest_hl7", "gauge",
+                        "HL7 v2 out: messages built, skipped_<reason>, enqueued, duplicates,"
+                        " dropped_points, points_waiting; ACK outcomes (ack_<outcome>),"
+                        " failed_after_errors (this instance, since start)",
+                        lambda: [("vitalgate_ingest_hl7", {"stat": k}, float(v))
+                                 for k, v in hl7.stats().items()])
         r.collector("vitalgate_ingest_ews_readings_total", "counter",
                     "vital values the EWS scorer saw, by outcome (accepted, late, duplicate, "
                     "superseded, rejected, ignored, old) and merged_rounds (scoring rounds "

@@ -332,3 +332,29 @@ class IngestSettings(ServiceSettings):
     @property
     def fhir_enabled(self) -> bool:
         return bool(self.fhir_url)
+
+    # --- issue 17, HL7 v2 out over MLLP (helper hhl7) ----------------------------------------
+    #: the MLLP receiver (a device-integration engine) that takes ORU^R01 messages of every
+    #: stored reading and emitted EWS point; HL7 output is off unless both are set.
+    hl7_host: str | None = Field(default=None, min_length=1, max_length=253)
+    hl7_port: int | None = Field(default=None, ge=1, le=65535)
+    #: MSH-4 sending facility and PID-3's assigning authority of the user_code: a namespace id
+    #: (1-20 letters, digits, '.', '_', '-') or an ISO OID (``1.2.840.114350``).
+    hl7_facility: str = "vitalgate"
+    hl7_patient_authority: str = "vitalgate"
+    #: how long one message waits for its ACK (processing time) before it is retried (s).
+    hl7_ack_timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("hl7_facility", "hl7_patient_authority")
+    @classmethod
+    def _hl7_designator(cls, v: str) -> str:
+        import re
+
+        if not (re.fullmatch(r"[A-Za-z0-9._-]{1,20}", v)
+                or (re.fullmatch(r"[0-2](\.(0|[1-9][0-9]*)){1,40}", v) and len(v) <= 199)):
+            raise ValueError(f"{v!r} must be 1-20 letters, digits, '.', '_' or '-', or an ISO OID")
+        return v
+
+    @property
+    def hl7_enabled(self) -> bool:
+        return bool(self.hl7_host) and self.hl7_port is not None
