@@ -44,7 +44,7 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 
-from ingest.db import Conn, Database, Location
+from ingest.db import Conn, Database, Dialect, Location
 from ingest.db import outbox as table
 from ingest.db.outbox import Row, State, enqueue
 from vitalgate.backoff import Backoff
@@ -287,7 +287,6 @@ class Outbox:
         self._channels: dict[str, _Channel] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
-        self._url = upstream_url.rstrip("/") + "/ews" if upstream_url else None
         if upstream_url:
             self.register(CEXUP, CexupTransport(upstream_url, api_key, timeout_s=retry.timeout_s,
                                                 clock=clock, session_factory=session_factory),
@@ -388,7 +387,19 @@ class Outbox:
             self._running = False
 
     async def _work(self, ch: _Channel) -> None:
-        owner = None if self._db.dialect.value == "sqlite" else self.instance_id
+        """The channel's worker: delivers until cancelled. A store failure (disk, server gone)
+        or a transport that cannot start is logged and retried after ``idle_poll_s``, without
+        stopping the other channels."""
+        while True:
+            try:
+                await self._deliver_until_cancelled(ch)
+            except Exception:
+                log.exception("outbox %s: delivery stopped; again in %.0f s", ch.name,
+                              ch.retry.idle_poll_s)
+                await self._sleep(ch.retry.idle_poll_s)
+
+    async def _deliver_until_cancelled(self, ch: _Channel) -> None:
+        owner = None if self._db.dialect is Dialect.SQLITE else self.instance_id
         # a previous life's claims (SQLite: one process, so every lease is a previous life's)
         await self._db.write(lambda c: table.release(c, ch.name, owner))
         try:

@@ -30,12 +30,13 @@ import importlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import numpy as np
 from aiohttp import web
 
-from ingest import store
+from ingest import alerts, store
+from ingest.api.alert_routes import ALERTS_KEY
 from ingest.api.app import create_app
 from ingest.api.appkeys import ENGINE_KEY
 from ingest.api.ratelimit import LIMITER_KEY
@@ -146,6 +147,20 @@ class IngestService:
             median_k=settings.median_k, policy=policy, clock=clock,
             deliver=settings.upstream_url is not None, notify=self.outbox.notify,
         )
+        #: FHIR R4 out (issue 17, docs/fhir.md): outbox channel "fhir"; off unless fhir_url is set
+        self.fhir: Any = None
+        if settings.fhir_url:
+            from ingest.fhir.delivery import FhirDelivery
+
+            self.fhir = FhirDelivery.attach(
+                url=settings.fhir_url, token=settings.fhir_token,
+                patient_system=settings.fhir_patient_system, batch=settings.fhir_batch,
+                db=self.ews_db, outbox=self.outbox, engine=self.engine, clock=clock,
+                store_read=self.db.read)
+        # HL7 v2 out (issue 17): channel "hl7" of the outbox, when a receiver is configured
+        from ingest.hl7 import delivery as hl7_delivery
+
+        self.hl7 = hl7_delivery.attach(settings, self.outbox, self.engine, clock=clock)
         self.influx: Any = None
         if settings.influx_enabled:
             from ingest.influx import InfluxWriter
@@ -168,6 +183,12 @@ class IngestService:
                               checker=self.checker, health=self.health,
                               extra_routes=self._extra_routes())
         self.app[ENGINE_KEY] = self.engine
+        # alerts (issue 17): every emitted point goes through their state machine (_publish)
+        self.alerts = alerts.from_settings(
+            settings, self.ews_db, self.outbox, clock=clock,
+            notify=lambda a: self.hub.publish("alert", a),
+            publish=lambda topic, payload: self.consumer.publish(topic, payload, retain=True))
+        self.app[ALERTS_KEY] = self.alerts
         # points emitted outside observe()/tick() (context changes, POST /ews) are published too
         self.engine.on_emit = self._publish_threadsafe
         self._register_collectors()
@@ -182,10 +203,13 @@ class IngestService:
 
     def _add_dashboard_routes(self, app: web.Application) -> None:
         from ingest.dashboard import routes as dashboard_routes
-        from ingest.dashboard.ward import ReadOnlyDb, WardView
+        from ingest.dashboard.ward import WardView, ews_reader
 
-        ews_db = ReadOnlyDb(self.settings.ews_db_path)  # the engine created it already
-        app[dashboard_routes.WARD_KEY] = WardView(db=cast(Any, self.db), engine=self.engine, ews_db=ews_db,
+        # the EWS history, read-only: on SQLite the EWS file opened mode=ro, on PostgreSQL the
+        # same database (settings.ews_location is where the EWS store lives)
+        ews_db = ews_reader(self.settings.ews_location)
+        app.on_cleanup.append(lambda _app: asyncio.to_thread(ews_db.close))
+        app[dashboard_routes.WARD_KEY] = WardView(db=self.db, engine=self.engine, ews_db=ews_db,
                                                   clock=self.clock)
         app[dashboard_routes.HUB_KEY] = self.hub
         dashboard_routes.add_routes(app)
@@ -208,6 +232,7 @@ class IngestService:
             asyncio.create_task(self._supervise("ecg", self._ecg_loop), name="ecg"),
             asyncio.create_task(self._supervise("retention", self._retention_loop), name="retention"),
             asyncio.create_task(self._supervise("gaps", self._gap_loop), name="gaps"),
+            asyncio.create_task(self._supervise("alerts", self.alerts.run), name="alerts"),
         ]
         if self.db.location.url is not None:  # PostgreSQL: partitions ahead of the window
             tasks.append(asyncio.create_task(self._supervise("partitions", self._partition_loop),
@@ -279,6 +304,7 @@ class IngestService:
             log.warning("warm start: more than %d patient vitals measured or received in the last "
                         "%d s; the rest are scored when their next reading arrives",
                         store.WARM_MAX_ROWS, window // 1000)
+        self.alerts.saw(warm.items)
         points = await asyncio.to_thread(self.engine.warm_start, warm.items, warm.arrived)
         self._publish(points)
 
@@ -291,6 +317,8 @@ class IngestService:
         if self.influx is not None and rows:
             self.influx.write_readings([(r.device_id, r.user_code, r.gateway_id, r.vital, r.value,
                                          r.ts, r.source) for r in rows])
+        if self.fhir is not None and rows:  # before scoring: vitals' rows precede their NEWS2's
+            await self.fhir.enqueue_readings(rows)
         await self.observe(rows)
         if rows:
             self.hub.publish("readings", {"count": len(rows)})
@@ -300,8 +328,11 @@ class IngestService:
     async def observe(self, rows: Sequence[store.StoredReading]) -> list[EwsPoint]:
         """Feed committed readings to the engine; publish what it emits."""
         items = [(r.user_code, r.vital, r.value, r.ts) for r in rows if r.user_code]
+        if self.hl7 is not None:  # enqueued before the scores made from them
+            await self.hl7.readings(rows, self._device_labels)
         if not items:
             return []
+        self.alerts.saw(items)
         points = await asyncio.to_thread(self.engine.observe, items)
         self._publish(points)
         return points
@@ -406,6 +437,16 @@ class IngestService:
                                      "risk": p.risk, "produce_at": p.produce_at})
         if self.influx is not None and points:
             self.influx.write_ews(points)
+        self.alerts.offer(points)
+        if self.fhir is not None and points:  # their FHIR rows were enqueued with their history
+            self.fhir.notify()
+        if self.hl7 is not None and points:
+            self.hl7.points(points)
+
+    async def _device_labels(self, device_ids: set[str]) -> dict[str, Any]:
+        from ingest.hl7.channel import device_labels
+
+        return await self.db.read(lambda c: device_labels(c, device_ids))
 
     async def _tick_loop(self) -> None:
         while True:
@@ -441,9 +482,11 @@ class IngestService:
     async def retention_pass(self) -> dict[str, int]:
         """Delete everything older than the retention window, one small transaction at a time."""
         cutoff = self.clock() - int(self.settings.retention_days * 86_400_000)
+        accepted = self.partition_window()[0]
         total: dict[str, int] = {}
         while True:
-            deleted = await self.db.write(lambda c: store.retention_step(c, cutoff, RETENTION_BATCH))
+            deleted = await self.db.write(lambda c: store.retention_step(
+                c, cutoff, RETENTION_BATCH, accepted_from_ms=accepted))
             for table, n in deleted.items():
                 total[table] = total.get(table, 0) + n
                 self.metrics.retention_deleted.inc(n, table=table)
@@ -504,6 +547,8 @@ class IngestService:
             if self.influx is not None:
                 self.influx.write_readings([(reading.device_id, reading.user_code, reading.gateway_id,
                                              reading.vital, reading.value, reading.ts, reading.source)])
+            if self.fhir is not None:
+                await self.fhir.enqueue_readings([reading])
             await self.observe([reading])
 
     # ---------------------------------------------------------------------------- status
@@ -583,12 +628,36 @@ class IngestService:
                     "HTTP requests answered 429 (rate limit per API key or address)",
                     lambda: [("vitalgate_ingest_http_rate_limited_total", {},
                               float(self.app[LIMITER_KEY].limited))])
+        if self.hl7 is not None:
+            hl7 = self.hl7
+            r.collector("vitalgate_ingest_hl7", "gauge",
+                        "HL7 v2 out: messages built, skipped_<reason>, enqueued, duplicates,"
+                        " dropped_points, points_waiting; ACK outcomes (ack_<outcome>),"
+                        " failed_after_errors (this instance, since start)",
+                        lambda: [("vitalgate_ingest_hl7", {"stat": k}, float(v))
+                                 for k, v in hl7.stats().items()])
         r.collector("vitalgate_ingest_ews_readings_total", "counter",
                     "vital values the EWS scorer saw, by outcome (accepted, late, duplicate, "
                     "superseded, rejected, ignored, old) and merged_rounds (scoring rounds "
                     "folded into their batch's last)",
                     lambda: [("vitalgate_ingest_ews_readings_total", {"outcome": k}, float(v))
                              for k, v in self.engine.scoring_counts().items()])
+        r.collector("vitalgate_ingest_ews_duplicate_emissions_total", "counter",
+                    "EWS emissions absorbed: another instance had recorded the patient's point "
+                    "first (an ownership handover)",
+                    lambda: [("vitalgate_ingest_ews_duplicate_emissions_total", {},
+                              float(self.engine.duplicates))])
+        r.collector("vitalgate_ingest_alerts_total", "counter",
+                    "alert transitions (opened, updated, escalated, acknowledged, resolved), "
+                    "scores dropped before the alert task, conflicts, webhook outcomes",
+                    self.alerts.samples)
+        r.collector("vitalgate_ingest_fhir", "gauge",
+                    "FHIR channel (docs/fhir.md): readings, observations, points, rows, "
+                    "skipped_no_patient, skipped_unbuildable, derived_unknown, memory_evicted, "
+                    "absorbed_rows, render_failures, answers_<verdict>",
+                    lambda: [] if self.fhir is None else [
+                        ("vitalgate_ingest_fhir", {"stat": k}, float(v))
+                        for k, v in self.fhir.stats().items()])
 
 
 @dataclass

@@ -187,6 +187,40 @@ def test_the_gateway_reads_its_clock() -> None:
     assert not bad, "\n".join(bad)
 
 
+#: database drivers: only the storage layer (ingest/db/) may import them (issue 13).
+DRIVERS: frozenset[str] = frozenset({"sqlite3", "psycopg", "psycopg_pool", "asyncpg"})
+#: files of ingest that still import a driver while their owner moves their SQL to ingest/db/
+#: (each line is a pending exception, named with its owner; remove it when the move lands).
+PENDING_DRIVER_IMPORTS: frozenset[str] = frozenset({
+    "ingest.registry",            # h13d: registry SQL → ingest/db/registry.py
+    "ingest.keys",                # h13d: keys SQL → ingest/db/keys.py
+    "ingest.api.scoping",         # h13d
+    "ingest.api.device_routes",   # h13d
+    "ingest.dashboard.ward",      # h13d: ward queries → ingest/db/ward.py
+    "ingest.outbox",              # h13b: the outbox → ingest/db/outbox.py
+})
+
+
+def _driver_imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0
+                 else [])
+        found |= {n.split(".")[0] for n in names} & DRIVERS
+    return found
+
+
+def test_only_ingest_db_imports_a_database_driver() -> None:
+    """Every table, connection and SQL statement of ingest lives in ingest/db/: nothing else
+    in ingest imports sqlite3 or psycopg (at module level, in a function or for typing)."""
+    users = {module for module, path in modules(packages=["ingest"]).items()
+             if _driver_imports(path)}
+    outside = {m for m in users if not (m == "ingest.db" or m.startswith("ingest.db."))}
+    assert outside - PENDING_DRIVER_IMPORTS == set(), "import the driver only in ingest/db/"
+    assert "ingest.db.engine" in users  # the check sees the storage layer's own imports
+
+
 def test_the_score_words_are_defined_once() -> None:
     """Cexup's result words and NEWS2's risk order are ews.score's (Result, Risk, RESULTS,
     RISK_ORDER): no other module assigns a RESULTS or RISK_ORDER of its own."""
