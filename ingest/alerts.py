@@ -36,10 +36,11 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import aiohttp
 
+from ews.score import Score  # what the state machine reads of an EWS point
 from ingest.db import Conn, Database, IntegrityError
 from ingest.db import alerts as alert_db
 from ingest.db import outbox as outbox_db
@@ -109,23 +110,6 @@ class AlertPolicy:
     def response_ms(self, severity: str) -> int:
         s = self.response_high_s if severity == "high" else self.response_medium_s
         return int(s * 1000)
-
-
-class Score(Protocol):
-    """What the state machine reads of an EWS point (ingest.ews_engine.EwsPoint has it)."""
-
-    @property
-    def user_code(self) -> str: ...
-    @property
-    def point(self) -> int: ...
-    @property
-    def risk(self) -> str: ...
-    @property
-    def result(self) -> str: ...
-    @property
-    def produce_at(self) -> int: ...
-    @property
-    def valid(self) -> bool: ...
 
 
 @dataclass(frozen=True)
