@@ -82,7 +82,11 @@ class ExportMarks:
         """A commit's readings: enqueued; when behind (start, or a failed enqueue before),
         a catch-up instead (it reads these committed rows too). The outbox rows added."""
         if self.behind:
-            return await self.catch_up(enqueue)
+            async with self._lock:
+                if self.behind:
+                    return await self._guarded(enqueue)
+            # another commit's catch-up finished meanwhile: its last read may have come
+            # before these rows committed, so they are enqueued as usual
         added = await enqueue(rows)
         if added is None:
             self.behind = True
@@ -95,13 +99,16 @@ class ExportMarks:
         async with self._lock:
             if not self.behind:
                 return 0
-            try:
-                return await self._catch_up(enqueue)
-            except Exception as exc:  # the store: counted, logged, tried again
-                self.catch_up_errors += 1
-                log.error("%s: catching up with the readings store failed (%s); tried again at"
-                          " the next commit", self.channel, type(exc).__name__)
-                return 0
+            return await self._guarded(enqueue)
+
+    async def _guarded(self, enqueue: Enqueue) -> int:
+        try:
+            return await self._catch_up(enqueue)
+        except Exception as exc:  # the store: counted, logged, tried again
+            self.catch_up_errors += 1
+            log.error("%s: catching up with the readings store failed (%s); tried again at"
+                      " the next commit", self.channel, type(exc).__name__)
+            return 0
 
     async def _catch_up(self, enqueue: Enqueue) -> int:
         now = self.clock()
@@ -139,7 +146,7 @@ class ExportMarks:
         self.catch_ups += 1
         self._count(read, added)
         log.info("%s: caught up with the readings store: %d readings received since %d re-read,"
-                 " %d outbox rows were missing and are enqueued", self.channel, read,
+                 " %d outbox rows added (the others were there already)", self.channel, read,
                  first, added)
         return added
 

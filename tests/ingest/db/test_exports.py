@@ -123,3 +123,31 @@ async def test_pages_keep_a_message_together_and_stale_marks_are_raised(
     assert await m.catch_up(enqueuer(edb, m, clock)) == 7  # from the oldest mark, "gone"'s
     assert m.caught_up_readings == 7
     assert edb.read_sync(lambda c: exports.oldest(c, CHANNEL)) == T0 + 6_000  # all raised
+
+
+async def test_a_commit_waiting_on_a_catch_up_is_still_enqueued(
+        stores: tuple[Database, Database]) -> None:
+    """A commit that lands after a catch-up's last read, while that catch-up runs, is enqueued
+    once the catch-up is done (it did not see it)."""
+    import asyncio
+
+    rdb, edb = stores
+    clock = [T0]
+    m = marks_for(rdb, edb, clock)
+    commit(rdb, "dev-a", 1, T0 + 1_000)
+    real = enqueuer(edb, m, clock)
+    gate = asyncio.Event()
+
+    async def slow(rows: Sequence[StoredReading]) -> int | None:
+        await gate.wait()  # the catch-up has read its (last) page
+        return await real(rows)
+
+    catching = asyncio.create_task(m.catch_up(slow))
+    await asyncio.sleep(0.2)
+    y = commit(rdb, "dev-y", 1, T0 + 2_000)  # committed after the catch-up's read
+    offered = asyncio.create_task(m.offer(y, real))
+    await asyncio.sleep(0.1)
+    gate.set()
+    assert await catching == 1
+    assert await offered == 1
+    assert outbox_keys(edb) == ["dev-a/1/heart_rate", "dev-y/1/heart_rate"]
