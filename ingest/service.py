@@ -156,11 +156,12 @@ class IngestService:
                 url=settings.fhir_url, token=settings.fhir_token,
                 patient_system=settings.fhir_patient_system, batch=settings.fhir_batch,
                 db=self.ews_db, outbox=self.outbox, engine=self.engine, clock=clock,
-                store_read=self.db.read)
+                store_read=self.db.read, readings_db=self.db)
         # HL7 v2 out (issue 17): channel "hl7" of the outbox, when a receiver is configured
         from ingest.hl7 import delivery as hl7_delivery
 
-        self.hl7 = hl7_delivery.attach(settings, self.outbox, self.engine, clock=clock)
+        self.hl7 = hl7_delivery.attach(settings, self.outbox, self.engine, clock=clock,
+                                       readings_db=self.db)
         self.influx: Any = None
         if settings.influx_enabled:
             from ingest.influx import InfluxWriter
@@ -225,6 +226,7 @@ class IngestService:
     async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         self._loop = asyncio.get_running_loop()
         await self._warm_start()
+        await self._catch_up_exports()
         tasks = [
             asyncio.create_task(self._supervise("consumer", self._run_consumer), name="consumer"),
             asyncio.create_task(self._supervise("ews-tick", self._tick_loop), name="ews-tick"),
@@ -307,6 +309,13 @@ class IngestService:
         self.alerts.saw(warm.items)
         points = await asyncio.to_thread(self.engine.warm_start, warm.items, warm.arrived)
         self._publish(points)
+
+    async def _catch_up_exports(self) -> None:
+        """FHIR/HL7: enqueue the readings committed since their export marks (a crash between
+        a commit and its enqueue; ingest.export_catchup)."""
+        for channel in (self.fhir, self.hl7):
+            if channel is not None:
+                await channel.catch_up()
 
     # ------------------------------------------------------------------------------- flow
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from ingest.db import outbox
+from ingest.db import exports, outbox
 from ingest.db.engine import Conn, Database, Dialect, Location
 from ingest.db.migrate import Migration, apply
 
@@ -101,6 +101,7 @@ def setup(conn: Conn) -> None:
     """The EWS store's schema and migrations: history and context, then the outbox."""
     apply(conn, COMPONENT, schema=SCHEMA, migrations=MIGRATIONS, legacy=lambda _c: 0)
     outbox.setup(conn)
+    exports.setup(conn)  # the export channels' high-water marks, beside the outbox
 
 
 def location(database_url: str | None, data_dir: Path) -> Location:

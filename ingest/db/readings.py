@@ -486,3 +486,23 @@ def drop_expired_partitions(conn: Conn, cutoff_ms: int, *,
         log.info("retention: readings partitions dropped (every row past the cutoff by event and"
                  " processing time): %s", ", ".join(f"{k} ({v} rows)" for k, v in dropped.items()))
     return dropped
+
+
+def received_page(conn: Conn, since_ms: int, limit: int) -> list[tuple[Any, ...]]:
+    """Readings with a patient received (processing time) at or after ``since_ms``, oldest
+    first: about ``limit`` rows, never splitting the rows of one ``received_at`` (one message's
+    vitals, e.g. a blood pressure's two rows, stay together). Columns: device_id, user_code,
+    gateway_id, vital, value, ts, seq, source, replayed, received_at. The filter on
+    ``max(ts, received_at)`` (implied by the received_at one) lets the ``readings_kept`` index
+    serve it on both engines."""
+    kept = conn.greatest("ts", "received_at")
+    where = f"{kept} >= ? AND received_at >= ? AND user_code IS NOT NULL"
+    edge = conn.execute(f"SELECT received_at FROM readings WHERE {where}"
+                        " ORDER BY received_at, id LIMIT 1 OFFSET ?",
+                        (since_ms, since_ms, max(0, limit - 1))).fetchone()
+    until = "" if edge is None else " AND received_at <= ?"
+    args: tuple[Any, ...] = (since_ms, since_ms) if edge is None else (since_ms, since_ms,
+                                                                        int(edge[0]))
+    return list(conn.execute(
+        "SELECT device_id, user_code, gateway_id, vital, value, ts, seq, source, replayed,"
+        f" received_at FROM readings WHERE {where}{until} ORDER BY received_at, id", args))

@@ -267,3 +267,14 @@ def record_move(conn: Conn, device_id: int, mac: str, from_gateway: str | None,
 
 def delete(conn: Conn, device_id: int) -> bool:
     return conn.execute("DELETE FROM devices WHERE id = ?", (device_id,)).rowcount > 0
+
+
+def labels(conn: Conn, macs: Any) -> list[tuple[str, str | None, str | None]]:
+    """(device_mac, device_name, model) of the registered devices among ``macs``."""
+    macs = tuple(macs)
+    if not macs:
+        return []
+    marks = ",".join("?" * len(macs))
+    return [(str(m), n, d) for m, n, d in conn.execute(
+        f"SELECT device_mac, device_name, model FROM devices WHERE device_mac IN ({marks})",
+        macs).fetchall()]

@@ -173,14 +173,12 @@ class Hl7Channel:
 
 def device_labels(conn: Any, device_ids: Iterable[str]) -> dict[str, DeviceInfo]:
     """Registered name and model of each device (read in the caller's connection)."""
+    from ingest.db import registry
     from vitalgate.contract import mac_from_device_id
 
     ids = sorted(set(device_ids))
     if not ids:
         return {}
     by_mac = {mac_from_device_id(d): d for d in ids}
-    marks = ",".join("?" * len(by_mac))
-    rows = conn.execute(f"SELECT device_mac, device_name, model FROM devices"
-                        f" WHERE device_mac IN ({marks})", tuple(by_mac)).fetchall()
-    return {by_mac[str(r[0])]: DeviceInfo(name=r[1], model=r[2]) for r in rows
-            if str(r[0]) in by_mac}
+    return {by_mac[mac]: DeviceInfo(name=name, model=model)
+            for mac, name, model in registry.labels(conn, by_mac) if mac in by_mac}

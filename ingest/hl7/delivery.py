@@ -11,10 +11,11 @@ delivered over MLLP by the outbox's worker for the channel.
 * :class:`Hl7Transport` is the channel's outbox transport: a row's body is the message text,
   sent verbatim; the ACK must name its MSH-10.
 
-What is not covered: a crash between the readings' commit and their enqueue loses those
-readings' messages (the store keeps the readings; the window is one transaction). Closing it
-needs the readings' commit to write the rows (on SQLite the readings and the EWS store are
-two files).
+A crash between the readings' commit and their enqueue (or an enqueue the EWS store refuses)
+loses nothing: the enqueue's transaction also advances the channel's export mark, and at
+start (:meth:`Hl7Output.catch_up`) and after a failed enqueue the readings committed since the
+mark, minus a margin, are enqueued again (:mod:`ingest.export_catchup`); the control ids
+absorb the copies.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from ingest.db.engine import Conn
+from ingest.db.engine import Conn, Database
 from ingest.db.outbox import Row, enqueue
-from ingest.hl7.channel import NAME, Hl7Channel
+from ingest.export_catchup import ExportMarks
+from ingest.hl7.channel import NAME, Hl7Channel, device_labels
 from ingest.hl7.mllp import MllpPool
 from ingest.hl7.oru import DeviceInfo, Hl7Message, OruConfig
 from ingest.hl7.transport import Transport
@@ -90,38 +92,67 @@ def enqueue_messages(conn: Conn, messages: Iterable[Hl7Message], now: int) -> in
     return added
 
 
+Devices = Callable[[set[str]], Awaitable[Mapping[str, DeviceInfo]]]
+
+
 class Hl7Output:
-    def __init__(self, channel: Hl7Channel, outbox: Outbox) -> None:
+    def __init__(self, channel: Hl7Channel, outbox: Outbox, marks: ExportMarks | None = None,
+                 devices: Devices | None = None) -> None:
         self.channel = channel
         self.outbox = outbox
+        #: the export mark and catch-up (None: no readings store given; no catch-up)
+        self.marks = marks
+        #: the registry's names and models of devices (for catch-ups; readings() may pass its own)
+        self.devices = devices
         self.enqueued = 0
         self.duplicates = 0
         #: batches of committed readings whose messages could not be enqueued (store failure)
         self.enqueue_errors = 0
 
-    async def readings(self, rows: Sequence[Any],
-                       devices: Callable[[set[str]], Awaitable[Mapping[str, DeviceInfo]]]
-                       | None = None) -> None:
-        """Enqueue the messages of committed reading rows (``ingest.store.StoredReading``)."""
+    async def readings(self, rows: Sequence[Any], devices: Devices | None = None) -> None:
+        """Enqueue the messages of committed reading rows (``ingest.store.StoredReading``);
+        while behind (start, a failed enqueue), a catch-up instead (it covers these rows)."""
         if not rows:
             return
+        if self.marks is None:
+            await self._enqueue(rows, devices)
+            return
+        await self.marks.offer(rows, lambda r: self._enqueue(r, devices))
+
+    async def catch_up(self) -> int:
+        """Enqueue what was committed since the export mark (at start); the messages added."""
+        return 0 if self.marks is None else await self.marks.catch_up(self._enqueue)
+
+    async def _enqueue(self, rows: Sequence[Any], devices: Devices | None = None) -> int | None:
+        """The messages added, or None when they could not be enqueued (counted, logged)."""
+        devices = devices or self.devices
+        marks = self.marks
         try:
             ids = {r.device_id for r in rows if r.user_code}
             labels = await devices(ids) if devices is not None and ids else {}
             messages = await asyncio.to_thread(self.channel.readings, rows, labels)
             if not messages:
-                return
+                return 0
             now = self.channel.clock()
-            added = await self.outbox.db.write(lambda c: enqueue_messages(c, messages, now))
+
+            def write(c: Conn) -> int:
+                added = enqueue_messages(c, messages, now)
+                if marks is not None:
+                    marks.advance(c, rows)
+                return added
+
+            added = await self.outbox.db.write(write)
         except Exception as exc:  # HL7 output never stops ingestion: counted and logged
             self.enqueue_errors += 1
             log.error("HL7: the messages of %d committed reading rows were not enqueued (%s);"
-                      " %d such failures", len(rows), type(exc).__name__, self.enqueue_errors)
-            return
+                      " %d such failures%s", len(rows), type(exc).__name__, self.enqueue_errors,
+                      "; caught up later" if marks is not None else "")
+            return None
         self.enqueued += added
         self.duplicates += len(messages) - added
         if added:
             self.outbox.notify(NAME)
+        return added
 
     def points(self, points: Sequence[Any]) -> None:
         """Points were emitted (their rows are committed): deliver now."""
@@ -129,14 +160,16 @@ class Hl7Output:
             self.outbox.notify(NAME)
 
     def stats(self) -> dict[str, int]:
+        marks = {} if self.marks is None else self.marks.stats()
         return {**self.channel.stats(), "enqueued": self.enqueued, "duplicates": self.duplicates,
-                "enqueue_errors": self.enqueue_errors}
+                "enqueue_errors": self.enqueue_errors, **marks}
 
 
-def attach(settings: Any, outbox: Outbox, engine: Any, *,
-           clock: Callable[[], int]) -> Hl7Output | None:
+def attach(settings: Any, outbox: Outbox, engine: Any, *, clock: Callable[[], int],
+           readings_db: Database | None = None) -> Hl7Output | None:
     """Register channel ``hl7`` on ``outbox`` and ``engine`` (``EwsEngine.add_channel``) when
-    ``settings`` (IngestSettings) configure a receiver; None (nothing registered) otherwise."""
+    ``settings`` (IngestSettings) configure a receiver; None (nothing registered) otherwise.
+    With ``readings_db`` (the readings store) the channel keeps an export mark and catches up."""
     if not settings.hl7_enabled:
         return None
     config = OruConfig(facility=settings.hl7_facility,
@@ -149,4 +182,13 @@ def attach(settings: Any, outbox: Outbox, engine: Any, *,
     engine.add_channel(NAME, channel.render_point)
     log.info("HL7 v2 out: ORU^R01 over MLLP to %s (facility %s)", client.address,
              settings.hl7_facility)
-    return Hl7Output(channel, outbox)
+    if readings_db is None:
+        return Hl7Output(channel, outbox)
+    store = readings_db
+
+    async def devices(ids: set[str]) -> Mapping[str, DeviceInfo]:
+        return await store.read(lambda c: device_labels(c, ids))
+
+    marks = ExportMarks(NAME, readings=store, ews=outbox.db, instance=outbox.instance_id,
+                        clock=clock)
+    return Hl7Output(channel, outbox, marks, devices)
