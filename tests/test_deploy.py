@@ -3,7 +3,6 @@ on a real Mosquitto with certificates made by config/make-certs.sh."""
 
 from __future__ import annotations
 
-import getpass
 import os
 import re
 import shutil
@@ -17,7 +16,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from vitalgate.broker import free_port, wait_port
+from tests.support.secure_broker import secure_mosquitto
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,24 +57,12 @@ def _client(name: str, port: int, ca: Path, user: str | None, password: str | No
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl needed to make certificates")
 def test_broker_tls_auth_and_per_gateway_acl(tmp_path: Path) -> None:
-    certs = tmp_path / "certs"
-    subprocess.run(["sh", str(ROOT / "config/make-certs.sh"), str(certs), "localhost"], check=True)
-    passwd = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "ingest", "pw-ingest"], check=True)
-    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "ward3-bed12", "pw-gw"], check=True)
-    port = free_port()
-    conf = tmp_path / "m.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nuser {getpass.getuser()}\nallow_anonymous false\npassword_file {passwd}\n"
-        f"acl_file {ROOT / 'config/mosquitto/acl'}\ncafile {certs / 'ca.crt'}\n"
-        f"certfile {certs / 'server.crt'}\nkeyfile {certs / 'server.key'}\nlog_dest none\n"
-    )
-    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
-    try:
-        wait_port("127.0.0.1", port)
+    users = {"ingest": "pw-ingest", "ward3-bed12": "pw-gw"}
+    with secure_mosquitto(tmp_path, users) as broker:
+        port, ca = broker.port, broker.ca
         got: list[str] = []
         subscribed = threading.Event()
-        ingest = _client("ingest-test", port, certs / "ca.crt", "ingest", "pw-ingest")
+        ingest = _client("ingest-test", port, ca, "ingest", "pw-ingest")
         ingest.on_message = lambda c, u, m: got.append(m.topic)
         ingest.on_subscribe = lambda *a: subscribed.set()
         ingest.connect("localhost", port)
@@ -83,7 +70,7 @@ def test_broker_tls_auth_and_per_gateway_acl(tmp_path: Path) -> None:
         ingest.loop_start()
         assert subscribed.wait(10)
 
-        gw = _client("gw-test", port, certs / "ca.crt", "ward3-bed12", "pw-gw")
+        gw = _client("gw-test", port, ca, "ward3-bed12", "pw-gw")
         gw.connect("localhost", port)
         gw.loop_start()
         gw.publish("vitals/v1/other-gw/d061aed45894/reading", b"{}", qos=1).wait_for_publish(10)
@@ -94,7 +81,7 @@ def test_broker_tls_auth_and_per_gateway_acl(tmp_path: Path) -> None:
         assert got == ["vitals/v1/ward3-bed12/d061aed45894/reading"], "ACL let a gateway write under another id"
 
         refused: list[object] = []
-        anon = _client("anon", port, certs / "ca.crt", None, None)
+        anon = _client("anon", port, ca, None, None)
         anon.on_connect = lambda c, u, f, rc, p=None: refused.append(rc)
         anon.connect("localhost", port)
         anon.loop_start()
@@ -106,9 +93,6 @@ def test_broker_tls_auth_and_per_gateway_acl(tmp_path: Path) -> None:
         for c in (gw, ingest):
             c.disconnect()
             c.loop_stop()
-    finally:
-        broker.terminate()
-        broker.wait(5)
 
 
 def test_compose_postgres_service() -> None:

@@ -14,8 +14,7 @@ from tests.ingest.upstream import Upstream
 from tests.support.ingest_service import (
     Api,
     eventually,
-    publish_all,
-    publisher,
+    publish_once,
     reading,
     running,
     settings_for,
@@ -38,7 +37,6 @@ async def test_info_logs_carry_no_patient_data(
         async with running(settings) as svc, Api(svc.url) as api:
             t = topics()
             now = int(time.time() * 1000)
-            client = publisher(mosquitto.host, mosquitto.port, "privacy-pub")
             items = [(t.reading("gw-priv", DEVICE), reading(
                 DEVICE, i, now - 60_000 + i * 1000, USER_CODE, heart_rate=137.0, spo2=88.0,
                 respiratory_rate=27.0, systolic_bp=87.0, temperature=39.4).to_bytes()) for i in range(5)]
@@ -48,13 +46,11 @@ async def test_info_logs_carry_no_patient_data(
             chunk = EcgChunk(device_id=DEVICE, recording=f"{DEVICE}-{now}", seq=0, ts=now, fs=250,
                              samples=[0] * 2500, last=True, user_code=USER_CODE)
             items.append((t.ecg("gw-priv", DEVICE), chunk.to_bytes()))
-            publish_all(client, items)
+            publish_once(mosquitto.host, mosquitto.port, items, "privacy-pub")
             await eventually(lambda: upstream.accepted, timeout=30)
             status, _ = await api.call("PUT", f"/api/patient/{USER_CODE}/context",
                                        json={"consciousness": "V", "on_oxygen": True, "spo2_scale": 1})
             assert status == 200
-            client.loop_stop()
-            client.disconnect()
     posted = upstream.accepted[0]
     assert posted["user_code"] == USER_CODE  # the data did flow where it is sent
     info = [r for r in caplog.records if r.levelno <= logging.INFO]

@@ -90,13 +90,16 @@ def paged(items: list[Any], *, page: int, size: int, total: int) -> web.Response
     )
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+def int_param(request: web.Request, name: str, default: int, low: int, high: int, *,
+              what: str = "an integer") -> int:
+    """Query parameter ``name``: ``default`` when absent or empty, else an integer within
+    [low, high]; a 422 naming the parameter (``what`` it must be) otherwise."""
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
     value = int_text(raw)
     if value is None:
-        raise ApiError(422, f"query parameter {name!r} must be an integer, got {raw!r}")
+        raise ApiError(422, f"query parameter {name!r} must be {what}, got {raw!r}")
     if not low <= value <= high:
         raise ApiError(422, f"query parameter {name!r} must be between {low} and {high}, got {value}")
     return value
@@ -112,10 +115,10 @@ def page_params(
     """``(page, size)`` from the query: ``page`` is 1-based; the page length may be spelled with
     any of ``size_names`` (Cexup uses ``size`` and ``data``). Raises ApiError(422) naming the
     bad parameter."""
-    page = _int_param(request, "page", 1, 1, 10**9)
+    page = int_param(request, "page", 1, 1, 10**9)
     size = default_size
     for name in size_names:
         if name in request.query:
-            size = _int_param(request, name, default_size, 1, max_size)
+            size = int_param(request, name, default_size, 1, max_size)
             break
     return page, size

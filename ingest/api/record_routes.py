@@ -16,7 +16,7 @@ from aiohttp import web
 from ingest import store
 from ingest.api.appkeys import DB_KEY
 from ingest.api.auth import principal_of
-from ingest.api.envelope import ApiError, int_text, ok, page_params, paged
+from ingest.api.envelope import ApiError, int_param, ok, page_params, paged
 from ingest.api.openapi import envelope_response, errors, page_of
 from ingest.api.scoping import require_patient
 from vitalgate.contract import USER_CODE_RE
@@ -40,15 +40,7 @@ async def visible_user_code(request: web.Request) -> str:
 
 
 def _ms_param(request: web.Request, name: str, default: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    value = int_text(raw)
-    if value is None:
-        raise ApiError(422, f"query parameter {name!r} must be epoch milliseconds, got {raw!r}")
-    if not 0 <= value <= MAX_MS:
-        raise ApiError(422, f"query parameter {name!r} must be between 0 and {MAX_MS}, got {value}")
-    return value
+    return int_param(request, name, default, 0, MAX_MS, what="epoch milliseconds")
 
 
 def _types(request: web.Request) -> list[str]:

@@ -27,7 +27,7 @@ from simulators.importers import load_tracks
 from simulators.mqtt_out import GatewayPublisher
 from simulators.physiology import SimClock
 from simulators.replay import MqttReplaySink, ReplayItem, replay_tracks
-from tests.support.ingest_service import eventually, running, settings_for
+from tests.support.ingest_service import connected, eventually, settings_for
 from vitalgate.broker import Mosquitto
 
 pytestmark = pytest.mark.e2e
@@ -79,8 +79,7 @@ async def test_replay_at_36000x_gives_the_offline_event_time_trajectory(
     tracks = [t for name in PATIENTS for t in load_tracks(shared_data / "physionet2019" / f"{name}.psv")]
     settings = settings_for(tmp_path / "data", mosquitto.url)
     delivered: list[ReplayItem] = []
-    async with running(settings) as svc:
-        await eventually(lambda: svc.service.consumer.connected)
+    async with connected(settings) as svc:
         publisher = GatewayPublisher(mosquitto.url, "replay-icu").connect()
         sink = MqttReplaySink(publisher)
 

@@ -5,7 +5,6 @@ and a second gateway cannot publish under the first one's id."""
 
 from __future__ import annotations
 
-import getpass
 import os
 import signal
 import ssl
@@ -19,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from tests.support.ingest_service import Api, eventually, reading, running, settings_for
-from vitalgate.broker import free_port, wait_port
+from tests.support.secure_broker import secure_mosquitto
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,27 +29,9 @@ ROGUE_DEVICE = "c2deadbeef01"
 
 @pytest.fixture
 def secure_broker(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    certs = tmp_path / "certs"
-    subprocess.run(["sh", str(ROOT / "config/make-certs.sh"), str(certs), "localhost"], check=True)
-    passwd = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "ingest", "pw-ingest"], check=True)
-    for user in (GATEWAY, ROGUE):
-        subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, f"pw-{user}"], check=True)
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nuser {getpass.getuser()}\nallow_anonymous false\n"
-        f"password_file {passwd}\nacl_file {ROOT / 'config/mosquitto/acl'}\n"
-        f"cafile {certs / 'ca.crt'}\ncertfile {certs / 'server.crt'}\nkeyfile {certs / 'server.key'}\n"
-        f"persistence true\npersistence_location {tmp_path}/\nlog_dest none\n"
-    )
-    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
-    try:
-        wait_port("127.0.0.1", port)
-        yield port, certs / "ca.crt"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    users = {"ingest": "pw-ingest", **{user: f"pw-{user}" for user in (GATEWAY, ROGUE)}}
+    with secure_mosquitto(tmp_path, users, persistence=True) as broker:
+        yield broker.port, broker.ca
 
 
 async def test_ingest_and_gateway_over_tls_with_passwords_and_acl(

@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.buffer import Buffer, RowKind
 from tests.support.probe import Probe, unique_seqs
+from tests.support.processes import stop
 from vitalgate.broker import Mosquitto, free_port
 from vitalgate.contract import Kind
 
@@ -28,16 +29,6 @@ def start(mosquitto: Mosquitto, data: Path, log: Path, gateway_id: str = "gw-kil
            "--status-port", "0"]
     with log.open("ab") as out:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def test_sigkill_then_restart_loses_nothing(mosquitto: Mosquitto, tmp_path: Path) -> None:

@@ -15,17 +15,15 @@ from typing import Any
 import pytest
 
 from tests.support import ingest_service
-from tests.support.ingest_service import publisher
+from tests.support.ingest_service import publishing
 from vitalgate.broker import Mosquitto
 
 
 @pytest.fixture
 def pub(mosquitto: Mosquitto) -> Iterator[Any]:
     """A paho client publishing to the test's broker (QoS 1 waits for the PUBACK)."""
-    client = publisher(mosquitto.host, mosquitto.port)
-    yield client
-    client.disconnect()
-    client.loop_stop()
+    with publishing(mosquitto.host, mosquitto.port) as client:
+        yield client
 
 
 @pytest.fixture

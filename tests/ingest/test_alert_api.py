@@ -20,11 +20,11 @@ from ingest import keys
 from ingest.consumer import epoch_ms
 from tests.support.ingest_service import (
     Api,
+    connected,
     eventually,
     publish_all,
-    publisher,
+    publishing,
     reading,
-    running,
     settings_for,
 )
 from vitalgate.broker import Mosquitto, free_port
@@ -120,13 +120,11 @@ async def test_alert_opens_is_acknowledged_and_another_escalates(
     settings = settings_for(tmp_path / "data", mosquitto.url, ews_min_interval_s=0,
                             alert_check_s=0.1, alert_webhook_url=hook_url,
                             alert_response_high_s=300, alert_response_medium_s=1800)
-    async with running(settings, clock=clock) as svc:
-        await eventually(lambda: svc.service.consumer.connected)
+    async with connected(settings, clock=clock) as svc:
         db = svc.service.db
         reader = str(db.write_sync(lambda c: keys.create(c, "ward-screen", 1, ["read"])))
         nurse = str(db.write_sync(lambda c: keys.create(c, "nurse-station", 1, ["read", "clinical"])))
-        pub = publisher(mosquitto.host, mosquitto.port, "alert-feed")
-        try:
+        with publishing(mosquitto.host, mosquitto.port, "alert-feed") as pub:
             feed(pub, "a1a1a1a1a1a1", "BED7", UNWELL, 0, clock())
             async with Api(svc.url, reader) as api:
                 status, body = await eventually(lambda: _open(api, "BED7"))
@@ -230,9 +228,6 @@ async def test_alert_opens_is_acknowledged_and_another_escalates(
                 # the webhook is the durable outbox's channel: one row, delivered on its retry
                 assert 'vitalgate_ingest_outbox{channel="alert-webhook",stat="delivered"} 1' in text
                 assert 'vitalgate_ingest_outbox{channel="alert-webhook",stat="retried"} 1' in text
-        finally:
-            pub.loop_stop()
-            pub.disconnect()
 
 
 async def _open(api: Api, code: str) -> tuple[int, Any] | None:

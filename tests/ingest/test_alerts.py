@@ -3,8 +3,6 @@ after an acknowledgement re-alerts, resolution, escalation timing, monitoring fr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
 from ingest.alerts import (
@@ -20,19 +18,9 @@ from ingest.alerts import (
     on_score,
     validate_ack,
 )
+from tests.support.alerts import T0, S
 
 POLICY = AlertPolicy(response_high_s=300, response_medium_s=1800)
-T0 = 1_700_000_000_000
-
-
-@dataclass(frozen=True)
-class S:
-    user_code: str
-    point: int
-    risk: str
-    result: str
-    produce_at: int = T0
-    valid: bool = True
 
 
 LOW = S("P1", 2, "low", "rendah")

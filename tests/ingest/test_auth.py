@@ -27,7 +27,7 @@ from tests.support.ingest_service import (
     Api,
     eventually,
     open_store,
-    publisher,
+    publish_once,
     running,
     settings_for,
 )
@@ -211,13 +211,10 @@ async def test_a_holder_key_sees_only_its_devices_and_patients(svc: RunningServi
 
 async def test_dead_letters_need_admin_and_show_payload_to_it(svc: RunningService,
                                                                mosquitto: Mosquitto) -> None:
-    client = publisher(mosquitto.host, mosquitto.port, "auth-junk")
-    try:  # junk on a reading topic, as a careless gateway would send it: dead-lettered
-        topic = f"{svc.service.settings.prefix}/ward1/d061aed45894/reading"
-        client.publish(topic, b'{"secret": 1}', qos=1).wait_for_publish(10)
-    finally:
-        client.loop_stop()
-        client.disconnect()
+    # junk on a reading topic, as a careless gateway would send it: dead-lettered
+    publish_once(mosquitto.host, mosquitto.port,
+                 [(f"{svc.service.settings.prefix}/ward1/d061aed45894/reading", b'{"secret": 1}')],
+                 "auth-junk")
     await eventually(lambda: svc.service.db.read_sync(lambda c: store.dead_letters(c, 1, 1)[1]))
     async with Api(svc.url, key=make_key(svc, "reader", "read")) as api:
         assert (await api.get("/api/dead-letters"))[0] == 403

@@ -18,6 +18,7 @@ from ingest.service import RunningService
 from simulators.ecg_synth import EcgSynth, to_counts
 from tests.support.ingest_service import (
     Api,
+    connected,
     eventually,
     pending_h13d,
     publish_all,
@@ -39,9 +40,8 @@ pytestmark = pytest.mark.usefixtures("ingest_engine")  # on SQLite and on Postgr
 @pytest.fixture
 async def svc(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningService]:
     # the service's clock is pinned just after the readings' times (T0), so they are fresh
-    async with running(settings_for(tmp_path / "data", mosquitto.url),
-                       clock=lambda: T0 + 60_000) as service:
-        await eventually(lambda: service.service.consumer.connected)
+    async with connected(settings_for(tmp_path / "data", mosquitto.url),
+                         clock=lambda: T0 + 60_000) as service:
         yield service
 
 

@@ -20,10 +20,11 @@ from ingest import store
 from ingest.service import start_service
 from tests.support.ingest_service import (
     Api,
+    connected,
     eventually,
     open_store,
     publish_all,
-    publisher,
+    publishing,
     reading,
     running,
     settings_for,
@@ -53,10 +54,8 @@ class Clock:
 
 @pytest.fixture
 def pub(mosquitto: Mosquitto) -> Iterator[mqtt.Client]:
-    client = publisher(mosquitto.host, mosquitto.port, client_id="durability-pub")
-    yield client
-    client.disconnect()
-    client.loop_stop()
+    with publishing(mosquitto.host, mosquitto.port, "durability-pub") as client:
+        yield client
 
 
 @pytest.mark.usefixtures("ingest_engine")  # on SQLite and on PostgreSQL
@@ -106,8 +105,7 @@ async def test_gap_detected_requested_and_closed_by_the_republish(
     sub.subscribe(TOPICS.cmd(GW), qos=1)
     sub.loop_start()
     try:
-        async with running(settings, clock=clock) as svc:
-            await eventually(lambda: svc.service.consumer.connected)
+        async with connected(settings, clock=clock) as svc:
             topic = TOPICS.reading(GW, DEV)
             # the broker "dropped" 3..6 and 10
             publish_all(pub, [(topic, _r(s).to_bytes()) for s in (0, 1, 2, 7, 8, 9, 11)])
@@ -168,9 +166,8 @@ async def test_gap_detected_requested_and_closed_by_the_republish(
 async def test_a_reset_buffer_is_a_new_stream_not_duplicates(
     tmp_path: Path, mosquitto: Mosquitto, pub: mqtt.Client
 ) -> None:
-    async with running(settings_for(tmp_path / "data", mosquitto.url),
-                       clock=lambda: T0 + 60_000) as svc:
-        await eventually(lambda: svc.service.consumer.connected)
+    async with connected(settings_for(tmp_path / "data", mosquitto.url),
+                         clock=lambda: T0 + 60_000) as svc:
         topic = TOPICS.reading(GW, DEV)
         publish_all(pub, [(topic, _r(s).to_bytes()) for s in range(5)])
         # the gateway's buffer file was deleted: a new stream, seq from 0 again
@@ -201,8 +198,7 @@ async def test_full_disk_is_the_stores_failure_and_nothing_is_lost(
     with small_disk(tmp_path / "disk") as disk:
         settings = settings_for(disk / "data", mosquitto.url, store_retry_max_s=2,
                                 mqtt_client_id="ingest-full-disk")
-        async with running(settings, clock=lambda: T0 + 60_000) as svc:
-            await eventually(lambda: svc.service.consumer.connected)
+        async with connected(settings, clock=lambda: T0 + 60_000) as svc:
             topic = TOPICS.reading(GW, DEV)
             publish_all(pub, [(topic, _r(s).to_bytes()) for s in range(10)])
             await eventually(lambda: svc.service.db.read(lambda c: store.count_readings(c) == 10))

@@ -39,6 +39,13 @@ def engine(store: Open, clock: FakeTime, **kw: object) -> EwsEngine:
     return EwsEngine(store(), clock=clock, **kw)  # type: ignore[arg-type]
 
 
+def pushed(eng: EwsEngine) -> list[EwsPoint]:
+    """The points ``eng`` pushes to its subscriber (``on_emit``), in order, as they come."""
+    published: list[EwsPoint] = []
+    eng.on_emit = published.extend
+    return published
+
+
 def wipe(db: Database) -> None:
     """An empty EWS store (a second, independent store in one test)."""
     def run(c: Conn) -> None:
@@ -123,8 +130,7 @@ def test_heartbeat_hourly_while_data_flows_and_never_for_stale_data(store: Open)
 def test_context_changes_the_score_at_once_and_survives_restart(store: Open) -> None:
     clock = FakeTime()
     eng = engine(store, clock)
-    published: list[EwsPoint] = []
-    eng.on_emit = published.extend
+    published = pushed(eng)
     [p] = observe_at(eng, clock, "P1", **NORMAL)
     assert p.point == 0 and published == []  # observe's points are returned, not pushed
     clock.advance(1_000)
@@ -187,8 +193,7 @@ def test_news2012_has_no_confusion_level(store: Open) -> None:
 def test_external_points_are_history_and_current_but_not_delivered(store: Open) -> None:
     clock = FakeTime()
     eng = engine(store, clock)
-    published: list[EwsPoint] = []
-    eng.on_emit = published.extend
+    published = pushed(eng)
     p = eng.record_external({"user_code": "AMSe5Sn8Gkxj7", "point": 3, "result": "sedang",
                              "produce_at": "1632889813001"})
     assert (p.produce_at, p.risk, p.source) == (1632889813001, "low-medium", "external")

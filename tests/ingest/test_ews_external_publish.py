@@ -17,11 +17,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from ingest.service import RunningService
 from tests.support.ingest_service import (
     Api,
+    connected,
     eventually,
-    publish_all,
-    publisher,
+    publish_once,
     reading,
-    running,
     settings_for,
 )
 from vitalgate.broker import Mosquitto
@@ -35,8 +34,7 @@ NORMAL = {"heart_rate": 72.0, "spo2": 97.0, "systolic_bp": 120.0, "temperature":
 
 @pytest.fixture
 async def svc(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningService]:
-    async with running(settings_for(tmp_path / "data", mosquitto.url)) as service:
-        await eventually(lambda: service.service.consumer.connected)
+    async with connected(settings_for(tmp_path / "data", mosquitto.url)) as service:
         yield service
 
 
@@ -70,14 +68,8 @@ def retained(mosquitto: Mosquitto, topic: str, n: int) -> dict[str, list[Ews]]:
 async def test_external_point_is_published_only_for_a_patient_the_engine_does_not_score(
         svc: RunningService, mosquitto: Mosquitto) -> None:
     now = svc.service.clock()
-    pub = publisher(mosquitto.host, mosquitto.port)
-    try:
-        publish_all(pub, [(TOPICS.reading("gw-1", "d061aed45894"),
-                           reading("d061aed45894", 0, now - 1000, user_code="SCORED",
-                                   **NORMAL).to_bytes())])
-    finally:
-        pub.disconnect()
-        pub.loop_stop()
+    publish_once(mosquitto.host, mosquitto.port, [(TOPICS.reading("gw-1", "d061aed45894"),
+                 reading("d061aed45894", 0, now - 1000, user_code="SCORED", **NORMAL).to_bytes())])
     own = await eventually(lambda: svc.service.engine.current("SCORED"))
     assert own.source == "vitalgate" and own.point == 0
     async with Api(svc.url) as api:

@@ -22,11 +22,10 @@ from ingest.consumer import Inbound, classify
 from ingest.service import RunningService
 from tests.support.ingest_service import (
     Api,
+    connected,
     eventually,
-    publish_all,
-    publisher,
+    publish_once,
     reading,
-    running,
     settings_for,
 )
 from vitalgate.broker import Mosquitto
@@ -126,9 +125,8 @@ def _collect() -> list[tuple[str, bytes]]:
 
 @pytest.fixture
 async def svc(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningService]:
-    async with running(settings_for(tmp_path / "data", mosquitto.url),
-                       clock=lambda: T0 + 60_000) as service:
-        await eventually(lambda: service.service.consumer.connected)
+    async with connected(settings_for(tmp_path / "data", mosquitto.url),
+                         clock=lambda: T0 + 60_000) as service:
         yield service
 
 
@@ -150,12 +148,7 @@ async def test_malformed_payloads_dead_lettered_valid_ones_kept(svc: RunningServ
         stream.append(case)
         stream.append((good_topic, reading(GOOD_DEV, seq, T0 + seq, user_code="GOOD",
                                            heart_rate=60 + seq % 50).to_bytes()))
-    pub = publisher(mosquitto.host, mosquitto.port)
-    try:
-        publish_all(pub, stream)
-    finally:
-        pub.disconnect()
-        pub.loop_stop()
+    publish_once(mosquitto.host, mosquitto.port, stream)
     m = svc.service.metrics
     await eventually(lambda: m.messages.total() >= len(stream), timeout=30)
     assert m.rejects.total() == expected_dead

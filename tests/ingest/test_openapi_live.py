@@ -22,8 +22,7 @@ from simulators.ecg_synth import EcgSynth, to_counts
 from tests.support.ingest_service import (
     TEST_KEY,
     eventually,
-    publish_all,
-    publisher,
+    publish_once,
     reading,
     running,
     settings_for,
@@ -104,18 +103,13 @@ async def feed(svc: RunningService, mosquitto: Mosquitto) -> str:
     chunks = [EcgChunk(device_id=DEV, recording=rec, seq=i, ts=T0 + i * 4000, fs=fs,
                        samples=counts.tolist()[i * 1000:(i + 1) * 1000], last=i == 1,
                        user_code=CODE) for i in range(2)]
-    client = publisher(mosquitto.host, mosquitto.port, "openapi-feed")
-    try:
-        publish_all(client, [
-            (topics.reading(GW, DEV), reading(DEV, 1, T0, user_code=CODE, heart_rate=120.0,
-                                              spo2=95.0, respiratory_rate=22.0, temperature=38.5,
-                                              systolic_bp=105.0, diastolic_bp=70.0).to_bytes()),
-            *[(topics.ecg(GW, DEV), c.to_bytes()) for c in chunks],
-            (topics.reading(GW, DEV), b'{"not": "a reading"}'),
-        ])
-    finally:
-        client.loop_stop()
-        client.disconnect()
+    publish_once(mosquitto.host, mosquitto.port, [
+        (topics.reading(GW, DEV), reading(DEV, 1, T0, user_code=CODE, heart_rate=120.0,
+                                          spo2=95.0, respiratory_rate=22.0, temperature=38.5,
+                                          systolic_bp=105.0, diastolic_bp=70.0).to_bytes()),
+        *[(topics.ecg(GW, DEV), c.to_bytes()) for c in chunks],
+        (topics.reading(GW, DEV), b'{"not": "a reading"}'),
+    ], "openapi-feed")
     engine = svc.service.engine
     await eventually(lambda: engine.current(CODE) is not None, timeout=30)
 

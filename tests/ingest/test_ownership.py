@@ -21,10 +21,10 @@ from ingest import registry
 from ingest.service import RunningService
 from tests.support.ingest_service import (
     Api,
+    connected,
     eventually,
     publish_all,
     reading,
-    running,
     settings_for,
 )
 from vitalgate.broker import Mosquitto
@@ -39,9 +39,8 @@ TOPICS = Topics()
 @pytest.fixture
 async def svc(tmp_path: Path, mosquitto: Mosquitto,
               ingest_engine: str | None) -> AsyncIterator[RunningService]:
-    async with running(settings_for(tmp_path / "data", mosquitto.url),
-                       clock=lambda: T0 + 60_000) as service:
-        await eventually(lambda: service.service.consumer.connected)
+    async with connected(settings_for(tmp_path / "data", mosquitto.url),
+                         clock=lambda: T0 + 60_000) as service:
         yield service
 
 

@@ -23,6 +23,7 @@ import pytest
 from ingest.service import RunningService
 from tests.support.ingest_service import (
     Api,
+    connected,
     eventually,
     open_store,
     publish_all,
@@ -155,9 +156,8 @@ async def _metrics(api: Api) -> str:
 
 @pytest.fixture
 async def svc(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningService]:
-    async with running(_settings(tmp_path, mosquitto, ecg_max_chunks=3, dead_letters_max_rows=20),
-                       clock=lambda: NOW) as service:
-        await eventually(lambda: service.service.consumer.connected)
+    async with connected(_settings(tmp_path, mosquitto, ecg_max_chunks=3, dead_letters_max_rows=20),
+                         clock=lambda: NOW) as service:
         yield service
 
 
@@ -274,8 +274,7 @@ async def test_the_redelivery_count_survives_a_restart_of_the_process(
     """A message that kills the process has no in-memory trace: the broker's DUP flag and the
     count committed before processing are what stop it after the restart."""
     settings = _settings(tmp_path, mosquitto)
-    async with running(settings, clock=lambda: NOW) as first:
-        await eventually(lambda: first.service.consumer.connected)
+    async with connected(settings, clock=lambda: NOW) as first:
         for table, when, name in (("readings", "NEW.seq = 888", "refuse_888"),
                                   ("dead_letters", "NEW.reason = 'store_error'",
                                    "refuse_888_letter")):

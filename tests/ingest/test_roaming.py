@@ -18,7 +18,7 @@ import pytest
 
 from ingest import registry
 from ingest.service import RunningService
-from tests.support.ingest_service import eventually, publish_all, running, settings_for
+from tests.support.ingest_service import connected, eventually, publish_all, settings_for
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import Reading, Topics, Vitals
 
@@ -33,8 +33,7 @@ TOPICS = Topics()
 async def svc(tmp_path: Path, mosquitto: Mosquitto,
               ingest_engine: str | None) -> AsyncIterator[RunningService]:
     st = settings_for(tmp_path / "data", mosquitto.url, roaming_groups={"ward3": [A, B]})
-    async with running(st, clock=lambda: T0 + 60_000) as service:
-        await eventually(lambda: service.service.consumer.connected)
+    async with connected(st, clock=lambda: T0 + 60_000) as service:
         yield service
 
 

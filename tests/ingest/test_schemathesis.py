@@ -11,7 +11,6 @@ cases are generated from the same document the service serves at /openapi.json. 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -31,6 +30,7 @@ from ingest.api.app import openapi_document
 from ingest.api.auth import ADMIN, PUBLIC, required_scope
 from ingest.dashboard import routes as dashboard_routes
 from tests.support.ingest_service import TEST_KEY
+from tests.support.processes import stop
 from vitalgate.broker import Mosquitto, free_port, wait_port
 
 DOC = openapi_document([ews_routes.OPENAPI_PATHS, dashboard_routes.OPENAPI_PATHS])
@@ -66,12 +66,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         wait_port("127.0.0.1", port, timeout=30)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 10)
         log.close()
         broker.stop()
 

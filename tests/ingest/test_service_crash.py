@@ -22,6 +22,7 @@ import pytest
 
 from ingest.db import Database, DatabaseError, Location
 from tests.support.ingest_service import TEST_KEY, publisher, reading
+from tests.support.processes import stop
 from vitalgate.broker import Mosquitto, free_port, wait_port
 from vitalgate.contract import QOS, Topics
 
@@ -145,9 +146,4 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, mosquit
     finally:
         pub.disconnect()
         pub.loop_stop()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 10)

@@ -11,9 +11,9 @@ import pytest
 from ingest import store
 from ingest.db import Conn, Location, schema
 from tests.support.ingest_service import (
+    connected,
     eventually,
-    publish_all,
-    publisher,
+    publish_once,
     reading,
     running,
     settings_for,
@@ -34,19 +34,14 @@ WELL = {"heart_rate": 72.0, "spo2": 98.0, "systolic_bp": 120.0, "temperature": 3
 async def test_a_replayed_patient_is_warm_started_with_its_score(tmp_path: Path,
                                                                   mosquitto: Mosquitto) -> None:
     settings = settings_for(tmp_path / "data", mosquitto.url)
-    async with running(settings) as svc:
-        await eventually(lambda: svc.service.consumer.connected)
+    async with connected(settings) as svc:
         now = svc.service.clock()
         replayed = [reading("aaaaaaaaaaa1", i, now - 2 * HOUR + i * 60_000, user_code="REPLAYED",
                             **ILL) for i in range(3)]
         live = [reading("bbbbbbbbbbb2", 0, now - 60_000, user_code="LIVE", **WELL)]
-        pub = publisher(mosquitto.host, mosquitto.port)
-        try:
-            publish_all(pub, [(TOPICS.reading("gw", "aaaaaaaaaaa1"), encode_readings(replayed)),
-                              (TOPICS.reading("gw", "bbbbbbbbbbb2"), encode_readings(live))])
-        finally:
-            pub.disconnect()
-            pub.loop_stop()
+        publish_once(mosquitto.host, mosquitto.port,
+                     [(TOPICS.reading("gw", "aaaaaaaaaaa1"), encode_readings(replayed)),
+                      (TOPICS.reading("gw", "bbbbbbbbbbb2"), encode_readings(live))])
         before = {}
         for code in ("REPLAYED", "LIVE"):
             before[code] = await eventually(lambda c=code: svc.service.engine.current(c))

@@ -158,10 +158,9 @@ async def test_simulate_with_sim_timestamps_puts_nothing_in_the_future(
     """``vitalgate simulate --timestamps sim`` (a real process) at 3600× onto a real Mosquitto
     into a real ingest: its simulated timeline ends at the start, so every reading is stored
     (none dead-lettered as ``future``) and none is stamped after its arrival."""
-    from tests.support.ingest_service import eventually, running, settings_for
+    from tests.support.ingest_service import connected, eventually, settings_for
 
-    async with running(settings_for(tmp_path / "ingest", mosquitto.url)) as svc:
-        await eventually(lambda: svc.service.consumer.connected)
+    async with connected(settings_for(tmp_path / "ingest", mosquitto.url)) as svc:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "vitalgate", "simulate", "--patients", "5", "--scenario",
             "sepsis,stable", "--speed", "3600", "--duration", "2h", "--rate", "300",

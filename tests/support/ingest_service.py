@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,14 @@ async def running(settings: IngestSettings, **kwargs: Any) -> AsyncIterator[Runn
         await svc.stop()
 
 
+@contextlib.asynccontextmanager
+async def connected(settings: IngestSettings, **kwargs: Any) -> AsyncIterator[RunningService]:
+    """:func:`running`, entered once the service's consumer is connected to the broker."""
+    async with running(settings, **kwargs) as svc:
+        await eventually(lambda: svc.service.consumer.connected)
+        yield svc
+
+
 class Api:
     """A small JSON client for the service's REST API."""
 
@@ -95,6 +103,25 @@ def publisher(url_host: str, port: int, client_id: str = "", *,
     client.connect(url_host, port)
     client.loop_start()
     return client
+
+
+@contextlib.contextmanager
+def publishing(url_host: str, port: int, client_id: str = "") -> Iterator[mqtt.Client]:
+    """:func:`publisher` for the length of a block: disconnected and its loop stopped after it,
+    however the block ends."""
+    client = publisher(url_host, port, client_id)
+    try:
+        yield client
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def publish_once(url_host: str, port: int, items: Iterable[tuple[str, bytes]],
+                 client_id: str = "") -> None:
+    """Connect a publisher, :func:`publish_all` ``items`` (every PUBACK awaited), disconnect."""
+    with publishing(url_host, port, client_id) as client:
+        publish_all(client, items)
 
 
 def reading(device_id: str, seq: int, ts: int, user_code: str | None = "PATIENT1",

@@ -4,7 +4,6 @@ trail that refuses to be rewritten."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,18 +12,7 @@ from ingest.alerts import AlertError, AlertPolicy, AlertService, AlertState
 from ingest.db import Conn, Database, DatabaseError, Location
 from ingest.db import alerts as alert_db
 from ingest.db import outbox as outbox_db
-
-T0 = 1_700_000_000_000
-
-
-@dataclass(frozen=True)
-class S:
-    user_code: str
-    point: int
-    risk: str
-    result: str
-    produce_at: int = T0
-    valid: bool = True
+from tests.support.alerts import T0, S
 
 
 class Clock:

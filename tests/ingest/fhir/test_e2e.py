@@ -16,11 +16,10 @@ from ingest.fhir.resources import VitalReading, news2_id, vitals_units
 from ingest.service import RunningService
 from tests.support.fhir import FhirServer
 from tests.support.ingest_service import (
+    connected,
     eventually,
-    publish_all,
-    publisher,
+    publish_once,
     reading,
-    running,
     settings_for,
 )
 from vitalgate.broker import Mosquitto
@@ -62,18 +61,13 @@ def fhir_stats(svc: RunningService) -> dict[str, int]:
 
 
 def publish(mosquitto: Mosquitto, sent: list[Any], step: int, base_ts: int) -> None:
-    client = publisher(mosquitto.host, mosquitto.port, f"gw-{step}")
-    try:
-        items = []
-        for user, device in PATIENTS.items():
-            seq, ts, vitals = step, base_ts + step * 60_000, TRAJECTORY[step]
-            r = reading(device, seq, ts, user_code=user, **vitals)
-            items.append((TOPICS.reading(GATEWAY, device), encode_readings([r])))
-            sent.append((user, device, seq, ts, vitals))
-        publish_all(client, items)
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    items = []
+    for user, device in PATIENTS.items():
+        seq, ts, vitals = step, base_ts + step * 60_000, TRAJECTORY[step]
+        r = reading(device, seq, ts, user_code=user, **vitals)
+        items.append((TOPICS.reading(GATEWAY, device), encode_readings([r])))
+        sent.append((user, device, seq, ts, vitals))
+    publish_once(mosquitto.host, mosquitto.port, items, f"gw-{step}")
 
 
 async def test_server_down_readings_flow_restart_then_up_every_observation_once(
@@ -85,16 +79,11 @@ async def test_server_down_readings_flow_restart_then_up_every_observation_once(
     # asserts on the wall clock)
     base_ts = (time.time_ns() // 1_000_000) - 10 * 60_000
     sent: list[Any] = []
-    async with running(settings) as svc:
-        await eventually(lambda: svc.service.consumer.connected)
-        client = publisher(mosquitto.host, mosquitto.port, "gw-status")
-        try:  # the gateway reports its watches (with their model) before their readings
-            publish_all(client, [(TOPICS.device_status(GATEWAY, device), DeviceStatus(
-                device_id=device, connected=True, model="E86", user_code=user).to_bytes())
-                for user, device in PATIENTS.items()])
-        finally:
-            client.disconnect()
-            client.loop_stop()
+    async with connected(settings) as svc:
+        # the gateway reports its watches (with their model) before their readings
+        publish_once(mosquitto.host, mosquitto.port, [(TOPICS.device_status(GATEWAY, device), DeviceStatus(
+            device_id=device, connected=True, model="E86", user_code=user).to_bytes())
+            for user, device in PATIENTS.items()], "gw-status")
         for step in (0, 1):
             publish(mosquitto, sent, step, base_ts)
         # readings are stored and their FHIR rows wait: the server is down, attempts fail
@@ -108,8 +97,7 @@ async def test_server_down_readings_flow_restart_then_up_every_observation_once(
         pending_before_restart = fhir_stats(svc)["depth"]
         assert pending_before_restart >= 6  # 3 patients x 2 readings, plus NEWS2 points
     # the service restarts while the server is still down: the rows are in its store
-    async with running(settings) as svc:
-        await eventually(lambda: svc.service.consumer.connected)
+    async with connected(settings) as svc:
         # nothing lost (the warm start may emit points of its own: more rows, never fewer)
         assert fhir_stats(svc)["depth"] >= pending_before_restart
         pending_before_restart = fhir_stats(svc)["depth"]

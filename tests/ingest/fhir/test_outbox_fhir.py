@@ -62,17 +62,22 @@ async def test_outage_restart_and_recovery_every_observation_once(
                                    retry=policy)
         return engine, outbox, fhir
 
-    engine, outbox, fhir = make()
     sent: list[VitalReading] = []
-    task = asyncio.create_task(outbox.run())
-    try:
-        for step in range(2):
+
+    async def feed(engine: EwsEngine, fhir: FhirDelivery, steps: range) -> None:
+        """Each step: every patient's readings to FHIR and the engine, then a minute on."""
+        for step in steps:
             for p in range(len(PATIENTS)):
                 rs = readings(p, step, clock.now)
-                sent += rs
+                sent.extend(rs)
                 await fhir.enqueue_readings(rs)
                 engine.observe([(r.user_code or "", r.vital, r.value, r.ts) for r in rs])
             clock.advance(60_000)
+
+    engine, outbox, fhir = make()
+    task = asyncio.create_task(outbox.run())
+    try:
+        await feed(engine, fhir, range(2))
         await eventually(lambda: outbox.metrics("fhir")["retried"] >= 2, timeout=60)
         assert outbox.metrics("fhir")["delivered"] == 0
     finally:
@@ -87,13 +92,7 @@ async def test_outage_restart_and_recovery_every_observation_once(
     fhir_server.start()
     task = asyncio.create_task(outbox.run())
     try:
-        for step in range(2, len(STEPS)):
-            for p in range(len(PATIENTS)):
-                rs = readings(p, step, clock.now)
-                sent += rs
-                await fhir.enqueue_readings(rs)
-                engine.observe([(r.user_code or "", r.vital, r.value, r.ts) for r in rs])
-            clock.advance(60_000)
+        await feed(engine, fhir, range(2, len(STEPS)))
         await eventually(lambda: outbox.metrics("fhir")["depth"] == 0, timeout=120)
     finally:
         await stop(task)

@@ -11,7 +11,13 @@ from typing import Any
 from ingest.db.outbox import rows
 from ingest.hl7.delivery import control_id_of
 from tests.support.hl7_receiver import Receiver
-from tests.support.ingest_service import eventually, publish_all, publisher, running, settings_for
+from tests.support.ingest_service import (
+    connected,
+    eventually,
+    publish_all,
+    publishing,
+    settings_for,
+)
 from vitalgate.broker import Mosquitto, free_port
 from vitalgate.contract import Reading, Topics, Vitals
 
@@ -38,20 +44,15 @@ async def test_receiver_down_readings_flow_receiver_up_every_message_once_in_ord
                             hl7_port=port, hl7_facility="HOSP1", hl7_patient_authority="HOSPMRN",
                             hl7_ack_timeout_s=2.0, ews_min_interval_s=0,
                             roaming_groups={"ward-a": ["gw-ward-a"]})
-    async with running(settings) as svc:
-        await eventually(lambda: svc.service.consumer.connected)
+    async with connected(settings) as svc:
         now = svc.service.clock()
-        pub = publisher(mosquitto.host, mosquitto.port)
-        try:
+        with publishing(mosquitto.host, mosquitto.port) as pub:
             for step, rr in enumerate(RR):
                 publish_all(pub, [
                     (TOPICS.reading("gw-ward-a", dev),
                      Reading(device_id=dev, seq=step, ts=now - 60_000 + step * 5_000,
                              user_code=user, vitals=vitals(rr)).to_bytes())
                     for user, dev in PATIENTS.items()])
-        finally:
-            pub.disconnect()
-            pub.loop_stop()
         # every reading and every emitted point waits in the outbox while the receiver is down
         await eventually(lambda: len(hl7_rows(svc)) >= 12 + 3, timeout=20)
         await eventually(lambda: svc.service.outbox.metrics("hl7")["attempts"] >= 2, timeout=20)
