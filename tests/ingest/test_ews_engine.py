@@ -248,8 +248,10 @@ async def test_deteriorating_patient_reaches_tinggi_at_the_platform(store: Open)
             clock.advance(5 * MIN)
         assert [(p.point, p.result) for p in emitted] == [
             (0, "normal"), (3, "rendah"), (5, "sedang"), (11, "tinggi")]
-        for _ in range(2000):
-            if len(up.accepted) == 4:
+        # wait until the 4th answer is also recorded (delivered), not only received upstream:
+        # cancelling between the two would leave it in flight (a bound, not a timing claim)
+        for _ in range(6000):
+            if len(up.accepted) == 4 and outbox.stats()["delivered"] == 4:
                 break
             await asyncio.sleep(0.005)
         task.cancel()
