@@ -1,11 +1,19 @@
 """The EWS engine: committed readings → stream NEWS2 → emission policy → history + outbox.
 
-:class:`EwsEngine` owns three tables in the service's SQLite file: ``patient_context`` (the
-clinician-set ACVPU / oxygen / SpO2 scale per patient, applied to every later score and restored
-on restart), ``ews_history`` (every emitted or externally posted EWS point) and ``ews_outbox``
-(delivery to the Cexup platform, see :mod:`ingest.outbox`). A point's history row and outbox row
-are written in one transaction: no point is delivered that is not in the history, and none in the
-history is lost for delivery.
+:class:`EwsEngine` keeps its state in the EWS store (:mod:`ingest.db.ews`, SQLite or
+PostgreSQL): ``patient_context`` (the clinician-set ACVPU / oxygen / SpO2 scale per patient,
+applied to every later score and restored on restart), ``ews_history`` (every emitted or
+externally posted EWS point) and ``ews_outbox`` (delivery to the Cexup platform and any other
+channel added with :meth:`EwsEngine.add_channel`, see :mod:`ingest.outbox`). A point's history
+row and outbox rows are written in one transaction: no point is delivered that is not in the
+history, and none in the history is lost for delivery.
+
+Many instances (one PostgreSQL): :meth:`EwsEngine.warm_start_patient` makes this engine the
+patient's scorer from the shared history (its last point is the emission state, so an unchanged
+score is not re-emitted and a change is not skipped) and :meth:`EwsEngine.release_patient` stops
+it; an emission carries the patient's next ``seq``, unique in the history, so when two instances
+briefly both score a patient the second commit of the same emission is absorbed (counted in
+``EwsEngine.duplicates``) and that engine adopts the recorded point instead.
 
 Which time each rule uses (DEVELOPERS.md: say which; never let a wrong clock hide a patient):
 
@@ -51,6 +59,9 @@ from numpy.typing import NDArray
 
 from ews.stream import NO_FRESH, PatientScore, Scores, StreamScorer
 from ews.tables import TABLES
+from ingest.db import Conn, Database
+from ingest.db import ews as store
+from ingest.db.outbox import State, enqueue
 from ingest.emit_policy import (
     CHANGE,
     DEFAULT_POLICY,
@@ -62,36 +73,9 @@ from ingest.emit_policy import (
     Trigger,
     decide_many,
 )
-from ingest.outbox import State, connect, enqueue
 from vitalgate.contract import USER_CODE_RE, Ews, matches
 
 log = logging.getLogger(__name__)
-
-SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS patient_context (
-    user_code      TEXT PRIMARY KEY,
-    consciousness  TEXT    NOT NULL,
-    on_oxygen      INTEGER NOT NULL,
-    spo2_scale     INTEGER NOT NULL,
-    updated_at     INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS ews_history (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    user_code   TEXT    NOT NULL,
-    point       INTEGER NOT NULL,
-    result      TEXT    NOT NULL,
-    risk        TEXT    NOT NULL,
-    cause       TEXT    NOT NULL,   -- JSON array
-    partial     INTEGER NOT NULL,
-    missing     TEXT    NOT NULL,   -- JSON array
-    components  TEXT    NOT NULL,   -- JSON object
-    produce_at  INTEGER NOT NULL,
-    emitted_at  INTEGER NOT NULL,
-    trigger     TEXT    NOT NULL,   -- why: first, risk-rise, change, heartbeat, context, external
-    source      TEXT    NOT NULL    -- vitalgate (scored here) | external (POST /ews)
-);
-CREATE INDEX IF NOT EXISTS ews_history_patient ON ews_history (user_code, id);
-"""
 
 CONSCIOUSNESS: Final = ("A", "C", "V", "P", "U")
 RESULTS: Final = ("normal", "rendah", "sedang", "tinggi")
@@ -145,6 +129,7 @@ class EwsPoint:
     source: Source = "vitalgate"
     emitted_at: int | None = None  #: service clock when recorded
     id: int | None = None  #: ews_history row
+    seq: int | None = None  #: the patient's emission number (scored points; None: external)
 
     def to_cexup(self) -> dict[str, Any]:
         """The body of Cexup's POST /ews, exactly the seed's four fields (produce_at a string)."""
@@ -331,7 +316,7 @@ class EwsEngine:
 
     def __init__(
         self,
-        db_path: Path,
+        db: Database | Path,
         *,
         table_name: str = "news2",
         freshness_ms: int = 900_000,
@@ -371,8 +356,13 @@ class EwsEngine:
         self._new_data = np.zeros(0, np.bool_)  #: readings arrived since the last emission
         self._stale = np.zeros(0, np.bool_)  #: the scorer says the current score is invalid
         self._reasons: dict[int, str] = {}  #: why, for stale patients
-        self._db = connect(db_path)
-        self._db.executescript(SCHEMA)
+        self._owned = isinstance(db, Path)
+        self._db = store.open_store(db) if isinstance(db, Path) else db
+        #: emissions absorbed: another instance had recorded the patient's point first
+        self.duplicates = 0
+        #: outbox channels beside cexup: (channel, render(point) -> body or None to skip)
+        self._channels: list[tuple[str, Callable[[EwsPoint], str | Mapping[str, Any] | None]]] = []
+        self._released: set[str] = set()  #: patients another instance scores now
         self._patients: dict[str, _Patient] = {}
         self._contexts: dict[str, dict[str, Any]] = {}
         self._restore()
@@ -380,28 +370,86 @@ class EwsEngine:
     # ----------------------------------------------------------------- restore
 
     def _restore(self) -> None:
-        for user_code, cons, oxy, scale in self._db.execute(
-            "SELECT user_code, consciousness, on_oxygen, spo2_scale FROM patient_context"
-        ):
-            self._contexts[user_code] = {"consciousness": str(cons), "on_oxygen": bool(oxy),
-                                         "spo2_scale": int(scale)}
-            try:
-                self._scorer.set_context(user_code, consciousness=str(cons), on_oxygen=bool(oxy),
-                                         spo2_scale=int(scale))
-            except ValueError as exc:  # e.g. a context saved under another table
-                log.warning("stored context of a patient does not fit the table: %s", exc)
+        contexts, latest = self._db.read_sync(lambda c: (store.contexts(c), store.latest(c)))
+        for user_code, cons, oxy, scale in contexts:
+            self._load_context(user_code, cons, oxy, scale)
         # the latest point per patient (current) and the latest one scored here (policy state)
-        for row in self._db.execute(
-            f"SELECT {_COLUMNS} FROM ews_history WHERE id IN"
-            " (SELECT MAX(id) FROM ews_history GROUP BY user_code, source)"
-            " ORDER BY id"
-        ):
+        for row in latest:
             point = _point_from_row(row)
             state = self._patient(point.user_code)
             if point.source == "vitalgate":
                 state.last = point  # its policy state is loaded when the patient is scored
             if state.current is None or point.produce_at >= state.current.produce_at:
                 state.current = point
+
+    def _load_context(self, user_code: str, cons: str, oxy: bool, scale: int) -> None:
+        self._contexts[user_code] = {"consciousness": cons, "on_oxygen": oxy, "spo2_scale": scale}
+        try:
+            self._scorer.set_context(user_code, consciousness=cons, on_oxygen=oxy,
+                                     spo2_scale=scale)
+        except ValueError as exc:  # e.g. a context saved under another table
+            log.warning("stored context of a patient does not fit the table: %s", exc)
+
+    @property
+    def db(self) -> Database:
+        """The EWS store (history, context, outbox)."""
+        return self._db
+
+    def add_channel(self, channel: str,
+                    render: Callable[[EwsPoint], str | Mapping[str, Any] | None]) -> None:
+        """Enqueue every point this engine emits on outbox ``channel`` too, in the history
+        row's transaction: ``render(point)`` gives the body (None: nothing for this point).
+        The row's ordering key is the patient; its dedup key ``ews:<history id>``."""
+        with self.lock:
+            if channel == "cexup" or any(c == channel for c, _ in self._channels):
+                raise ValueError(f"outbox channel {channel!r} is added already")
+            self._channels.append((channel, render))
+
+    # ----------------------------------------------------------------- ownership
+
+    def warm_start_patient(self, user_code: str, items: Iterable[tuple[str, str, float, int]] = (),
+                           arrived_ms: Sequence[int] | None = None) -> list[EwsPoint]:
+        """Become ``user_code``'s scorer (an ownership handover): reload its context and its
+        last points from the shared EWS store (the emission state: its newest scored point),
+        then score ``items`` (its recent readings from the shared readings store, as for
+        :meth:`warm_start`). An unchanged score emits nothing; a change since the last
+        recorded point is emitted under the normal policy. Returns what was emitted."""
+        if not matches(USER_CODE_RE, user_code):
+            raise EwsInputError("user_code", f"must match {USER_CODE_RE.pattern}")
+        batch = [i for i in items if i[0] == user_code]
+
+        def load(c: Conn) -> tuple[tuple[str, bool, int] | None, list[tuple[Any, ...]]]:
+            return store.context_of(c, user_code), store.latest(c, user_code)
+
+        ctx, latest = self._db.read_sync(load)
+        with self.lock:
+            self._released.discard(user_code)
+            if ctx is not None:
+                self._load_context(user_code, *ctx)
+            state = self._patients[user_code] = _Patient()
+            for row in latest:
+                point = _point_from_row(row)
+                if point.source == "vitalgate":
+                    state.last = point
+                if state.current is None or point.produce_at >= state.current.produce_at:
+                    state.current = point
+            i = self._scorer.index(user_code)
+            if i is not None and i < self._n:
+                self._pending[i] = self._new_data[i] = False
+                if state.last is not None:
+                    self._set_last(i, state.last, state.last.produce_at)
+                else:
+                    self._has_last[i] = False
+            return self.warm_start(batch, arrived_ms)
+
+    def release_patient(self, user_code: str) -> None:
+        """Stop emitting for ``user_code`` (another instance scores it now) until the next
+        :meth:`warm_start_patient`; its points stay readable."""
+        with self.lock:
+            self._released.add(user_code)
+            i = self._scorer.index(user_code)
+            if i is not None and i < self._n:
+                self._pending[i] = self._new_data[i] = False
 
     def _patient(self, user_code: str) -> _Patient:
         state = self._patients.get(user_code)
@@ -586,48 +634,73 @@ class EwsEngine:
         return out
 
     def _record(self, entries: list[tuple[EwsPoint, int, int]], now: int) -> list[EwsPoint]:
-        """History + outbox rows for the points in ONE transaction, then the in-memory state."""
+        """History + outbox rows for the points in ONE transaction, then the in-memory state.
+        An emission another instance recorded first (same patient and seq) is absorbed: the
+        recorded point becomes this engine's last one, and nothing is returned for it."""
+        if self._released:
+            entries = [e for e in entries if e[0].user_code not in self._released]
         if not entries:
             return []
-        recorded: list[EwsPoint] = []
         outbox_state = State.PENDING if self.deliver else State.LOCAL
+        points = []
+        for p, _, _ in entries:
+            last = self._patients[p.user_code].last if p.user_code in self._patients else None
+            seq = (last.seq or 0) + 1 if last is not None else 1
+            points.append(replace(p, emitted_at=now, seq=seq))
+        channels = list(self._channels)
+
+        def write(conn: Conn) -> list[tuple[EwsPoint, bool]]:
+            out: list[tuple[EwsPoint, bool]] = []
+            for p in points:
+                row_id = self._insert_history(conn, p)
+                if row_id is None:
+                    row = store.by_seq(conn, p.user_code, p.seq or 0)
+                    assert row is not None
+                    out.append((_point_from_row(row), True))
+                    continue
+                p = replace(p, id=row_id)
+                key = f"ews:{row_id}"
+                enqueue(conn, channel="cexup", user_code=p.user_code, dedup_key=key,
+                        body=p.to_cexup(), state=outbox_state, now=now, history_id=row_id)
+                for channel, render in channels:
+                    body = render(p)
+                    if body is not None:
+                        enqueue(conn, channel=channel, user_code=p.user_code, dedup_key=key,
+                                body=body, now=now, history_id=row_id)
+                out.append((p, False))
+            return out
+
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            for p, _, _ in entries:
-                p = replace(p, emitted_at=now)
-                row_id = self._insert_history(p)
-                enqueue(self._db, history_id=row_id, user_code=p.user_code, body=p.to_cexup(),
-                        state=outbox_state, now=now)
-                recorded.append(replace(p, id=row_id))
-            self._db.execute("COMMIT")
+            written = self._db.write_sync(write)
         except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
             for _, i, _ in entries:  # not lost: tick() considers these patients again
                 self._pending[i] = True
             raise
-        for p, (_, i, clock) in zip(recorded, entries, strict=True):
+        recorded: list[EwsPoint] = []
+        for (p, absorbed), (_, i, clock) in zip(written, entries, strict=True):
             state = self._patient(p.user_code)
             state.last = p
             if state.current is None or p.produce_at >= state.current.produce_at:
                 state.current = p
             self._set_last(i, p, clock)
             self._pending[i] = self._new_data[i] = False
+            if absorbed:
+                self.duplicates += 1
+                log.info("an EWS emission was recorded by another instance first (absorbed)")
+            else:
+                recorded.append(p)
         self.emitted += len(recorded)
-        if self.deliver and self.notify is not None:
+        if recorded and self.deliver and self.notify is not None:
             self.notify()
         return recorded
 
-    def _insert_history(self, p: EwsPoint) -> int:
-        cur = self._db.execute(
-            "INSERT INTO ews_history (user_code, point, result, risk, cause, partial, missing,"
-            " components, produce_at, emitted_at, trigger, source)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (p.user_code, p.point, p.result, p.risk, json.dumps(list(p.cause)), int(p.partial),
-             json.dumps(list(p.missing)), json.dumps(p.components, sort_keys=True), p.produce_at,
-             p.emitted_at, p.trigger, p.source),
-        )
-        return int(cur.lastrowid or 0)
+    @staticmethod
+    def _insert_history(conn: Conn, p: EwsPoint) -> int | None:
+        return store.insert_history(
+            conn, user_code=p.user_code, point=p.point, result=p.result, risk=p.risk,
+            cause=p.cause, partial=p.partial, missing=p.missing, components=p.components,
+            produce_at=p.produce_at, emitted_at=p.emitted_at or 0, trigger=p.trigger,
+            source=p.source, seq=p.seq)
 
     # ----------------------------------------------------------------- context
 
@@ -645,13 +718,7 @@ class EwsEngine:
             raise EwsInputError("spo2_scale", f"{table.name} has no SpO2 scale 2")
         with self.lock:
             now = self.clock()
-            self._db.execute(
-                "INSERT INTO patient_context (user_code, consciousness, on_oxygen, spo2_scale, updated_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_code) DO UPDATE SET"
-                " consciousness = excluded.consciousness, on_oxygen = excluded.on_oxygen,"
-                " spo2_scale = excluded.spo2_scale, updated_at = excluded.updated_at",
-                (user_code, cons, int(oxy), scale, now),
-            )
+            self._db.write_sync(lambda c: store.save_context(c, user_code, cons, oxy, scale, now))
             self._contexts[user_code] = {"consciousness": cons, "on_oxygen": oxy, "spo2_scale": scale}
             self._scorer.set_context(user_code, consciousness=cons, on_oxygen=oxy, spo2_scale=scale)
             emitted = self._emit_changes(now, context_of=user_code)
@@ -699,15 +766,8 @@ class EwsEngine:
                 end: int = MAX_MS) -> tuple[list[EwsPoint], int]:
         """One page (1-based) of the patient's points with ``start <= produce_at <= end``,
         newest ``produce_at`` first (then newest row), and the total count."""
-        with self.lock:
-            self._db.execute(_HISTORY_INDEX)
-            where = "WHERE user_code = ? AND produce_at BETWEEN ? AND ?"
-            args = (user_code, start, end)
-            total = int(self._db.execute(
-                f"SELECT COUNT(*) FROM ews_history {where}", args).fetchone()[0])
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM ews_history {where} ORDER BY produce_at DESC, id DESC"
-                " LIMIT ? OFFSET ?", (*args, size, (page - 1) * size)).fetchall()
+        rows, total = self._db.read_sync(lambda c: store.history_page(
+            c, user_code, start=start, end=end, size=size, offset=(page - 1) * size))
         return [_point_from_row(r) for r in rows], total
 
     def record_external(self, body: object, *, max_future_ms: int | None = None) -> EwsPoint:
@@ -728,20 +788,14 @@ class EwsEngine:
                      produce_at=produce_at, trigger=Trigger.EXTERNAL.value, source="external")
         with self.lock:
             p = replace(p, emitted_at=now)
-            self._db.execute(_HISTORY_INDEX)
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                row = self._db.execute(
-                    f"SELECT {_COLUMNS} FROM ews_history WHERE user_code = ? AND produce_at = ?"
-                    " AND point = ? AND result = ? AND source = 'external' ORDER BY id LIMIT 1",
-                    (user_code, produce_at, point, result)).fetchone()
-                if row is None:
-                    p = replace(p, id=self._insert_history(p))
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+
+            def write(conn: Conn) -> tuple[tuple[Any, ...] | None, int | None]:
+                found = store.find_external(conn, user_code, produce_at, point, result)
+                return found, None if found is not None else self._insert_history(conn, p)
+
+            row, row_id = self._db.write_sync(write)
+            if row_id is not None:
+                p = replace(p, id=row_id)
             if row is not None:
                 return _point_from_row(row)
             state = self._patient(user_code)
@@ -781,41 +835,14 @@ class EwsEngine:
         is not re-emitted as "first") and the last score a reader is shown as stale. A context is
         kept while its patient has any history inside the window.
         """
-        deleted: dict[str, int] = {}
         with self.lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                cur = self._db.execute(
-                    "DELETE FROM ews_history WHERE id IN (SELECT id FROM ews_history"
-                    " WHERE emitted_at < ? AND id NOT IN"
-                    " (SELECT MAX(id) FROM ews_history GROUP BY user_code, source) LIMIT ?)",
-                    (cutoff_ms, batch))
-                if cur.rowcount:
-                    deleted["ews_history"] = cur.rowcount
-                cur = self._db.execute(
-                    "DELETE FROM patient_context WHERE user_code IN (SELECT c.user_code"
-                    " FROM patient_context c WHERE c.updated_at < ? AND NOT EXISTS"
-                    " (SELECT 1 FROM ews_history h WHERE h.user_code = c.user_code"
-                    " AND h.emitted_at >= ?) LIMIT ?)", (cutoff_ms, cutoff_ms, batch))
-                if cur.rowcount:
-                    deleted["patient_context"] = cur.rowcount
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-        return deleted
+            return self._db.write_sync(lambda c: store.retention_step(c, cutoff_ms, batch))
 
     def close(self) -> None:
+        """Close the store if this engine opened it (a Path was given)."""
         with self.lock:
-            self._db.close()
-
-
-#: serves history() (by produce_at) and record_external()'s duplicate lookup.
-_HISTORY_INDEX: Final = ("CREATE INDEX IF NOT EXISTS ews_history_produce_at"
-                         " ON ews_history (user_code, produce_at)")
-_COLUMNS: Final = ("id, user_code, point, result, risk, cause, partial, missing, components,"
-                   " produce_at, emitted_at, trigger, source")
+            if self._owned:
+                self._db.close()
 
 
 def _point_from_row(r: Sequence[Any]) -> EwsPoint:
@@ -824,6 +851,7 @@ def _point_from_row(r: Sequence[Any]) -> EwsPoint:
         cause=tuple(json.loads(r[5])), partial=bool(r[6]), missing=tuple(json.loads(r[7])),
         components={str(k): int(v) for k, v in json.loads(r[8]).items()}, produce_at=int(r[9]),
         emitted_at=int(r[10]), trigger=str(r[11]), source="external" if r[12] == "external" else "vitalgate",
+        seq=None if r[13] is None else int(r[13]),
     )
 
 

@@ -1,19 +1,31 @@
-"""The durable EWS outbox: every emitted EWS point reaches the Cexup platform, in order per patient.
+"""The durable outbox: every message reaches its channel's upstream, in order per patient,
+nothing lost across restarts, whichever instance delivers it.
 
-The engine writes an outbox row in the same SQLite transaction as the history row
-(:mod:`ingest.ews_engine`); :class:`Outbox` delivers the rows with ``POST {upstream}/ews``
-(header ``x-api-key``, the Cexup body). Rows survive restarts: a new Outbox on the same database
-resumes what is pending. States:
+A producer writes a row with :func:`ingest.db.outbox.enqueue` inside its own store transaction
+(the EWS engine beside each history row: channel ``cexup``), then calls :meth:`Outbox.notify`.
+:class:`Outbox` runs one worker per registered channel; a worker claims due rows (a lease:
+instance id + expiry, see :mod:`ingest.db.outbox`), hands each to the channel's
+:class:`Transport`, and records the :class:`Outcome`. A channel registers with::
 
-``pending``   waiting for (re)delivery;
-``delivered`` the platform answered 2xx (and, if the body carries ``code``, a 2xx code);
-``failed``    the platform refused the item (a 4xx other than 408/429): not retried, the next
-              item of the patient proceeds; visible in :meth:`Outbox.failed`;
+    outbox.register("fhir", MyTransport(...), retry=RetryPolicy(...))  # before run()
+
+where ``MyTransport.send(row) -> Outcome`` is async (optionally an async context manager, entered
+for the worker's lifetime). States (``ingest.db.outbox.State``):
+
+``pending``   waiting for (re)delivery, or in flight under a lease;
+``delivered`` the upstream took it;
+``failed``    the upstream refused it for good (for Cexup a 4xx other than 408/429): not retried,
+              the next row of the patient proceeds; visible in :meth:`Outbox.failed`;
 ``local``     no upstream is configured: recorded for the local API only, never sent.
 
-Order: only the oldest pending row of each patient is ever in flight, so a patient's later point
-never overtakes an earlier undelivered one. Delivery is at-least-once: a crash after the platform
-accepted an item but before it was marked delivered sends it again after the restart.
+Order: only the oldest pending row of each patient of a channel is ever in flight, on every
+instance together, so a patient's later message never overtakes an earlier undelivered one;
+at most ``RetryPolicy.concurrency`` patients are in flight per worker. Delivery is
+at-least-once: a crash after the upstream accepted a row but before it was marked delivered
+sends it again, after the restart (same instance id) or when its lease expires (any other).
+
+The Cexup EWS POST is :class:`CexupTransport` (``POST {upstream}/ews``, header ``x-api-key``,
+the Cexup body verbatim), registered by ``Outbox(..., upstream_url=...)`` as channel ``cexup``.
 """
 
 from __future__ import annotations
@@ -24,64 +36,23 @@ import email.utils
 import json
 import logging
 import random
-import sqlite3
-import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import aiohttp
 
+from ingest.db import Conn, Database, Location
+from ingest.db import outbox as table
+from ingest.db.outbox import Row, State, enqueue
+
 log = logging.getLogger(__name__)
 
-SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS ews_outbox (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    history_id  INTEGER,
-    user_code   TEXT    NOT NULL,
-    body        TEXT    NOT NULL,          -- the Cexup JSON body, sent verbatim
-    state       TEXT    NOT NULL,          -- pending | delivered | failed | local
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    next_at     INTEGER NOT NULL DEFAULT 0, -- epoch ms: not before
-    created_at  INTEGER NOT NULL,
-    updated_at  INTEGER NOT NULL,
-    status      INTEGER,                   -- last HTTP status (or body code)
-    error       TEXT                       -- last error: response body or exception
-);
-CREATE INDEX IF NOT EXISTS ews_outbox_state ON ews_outbox (state, user_code, id);
-"""
-
-
-class State(StrEnum):
-    PENDING = "pending"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    LOCAL = "local"
-
-
-def connect(db_path: Path) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit), WAL, waiting on locks."""
-    conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA busy_timeout=5000")  # other writers share the file: wait, don't fail
-    conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-    conn.executescript(SCHEMA)
-    return conn
-
-
-def enqueue(conn: sqlite3.Connection, *, history_id: int | None, user_code: str, body: dict[str, Any],
-            state: State, now: int) -> int:
-    """Insert one outbox row inside the caller's transaction; returns its id."""
-    cur = conn.execute(
-        "INSERT INTO ews_outbox (history_id, user_code, body, state, next_at, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, 0, ?, ?)",
-        (history_id, user_code, json.dumps(body, separators=(",", ":")), state.value, now, now),
-    )
-    return int(cur.lastrowid or 0)
-
+#: the channel of the Cexup EWS POST (the previous release's only one).
+CEXUP: Final = "cexup"
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -187,139 +158,264 @@ def _epoch_ms() -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class _Item:
-    id: int
-    user_code: str
-    body: str
-    attempts: int
+class Outcome:
+    """What one attempt came to: ``verdict`` (delivered, failed for good, retry this row, or
+    the whole upstream is unwell), the upstream's ``status`` if any, the ``error`` / reason
+    recorded with the row, and the upstream's ``retry_after`` (seconds) if it said one."""
 
-
-@dataclass(frozen=True, slots=True)
-class _Outcome:
     verdict: Verdict
-    status: int | None
-    error: str
+    status: int | None = None
+    error: str = ""
     retry_after: float | None = None
+
+    @classmethod
+    def delivered(cls, status: int | None = None) -> Outcome:
+        return cls(Verdict.DELIVERED, status)
+
+    @classmethod
+    def failed(cls, reason: str, status: int | None = None) -> Outcome:
+        return cls(Verdict.FAILED, status, reason)
+
+    @classmethod
+    def retry(cls, reason: str, *, status: int | None = None, after_s: float | None = None,
+              upstream_wide: bool = False) -> Outcome:
+        return cls(Verdict.RETRY_ALL if upstream_wide else Verdict.RETRY_ITEM, status, reason,
+                   after_s)
+
+
+class Transport(Protocol):
+    """Delivers one row of a channel. Must not raise for an upstream's failure: say it in the
+    Outcome (an exception is recorded as an upstream-wide retry)."""
+
+    async def send(self, row: Row) -> Outcome: ...
+
+
+class CexupTransport:
+    """``POST {upstream_url}/ews`` with the row's body (the Cexup JSON), ``x-api-key``."""
+
+    def __init__(self, upstream_url: str, api_key: str | None, *, timeout_s: float,
+                 clock: Callable[[], int] = _epoch_ms,
+                 session_factory: Callable[[], aiohttp.ClientSession] | None = None) -> None:
+        self.url = upstream_url.rstrip("/") + "/ews"
+        self._api_key = api_key
+        self._timeout_s = timeout_s
+        self._clock = clock
+        self._session_factory = session_factory or self._default_session
+        self._session: aiohttp.ClientSession | None = None
+
+    def _default_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout_s))
+
+    async def __aenter__(self) -> CexupTransport:
+        self._session = self._session_factory()
+        await self._session.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def send(self, row: Row) -> Outcome:
+        session = self._session
+        if session is None:
+            raise RuntimeError("CexupTransport.send outside its context")
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if self._api_key:
+            headers["x-api-key"] = self._api_key
+        try:
+            async with session.post(self.url, data=row.body.encode(), headers=headers) as resp:
+                text = await resp.text(errors="replace")
+                status = effective_status(resp.status, text)
+                after = retry_after_s(resp.headers.get("Retry-After"), self._clock())
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return Outcome(Verdict.RETRY_ALL, None, f"{type(exc).__name__}: {exc}"[:500])
+        return Outcome(classify(status), status, text[:2000], after)
+
+
+def open_store(location: Location | Path, *, name: str = "ews") -> Database:
+    """A Database holding the outbox table (and nothing else): for a channel whose rows are
+    not written beside EWS history. The EWS store (:func:`ingest.db.ews.open_store`) holds it too."""
+    if isinstance(location, Path):
+        location = Location.parse(None, default_path=location)
+    return Database(location, setup=table.setup, name=name)
+
+
+@dataclass
+class _Channel:
+    """One channel's worker state."""
+
+    name: str
+    transport: Transport
+    retry: RetryPolicy
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    hold_until: int = 0  #: epoch ms: the whole upstream is unavailable until then
+    wide_failures: int = 0  #: consecutive upstream-wide failures (backoff exponent)
+    attempts: int = 0  #: attempts since start
+    retried: int = 0  #: attempts scheduled for a retry since start
+    lost_leases: int = 0  #: outcomes not recorded: the lease had passed to another instance
 
 
 class Outbox:
-    """Delivers ``ews_outbox`` rows to ``{upstream_url}/ews`` until cancelled."""
+    """The store's outbox: one delivery worker per registered channel, until cancelled.
+
+    ``db`` is the store the producers enqueue into (a Path: a SQLite file opened here).
+    ``instance_id`` names this instance's leases (distinct per instance on one PostgreSQL);
+    ``lease_ms`` is how long a claim holds (default: twice the policy's timeout plus 30 s, so
+    a live instance always settles before its lease ends). With ``upstream_url``, channel
+    ``cexup`` is registered with :class:`CexupTransport` and ``retry``.
+    """
 
     def __init__(
         self,
-        db_path: Path,
+        db: Database | Path,
         *,
-        upstream_url: str | None,
-        api_key: str | None,
+        upstream_url: str | None = None,
+        api_key: str | None = None,
         retry: RetryPolicy = RetryPolicy(),
         clock: Callable[[], int] = _epoch_ms,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         session_factory: Callable[[], aiohttp.ClientSession] | None = None,
         rng: random.Random | None = None,
+        instance_id: str = "local",
+        lease_ms: int | None = None,
     ) -> None:
-        self._db = connect(db_path)
-        self._url = upstream_url.rstrip("/") + "/ews" if upstream_url else None
-        self._api_key = api_key
-        self._retry = retry
+        self._owned = isinstance(db, Path)
+        self._db = open_store(db) if isinstance(db, Path) else db
         self._clock = clock
         self._sleep = sleep
-        self._session_factory = session_factory or self._default_session
         self._rng = rng or random.Random()
-        self._wake = asyncio.Event()
+        self.instance_id = instance_id
+        self._lease_ms = lease_ms
+        self._channels: dict[str, _Channel] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._hold_until = 0  # epoch ms: the whole upstream is unavailable until then
-        self._wide_failures = 0  # consecutive upstream-wide failures (backoff exponent)
-        self._lock = threading.Lock()
-        self.attempts = 0  # HTTP attempts since start
-        self.retried = 0  # attempts that were scheduled for a retry since start
+        self._running = False
+        self._url = upstream_url.rstrip("/") + "/ews" if upstream_url else None
+        if upstream_url:
+            self.register(CEXUP, CexupTransport(upstream_url, api_key, timeout_s=retry.timeout_s,
+                                                clock=clock, session_factory=session_factory),
+                          retry=retry)
 
-    def _default_session(self) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._retry.timeout_s))
+    @property
+    def db(self) -> Database:
+        return self._db
 
     @property
     def enabled(self) -> bool:
-        return self._url is not None
+        """Whether the Cexup channel delivers (an upstream is configured)."""
+        return CEXUP in self._channels
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(self._channels)
+
+    def register(self, channel: str, transport: Transport, *,
+                 retry: RetryPolicy = RetryPolicy()) -> None:
+        """Deliver ``channel``'s rows with ``transport`` (before :meth:`run`)."""
+        if self._running:
+            raise RuntimeError("register channels before Outbox.run()")
+        if channel in self._channels:
+            raise ValueError(f"outbox channel {channel!r} is registered already")
+        self._channels[channel] = _Channel(channel, transport, retry)
+
+    def _lease(self, ch: _Channel) -> int:
+        return self._lease_ms if self._lease_ms is not None else int(
+            (2 * ch.retry.timeout_s + 30) * 1000)
 
     # ---------------------------------------------------------------- waking
 
-    def notify(self) -> None:
-        """New rows were committed: deliver now. Safe to call from any thread."""
+    def notify(self, channel: str | None = None) -> None:
+        """New rows were committed (on ``channel``, or any): deliver now. Any thread."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return  # not running: run() will look at the table when it starts
+        targets = [c for c in self._channels.values() if channel is None or c.name == channel]
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is loop:
-            self._wake.set()
-        else:
-            loop.call_soon_threadsafe(self._wake.set)
+        for ch in targets:
+            if running is loop:
+                ch.wake.set()
+            else:
+                loop.call_soon_threadsafe(ch.wake.set)
 
     # ---------------------------------------------------------------- reporting
 
-    def stats(self) -> dict[str, int]:
+    def stats(self, channel: str = CEXUP) -> dict[str, int]:
         """``depth`` (pending), ``delivered``, ``failed``, ``local`` (rows by state), ``attempts``
-        and ``retried`` (since start)."""
-        with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM ews_outbox GROUP BY state").fetchall()
-        by_state = {str(s): int(n) for s, n in rows}
-        return {
-            "depth": by_state.get(State.PENDING, 0),
-            "delivered": by_state.get(State.DELIVERED, 0),
-            "failed": by_state.get(State.FAILED, 0),
-            "local": by_state.get(State.LOCAL, 0),
-            "attempts": self.attempts,
-            "retried": self.retried,
-        }
+        and ``retried`` (this instance, since start)."""
+        m = self.metrics(channel)
+        return {k: m[k] for k in ("depth", "delivered", "failed", "local", "attempts", "retried")}
 
-    def failed(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The most recent refused items, newest first, with the platform's status and body."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, user_code, body, attempts, status, error, created_at, updated_at"
-                " FROM ews_outbox WHERE state = ? ORDER BY id DESC LIMIT ?",
-                (State.FAILED.value, limit),
-            ).fetchall()
-        return [
-            {"id": r[0], "user_code": r[1], "body": json.loads(r[2]), "attempts": r[3],
-             "status": r[4], "error": r[5], "created_at": r[6], "updated_at": r[7]}
-            for r in rows
-        ]
+    def metrics(self, channel: str = CEXUP) -> dict[str, int]:
+        """:meth:`stats` and ``in_flight`` (rows leased now, by any instance),
+        ``oldest_pending_age_ms`` (processing time since the oldest pending row was enqueued),
+        ``lost_leases`` (outcomes not recorded: the row had passed to another instance)."""
+        now = self._clock()
+        counts = self._db.read_sync(lambda c: table.counts(c, channel, now))
+        ch = self._channels.get(channel)
+        return {**counts, "attempts": ch.attempts if ch else 0, "retried": ch.retried if ch else 0,
+                "lost_leases": ch.lost_leases if ch else 0}
 
-    def requeue_failed(self) -> int:
+    def all_metrics(self) -> dict[str, dict[str, int]]:
+        """:meth:`metrics` of every registered channel (and ``cexup``, always)."""
+        return {c: self.metrics(c) for c in dict.fromkeys((CEXUP, *self._channels))}
+
+    def failed(self, limit: int = 100, channel: str = CEXUP) -> list[dict[str, Any]]:
+        """The most recent refused items, newest first, with the upstream's status and body."""
+        return self._db.read_sync(lambda c: table.failed(c, channel, limit))
+
+    def requeue_failed(self, channel: str = CEXUP) -> int:
         """Make every failed item pending again (after fixing e.g. the API key); returns how many."""
-        with self._lock:
-            cur = self._db.execute(
-                "UPDATE ews_outbox SET state = ?, next_at = 0, updated_at = ? WHERE state = ?",
-                (State.PENDING.value, self._clock(), State.FAILED.value),
-            )
-        self.notify()
-        return cur.rowcount
+        now = self._clock()
+        n = self._db.write_sync(lambda c: table.requeue_failed(c, channel, now))
+        self.notify(channel)
+        return n
 
     # ---------------------------------------------------------------- delivery
 
     async def run(self) -> None:
-        """Deliver until cancelled. Without an upstream, idles (rows stay as the engine wrote them)."""
+        """Deliver every channel until cancelled. Without channels, idles (rows stay as written)."""
         self._loop = asyncio.get_running_loop()
-        if self._url is None:
+        if not self._channels:
             log.info("EWS outbox: no upstream configured, EWS points are kept locally")
             await asyncio.Event().wait()
             return
-        async with self._session_factory() as session:
-            while True:
-                self._wake.clear()
-                if await self._deliver_due(session):
-                    continue
-                delay = self._next_delay_s()
-                await self._wait(delay)
+        self._running = True
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for ch in self._channels.values():
+                    tg.create_task(self._work(ch), name=f"outbox-{ch.name}")
+        finally:
+            self._running = False
 
-    async def _wait(self, delay_s: float | None) -> None:
+    async def _work(self, ch: _Channel) -> None:
+        owner = None if self._db.dialect.value == "sqlite" else self.instance_id
+        # a previous life's claims (SQLite: one process, so every lease is a previous life's)
+        await self._db.write(lambda c: table.release(c, ch.name, owner))
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if isinstance(ch.transport, contextlib.AbstractAsyncContextManager):
+                    await stack.enter_async_context(ch.transport)
+                while True:
+                    ch.wake.clear()
+                    if await self._deliver_due(ch):
+                        continue
+                    await self._wait(ch, await self._next_delay_s(ch))
+        finally:
+            # claims not attempted go back at once (not after their lease); shielded from
+            # the cancellation that is stopping us
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._db.write(
+                    lambda c: table.release(c, ch.name, self.instance_id)))
+
+    async def _wait(self, ch: _Channel, delay_s: float | None) -> None:
         if delay_s is None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._retry.idle_poll_s)
+                await asyncio.wait_for(ch.wake.wait(), ch.retry.idle_poll_s)
             return
-        waker = asyncio.ensure_future(self._wake.wait())
+        waker = asyncio.ensure_future(ch.wake.wait())
         sleeper = asyncio.ensure_future(self._sleep(delay_s))
         try:
             await asyncio.wait({waker, sleeper}, return_when=asyncio.FIRST_COMPLETED)
@@ -328,68 +424,78 @@ class Outbox:
                 task.cancel()
             await asyncio.gather(waker, sleeper, return_exceptions=True)
 
-    def _heads(self, now: int) -> list[_Item]:
-        """The oldest pending row of each patient, if due, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT o.id, o.user_code, o.body, o.attempts FROM ews_outbox o JOIN"
-                " (SELECT MIN(id) AS id FROM ews_outbox WHERE state = 'pending' GROUP BY user_code) h"
-                " ON o.id = h.id WHERE o.next_at <= ? ORDER BY o.id LIMIT ?",
-                (now, self._retry.concurrency),
-            ).fetchall()
-        return [_Item(int(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows]
-
-    def _next_delay_s(self) -> float | None:
+    async def _next_delay_s(self, ch: _Channel) -> float | None:
         """Seconds until something is due; None when nothing is pending."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT MIN(o.next_at) FROM ews_outbox o JOIN"
-                " (SELECT MIN(id) AS id FROM ews_outbox WHERE state = 'pending' GROUP BY user_code) h"
-                " ON o.id = h.id"
-            ).fetchone()
-        if row is None or row[0] is None:
+        due = await self._db.read(lambda c: table.next_due(c, ch.name))
+        if due is None:
             return None
-        due = max(int(row[0]), self._hold_until)
-        return max(0.0, (due - self._clock()) / 1000)
+        return max(0.0, (max(due, ch.hold_until) - self._clock()) / 1000)
 
-    async def _deliver_due(self, session: aiohttp.ClientSession) -> int:
+    async def _deliver_due(self, ch: _Channel) -> int:
         now = self._clock()
-        if now < self._hold_until:
+        if now < ch.hold_until:
             return 0
-        items = self._heads(now)
+        lease_until = now + self._lease(ch)
+
+        def claim(conn: Conn) -> list[Row]:
+            return table.claim(conn, ch.name, now=now, limit=ch.retry.concurrency,
+                               owner=self.instance_id, lease_until=lease_until)
+
+        items = await self._db.write(claim)
         if not items:
             return 0
-        outcomes = await asyncio.gather(*(self._post(session, item) for item in items))
+        outcomes = await asyncio.gather(*(self._attempt(ch, item) for item in items))
         if any(o.verdict is Verdict.DELIVERED for o in outcomes):
-            self._wide_failures = 0
+            ch.wide_failures = 0
         wide_backoff = 0.0
         if any(o.verdict is Verdict.RETRY_ALL for o in outcomes):
-            self._wide_failures += 1  # once per round, however many items hit the outage
-            wide_backoff = self._retry.delay_s(self._wide_failures, self._rng)
-        wide_delay = 0.0
-        for item, outcome in zip(items, outcomes, strict=True):
-            wide_delay = max(wide_delay, self._settle(item, outcome, wide_backoff))
+            ch.wide_failures += 1  # once per round, however many items hit the outage
+            wide_backoff = ch.retry.delay_s(ch.wide_failures, self._rng)
+        # retries are recorded together, after the round (an outage's backoff is the round's)
+        settled = [self._settle(ch, item, outcome, wide_backoff)
+                   for item, outcome in zip(items, outcomes, strict=True)
+                   if outcome.verdict in (Verdict.RETRY_ALL, Verdict.RETRY_ITEM)]
+        wide_delay = max((s[0] for s in settled), default=0.0)
+        if settled:
+            await self._record(ch, [args for _, args in settled])
         if wide_delay > 0:
-            self._hold_until = self._clock() + int(wide_delay * 1000)
+            ch.hold_until = self._clock() + int(wide_delay * 1000)
         return len(items)
 
-    async def _post(self, session: aiohttp.ClientSession, item: _Item) -> _Outcome:
-        assert self._url is not None
-        headers = {"content-type": "application/json", "accept": "application/json"}
-        if self._api_key:
-            headers["x-api-key"] = self._api_key
-        self.attempts += 1
-        try:
-            async with session.post(self._url, data=item.body.encode(), headers=headers) as resp:
-                text = await resp.text(errors="replace")
-                status = effective_status(resp.status, text)
-                after = retry_after_s(resp.headers.get("Retry-After"), self._clock())
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return _Outcome(Verdict.RETRY_ALL, None, f"{type(exc).__name__}: {exc}"[:500])
-        return _Outcome(classify(status), status, text[:2000], after)
+    async def _attempt(self, ch: _Channel, item: Row) -> Outcome:
+        """Send one row; a final outcome (delivered, refused) is recorded at once, so that a
+        slow item of the round never leaves a delivered one unrecorded (and sent again after
+        a crash)."""
+        outcome = await self._send(ch, item)
+        if outcome.verdict in (Verdict.DELIVERED, Verdict.FAILED):
+            await self._record(ch, [self._settle(ch, item, outcome, 0.0)[1]])
+        return outcome
 
-    def _settle(self, item: _Item, outcome: _Outcome, wide_backoff: float) -> float:
-        """Record the outcome; returns the seconds the whole upstream must be left alone (0: none)."""
+    async def _record(self, ch: _Channel, settled: list[dict[str, Any]]) -> None:
+        def record(conn: Conn) -> int:
+            return sum(not table.settle(conn, owner=self.instance_id, **args) for args in settled)
+
+        lost = await self._db.write(record)
+        if lost:
+            ch.lost_leases += lost
+            log.warning("outbox %s: %d outcomes not recorded: their lease had expired and"
+                        " another instance claimed them", ch.name, lost)
+
+    async def _send(self, ch: _Channel, item: Row) -> Outcome:
+        ch.attempts += 1
+        try:
+            # a backstop for a transport that ignores the policy's timeout: the lease must
+            # not end while this instance is still waiting
+            return await asyncio.wait_for(ch.transport.send(item), 2 * ch.retry.timeout_s)
+        except TimeoutError:
+            return Outcome(Verdict.RETRY_ALL, None, "TimeoutError: the transport did not answer")
+        except Exception as exc:  # a transport's bug must not stop the channel
+            log.exception("outbox %s: transport raised on item %d", ch.name, item.id)
+            return Outcome(Verdict.RETRY_ALL, None, f"{type(exc).__name__}: {exc}"[:500])
+
+    def _settle(self, ch: _Channel, item: Row, outcome: Outcome,
+                wide_backoff: float) -> tuple[float, dict[str, Any]]:
+        """The row's new state, and the seconds the whole upstream must be left alone."""
         now = self._clock()
         attempts = item.attempts + 1
         wide = 0.0
@@ -397,42 +503,40 @@ class Outbox:
             state, next_at = State.DELIVERED, 0
         elif outcome.verdict is Verdict.FAILED:
             state, next_at = State.FAILED, 0
-            log.warning("EWS outbox item %d refused by upstream with status %s", item.id, outcome.status)
+            log.warning("outbox %s item %d refused by upstream with status %s", ch.name, item.id,
+                        outcome.status)
         else:
-            self.retried += 1
+            ch.retried += 1
             state = State.PENDING
             if outcome.verdict is Verdict.RETRY_ALL:
                 delay = wide_backoff
             else:
-                delay = self._retry.delay_s(attempts, self._rng)
+                delay = ch.retry.delay_s(attempts, self._rng)
             if outcome.retry_after is not None:
-                delay = min(outcome.retry_after, self._retry.retry_after_cap_s)
+                delay = min(outcome.retry_after, ch.retry.retry_after_cap_s)
             if outcome.verdict is Verdict.RETRY_ALL:
                 wide = delay
             next_at = now + int(delay * 1000)
-            log.info("EWS outbox item %d: %s, retry in %.1f s", item.id,
+            log.info("outbox %s item %d: %s, retry in %.1f s", ch.name, item.id,
                      outcome.status or outcome.error, delay)
-        with self._lock:
-            self._db.execute(
-                "UPDATE ews_outbox SET state = ?, attempts = ?, next_at = ?, updated_at = ?,"
-                " status = ?, error = ? WHERE id = ?",
-                (state.value, attempts, next_at, now, outcome.status,
-                 None if state is State.DELIVERED else outcome.error, item.id),
-            )
-        return wide
+        return wide, {"row_id": item.id, "state": state, "attempts": attempts,
+                      "next_at": next_at, "now": now, "status": outcome.status,
+                      "error": None if state is State.DELIVERED else outcome.error}
 
     def retention_step(self, cutoff_ms: int, batch: int) -> dict[str, int]:
         """Retention of the outbox (processing time: ``updated_at`` before ``cutoff_ms``), at most
-        ``batch`` rows: delivered and local items, and failed ones (refused for good by the
-        platform; they were counted and listed by the API while the window lasted). A pending
-        item is never deleted, however old: it has not been delivered yet."""
-        with self._lock:
-            cur = self._db.execute(
-                "DELETE FROM ews_outbox WHERE id IN (SELECT id FROM ews_outbox WHERE state IN"
-                " (?, ?, ?) AND updated_at < ? LIMIT ?)",
-                (State.DELIVERED.value, State.LOCAL.value, State.FAILED.value, cutoff_ms, batch))
-        return {"ews_outbox": cur.rowcount} if cur.rowcount else {}
+        ``batch`` rows: delivered and local items, and failed ones (refused for good; they were
+        counted and listed by the API while the window lasted). A pending item is never
+        deleted, however old: it has not been delivered yet."""
+        n = self._db.write_sync(lambda c: table.retention_step(c, cutoff_ms, batch))
+        return {table.TABLE: n} if n else {}
 
     def close(self) -> None:
-        with self._lock:
+        """Close the store if this outbox opened it (a Path was given)."""
+        if self._owned:
             self._db.close()
+
+
+__all__ = ["CEXUP", "CexupTransport", "Outbox", "Outcome", "RetryPolicy", "Row", "State",
+           "Transport", "Verdict", "classify", "effective_status", "enqueue",
+           "retry_after_s"]

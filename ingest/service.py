@@ -39,6 +39,7 @@ from ingest.api.appkeys import ENGINE_KEY
 from ingest.api.ratelimit import LIMITER_KEY
 from ingest.consumer import Consumer, epoch_ms
 from ingest.dashboard.events import EventHub
+from ingest.db import ews as ews_store
 from ingest.emit_policy import EmitPolicy
 from ingest.ews_engine import EwsEngine, EwsPoint
 from ingest.keys import KeyChecker
@@ -126,6 +127,14 @@ def load_ecg_analyse() -> Callable[..., Any] | None:
     return fn if callable(fn) else None
 
 
+def _database_url(settings: IngestSettings) -> str | None:
+    """``VITALGATE_DATABASE_URL`` (h13a's setting; absent or unset: SQLite in the data dir)."""
+    url = getattr(settings, "database_url", None)
+    if url is None:
+        return None
+    return str(url.get_secret_value() if hasattr(url, "get_secret_value") else url)
+
+
 class IngestService:
     """Every part of the running service; ``app`` is what aiohttp runs."""
 
@@ -136,15 +145,18 @@ class IngestService:
         self.topics = Topics(settings.prefix)
         self.metrics = IngestMetrics()
         self.db = store.Database(settings.db_path, synchronous=settings.sqlite_synchronous)
-        self.outbox = Outbox(settings.ews_db_path, upstream_url=settings.upstream_url,
-                             api_key=settings.upstream_api_key, clock=clock)
+        # the EWS store (history, context, outbox): ews.sqlite3, or the readings' PostgreSQL
+        self.ews_db = ews_store.open_store(_database_url(settings), settings.data_dir)
+        self.outbox = Outbox(self.ews_db, upstream_url=settings.upstream_url,
+                             api_key=settings.upstream_api_key, clock=clock,
+                             instance_id=str(getattr(settings, "instance_id", None) or "local"))
         policy = EmitPolicy(
             immediate_on_risk_rise=settings.ews_immediate_on_rise,
             min_interval_ms=int(settings.ews_min_interval_s * 1000),
             heartbeat_ms=int(settings.ews_heartbeat_s * 1000),
         )
         self.engine = EwsEngine(
-            settings.ews_db_path, table_name=settings.ews_table, freshness_ms=settings.freshness_ms,
+            self.ews_db, table_name=settings.ews_table, freshness_ms=settings.freshness_ms,
             median_k=settings.median_k, policy=policy, clock=clock,
             deliver=settings.upstream_url is not None, notify=self.outbox.notify,
         )
@@ -220,6 +232,7 @@ class IngestService:
             if self.influx is not None:
                 await asyncio.to_thread(self.influx.close)
             self.engine.close()
+            self.ews_db.close()
             self.db.close()
 
     async def _supervise(self, name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -518,8 +531,8 @@ class IngestService:
         r = self.metrics.registry
 
         def outbox() -> list[Sample]:
-            s = self.outbox.stats()
-            return [("vitalgate_ingest_outbox", {"stat": k}, float(v)) for k, v in s.items()]
+            return [("vitalgate_ingest_outbox", {"channel": ch, "stat": k}, float(v))
+                    for ch, s in self.outbox.all_metrics().items() for k, v in s.items()]
 
         def lag() -> list[Sample]:
             newest = self.consumer.newest_received
@@ -536,7 +549,8 @@ class IngestService:
                     for k, v in stats.items() if isinstance(v, int | float) and v is not None]
 
         r.collector("vitalgate_ingest_outbox", "gauge",
-                    "EWS outbox: depth (pending), delivered, failed, local rows; attempts, retried",
+                    "outbox per channel: depth (pending), delivered, failed, local rows, in_flight,"
+                    " oldest_pending_age_ms; attempts, retried, lost_leases (this instance)",
                     outbox)
         r.collector("vitalgate_ingest_store_lag_ms", "gauge",
                     "now minus the arrival of the newest committed message (ms)", lag)

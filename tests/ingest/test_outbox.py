@@ -1,16 +1,18 @@
 """The durable outbox against the local Cexup stand-in over real loopback HTTP: outages, refusals,
-rate limiting, restarts. Time is injected (FakeTime) so a minute of outage takes milliseconds."""
+rate limiting, restarts, on both engines (``database_url``). Time is injected (FakeTime) so a
+minute of outage takes milliseconds."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from ingest.db import Database
 from ingest.emit_policy import EmitPolicy
 from ingest.ews_engine import EwsEngine, EwsPoint
 from ingest.outbox import (
@@ -21,7 +23,10 @@ from ingest.outbox import (
     effective_status,
     retry_after_s,
 )
+from tests.ingest.ews_support import opener, query
 from tests.ingest.upstream import FakeTime, Upstream
+
+Open = Callable[[], Database]
 
 NORMAL = {"heart_rate": 72.0, "spo2": 98.0, "systolic_bp": 120.0, "temperature": 36.8,
           "respiratory_rate": 16.0}
@@ -29,8 +34,14 @@ NORMAL = {"heart_rate": 72.0, "spo2": 98.0, "systolic_bp": 120.0, "temperature":
 RR_STEPS = (16.0, 22.0, 25.0, 10.0, 18.0)
 
 
-def make(tmp_path: Path, clock: FakeTime, up: Upstream | None, **kw: object) -> tuple[EwsEngine, Outbox]:
-    db = tmp_path / "ews.sqlite3"
+@pytest.fixture
+def store(database_url: str, tmp_path: Path) -> Iterator[Open]:
+    with opener(database_url, tmp_path) as open_:
+        yield open_
+
+
+def make(store: Open, clock: FakeTime, up: Upstream | None, **kw: object) -> tuple[EwsEngine, Outbox]:
+    db = store()
     outbox = Outbox(db, upstream_url=up.url if up else None, api_key=up.api_key if up else None,
                     clock=clock, sleep=clock.sleep, rng=random.Random(7), **kw)  # type: ignore[arg-type]
     eng = EwsEngine(db, clock=clock, policy=EmitPolicy(min_interval_ms=0), notify=outbox.notify)
@@ -63,11 +74,11 @@ async def stop(task: asyncio.Task[None]) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_outage_of_a_minute_then_every_point_arrives_once_in_order(tmp_path: Path) -> None:
+async def test_outage_of_a_minute_then_every_point_arrives_once_in_order(store: Open) -> None:
     clock = FakeTime()
     async with Upstream() as up:
         await up.go_down()
-        eng, outbox = make(tmp_path, clock, up)
+        eng, outbox = make(store, clock, up)
         task = asyncio.create_task(outbox.run())
         start = clock.now
         sent = feed(eng, clock, ("P1", "P2", "P3"))
@@ -89,11 +100,11 @@ async def test_outage_of_a_minute_then_every_point_arrives_once_in_order(tmp_pat
         eng.close()
 
 
-async def test_a_refused_item_fails_without_retry_and_the_next_proceeds(tmp_path: Path) -> None:
+async def test_a_refused_item_fails_without_retry_and_the_next_proceeds(store: Open) -> None:
     clock = FakeTime()
     async with Upstream() as up:
         up.fail(400, times=1, body={"code": 400, "message": "point out of range"})
-        eng, outbox = make(tmp_path, clock, up, retry=RetryPolicy(concurrency=1))
+        eng, outbox = make(store, clock, up, retry=RetryPolicy(concurrency=1))
         sent = feed(eng, clock, ("P1",))
         task = asyncio.create_task(outbox.run())
         await until(lambda: outbox.stats()["depth"] == 0, "the queue to drain")
@@ -115,11 +126,11 @@ async def test_a_refused_item_fails_without_retry_and_the_next_proceeds(tmp_path
 
 
 @pytest.mark.parametrize(("status", "retry_after"), [(429, "7"), (503, "7"), (408, None), (500, None)])
-async def test_retryable_statuses_are_retried(tmp_path: Path, status: int, retry_after: str | None) -> None:
+async def test_retryable_statuses_are_retried(store: Open, status: int, retry_after: str | None) -> None:
     clock = FakeTime()
     async with Upstream() as up:
         up.fail(status, times=2, retry_after=retry_after)
-        eng, outbox = make(tmp_path, clock, up)
+        eng, outbox = make(store, clock, up)
         sent = feed(eng, clock, ("P1",))
         task = asyncio.create_task(outbox.run())
         await until(lambda: outbox.stats()["depth"] == 0, "delivery")
@@ -135,11 +146,11 @@ async def test_retryable_statuses_are_retried(tmp_path: Path, status: int, retry
         eng.close()
 
 
-async def test_restart_resumes_pending_items(tmp_path: Path) -> None:
+async def test_restart_resumes_pending_items(store: Open) -> None:
     clock = FakeTime()
     async with Upstream() as up:
         await up.go_down()
-        eng, first = make(tmp_path, clock, up)
+        eng, first = make(store, clock, up)
         sent = feed(eng, clock, ("P1", "P2"))
         task = asyncio.create_task(first.run())
         await until(lambda: first.stats()["attempts"] >= 2, "failed attempts")
@@ -147,7 +158,7 @@ async def test_restart_resumes_pending_items(tmp_path: Path) -> None:
         first.close()
         eng.close()
         await up.come_up()
-        _, second = make(tmp_path, clock, up)  # a new process on the same database
+        _, second = make(store, clock, up)  # a new process on the same database
         assert second.stats()["depth"] == 10
         task = asyncio.create_task(second.run())
         await until(lambda: second.stats()["depth"] == 0, "delivery after restart")
@@ -157,11 +168,11 @@ async def test_restart_resumes_pending_items(tmp_path: Path) -> None:
         second.close()
 
 
-async def test_success_code_as_string_and_refusal_inside_a_200(tmp_path: Path) -> None:
+async def test_success_code_as_string_and_refusal_inside_a_200(store: Open) -> None:
     clock = FakeTime()
     async with Upstream(code_as_string=True) as up:
         up.fail(200, times=1, body={"code": "422", "success": False, "message": "unknown user"})
-        eng, outbox = make(tmp_path, clock, up)
+        eng, outbox = make(store, clock, up)
         feed(eng, clock, ("P1",))
         task = asyncio.create_task(outbox.run())
         await until(lambda: outbox.stats()["depth"] == 0, "delivery")
@@ -171,10 +182,10 @@ async def test_success_code_as_string_and_refusal_inside_a_200(tmp_path: Path) -
         eng.close()
 
 
-async def test_wrong_api_key_is_refused_and_visible(tmp_path: Path) -> None:
+async def test_wrong_api_key_is_refused_and_visible(store: Open) -> None:
     clock = FakeTime()
     async with Upstream(api_key="right") as up:
-        db = tmp_path / "ews.sqlite3"
+        db = store()
         outbox = Outbox(db, upstream_url=up.url, api_key="wrong", clock=clock, sleep=clock.sleep)
         eng = EwsEngine(db, clock=clock, notify=outbox.notify)
         eng.observe([("P1", "heart_rate", 72.0, clock.now)])
@@ -208,13 +219,16 @@ def test_classification_and_headers() -> None:
         RetryPolicy(jitter=1.5)
 
 
-def test_outbox_rows_are_never_lost_on_a_failed_transaction(tmp_path: Path) -> None:
+def test_outbox_rows_are_never_lost_on_a_failed_transaction_sqlite(tmp_path: Path) -> None:
+    """SQLite only: another process's connection holding the file's write lock."""
     clock = FakeTime()
     eng = EwsEngine(tmp_path / "ews.sqlite3", clock=clock)
     # another connection holds the write lock: the engine's transaction cannot commit
     other = sqlite3.connect(tmp_path / "ews.sqlite3", isolation_level=None, timeout=0)
     other.execute("BEGIN IMMEDIATE")
-    eng._db.execute("PRAGMA busy_timeout=10")
+    writer = eng.db._writer
+    assert writer is not None
+    writer.execute("PRAGMA busy_timeout=10")
     with pytest.raises(sqlite3.OperationalError):
         eng.observe([("P1", "heart_rate", 72.0, clock.now)])
     other.execute("ROLLBACK")
@@ -228,10 +242,10 @@ def test_outbox_rows_are_never_lost_on_a_failed_transaction(tmp_path: Path) -> N
     eng.close()
 
 
-async def test_slow_upstream_times_out_and_is_retried(tmp_path: Path) -> None:
+async def test_slow_upstream_times_out_and_is_retried(store: Open) -> None:
     clock = FakeTime()
     async with Upstream(delay_s=0.3) as up:  # answers after 0.3 s; the outbox gives up at 0.1 s
-        db = tmp_path / "ews.sqlite3"
+        db = store()
         outbox = Outbox(db, upstream_url=up.url, api_key=up.api_key, clock=clock, sleep=clock.sleep,
                         retry=RetryPolicy(timeout_s=0.1))
         eng = EwsEngine(db, clock=clock, notify=outbox.notify)
@@ -239,7 +253,7 @@ async def test_slow_upstream_times_out_and_is_retried(tmp_path: Path) -> None:
         task = asyncio.create_task(outbox.run())
         await until(lambda: outbox.stats()["attempts"] >= 2, "timed-out attempts")
         assert outbox.stats()["delivered"] == 0
-        assert "Timeout" in str(sqlite3.connect(db).execute("SELECT error FROM ews_outbox").fetchone()[0])
+        assert "Timeout" in str(query(db, "SELECT error FROM ews_outbox")[0][0])
         up.delay_s = 0.0
         await until(lambda: outbox.stats()["delivered"] == 1, "delivery once the upstream is quick")
         await stop(task)
