@@ -73,10 +73,10 @@ def run_ingest(args: argparse.Namespace) -> int:
 
 
 def _db(args: argparse.Namespace) -> Any:
-    from ingest.store import Database
+    from ingest.db import schema
 
     settings = _settings(args)
-    return Database(settings.db_path, synchronous=settings.sqlite_synchronous)
+    return schema.open_store(settings.readings_location, synchronous=settings.sqlite_synchronous)
 
 
 def _now() -> int:

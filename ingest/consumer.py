@@ -34,7 +34,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import sqlite3
 import ssl
 import threading
 import time
@@ -50,7 +49,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ingest import dead_letters, store
+from ingest import store
+from ingest.db import Conn, Database, DatabaseError, dead_letters
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
 from vitalgate.contract import (
@@ -250,7 +250,7 @@ class Consumer:
     def __init__(
         self,
         settings: IngestSettings,
-        db: store.Database,
+        db: Database,
         metrics: IngestMetrics,
         *,
         after_commit: AfterCommit | None = None,
@@ -480,7 +480,7 @@ class Consumer:
         if suspects:
             now = self._clock()
 
-            def record(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+            def record(conn: Conn) -> dict[tuple[str, str], int]:
                 dead_letters.prune_deliveries(conn, now - DELIVERIES_KEPT_MS)
                 return dead_letters.record_deliveries(conn, suspects, now)
 
@@ -523,13 +523,14 @@ class Consumer:
             items = [item for item in items if self._mine(item)]
         return items
 
-    def _store(self, conn: sqlite3.Connection, items: Sequence[store.Item]) -> store.CommitResult:
+    def _store(self, conn: Conn, items: Sequence[store.Item]) -> store.CommitResult:
         s = self.settings
         return store.commit_batch(conn, items, now=self._clock(), holder=s.device_holder,
                                   dead_limits=self._dead_limits, ecg_limits=self._ecg_limits,
-                                  late_after_ms=int(s.late_after_s * 1000), ward_of=s.ward_of)
+                                  late_after_ms=int(s.late_after_s * 1000), ward_of=s.ward_of,
+                                  max_age_ms=s.reading_window_ms[0])
 
-    def _commit(self, conn: sqlite3.Connection, batch: Sequence[Inbound],
+    def _commit(self, conn: Conn, batch: Sequence[Inbound],
                 looped: set[tuple[str, str]], suspects: set[tuple[str, str]],
                 parts: list[tuple[Inbound, list[store.Item]]]) -> store.CommitResult:
         parts.extend((msg, self._items_of(msg, looped)) for msg in batch)
@@ -538,7 +539,7 @@ class Consumer:
             dead_letters.forget_deliveries(conn, suspects)
         return result
 
-    def _commit_isolated(self, conn: sqlite3.Connection, batch: Sequence[Inbound],
+    def _commit_isolated(self, conn: Conn, batch: Sequence[Inbound],
                          looped: set[tuple[str, str]], suspects: set[tuple[str, str]],
                          parts: list[tuple[Inbound, list[store.Item]]]) -> store.CommitResult:
         """The batch again in one transaction: each message under a SAVEPOINT; a failing
@@ -564,17 +565,13 @@ class Consumer:
             dead_letters.forget_deliveries(conn, suspects)
         return out
 
-    def _attempt(self, conn: sqlite3.Connection, items: Sequence[store.Item]
+    def _attempt(self, conn: Conn, items: Sequence[store.Item]
                  ) -> tuple[store.CommitResult | None, BaseException | None]:
-        conn.execute("SAVEPOINT item")
         try:
-            result = self._store(conn, items)
+            with conn.savepoint():  # an error rolls back only this part (PostgreSQL too)
+                return self._store(conn, items), None
         except Exception as exc:
-            conn.execute("ROLLBACK TO item")
-            conn.execute("RELEASE item")
             return None, exc
-        conn.execute("RELEASE item")
-        return result, None
 
     def _mine(self, item: store.Item) -> bool:
         """Whether this instance owns ``item`` under ``settings.partition`` (dead letters and
@@ -656,13 +653,15 @@ def _what(item: store.Item) -> str:
 
 
 def _exc_detail(exc: BaseException | None) -> str:
-    """The exception's type, and its message when it comes from the store (SQLite names
-    columns and constraints, never values); never the payload."""
+    """The exception's type, and the first line of its message when it comes from the store
+    (SQLite's and PostgreSQL's first lines name columns and constraints; PostgreSQL's DETAIL
+    line, which may quote values, is left out); never the payload."""
     if exc is None:
         return "unknown error"
     name = type(exc).__name__
-    if isinstance(exc, sqlite3.Error | OverflowError):
-        return f"{name} ({str(exc)[:200]})"
+    if isinstance(exc, (*DatabaseError, OverflowError)):
+        lines = str(exc).strip().splitlines()
+        return f"{name} ({(lines[0] if lines else '')[:200]})"
     return name
 
 

@@ -8,7 +8,10 @@ them when it stops:
 * ``ews-tick``   the engine's staleness / held-back changes / heartbeats, every few seconds
 * ``outbox``     delivery of EWS points to the Cexup platform
 * ``ecg``        analysis of completed ECG recordings (in a worker thread)
-* ``retention``  deletes rows older than ``retention_days`` in small batches
+* ``retention``  deletes rows older than ``retention_days`` in small batches (on PostgreSQL
+                 whole readings partitions first)
+* ``partitions`` (PostgreSQL) makes the readings partitions of the accepted event-time window
+                 ahead, every ``partition_interval_s``
 * ``gaps``       asks gateways to republish sequence gaps; reports the ones that stay
 
 A task that fails is logged, counted (``vitalgate_ingest_errors_total{task}``) and restarted
@@ -25,20 +28,20 @@ import asyncio
 import contextlib
 import importlib
 import logging
-import sqlite3
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 from aiohttp import web
 
-from ingest import gaps, store
+from ingest import store
 from ingest.api.app import create_app
 from ingest.api.appkeys import ENGINE_KEY
 from ingest.api.ratelimit import LIMITER_KEY
 from ingest.consumer import Consumer, epoch_ms
 from ingest.dashboard.events import EventHub
+from ingest.db import Conn, DatabaseError, StoreOpenError, gaps, readings, schema, store_failure
 from ingest.db import ews as ews_store
 from ingest.emit_policy import EmitPolicy
 from ingest.ews_engine import EwsEngine, EwsPoint
@@ -105,18 +108,6 @@ class StoreHealth:
         return {"ok": self.ok, "error": self.error, "since": self.since, "failures": self.failures}
 
 
-def store_error(exc: BaseException) -> sqlite3.OperationalError | None:
-    """The store failure (disk full, read-only, I/O) inside ``exc`` (maybe an ExceptionGroup)."""
-    if isinstance(exc, sqlite3.OperationalError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = store_error(inner)
-            if found is not None:
-                return found
-    return None
-
-
 def load_ecg_analyse() -> Callable[..., Any] | None:
     """``ews.ecg.analyse`` if that package is importable (it is built separately)."""
     try:
@@ -125,14 +116,6 @@ def load_ecg_analyse() -> Callable[..., Any] | None:
         return None
     fn = getattr(module, "analyse", None)
     return fn if callable(fn) else None
-
-
-def _database_url(settings: IngestSettings) -> str | None:
-    """``VITALGATE_DATABASE_URL`` (h13a's setting; absent or unset: SQLite in the data dir)."""
-    url = getattr(settings, "database_url", None)
-    if url is None:
-        return None
-    return str(url.get_secret_value() if hasattr(url, "get_secret_value") else url)
 
 
 class IngestService:
@@ -144,9 +127,11 @@ class IngestService:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.topics = Topics(settings.prefix)
         self.metrics = IngestMetrics()
-        self.db = store.Database(settings.db_path, synchronous=settings.sqlite_synchronous)
+        self.db = schema.open_store(settings.readings_location,
+                                    synchronous=settings.sqlite_synchronous, now=clock(),
+                                    window=self.partition_window())
         # the EWS store (history, context, outbox): ews.sqlite3, or the readings' PostgreSQL
-        self.ews_db = ews_store.open_store(_database_url(settings), settings.data_dir)
+        self.ews_db = ews_store.open_store(settings.ews_location)
         self.outbox = Outbox(self.ews_db, upstream_url=settings.upstream_url,
                              api_key=settings.upstream_api_key, clock=clock,
                              instance_id=str(getattr(settings, "instance_id", None) or "local"))
@@ -199,7 +184,7 @@ class IngestService:
         from ingest.dashboard.ward import ReadOnlyDb, WardView
 
         ews_db = ReadOnlyDb(self.settings.ews_db_path)  # the engine created it already
-        app[dashboard_routes.WARD_KEY] = WardView(db=self.db, engine=self.engine, ews_db=ews_db,
+        app[dashboard_routes.WARD_KEY] = WardView(db=cast(Any, self.db), engine=self.engine, ews_db=ews_db,
                                                   clock=self.clock)
         app[dashboard_routes.HUB_KEY] = self.hub
         dashboard_routes.add_routes(app)
@@ -223,6 +208,9 @@ class IngestService:
             asyncio.create_task(self._supervise("retention", self._retention_loop), name="retention"),
             asyncio.create_task(self._supervise("gaps", self._gap_loop), name="gaps"),
         ]
+        if self.db.location.url is not None:  # PostgreSQL: partitions ahead of the window
+            tasks.append(asyncio.create_task(self._supervise("partitions", self._partition_loop),
+                                             name="partitions"))
         try:
             yield
         finally:
@@ -256,7 +244,7 @@ class IngestService:
                 await self.consumer.run()
                 return
             except Exception as exc:
-                err = store_error(exc)
+                err = store_failure(exc)
                 if err is None:
                     raise
                 self._store_failed(err)
@@ -276,7 +264,7 @@ class IngestService:
         now = self.clock()
         try:
             await self.db.write(lambda c: store.write_probe(c, now))
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             self._store_failed(exc)
             return False
         self.store_health.succeeded()
@@ -358,7 +346,7 @@ class IngestService:
         now = self.clock()
         grace, retry = int(s.gap_grace_s * 1000), int(s.gap_retry_s * 1000)
 
-        def step(conn: sqlite3.Connection) -> tuple[list[gaps.Request], list[gaps.Unrecovered]]:
+        def step(conn: Conn) -> tuple[list[gaps.Request], list[gaps.Unrecovered]]:
             due = gaps.due(conn, now, grace_ms=grace, retry_ms=retry,
                            max_requests=s.gap_max_requests, limit=s.gap_requests_per_pass)
             gaps.mark_requested(conn, due, now)
@@ -422,6 +410,27 @@ class IngestService:
         while True:
             await asyncio.sleep(self.settings.ews_tick_s)
             self._publish(await asyncio.to_thread(self.engine.tick))
+
+    def partition_window(self) -> tuple[int, int]:
+        """The event times a reading may have now (processing time): from ``now`` minus the
+        maximum reading age to ``now`` plus the future skew, and one day more ahead so that the
+        next maintenance pass finds tomorrow made already."""
+        back, ahead = self.settings.reading_window_ms
+        now = self.clock()
+        return now - back, now + ahead + readings.DAY_MS
+
+    async def _partition_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.partition_interval_s)
+            await self.maintain_partitions()
+
+    async def maintain_partitions(self) -> list[str]:
+        """Make the missing readings partitions of the accepted window (PostgreSQL)."""
+        first, last = self.partition_window()
+        made = await self.db.write(lambda c: readings.ensure_partitions(c, first, last))
+        if made:
+            log.info("readings partitions made ahead: %s", ", ".join(made))
+        return made
 
     async def _retention_loop(self) -> None:
         while True:
@@ -507,7 +516,7 @@ class IngestService:
         try:
             await self.db.read(lambda c: c.execute("SELECT 1").fetchone())
             readable = True
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             self._store_failed(exc)
             readable = False
         store_ok = readable and self.store_health.ok
@@ -619,7 +628,7 @@ def run(settings: IngestSettings) -> None:
     """Run until SIGINT/SIGTERM (``vitalgate ingest``)."""
     try:
         service = IngestService(settings)
-    except store.StoreOpenError as exc:
+    except StoreOpenError as exc:
         log.error("vitalgate ingest cannot start: %s", exc)  # one line, no traceback
         raise SystemExit(1) from None
     log.info("vitalgate ingest: HTTP on %s:%d, MQTT broker %s:%d%s, data in %s", settings.http_host,

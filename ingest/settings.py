@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
+from ingest.db.engine import Location
 from vitalgate.config import BrokerAddress, ServiceSettings
 from vitalgate.contract import DEFAULT_PREFIX
 
@@ -102,6 +103,17 @@ class IngestSettings(ServiceSettings):
     #: SQLite ``synchronous``: FULL makes every acknowledged message survive a power cut;
     #: NORMAL (faster) survives process crashes only.
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
+    #: ``postgresql://user:pass@host:port/db`` (or ``sqlite:///abs/path``): where the stores
+    #: live. Unset: SQLite files in ``data_dir`` (``ingest.sqlite3``, ``ews.sqlite3``). On
+    #: PostgreSQL the readings store and the EWS store are one database. A secret: never
+    #: logged (the service logs :meth:`Location.redacted`).
+    database_url: SecretStr | None = None
+    #: the oldest event time accepted, in days before arrival (processing time): a history sync
+    #: reaches this far back; older readings are ``too_old`` dead letters. On PostgreSQL the
+    #: readings partitions (one per UTC day) cover ``now - this .. now + max_future_skew_s``.
+    max_reading_age_days: float = Field(default=30.0, gt=0, le=3650)
+    #: how often the PostgreSQL partition maintenance makes the partitions ahead (s).
+    partition_interval_s: float = Field(default=3600.0, gt=0)
 
     # --- EWS ----------------------------------------------------------------------------------
     #: a reading older than this no longer counts for the score (ms).
@@ -170,6 +182,37 @@ class IngestSettings(ServiceSettings):
     @property
     def mqtt_tls(self) -> bool:
         return self.broker.tls
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and v.get_secret_value():
+            Location.parse(v.get_secret_value(), default_path=Path("ingest.sqlite3"))
+        return v
+
+    @property
+    def database(self) -> str | None:
+        """The database URL (a secret: never log it), None for SQLite in the data dir."""
+        return self.database_url.get_secret_value() or None if self.database_url else None
+
+    @property
+    def readings_location(self) -> Location:
+        """Where the readings store lives (``ingest.sqlite3`` in the data dir by default)."""
+        return Location.parse(self.database, default_path=self.db_path)
+
+    @property
+    def ews_location(self) -> Location:
+        """Where the EWS store lives: ``ews.sqlite3`` in the data dir by default; on
+        PostgreSQL the same database as the readings store."""
+        loc = Location.parse(self.database, default_path=self.ews_db_path)
+        if loc.path is not None and self.database:  # sqlite:///dir/x: the EWS file beside it
+            return Location.parse(None, default_path=loc.path.with_name("ews.sqlite3"))
+        return loc
+
+    @property
+    def reading_window_ms(self) -> tuple[int, int]:
+        """How far before and after processing time an event time may lie (ms)."""
+        return int(self.max_reading_age_days * 86_400_000), int(self.max_future_skew_s * 1000)
 
     @property
     def db_path(self) -> Path:

@@ -1,40 +1,41 @@
-"""The ingestion service's SQLite store: readings, ECG recordings, dead letters, devices, keys.
+"""The readings store's domain: what a batch holds, the group commit, the API's record shapes.
 
-One file in the data dir, WAL mode. One writer connection (group commits from the consumer,
-registry writes from the API, retention) and one reader connection, each behind a lock and
-used from worker threads (``await db.write(fn)`` / ``await db.read(fn)``) so the event loop
-never waits on the disk.
+The tables, connections and SQL are ingest/db's (:mod:`ingest.db.readings`, :mod:`ingest.db.ecg`,
+:mod:`ingest.db.dead_letters`, :mod:`ingest.db.gaps`; set up by :mod:`ingest.db.schema`);
+this module decides what to write and shapes what is read, the same on SQLite and PostgreSQL.
+Functions take a :class:`ingest.db.Conn` and run inside the caller's transaction.
 
-Readings are stored one row per vital. Identities that make QoS 1 redeliveries harmless:
+Readings are stored one row per vital; the identities that make QoS 1 redeliveries harmless
+are described in :mod:`ingest.db.readings`. ECG chunks wait until chunks ``0..n`` and the
+``last`` one are present; they are then reassembled into one recording whose samples are
+int32 little-endian.
 
-* ``(device_id, stream, seq)``: a contract reading is stored once however often it arrives;
-  ``stream`` is the gateway buffer's identity (``''`` when a reading carries none: one legacy
-  stream per device), so a new buffer's seq 0 is never taken for an old buffer's seq 0;
-* ``(device_id, ts, vital)`` for ``source = history``: a history record synced twice
-  (under two seqs) is stored once;
-* ``(device_id, recording, vital)`` for readings derived from an ECG recording.
-
-ECG chunks wait in ``ecg_chunks`` until chunks ``0..n`` and the ``last`` one are present; they
-are then reassembled into one ``ecg_recordings`` row whose ``samples`` are int32 little-endian.
+Event time vs processing time: a reading is *late* by ``received_at - ts``; it is accepted
+when its event time lies in the window ``now - max_reading_age .. now + max_future_skew``
+(``now`` is processing time, the consumer's clock at commit): outside it, a ``too_old``
+dead letter (``future`` is the consumer's, at classification). On PostgreSQL the readings
+partitions cover that window; a reading whose day has no partition (the maintenance task
+behind) is a ``no_partition`` dead letter: counted and kept, never lost silently.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import sqlite3
-import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 
-from ingest import dead_letters as dl
-from ingest import gaps, keys, registry
-from ingest.dead_letters import DeadLetter as DeadLetter
+from ingest import registry
+from ingest.db import Conn, Dialect, Location, gaps, schema
+from ingest.db import Database as _Database
+from ingest.db import dead_letters as dl
+from ingest.db import ecg as ecg_db
+from ingest.db import readings as readings_db
+from ingest.db.dead_letters import DeadLetter as DeadLetter
+from ingest.db.engine import StoreOpenError as StoreOpenError
 from vitalgate.contract import (
     MAX_ECG_CHUNK_SEQ,
     DeviceStatus,
@@ -45,8 +46,6 @@ from vitalgate.contract import (
     mac_from_device_id,
 )
 
-T = TypeVar("T")
-
 #: ``readings.flags``: measured (``ts``) more than ``late_after_ms`` before it arrived
 #: (``received_at``): buffered, replayed, a history sync, or a clock behind.
 FLAG_LATE: Final = 1
@@ -55,97 +54,8 @@ FLAG_LATE: Final = 1
 FLAG_CLOCK_SUSPECT: Final = 2
 #: default of ``IngestSettings.late_after_s`` (ms).
 LATE_AFTER_MS: Final = 3_600_000
-#: the store's schema version (``PRAGMA user_version``); see :data:`MIGRATIONS`.
-SCHEMA_VERSION: Final = 1
-
-SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS readings (
-  id INTEGER PRIMARY KEY,
-  device_id TEXT NOT NULL,
-  user_code TEXT,
-  gateway_id TEXT,
-  vital TEXT NOT NULL,
-  value REAL NOT NULL,
-  ts INTEGER NOT NULL,
-  seq INTEGER,                       -- NULL for readings derived from an ECG recording
-  source TEXT NOT NULL,
-  replayed INTEGER NOT NULL DEFAULT 0,
-  received_at INTEGER NOT NULL,
-  recording TEXT,                    -- the ECG recording a derived reading comes from
-  stream TEXT NOT NULL DEFAULT '',   -- the buffer's stream ('' = none given: legacy stream)
-  flags INTEGER NOT NULL DEFAULT 0   -- FLAG_LATE | FLAG_CLOCK_SUSPECT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS readings_stream_identity
-  ON readings (device_id, stream, seq, vital);
-CREATE UNIQUE INDEX IF NOT EXISTS readings_history ON readings (device_id, ts, vital)
-  WHERE source = 'history';
-CREATE UNIQUE INDEX IF NOT EXISTS readings_ecg ON readings (device_id, recording, vital)
-  WHERE recording IS NOT NULL;
-CREATE INDEX IF NOT EXISTS readings_patient ON readings (user_code, vital, ts);
-CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);
-CREATE INDEX IF NOT EXISTS readings_kept ON readings (max(ts, received_at));
-
-CREATE TABLE IF NOT EXISTS ecg_chunks (
-  device_id TEXT NOT NULL,
-  recording TEXT NOT NULL,
-  seq INTEGER NOT NULL,
-  ts INTEGER NOT NULL,
-  fs REAL NOT NULL,
-  samples BLOB NOT NULL,             -- int32 little-endian
-  last INTEGER NOT NULL,
-  user_code TEXT,
-  gateway_id TEXT,
-  received_at INTEGER NOT NULL,
-  PRIMARY KEY (device_id, recording, seq)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ecg_chunks_received ON ecg_chunks (received_at);
-
-CREATE TABLE IF NOT EXISTS ecg_recordings (
-  id INTEGER PRIMARY KEY,
-  device_id TEXT NOT NULL,
-  recording TEXT NOT NULL,
-  user_code TEXT,
-  gateway_id TEXT,
-  ts INTEGER NOT NULL,               -- first chunk's ts
-  fs REAL NOT NULL,
-  n_samples INTEGER NOT NULL,
-  samples BLOB NOT NULL,             -- int32 little-endian, all chunks in seq order
-  analysis TEXT,                     -- JSON of ews.ecg's EcgSummary, NULL until analysed
-  quality TEXT,
-  mean_hr REAL,
-  created_at INTEGER NOT NULL,
-  UNIQUE (device_id, recording)
-);
-CREATE INDEX IF NOT EXISTS ecg_recordings_patient ON ecg_recordings (user_code, ts);
-CREATE INDEX IF NOT EXISTS ecg_recordings_ts ON ecg_recordings (ts);
-CREATE INDEX IF NOT EXISTS ecg_recordings_name ON ecg_recordings (recording);
-CREATE INDEX IF NOT EXISTS ecg_recordings_kept ON ecg_recordings (max(ts, created_at));
-
--- recordings refused as too large: their later chunks are dead-lettered, not collected again
-CREATE TABLE IF NOT EXISTS ecg_rejected (
-  device_id TEXT NOT NULL,
-  recording TEXT NOT NULL,
-  at INTEGER NOT NULL,
-  PRIMARY KEY (device_id, recording)
-);
-
-CREATE TABLE IF NOT EXISTS store_probe (   -- one row, rewritten by the health check's write probe
-  id INTEGER PRIMARY KEY CHECK (id = 1),
-  at INTEGER NOT NULL,
-  pad BLOB                           -- a fresh page's worth, so a full disk fails the probe too
-);
-
-CREATE TABLE IF NOT EXISTS gateways (
-  gateway_id TEXT PRIMARY KEY,
-  online INTEGER NOT NULL,
-  version TEXT,
-  devices INTEGER,
-  buffered INTEGER,
-  evicted INTEGER,
-  ts INTEGER,
-  updated_at INTEGER NOT NULL
-);
-"""
+#: default of ``IngestSettings.max_reading_age_days`` (ms): the oldest event time accepted.
+MAX_READING_AGE_MS: Final = 30 * 86_400_000
 
 #: Cexup medical-record types → the contract's vitals (BLOOD_PRESSURE pairs two) and units.
 RECORD_TYPES: Final[dict[str, tuple[tuple[str, ...], str]]] = {
@@ -288,139 +198,35 @@ DEFAULT_DEAD_LIMITS: Final = dl.Limits()
 # --------------------------------------------------------------------------------- database
 
 
-def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA busy_timeout=30000")
-    conn.execute("PRAGMA foreign_keys=ON")
-    return conn
+class Database(_Database):
+    """The readings store (an :class:`ingest.db.Database` set up by :mod:`ingest.db.schema`)
+    at a SQLite path or any :class:`Location`: for tools and tests that open it by path."""
 
-
-class StoreOpenError(RuntimeError):
-    """The store cannot be opened for writing (read-only or full data dir, not ours...)."""
-
-
-class Database:
-    """The store's connections. ``write`` runs ``fn(conn)`` in one IMMEDIATE transaction."""
-
-    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
-        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
-        self.path = path
-        self._wlock = threading.Lock()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = _connect(path, synchronous)
-            with self._wlock:
-                migrate(self._writer)
-                dl.migrate(self._writer)
-                keys.migrate(self._writer)  # api_keys made before scopes: add the columns
-        except (OSError, sqlite3.OperationalError) as exc:
-            raise StoreOpenError(f"store {path} cannot be opened for writing: {exc} (is the"
-                                 " data dir read-only or full?)") from exc
-        self._reader = _connect(path, synchronous)
-        self._rlock = threading.Lock()
-
-    def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """``fn(conn)`` in one transaction. A failed COMMIT (disk full, read-only) raises its
-        own error; the transaction is rolled back only if SQLite left it open."""
-        with self._wlock:
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):  # never hide the real error
-                        conn.execute("ROLLBACK")
-                raise
-            return result
-
-    def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with self._rlock:
-            conn = self._reader
-            conn.execute("BEGIN")
-            try:
-                return fn(conn)
-            finally:
-                conn.execute("COMMIT")
-
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.to_thread(self.write_sync, fn)
-
-    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.to_thread(self.read_sync, fn)
-
-    def close(self) -> None:
-        with self._wlock:
-            self._writer.close()
-        with self._rlock:
-            self._reader.close()
-
-
-def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})")}
-
-
-def _v1_stream_identity(conn: sqlite3.Connection) -> None:
-    """v0 → v1: readings gain ``stream`` ('' for every existing row: the legacy stream) and
-    ``flags``; the identity becomes (device_id, stream, seq, vital)."""
-    cols = _columns(conn, "readings")
-    if not cols:
-        return  # a new database: SCHEMA creates everything
-    if "stream" not in cols:
-        conn.execute("ALTER TABLE readings ADD COLUMN stream TEXT NOT NULL DEFAULT ''")
-    if "flags" not in cols:
-        conn.execute("ALTER TABLE readings ADD COLUMN flags INTEGER NOT NULL DEFAULT 0")
-    conn.execute("DROP INDEX IF EXISTS readings_identity")
-
-
-#: (version, step): each step brings a database from version-1 to version; idempotent.
-MIGRATIONS: Final = ((1, _v1_stream_identity),)
-
-
-def migrate(conn: sqlite3.Connection, *, now: int = 0) -> int:
-    """Bring the database to :data:`SCHEMA_VERSION` (at start, before anything else uses it);
-    returns the version it had. A crash midway leaves a state the next start completes."""
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if version > SCHEMA_VERSION:
-        raise RuntimeError(f"{conn!r}: store schema version {version} is newer than this "
-                           f"vitalgate's ({SCHEMA_VERSION}); refusing to run an older release")
-    existed = bool(_columns(conn, "readings"))
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for target, step in MIGRATIONS:
-            if version < target:
-                step(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.executescript(SCHEMA + dl.SCHEMA + gaps.SCHEMA + registry.SCHEMA + keys.SCHEMA)
-    if version < SCHEMA_VERSION:
-        conn.execute("BEGIN IMMEDIATE")
-        if existed and version < 1:
-            gaps.seed_legacy(conn, now)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    return version
+    def __init__(self, where: Path | Location, *, synchronous: str = "FULL",
+                 window: tuple[int, int] | None = None, readonly: bool = False) -> None:
+        location = where if isinstance(where, Location) else Location(Dialect.SQLITE, path=where)
+        super().__init__(location, setup=schema.make_setup(window=window),
+                         synchronous=synchronous, name="ingest", readonly=readonly)
 
 
 # ------------------------------------------------------------------------------ group commit
 
 
 def commit_batch(
-    conn: sqlite3.Connection, items: Sequence[Item], *, now: int, holder: str,
+    conn: Conn, items: Sequence[Item], *, now: int, holder: str,
     dead_limits: dl.Limits = DEFAULT_DEAD_LIMITS,
     ecg_limits: EcgLimits = DEFAULT_ECG_LIMITS,
     late_after_ms: int = LATE_AFTER_MS,
     ward_of: Mapping[str, str] | None = None,
+    max_age_ms: int = MAX_READING_AGE_MS,
 ) -> CommitResult:
     """Write one batch of decoded messages (inside the caller's transaction).
 
-    ``ward_of``: gateway id → ward, from ``roaming_groups`` (devices roam within a ward)."""
+    ``ward_of``: gateway id → ward, from ``roaming_groups`` (devices roam within a ward).
+    ``max_age_ms``: a reading measured (event time) before ``now - max_age_ms`` (processing
+    time) is a ``too_old`` dead letter; on PostgreSQL one whose day has no partition is a
+    ``no_partition`` dead letter (see the module's docstring)."""
+    reg: Any = conn  # the registry takes the connection as it is (h13d ports its signatures)
     out = CommitResult()
     arrivals = gaps.Arrivals()
     ecg_touched: set[tuple[str, str]] = set()
@@ -433,21 +239,12 @@ def commit_batch(
             dead.append(item)
         elif isinstance(item, DeviceStatusIn):
             s = item.status
-            registry.seen_on_mqtt(conn, s.device_id, gateway_id=item.gateway_id, now=now,
+            registry.seen_on_mqtt(reg, s.device_id, gateway_id=item.gateway_id, now=now,
                                   holder=holder, last_seen=s.last_seen, status=s)
         elif isinstance(item, GatewayStatusIn):
             g = item.status
-            conn.execute(
-                "INSERT INTO gateways (gateway_id, online, version, devices, buffered, evicted, ts,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gateway_id) DO UPDATE"
-                " SET online=excluded.online, version=coalesce(excluded.version, version),"
-                " devices=coalesce(excluded.devices, devices),"
-                " buffered=coalesce(excluded.buffered, buffered),"
-                " evicted=coalesce(excluded.evicted, evicted), ts=coalesce(excluded.ts, ts),"
-                " updated_at=excluded.updated_at",
-                (item.gateway_id, int(g.online), g.version, g.devices, g.buffered, g.evicted,
-                 g.ts, now),
-            )
+            readings_db.upsert_gateway(conn, item.gateway_id, g.online, g.version, g.devices,
+                                       g.buffered, g.evicted, g.ts, now)
     # one registry touch per device of the batch
     touched: dict[str, tuple[str, int, str | None]] = {}
     for item in items:
@@ -464,14 +261,21 @@ def commit_batch(
     assigned: dict[str, tuple[str | None, str | None]] = {}
     for device_id, (gateway_id, seen, code) in touched.items():
         assigned[device_id] = registry.seen_on_mqtt(
-            conn, device_id, gateway_id=gateway_id, now=now, holder=holder, last_seen=seen,
+            reg, device_id, gateway_id=gateway_id, now=now, holder=holder, last_seen=seen,
             user_code=code)
+    window = _Window(now - max_age_ms, readings_db.partitions(conn))
+    pending: list[_Pending] = []
     for item in items:
         if isinstance(item, ReadingsIn):
             dev_code, dev_source = assigned.get(item.device_id, (None, None))
             for r in item.readings:
+                refused = window.refuse(r)
+                if refused is not None:
+                    dead.append(DeadLetter(item.topic, item.payload, refused[0],
+                                           f"reading seq {r.seq}: {refused[1]}", item.received_at))
+                    continue
                 user_code = dev_code if dev_source == "api" else (r.user_code or dev_code)
-                _insert_reading(conn, out, item, r, user_code, late_after_ms)
+                pending.append(_Pending(item, r, user_code))
                 arrivals.add(r.device_id, r.stream or "", item.gateway_id, r.seq)
         elif isinstance(item, EcgChunkIn):
             dev_code, dev_source = assigned.get(item.chunk.device_id, (None, None))
@@ -484,6 +288,7 @@ def commit_batch(
                 out.ecg_discarded += discarded
                 dead.append(DeadLetter(item.topic, item.payload, "ecg_too_large", detail,
                                        item.received_at))
+    _insert_readings(conn, out, pending, late_after_ms)
     for device_id, recording in sorted(ecg_touched):
         done = _assemble(conn, device_id, recording, now)
         if done is not None:
@@ -500,6 +305,29 @@ def commit_batch(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """The event times a commit stores: from ``oldest`` on, on a day with a partition."""
+
+    oldest: int
+    parts: readings_db.Partitions
+
+    def refuse(self, r: Reading) -> tuple[str, str] | None:
+        if r.ts < self.oldest:
+            return "too_old", (f"ts {r.ts} is before the oldest accepted event time {self.oldest}"
+                               " (max_reading_age_days before arrival)")
+        if not self.parts.covers(r.ts):
+            return "no_partition", (f"ts {r.ts}: no readings partition for its UTC day yet"
+                                    " (partition maintenance behind; stored as a dead letter)")
+        return None
+
+
+class _Pending(NamedTuple):
+    item: ReadingsIn
+    reading: Reading
+    user_code: str | None
+
+
 def _device_of(item: Item) -> tuple[str, str] | None:
     """``(device_id, gateway_id)`` of an item about a device."""
     if isinstance(item, ReadingsIn):
@@ -511,12 +339,13 @@ def _device_of(item: Item) -> tuple[str, str] | None:
     return None
 
 
-def _owned(conn: sqlite3.Connection, items: Sequence[Item], dead: list[DeadLetter],
+def _owned(conn: Conn, items: Sequence[Item], dead: list[DeadLetter],
            ward_of: Mapping[str, str], now: int) -> list[Item]:
     """The items whose device belongs to the gateway they came from; the others become
     ``foreign_device`` dead letters. A device belongs to the gateway that first registered it
     (the first in this batch, for a device not registered yet) or to the one the API assigned,
     or it roamed to a gateway of its owner's ward after the owner reported it disconnected."""
+    c: Any = conn  # the registry takes the connection as it is (h13d ports its signatures)
     claims: dict[str, str] = {}
     released: dict[str, bool] = {}  # the owner's newest status in this batch: disconnected?
     kept: list[Item] = []
@@ -524,12 +353,12 @@ def _owned(conn: sqlite3.Connection, items: Sequence[Item], dead: list[DeadLette
         about = _device_of(item)
         if about is not None:
             device_id, gateway_id = about
-            owner = claims.get(device_id) or registry.owner_of(conn, device_id)
+            owner = claims.get(device_id) or registry.owner_of(c, device_id)
             ward = ward_of.get(gateway_id)
             if (owner is not None and owner != gateway_id and ward is not None
                     and ward_of.get(owner) == ward
-                    and released.get(device_id, registry.released_by_owner(conn, device_id))):
-                registry.roam(conn, device_id, owner, gateway_id, ward, now)
+                    and released.get(device_id, registry.released_by_owner(c, device_id))):
+                registry.roam(c, device_id, owner, gateway_id, ward, now)
                 released.pop(device_id, None)
                 owner = gateway_id
             if owner is not None and owner != gateway_id:
@@ -555,143 +384,110 @@ def reading_flags(r: Reading, received_at: int, late_after_ms: int) -> int:
     return FLAG_LATE | (FLAG_CLOCK_SUSPECT if live else 0)
 
 
-def _insert_reading(
-    conn: sqlite3.Connection, out: CommitResult, item: ReadingsIn, r: Reading,
-    user_code: str | None, late_after_ms: int = LATE_AFTER_MS,
-) -> None:
-    stream = r.stream or ""
-    if conn.execute(
-        "SELECT 1 FROM readings WHERE device_id = ? AND stream = ? AND seq = ? LIMIT 1",
-        (r.device_id, stream, r.seq),
-    ).fetchone():
-        out.duplicates += 1
-        return
-    stored = 0
-    flags = reading_flags(r, item.received_at, late_after_ms)
-    for vital, value in r.vitals.present().items():
-        cur = conn.execute(
-            "INSERT OR IGNORE INTO readings (device_id, user_code, gateway_id, vital, value, ts,"
-            " seq, source, replayed, received_at, stream, flags)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (r.device_id, user_code, item.gateway_id, vital, value, r.ts, r.seq, r.source.value,
-             int(r.replayed), item.received_at, stream, flags),
-        )
-        if cur.rowcount:
-            stored += 1
-            out.readings.append(StoredReading(r.device_id, user_code, item.gateway_id, vital,
-                                              value, r.ts, r.seq, r.source.value, r.replayed,
-                                              item.received_at))
-    if not stored:
-        out.duplicates += 1  # a history record already stored under another seq
-    elif flags:
-        out.late[r.device_id] = out.late.get(r.device_id, 0) | flags
-        for name, bit in (("late", FLAG_LATE), ("clock_suspect", FLAG_CLOCK_SUSPECT)):
-            if flags & bit:
-                out.late_counts[name] = out.late_counts.get(name, 0) + 1
+def _insert_readings(conn: Conn, out: CommitResult, pending: Sequence[_Pending],
+                     late_after_ms: int = LATE_AFTER_MS) -> None:
+    """The batch's readings in one batched insert. A reading whose (device, stream, seq) has a
+    stored vital already (before, or earlier in this batch) is a duplicate as a whole; one of
+    which no vital was new (a history record stored under another seq) is one too."""
+    known = readings_db.known_seqs(conn, sorted({(p.reading.device_id, p.reading.stream or "",
+                                                   p.reading.seq) for p in pending}))
+    taken: set[tuple[str, str, int]] = set()
+    rows: list[readings_db.Row] = []
+    owners: list[int] = []  # index into `kept` of each row
+    kept: list[tuple[_Pending, int]] = []
+    for p in pending:
+        r, item = p.reading, p.item
+        key = (r.device_id, r.stream or "", r.seq)
+        if key in known or key in taken:
+            out.duplicates += 1
+            continue
+        taken.add(key)
+        flags = reading_flags(r, item.received_at, late_after_ms)
+        kept.append((p, flags))
+        for vital, value in r.vitals.present().items():
+            rows.append(readings_db.Row(r.device_id, p.user_code, item.gateway_id, vital, value,
+                                        r.ts, r.seq, r.source.value, r.replayed,
+                                        item.received_at, key[1], flags))
+            owners.append(len(kept) - 1)
+    new = readings_db.insert(conn, rows)
+    stored = [0] * len(kept)
+    for row, owner, is_new in zip(rows, owners, new, strict=True):
+        if is_new:
+            stored[owner] += 1
+            out.readings.append(StoredReading(row.device_id, row.user_code, row.gateway_id,
+                                              row.vital, row.value, row.ts, row.seq, row.source,
+                                              row.replayed, row.received_at))
+    for (p, flags), n in zip(kept, stored, strict=True):
+        if not n:
+            out.duplicates += 1  # a history record already stored under another seq
+        elif flags:
+            device_id = p.reading.device_id
+            out.late[device_id] = out.late.get(device_id, 0) | flags
+            for name, bit in (("late", FLAG_LATE), ("clock_suspect", FLAG_CLOCK_SUSPECT)):
+                if flags & bit:
+                    out.late_counts[name] = out.late_counts.get(name, 0) + 1
 
 
 def _insert_chunk(
-    conn: sqlite3.Connection, item: EcgChunkIn, user_code: str | None, limits: EcgLimits, now: int,
+    conn: Conn, item: EcgChunkIn, user_code: str | None, limits: EcgLimits, now: int,
 ) -> bool | tuple[int, str]:
     """``True`` when stored, ``False`` when already stored, ``(discarded, detail)`` when the
     recording exceeds the size cap: its partial chunks are deleted (``discarded`` of them) and
     its later chunks are refused too."""
     c = item.chunk
-    if conn.execute(
-        "SELECT 1 FROM ecg_recordings WHERE device_id = ? AND recording = ?", (c.device_id, c.recording)
-    ).fetchone():
+    state = ecg_db.chunk_state(conn, c.device_id, c.recording, c.seq)
+    if state.assembled:
         return False  # a chunk of a recording already assembled (redelivery)
-    if conn.execute("SELECT 1 FROM ecg_rejected WHERE device_id = ? AND recording = ?",
-                    (c.device_id, c.recording)).fetchone():
+    if state.rejected:
         return 0, f"recording {c.recording!r} was refused as too large; chunk {c.seq} dropped"
-    have, samples = conn.execute(
-        "SELECT count(*), coalesce(sum(length(samples)), 0) / 4 FROM ecg_chunks"
-        " WHERE device_id = ? AND recording = ? AND seq != ?", (c.device_id, c.recording, c.seq),
-    ).fetchone()
+    have = state.chunks
     if c.seq >= limits.max_chunks or have + 1 > limits.max_chunks \
-            or samples + len(c.samples) > limits.max_samples:
-        conn.execute("DELETE FROM ecg_chunks WHERE device_id = ? AND recording = ?",
-                     (c.device_id, c.recording))
-        conn.execute("INSERT OR IGNORE INTO ecg_rejected (device_id, recording, at) VALUES (?, ?, ?)",
-                     (c.device_id, c.recording, now))
-        return int(have), (f"recording {c.recording!r} exceeds {limits.max_chunks} chunks or "
-                           f"{limits.max_samples} samples (chunk {c.seq}); {have} partial chunks "
-                           "discarded")
-    cur = conn.execute(
-        "INSERT OR IGNORE INTO ecg_chunks (device_id, recording, seq, ts, fs, samples, last,"
-        " user_code, gateway_id, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (c.device_id, c.recording, c.seq, c.ts, c.fs,
-         np.asarray(c.samples, dtype="<i4").tobytes(), int(c.last), user_code, item.gateway_id,
-         item.received_at),
-    )
-    return bool(cur.rowcount)
+            or state.samples + len(c.samples) > limits.max_samples:
+        ecg_db.reject(conn, c.device_id, c.recording, now)
+        return have, (f"recording {c.recording!r} exceeds {limits.max_chunks} chunks or "
+                      f"{limits.max_samples} samples (chunk {c.seq}); {have} partial chunks "
+                      "discarded")
+    return ecg_db.insert_chunk(conn, c.device_id, c.recording, c.seq, c.ts, c.fs,
+                               np.asarray(c.samples, dtype="<i4").tobytes(), c.last, user_code,
+                               item.gateway_id, item.received_at)
 
 
-def _assemble(
-    conn: sqlite3.Connection, device_id: str, recording: str, now: int
-) -> CompletedRecording | None:
-    count, top, last_seq = conn.execute(
-        "SELECT count(*), max(seq), max(CASE WHEN last THEN seq END) FROM ecg_chunks"
-        " WHERE device_id = ? AND recording = ?", (device_id, recording),
-    ).fetchone()
-    if last_seq is None or top != last_seq or count != top + 1:
-        return None  # the last chunk or one before it is still missing
-    rows = conn.execute(
-        "SELECT ts, fs, samples, user_code, gateway_id FROM ecg_chunks"
-        " WHERE device_id = ? AND recording = ? ORDER BY seq", (device_id, recording),
-    ).fetchall()
-    blob = b"".join(r[2] for r in rows)
-    user_code = next((r[3] for r in reversed(rows) if r[3]), None)
-    gateway_id = rows[-1][4]
-    cur = conn.execute(
-        "INSERT INTO ecg_recordings (device_id, recording, user_code, gateway_id, ts, fs,"
-        " n_samples, samples, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (device_id, recording, user_code, gateway_id, rows[0][0], rows[0][1], len(blob) // 4,
-         blob, now),
-    )
-    conn.execute("DELETE FROM ecg_chunks WHERE device_id = ? AND recording = ?", (device_id, recording))
-    return CompletedRecording(int(cur.lastrowid or 0), device_id, recording, user_code, gateway_id,
-                              int(rows[0][0]), float(rows[0][1]))
+def _assemble(conn: Conn, device_id: str, recording: str, now: int) -> CompletedRecording | None:
+    done = ecg_db.assemble(conn, device_id, recording, now)
+    if done is None:
+        return None
+    rec_id, user_code, gateway_id, ts, fs = done
+    return CompletedRecording(rec_id, device_id, recording, user_code, gateway_id, ts, fs)
 
 
 # ------------------------------------------------------------------------------------ ECG
 
 
-def recording_signal(conn: sqlite3.Connection, rec_id: int) -> np.ndarray[Any, np.dtype[np.int32]]:
-    row = conn.execute("SELECT samples FROM ecg_recordings WHERE id = ?", (rec_id,)).fetchone()
-    return np.frombuffer(row[0], dtype="<i4").astype(np.int32) if row else np.zeros(0, np.int32)
+def recording_signal(conn: Conn, rec_id: int) -> np.ndarray[Any, np.dtype[np.int32]]:
+    blob = ecg_db.samples_of(conn, rec_id)
+    return np.frombuffer(blob, dtype="<i4").astype(np.int32) if blob else np.zeros(0, np.int32)
 
 
 def save_analysis(
-    conn: sqlite3.Connection, rec: CompletedRecording, analysis: dict[str, Any], *,
+    conn: Conn, rec: CompletedRecording, analysis: dict[str, Any], *,
     quality: str | None, mean_hr: float | None, now: int,
 ) -> StoredReading | None:
     """Store an ECG summary; when ``mean_hr`` is given (good quality) also store it as a
     ``heart_rate`` reading with source ``ecg``. Returns that reading if new."""
-    conn.execute(
-        "UPDATE ecg_recordings SET analysis = ?, quality = ?, mean_hr = ? WHERE id = ?",
-        (json.dumps(analysis, default=_json_default), quality, mean_hr, rec.id),
-    )
+    ecg_db.save_analysis(conn, rec.id, json.dumps(analysis, default=_json_default), quality,
+                         mean_hr)
     if mean_hr is None:
         return None
-    cur = conn.execute(
-        "INSERT OR IGNORE INTO readings (device_id, user_code, gateway_id, vital, value, ts, seq,"
-        " source, replayed, received_at, recording) VALUES (?, ?, ?, 'heart_rate', ?, ?, NULL, ?, 0, ?, ?)",
-        (rec.device_id, rec.user_code, rec.gateway_id, mean_hr, rec.ts, Source.ECG.value, now,
-         rec.recording),
-    )
-    if not cur.rowcount:
+    if not readings_db.insert_ecg_reading(conn, rec.device_id, rec.user_code, rec.gateway_id,
+                                          "heart_rate", mean_hr, rec.ts, Source.ECG.value, now,
+                                          rec.recording):
         return None
     return StoredReading(rec.device_id, rec.user_code, rec.gateway_id, "heart_rate", mean_hr,
                          rec.ts, None, Source.ECG.value, False, now)
 
 
-def unanalysed(conn: sqlite3.Connection, limit: int = 100) -> list[CompletedRecording]:
-    rows = conn.execute(
-        "SELECT id, device_id, recording, user_code, gateway_id, ts, fs FROM ecg_recordings"
-        " WHERE analysis IS NULL ORDER BY id LIMIT ?", (limit,),
-    ).fetchall()
-    return [CompletedRecording(*r) for r in rows]
+def unanalysed(conn: Conn, limit: int = 100) -> list[CompletedRecording]:
+    return [CompletedRecording(*r) for r in ecg_db.unanalysed(conn, limit)]
 
 
 def _json_default(obj: Any) -> Any:
@@ -712,41 +508,30 @@ def _recording_json(row: Sequence[Any], with_samples: bool = False) -> dict[str,
         "analysis": json.loads(analysis) if analysis else None,
     }
     if with_samples:
-        out["samples"] = np.frombuffer(row[11], dtype="<i4").tolist()
+        out["samples"] = np.frombuffer(bytes(row[11]), dtype="<i4").tolist()
     return out
 
 
-_REC_COLS: Final = ("id, device_id, recording, user_code, ts, fs, n_samples, analysis, quality,"
-                    " mean_hr, created_at")
-
-
-def get_recording(conn: sqlite3.Connection, recording: str) -> dict[str, Any] | None:
-    row = conn.execute(
-        f"SELECT {_REC_COLS}, samples FROM ecg_recordings WHERE recording = ? ORDER BY id LIMIT 1",
-        (recording,),
-    ).fetchone()
+def get_recording(conn: Conn, recording: str) -> dict[str, Any] | None:
+    row = ecg_db.by_name(conn, recording)
     return _recording_json(row, with_samples=True) if row else None
 
 
 def list_recordings(
-    conn: sqlite3.Connection, user_code: str, page: int, size: int
+    conn: Conn, user_code: str, page: int, size: int
 ) -> tuple[list[dict[str, Any]], int]:
-    total = conn.execute("SELECT count(*) FROM ecg_recordings WHERE user_code = ?", (user_code,)).fetchone()[0]
-    rows = conn.execute(
-        f"SELECT {_REC_COLS} FROM ecg_recordings WHERE user_code = ? ORDER BY ts DESC, id DESC"
-        " LIMIT ? OFFSET ?", (user_code, size, (page - 1) * size),
-    ).fetchall()
-    return [_recording_json(r) for r in rows], int(total)
+    rows, total = ecg_db.of_patient(conn, user_code, page, size)
+    return [_recording_json(r) for r in rows], total
 
 
 # ------------------------------------------------------------------------------------ reads
 
 
 def _record(row: Sequence[Any]) -> dict[str, Any]:
-    rid, device_id, user_code, vital, value, dia, ts, source, recording = row
+    rid, device_id, user_code, vital, value, dia, ts, source, recording, quality = row
     if vital == "ecg":
         rtype: str = ECG_TYPE
-        val: Any = {"recording": recording, "mean_hr": value, "quality": dia}
+        val: Any = {"recording": recording, "mean_hr": value, "quality": quality}
         unit = None
     elif vital == "systolic_bp":
         rtype, val, unit = "BLOOD_PRESSURE", {"systole": value, "diastole": dia}, "mmHg"
@@ -762,58 +547,25 @@ def _record(row: Sequence[Any]) -> dict[str, Any]:
 
 
 def records(
-    conn: sqlite3.Connection, user_code: str, types: Iterable[str], start: int, end: int,
+    conn: Conn, user_code: str, types: Iterable[str], start: int, end: int,
     page: int, size: int, newest_first: bool = True,
 ) -> tuple[list[dict[str, Any]], int]:
     """A patient's records of ``types`` with ``start <= created_at < end``, paged."""
     types = list(types)
     vitals = [RECORD_TYPES[t][0][0] for t in types if t in RECORD_TYPES]
-    parts: list[str] = []
-    args: list[Any] = []
-    if vitals:
-        marks = ",".join("?" * len(vitals))
-        parts.append(
-            "SELECT r.id, r.device_id, r.user_code, r.vital, r.value, d.value, r.ts, r.source,"
-            " r.recording FROM readings r LEFT JOIN readings d ON r.vital = 'systolic_bp'"
-            " AND d.device_id = r.device_id AND d.stream = r.stream AND d.seq = r.seq"
-            " AND d.vital = 'diastolic_bp'"
-            f" WHERE r.user_code = ? AND r.vital IN ({marks}) AND r.ts >= ? AND r.ts < ?")
-        args += [user_code, *vitals, start, end]
-    if ECG_TYPE in types:
-        parts.append(
-            "SELECT id, device_id, user_code, 'ecg', mean_hr, quality, ts, 'ecg', recording"
-            " FROM ecg_recordings WHERE user_code = ? AND ts >= ? AND ts < ?")
-        args += [user_code, start, end]
-    if not parts:
-        return [], 0
-    union = " UNION ALL ".join(parts)
-    total = conn.execute(f"SELECT count(*) FROM ({union})", args).fetchone()[0]
-    order = "DESC" if newest_first else "ASC"
-    rows = conn.execute(
-        f"SELECT * FROM ({union}) ORDER BY 7 {order}, 1 {order} LIMIT ? OFFSET ?",
-        [*args, size, (page - 1) * size],
-    ).fetchall()
-    return [_record(r) for r in rows], int(total)
+    rows, total = readings_db.record_rows(conn, user_code, vitals, start, end, ECG_TYPE in types,
+                                          page, size, newest_first)
+    return [_record(r) for r in rows], total
 
 
-def latest(conn: sqlite3.Connection, user_code: str) -> dict[str, Any]:
+def latest(conn: Conn, user_code: str) -> dict[str, Any]:
     """Each type's latest record of a patient (``None`` when there is none)."""
     out: dict[str, Any] = {}
     for rtype, (vitals, _) in RECORD_TYPES.items():
-        row = conn.execute(
-            "SELECT r.id, r.device_id, r.user_code, r.vital, r.value, d.value, r.ts, r.source,"
-            " r.recording FROM readings r LEFT JOIN readings d ON r.vital = 'systolic_bp'"
-            " AND d.device_id = r.device_id AND d.stream = r.stream AND d.seq = r.seq"
-            " AND d.vital = 'diastolic_bp'"
-            " WHERE r.user_code = ? AND r.vital = ? ORDER BY r.ts DESC, r.id DESC LIMIT 1",
-            (user_code, vitals[0]),
-        ).fetchone()
+        row = readings_db.latest_row(conn, user_code, vitals[0])
         out[rtype] = _record(row) if row else None
-    row = conn.execute(
-        f"SELECT {_REC_COLS} FROM ecg_recordings WHERE user_code = ? ORDER BY ts DESC, id DESC LIMIT 1",
-        (user_code,),
-    ).fetchone()
-    out[ECG_TYPE] = _recording_json(row) if row else None
+    rec = ecg_db.latest_of(conn, user_code)
+    out[ECG_TYPE] = _recording_json(rec) if rec else None
     return out
 
 
@@ -832,7 +584,7 @@ class WarmItems:
     truncated: bool = False
 
 
-def warm_items(conn: sqlite3.Connection, since_ms: int, window_ms: int,
+def warm_items(conn: Conn, since_ms: int, window_ms: int,
                max_rows: int = WARM_MAX_ROWS) -> WarmItems:
     """Each live patient's newest value per vital, on the patient's own event clock.
 
@@ -841,12 +593,7 @@ def warm_items(conn: sqlite3.Connection, since_ms: int, window_ms: int,
     hours ago, received just now) counts. Kept: the newest value of each vital measured at
     most ``window_ms`` before that patient's newest reading (event time, as the scorer's
     freshness). At most ``max_rows`` rows (``truncated`` says when more were there)."""
-    rows = conn.execute(
-        "SELECT user_code, vital, value, max(ts), received_at FROM readings"
-        " WHERE user_code IN (SELECT DISTINCT user_code FROM readings"
-        "  WHERE max(ts, received_at) >= ? AND user_code IS NOT NULL)"
-        " GROUP BY user_code, vital LIMIT ?", (since_ms, max_rows + 1),
-    ).fetchall()
+    rows = readings_db.warm_rows(conn, since_ms, max_rows + 1)
     truncated = len(rows) > max_rows
     rows = rows[:max_rows]
     newest: dict[str, int] = {}
@@ -858,31 +605,28 @@ def warm_items(conn: sqlite3.Connection, since_ms: int, window_ms: int,
 
 
 def dead_letters(
-    conn: sqlite3.Connection, page: int, size: int, reason: str | None = None, *,
+    conn: Conn, page: int, size: int, reason: str | None = None, *,
     with_payload: bool = True,
 ) -> tuple[list[dict[str, Any]], int]:
-    """The dead letters, newest first (see :func:`ingest.dead_letters.list_dead_letters`)."""
+    """The dead letters, newest first (see :func:`ingest.db.dead_letters.list_dead_letters`)."""
     return dl.list_dead_letters(conn, page, size, reason, with_payload=with_payload)
 
 
-def write_probe(conn: sqlite3.Connection, now: int) -> None:
-    """A small real write (inside the caller's transaction): fails as a commit would on a full
-    or read-only store. It rewrites a row with a page-sized blob, so the commit needs new
-    pages (WAL frames), as a batch of readings does."""
-    conn.execute("INSERT OR REPLACE INTO store_probe (id, at, pad) VALUES (1, ?, zeroblob(4096))",
-                 (now,))
+def write_probe(conn: Conn, now: int) -> None:
+    """A small real write (see :func:`ingest.db.readings.write_probe`)."""
+    readings_db.write_probe(conn, now)
 
 
-def count_readings(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
+def count_readings(conn: Conn) -> int:
+    return readings_db.count(conn)
 
 
 # ---------------------------------------------------------------------------------- retention
 
-#: (table, age expression) pairs retention deletes from. Rows measured long before they arrived
-#: (a clock behind, a long-buffered history) are kept by the LATER of measurement and arrival
-#: time, so nothing accepted is deleted before it was kept ``retention_days`` (expression
-#: indexes ``readings_kept`` / ``ecg_recordings_kept`` serve the exact expression).
+#: what retention deletes, and by which time. Readings and recordings measured long before they
+#: arrived (a clock behind, a long-buffered history) are kept by the LATER of measurement and
+#: arrival time, ``max(ts, received_at)``, so nothing accepted is deleted before it was kept
+#: ``retention_days``; partial ECG chunks, dead letters and refusals by arrival (processing) time.
 RETAINED: Final = (
     ("readings", "max(ts, received_at)"),
     ("ecg_recordings", "max(ts, created_at)"),
@@ -892,19 +636,25 @@ RETAINED: Final = (
 )
 
 
-def retention_step(conn: sqlite3.Connection, cutoff_ms: int, batch: int) -> dict[str, int]:
-    """Delete at most ``batch`` rows per table whose age expression is before ``cutoff_ms``
-    (both processing time and, for readings and recordings, event time); one short transaction."""
+def retention_step(conn: Conn, cutoff_ms: int, batch: int) -> dict[str, int]:
+    """One short transaction of retention: on PostgreSQL first DETACH + DROP the readings
+    partitions wholly past the cutoff (by both times, see
+    :func:`ingest.db.readings.drop_expired_partitions`; counted as ``readings`` rows and
+    ``readings_partitions``), then delete at most ``batch`` rows per table past it."""
     deleted: dict[str, int] = {}
-    for table, column in RETAINED:
-        key = "rowid"
-        cur = conn.execute(
-            f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {column} < ?"
-            f" LIMIT ?)" if table != "ecg_chunks" else
-            f"DELETE FROM {table} WHERE (device_id, recording, seq) IN (SELECT device_id,"
-            f" recording, seq FROM {table} WHERE {column} < ? LIMIT ?)",
-            (cutoff_ms, batch),
-        )
-        if cur.rowcount:
-            deleted[table] = cur.rowcount
+    dropped = readings_db.drop_expired_partitions(conn, cutoff_ms)
+    if dropped:
+        deleted["readings_partitions"] = len(dropped)
+        if sum(dropped.values()):
+            deleted["readings"] = sum(dropped.values())
+    n = readings_db.expire(conn, cutoff_ms, batch)
+    if n:
+        deleted["readings"] = deleted.get("readings", 0) + n
+    ids = readings_db.trim_identities(conn, cutoff_ms, batch)
+    if ids:
+        deleted["reading_ids"] = ids
+    deleted.update(ecg_db.expire(conn, cutoff_ms, batch))
+    n = dl.expire(conn, cutoff_ms, batch)
+    if n:
+        deleted["dead_letters"] = n
     return deleted

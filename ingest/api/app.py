@@ -24,10 +24,10 @@ from ingest.api.auth import auth_middleware
 from ingest.api.envelope import ApiError, fail, ok
 from ingest.api.openapi import build, envelope_response, strict
 from ingest.api.ratelimit import LIMITER_KEY, RateLimiter, RatePolicy, rate_limit_middleware
+from ingest.db import Database
 from ingest.keys import KeyChecker
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
-from ingest.store import Database
 
 log = logging.getLogger(__name__)
 

@@ -13,15 +13,15 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable  # noqa: F401
     from typing import Any  # noqa: F401
 
+    from ingest.db import Database  # noqa: F401
     from ingest.ews_engine import EwsEngine  # noqa: F401
     from ingest.keys import KeyChecker  # noqa: F401
     from ingest.metrics import IngestMetrics  # noqa: F401
     from ingest.settings import IngestSettings  # noqa: F401
-    from ingest.store import Database  # noqa: F401
 
 #: the EWS engine of the running service (read by ingest.api.ews_routes).
 ENGINE_KEY = web.AppKey["EwsEngine"]("ews_engine")
-#: the SQLite store (readings, devices, keys...).
+#: the readings store (readings, devices, keys...; SQLite or PostgreSQL).
 DB_KEY = web.AppKey["Database"]("db")
 SETTINGS_KEY = web.AppKey["IngestSettings"]("settings")
 METRICS_KEY = web.AppKey["IngestMetrics"]("metrics")

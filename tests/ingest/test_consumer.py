@@ -1,4 +1,4 @@
-"""MQTT → store → REST on real parts: Mosquitto, SQLite, HTTP on loopback."""
+"""MQTT → store → REST on real parts: Mosquitto, SQLite and PostgreSQL, HTTP on loopback."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ DEV = "d061aed45894"
 GW = "ward3-bed12"
 T0 = 1_700_000_000_000
 TOPICS = Topics()
+
+pytestmark = pytest.mark.usefixtures("ingest_engine")  # on SQLite and on PostgreSQL
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import aiohttp
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from ingest.db import Database, Location, schema
 from ingest.service import RunningService, start_service
 from ingest.settings import IngestSettings
 from vitalgate.config import load_settings
@@ -20,12 +22,19 @@ from vitalgate.contract import QOS, Reading, Topics, Vitals
 
 TEST_KEY = "test-key-0123456789abcdef"
 
+#: the store's engine for :func:`settings_for`: None = SQLite in the data dir; a PostgreSQL URL
+#: when a test runs on PostgreSQL (set per test by the ``ingest_engine`` fixture of
+#: tests/ingest/conftest.py, from the parametrised ``database_url`` fixture).
+ENGINE: ContextVar[str | None] = ContextVar("ingest_engine", default=None)
+
 
 def settings_for(data_dir: Path, mqtt_url: str, **overrides: Any) -> IngestSettings:
+    """Test settings; the store is the current test's engine (:data:`ENGINE`) unless
+    ``database_url`` is given."""
     values: dict[str, Any] = {
         "data_dir": data_dir, "mqtt_url": mqtt_url, "http_host": "127.0.0.1", "http_port": 0,
         "api_key": TEST_KEY, "mqtt_client_id": f"ingest-{data_dir.name}",
-        "sqlite_synchronous": "NORMAL",
+        "sqlite_synchronous": "NORMAL", "database_url": ENGINE.get(),
     }
     values.update(overrides)
     return load_settings(IngestSettings, None, **values)
@@ -113,3 +122,15 @@ async def eventually(check: Callable[[], Any], *, timeout: float = 15.0, interva
 def topics(prefix: str | None = None) -> Topics:
     return Topics(prefix) if prefix else Topics()
 
+
+
+def store_location(data_dir: Path) -> Location:
+    """Where a service made by :func:`settings_for` keeps its readings store (this test's
+    engine)."""
+    return Location.parse(ENGINE.get(), default_path=data_dir / "ingest.sqlite3")
+
+
+def open_store(data_dir: Path, **kwargs: Any) -> Database:
+    """The readings store a service made by :func:`settings_for` uses (this test's engine),
+    opened beside it (tests read what it committed)."""
+    return schema.open_store(store_location(data_dir), synchronous="NORMAL", **kwargs)

@@ -12,66 +12,111 @@ Also here: ``deliveries``, the redelivery counts of the crash-loop detector (a m
 broker delivers again and again without it ever being committed), committed before the
 message is processed so that a crash while processing it still leaves the count.
 
-Functions take an open ``sqlite3.Connection`` and run inside the caller's transaction.
+The table's size (``dead_letter_stats``: rows and stored bytes) is kept by the functions that
+insert and delete (:func:`insert`, :func:`enforce`, :func:`expire`), in the same transaction,
+on both engines (no trigger: SQLite and PostgreSQL triggers differ), and recounted at start.
+
+Functions take a :class:`ingest.db.Conn` and run inside the caller's transaction.
 """
 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ingest.db import migrate
+from ingest.db.engine import Conn
+
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS dead_letters (
-  id INTEGER PRIMARY KEY,
+  id {id},
   topic TEXT NOT NULL,
-  payload BLOB NOT NULL,             -- at most payload_bytes of the payload (its prefix)
+  payload {blob} NOT NULL,           -- at most payload_bytes of the payload (its prefix)
   reason TEXT NOT NULL,
   detail TEXT NOT NULL,
-  received_at INTEGER NOT NULL
+  received_at BIGINT NOT NULL,
+  size BIGINT,                       -- the full payload's size in bytes
+  sha256 TEXT,                       -- hex SHA-256 of the full payload
+  repeats BIGINT NOT NULL DEFAULT 0, -- the same letter seen again, not stored again
+  last_at BIGINT                     -- when it was last seen
 );
 CREATE INDEX IF NOT EXISTS dead_letters_received ON dead_letters (received_at);
 
 CREATE TABLE IF NOT EXISTS dead_letter_stats (
-  id INTEGER PRIMARY KEY CHECK (id = 1),
-  rows INTEGER NOT NULL,
-  bytes INTEGER NOT NULL,            -- stored bytes: payload prefix + topic + detail
-  evicted INTEGER NOT NULL
+  id BIGINT PRIMARY KEY CHECK (id = 1),
+  rows BIGINT NOT NULL,
+  bytes BIGINT NOT NULL,             -- stored bytes: payload prefix + topic + detail
+  evicted BIGINT NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS deliveries (
   topic TEXT NOT NULL,
   sha256 TEXT NOT NULL,
-  attempts INTEGER NOT NULL,
-  first_at INTEGER NOT NULL,
-  last_at INTEGER NOT NULL,
+  attempts BIGINT NOT NULL,
+  first_at BIGINT NOT NULL,
+  last_at BIGINT NOT NULL,
   PRIMARY KEY (topic, sha256)
-) WITHOUT ROWID;
-"""
-
-#: columns added to a dead_letters table created before the bounds (added by :func:`migrate`).
-_ADDED: Final = (
-    ("size", "INTEGER"),               # the full payload's size in bytes
-    ("sha256", "TEXT"),                # hex SHA-256 of the full payload
-    ("repeats", "INTEGER NOT NULL DEFAULT 0"),  # the same letter seen again, not stored again
-    ("last_at", "INTEGER"),            # when it was last seen
-)
-_STORED_BYTES: Final = "(length(CAST({r}.payload AS BLOB)) + length(CAST({r}.topic AS BLOB))" \
-                       " + length(CAST({r}.detail AS BLOB)))"
-_AFTER_SCHEMA: Final = f"""
+){without_rowid};
 CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_identity
   ON dead_letters (sha256, topic, reason, detail) WHERE sha256 IS NOT NULL;
-CREATE TRIGGER IF NOT EXISTS dead_letters_counted_in AFTER INSERT ON dead_letters BEGIN
-  UPDATE dead_letter_stats SET rows = rows + 1, bytes = bytes + {_STORED_BYTES.format(r="NEW")}
-  WHERE id = 1;
-END;
-CREATE TRIGGER IF NOT EXISTS dead_letters_counted_out AFTER DELETE ON dead_letters BEGIN
-  UPDATE dead_letter_stats SET rows = rows - 1, bytes = bytes - {_STORED_BYTES.format(r="OLD")}
-  WHERE id = 1;
-END;
 """
+
+#: columns added to a dead_letters table created before the bounds (migration 1).
+_ADDED: Final = (
+    ("size", "BIGINT"),
+    ("sha256", "TEXT"),
+    ("repeats", "BIGINT NOT NULL DEFAULT 0"),
+    ("last_at", "BIGINT"),
+)
+
+
+def _stored_bytes(conn: Conn, r: str) -> str:
+    """SQL: the bytes a row costs (payload prefix + topic + detail, as UTF-8)."""
+    if conn.is_postgres:
+        return f"(octet_length({r}.payload) + octet_length({r}.topic) + octet_length({r}.detail))"
+    return (f"(length(CAST({r}.payload AS BLOB)) + length(CAST({r}.topic AS BLOB))"
+            f" + length(CAST({r}.detail AS BLOB)))")
+
+
+def _v1_bounded(conn: Conn) -> None:
+    """v0 → v1: the bounded table (size, digest, repeats, last_at); its size is counted by
+    this module, not by the SQLite triggers the previous release made (dropped)."""
+    have = conn.columns("dead_letters")
+    if not have:
+        return  # a new database: SCHEMA creates everything
+    for name, decl in _ADDED:
+        if name not in have:
+            conn.execute(f"ALTER TABLE dead_letters ADD COLUMN {name} {decl}")
+    conn.execute("UPDATE dead_letters SET size = length(CAST(payload AS BLOB)) WHERE size IS NULL")
+    if not conn.is_postgres:
+        conn.execute("DROP TRIGGER IF EXISTS dead_letters_counted_in")
+        conn.execute("DROP TRIGGER IF EXISTS dead_letters_counted_out")
+
+
+MIGRATIONS: Final = (migrate.Migration(1, "bounded dead letters, counted without triggers",
+                                       _v1_bounded),)
+
+
+def _legacy(conn: Conn) -> int:
+    """A SQLite store of a release before ``schema_versions``: version 0 when it has the table
+    (the step is idempotent: it adds only what is missing)."""
+    return 0 if conn.table_exists("dead_letters") else MIGRATIONS[-1].version
+
+
+def setup(conn: Conn, now: int = 0) -> None:
+    """The component's migrations and schema, then a recount of its size (exact afterwards:
+    every insert and delete of this module counts itself)."""
+    migrate.apply(conn, "dead_letters", schema=SCHEMA, migrations=MIGRATIONS, now=now,
+                  legacy=_legacy)
+    conn.execute(
+        "INSERT INTO dead_letter_stats (id, rows, bytes, evicted) SELECT 1, count(*),"
+        f" coalesce(sum({_stored_bytes(conn, 'dead_letters')}), 0),"
+        " coalesce((SELECT evicted FROM dead_letter_stats WHERE id = 1), 0) FROM dead_letters"
+        " WHERE true ON CONFLICT (id) DO UPDATE SET rows = excluded.rows, bytes = excluded.bytes")
+
+
 #: the longest detail kept (details name the field and the rule, never the payload).
 MAX_DETAIL_CHARS: Final = 2000
 
@@ -104,30 +149,11 @@ class Stats:
     evicted: int
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Bring an existing table up to date (new columns, index, triggers) and recount it."""
-    have = {row[1] for row in conn.execute("PRAGMA table_info(dead_letters)")}
-    for name, decl in _ADDED:
-        if name not in have:
-            conn.execute(f"ALTER TABLE dead_letters ADD COLUMN {name} {decl}")
-    conn.execute("UPDATE dead_letters SET size = length(CAST(payload AS BLOB)) WHERE size IS NULL")
-    # made again at every start, so that a changed trigger replaces the old one
-    conn.execute("DROP TRIGGER IF EXISTS dead_letters_counted_in")
-    conn.execute("DROP TRIGGER IF EXISTS dead_letters_counted_out")
-    conn.executescript(_AFTER_SCHEMA)
-    # recount once at start (the triggers keep it exact afterwards, retention deletes included)
-    conn.execute(
-        "INSERT INTO dead_letter_stats (id, rows, bytes, evicted) SELECT 1, count(*),"
-        f" coalesce(sum({_STORED_BYTES.format(r='dead_letters')}), 0),"
-        " coalesce((SELECT evicted FROM dead_letter_stats WHERE id = 1), 0) FROM dead_letters"
-        " WHERE true ON CONFLICT (id) DO UPDATE SET rows = excluded.rows, bytes = excluded.bytes")
-
-
 def digest(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def insert(conn: sqlite3.Connection, letter: DeadLetter, limits: Limits) -> bool:
+def insert(conn: Conn, letter: DeadLetter, limits: Limits) -> bool:
     """Store ``letter`` (its payload capped); ``False`` when the same letter is already
     kept, whose ``repeats`` is then incremented instead. Call :func:`enforce` afterwards."""
     sha = digest(letter.payload)
@@ -139,20 +165,43 @@ def insert(conn: sqlite3.Connection, letter: DeadLetter, limits: Limits) -> bool
         conn.execute("UPDATE dead_letters SET repeats = repeats + 1, last_at = ? WHERE id = ?",
                      (letter.received_at, row[0]))
         return False
-    conn.execute(
+    row = conn.execute(
         "INSERT INTO dead_letters (topic, payload, reason, detail, received_at, size, sha256,"
-        " repeats, last_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+        f" repeats, last_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?) RETURNING {_stored_bytes(conn, 'dead_letters')}",
         (letter.topic, letter.payload[: limits.payload_bytes], letter.reason, detail,
-         letter.received_at, len(letter.payload), sha, letter.received_at))
+         letter.received_at, len(letter.payload), sha, letter.received_at)).fetchone()
+    _count(conn, 1, int(row[0]))
     return True
 
 
-def stats(conn: sqlite3.Connection) -> Stats:
+def _count(conn: Conn, rows: int, size: int, evicted: int = 0) -> None:
+    conn.execute("UPDATE dead_letter_stats SET rows = rows + ?, bytes = bytes + ?,"
+                 " evicted = evicted + ? WHERE id = 1", (rows, size, evicted))
+
+
+def _delete(conn: Conn, where: str, params: tuple[Any, ...], *, evicted: bool) -> int:
+    """Delete the rows ``where`` selects, counting them out; returns how many."""
+    rows = conn.execute(f"DELETE FROM dead_letters WHERE {where}"
+                        f" RETURNING {_stored_bytes(conn, 'dead_letters')}", params).fetchall()
+    if rows:
+        n = len(rows)
+        _count(conn, -n, -sum(int(r[0]) for r in rows), n if evicted else 0)
+    return len(rows)
+
+
+def expire(conn: Conn, cutoff_ms: int, batch: int) -> int:
+    """Retention: delete at most ``batch`` letters received before ``cutoff_ms`` (processing
+    time), oldest first; returns how many."""
+    return _delete(conn, "id IN (SELECT id FROM dead_letters WHERE received_at < ? ORDER BY id"
+                   " LIMIT ?)", (cutoff_ms, batch), evicted=False)
+
+
+def stats(conn: Conn) -> Stats:
     row = conn.execute("SELECT rows, bytes, evicted FROM dead_letter_stats WHERE id = 1").fetchone()
     return Stats(*row) if row else Stats(0, 0, 0)
 
 
-def enforce(conn: sqlite3.Connection, limits: Limits) -> int:
+def enforce(conn: Conn, limits: Limits) -> int:
     """Evict the oldest rows until both bounds hold; returns how many were evicted (counted
     in ``dead_letter_stats.evicted`` too)."""
     s = stats(conn)
@@ -162,20 +211,17 @@ def enforce(conn: sqlite3.Connection, limits: Limits) -> int:
     # the oldest rows, just enough of them (the cursor stops reading where the loop stops)
     cutoff, n, freed = None, 0, 0
     for row_id, size in conn.execute(
-            f"SELECT id, {_STORED_BYTES.format(r='dead_letters')} FROM dead_letters ORDER BY id"):
+            f"SELECT id, {_stored_bytes(conn, 'dead_letters')} FROM dead_letters ORDER BY id"):
         if n >= excess_rows and freed >= excess_bytes:
             break
         cutoff, n, freed = row_id, n + 1, freed + int(size)
-    evicted = 0
-    if cutoff is not None:
-        evicted = conn.execute("DELETE FROM dead_letters WHERE id <= ?", (cutoff,)).rowcount
-    if evicted:
-        conn.execute("UPDATE dead_letter_stats SET evicted = evicted + ? WHERE id = 1", (evicted,))
-    return evicted
+    if cutoff is None:
+        return 0
+    return _delete(conn, "id <= ?", (cutoff,), evicted=True)
 
 
 def list_dead_letters(
-    conn: sqlite3.Connection, page: int, size: int, reason: str | None = None, *,
+    conn: Conn, page: int, size: int, reason: str | None = None, *,
     with_payload: bool = True,
 ) -> tuple[list[dict[str, Any]], int]:
     """Newest first. ``with_payload=False`` omits the payload prefix (which may carry patient
@@ -205,7 +251,7 @@ def list_dead_letters(
 
 
 def record_deliveries(
-    conn: sqlite3.Connection, keys: Iterable[tuple[str, str]], now: int
+    conn: Conn, keys: Iterable[tuple[str, str]], now: int
 ) -> dict[tuple[str, str], int]:
     """Count one more delivery of each ``(topic, sha256)``; returns the counts."""
     out: dict[tuple[str, str], int] = {}
@@ -219,11 +265,11 @@ def record_deliveries(
     return out
 
 
-def forget_deliveries(conn: sqlite3.Connection, keys: Iterable[tuple[str, str]]) -> None:
+def forget_deliveries(conn: Conn, keys: Iterable[tuple[str, str]]) -> None:
     """The messages are committed: they are no longer suspects."""
     conn.executemany("DELETE FROM deliveries WHERE topic = ? AND sha256 = ?", list(keys))
 
 
-def prune_deliveries(conn: sqlite3.Connection, older_than: int) -> int:
+def prune_deliveries(conn: Conn, older_than: int) -> int:
     """Drop counts of messages not seen again since ``older_than`` (retention)."""
     return conn.execute("DELETE FROM deliveries WHERE last_at < ?", (older_than,)).rowcount

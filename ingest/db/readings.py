@@ -1,0 +1,478 @@
+"""Readings (one row per vital), gateways' statuses and the write probe, on both engines.
+
+Identities that make QoS 1 redeliveries harmless, on either engine and across instances:
+
+* ``(device_id, stream, seq, vital)``: a contract reading is stored once however often it
+  arrives (``stream`` ``''`` when a reading carries none: one legacy stream per device);
+* ``(device_id, ts, vital)`` for ``source = history``: a history record synced twice (under
+  two seqs) is stored once;
+* ``(device_id, recording, vital)`` for readings derived from an ECG recording.
+
+SQLite: one ``readings`` table with a unique index per identity.
+
+PostgreSQL: ``readings`` is partitioned by event time (``PARTITION BY RANGE (ts)``, one
+partition per UTC day, ``readings_pYYYYMMDD``, no DEFAULT partition; see :func:`ensure_partitions`).
+A unique index of a partitioned table must contain the partition key, so:
+
+* the stream identity lives in ``reading_ids`` (unpartitioned, primary key
+  ``(device_id, stream, seq, vital)``), filled in the same transaction as the readings: the
+  ``INSERT … ON CONFLICT DO NOTHING RETURNING`` into it decides which rows are new, whatever
+  their ``ts`` (a redelivery with a different ts, to any instance, is absorbed there; two
+  instances inserting the same identity at once are serialised by the index: the second
+  waits for the first's commit and then conflicts). Retention trims it with the readings;
+* the history identity contains ``ts`` already: a partial unique index on the partitioned
+  table (``(device_id, ts, vital) WHERE source = 'history'``);
+* the ECG identity: a unique index on ``(device_id, recording, vital, ts)``. It is equivalent
+  to ``(device_id, recording, vital)`` because an ECG-derived reading's ts is its recording's
+  (``ecg_recordings.ts``, one row per ``(device_id, recording)``): every insert of one identity
+  carries the same ts, so it lands in the same partition and meets the same index entry.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple
+
+from ingest.db import migrate
+from ingest.db.engine import Conn
+
+DAY_MS: Final = 86_400_000
+
+SQLITE_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS readings (
+  id INTEGER PRIMARY KEY,
+  device_id TEXT NOT NULL,
+  user_code TEXT,
+  gateway_id TEXT,
+  vital TEXT NOT NULL,
+  value DOUBLE PRECISION NOT NULL,
+  ts BIGINT NOT NULL,
+  seq BIGINT,                        -- NULL for readings derived from an ECG recording
+  source TEXT NOT NULL,
+  replayed BIGINT NOT NULL DEFAULT 0,
+  received_at BIGINT NOT NULL,
+  recording TEXT,                    -- the ECG recording a derived reading comes from
+  stream TEXT NOT NULL DEFAULT '',   -- the buffer's stream ('' = none given: legacy stream)
+  flags BIGINT NOT NULL DEFAULT 0    -- FLAG_LATE | FLAG_CLOCK_SUSPECT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS readings_stream_identity
+  ON readings (device_id, stream, seq, vital);
+CREATE UNIQUE INDEX IF NOT EXISTS readings_history ON readings (device_id, ts, vital)
+  WHERE source = 'history';
+CREATE UNIQUE INDEX IF NOT EXISTS readings_ecg ON readings (device_id, recording, vital)
+  WHERE recording IS NOT NULL;
+CREATE INDEX IF NOT EXISTS readings_patient ON readings (user_code, vital, ts);
+CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);
+CREATE INDEX IF NOT EXISTS readings_kept ON readings (max(ts, received_at));
+"""
+
+POSTGRES_SCHEMA: Final = """
+CREATE SEQUENCE IF NOT EXISTS readings_id_seq AS BIGINT;
+CREATE TABLE IF NOT EXISTS readings (
+  id BIGINT NOT NULL DEFAULT nextval('readings_id_seq'),
+  device_id TEXT NOT NULL,
+  user_code TEXT,
+  gateway_id TEXT,
+  vital TEXT NOT NULL,
+  value DOUBLE PRECISION NOT NULL,
+  ts BIGINT NOT NULL,
+  seq BIGINT,
+  source TEXT NOT NULL,
+  replayed BIGINT NOT NULL DEFAULT 0,
+  received_at BIGINT NOT NULL,
+  recording TEXT,
+  stream TEXT NOT NULL DEFAULT '',
+  flags BIGINT NOT NULL DEFAULT 0,
+  PRIMARY KEY (id, ts)
+) PARTITION BY RANGE (ts);
+ALTER SEQUENCE readings_id_seq OWNED BY readings.id;
+CREATE UNIQUE INDEX IF NOT EXISTS readings_history ON readings (device_id, ts, vital)
+  WHERE source = 'history';
+CREATE UNIQUE INDEX IF NOT EXISTS readings_ecg ON readings (device_id, recording, vital, ts)
+  WHERE recording IS NOT NULL;
+CREATE INDEX IF NOT EXISTS readings_stream ON readings (device_id, stream, seq);
+CREATE INDEX IF NOT EXISTS readings_patient ON readings (user_code, vital, ts);
+CREATE INDEX IF NOT EXISTS readings_kept ON readings (GREATEST(ts, received_at));
+
+-- the stream identity across partitions (see the module's docstring)
+CREATE TABLE IF NOT EXISTS reading_ids (
+  device_id TEXT NOT NULL,
+  stream TEXT NOT NULL,
+  seq BIGINT NOT NULL,
+  vital TEXT NOT NULL,
+  kept_at BIGINT NOT NULL,           -- GREATEST(ts, received_at) of its reading (retention)
+  PRIMARY KEY (device_id, stream, seq, vital)
+);
+CREATE INDEX IF NOT EXISTS reading_ids_kept ON reading_ids (kept_at);
+"""
+
+#: both engines: gateways' statuses and the health check's write probe.
+COMMON_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS store_probe (   -- one row, rewritten by the health check's write probe
+  id BIGINT PRIMARY KEY CHECK (id = 1),
+  at BIGINT NOT NULL,
+  pad {blob}                         -- a fresh page's worth, so a full disk fails the probe too
+);
+
+CREATE TABLE IF NOT EXISTS gateways (
+  gateway_id TEXT PRIMARY KEY,
+  online BIGINT NOT NULL,
+  version TEXT,
+  devices BIGINT,
+  buffered BIGINT,
+  evicted BIGINT,
+  ts BIGINT,
+  updated_at BIGINT NOT NULL
+);
+"""
+
+
+def _v1_stream_identity(conn: Conn) -> None:
+    """v0 → v1: readings gain ``stream`` ('' for every existing row: the legacy stream) and
+    ``flags``; the identity becomes (device_id, stream, seq, vital)."""
+    cols = conn.columns("readings")
+    if not cols or conn.is_postgres:
+        return  # a new database: the schema creates everything
+    if "stream" not in cols:
+        conn.execute("ALTER TABLE readings ADD COLUMN stream TEXT NOT NULL DEFAULT ''")
+    if "flags" not in cols:
+        conn.execute("ALTER TABLE readings ADD COLUMN flags INTEGER NOT NULL DEFAULT 0")
+    conn.execute("DROP INDEX IF EXISTS readings_identity")
+
+
+MIGRATIONS: Final = (migrate.Migration(1, "stream identity (device_id, stream, seq, vital), flags",
+                                       _v1_stream_identity),)
+
+
+def _legacy(conn: Conn) -> int:
+    """A SQLite store of a release before ``schema_versions``: its ``PRAGMA user_version``
+    (0 or 1) when it has readings; otherwise it is new."""
+    if conn.is_postgres or not conn.table_exists("readings"):
+        return MIGRATIONS[-1].version
+    return int(conn.sqlite.execute("PRAGMA user_version").fetchone()[0])
+
+
+def setup(conn: Conn, now: int = 0) -> None:
+    schema = (POSTGRES_SCHEMA if conn.is_postgres else SQLITE_SCHEMA) + COMMON_SCHEMA
+    migrate.apply(conn, "readings", schema=schema, migrations=MIGRATIONS, now=now, legacy=_legacy)
+
+
+# ------------------------------------------------------------------------------ partitions
+
+_PART_RE: Final = re.compile(r"readings_p(\d{8})")
+
+
+def day_of(ts_ms: int) -> int:
+    """The UTC day (epoch ms at its midnight) of an event time."""
+    return ts_ms - ts_ms % DAY_MS
+
+
+def partition_name(day_ms: int) -> str:
+    return "readings_p" + dt.datetime.fromtimestamp(day_ms / 1000, dt.UTC).strftime("%Y%m%d")
+
+
+def _day_of_name(name: str) -> int | None:
+    m = _PART_RE.fullmatch(name)
+    if m is None:
+        return None
+    d = dt.datetime.strptime(m.group(1), "%Y%m%d").replace(tzinfo=dt.UTC)
+    return int(d.timestamp() * 1000)
+
+
+def partition_days(conn: Conn) -> list[int]:
+    """The days (epoch ms at UTC midnight) that have a readings partition, in order
+    (PostgreSQL; empty on SQLite)."""
+    if not conn.is_postgres:
+        return []
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = to_regclass('readings')").fetchall()
+    return sorted(d for d in (_day_of_name(str(r[0])) for r in rows) if d is not None)
+
+
+def ensure_partitions(conn: Conn, first_ms: int, last_ms: int) -> list[str]:
+    """Create every missing daily partition covering event times ``first_ms..last_ms``
+    (PostgreSQL; nothing on SQLite); returns the names created. Idempotent, and safe with
+    several instances (``CREATE TABLE IF NOT EXISTS … PARTITION OF``, under an advisory lock)."""
+    if not conn.is_postgres:
+        return []
+    conn.execute("SELECT pg_advisory_xact_lock(?)", (0x76677274,))  # 'vgrt': one creator at a time
+    have = set(partition_days(conn))
+    made = []
+    day = day_of(first_ms)
+    while day <= last_ms:
+        if day not in have:
+            name = partition_name(day)
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF readings"
+                         f" FOR VALUES FROM ({day}) TO ({day + DAY_MS})")
+            made.append(name)
+        day += DAY_MS
+    return made
+
+
+@dataclass(frozen=True, slots=True)
+class Partitions:
+    """The days with a partition at the start of a commit (PostgreSQL), or None (SQLite:
+    every event time is storable)."""
+
+    days: list[int] | None
+
+    def covers(self, ts_ms: int) -> bool:
+        if self.days is None:
+            return True
+        i = bisect.bisect_left(self.days, day_of(ts_ms))
+        return i < len(self.days) and self.days[i] == day_of(ts_ms)
+
+
+def partitions(conn: Conn) -> Partitions:
+    return Partitions(partition_days(conn) if conn.is_postgres else None)
+
+
+# ---------------------------------------------------------------------------------- writes
+
+
+class Row(NamedTuple):
+    """One vital of a reading, as written."""
+
+    device_id: str
+    user_code: str | None
+    gateway_id: str | None
+    vital: str
+    value: float
+    ts: int
+    seq: int
+    source: str
+    replayed: bool
+    received_at: int
+    stream: str
+    flags: int
+
+
+def known_seqs(conn: Conn, keys: Sequence[tuple[str, str, int]]) -> set[tuple[str, str, int]]:
+    """Which ``(device_id, stream, seq)`` already have a stored vital."""
+    if not keys:
+        return set()
+    if conn.is_postgres:
+        rows = conn.execute(
+            "SELECT DISTINCT r.device_id, r.stream, r.seq FROM reading_ids r JOIN"
+            " unnest(?::text[], ?::text[], ?::bigint[]) AS k(device_id, stream, seq)"
+            " ON r.device_id = k.device_id AND r.stream = k.stream AND r.seq = k.seq",
+            ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])).fetchall()
+        return {(str(d), str(s), int(q)) for d, s, q in rows}
+    found = set()
+    for key in keys:
+        if conn.execute("SELECT 1 FROM readings WHERE device_id = ? AND stream = ? AND seq = ?"
+                        " LIMIT 1", key).fetchone():
+            found.add(key)
+    return found
+
+
+_COLS: Final = ("device_id, user_code, gateway_id, vital, value, ts, seq, source, replayed,"
+                " received_at, stream, flags")
+
+
+def insert(conn: Conn, rows: Sequence[Row]) -> list[bool]:
+    """Insert ``rows`` with ON CONFLICT DO NOTHING; returns, aligned with them, which were new
+    (a row whose identity is stored already, in this batch or before, is not)."""
+    if not rows:
+        return []
+    if not conn.is_postgres:
+        out = []
+        for r in rows:
+            cur = conn.execute(f"INSERT INTO readings ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                               " ?, ?, ?) ON CONFLICT DO NOTHING",
+                               (*r[:8], int(r.replayed), *r[9:]))
+            out.append(bool(cur.rowcount))
+        return out
+    # 1. the stream identity: which (device, stream, seq, vital) are new, whatever their ts
+    cols = list(zip(*rows, strict=True))
+    new_ids = conn.execute(
+        "INSERT INTO reading_ids (device_id, stream, seq, vital, kept_at)"
+        " SELECT * FROM unnest(?::text[], ?::text[], ?::bigint[], ?::text[], ?::bigint[])"
+        " ON CONFLICT DO NOTHING RETURNING device_id, stream, seq, vital",
+        (list(cols[0]), list(cols[10]), list(cols[6]), list(cols[3]),
+         [max(r.ts, r.received_at) for r in rows])).fetchall()
+    fresh = {(str(d), str(s), int(q), str(v)) for d, s, q, v in new_ids}
+    # 2. the readings whose identity is new (first of each in the batch); the history
+    #    identity (a partial unique index with ts) may still absorb some
+    picked: list[int] = []
+    for i, r in enumerate(rows):
+        key = (r.device_id, r.stream, r.seq, r.vital)
+        if key in fresh:
+            fresh.discard(key)
+            picked.append(i)
+    if not picked:
+        return [False] * len(rows)
+    sel = [rows[i] for i in picked]
+    c = list(zip(*sel, strict=True))
+    stored = conn.execute(
+        f"INSERT INTO readings ({_COLS}) SELECT * FROM unnest(?::text[], ?::text[], ?::text[],"
+        " ?::text[], ?::float8[], ?::bigint[], ?::bigint[], ?::text[], ?::bigint[], ?::bigint[],"
+        " ?::text[], ?::bigint[]) ON CONFLICT DO NOTHING RETURNING device_id, stream, seq, vital",
+        (list(c[0]), list(c[1]), list(c[2]), list(c[3]), list(c[4]), list(c[5]), list(c[6]),
+         list(c[7]), [int(x) for x in c[8]], list(c[9]), list(c[10]), list(c[11]))).fetchall()
+    done = {(str(d), str(s), int(q), str(v)) for d, s, q, v in stored}
+    out = [False] * len(rows)
+    for i in picked:
+        r = rows[i]
+        out[i] = (r.device_id, r.stream, r.seq, r.vital) in done
+    return out
+
+
+def insert_ecg_reading(conn: Conn, device_id: str, user_code: str | None, gateway_id: str | None,
+                       vital: str, value: float, ts: int, source: str, now: int,
+                       recording: str) -> bool:
+    """A reading derived from an ECG recording (identity (device_id, recording, vital));
+    False when stored already, or (PostgreSQL) when no partition holds its ts."""
+    if conn.is_postgres and not partitions(conn).covers(ts):
+        return False
+    cur = conn.execute(
+        "INSERT INTO readings (device_id, user_code, gateway_id, vital, value, ts, seq,"
+        " source, replayed, received_at, recording) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, 0, ?, ?)"
+        " ON CONFLICT DO NOTHING",
+        (device_id, user_code, gateway_id, vital, value, ts, source, now, recording))
+    return bool(cur.rowcount)
+
+
+def upsert_gateway(conn: Conn, gateway_id: str, online: bool, version: str | None,
+                   devices: int | None, buffered: int | None, evicted: int | None,
+                   ts: int | None, now: int) -> None:
+    conn.execute(
+        "INSERT INTO gateways (gateway_id, online, version, devices, buffered, evicted, ts,"
+        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gateway_id) DO UPDATE"
+        " SET online=excluded.online, version=coalesce(excluded.version, gateways.version),"
+        " devices=coalesce(excluded.devices, gateways.devices),"
+        " buffered=coalesce(excluded.buffered, gateways.buffered),"
+        " evicted=coalesce(excluded.evicted, gateways.evicted),"
+        " ts=coalesce(excluded.ts, gateways.ts), updated_at=excluded.updated_at",
+        (gateway_id, int(online), version, devices, buffered, evicted, ts, now))
+
+
+def write_probe(conn: Conn, now: int) -> None:
+    """A small real write (inside the caller's transaction): fails as a commit would on a full
+    or read-only store. It rewrites a row with a page-sized blob, so the commit needs new
+    pages (WAL frames), as a batch of readings does."""
+    conn.execute("INSERT INTO store_probe (id, at, pad) VALUES (1, ?, ?) ON CONFLICT (id) DO"
+                 " UPDATE SET at = excluded.at, pad = excluded.pad", (now, bytes(4096)))
+
+
+def count(conn: Conn) -> int:
+    return int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
+
+
+# ----------------------------------------------------------------------------------- reads
+
+
+def warm_rows(conn: Conn, since_ms: int, limit: int) -> list[tuple[Any, ...]]:
+    """Each patient's newest reading per vital (by ts), for patients with a reading measured
+    or received at or after ``since_ms``: (user_code, vital, value, ts, received_at)."""
+    kept = conn.greatest("ts", "received_at")
+    return conn.execute(
+        "SELECT user_code, vital, value, ts, received_at FROM (SELECT user_code, vital, value, ts,"
+        " received_at, ROW_NUMBER() OVER (PARTITION BY user_code, vital ORDER BY ts DESC, id DESC)"
+        " AS n FROM readings WHERE user_code IN (SELECT DISTINCT user_code FROM readings"
+        f"  WHERE {kept} >= ? AND user_code IS NOT NULL)) AS newest WHERE n = 1"
+        " ORDER BY user_code, vital LIMIT ?", (since_ms, limit)).fetchall()
+
+
+def record_rows(conn: Conn, user_code: str, vitals: Sequence[str], start: int, end: int,
+                with_ecg: bool, page: int, size: int, newest_first: bool
+                ) -> tuple[list[tuple[Any, ...]], int]:
+    """A patient's rows (readings of ``vitals``, diastolic paired with systolic; ECG recordings
+    when ``with_ecg``) with ``start <= ts < end``, paged, and their total."""
+    parts: list[str] = []
+    args: list[Any] = []
+    if vitals:
+        marks = ",".join("?" * len(vitals))
+        parts.append(
+            "SELECT r.id, r.device_id, r.user_code, r.vital, r.value, d.value AS dia, r.ts,"
+            " r.source, r.recording, CAST(NULL AS TEXT) AS quality FROM readings r LEFT JOIN readings d ON r.vital = 'systolic_bp'"
+            " AND d.device_id = r.device_id AND d.stream = r.stream AND d.seq = r.seq"
+            " AND d.vital = 'diastolic_bp'"
+            f" WHERE r.user_code = ? AND r.vital IN ({marks}) AND r.ts >= ? AND r.ts < ?")
+        args += [user_code, *vitals, start, end]
+    if with_ecg:
+        parts.append(
+            "SELECT id, device_id, user_code, 'ecg', mean_hr, CAST(NULL AS DOUBLE PRECISION), ts,"
+            " 'ecg', recording, quality FROM ecg_recordings WHERE user_code = ? AND ts >= ? AND ts < ?")
+        args += [user_code, start, end]
+    if not parts:
+        return [], 0
+    union = " UNION ALL ".join(parts)
+    total = conn.execute(f"SELECT count(*) FROM ({union}) AS u", args).fetchone()[0]
+    order = "DESC" if newest_first else "ASC"
+    rows = conn.execute(
+        f"SELECT * FROM ({union}) AS u ORDER BY 7 {order}, 1 {order} LIMIT ? OFFSET ?",
+        [*args, size, (page - 1) * size],
+    ).fetchall()
+    return list(rows), int(total)
+
+
+def latest_row(conn: Conn, user_code: str, vital: str) -> tuple[Any, ...] | None:
+    row = conn.execute(
+        "SELECT r.id, r.device_id, r.user_code, r.vital, r.value, d.value, r.ts, r.source,"
+        " r.recording, NULL FROM readings r LEFT JOIN readings d ON r.vital = 'systolic_bp'"
+        " AND d.device_id = r.device_id AND d.stream = r.stream AND d.seq = r.seq"
+        " AND d.vital = 'diastolic_bp'"
+        " WHERE r.user_code = ? AND r.vital = ? ORDER BY r.ts DESC, r.id DESC LIMIT 1",
+        (user_code, vital),
+    ).fetchone()
+    return None if row is None else tuple(row)
+
+
+# ------------------------------------------------------------------------------- retention
+
+
+def expire(conn: Conn, cutoff_ms: int, batch: int) -> int:
+    """Delete at most ``batch`` readings kept past ``cutoff_ms`` by the rule
+    ``max(ts, received_at) < cutoff`` (event AND processing time past it: nothing accepted is
+    deleted before it was kept the retention window), and on PostgreSQL their identities;
+    one short transaction. On PostgreSQL, whole partitions go first (:func:`drop_expired_partitions`)."""
+    kept = conn.greatest("ts", "received_at")
+    if conn.is_postgres:
+        return len(conn.execute(
+            f"DELETE FROM readings WHERE (id, ts) IN (SELECT id, ts FROM readings WHERE {kept} < ?"
+            " LIMIT ?) RETURNING 1", (cutoff_ms, batch)).fetchall())
+    return conn.execute(f"DELETE FROM readings WHERE rowid IN (SELECT rowid FROM readings"
+                        f" WHERE {kept} < ? LIMIT ?)", (cutoff_ms, batch)).rowcount
+
+
+def trim_identities(conn: Conn, cutoff_ms: int, batch: int) -> int:
+    """PostgreSQL: forget at most ``batch`` stream identities of readings past ``cutoff_ms``
+    (the same rule as their readings: ``kept_at = max(ts, received_at)``)."""
+    if not conn.is_postgres:
+        return 0
+    return conn.execute(
+        "DELETE FROM reading_ids WHERE (device_id, stream, seq, vital) IN (SELECT device_id,"
+        " stream, seq, vital FROM reading_ids WHERE kept_at < ? LIMIT ?)",
+        (cutoff_ms, batch)).rowcount
+
+
+def drop_expired_partitions(conn: Conn, cutoff_ms: int) -> dict[str, int]:
+    """PostgreSQL: DETACH and DROP every partition wholly past ``cutoff_ms``.
+
+    The rule is the readings' (``max(ts, received_at) < cutoff``): a partition is dropped only
+    when its whole ts range ends at or before the cutoff (every row's event time is past it)
+    AND its newest ``max(ts, received_at)`` is before the cutoff (every row's processing time
+    too; read from the ``readings_kept`` expression index). A partition whose range is past
+    but which holds a late-arrived row still inside the window is left to :func:`expire`
+    (row DELETE). Returns ``{partition name: rows dropped}``."""
+    if not conn.is_postgres:
+        return {}
+    dropped: dict[str, int] = {}
+    for day in partition_days(conn):
+        if day + DAY_MS > cutoff_ms:
+            break
+        name = partition_name(day)
+        newest, n = conn.execute(
+            f"SELECT max(GREATEST(ts, received_at)), count(*) FROM {name}").fetchone()
+        if newest is not None and int(newest) >= cutoff_ms:
+            continue  # a row arrived late and is still kept: DELETE takes the others
+        conn.execute(f"ALTER TABLE readings DETACH PARTITION {name}")
+        conn.execute(f"DROP TABLE {name}")
+        dropped[name] = int(n)
+    return dropped
