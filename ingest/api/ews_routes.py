@@ -11,6 +11,9 @@ history row. ``point`` must agree with ``result`` on the chart (see
 :func:`ingest.ews_engine.results_for`), be at most the chart's maximum, and ``produce_at``
 may be at most ``max_future_skew_s`` after the service clock.
 
+Routes that read or write the EWS store (history, context, external points, outbox) run the
+engine's call in a worker thread: the event loop never waits on the disk or the server.
+
 The service puts the engine under ``ENGINE_KEY`` and, when delivering upstream, the outbox under
 ``OUTBOX_KEY``. Authentication and scopes are the API middleware's business
 (:mod:`ingest.api.auth`); holder limits are :mod:`ingest.api.scoping`'s.
@@ -18,6 +21,7 @@ The service puts the engine under ``ENGINE_KEY`` and, when delivering upstream, 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Final
 
 from aiohttp import web
@@ -64,7 +68,8 @@ async def post_ews(request: web.Request) -> web.Response:
         raise ApiError(422, str(exc)) from None
     await require_patient(request, user_code)
     try:
-        point = _engine(request).record_external(body, max_future_ms=_future_ms(request))
+        point = await asyncio.to_thread(_engine(request).record_external, body,
+                                        max_future_ms=_future_ms(request))
     except EwsInputError as exc:
         raise ApiError(422, str(exc)) from None
     return ok(point.to_api())
@@ -98,7 +103,8 @@ async def get_history(request: web.Request) -> web.Response:
         raise ApiError(422, f"query parameter 'from' ({start}) is after 'to' ({end})")
     page, size = page_params(request, size_names=("size", "data", "length"))
     await require_patient(request, code)
-    points, total = _engine(request).history(code, page=page, size=size, start=start, end=end)
+    points, total = await asyncio.to_thread(_engine(request).history, code, page=page, size=size,
+                                            start=start, end=end)
     return paged([p.to_api() for p in points], page=page, size=size, total=total)
 
 
@@ -115,8 +121,8 @@ async def put_context(request: web.Request) -> web.Response:
     engine = _engine(request)
     current = engine.get_context(code)
     try:
-        emitted = engine.set_context(
-            code,
+        emitted = await asyncio.to_thread(
+            engine.set_context, code,
             consciousness=body.get("consciousness", current["consciousness"]),
             on_oxygen=body.get("on_oxygen", current["on_oxygen"]),
             spo2_scale=body.get("spo2_scale", current["spo2_scale"]),
@@ -155,7 +161,8 @@ async def get_outbox(request: web.Request) -> web.Response:
     outbox = request.app.get(OUTBOX_KEY)
     if outbox is None:
         return ok({"enabled": False, "stats": {}, "failed": []})
-    return ok({"enabled": outbox.enabled, "stats": outbox.stats(), "failed": outbox.failed(limit)})
+    stats, failed = await asyncio.to_thread(lambda: (outbox.stats(), outbox.failed(limit)))
+    return ok({"enabled": outbox.enabled, "stats": stats, "failed": failed})
 
 
 def _limit(request: web.Request) -> int:

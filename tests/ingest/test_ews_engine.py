@@ -1,19 +1,24 @@
-"""EwsEngine on a real SQLite file with an injected clock: scoring, emission policy, context,
+"""EwsEngine on both engines (``database_url``: a real SQLite file or a real PostgreSQL) with an
+injected clock: scoring, emission policy, context,
 staleness, restart; delivery of a deteriorating patient to the local Cexup stand-in."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from ingest.db import Conn, Database
 from ingest.emit_policy import EmitPolicy
 from ingest.ews_engine import EwsEngine, EwsInputError, EwsPoint
 from ingest.outbox import Outbox
+from tests.ingest.ews_support import opener, query
 from tests.ingest.upstream import FakeTime, Upstream
+
+Open = Callable[[], Database]
 
 NORMAL = {"heart_rate": 72.0, "spo2": 98.0, "systolic_bp": 120.0, "temperature": 36.8,
           "respiratory_rate": 16.0}
@@ -24,17 +29,31 @@ def readings(user: str, ts: int, **vitals: float) -> list[tuple[str, str, float,
     return [(user, name, value, ts) for name, value in vitals.items()]
 
 
-def engine(tmp_path: Path, clock: FakeTime, **kw: object) -> EwsEngine:
-    return EwsEngine(tmp_path / "ews.sqlite3", clock=clock, **kw)  # type: ignore[arg-type]
+@pytest.fixture
+def store(database_url: str, tmp_path: Path) -> Iterator[Open]:
+    with opener(database_url, tmp_path) as open_:
+        yield open_
+
+
+def engine(store: Open, clock: FakeTime, **kw: object) -> EwsEngine:
+    return EwsEngine(store(), clock=clock, **kw)  # type: ignore[arg-type]
+
+
+def wipe(db: Database) -> None:
+    """An empty EWS store (a second, independent store in one test)."""
+    def run(c: Conn) -> None:
+        for name in ("ews_outbox", "ews_history", "patient_context"):
+            c.execute(f"DELETE FROM {name}")
+    db.write_sync(run)
 
 
 def observe_at(eng: EwsEngine, clock: FakeTime, user: str, **vitals: float) -> list[EwsPoint]:
     return eng.observe(readings(user, clock.now, **vitals))
 
 
-def test_first_score_is_emitted_with_everything_and_recorded(tmp_path: Path) -> None:
+def test_first_score_is_emitted_with_everything_and_recorded(store: Open) -> None:
     clock = FakeTime()
-    eng = engine(tmp_path, clock)
+    eng = engine(store, clock)
     [p] = observe_at(eng, clock, "P1", **{**NORMAL, "respiratory_rate": 22.0})
     assert (p.user_code, p.point, p.result, p.risk) == ("P1", 2, "rendah", "low")
     assert p.cause == ("Respiration 22",)
@@ -47,17 +66,16 @@ def test_first_score_is_emitted_with_everything_and_recorded(tmp_path: Path) -> 
     contract = p.to_contract()
     assert contract.point == 2 and contract.cause == ["Respiration 22"]
     # history row and outbox row were committed together
-    db = sqlite3.connect(tmp_path / "ews.sqlite3")
-    [(hid,)] = db.execute("SELECT id FROM ews_history").fetchall()
-    [(body, state, history_id)] = db.execute("SELECT body, state, history_id FROM ews_outbox").fetchall()
+    [(hid,)] = query(eng.db, "SELECT id FROM ews_history")
+    [(body, state, history_id)] = query(eng.db, "SELECT body, state, history_id FROM ews_outbox")
     assert json.loads(body) == p.to_cexup() and state == "pending" and history_id == hid
     assert eng.current("P1") == p
     eng.close()
 
 
-def test_changes_that_are_not_a_risk_rise_wait_30s_and_a_rise_is_immediate(tmp_path: Path) -> None:
+def test_changes_that_are_not_a_risk_rise_wait_30s_and_a_rise_is_immediate(store: Open) -> None:
     clock = FakeTime()
-    eng = engine(tmp_path, clock)
+    eng = engine(store, clock)
     assert [p.point for p in observe_at(eng, clock, "P1", **NORMAL)] == [0]
     clock.advance(5_000)
     # heart rate 95 scores 1: normal → rendah is a change, but still "low" risk: held back
@@ -83,9 +101,9 @@ def test_changes_that_are_not_a_risk_rise_wait_30s_and_a_rise_is_immediate(tmp_p
     eng.close()
 
 
-def test_heartbeat_hourly_while_data_flows_and_never_for_stale_data(tmp_path: Path) -> None:
+def test_heartbeat_hourly_while_data_flows_and_never_for_stale_data(store: Open) -> None:
     clock = FakeTime()
-    eng = engine(tmp_path, clock)
+    eng = engine(store, clock)
     emitted = []
     for _ in range(13):  # the same vitals every 10 minutes for two hours
         emitted += observe_at(eng, clock, "P1", **NORMAL)
@@ -102,9 +120,9 @@ def test_heartbeat_hourly_while_data_flows_and_never_for_stale_data(tmp_path: Pa
     eng.close()
 
 
-def test_context_changes_the_score_at_once_and_survives_restart(tmp_path: Path) -> None:
+def test_context_changes_the_score_at_once_and_survives_restart(store: Open) -> None:
     clock = FakeTime()
-    eng = engine(tmp_path, clock)
+    eng = engine(store, clock)
     published: list[EwsPoint] = []
     eng.on_emit = published.extend
     [p] = observe_at(eng, clock, "P1", **NORMAL)
@@ -124,7 +142,7 @@ def test_context_changes_the_score_at_once_and_survives_restart(tmp_path: Path) 
     assert "spo2_scale" not in scale2.missing
     eng.close()
 
-    again = engine(tmp_path, clock)
+    again = engine(store, clock)
     assert again.get_context("P2") == {"user_code": "P2", "consciousness": "A", "on_oxygen": False,
                                        "spo2_scale": 2, "assumed": False}
     assert again.get_context("nobody")["assumed"] is True
@@ -148,8 +166,8 @@ def test_context_changes_the_score_at_once_and_survives_restart(tmp_path: Path) 
         ({"consciousness": "A", "on_oxygen": False, "spo2_scale": True}, "spo2_scale"),
     ],
 )
-def test_bad_context_names_the_field(tmp_path: Path, kwargs: dict[str, object], field: str) -> None:
-    eng = engine(tmp_path, FakeTime())
+def test_bad_context_names_the_field(store: Open, kwargs: dict[str, object], field: str) -> None:
+    eng = engine(store, FakeTime())
     with pytest.raises(EwsInputError) as err:
         eng.set_context("P1", **kwargs)  # type: ignore[arg-type]
     assert err.value.field == field
@@ -157,18 +175,18 @@ def test_bad_context_names_the_field(tmp_path: Path, kwargs: dict[str, object], 
     eng.close()
 
 
-def test_news2012_has_no_confusion_level(tmp_path: Path) -> None:
-    eng = engine(tmp_path, FakeTime(), table_name="news2012")
+def test_news2012_has_no_confusion_level(store: Open) -> None:
+    eng = engine(store, FakeTime(), table_name="news2012")
     with pytest.raises(EwsInputError, match="consciousness"):
         eng.set_context("P1", consciousness="C", on_oxygen=False, spo2_scale=1)
     with pytest.raises(ValueError, match="unknown EWS table"):
-        engine(tmp_path, FakeTime(), table_name="mews")
+        engine(store, FakeTime(), table_name="mews")
     eng.close()
 
 
-def test_external_points_are_history_and_current_but_not_delivered(tmp_path: Path) -> None:
+def test_external_points_are_history_and_current_but_not_delivered(store: Open) -> None:
     clock = FakeTime()
-    eng = engine(tmp_path, clock)
+    eng = engine(store, clock)
     published: list[EwsPoint] = []
     eng.on_emit = published.extend
     p = eng.record_external({"user_code": "AMSe5Sn8Gkxj7", "point": 3, "result": "sedang",
@@ -179,8 +197,7 @@ def test_external_points_are_history_and_current_but_not_delivered(tmp_path: Pat
                                  "produce_at": 1632889000000})
     assert eng.current("AMSe5Sn8Gkxj7") == p and published == [p]  # history only
     assert eng.history("AMSe5Sn8Gkxj7", page=1, size=5)[0] == [p, older]  # by produce_at
-    db = sqlite3.connect(tmp_path / "ews.sqlite3")
-    assert db.execute("SELECT COUNT(*) FROM ews_outbox").fetchone() == (0,)
+    assert query(eng.db, "SELECT COUNT(*) FROM ews_outbox")[0] == (0,)
     for body, field in [
         ({"user_code": "a b", "point": 1, "result": "normal", "produce_at": 1}, "user_code"),
         ({"user_code": "A", "point": -1, "result": "normal", "produce_at": 1}, "point"),
@@ -195,11 +212,11 @@ def test_external_points_are_history_and_current_but_not_delivered(tmp_path: Pat
     eng.close()
 
 
-def test_no_upstream_keeps_points_local(tmp_path: Path) -> None:
+def test_no_upstream_keeps_points_local(store: Open) -> None:
     clock = FakeTime()
-    eng = engine(tmp_path, clock, deliver=False)
+    eng = engine(store, clock, deliver=False)
     observe_at(eng, clock, "P1", **NORMAL)
-    outbox = Outbox(tmp_path / "ews.sqlite3", upstream_url=None, api_key=None, clock=clock)
+    outbox = Outbox(store(), upstream_url=None, api_key=None, clock=clock)
     assert outbox.stats() == {"depth": 0, "delivered": 0, "failed": 0, "local": 1, "attempts": 0,
                               "retried": 0}
     assert outbox.enabled is False
@@ -207,11 +224,11 @@ def test_no_upstream_keeps_points_local(tmp_path: Path) -> None:
     eng.close()
 
 
-async def test_deteriorating_patient_reaches_tinggi_at_the_platform(tmp_path: Path) -> None:
+async def test_deteriorating_patient_reaches_tinggi_at_the_platform(store: Open) -> None:
     clock = FakeTime()
     async with Upstream() as up:
-        outbox = Outbox(tmp_path / "ews.sqlite3", upstream_url=up.url, api_key=up.api_key, clock=clock)
-        eng = engine(tmp_path, clock, notify=outbox.notify)
+        outbox = Outbox(store(), upstream_url=up.url, api_key=up.api_key, clock=clock)
+        eng = engine(store, clock, notify=outbox.notify)
         task = asyncio.create_task(outbox.run())
         steps = [
             NORMAL,
@@ -240,9 +257,9 @@ async def test_deteriorating_patient_reaches_tinggi_at_the_platform(tmp_path: Pa
         eng.close()
 
 
-def test_late_readings_never_move_produce_at_backwards(tmp_path: Path) -> None:
+def test_late_readings_never_move_produce_at_backwards(store: Open) -> None:
     clock = FakeTime()
-    eng = engine(tmp_path, clock, policy=EmitPolicy(min_interval_ms=0))
+    eng = engine(store, clock, policy=EmitPolicy(min_interval_ms=0))
     t0 = clock.now
     observe_at(eng, clock, "P1", **NORMAL)
     clock.advance(MIN)
@@ -253,7 +270,7 @@ def test_late_readings_never_move_produce_at_backwards(tmp_path: Path) -> None:
     eng.close()
 
 
-def test_a_batch_is_scored_in_event_time_order_whatever_its_size(tmp_path: Path) -> None:
+def test_a_batch_is_scored_in_event_time_order_whatever_its_size(store: Open) -> None:
     # one commit batch holding a patient's readings of three moments gives the points three
     # separate batches give (a replay's trajectory must not depend on the consumer's batching)
     clock = FakeTime()
@@ -261,10 +278,10 @@ def test_a_batch_is_scored_in_event_time_order_whatever_its_size(tmp_path: Path)
     rows = [*readings("P1", t0 - 2 * 60 * MIN, **NORMAL),
             *readings("P1", t0 - 60 * MIN, **{**NORMAL, "respiratory_rate": 25.0}),
             *readings("P1", t0, **{**NORMAL, "respiratory_rate": 16.0, "heart_rate": 95.0})]
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    together = engine(tmp_path / "a", clock).observe(rows[::-1])  # arrival order reversed
-    apart = engine(tmp_path / "b", clock)
+    first = engine(store, clock)
+    together = first.observe(rows[::-1])  # arrival order reversed
+    wipe(first.db)  # the second engine starts on an empty store, as the first did
+    apart = engine(store, clock)
     separately = [p for k in range(3) for p in apart.observe(rows[5 * k:5 * k + 5])]
     key = [(p.point, p.result, p.produce_at, p.trigger) for p in together]
     assert key == [(p.point, p.result, p.produce_at, p.trigger) for p in separately]
@@ -272,11 +289,11 @@ def test_a_batch_is_scored_in_event_time_order_whatever_its_size(tmp_path: Path)
                    (1, "rendah", t0, "change")]
 
 
-def test_replayed_hours_are_scored_on_their_own_timeline(tmp_path: Path) -> None:
+def test_replayed_hours_are_scored_on_their_own_timeline(store: Open) -> None:
     # readings measured hours ago arrive one second apart: fresh on event time, and the hourly
     # heartbeat and the 30 s rate limit run on the readings' clock, not the ingest's
     clock = FakeTime()
-    eng = engine(tmp_path, clock)
+    eng = engine(store, clock)
     start = clock.now - 10 * 60 * MIN
     emitted = []
     for hour in range(10):
@@ -295,9 +312,9 @@ def test_replayed_hours_are_scored_on_their_own_timeline(tmp_path: Path) -> None
     assert stale is not None and stale.valid is False and stale.point == 0
 
 
-def test_a_far_future_external_point_never_pins_the_current_score(tmp_path: Path) -> None:
+def test_a_far_future_external_point_never_pins_the_current_score(store: Open) -> None:
     clock = FakeTime()
-    eng = engine(tmp_path, clock)
+    eng = engine(store, clock)
     sick = {"respiratory_rate": 26.0, "spo2": 91.0, "heart_rate": 115.0, "systolic_bp": 95.0,
             "temperature": 38.5}
     [p] = observe_at(eng, clock, "AMSe5Sn8Gkxj7", **sick)
@@ -314,9 +331,9 @@ def test_a_far_future_external_point_never_pins_the_current_score(tmp_path: Path
     eng.close()
 
 
-def test_scoring_counts_account_for_old_readings_and_merged_rounds(tmp_path: Path) -> None:
+def test_scoring_counts_account_for_old_readings_and_merged_rounds(store: Open) -> None:
     clock = FakeTime()
-    eng = engine(tmp_path, clock)
+    eng = engine(store, clock)
     eng.observe(readings("P1", clock.now, heart_rate=80.0))
     eng.observe(readings("P1", clock.now - 20 * MIN, heart_rate=150.0))  # older than 15 min
     many = [("P2", "heart_rate", 70.0 + k, clock.now - k * 1_000) for k in range(70)]

@@ -1,12 +1,12 @@
 """Properties of the engine under random streams (hypothesis): per patient, emitted points are
 monotone in produce_at; every history row has exactly one outbox row with its Cexup body; the
 risk never rises without an immediate emission; the rate limit holds for other changes, on the
-patient's clock (its newest reading time, running on with processing time while data pauses)."""
+patient's clock (its newest reading time, running on with processing time while data pauses).
+The store is either engine (``database_url``); each example starts on an emptied store."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -14,6 +14,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ingest.db import Conn
+from ingest.db import ews as ews_store
 from ingest.emit_policy import (
     RISK_ORDER,
     TRIGGERS,
@@ -25,6 +27,7 @@ from ingest.emit_policy import (
     heartbeat_due,
 )
 from ingest.ews_engine import EwsEngine, EwsPoint
+from tests.ingest.ews_support import query
 from tests.ingest.upstream import FakeTime
 
 VITAL_RANGES = {
@@ -49,16 +52,24 @@ step = st.tuples(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def _empty(c: Conn) -> None:
+    for name in ("ews_outbox", "ews_history", "patient_context"):
+        c.execute(f"DELETE FROM {name}")
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(step, min_size=1, max_size=25))
 def test_random_streams_keep_history_and_outbox_consistent(
-    steps: list[tuple[list[tuple[str, str, int, int]], int, bool]],
+    database_url: str, steps: list[tuple[list[tuple[str, str, int, int]], int, bool]],
 ) -> None:
     policy = EmitPolicy()
     with tempfile.TemporaryDirectory() as tmp:
-        db_path = Path(tmp) / "ews.sqlite3"
+        url = database_url if database_url.startswith("postgres") else None
+        db = ews_store.open_store(url, Path(tmp))
+        db.write_sync(_empty)
         clock = FakeTime()
-        eng = EwsEngine(db_path, clock=clock, policy=policy)
+        eng = EwsEngine(db, clock=clock, policy=policy)
         emitted = []
         # the reference patient clock: event time of the newest reading (E), and the clock
         # time at which E last advanced (A); the rate limits are measured on E + (now - A)
@@ -93,10 +104,9 @@ def test_random_streams_keep_history_and_outbox_consistent(
                     assert RISK_ORDER[score.risk] <= RISK_ORDER[point.risk]
         eng.close()
 
-        db = sqlite3.connect(db_path)
-        history = db.execute(
-            "SELECT id, user_code, point, result, produce_at FROM ews_history ORDER BY id").fetchall()
-        outbox = db.execute("SELECT history_id, body, state FROM ews_outbox ORDER BY id").fetchall()
+        history = query(
+            db, "SELECT id, user_code, point, result, produce_at FROM ews_history ORDER BY id")
+        outbox = query(db, "SELECT history_id, body, state FROM ews_outbox ORDER BY id")
         db.close()
     # what observe/tick returned is exactly what was recorded, and each has one outbox row
     assert [p.id for _, _, p in emitted] == [h[0] for h in history]

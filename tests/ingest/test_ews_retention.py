@@ -1,4 +1,4 @@
-"""Retention of the EWS database: history, clinical context and outbox (real SQLite files).
+"""Retention of the EWS database: history, clinical context and outbox (both engines: ``database_url``).
 
 The rules (processing time): history rows older than the window go, except each patient's
 newest point per source (the emission state restored on start); a context goes when its
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ingest.db import ews as ews_store
 from ingest.emit_policy import EmitPolicy
 from ingest.ews_engine import EwsEngine
 from ingest.outbox import Outbox
@@ -32,9 +33,10 @@ def vitals(user_code: str, ts: int, rr: float) -> list[tuple[str, str, float, in
             (user_code, "temperature", 37.0, ts)]
 
 
-def test_history_context_and_outbox_are_bounded_but_state_and_pending_survive(tmp_path: Path) -> None:
+def test_history_context_and_outbox_are_bounded_but_state_and_pending_survive(
+        database_url: str, tmp_path: Path) -> None:
     clock = Clock(T0)
-    db = tmp_path / "ews.sqlite3"
+    db = ews_store.open_store(database_url, tmp_path)
     engine = EwsEngine(db, clock=clock, policy=EmitPolicy(min_interval_ms=0))
     outbox = Outbox(db, upstream_url="http://127.0.0.1:9/never", api_key=None, clock=clock)
     try:
@@ -52,9 +54,10 @@ def test_history_context_and_outbox_are_bounded_but_state_and_pending_survive(tm
         pending = outbox.stats()["depth"]
         assert pending == 8  # every emitted point waits for the (unreachable) upstream
         with engine.lock:  # the platform took the live patient's first two points long ago
-            engine._db.execute("UPDATE ews_outbox SET state='delivered', updated_at=?"
-                               " WHERE id IN (SELECT id FROM ews_outbox WHERE user_code='live'"
-                               " ORDER BY id LIMIT 2)", (T0,))
+            engine.db.write_sync(lambda c: c.execute(
+                "UPDATE ews_outbox SET state='delivered', updated_at=?"
+                " WHERE id IN (SELECT id FROM ews_outbox WHERE user_code='live'"
+                " ORDER BY id LIMIT 2)", (T0,)))
 
         cutoff = clock.now - 30 * DAY
         deleted = engine.retention_step(cutoff, 100)
@@ -75,3 +78,4 @@ def test_history_context_and_outbox_are_bounded_but_state_and_pending_survive(tm
         assert restarted.get_context("old")["consciousness"] != "C"  # its context row went
     finally:
         restarted.close()
+        db.close()

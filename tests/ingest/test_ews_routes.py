@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from ingest.api.appkeys import ENGINE_KEY
 from ingest.api.envelope import ApiError, fail
 from ingest.api.ews_routes import OPENAPI_PATHS, OUTBOX_KEY, add_routes
+from ingest.db import ews as ews_store
 from ingest.ews_engine import EwsEngine, EwsInputError, parse_external, results_for
 from ingest.outbox import Outbox
 from tests.ingest.upstream import FakeTime
@@ -53,9 +54,9 @@ class Api:
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
+async def api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
     clock = FakeTime()
-    db = tmp_path / "ews.sqlite3"
+    db = ews_store.open_store(database_url, tmp_path)  # both engines
     engine = EwsEngine(db, clock=clock)
     outbox = Outbox(db, upstream_url="http://127.0.0.1:9", api_key="k", clock=clock)
     app = web.Application(middlewares=[errors])
@@ -71,6 +72,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     await runner.cleanup()
     outbox.close()
     engine.close()
+    db.close()
 
 
 async def test_seed_body_verbatim_then_current_and_history(api: Api) -> None:
