@@ -37,7 +37,6 @@ import logging
 import ssl
 import threading
 import time
-import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -202,11 +201,6 @@ def classify(msg: Inbound, topics: Topics, *, max_future_ms: int = DEFAULT_FUTUR
         return [dead(exc)]
 
 
-def partition_of(device_id: str, n: int) -> int:
-    """The partition (0..n-1) of a device: stable across processes, versions and machines."""
-    return zlib.crc32(device_id.encode()) % n
-
-
 def _same_device(payload_id: str, topic_id: str | None) -> None:
     if payload_id != topic_id:
         raise ContractError("topic", f"device_id {payload_id!r} is not the topic's {topic_id!r}")
@@ -261,6 +255,9 @@ class Consumer:
         self._db = db
         self._metrics = metrics
         self._after_commit = after_commit
+        #: called inside each commit's transaction with what it stored (issue 13: the feed's
+        #: NOTIFY to the patients' owners, delivered exactly at commit); None on SQLite
+        self.in_commit: Callable[[Conn, store.CommitResult], None] | None = None
         self._clock = clock
         self._reasons = ReasonLog(clock)
         self._queue = Handoff(settings.queue_max)
@@ -268,7 +265,6 @@ class Consumer:
         self._post: asyncio.Queue[store.CommitResult] = asyncio.Queue(POST_QUEUE)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._generation = 0
-        self._partition = settings.partition_of
         self.connected = False
         self.newest_received = 0  #: arrival time of the newest committed message (epoch ms)
         self.committed_batches = 0
@@ -297,7 +293,7 @@ class Consumer:
         v5 = s.mqtt_protocol == "5"
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=s.mqtt_client_id,
+            client_id=s.client_id,
             clean_session=None if v5 else False,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
             manual_ack=True,
@@ -507,7 +503,7 @@ class Consumer:
         return result
 
     def _items_of(self, msg: Inbound, looped: set[tuple[str, str]]) -> list[store.Item]:
-        """What one message becomes (this instance's part of it, under ``partition``)."""
+        """What one message becomes."""
         if looped and msg.key in looped:
             return [store.DeadLetter(
                 msg.topic, msg.payload, "redelivery_loop",
@@ -519,16 +515,17 @@ class Consumer:
         except Exception as exc:  # a decoder bug must not loop the consumer either
             items = [store.DeadLetter(msg.topic, msg.payload, "internal",
                                       f"decoding raised {type(exc).__name__}", msg.received_at)]
-        if self._partition is not None:
-            items = [item for item in items if self._mine(item)]
         return items
 
     def _store(self, conn: Conn, items: Sequence[store.Item]) -> store.CommitResult:
         s = self.settings
-        return store.commit_batch(conn, items, now=self._clock(), holder=s.device_holder,
-                                  dead_limits=self._dead_limits, ecg_limits=self._ecg_limits,
-                                  late_after_ms=int(s.late_after_s * 1000), ward_of=s.ward_of,
-                                  max_age_ms=s.reading_window_ms[0])
+        result = store.commit_batch(conn, items, now=self._clock(), holder=s.device_holder,
+                                    dead_limits=self._dead_limits, ecg_limits=self._ecg_limits,
+                                    late_after_ms=int(s.late_after_s * 1000), ward_of=s.ward_of,
+                                    max_age_ms=s.reading_window_ms[0])
+        if self.in_commit is not None:
+            self.in_commit(conn, result)
+        return result
 
     def _commit(self, conn: Conn, batch: Sequence[Inbound],
                 looped: set[tuple[str, str]], suspects: set[tuple[str, str]],
@@ -572,24 +569,6 @@ class Consumer:
                 return self._store(conn, items), None
         except Exception as exc:
             return None, exc
-
-    def _mine(self, item: store.Item) -> bool:
-        """Whether this instance owns ``item`` under ``settings.partition`` (dead letters and
-        gateway statuses belong to every instance; others are counted when skipped)."""
-        if isinstance(item, store.ReadingsIn):
-            device_id = item.device_id
-        elif isinstance(item, store.DeviceStatusIn):
-            device_id = item.status.device_id
-        elif isinstance(item, store.EcgChunkIn):
-            device_id = item.chunk.device_id
-        else:
-            return True
-        assert self._partition is not None
-        k, n = self._partition
-        if partition_of(device_id, n) == k:
-            return True
-        self._metrics.other_partition.inc(kind=type(item).__name__)
-        return False
 
     def _account(self, batch: Sequence[Inbound], result: store.CommitResult) -> None:
         m = self._metrics

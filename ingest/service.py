@@ -35,6 +35,7 @@ from typing import Any, Final, cast
 import numpy as np
 from aiohttp import web
 
+from ingest import feed as feed_mod
 from ingest import store
 from ingest.api.app import create_app
 from ingest.api.appkeys import ENGINE_KEY
@@ -48,6 +49,7 @@ from ingest.ews_engine import EwsEngine, EwsPoint
 from ingest.keys import KeyChecker
 from ingest.metrics import IngestMetrics, Sample
 from ingest.outbox import Outbox
+from ingest.ownership import LeasedOwner, LeasePolicy, SoleOwner, ownership_for, partition_of
 from ingest.settings import IngestSettings
 from vitalgate.contract import Command, Topics
 
@@ -154,6 +156,17 @@ class IngestService:
                                        settings.influx_org, settings.influx_bucket, clock=clock)
         self.consumer = Consumer(settings, self.db, self.metrics,
                                  after_commit=self._after_commit, clock=clock)
+        # issue 13: who scores which patient; on PostgreSQL the owner is fed from the commits
+        # of every instance (ingest/feed.py) and every emission is fenced by its lease
+        self.owner: SoleOwner | LeasedOwner = ownership_for(
+            self.db, settings.instance_id, LeasePolicy(lease_ms=int(settings.lease_s * 1000)))
+        self.feed: feed_mod.Feed | None = None
+        if isinstance(self.owner, LeasedOwner):
+            self.feed = feed_mod.Feed(self.db, self.owner, self)
+            self.consumer.in_commit = self._announce
+            self.engine.fence = self.owner.fence
+            for p in self.engine.all_current():  # restored from history: nobody's until leased
+                self.engine.release_patient(p.user_code)
         self.checker = KeyChecker(settings.api_key)
         self._ecg_wake = asyncio.Event()
         self.hub = EventHub()
@@ -183,7 +196,10 @@ class IngestService:
         from ingest.dashboard import routes as dashboard_routes
         from ingest.dashboard.ward import ReadOnlyDb, WardView
 
-        ews_db = ReadOnlyDb(self.settings.ews_db_path)  # the engine created it already
+        # the engine created it already; on PostgreSQL the EWS store's own reads (h13d's
+        # ward moves these queries to ingest/db; until then its portable SQL runs on either)
+        ews_db: Any = (self.ews_db if self.ews_db.dialect.value == "postgres"
+                       else ReadOnlyDb(self.settings.ews_db_path))
         app[dashboard_routes.WARD_KEY] = WardView(db=cast(Any, self.db), engine=self.engine, ews_db=ews_db,
                                                   clock=self.clock)
         app[dashboard_routes.HUB_KEY] = self.hub
@@ -199,7 +215,8 @@ class IngestService:
 
     async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         self._loop = asyncio.get_running_loop()
-        await self._warm_start()
+        if self.feed is None:
+            await self._warm_start()  # PostgreSQL: each partition is warm-started when taken
         tasks = [
             asyncio.create_task(self._supervise("consumer", self._run_consumer), name="consumer"),
             asyncio.create_task(self._supervise("ews-tick", self._tick_loop), name="ews-tick"),
@@ -208,6 +225,11 @@ class IngestService:
             asyncio.create_task(self._supervise("retention", self._retention_loop), name="retention"),
             asyncio.create_task(self._supervise("gaps", self._gap_loop), name="gaps"),
         ]
+        if self.feed is not None:
+            tasks.append(asyncio.create_task(self._supervise("feed", self.feed.run), name="feed"))
+            tasks.append(asyncio.create_task(
+                self._supervise("ownership", lambda: self.owner.run(self._changes())),
+                name="ownership"))
         if self.db.location.url is not None:  # PostgreSQL: partitions ahead of the window
             tasks.append(asyncio.create_task(self._supervise("partitions", self._partition_loop),
                                              name="partitions"))
@@ -217,6 +239,7 @@ class IngestService:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self.owner.leave()  # the others take over in one heartbeat, not one lease
             if self.influx is not None:
                 await asyncio.to_thread(self.influx.close)
             self.engine.close()
@@ -290,9 +313,10 @@ class IngestService:
         if self.influx is not None and rows:
             self.influx.write_readings([(r.device_id, r.user_code, r.gateway_id, r.vital, r.value,
                                          r.ts, r.source) for r in rows])
-        await self.observe(rows)
-        if rows:
-            self.hub.publish("readings", {"count": len(rows)})
+        if self.feed is None:  # PostgreSQL: the owner is fed by the commit's notification
+            await self.observe(rows)
+            if rows:
+                self.hub.publish("readings", {"count": len(rows)})
         if result.recordings:
             self._ecg_wake.set()
 
@@ -401,10 +425,73 @@ class IngestService:
             self.metrics.ews.inc(result=p.result)
             self.consumer.publish(self.topics.ews(p.user_code), p.to_contract().to_bytes(), retain=True)
             self.metrics.ews_published.inc()
-            self.hub.publish("ews", {"user_code": p.user_code, "point": p.point, "result": p.result,
-                                     "risk": p.risk, "produce_at": p.produce_at})
+            self._event("ews", {"user_code": p.user_code, "point": p.point, "result": p.result,
+                                "risk": p.risk, "produce_at": p.produce_at})
         if self.influx is not None and points:
             self.influx.write_ews(points)
+
+    # ---------------------------------------------- issue 13: feed and ownership (PostgreSQL)
+
+    def _announce(self, conn: Conn, result: store.CommitResult) -> None:
+        """Inside the readings' commit: tell every instance (the owners) what was stored."""
+        if result.readings:
+            feed_mod.announce(conn, ((r.user_code, r.vital, r.value, r.ts, r.received_at)
+                                     for r in result.readings), self.owner.partitions)
+
+    def _event(self, kind: str, data: dict[str, Any]) -> None:
+        """A dashboard event: to this instance's listeners, or through PostgreSQL to every
+        instance's (this one's included) when there are several."""
+        if self.feed is not None:
+            self.feed.publish_event(kind, data)
+        else:
+            self.hub.publish(kind, data)
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        """``feed.Scoring``: an event from any instance, to the local listeners."""
+        self.hub.publish(kind, data)
+
+    async def score(self, rows: Sequence[feed_mod.Fed]) -> None:
+        """``feed.Scoring``: committed readings of patients this instance owns."""
+        points = await asyncio.to_thread(self.engine.observe, [r.item() for r in rows])
+        self._publish(points)
+
+    async def take(self, parts: frozenset[int]) -> None:
+        """``feed.Scoring``: warm-start the patients of newly owned partitions from the shared
+        readings (their recent values) and EWS history (their emission state)."""
+        window = self.settings.freshness_ms
+        since = self.clock() - window
+        warm = await self.db.read(lambda c: store.warm_items(c, since, window))
+        n = self.owner.partitions
+        by_patient: dict[str, tuple[list[tuple[str, str, float, int]], list[int]]] = {}
+        for item, arrived in zip(warm.items, warm.arrived, strict=True):
+            if partition_of(item[0], n) in parts:
+                items, times = by_patient.setdefault(item[0], ([], []))
+                items.append(item)
+                times.append(arrived)
+        known = {p.user_code for p in self.engine.all_current()}
+        for code in sorted(known - set(by_patient)):
+            if partition_of(code, n) in parts:
+                by_patient[code] = ([], [])
+
+        def warm_all() -> list[EwsPoint]:
+            out: list[EwsPoint] = []
+            for code, (items, times) in by_patient.items():
+                if self.owner.owns(code):  # still ours (a release may have come meanwhile)
+                    out += self.engine.warm_start_patient(code, items, times)
+            return out
+
+        self._publish(await asyncio.to_thread(warm_all))
+
+    async def drop(self, parts: frozenset[int]) -> None:
+        """``feed.Scoring``: stop scoring the patients of partitions given up."""
+        n = self.owner.partitions
+        for p in self.engine.all_current():
+            if partition_of(p.user_code, n) in parts:
+                self.engine.release_patient(p.user_code)
+
+    def _changes(self) -> feed_mod.Feed:
+        assert self.feed is not None
+        return self.feed
 
     async def _tick_loop(self) -> None:
         while True:
@@ -503,7 +590,12 @@ class IngestService:
             if self.influx is not None:
                 self.influx.write_readings([(reading.device_id, reading.user_code, reading.gateway_id,
                                              reading.vital, reading.value, reading.ts, reading.source)])
-            await self.observe([reading])
+            if self.feed is not None:  # its owner may be another instance
+                await self.db.write(lambda c: feed_mod.announce(
+                    c, [(reading.user_code, reading.vital, reading.value, reading.ts,
+                         reading.received_at)], self.owner.partitions))
+            else:
+                await self.observe([reading])
 
     # ---------------------------------------------------------------------------- status
 
