@@ -527,9 +527,11 @@ class IngestService:
     async def retention_pass(self) -> dict[str, int]:
         """Delete everything older than the retention window, one small transaction at a time."""
         cutoff = self.clock() - int(self.settings.retention_days * 86_400_000)
+        accepted = self.partition_window()[0]
         total: dict[str, int] = {}
         while True:
-            deleted = await self.db.write(lambda c: store.retention_step(c, cutoff, RETENTION_BATCH))
+            deleted = await self.db.write(lambda c: store.retention_step(
+                c, cutoff, RETENTION_BATCH, accepted_from_ms=accepted))
             for table, n in deleted.items():
                 total[table] = total.get(table, 0) + n
                 self.metrics.retention_deleted.inc(n, table=table)

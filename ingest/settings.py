@@ -119,7 +119,7 @@ class IngestSettings(ServiceSettings):
     #: the oldest event time accepted, in days before arrival (processing time): a history sync
     #: reaches this far back; older readings are ``too_old`` dead letters. On PostgreSQL the
     #: readings partitions (one per UTC day) cover ``now - this .. now + max_future_skew_s``.
-    max_reading_age_days: float = Field(default=30.0, gt=0, le=3650)
+    max_reading_age_days: float = Field(default=90.0, gt=0, le=3650)
     #: how often the PostgreSQL partition maintenance makes the partitions ahead (s).
     partition_interval_s: float = Field(default=3600.0, gt=0)
 

@@ -55,7 +55,7 @@ FLAG_CLOCK_SUSPECT: Final = 2
 #: default of ``IngestSettings.late_after_s`` (ms).
 LATE_AFTER_MS: Final = 3_600_000
 #: default of ``IngestSettings.max_reading_age_days`` (ms): the oldest event time accepted.
-MAX_READING_AGE_MS: Final = 30 * 86_400_000
+MAX_READING_AGE_MS: Final = 90 * 86_400_000
 
 #: Cexup medical-record types → the contract's vitals (BLOOD_PRESSURE pairs two) and units.
 RECORD_TYPES: Final[dict[str, tuple[tuple[str, ...], str]]] = {
@@ -636,23 +636,25 @@ RETAINED: Final = (
 )
 
 
-def retention_step(conn: Conn, cutoff_ms: int, batch: int) -> dict[str, int]:
-    """One short transaction of retention: on PostgreSQL first DETACH + DROP the readings
-    partitions wholly past the cutoff (by both times, see
-    :func:`ingest.db.readings.drop_expired_partitions`; counted as ``readings`` rows and
-    ``readings_partitions``), then delete at most ``batch`` rows per table past it."""
+def retention_step(conn: Conn, cutoff_ms: int, batch: int, *,
+                   accepted_from_ms: int | None = None) -> dict[str, int]:
+    """One short transaction of retention; returns the rows deleted per table.
+
+    On PostgreSQL it first DETACHes and DROPs the readings partitions wholly past the cutoff
+    by both times (:func:`ingest.db.readings.drop_expired_partitions`; their rows count as
+    ``readings``) and not inside the accepted event-time window (from ``accepted_from_ms``:
+    a reading may still arrive for those days), then deletes at most ``batch`` rows per table
+    past it, and forgets as many stream identities of deleted readings (``reading_ids``: an
+    index, not reported)."""
     deleted: dict[str, int] = {}
-    dropped = readings_db.drop_expired_partitions(conn, cutoff_ms)
-    if dropped:
-        deleted["readings_partitions"] = len(dropped)
-        if sum(dropped.values()):
-            deleted["readings"] = sum(dropped.values())
+    keep = cutoff_ms if accepted_from_ms is None else min(cutoff_ms, accepted_from_ms)
+    dropped = readings_db.drop_expired_partitions(conn, cutoff_ms, keep_from_ms=keep)
+    if sum(dropped.values()):
+        deleted["readings"] = sum(dropped.values())
     n = readings_db.expire(conn, cutoff_ms, batch)
     if n:
         deleted["readings"] = deleted.get("readings", 0) + n
-    ids = readings_db.trim_identities(conn, cutoff_ms, batch)
-    if ids:
-        deleted["reading_ids"] = ids
+    readings_db.trim_identities(conn, cutoff_ms, batch)
     deleted.update(ecg_db.expire(conn, cutoff_ms, batch))
     n = dl.expire(conn, cutoff_ms, batch)
     if n:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from typing import Any, Final, NamedTuple
 
 from ingest.db import migrate
 from ingest.db.engine import Conn
+
+log = logging.getLogger(__name__)
 
 DAY_MS: Final = 86_400_000
 
@@ -452,7 +455,8 @@ def trim_identities(conn: Conn, cutoff_ms: int, batch: int) -> int:
         (cutoff_ms, batch)).rowcount
 
 
-def drop_expired_partitions(conn: Conn, cutoff_ms: int) -> dict[str, int]:
+def drop_expired_partitions(conn: Conn, cutoff_ms: int, *,
+                            keep_from_ms: int | None = None) -> dict[str, int]:
     """PostgreSQL: DETACH and DROP every partition wholly past ``cutoff_ms``.
 
     The rule is the readings' (``max(ts, received_at) < cutoff``): a partition is dropped only
@@ -460,12 +464,15 @@ def drop_expired_partitions(conn: Conn, cutoff_ms: int) -> dict[str, int]:
     AND its newest ``max(ts, received_at)`` is before the cutoff (every row's processing time
     too; read from the ``readings_kept`` expression index). A partition whose range is past
     but which holds a late-arrived row still inside the window is left to :func:`expire`
-    (row DELETE). Returns ``{partition name: rows dropped}``."""
+    (row DELETE). A partition ending after ``keep_from_ms`` (the accepted window's start: a
+    reading may still arrive for its day) is kept, even empty. Returns ``{partition name:
+    rows dropped}``."""
     if not conn.is_postgres:
         return {}
+    limit = cutoff_ms if keep_from_ms is None else min(cutoff_ms, keep_from_ms)
     dropped: dict[str, int] = {}
     for day in partition_days(conn):
-        if day + DAY_MS > cutoff_ms:
+        if day + DAY_MS > limit:
             break
         name = partition_name(day)
         newest, n = conn.execute(
@@ -475,4 +482,7 @@ def drop_expired_partitions(conn: Conn, cutoff_ms: int) -> dict[str, int]:
         conn.execute(f"ALTER TABLE readings DETACH PARTITION {name}")
         conn.execute(f"DROP TABLE {name}")
         dropped[name] = int(n)
+    if dropped:
+        log.info("retention: readings partitions dropped (every row past the cutoff by event and"
+                 " processing time): %s", ", ".join(f"{k} ({v} rows)" for k, v in dropped.items()))
     return dropped

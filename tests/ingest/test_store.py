@@ -1,22 +1,33 @@
-"""The SQLite store on its own: identities, ECG assembly, retention, keys (real SQLite files)."""
+"""The readings store on its own: identities, ECG assembly, retention, keys, on SQLite and
+PostgreSQL (the ``db`` fixture runs once per engine); the upgrade of a SQLite file of an
+earlier schema is SQLite-only (such files exist only on SQLite)."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ingest import gaps, keys, registry, store
+from ingest import keys, registry, store
+from ingest.db import Location, migrate, readings
+from ingest.db import gaps as gaps
 from vitalgate.contract import MAX_REPUBLISH, EcgChunk, Reading, Source, Vitals
 
 DEV = "d061aed45894"
 T0 = 1_700_000_000_000
+DAY = 86_400_000
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> store.Database:
-    return store.Database(tmp_path / "ingest.sqlite3", synchronous="NORMAL")
+def db(database_url: str) -> Iterator[store.Database]:
+    """The store on this test's engine; on PostgreSQL with the partitions of T0's day and its
+    neighbours (a test stamping other days makes theirs)."""
+    db = store.Database(Location.parse(database_url, default_path=Path("unused")),
+                        synchronous="NORMAL", window=(T0 - DAY, T0 + DAY))
+    yield db
+    db.close()
 
 
 def _commit(db: store.Database, *items: store.Item) -> store.CommitResult:
@@ -74,7 +85,14 @@ def test_retention_deletes_old_rows_in_batches(db: store.Database) -> None:
     assert db.read_sync(store.count_readings) == 3
 
 
+def _pending_h13d(db: store.Database) -> None:
+    # PENDING h13d: the registry's and keys' SQL (INSERT OR REPLACE, IS NOT ?) on PostgreSQL
+    if db.location.url is not None:
+        pytest.skip("PENDING h13d: registry/keys SQL not ported to PostgreSQL yet")
+
+
 def test_keys_hashed_and_revocable(db: store.Database) -> None:
+    _pending_h13d(db)
     key = db.write_sync(lambda c: keys.create(c, "console", T0))
     assert len(key) > 40
     raw = db.read_sync(lambda c: c.execute("SELECT hash FROM api_keys").fetchone()[0])
@@ -114,6 +132,7 @@ def _rs(seq: int, stream: str | None, ts: int = T0, **kw: object) -> Reading:
 
 
 def test_migration_from_main_schema_keeps_rows_and_takes_streams(tmp_path: Path) -> None:
+    """SQLite only: a file of the schema before stream identities."""
     path = tmp_path / "ingest.sqlite3"
     with sqlite3.connect(path) as conn:
         conn.executescript(V0_READINGS)
@@ -123,8 +142,8 @@ def test_migration_from_main_schema_keeps_rows_and_takes_streams(tmp_path: Path)
             [(DEV, T0 + i, i, T0) for i in range(5)])
     db = store.Database(path, synchronous="NORMAL")
     try:
-        version = db.read_sync(lambda c: c.execute("PRAGMA user_version").fetchone()[0])
-        assert version == store.SCHEMA_VERSION
+        version = db.read_sync(lambda c: migrate.current(c, "readings"))
+        assert version == readings.MIGRATIONS[-1].version
         assert db.read_sync(store.count_readings) == 5
         # the old rows are the legacy stream: a legacy redelivery is still a duplicate...
         again = _commit(db, store.ReadingsIn("gw", DEV, [_rs(3, None)], T0))
@@ -211,6 +230,7 @@ def test_gap_requests_rate_limited_then_reported(db: store.Database) -> None:
 def test_late_readings_are_flagged_and_kept_by_arrival_time(db: store.Database) -> None:
     day = 86_400_000
     received = T0 + 40 * day
+    db.write_sync(lambda c: readings.ensure_partitions(c, received - day, received))
     late = [_rs(0, STREAM_A, T0),  # a clock 40 days behind: live, so suspect
             _rs(1, STREAM_A, T0 + 1, replayed=True),  # buffered: late, not suspect
             _rs(2, STREAM_A, received - 1000)]  # on time
@@ -275,6 +295,7 @@ def test_hostile_seqs_cannot_overflow_the_gap_sums(db: store.Database) -> None:
 def test_a_status_names_a_device_its_readings_registered_first(db: store.Database) -> None:
     # readings and a status may be committed in either order: the status's name replaces the
     # placeholder, never a name given through the API
+    _pending_h13d(db)
     from ingest import registry
     from vitalgate.contract import DeviceStatus
 

@@ -35,6 +35,9 @@ def settings_for(data_dir: Path, mqtt_url: str, **overrides: Any) -> IngestSetti
         "data_dir": data_dir, "mqtt_url": mqtt_url, "http_host": "127.0.0.1", "http_port": 0,
         "api_key": TEST_KEY, "mqtt_client_id": f"ingest-{data_dir.name}",
         "sqlite_synchronous": "NORMAL", "database_url": ENGINE.get(),
+        # a week of history: on PostgreSQL the partitions of the accepted window are made at
+        # start (one per day, ~30 ms each): 9 rather than the default's 92
+        "max_reading_age_days": 7,
     }
     values.update(overrides)
     return load_settings(IngestSettings, None, **values)
