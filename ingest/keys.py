@@ -2,8 +2,9 @@
 its scopes and an optional ``device_holder`` that limits what it sees.
 
 A key is high-entropy random data, so one SHA-256 with a per-key salt is enough (no slow KDF
-is needed against guessing); comparison is constant-time. Keys live in the service's SQLite
-file (table ``api_keys``); ``vitalgate keys create|list|revoke|retire-bootstrap`` manage them.
+is needed against guessing); comparison is constant-time. Keys live in the service's store
+(table ``api_keys``, ingest.db.keys: the SQLite file, or the PostgreSQL database every instance
+shares); ``vitalgate keys create|list|revoke|retire-bootstrap`` manage them.
 
 Scopes (what a route needs is the table in :mod:`ingest.api.auth`):
 
@@ -15,8 +16,9 @@ Scopes (what a route needs is the table in :mod:`ingest.api.auth`):
 
 The bootstrap key ``VITALGATE_API_KEY`` (settings ``api_key``) is an admin key without a
 holder. ``vitalgate keys retire-bootstrap`` records in the database that it is no longer
-accepted (``--undo`` accepts it again); the running service sees the change within
-:data:`CACHE_S`, like a revocation.
+accepted (``--undo`` accepts it again); every running instance sees the change within
+:data:`CACHE_S`, like a revocation: a verified key is remembered at most that long, then read
+again from the shared table.
 
 Keys created before scopes existed (a table without the ``scopes`` column) are migrated to
 ``admin``, which is what they could do before: an upgrade must not lock the platform out of
@@ -31,29 +33,15 @@ import hmac
 import logging
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
-log = logging.getLogger(__name__)
+from ingest.db import keys as db
+from ingest.db.compat import AnyConn, as_conn
 
-SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS api_keys (
-  name TEXT PRIMARY KEY,
-  salt BLOB NOT NULL,
-  hash BLOB NOT NULL,
-  created_at INTEGER NOT NULL,
-  revoked_at INTEGER,
-  scopes TEXT NOT NULL DEFAULT 'admin',
-  holder TEXT
-);
-CREATE TABLE IF NOT EXISTS api_key_state (
-  name TEXT PRIMARY KEY,
-  value INTEGER
-);
-"""
+log = logging.getLogger(__name__)
 
 #: every scope, in the order ``keys list`` prints them.
 SCOPES: Final = ("read", "clinical", "platform", "admin")
@@ -118,24 +106,14 @@ class Principal:
 BOOTSTRAP_PRINCIPAL: Final = Principal(BOOTSTRAP, frozenset({ADMIN}))
 
 
-def migrate(conn: sqlite3.Connection) -> int:
+def migrate(conn: AnyConn) -> int:
     """Add the ``scopes`` and ``holder`` columns to an ``api_keys`` table made before them.
-    Existing keys get ``admin`` (what they could do); returns how many active keys did."""
-    columns = {r[1] for r in conn.execute("PRAGMA table_info(api_keys)")}
-    if not columns or "scopes" in columns:
-        return 0
-    conn.execute("ALTER TABLE api_keys ADD COLUMN scopes TEXT NOT NULL DEFAULT 'admin'")
-    conn.execute("ALTER TABLE api_keys ADD COLUMN holder TEXT")
-    legacy = int(conn.execute(
-        "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL").fetchone()[0])
-    if legacy:
-        log.warning("%d API key(s) made before scopes existed now have scope admin (what they "
-                    "could do before); re-issue them with `vitalgate keys create NAME --scope ...` "
-                    "and revoke the old ones", legacy)
-    return legacy
+    Existing keys get ``admin`` (what they could do); returns how many active keys did.
+    (The store's open runs it as the ``keys`` component's migration, ingest.db.keys.)"""
+    return db.upgrade_pre_scopes(as_conn(conn))
 
 
-def create(conn: sqlite3.Connection, name: str, now_ms: int, scopes: Iterable[str] = ("read",),
+def create(conn: AnyConn, name: str, now_ms: int, scopes: Iterable[str] = ("read",),
            holder: str | None = None) -> str:
     """Create key ``name`` and return the key (the only time it is ever shown)."""
     if not NAME_RE.fullmatch(name):
@@ -144,24 +122,19 @@ def create(conn: sqlite3.Connection, name: str, now_ms: int, scopes: Iterable[st
         raise ApiKeyError(f"key name {BOOTSTRAP!r} is the settings key's")
     chosen = parse_scopes(scopes)
     _check_holder(holder)
-    row = conn.execute("SELECT revoked_at FROM api_keys WHERE name = ?", (name,)).fetchone()
-    if row is not None and row[0] is None:
+    c = as_conn(conn)
+    exists, revoked = db.revoked_at(c, name)
+    if exists and revoked is None:
         raise ApiKeyError(f"key {name!r} already exists (revoke it first)")
     key = "vg_" + secrets.token_urlsafe(32)
     salt = secrets.token_bytes(16)
-    conn.execute(
-        "INSERT OR REPLACE INTO api_keys (name, salt, hash, created_at, revoked_at, scopes, holder)"
-        " VALUES (?, ?, ?, ?, NULL, ?, ?)",
-        (name, salt, _digest(salt, key), now_ms, ",".join(chosen), holder),
-    )
+    if not db.put(c, name, salt, _digest(salt, key), now_ms, ",".join(chosen), holder):
+        raise ApiKeyError(f"key {name!r} already exists (revoke it first)")
     return key
 
 
-def revoke(conn: sqlite3.Connection, name: str, now_ms: int) -> bool:
-    cur = conn.execute(
-        "UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now_ms, name)
-    )
-    return bool(cur.rowcount)
+def revoke(conn: AnyConn, name: str, now_ms: int) -> bool:
+    return db.revoke(as_conn(conn), name, now_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,36 +146,30 @@ class KeyInfo:
     holder: str | None
 
 
-def list_keys(conn: sqlite3.Connection) -> list[KeyInfo]:
-    rows = conn.execute(
-        "SELECT name, created_at, revoked_at, scopes, holder FROM api_keys ORDER BY name")
-    return [KeyInfo(n, c, r, tuple(s.split(",")), h) for n, c, r, s, h in rows]
+def list_keys(conn: AnyConn) -> list[KeyInfo]:
+    return [KeyInfo(n, c, r, tuple(s.split(",")), h) for n, c, r, s, h in db.all_keys(as_conn(conn))]
 
 
-def find(conn: sqlite3.Connection, key: str) -> Principal | None:
-    """The active key equal to ``key``, or None."""
+def find(conn: AnyConn, key: str) -> Principal | None:
+    """The active key equal to ``key``, or None (every active key is compared, in constant
+    time each)."""
     found = None
-    for name, salt, digest, scopes, holder in conn.execute(
-        "SELECT name, salt, hash, scopes, holder FROM api_keys WHERE revoked_at IS NULL"
-    ):
+    for name, salt, digest, scopes, holder in db.active(as_conn(conn)):
         if hmac.compare_digest(_digest(salt, key), digest):
             found = Principal(name, frozenset(s for s in scopes.split(",") if s in SCOPES), holder)
     return found
 
 
-def retire_bootstrap(conn: sqlite3.Connection, now_ms: int, *, undo: bool = False) -> None:
+def retire_bootstrap(conn: AnyConn, now_ms: int, *, undo: bool = False) -> None:
     """Stop (or, with ``undo``, start again) accepting the settings key ``VITALGATE_API_KEY``."""
     if undo:
-        conn.execute("DELETE FROM api_key_state WHERE name = 'bootstrap_retired_at'")
+        db.unretire_bootstrap(as_conn(conn))
     else:
-        conn.execute("INSERT OR IGNORE INTO api_key_state (name, value)"
-                     " VALUES ('bootstrap_retired_at', ?)", (now_ms,))
+        db.retire_bootstrap(as_conn(conn), now_ms)
 
 
-def bootstrap_retired_at(conn: sqlite3.Connection) -> int | None:
-    row = conn.execute(
-        "SELECT value FROM api_key_state WHERE name = 'bootstrap_retired_at'").fetchone()
-    return None if row is None else int(row[0])
+def bootstrap_retired_at(conn: AnyConn) -> int | None:
+    return db.bootstrap_retired_at(as_conn(conn))
 
 
 class KeyChecker:

@@ -16,17 +16,21 @@ a device over once the owner itself has reported it disconnected (its last devic
 ``connected: false``). Every move is recorded in ``device_moves`` (``key_name`` ``roaming:<ward>``
 for a roam). See docs/security.md, "Who owns a device".
 
-Functions here take an open ``sqlite3.Connection`` and run inside the caller's transaction.
+The tables and their SQL are ingest.db.registry's; functions here take an ``ingest.db.Conn``
+(or, until the store is a ``Database``, its raw SQLite connection) and run inside the
+caller's transaction.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from enum import StrEnum
 from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints
 
+from ingest.db import Conn, IntegrityError
+from ingest.db import registry as db
+from ingest.db.compat import AnyConn, as_conn
 from vitalgate.contract import (
     GATEWAY_ID_RE,
     USER_CODE_RE,
@@ -35,44 +39,8 @@ from vitalgate.contract import (
     normalise_mac,
 )
 
-SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS devices (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
-  device_name TEXT NOT NULL UNIQUE,
-  device_mac TEXT NOT NULL UNIQUE,
-  device_type TEXT NOT NULL,
-  device_holder TEXT NOT NULL,
-  user_code TEXT,
-  user_code_source TEXT,          -- 'status' (from MQTT) | 'api' | NULL
-  gateway_id TEXT,
-  model TEXT,
-  last_seen INTEGER,
-  battery INTEGER,
-  connected INTEGER,
-  rssi INTEGER,
-  created_at INTEGER NOT NULL,
-  updated_at INTEGER NOT NULL
-);
-
--- every change of a device's gateway made through the API
-CREATE TABLE IF NOT EXISTS device_moves (
-  id INTEGER PRIMARY KEY,
-  device_id INTEGER NOT NULL,       -- devices.id
-  device_mac TEXT NOT NULL,
-  from_gateway TEXT,
-  to_gateway TEXT,
-  moved_at INTEGER NOT NULL,
-  key_name TEXT                     -- the API key that moved it, when known
-);
-CREATE INDEX IF NOT EXISTS device_moves_device ON device_moves (device_id, moved_at);
-"""
-
-COLUMNS: Final = (
-    "id", "device_name", "device_mac", "device_type", "device_holder", "user_code",
-    "user_code_source", "gateway_id", "model", "last_seen", "battery", "connected", "rssi",
-    "created_at", "updated_at",
-)
-_SELECT: Final = "SELECT " + ", ".join(COLUMNS) + " FROM devices"
+#: a device's fields in the API, in the table's order (ingest.db.registry owns the tables)
+COLUMNS: Final = db.COLUMNS
 
 
 class DeviceType(StrEnum):
@@ -145,37 +113,39 @@ class DevicePatch(BaseModel):
     gateway_id: GatewayId | None = None
 
 
-def row_to_json(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
+def row_to_json(row: tuple[Any, ...]) -> dict[str, Any]:
     d = dict(zip(COLUMNS, tuple(row), strict=True))
     d["connected"] = None if d["connected"] is None else bool(d["connected"])
     return d
 
 
-def _conflict(conn: sqlite3.Connection, name: str, mac: str, exclude_id: int | None) -> str | None:
+def _conflict(conn: Conn, name: str, mac: str, exclude_id: int | None) -> str | None:
     for column, value in (("device_name", name), ("device_mac", mac)):
-        row = conn.execute(
-            f"SELECT id FROM devices WHERE {column} = ? AND id IS NOT ?", (value, exclude_id)
-        ).fetchone()
-        if row is not None:
-            return f"{column} {value!r} is already registered (device id {row[0]})"
+        other = db.holding(conn, column, value, exclude_id)
+        if other is not None:
+            return f"{column} {value!r} is already registered (device id {other})"
     return None
 
 
-def list_devices(conn: sqlite3.Connection, page: int, size: int) -> tuple[list[dict[str, Any]], int]:
-    total = conn.execute("SELECT count(*) FROM devices").fetchone()[0]
-    rows = conn.execute(_SELECT + " ORDER BY id LIMIT ? OFFSET ?", (size, (page - 1) * size))
-    return [row_to_json(r) for r in rows], int(total)
+def list_devices(conn: AnyConn, page: int, size: int,
+                 holder: str | None = None) -> tuple[list[dict[str, Any]], int]:
+    """A page of devices in id order and how many there are (``holder``'s only, when given)."""
+    c = as_conn(conn)
+    total = db.count(c, holder)
+    return [row_to_json(r) for r in db.page(c, size, (page - 1) * size, holder)], total
 
 
-def get_device(conn: sqlite3.Connection, device_id: int) -> dict[str, Any]:
-    row = conn.execute(_SELECT + " WHERE id = ?", (device_id,)).fetchone()
+def get_device(conn: AnyConn, device_id: int) -> dict[str, Any]:
+    row = db.get(as_conn(conn), device_id)
     if row is None:
         raise RegistryError(404, f"device {device_id} not found")
     return row_to_json(row)
 
 
-def create_devices(conn: sqlite3.Connection, items: list[DeviceIn], now: int) -> list[dict[str, Any]]:
-    """Insert all or nothing (the caller's transaction rolls back on RegistryError)."""
+def create_devices(conn: AnyConn, items: list[DeviceIn], now: int) -> list[dict[str, Any]]:
+    """Insert all or nothing (the caller's transaction rolls back on RegistryError). A device
+    registered meanwhile by another instance is a conflict like one registered before."""
+    c = as_conn(conn)
     seen_names: dict[str, int] = {}
     seen_macs: dict[str, int] = {}
     for i, item in enumerate(items):
@@ -186,30 +156,36 @@ def create_devices(conn: sqlite3.Connection, items: list[DeviceIn], now: int) ->
             seen[value] = i
     out = []
     for i, item in enumerate(items):
-        clash = _conflict(conn, item.device_name, item.device_mac, None)
-        if clash:
-            raise RegistryError(409, f"item {i}: {clash}" if len(items) > 1 else clash)
-        cur = conn.execute(
-            "INSERT INTO devices (device_name, device_mac, device_type, device_holder, user_code,"
-            " user_code_source, gateway_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (item.device_name, item.device_mac, item.device_type.value, item.device_holder,
-             item.user_code, "api" if item.user_code else None, item.gateway_id, now, now),
-        )
-        out.append(get_device(conn, int(cur.lastrowid or 0)))
+        new_id = None
+        clash = _conflict(c, item.device_name, item.device_mac, None)
+        if clash is None:
+            new_id = db.insert(
+                c, name=item.device_name, mac=item.device_mac, device_type=item.device_type.value,
+                holder=item.device_holder, user_code=item.user_code,
+                user_code_source="api" if item.user_code else None, gateway_id=item.gateway_id,
+                now=now)
+            if new_id is None:  # registered by a concurrent transaction since the check
+                clash = _conflict(c, item.device_name, item.device_mac, None) or (
+                    f"device_name {item.device_name!r} or device_mac {item.device_mac!r} is "
+                    "already registered")
+        if clash is not None or new_id is None:
+            raise RegistryError(409, f"item {i}: {clash}" if len(items) > 1 else str(clash))
+        out.append(get_device(c, new_id))
     return out
 
 
 def update_device(
-    conn: sqlite3.Connection, device_id: int, patch: DevicePatch, now: int, *,
+    conn: AnyConn, device_id: int, patch: DevicePatch, now: int, *,
     key_name: str | None = None,
 ) -> dict[str, Any]:
     """Apply ``patch``; a change of ``gateway_id`` is recorded in ``device_moves`` with the
     name of the API key that made it (``key_name``), when the caller knows it."""
-    current = get_device(conn, device_id)
+    c = as_conn(conn)
+    current = get_device(c, device_id)
     fields = patch.model_fields_set
     name = patch.device_name if patch.device_name is not None else current["device_name"]
     mac = patch.device_mac if patch.device_mac is not None else current["device_mac"]
-    clash = _conflict(conn, name, mac, device_id)
+    clash = _conflict(c, name, mac, device_id)
     if clash:
         raise RegistryError(409, clash)
     dtype = patch.device_type.value if patch.device_type is not None else current["device_type"]
@@ -220,62 +196,67 @@ def update_device(
         source = "api" if patch.user_code is not None else None
     gateway_id = current["gateway_id"]
     if "gateway_id" in fields and patch.gateway_id != gateway_id:
-        conn.execute(
-            "INSERT INTO device_moves (device_id, device_mac, from_gateway, to_gateway, moved_at,"
-            " key_name) VALUES (?, ?, ?, ?, ?, ?)",
-            (device_id, mac, gateway_id, patch.gateway_id, now, key_name))
+        db.record_move(c, device_id, mac, gateway_id, patch.gateway_id, now, key_name)
         gateway_id = patch.gateway_id
-    conn.execute(
-        "UPDATE devices SET device_name=?, device_mac=?, device_type=?, device_holder=?,"
-        " user_code=?, user_code_source=?, gateway_id=?, updated_at=? WHERE id=?",
-        (name, mac, dtype, holder, user_code, source, gateway_id, now, device_id),
-    )
-    return get_device(conn, device_id)
+    try:
+        with c.savepoint():
+            db.update(c, device_id, name=name, mac=mac, device_type=dtype, holder=holder,
+                      user_code=user_code, user_code_source=source, gateway_id=gateway_id,
+                      now=now)
+    except IntegrityError:  # a concurrent transaction took the name or MAC since the check
+        raise RegistryError(409, _conflict(c, name, mac, device_id) or
+                            f"device_name {name!r} or device_mac {mac!r} is already registered"
+                            ) from None
+    return get_device(c, device_id)
 
 
-def device_moves(conn: sqlite3.Connection, device_id: int) -> list[dict[str, Any]]:
+def device_moves(conn: AnyConn, device_id: int) -> list[dict[str, Any]]:
     """A device's moves between gateways, oldest first."""
-    rows = conn.execute(
-        "SELECT from_gateway, to_gateway, moved_at, key_name FROM device_moves WHERE device_id = ?"
-        " ORDER BY moved_at, id", (device_id,)).fetchall()
     return [{"from_gateway": f, "to_gateway": t, "moved_at": at, "key_name": k}
-            for f, t, at, k in rows]
+            for f, t, at, k in db.moves(as_conn(conn), device_id)]
 
 
-def owner_of(conn: sqlite3.Connection, device_id: str) -> str | None:
+def owner_of(conn: AnyConn, device_id: str) -> str | None:
     """The gateway a device (contract device id) belongs to; None when it is not registered
     or belongs to none yet (the next gateway to report it claims it)."""
-    row = conn.execute("SELECT gateway_id FROM devices WHERE device_mac = ?",
-                       (mac_from_device_id(device_id),)).fetchone()
-    return None if row is None else row[0]
+    row = db.by_mac(as_conn(conn), mac_from_device_id(device_id))
+    return None if row is None else row[5]
 
 
+def claim(conn: AnyConn, device_id: str, gateway_id: str, *, now: int, holder: str) -> str:
+    """The gateway owning a device (contract device id) once ``gateway_id`` claimed it: the
+    first gateway to report a device owns it (registered then under its placeholder name,
+    which a status naming it replaces). Atomic across instances (ingest.db.registry.claim)."""
+    c = as_conn(conn)
+    name = default_name(device_id)
+    if db.name_taken(c, name):
+        name = f"{default_name(device_id)} ({device_id})"
+    return db.claim(c, mac=mac_from_device_id(device_id), name=name, holder=holder,
+                    gateway_id=gateway_id, now=now)
 
-def released_by_owner(conn: sqlite3.Connection, device_id: str) -> bool:
+
+def released_by_owner(conn: AnyConn, device_id: str) -> bool:
     """Has the owning gateway reported the device disconnected (its newest stored status)?"""
-    row = conn.execute("SELECT connected FROM devices WHERE device_mac = ?",
-                       (mac_from_device_id(device_id),)).fetchone()
-    return row is not None and row[0] == 0
+    row = db.by_mac(as_conn(conn), mac_from_device_id(device_id))
+    return row is not None and row[6] == 0
 
 
-def roam(conn: sqlite3.Connection, device_id: str, from_gateway: str, to_gateway: str,
+def roam(conn: AnyConn, device_id: str, from_gateway: str, to_gateway: str,
          ward: str, now: int) -> None:
     """Move a device to ``to_gateway`` of the same ward (the caller checked the rule)."""
+    c = as_conn(conn)
     mac = mac_from_device_id(device_id)
-    row = conn.execute("SELECT id FROM devices WHERE device_mac = ?", (mac,)).fetchone()
+    row = db.by_mac(c, mac)
     if row is None:
         return
-    conn.execute(
-        "INSERT INTO device_moves (device_id, device_mac, from_gateway, to_gateway, moved_at,"
-        " key_name) VALUES (?, ?, ?, ?, ?, ?)",
-        (row[0], mac, from_gateway, to_gateway, now, f"roaming:{ward}"))
-    conn.execute("UPDATE devices SET gateway_id = ?, updated_at = ? WHERE id = ?",
-                 (to_gateway, now, row[0]))
+    db.record_move(c, int(row[0]), mac, from_gateway, to_gateway, now, f"roaming:{ward}")
+    db.set_gateway(c, int(row[0]), to_gateway, now)
 
 
-def delete_device(conn: sqlite3.Connection, device_id: int) -> dict[str, Any]:
-    current = get_device(conn, device_id)
-    conn.execute("DELETE FROM devices WHERE id = ?", (device_id,))
+def delete_device(conn: AnyConn, device_id: int) -> dict[str, Any]:
+    c = as_conn(conn)
+    current = get_device(c, device_id)
+    db.delete(c, device_id)
     return current
 
 
@@ -284,7 +265,7 @@ def default_name(device_id: str) -> str:
     return f"E86 {device_id[-4:].upper()}"
 
 
-def _name_from_status(conn: sqlite3.Connection, dev_id: int, device_id: str, current: str,
+def _name_from_status(conn: Conn, dev_id: int, device_id: str, current: str,
                       status: DeviceStatus | None) -> None:
     """A status naming a device replaces the placeholder name its readings registered it under
     (readings and statuses may be committed in either order); a name given through the API, or
@@ -294,13 +275,12 @@ def _name_from_status(conn: sqlite3.Connection, dev_id: int, device_id: str, cur
     if current not in (default_name(device_id), f"{default_name(device_id)} ({device_id})"):
         return
     name = status.name.strip()[:128]
-    if name != current and conn.execute("SELECT 1 FROM devices WHERE device_name = ?",
-                                        (name,)).fetchone() is None:
-        conn.execute("UPDATE devices SET device_name = ? WHERE id = ?", (name, dev_id))
+    if name != current:
+        db.rename(conn, dev_id, name)
 
 
 def seen_on_mqtt(
-    conn: sqlite3.Connection,
+    conn: AnyConn,
     device_id: str,
     *,
     gateway_id: str | None,
@@ -313,49 +293,52 @@ def seen_on_mqtt(
     """Register or refresh a device seen on MQTT; returns its ``(user_code, user_code_source)``.
 
     ``user_code`` (from a status message or readings) is taken unless the device's patient was
-    assigned through the API.
+    assigned through the API. A device registered meanwhile by another instance is refreshed
+    instead of registered twice.
     """
+    c = as_conn(conn)
     mac = mac_from_device_id(device_id)
     if status is not None and status.user_code is not None:
         user_code = status.user_code
-    row = conn.execute(
-        "SELECT id, user_code, user_code_source, last_seen, device_name FROM devices"
-        " WHERE device_mac = ?", (mac,)
-    ).fetchone()
+    row = db.by_mac(c, mac)
     if row is None:
         name = (status.name.strip() if status and status.name and status.name.strip() else None)
         name = name[:128] if name else default_name(device_id)
-        taken = conn.execute("SELECT 1 FROM devices WHERE device_name = ?", (name,)).fetchone()
-        if taken:
+        if db.name_taken(c, name):
             name = f"{default_name(device_id)} ({device_id})"
-        conn.execute(
-            "INSERT INTO devices (device_name, device_mac, device_type, device_holder, user_code,"
-            " user_code_source, gateway_id, model, last_seen, battery, connected, rssi,"
-            " created_at, updated_at) VALUES (?, ?, 'CONSUMER', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (name, mac, holder, user_code, "status" if user_code else None, gateway_id,
-             status.model if status else None, last_seen,
-             status.battery if status else None,
-             None if status is None else int(status.connected),
-             status.rssi if status else None, now, now),
-        )
-        return user_code, ("status" if user_code else None)
-    dev_id, cur_code, cur_source, cur_seen, cur_name = row
-    _name_from_status(conn, dev_id, device_id, str(cur_name), status)
+        new_id = db.insert(
+            c, name=name, mac=mac, device_type="CONSUMER", holder=holder, user_code=user_code,
+            user_code_source="status" if user_code else None, gateway_id=gateway_id, now=now,
+            model=status.model if status else None, last_seen=last_seen,
+            battery=status.battery if status else None,
+            connected=None if status is None else int(status.connected),
+            rssi=status.rssi if status else None)
+        if new_id is not None:
+            return user_code, ("status" if user_code else None)
+        row = db.by_mac(c, mac)  # registered by a concurrent transaction: refresh it
+        if row is None:  # the name was taken concurrently, not the MAC: the fallback name
+            new_id = db.insert(
+                c, name=f"{default_name(device_id)} ({device_id})", mac=mac,
+                device_type="CONSUMER", holder=holder, user_code=user_code,
+                user_code_source="status" if user_code else None, gateway_id=gateway_id,
+                now=now, model=status.model if status else None, last_seen=last_seen,
+                battery=status.battery if status else None,
+                connected=None if status is None else int(status.connected),
+                rssi=status.rssi if status else None)
+            row = db.by_mac(c, mac)
+            if new_id is not None or row is None:
+                return user_code, ("status" if user_code else None)
+    dev_id, cur_code, cur_source, cur_seen, cur_name = row[:5]
+    _name_from_status(c, dev_id, device_id, str(cur_name), status)
     if cur_source != "api" and user_code is not None:
         cur_code, cur_source = user_code, "status"
     seen = max(x for x in (cur_seen, last_seen, 0) if x is not None) or None
     if status is None:
-        conn.execute(
-            "UPDATE devices SET user_code=?, user_code_source=?, gateway_id=coalesce(gateway_id, ?),"
-            " last_seen=?, updated_at=? WHERE id=?",
-            (cur_code, cur_source, gateway_id, seen, now, dev_id),
-        )
+        db.refresh(c, dev_id, user_code=cur_code, user_code_source=cur_source,
+                   gateway_id=gateway_id, last_seen=seen, now=now)
     else:
-        conn.execute(
-            "UPDATE devices SET user_code=?, user_code_source=?, gateway_id=coalesce(gateway_id, ?),"
-            " last_seen=?, battery=coalesce(?, battery), connected=?, rssi=coalesce(?, rssi),"
-            " model=coalesce(?, model), updated_at=? WHERE id=?",
-            (cur_code, cur_source, gateway_id, seen, status.battery, int(status.connected),
-             status.rssi, status.model, now, dev_id),
-        )
+        db.refresh_status(c, dev_id, user_code=cur_code, user_code_source=cur_source,
+                          gateway_id=gateway_id, last_seen=seen, battery=status.battery,
+                          connected=int(status.connected), rssi=status.rssi, model=status.model,
+                          now=now)
     return cur_code, cur_source

@@ -30,7 +30,7 @@ import importlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import numpy as np
 from aiohttp import web
@@ -194,13 +194,12 @@ class IngestService:
 
     def _add_dashboard_routes(self, app: web.Application) -> None:
         from ingest.dashboard import routes as dashboard_routes
-        from ingest.dashboard.ward import ReadOnlyDb, WardView
+        from ingest.dashboard.ward import WardView, ews_reader
 
-        # the engine created it already; on PostgreSQL the EWS store's own reads (h13d's
-        # ward moves these queries to ingest/db; until then its portable SQL runs on either)
-        ews_db: Any = (self.ews_db if self.ews_db.dialect.value == "postgres"
-                       else ReadOnlyDb(self.settings.ews_db_path))
-        app[dashboard_routes.WARD_KEY] = WardView(db=cast(Any, self.db), engine=self.engine, ews_db=ews_db,
+        # read-only, where the EWS engine keeps its history (it created it already)
+        ews_db = ews_reader(self.settings.ews_location)
+        app.on_cleanup.append(lambda _app: asyncio.to_thread(ews_db.close))
+        app[dashboard_routes.WARD_KEY] = WardView(db=self.db, engine=self.engine, ews_db=ews_db,
                                                   clock=self.clock)
         app[dashboard_routes.HUB_KEY] = self.hub
         dashboard_routes.add_routes(app)

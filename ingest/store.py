@@ -231,7 +231,7 @@ def commit_batch(
     arrivals = gaps.Arrivals()
     ecg_touched: set[tuple[str, str]] = set()
     dead: list[DeadLetter] = []
-    items = _owned(conn, items, dead, ward_of or {}, now)
+    items = _owned(conn, items, dead, ward_of or {}, now, holder)
     # statuses first, so that readings of the same batch see a device's newest user_code
     for item in items:
         out.newest_received = max(out.newest_received, item.received_at)
@@ -340,7 +340,7 @@ def _device_of(item: Item) -> tuple[str, str] | None:
 
 
 def _owned(conn: Conn, items: Sequence[Item], dead: list[DeadLetter],
-           ward_of: Mapping[str, str], now: int) -> list[Item]:
+           ward_of: Mapping[str, str], now: int, holder: str) -> list[Item]:
     """The items whose device belongs to the gateway they came from; the others become
     ``foreign_device`` dead letters. A device belongs to the gateway that first registered it
     (the first in this batch, for a device not registered yet) or to the one the API assigned,
@@ -353,7 +353,9 @@ def _owned(conn: Conn, items: Sequence[Item], dead: list[DeadLetter],
         about = _device_of(item)
         if about is not None:
             device_id, gateway_id = about
-            owner = claims.get(device_id) or registry.owner_of(c, device_id)
+            # trust on first use, claimed once however many instances race (registry.claim)
+            owner = claims.get(device_id) or registry.claim(c, device_id, gateway_id,
+                                                            now=now, holder=holder)
             ward = ward_of.get(gateway_id)
             if (owner is not None and owner != gateway_id and ward is not None
                     and ward_of.get(owner) == ward

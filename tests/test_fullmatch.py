@@ -15,6 +15,8 @@ from e86.commands import MacAddress
 from e86.errors import PayloadError
 from gateway.settings import GatewaySettings
 from ingest import keys
+from ingest.db import Dialect, render_ddl
+from ingest.db import keys as db_keys
 from ingest.ews_engine import EwsEngine, EwsInputError
 from simulators.cli import _gateway_id
 from simulators.physiology import SimClock, SteppedTime
@@ -64,7 +66,7 @@ def test_ews_engine_set_context_refuses_a_trailing_newline(tmp_path: Path) -> No
 def test_key_names_refuse_a_trailing_newline() -> None:
     conn = sqlite3.connect(":memory:")
     try:
-        conn.executescript(keys.SCHEMA)
+        conn.executescript(render_ddl(db_keys.SCHEMA, Dialect.SQLITE))
         assert keys.create(conn, "ward-3", 1).startswith("vg_")
         with pytest.raises(keys.ApiKeyError, match="key name"):
             keys.create(conn, "ward-4\n", 1)

@@ -6,7 +6,6 @@ nothing), POST /api/device, PUT /api/device/{id_device}, DELETE /api/device/{id_
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any, Final
 
@@ -19,6 +18,7 @@ from ingest.api.auth import principal_of
 from ingest.api.envelope import ApiError, ok, page_params, paged, read_json
 from ingest.api.openapi import envelope_response, errors, page_of
 from ingest.api.scoping import check_device, holder_of, require_device, require_own_holder
+from ingest.db.compat import AnyConn
 from vitalgate.contract import USER_CODE_RE, validation_detail
 
 #: most devices one bulk POST may register (a spreadsheet import).
@@ -57,25 +57,11 @@ async def _write(request: web.Request, fn: Any) -> Any:
         raise ApiError(exc.status, exc.message) from None
 
 
-def _holder_devices(conn: sqlite3.Connection, holder: str, page: int,
-                    size: int) -> tuple[list[dict[str, Any]], int]:
-    total = conn.execute("SELECT count(*) FROM devices WHERE device_holder = ?",
-                         (holder,)).fetchone()[0]
-    ids = [int(r[0]) for r in conn.execute(
-        "SELECT id FROM devices WHERE device_holder = ? ORDER BY id LIMIT ? OFFSET ?",
-        (holder, size, (page - 1) * size))]
-    return [registry.get_device(conn, i) for i in ids], int(total)
-
-
 async def list_devices(request: web.Request) -> web.Response:
     page, size = page_params(request, size_names=("size", "data", "length"))
     holder = holder_of(request)
-    if holder is None:
-        items, total = await request.app[DB_KEY].read(
-            lambda c: registry.list_devices(c, page, size))
-    else:
-        items, total = await request.app[DB_KEY].read(
-            lambda c: _holder_devices(c, holder, page, size))
+    items, total = await request.app[DB_KEY].read(
+        lambda c: registry.list_devices(c, page, size, holder))
     return paged(items, page=page, size=size, total=total)
 
 
@@ -132,7 +118,7 @@ async def update(request: web.Request) -> web.Response:
     require_own_holder(request, patch.device_holder)
     holder, now = holder_of(request), _now()
 
-    def change(conn: sqlite3.Connection) -> dict[str, Any]:
+    def change(conn: AnyConn) -> dict[str, Any]:
         check_device(conn, holder, device_id)  # in the same transaction as the change
         return registry.update_device(conn, device_id, patch, now, key_name=principal_of(request).name)
 
@@ -143,7 +129,7 @@ async def delete(request: web.Request) -> web.Response:
     device_id = device_id_param(request)
     holder = holder_of(request)
 
-    def remove(conn: sqlite3.Connection) -> dict[str, Any]:
+    def remove(conn: AnyConn) -> dict[str, Any]:
         check_device(conn, holder, device_id)  # in the same transaction as the removal
         return registry.delete_device(conn, device_id)
 

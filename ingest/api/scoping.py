@@ -8,23 +8,17 @@ A key without a holder sees everything its scopes allow.
 
 from __future__ import annotations
 
-import sqlite3
-
 from aiohttp import web
 
 from ingest.api.appkeys import DB_KEY
 from ingest.api.auth import principal_of
 from ingest.api.envelope import ApiError
+from ingest.db import registry as db
+from ingest.db.compat import AnyConn, as_conn
 
 
 def holder_of(request: web.Request) -> str | None:
     return principal_of(request).holder
-
-
-def _patients(conn: sqlite3.Connection, holder: str) -> set[str]:
-    return {str(r[0]) for r in conn.execute(
-        "SELECT DISTINCT user_code FROM devices WHERE device_holder = ? AND user_code IS NOT NULL",
-        (holder,))}
 
 
 async def visible_patients(request: web.Request) -> set[str] | None:
@@ -32,7 +26,7 @@ async def visible_patients(request: web.Request) -> set[str] | None:
     holder = holder_of(request)
     if holder is None:
         return None
-    return set(await request.app[DB_KEY].read(lambda c: _patients(c, holder)))
+    return set(await request.app[DB_KEY].read(lambda c: db.patients_of(as_conn(c), holder)))
 
 
 async def require_patient(request: web.Request, user_code: str) -> None:
@@ -41,22 +35,19 @@ async def require_patient(request: web.Request, user_code: str) -> None:
     if holder is None:
         return
 
-    def bound(conn: sqlite3.Connection) -> bool:
-        return conn.execute(
-            "SELECT 1 FROM devices WHERE device_holder = ? AND user_code = ? LIMIT 1",
-            (holder, user_code)).fetchone() is not None
+    def bound(conn: AnyConn) -> bool:
+        return db.holder_has_patient(as_conn(conn), holder, user_code)
 
     if not await request.app[DB_KEY].read(bound):
         raise ApiError(404, f"no patient with user_code {user_code!r}")
 
 
-def check_device(conn: sqlite3.Connection, holder: str | None, device_id: int) -> None:
+def check_device(conn: AnyConn, holder: str | None, device_id: int) -> None:
     """404 unless ``holder`` (None: any) may see device ``device_id``; call it inside the
     transaction that then changes the device, so that the check and the change are one."""
     if holder is None:
         return
-    row = conn.execute("SELECT device_holder FROM devices WHERE id = ?", (device_id,)).fetchone()
-    if row is None or str(row[0]) != holder:
+    if db.holder_of(as_conn(conn), device_id) != holder:
         raise ApiError(404, f"device {device_id} not found")
 
 

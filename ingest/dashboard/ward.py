@@ -1,22 +1,23 @@
 """The ward's read model: one tile per patient, and one patient's page, from the stores.
 
-Reads only: the readings/registry database (through the store's read connection) and the EWS
-engine's current state. Series are downsampled in SQL (bucket averages) so that a tile costs
-a few dozen points however fast the watches report.
+Reads only: the readings/registry database (through the store's read connection), the EWS
+history (a read-only ``ingest.db.Database``: on SQLite the EWS file opened read-only, on
+PostgreSQL the same database) and the EWS engine's current state. The queries are
+ingest.db.ward's. Series are downsampled in SQL (bucket averages) so that a tile costs a few
+dozen points however fast the watches report.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
-from ingest import gaps
+from ingest.db import Conn, Database, Location, gaps
+from ingest.db import ward as db
+from ingest.db.compat import as_conn
 
 #: vitals shown on a tile / patient page, in NEWS2 chart order (diastolic only on the page)
 TILE_VITALS: Final = ("respiratory_rate", "spo2", "systolic_bp", "heart_rate", "temperature")
@@ -45,24 +46,18 @@ class Engine(Protocol):
 
 
 class Reader(Protocol):
-    def read_sync(self, fn: Callable[[sqlite3.Connection], Any]) -> Any: ...
+    """A store's read side (``ingest.db.Database`` or ``ingest.store.Database``)."""
+
+    def read_sync(self, fn: Callable[[Any], Any]) -> Any: ...
 
 
-class ReadOnlyDb:
-    """A read-only connection to another component's SQLite file (the EWS engine's)."""
-
-    def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
-                                     timeout=30.0)
-        self._lock = threading.Lock()
-
-    def read_sync(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        with self._lock:
-            return fn(self._conn)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+def ews_reader(location: Location) -> Database:
+    """The EWS history for the ward, read-only (the EWS engine created it already)."""
+    if location.path is not None:
+        # a read-only SQLite file is opened by URI (file:PATH?mode=ro): a path spelled with a
+        # leading '//' (sqlite:////abs/path) would read as a URI authority there
+        location = replace(location, path=location.path.resolve())
+    return Database(location, readonly=True, name="ews-ward", read_pool=2)
 
 
 @dataclass
@@ -79,12 +74,10 @@ class WardView:
         patients, alerts = self.db.read_sync(lambda c: self._ward_rows(c, now)), self.alerts(now)
         return {"now": now, "patients": patients, "alerts": alerts}
 
-    def _ward_rows(self, conn: sqlite3.Connection, now: int) -> list[dict[str, Any]]:
+    def _ward_rows(self, raw: Any, now: int) -> list[dict[str, Any]]:
+        conn = as_conn(raw)
         devices: dict[str, dict[str, Any]] = {}
-        for row in conn.execute(
-            "SELECT user_code, device_name, device_mac, gateway_id, battery, connected, last_seen, rssi "
-            "FROM devices WHERE user_code IS NOT NULL ORDER BY last_seen"
-        ):
+        for row in db.devices_with_patients(conn):
             devices[row[0]] = {
                 "name": row[1], "mac": row[2], "gateway_id": row[3], "battery": row[4],
                 "connected": None if row[5] is None else bool(row[5]), "last_seen": row[6], "rssi": row[7],
@@ -94,19 +87,10 @@ class WardView:
         for device in devices.values():
             device["data_completeness"] = seq_complete.get(str(device["mac"]).replace(":", "").lower())
         latest: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-        for code, vital, value, ts in conn.execute(
-            "SELECT r.user_code, r.vital, r.value, r.ts FROM readings r JOIN ("
-            " SELECT user_code, vital, max(ts) AS ts FROM readings"
-            " WHERE user_code IS NOT NULL GROUP BY user_code, vital) m"
-            " ON r.user_code = m.user_code AND r.vital = m.vital AND r.ts = m.ts"
-        ):
+        for code, vital, value, ts in db.latest_values(conn):
             latest[code][vital] = {"value": value, "ts": ts, "spark": []}
         bucket = max(1, SPARK_WINDOW_MS // SPARK_POINTS)
-        for code, vital, b, value in conn.execute(
-            "SELECT user_code, vital, ts / ?, avg(value) FROM readings"
-            " WHERE ts >= ? AND user_code IS NOT NULL GROUP BY user_code, vital, ts / ? ORDER BY 1, 2, 3",
-            (bucket, now - SPARK_WINDOW_MS, bucket),
-        ):
+        for code, vital, b, value in db.sparks(conn, now - SPARK_WINDOW_MS, bucket):
             item = latest.get(code, {}).get(vital)
             if item is not None:
                 item["spark"].append([int(b) * bucket + bucket // 2, round(float(value), 2)])
@@ -130,13 +114,11 @@ class WardView:
     def alerts(self, now: int) -> list[dict[str, Any]]:
         """Risk rises: each EWS point whose risk is above the patient's previous point's."""
 
-        def query(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+        def query(conn: Any) -> list[dict[str, Any]]:
             out: list[dict[str, Any]] = []
             previous: dict[str, str] = {}
-            for code, point, result, risk, produce_at in conn.execute(
-                "SELECT user_code, point, result, risk, produce_at FROM ews_history"
-                " WHERE emitted_at >= ? ORDER BY id", (now - ALERT_WINDOW_MS,)
-            ):
+            for code, point, result, risk, produce_at in db.ews_since(as_conn(conn),
+                                                                      now - ALERT_WINDOW_MS):
                 before = previous.get(code)
                 if RISK_ORDER.get(risk, 0) > RISK_ORDER.get(before or "low", 0):
                     out.append({"user_code": code, "point": point, "result": result, "risk": risk,
@@ -153,22 +135,17 @@ class WardView:
         now = self.clock()
         since = now - int(hours * 3_600_000)
 
-        def query(conn: sqlite3.Connection) -> dict[str, Any] | None:
+        def query(raw: Any) -> dict[str, Any] | None:
+            conn = as_conn(raw)
             rows = self._ward_rows_for(conn, code, now)
             if rows is None:
                 return None
             bucket = max(1, (now - since) // PAGE_POINTS)
             series: dict[str, list[list[float]]] = defaultdict(list)
-            for vital, b, value in conn.execute(
-                "SELECT vital, ts / ?, avg(value) FROM readings WHERE user_code = ? AND ts >= ?"
-                " GROUP BY vital, ts / ? ORDER BY 1, 2", (bucket, code, since, bucket),
-            ):
+            for vital, b, value in db.series(conn, code, since, bucket):
                 series[vital].append([int(b) * bucket + bucket // 2, round(float(value), 2)])
             ecg = []
-            for rec, ts, fs, n, blob, analysis in conn.execute(
-                "SELECT recording, ts, fs, n_samples, samples, analysis FROM ecg_recordings"
-                " WHERE user_code = ? ORDER BY ts DESC LIMIT ?", (code, ECG_RECORDINGS),
-            ):
+            for rec, ts, fs, n, blob, analysis in db.ecg_strips(conn, code, ECG_RECORDINGS):
                 ecg.append(_strip(rec, ts, fs, n, blob, analysis))
             return {"patient": rows, "series": series, "ecg": ecg}
 
@@ -176,29 +153,19 @@ class WardView:
         if data is None:
             return None
 
-        def history(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            return [
-                {"point": p, "result": r, "risk": k, "produce_at": t}
-                for p, r, k, t in conn.execute(
-                    "SELECT point, result, risk, produce_at FROM ews_history"
-                    " WHERE user_code = ? AND produce_at >= ? ORDER BY produce_at", (code, since),
-                )
-            ]
+        def history(conn: Any) -> list[dict[str, Any]]:
+            return [{"point": p, "result": r, "risk": k, "produce_at": t}
+                    for p, r, k, t in db.ews_of(as_conn(conn), code, since)]
 
         data["ews_history"] = self.ews_db.read_sync(history)
         data["context"] = self.engine.get_context(code)
         data["now"] = now
         return data
 
-    def _ward_rows_for(self, conn: sqlite3.Connection, code: str, now: int) -> dict[str, Any] | None:
-        device_row = conn.execute(
-            "SELECT device_name, device_mac, gateway_id, battery, connected, last_seen, rssi"
-            " FROM devices WHERE user_code = ? ORDER BY last_seen DESC LIMIT 1", (code,)
-        ).fetchone()
+    def _ward_rows_for(self, conn: Conn, code: str, now: int) -> dict[str, Any] | None:
+        device_row = db.patient_device(conn, code)
         vitals: dict[str, dict[str, Any]] = {}
-        for vital, value, ts in conn.execute(
-            "SELECT vital, value, max(ts) FROM readings WHERE user_code = ? GROUP BY vital", (code,)
-        ):
+        for vital, value, ts in db.patient_latest_values(conn, code):
             vitals[vital] = {"value": value, "ts": ts, "spark": []}
         if device_row is None and not vitals and self.engine.current(code) is None:
             return None

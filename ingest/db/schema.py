@@ -11,33 +11,11 @@ component's migration may read the tables of those before it).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Final
 
-from ingest import keys, registry
-from ingest.db import dead_letters, ecg, gaps, migrate, readings
+from ingest.db import dead_letters, ecg, gaps, keys, readings, registry
 from ingest.db.engine import Conn, Database, Location
-
-
-def _registry(conn: Conn, now: int) -> None:
-    # PENDING h13d (ingest/db/registry.py): the registry's own component replaces this
-    migrate.apply(conn, "registry", schema=_portable(registry.SCHEMA), now=now)
-
-
-def _keys(conn: Conn, now: int) -> None:
-    # PENDING h13d (ingest/db/keys.py): the keys' own component replaces this
-    if not conn.is_postgres:
-        keys.migrate(conn.sqlite)  # api_keys made before scopes: add the columns
-    migrate.apply(conn, "keys", schema=_portable(keys.SCHEMA), now=now)
-
-
-def _portable(ddl: str) -> str:
-    """The registry's and keys' SQLite DDL in the portable form (until they own it)."""
-    ddl = ddl.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "{id}").replace(
-        "INTEGER PRIMARY KEY,", "{id},").replace("BLOB", "{blob}")
-    return re.sub(r"\bINTEGER\b", "BIGINT", ddl)
-
 
 #: every component of the readings store, in the order they are set up.
 COMPONENTS: Final[tuple[tuple[str, Callable[[Conn, int], None]], ...]] = (
@@ -45,8 +23,8 @@ COMPONENTS: Final[tuple[tuple[str, Callable[[Conn, int], None]], ...]] = (
     ("ecg", ecg.setup),                    # ecg_chunks, ecg_recordings, ecg_rejected (h13a)
     ("dead_letters", dead_letters.setup),  # dead_letters, dead_letter_stats, deliveries (h13a)
     ("gaps", gaps.setup),                  # seq_streams, seq_gaps (h13a; seeds from readings)
-    ("registry", _registry),               # devices, device_moves (h13d)
-    ("keys", _keys),                       # api_keys, api_key_state (h13d)
+    ("registry", registry.setup),          # devices, device_moves (h13d)
+    ("keys", keys.setup),                  # api_keys, api_key_state (h13d)
 )
 
 

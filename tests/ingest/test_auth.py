@@ -19,6 +19,8 @@ import pytest
 
 from ingest import keys, store
 from ingest.api.auth import ADMIN, PUBLIC, ROUTE_SCOPES, required_scope
+from ingest.db import Dialect, render_ddl
+from ingest.db import keys as db_keys
 from ingest.service import IngestService, RunningService
 from tests.support.ingest_service import TEST_KEY, Api, eventually, publisher, running, settings_for
 from vitalgate.broker import Mosquitto, free_port
@@ -268,7 +270,7 @@ def test_scopes_and_names_are_checked() -> None:
         with pytest.raises(keys.ApiKeyError):
             keys.parse_scopes(bad)
     conn = sqlite3.connect(":memory:")
-    conn.executescript(keys.SCHEMA)
+    conn.executescript(render_ddl(db_keys.SCHEMA, Dialect.SQLITE))
     for name in ("bad name", "x\n", "bootstrap"):
         with pytest.raises(keys.ApiKeyError):
             keys.create(conn, name, 1, ["read"])
