@@ -49,7 +49,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ingest import store
-from ingest.db import Conn, Database, DatabaseError, dead_letters
+from ingest.db import Conn, Database, DatabaseError, IntegrityError, OperationalError, dead_letters
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
 from vitalgate.contract import (
@@ -637,7 +637,9 @@ def _exc_detail(exc: BaseException | None) -> str:
     line, which may quote values, is left out); never the payload."""
     if exc is None:
         return "unknown error"
-    name = type(exc).__name__
+    # the driver-neutral class for the store's errors (sqlite3's and psycopg's differ)
+    name = ("IntegrityError" if isinstance(exc, IntegrityError) else "OperationalError"
+            if isinstance(exc, OperationalError) else type(exc).__name__)
     if isinstance(exc, (*DatabaseError, OverflowError)):
         lines = str(exc).strip().splitlines()
         return f"{name} ({(lines[0] if lines else '')[:200]})"

@@ -259,7 +259,8 @@ def record_deliveries(
         row = conn.execute(
             "INSERT INTO deliveries (topic, sha256, attempts, first_at, last_at)"
             " VALUES (?, ?, 1, ?, ?) ON CONFLICT (topic, sha256) DO UPDATE"
-            " SET attempts = attempts + 1, last_at = excluded.last_at RETURNING attempts",
+            " SET attempts = deliveries.attempts + 1, last_at = excluded.last_at"
+            " RETURNING attempts",
             (topic, sha, now, now)).fetchone()
         out[(topic, sha)] = int(row[0])
     return out

@@ -1,5 +1,6 @@
-"""Issue 12 on real parts (Mosquitto, SQLite, HTTP): backpressure, gaps and republish, a full
-disk, a buffer reset's new stream."""
+"""Issue 12 on real parts (Mosquitto, SQLite and PostgreSQL, HTTP): backpressure, gaps and
+republish, a buffer reset's new stream (on both engines); a full disk and a read-only data dir
+(SQLite files: SQLite only)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ingest.service import start_service
 from tests.support.ingest_service import (
     Api,
     eventually,
+    open_store,
     publish_all,
     publisher,
     reading,
@@ -57,6 +59,7 @@ def pub(mosquitto: Mosquitto) -> Iterator[mqtt.Client]:
     client.loop_stop()
 
 
+@pytest.mark.usefixtures("ingest_engine")  # on SQLite and on PostgreSQL
 async def test_backlog_larger_than_the_queue_drains_in_one_connection(
     tmp_path: Path, mosquitto: Mosquitto, pub: mqtt.Client
 ) -> None:
@@ -83,6 +86,7 @@ async def test_backlog_larger_than_the_queue_drains_in_one_connection(
         assert totals == ([], 0)
 
 
+@pytest.mark.usefixtures("ingest_engine")  # on SQLite and on PostgreSQL
 async def test_gap_detected_requested_and_closed_by_the_republish(
     tmp_path: Path, mosquitto: Mosquitto, pub: mqtt.Client
 ) -> None:
@@ -160,6 +164,7 @@ async def test_gap_detected_requested_and_closed_by_the_republish(
         sub.loop_stop()
 
 
+@pytest.mark.usefixtures("ingest_engine")  # on SQLite and on PostgreSQL
 async def test_a_reset_buffer_is_a_new_stream_not_duplicates(
     tmp_path: Path, mosquitto: Mosquitto, pub: mqtt.Client
 ) -> None:
@@ -192,6 +197,7 @@ def small_disk(path: Path, size: str = "2m") -> Iterator[Path]:
 async def test_full_disk_is_the_stores_failure_and_nothing_is_lost(
     tmp_path: Path, mosquitto: Mosquitto, pub: mqtt.Client, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """SQLite only: the data dir's file system fills up."""
     with small_disk(tmp_path / "disk") as disk:
         settings = settings_for(disk / "data", mosquitto.url, store_retry_max_s=2,
                                 mqtt_client_id="ingest-full-disk")
@@ -237,7 +243,7 @@ async def test_full_disk_is_the_stores_failure_and_nothing_is_lost(
 
 
 def test_a_read_only_data_dir_is_named_at_start(tmp_path: Path) -> None:
-    """A store on a read-only filesystem: one clear error naming the file, not a traceback
+    """SQLite only. A store on a read-only filesystem: one clear error naming the file, not a traceback
     from deep inside SQLite (the service logs it and exits 1)."""
     with small_disk(tmp_path / "disk") as disk:
         path = disk / "data" / "ingest.sqlite3"
@@ -250,6 +256,7 @@ def test_a_read_only_data_dir_is_named_at_start(tmp_path: Path) -> None:
             store.Database(path, synchronous="NORMAL")
 
 
+@pytest.mark.usefixtures("ingest_engine")  # on SQLite and on PostgreSQL
 async def test_stopping_while_backpressure_holds_paho_loses_nothing(
     tmp_path: Path, mosquitto: Mosquitto, pub: mqtt.Client
 ) -> None:
@@ -268,7 +275,7 @@ async def test_stopping_while_backpressure_holds_paho_loses_nothing(
     finally:
         # bounded: a network thread stuck in on_message would hang loop_stop() here
         await asyncio.wait_for(svc.stop(), 30)
-    stored = store.Database(settings.db_path, synchronous="NORMAL")
+    stored = open_store(tmp_path / "data")
     first = stored.read_sync(store.count_readings)
     stored.close()
     assert first < n, "everything was committed before the stop: nothing tested"

@@ -1,5 +1,7 @@
-"""Poison messages on real parts (Mosquitto, SQLite, HTTP on loopback): no message, retained or
-not, stops ingestion, loops the consumer or costs the good data beside it (issue 11).
+"""Poison messages on real parts (Mosquitto, SQLite and PostgreSQL, HTTP on loopback): no
+message, retained or not, stops ingestion, loops the consumer or costs the good data beside it
+(issue 11). Every test runs on both engines (on PostgreSQL an error aborts the transaction
+unless inside a savepoint: the isolation's savepoints are what keeps the good data).
 
 Each test reproduces what stopped or flooded main: values SQLite cannot bind (2**70),
 ``[`` × 100 000, a 10 MB payload, future stamps, a store that refuses one item, a message
@@ -11,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,10 @@ from ingest.service import RunningService
 from tests.support.ingest_service import (
     Api,
     eventually,
+    open_store,
     publish_all,
     reading,
+    refuse_inserts,
     running,
     settings_for,
 )
@@ -37,6 +40,8 @@ GOOD_GW = "gw-good"
 GOOD_DEV = "d061aed45894"
 BAD_GW = "gw-poison"
 TOPICS = Topics()
+
+pytestmark = pytest.mark.usefixtures("ingest_engine")  # on SQLite and on PostgreSQL
 
 
 def _settings(tmp_path: Path, mosquitto: Mosquitto, **overrides: Any) -> Any:
@@ -158,10 +163,9 @@ async def svc(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningServ
 
 async def test_a_store_failure_of_one_item_costs_only_that_item(
         svc: RunningService, pub: mqtt.Client) -> None:
-    # a real SQLite refusal of one reading (what 2**70 caused on main: an error binding it)
-    svc.service.db.write_sync(lambda c: c.execute(
-        "CREATE TRIGGER refuse_666 BEFORE INSERT ON readings WHEN NEW.seq = 666"
-        " BEGIN SELECT RAISE(ABORT, 'refused by the test trigger'); END"))
+    # a real store refusal of one reading (what 2**70 caused on main: an error binding it)
+    svc.service.db.write_sync(lambda c: refuse_inserts(c, "readings", "NEW.seq = 666",
+                                                       "refuse_666"))
     array = encode_readings([reading(GOOD_DEV, s, T0 + s, user_code="GOOD") for s in (665, 666, 667)])
     stream = [*_good_stream(20), (TOPICS.reading(GOOD_GW, GOOD_DEV), array), *_good_stream(20, 20)]
     publish_all(pub, stream)
@@ -181,11 +185,9 @@ async def test_a_message_failing_every_delivery_is_stopped_by_the_crash_loop_det
         svc: RunningService, pub: mqtt.Client, caplog: pytest.LogCaptureFixture) -> None:
     # the store refuses the reading AND its store_error dead letter: the consumer fails on the
     # message at every delivery (as a message that crashes the process would)
-    for trigger in ("CREATE TRIGGER refuse_777 BEFORE INSERT ON readings WHEN NEW.seq = 777"
-                    " BEGIN SELECT RAISE(ABORT, 'refused'); END",
-                    "CREATE TRIGGER refuse_777_letter BEFORE INSERT ON dead_letters"
-                    " WHEN NEW.reason = 'store_error' BEGIN SELECT RAISE(ABORT, 'refused'); END"):
-        svc.service.db.write_sync(lambda c, t=trigger: c.execute(t))
+    for table, when, name in (("readings", "NEW.seq = 777", "refuse_777"),
+                              ("dead_letters", "NEW.reason = 'store_error'", "refuse_777_letter")):
+        svc.service.db.write_sync(lambda c, t=table, w=when, n=name: refuse_inserts(c, t, w, n))
     caplog.set_level(logging.WARNING, logger="ingest.consumer")
     publish_all(pub, [(TOPICS.reading(GOOD_GW, GOOD_DEV),
                        reading(GOOD_DEV, 777, T0, user_code="GOOD").to_bytes())])
@@ -274,17 +276,18 @@ async def test_the_redelivery_count_survives_a_restart_of_the_process(
     settings = _settings(tmp_path, mosquitto)
     async with running(settings, clock=lambda: NOW) as first:
         await eventually(lambda: first.service.consumer.connected)
-        for trigger in ("CREATE TRIGGER refuse_888 BEFORE INSERT ON readings WHEN NEW.seq = 888"
-                        " BEGIN SELECT RAISE(ABORT, 'refused'); END",
-                        "CREATE TRIGGER refuse_888_letter BEFORE INSERT ON dead_letters"
-                        " WHEN NEW.reason = 'store_error' BEGIN SELECT RAISE(ABORT, 'refused'); END"):
-            first.service.db.write_sync(lambda c, t=trigger: c.execute(t))
+        for table, when, name in (("readings", "NEW.seq = 888", "refuse_888"),
+                                  ("dead_letters", "NEW.reason = 'store_error'",
+                                   "refuse_888_letter")):
+            first.service.db.write_sync(
+                lambda c, t=table, w=when, n=name: refuse_inserts(c, t, w, n))
         publish_all(pub, [(TOPICS.reading(GOOD_GW, GOOD_DEV),
                            reading(GOOD_DEV, 888, T0, user_code="GOOD").to_bytes())])
         await eventually(lambda: first.service.metrics.errors.value(task="consumer") >= 2)
     # the first process failed on it at least twice: its redeliveries are counted on disk
-    with sqlite3.connect(settings.db_path) as conn:
-        ((counted,),) = conn.execute("SELECT attempts FROM deliveries").fetchall()
+    stored = open_store(tmp_path / "data")
+    ((counted,),) = stored.read_sync(lambda c: c.execute("SELECT attempts FROM deliveries").fetchall())
+    stored.close()
     assert counted >= 1
     async with running(settings, clock=lambda: NOW) as second:
         m = second.service.metrics

@@ -4,13 +4,13 @@ The ingest service runs as a real subprocess (``python -m vitalgate ingest``) wi
 client id. A publisher keeps publishing while the service is killed with SIGKILL and started
 again: the broker's persistent session redelivers what was not acknowledged (manual ack after
 commit), and the store's (device_id, seq) identity drops what was committed but not acked.
+On SQLite and on PostgreSQL (``VITALGATE_DATABASE_URL``).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from ingest.db import Database, DatabaseError, Location
 from tests.support.ingest_service import TEST_KEY, publisher, reading
 from vitalgate.broker import Mosquitto, free_port, wait_port
 from vitalgate.contract import QOS, Topics
@@ -31,12 +32,17 @@ PER_DEVICE = 600
 WARMUP_DEVICE = "d061aed4ffff"
 
 
-def _start(data_dir: Path, broker: Mosquitto, port: int, log: Path) -> subprocess.Popen[bytes]:
+def _start(data_dir: Path, broker: Mosquitto, port: int, log: Path,
+           database_url: str | None) -> subprocess.Popen[bytes]:
     env = dict(os.environ,
                VITALGATE_DATA_DIR=str(data_dir), VITALGATE_MQTT_URL=broker.url,
                VITALGATE_HTTP_HOST="127.0.0.1", VITALGATE_HTTP_PORT=str(port),
-               VITALGATE_API_KEY=TEST_KEY, VITALGATE_MQTT_CLIENT_ID="ingest-crash-test")
+               VITALGATE_API_KEY=TEST_KEY, VITALGATE_MQTT_CLIENT_ID="ingest-crash-test",
+               VITALGATE_MAX_READING_AGE_DAYS="2")
     env.pop("VITALGATE_CONFIG", None)
+    env.pop("VITALGATE_DATABASE_URL", None)
+    if database_url is not None:
+        env["VITALGATE_DATABASE_URL"] = database_url
     with log.open("ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "vitalgate", "ingest"], env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
@@ -44,18 +50,30 @@ def _start(data_dir: Path, broker: Mosquitto, port: int, log: Path) -> subproces
     return proc
 
 
-def _stored(db: Path) -> tuple[int, int]:
+def _query(db: Location, sql: str, params: tuple[Any, ...] = ()) -> Any:
+    """One row of a read-only query on the service's store (None before the service made it)."""
+    if db.path is not None and not db.path.exists():
+        return None
+    try:
+        store = Database(db, readonly=True, name="crash-test-reader")
+    except Exception:  # the service has not created it yet
+        return None
+    try:
+        return store.read_sync(lambda c: c.execute(sql, params).fetchone())
+    except DatabaseError:  # not set up yet (no readings table)
+        return None
+    finally:
+        store.close()
+
+
+def _stored(db: Location) -> tuple[int, int]:
     """(rows, distinct readings) of the stream, without the warm-up device."""
-    if not db.exists():
-        return 0, 0
-    with sqlite3.connect(db, timeout=30) as conn:
-        rows, ids = conn.execute(
-            "SELECT count(*), count(DISTINCT device_id || ':' || seq) FROM readings"
-            " WHERE device_id != ?", (WARMUP_DEVICE,)).fetchone()
-    return int(rows), int(ids)
+    row = _query(db, "SELECT count(*), count(DISTINCT device_id || ':' || CAST(seq AS TEXT))"
+                     " FROM readings WHERE device_id <> ?", (WARMUP_DEVICE,))
+    return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
 
-def _warm_up(db: Path, pub: Any, topics: Topics, t0: int) -> None:
+def _warm_up(db: Location, pub: Any, topics: Topics, t0: int) -> None:
     """Publish the warm-up device until ingest stored one of its readings: from then on the
     broker holds ingest's persistent session and queues everything for it."""
     deadline = time.monotonic() + 60
@@ -65,21 +83,20 @@ def _warm_up(db: Path, pub: Any, topics: Topics, t0: int) -> None:
         pub.publish(topics.reading("gw-crash", WARMUP_DEVICE), r.to_bytes(), qos=QOS).wait_for_publish(10)
         seq += 1
         time.sleep(0.1)
-        if not db.exists():
-            continue
-        with sqlite3.connect(db, timeout=30) as conn:
-            if conn.execute("SELECT 1 FROM readings WHERE device_id = ?", (WARMUP_DEVICE,)).fetchone():
-                return
+        if _query(db, "SELECT 1 FROM readings WHERE device_id = ?", (WARMUP_DEVICE,)):
+            return
     raise AssertionError("ingest never stored the warm-up device")
 
 
 @pytest.mark.e2e
-def test_sigkill_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, mosquitto: Mosquitto) -> None:
+def test_sigkill_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, mosquitto: Mosquitto,
+                                                         database_url: str) -> None:
     data_dir = tmp_path / "data"
-    db = data_dir / "ingest.sqlite3"
+    url = None if database_url.startswith("sqlite:") else database_url
+    db = Location.parse(url, default_path=data_dir / "ingest.sqlite3")
     port = free_port()
     log = tmp_path / "ingest.log"
-    proc = _start(data_dir, mosquitto, port, log)
+    proc = _start(data_dir, mosquitto, port, log, url)
     topics = Topics()
     devices = [f"d061aed4{i:04x}" for i in range(N_DEVICES)]
     total = N_DEVICES * PER_DEVICE
@@ -115,7 +132,7 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, mosquit
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         assert not done.is_set() or _stored(db)[0] < total, "stream ended before the kill"
-        proc = _start(data_dir, mosquitto, port, log)
+        proc = _start(data_dir, mosquitto, port, log, url)
         assert done.wait(120), "publisher did not finish"
         deadline = time.monotonic() + 60
         while _stored(db)[0] < total and time.monotonic() < deadline:

@@ -14,7 +14,7 @@ import aiohttp
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from ingest.db import Database, Location, schema
+from ingest.db import Conn, Database, Location, schema
 from ingest.service import RunningService, start_service
 from ingest.settings import IngestSettings
 from vitalgate.config import load_settings
@@ -137,3 +137,18 @@ def open_store(data_dir: Path, **kwargs: Any) -> Database:
     """The readings store a service made by :func:`settings_for` uses (this test's engine),
     opened beside it (tests read what it committed)."""
     return schema.open_store(store_location(data_dir), synchronous="NORMAL", **kwargs)
+
+
+def refuse_inserts(conn: Conn, table: str, when: str, name: str) -> None:
+    """Make the store refuse inserts into ``table`` of rows where ``when`` (SQL on ``NEW``)
+    holds, with an integrity error, on either engine: a real store refusal for the poison
+    tests (a SQLite trigger; a PostgreSQL trigger function)."""
+    if not conn.is_postgres:
+        conn.execute(f"CREATE TRIGGER {name} BEFORE INSERT ON {table} WHEN {when}"
+                     " BEGIN SELECT RAISE(ABORT, 'refused by the test trigger'); END")
+        return
+    conn.script(
+        f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" IF {when} THEN RAISE EXCEPTION 'refused by the test trigger'"
+        " USING ERRCODE = 'integrity_constraint_violation'; END IF; RETURN NEW; END $$;"
+        f" CREATE TRIGGER {name} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {name}();")
