@@ -201,6 +201,17 @@ def classify(msg: Inbound, topics: Topics, *, max_future_ms: int = DEFAULT_FUTUR
         return [dead(exc)]
 
 
+#: a batch whose commit deadlocked with another instance's (or failed serialisation) is
+#: committed again whole this many times at most before it is isolated message by message:
+#: such a failure is the two transactions' timing, not the batch's content.
+CONFLICT_RETRIES: Final = 5
+
+
+def _transient_conflict(exc: BaseException) -> bool:
+    """A deadlock (40P01) or serialisation failure (40001) of PostgreSQL."""
+    return getattr(exc, "sqlstate", None) in ("40P01", "40001")
+
+
 def _same_device(payload_id: str, topic_id: str | None) -> None:
     if payload_id != topic_id:
         raise ContractError("topic", f"device_id {payload_id!r} is not the topic's {topic_id!r}")
@@ -484,8 +495,18 @@ class Consumer:
             looped = {k for k, n in counts.items() if n >= self.settings.redelivery_max}
         parts: list[tuple[Inbound, list[store.Item]]] = []
         try:
-            result = await self._db.write(lambda conn: self._commit(conn, batch, looped, suspects,
-                                                                    parts))
+            for attempt in range(1, CONFLICT_RETRIES + 1):
+                try:
+                    result = await self._db.write(
+                        lambda conn: self._commit(conn, batch, looped, suspects, parts))
+                    break
+                except Exception as exc:
+                    if not _transient_conflict(exc) or attempt == CONFLICT_RETRIES:
+                        raise
+                    # another instance's commit crossed this one (issue 13, h13c): the whole
+                    # batch again, as it was; not a bad item to isolate
+                    parts.clear()
+                    await asyncio.sleep(0.01 * attempt)
         except Exception as exc:  # one bad item must not fail its batch: isolate it
             self._metrics.isolated_batches.inc()
             log.warning("commit of a batch of %d messages failed (%s); committing it message by "

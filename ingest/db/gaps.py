@@ -148,7 +148,7 @@ def _subtract(lo: int, hi: int, seqs: list[int]) -> list[tuple[int, int]]:
 def observe(conn: Conn, arrivals: Arrivals, now: int) -> Update:
     """Record a batch's seqs (inside the caller's transaction): open, shrink, split, close."""
     total = Update()
-    for (device_id, stream), (gateway_id, got) in arrivals.seqs.items():
+    for (device_id, stream), (gateway_id, got) in sorted(arrivals.seqs.items()):  # lock order
         total.add(_observe_stream(conn, device_id, stream, gateway_id, sorted(got), now))
     return total
 
