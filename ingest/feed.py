@@ -165,16 +165,27 @@ class Feed:
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(queue_max)
         self._events: asyncio.Queue[str] = asyncio.Queue(EVENTS_MAX)
         self._overflow = False
+        #: partitions taken whose catch-up has not run yet: their notifications are skipped
+        #: (the catch-up reads those rows from the store, after they were committed)
+        self._pending: set[int] = set()
         self._stop = threading.Event()
         self.connected = asyncio.Event()
 
     # -- ownership changes ---------------------------------------------------------------
 
     async def acquired(self, parts: frozenset[int]) -> None:
+        self._pending |= parts
         await self._queue.put(("take", parts))
 
     async def released(self, parts: frozenset[int]) -> None:
+        self._pending -= parts
         await self.scoring.drop(parts)
+
+    async def _take(self, parts: frozenset[int]) -> None:
+        try:
+            await self.scoring.take(parts)
+        finally:
+            self._pending -= parts
 
     # -- outbound events -------------------------------------------------------------------
 
@@ -271,7 +282,7 @@ class Feed:
                     await self._catch_up(self.owner.owned(), "listener reconnected")
                 continue
             if kind == "take":
-                await self.scoring.take(payload)
+                await self._take(payload)
                 continue
             if kind == EVENTS:
                 self._event(payload)
@@ -292,7 +303,7 @@ class Feed:
         # handled at once, in order: a take or an event right after readings
         kind, payload = item
         if kind == "take":
-            await self.scoring.take(payload)
+            await self._take(payload)
         elif kind == EVENTS:
             self._event(payload)
         elif kind == "connected":
@@ -313,7 +324,8 @@ class Feed:
         if not rows:
             return
         self.scoring.event("readings", {"count": len(rows)})
-        mine = [r for r in rows if self.owner.owns_partition(r.part)]
+        pending = self._pending
+        mine = [r for r in rows if self.owner.owns_partition(r.part) and r.part not in pending]
         if mine:
             self.stats.scored += len(mine)
             await self.scoring.score(mine)

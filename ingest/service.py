@@ -42,10 +42,19 @@ from ingest.api.appkeys import ENGINE_KEY
 from ingest.api.ratelimit import LIMITER_KEY
 from ingest.consumer import Consumer, epoch_ms
 from ingest.dashboard.events import EventHub
-from ingest.db import Conn, DatabaseError, StoreOpenError, gaps, readings, schema, store_failure
+from ingest.db import (
+    Conn,
+    DatabaseError,
+    StoreOpenError,
+    catchup,
+    gaps,
+    readings,
+    schema,
+    store_failure,
+)
 from ingest.db import ews as ews_store
 from ingest.emit_policy import EmitPolicy
-from ingest.ews_engine import EwsEngine, EwsPoint
+from ingest.ews_engine import MAX_ROUNDS, EwsEngine, EwsPoint
 from ingest.keys import KeyChecker
 from ingest.metrics import IngestMetrics, Sample
 from ingest.outbox import Outbox
@@ -455,31 +464,65 @@ class IngestService:
         self._publish(points)
 
     async def take(self, parts: frozenset[int]) -> None:
-        """``feed.Scoring``: warm-start the patients of newly owned partitions from the shared
-        readings (their recent values) and EWS history (their emission state)."""
+        """``feed.Scoring``: take over the patients of newly owned partitions from the shared
+        store, so the handover neither re-emits an unchanged score nor skips a change: each
+        patient's emission state is its last recorded point (EWS history); the readings up to
+        that point's time rebuild its scorer window silently (``warm_start_patient``); the
+        readings after it are scored in event-time order (``observe``), as the previous owner
+        would have scored them."""
         window = self.settings.freshness_ms
-        since = self.clock() - window
-        warm = await self.db.read(lambda c: store.warm_items(c, since, window))
+        now = self.clock()
         n = self.owner.partitions
-        by_patient: dict[str, tuple[list[tuple[str, str, float, int]], list[int]]] = {}
+        warm = await self.db.read(lambda c: store.warm_items(c, now - window, window))
+        newest: dict[str, int] = {}
+        for u, _v, _x, t in warm.items:
+            if partition_of(u, n) in parts:
+                newest[u] = max(newest.get(u, t), t)
+        for p in self.engine.all_current():
+            if partition_of(p.user_code, n) in parts:
+                newest.setdefault(p.user_code, p.produce_at)
+        if not newest:
+            return
+        codes = set(newest)
+        last = await self.ews_db.read(lambda c: catchup.last_emitted(c, codes))
+        since = min(last.get(u, newest[u]) for u in codes) - window
+        recent = await self.db.read(lambda c: catchup.recent_readings(c, codes, since))
+        if recent.truncated:
+            log.warning("takeover of %d partition(s): more than %d recent readings; warm-starting"
+                        " from each patient's newest values only", len(parts), catchup.MAX_ROWS)
+        rows: dict[str, list[tuple[str, str, float, int, int]]] = {}
+        for r in recent.rows:
+            rows.setdefault(r[0], []).append(r)
         for item, arrived in zip(warm.items, warm.arrived, strict=True):
-            if partition_of(item[0], n) in parts:
-                items, times = by_patient.setdefault(item[0], ([], []))
-                items.append(item)
-                times.append(arrived)
-        known = {p.user_code for p in self.engine.all_current()}
-        for code in sorted(known - set(by_patient)):
-            if partition_of(code, n) in parts:
-                by_patient[code] = ([], [])
+            if recent.truncated and item[0] in codes:
+                rows.setdefault(item[0], []).append((*item, arrived))
 
-        def warm_all() -> list[EwsPoint]:
+        def take_all() -> list[EwsPoint]:
             out: list[EwsPoint] = []
-            for code, (items, times) in by_patient.items():
-                if self.owner.owns(code):  # still ours (a release may have come meanwhile)
-                    out += self.engine.warm_start_patient(code, items, times)
+            replay: list[list[tuple[str, str, float, int]]] = []
+            for code in sorted(codes):
+                if not self.owner.owns(code):  # given up again meanwhile
+                    continue
+                mine = rows.get(code, [])
+                upto = last.get(code)
+                before = [r for r in mine if upto is not None and r[3] <= upto]
+                after = [r[:4] for r in mine if upto is None or r[3] > upto]
+                if recent.truncated:
+                    before, after = mine, []
+                out += self.engine.warm_start_patient(code, [r[:4] for r in before],
+                                                      [r[4] for r in before])
+                # the rest in chunks of at most MAX_ROUNDS reading times per patient
+                times = sorted({r[3] for r in after})
+                for k in range(0, len(times), MAX_ROUNDS):
+                    cut = set(times[k:k + MAX_ROUNDS])
+                    while len(replay) <= k // MAX_ROUNDS:
+                        replay.append([])
+                    replay[k // MAX_ROUNDS] += [r for r in after if r[3] in cut]
+            for chunk in replay:
+                out += self.engine.observe(chunk)
             return out
 
-        self._publish(await asyncio.to_thread(warm_all))
+        self._publish(await asyncio.to_thread(take_all))
 
     async def drop(self, parts: frozenset[int]) -> None:
         """``feed.Scoring``: stop scoring the patients of partitions given up."""
