@@ -29,11 +29,13 @@ PostgreSQL's 8000-byte payload limit (:data:`MAX_PAYLOAD`).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -62,6 +64,18 @@ POLL_S: Final = 0.5
 EVENTS_MAX: Final = 10_000
 
 
+#: a reading that arrives before its device's previous one (by seq) waits at most this long
+#: (ms, processing time) for it. With a shared subscription consecutive readings of one device
+#: are stored by different instances and can be committed out of order; the stream scorer and
+#: the emission policy are order-sensitive, so the owner scores a device's readings in seq
+#: order, as one instance receiving them in order would. A seq that stays missing (a real gap:
+#: the gap tracker asks for it and reports it) never holds a patient back longer than this.
+HOLD_MS: Final = 3_000
+#: a seq this far below the expected one starts a new stream (a new gateway buffer), not a
+#: late reading of the old one.
+NEW_STREAM_BELOW: Final = 1_000
+
+
 @dataclass(frozen=True, slots=True)
 class Fed:
     """One committed vital, as the owner's scorer takes it."""
@@ -72,20 +86,27 @@ class Fed:
     value: float
     ts: int
     received_at: int
+    device_id: str = ""
+    seq: int | None = None  #: None: not a sequenced reading (ECG-derived): never held
 
     def item(self) -> tuple[str, str, float, int]:
         return self.user_code, self.vital, self.value, self.ts
 
 
-def encode(rows: Iterable[tuple[str, str, float, int, int]], partitions: int) -> list[str]:
+Row = tuple[str, str, float, int, int, str, int | None]
+
+
+def encode(rows: Iterable[Row], partitions: int) -> list[str]:
     """Chunks (each under :data:`MAX_PAYLOAD` bytes) of ``(user_code, vital, value, ts,
-    received_at)`` rows: one line per row, tab-separated, the partition first. user_code and
-    vital are contract-checked identifiers (no tab, no newline)."""
+    received_at, device_id, seq)`` rows: one line per row, tab-separated, the partition
+    first. user_code, vital and device_id are contract-checked identifiers (no tab, no
+    newline); an empty seq is a reading without one."""
     chunks: list[str] = []
     buf: list[str] = []
     size = 0
-    for user_code, vital, value, ts, received in rows:
-        line = f"{partition_of(user_code, partitions)}\t{user_code}\t{vital}\t{value!r}\t{ts}\t{received}"
+    for user_code, vital, value, ts, received, device, seq in rows:
+        line = (f"{partition_of(user_code, partitions)}\t{user_code}\t{vital}\t{value!r}\t{ts}"
+                f"\t{received}\t{device}\t{'' if seq is None else seq}")
         n = len(line.encode()) + 1
         if buf and size + n > MAX_PAYLOAD:
             chunks.append("\n".join(buf))
@@ -105,25 +126,107 @@ def decode(payload: str) -> tuple[list[Fed], int]:
     for line in payload.split("\n"):
         parts = line.split("\t")
         try:
-            p, u, v, x, t, r = parts
-            out.append(Fed(int(p), u, v, float(x), int(t), int(r)))
+            p, u, v, x, t, r, d, q = parts
+            out.append(Fed(int(p), u, v, float(x), int(t), int(r), d, int(q) if q else None))
         except ValueError:
             bad += 1
     return out, bad
 
 
-def announce(conn: Conn, rows: Iterable[tuple[str | None, str, float, int, int]],
+def announce(conn: Conn, rows: Iterable[tuple[str | None, str, float, int, int, str, int | None]],
              partitions: int) -> int:
     """Inside the transaction that commits ``rows`` (user_code, vital, value, ts,
-    received_at): notify every instance at commit. Rows without a patient are not scored and
+    received_at, device_id, seq): notify every instance at commit. Rows without a patient are not scored and
     not sent. A no-op on SQLite (one process: the service feeds its engine directly).
     Returns the number of notifications."""
     if not conn.is_postgres:
         return 0
-    chunks = encode(((u, v, x, t, r) for u, v, x, t, r in rows if u), partitions)
+    chunks = encode(((u, v, x, t, r, d, q) for u, v, x, t, r, d, q in rows if u), partitions)
     for chunk in chunks:
         conn.execute("SELECT pg_notify(?, ?)", (READINGS, chunk))
     return len(chunks)
+
+
+class Reorder:
+    """Each device's readings in seq order (see :data:`HOLD_MS`)."""
+
+    def __init__(self, *, hold_ms: int = HOLD_MS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.hold_s = hold_ms / 1000
+        self._clock = clock
+        self._next: dict[str, int] = {}  #: device → the seq it should send next
+        self._part: dict[str, int] = {}  #: device → its patient's partition
+        self._held: dict[str, dict[int, list[Fed]]] = {}
+        self._since: dict[str, float] = {}  #: device → when its oldest held reading came
+        #: readings held for a predecessor; released by it; released by the timeout
+        self.held = 0
+        self.released_in_order = 0
+        self.released_by_timeout = 0
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(h) for h in self._held.values())
+
+    def push(self, rows: Sequence[Fed]) -> list[Fed]:
+        """What can be scored now, in order; the rest is held."""
+        groups: dict[tuple[str, int | None], list[Fed]] = {}
+        for r in rows:
+            groups.setdefault((r.device_id, r.seq), []).append(r)
+        out: list[Fed] = []
+        for (dev, seq), group in groups.items():
+            if seq is None or not dev:
+                out += group
+                continue
+            self._part[dev] = group[0].part
+            nxt = self._next.get(dev)
+            if nxt is None or seq < nxt - NEW_STREAM_BELOW or seq == nxt:
+                self._next[dev] = seq + 1  # first seen, a new stream, or the expected one
+                out += group
+                out += self._drain(dev)
+            elif seq < nxt:
+                out += group  # late (released by a timeout) or a duplicate: the scorer decides
+            else:
+                self._held.setdefault(dev, {}).setdefault(seq, []).extend(group)
+                self._since.setdefault(dev, self._clock())
+                self.held += 1
+        return out
+
+    def _drain(self, dev: str) -> list[Fed]:
+        held = self._held.get(dev)
+        out: list[Fed] = []
+        while held and self._next[dev] in held:
+            out += held.pop(self._next[dev])
+            self._next[dev] += 1
+            self.released_in_order += 1
+        if not held:
+            self._held.pop(dev, None)
+            self._since.pop(dev, None)
+        return out
+
+    def expire(self) -> list[Fed]:
+        """Give up waiting for predecessors held longer than the hold time."""
+        now = self._clock()
+        out: list[Fed] = []
+        for dev, since in list(self._since.items()):
+            if now - since >= self.hold_s:
+                held = self._held[dev]
+                self._next[dev] = min(held)
+                self.released_by_timeout += 1
+                out += self._drain(dev)
+                if dev in self._since:  # later gaps: their own wait starts now
+                    self._since[dev] = now
+        return out
+
+    def forget(self, parts: Collection[int]) -> list[Fed]:
+        """Partitions given up: their held readings go (the new owner reads them from the
+        store) and their devices' expectations with them."""
+        gone = [d for d, p in self._part.items() if p in parts]
+        for dev in gone:
+            self._part.pop(dev, None)
+            self._next.pop(dev, None)
+            self._held.pop(dev, None)
+            self._since.pop(dev, None)
+        return []
 
 
 class Scoring(Protocol):
@@ -168,8 +271,12 @@ class Feed:
         #: partitions taken whose catch-up has not run yet: their notifications are skipped
         #: (the catch-up reads those rows from the store, after they were committed)
         self._pending: set[int] = set()
+        self.reorder = Reorder()
         self._stop = threading.Event()
         self.connected = asyncio.Event()
+        #: the listener and the event sender on threads of their own (never queued behind the
+        #: store's reads and writes in the default executor, nor holding one of its threads)
+        self._threads = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="feed")
 
     # -- ownership changes ---------------------------------------------------------------
 
@@ -179,6 +286,7 @@ class Feed:
 
     async def released(self, parts: frozenset[int]) -> None:
         self._pending -= parts
+        self.reorder.forget(parts)
         await self.scoring.drop(parts)
 
     async def _take(self, parts: frozenset[int]) -> None:
@@ -202,6 +310,7 @@ class Feed:
             self.stats.events_dropped += 1
 
     async def _send_events(self) -> None:
+        loop = asyncio.get_running_loop()
         session = leases.Session(self.db)
         try:
             while True:
@@ -214,7 +323,7 @@ class Feed:
                         c.execute("SELECT pg_notify(?, ?)", (EVENTS, text))
 
                 try:
-                    await asyncio.to_thread(session.tx, send)
+                    await loop.run_in_executor(self._threads, session.tx, send)
                     self.stats.events_out += len(batch)
                 except DatabaseError as exc:
                     self.stats.events_dropped += len(batch)
@@ -248,6 +357,7 @@ class Feed:
     async def run(self) -> None:
         """Listen and feed until cancelled; reconnect (and catch up) after a lost connection."""
         loop = asyncio.get_running_loop()
+        self._threads = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="feed")
         worker = asyncio.create_task(self._work(), name="feed-work")
         sender = asyncio.create_task(self._send_events(), name="feed-events")
         delay = RECONNECT_MIN_S
@@ -255,7 +365,7 @@ class Feed:
             while True:
                 self._stop.clear()
                 try:
-                    await asyncio.to_thread(self._listen, loop)
+                    await loop.run_in_executor(self._threads, self._listen, loop)
                     return
                 except DatabaseError as exc:
                     self.connected.clear()
@@ -268,10 +378,15 @@ class Feed:
             for task in (worker, sender):
                 task.cancel()
             await asyncio.gather(worker, sender, return_exceptions=True)
+            self._threads.shutdown(wait=False)
 
     async def _work(self) -> None:
         while True:
-            kind, payload = await self._queue.get()
+            try:
+                kind, payload = await asyncio.wait_for(self._queue.get(), HOLD_MS / 4000)
+            except TimeoutError:
+                await self._release_expired()
+                continue
             if self._overflow:
                 self._overflow = False
                 await self._catch_up(self.owner.owned(), "queue overflow")
@@ -298,6 +413,13 @@ class Feed:
                     break
                 rows += self._rows(nxt[1])
             await self._score(rows)
+            await self._release_expired()
+
+    async def _release_expired(self) -> None:
+        ready = [r for r in self.reorder.expire() if self.owner.owns_partition(r.part)]
+        if ready:
+            self.stats.scored += len(ready)
+            await self.scoring.score(ready)
 
     async def _requeue_first(self, item: tuple[str, Any]) -> None:
         # handled at once, in order: a take or an event right after readings
@@ -325,7 +447,8 @@ class Feed:
             return
         self.scoring.event("readings", {"count": len(rows)})
         pending = self._pending
-        mine = [r for r in rows if self.owner.owns_partition(r.part) and r.part not in pending]
+        mine = self.reorder.push(
+            [r for r in rows if self.owner.owns_partition(r.part) and r.part not in pending])
         if mine:
             self.stats.scored += len(mine)
             await self.scoring.score(mine)

@@ -26,17 +26,20 @@ On SQLite there is one process: :class:`SoleOwner` owns every partition, with no
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 import zlib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 from ingest.db import leases
 from ingest.db.engine import Conn, Database, DatabaseError, Dialect
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: patient partitions: far more than instances will ever run (the fair share is 1/64
 #: granular: 3 instances hold 22/21/21), few enough for one heartbeat statement, a compact
@@ -158,6 +161,9 @@ class LeasedOwner:
         #: partition → epoch this instance holds (replaced whole, read from any thread)
         self._held: Mapping[int, int] = {}
         self._session = leases.Session(db)
+        #: heartbeats run on a thread of their own: the default executor is shared with every
+        #: store read and write, and a heartbeat queued behind them could miss the lease
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lease")
         self._started_at = int(time.time() * 1000)
         self.stats = OwnershipStats()
         self.db.write_sync(lambda c: leases.setup(c, self.partitions))
@@ -187,6 +193,9 @@ class LeasedOwner:
 
     # -- the heartbeat task --------------------------------------------------------------
 
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
     def round_sync(self) -> leases.Round:
         held = dict(self._held)
         return self._session.tx(lambda c: leases.heartbeat(
@@ -195,7 +204,7 @@ class LeasedOwner:
 
     async def run(self, changes: Changes) -> None:
         """Heartbeat until cancelled; tell ``changes`` what was acquired and released."""
-        gone = await asyncio.to_thread(self._session.tx, lambda c: leases.forget_own(c, self.instance_id))
+        gone = await self._call(self._session.tx, lambda c: leases.forget_own(c, self.instance_id))
         if gone:
             log.info("instance %s: released %d partition(s) a previous process under this id"
                      " held", self.instance_id, len(gone))
@@ -204,7 +213,7 @@ class LeasedOwner:
             while True:
                 started = self._monotonic()
                 try:
-                    rnd = await asyncio.to_thread(self.round_sync)
+                    rnd = await self._call(self.round_sync)
                 except DatabaseError as exc:
                     self.stats.failures += 1
                     log.warning("instance %s: lease heartbeat failed (%s); retrying",
@@ -253,7 +262,7 @@ class LeasedOwner:
         """Give everything back now (clean stop)."""
         self._held = {}
         try:
-            parts = await asyncio.to_thread(self._session.tx, lambda c: leases.leave(c, self.instance_id))
+            parts = await self._call(self._session.tx, lambda c: leases.leave(c, self.instance_id))
         except DatabaseError as exc:
             log.warning("instance %s: could not give partitions back (%s): they expire with"
                         " the lease", self.instance_id, type(exc).__name__)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
@@ -443,8 +444,9 @@ class IngestService:
     def _announce(self, conn: Conn, result: store.CommitResult) -> None:
         """Inside the readings' commit: tell every instance (the owners) what was stored."""
         if result.readings:
-            feed_mod.announce(conn, ((r.user_code, r.vital, r.value, r.ts, r.received_at)
-                                     for r in result.readings), self.owner.partitions)
+            feed_mod.announce(conn, ((r.user_code, r.vital, r.value, r.ts, r.received_at,
+                                      r.device_id, r.seq) for r in result.readings),
+                              self.owner.partitions)
 
     def _event(self, kind: str, data: dict[str, Any]) -> None:
         """A dashboard event: to this instance's listeners, or through PostgreSQL to every
@@ -637,7 +639,7 @@ class IngestService:
             if self.feed is not None:  # its owner may be another instance
                 await self.db.write(lambda c: feed_mod.announce(
                     c, [(reading.user_code, reading.vital, reading.value, reading.ts,
-                         reading.received_at)], self.owner.partitions))
+                         reading.received_at, reading.device_id, None)], self.owner.partitions))
             else:
                 await self.observe([reading])
 
@@ -669,6 +671,15 @@ class IngestService:
             "gaps": self.gap_totals or None,
             "outbox": {"depth": outbox.get("depth", 0), "enabled": self.outbox.enabled},
             "influx": None if self.influx is None else {"enabled": True},
+            # issue 13: this instance among several (patient partitions, feed, fencing)
+            "instance": {"id": self.settings.instance_id,
+                         "partitions": len(self.owner.owned()),
+                         "fenced": self.engine.fenced, "absorbed": self.engine.duplicates,
+                         "feed": None if self.feed is None else {
+                             **dataclasses.asdict(self.feed.stats),
+                             "held": self.feed.reorder.held,
+                             "waiting": self.feed.reorder.waiting,
+                             "released_by_timeout": self.feed.reorder.released_by_timeout}},
         }
         return store_ok, body
 
