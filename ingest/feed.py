@@ -280,6 +280,11 @@ class Feed:
 
     # -- ownership changes ---------------------------------------------------------------
 
+    @property
+    def taking(self) -> bool:
+        """Partitions taken whose catch-up has not finished yet."""
+        return bool(self._pending)
+
     async def acquired(self, parts: frozenset[int]) -> None:
         self._pending |= parts
         await self._queue.put(("take", parts))

@@ -236,9 +236,7 @@ class IngestService:
         ]
         if self.feed is not None:
             tasks.append(asyncio.create_task(self._supervise("feed", self.feed.run), name="feed"))
-            tasks.append(asyncio.create_task(
-                self._supervise("ownership", lambda: self.owner.run(self._changes())),
-                name="ownership"))
+            await self._await_feed_then_own(tasks)
         if self.db.location.url is not None:  # PostgreSQL: partitions ahead of the window
             tasks.append(asyncio.create_task(self._supervise("partitions", self._partition_loop),
                                              name="partitions"))
@@ -532,6 +530,29 @@ class IngestService:
         for p in self.engine.all_current():
             if partition_of(p.user_code, n) in parts:
                 self.engine.release_patient(p.user_code)
+
+    async def _await_feed_then_own(self, tasks: list[asyncio.Task[None]]) -> None:
+        """LISTEN first (a partition taken before it would miss what commits meanwhile), then
+        the first lease round and its warm starts, before the service serves: as on SQLite,
+        a started instance answers with its patients' scores, not with stale ones."""
+        feed = self._changes()
+        bound = 3 * self.settings.lease_s + 30  # a database that does not answer: go on
+        try:
+            async with asyncio.timeout(bound):
+                await feed.connected.wait()
+        except TimeoutError:
+            log.warning("feed: not listening after %.0f s; taking partitions anyway", bound)
+        tasks.append(asyncio.create_task(
+            self._supervise("ownership", lambda: self.owner.run(feed)), name="ownership"))
+        owner = self.owner
+        assert isinstance(owner, LeasedOwner)
+        try:
+            async with asyncio.timeout(bound):
+                while owner.stats.rounds < 1 or feed.taking:
+                    await asyncio.sleep(0.02)
+        except TimeoutError:
+            log.warning("instance %s: no partitions warm-started after %.0f s; serving anyway",
+                        self.settings.instance_id, bound)
 
     def _changes(self) -> feed_mod.Feed:
         assert self.feed is not None
