@@ -30,6 +30,8 @@ BENCHMARKS = (
     "api_guards",     # REST body depth check vs json.loads; cached key check vs one SHA-256
     "postgres_baseline",  # PostgreSQL 15 batch inserts (multi-row, unnest, COPY) vs SQLite executemany
     "gap_tracking",   # group commit with vs without sequence-gap tracking (issue 12)
+    "store_engines",  # commit_batch readings/s on PostgreSQL vs SQLite (issue 13)
+    "hl7_out",        # HL7 ORU^R01 build (python-hl7 vs hl7apy), MLLP and outbox channel rates
 )
 #: a benchmark that takes longer than this is stopped and reported as such (s)
 TIMEOUT_S = 600

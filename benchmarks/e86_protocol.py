@@ -21,21 +21,18 @@ from collections.abc import Callable
 import numpy as np
 
 import e86.frame as frame_module
-from e86 import (
-    ECG_SAMPLE_RATE,
+from e86.constants import ECG_SAMPLE_RATE, HistoryKind
+from e86.frame import Frame, FrameAssembler, split_for_mtu
+from e86.history_builder import history_reply
+from e86.history_receiver import HistoryReceiver
+from e86.realtime import (
     EcgSamples,
-    Frame,
-    FrameAssembler,
-    HeartRateRecord,
-    HistoryKind,
-    HistoryReceiver,
     decode_realtime,
     ecg_frames,
-    history_reply,
     realtime_blood_pressure,
     realtime_heart_rate,
-    split_for_mtu,
 )
+from e86.records import HeartRateRecord
 
 
 def bitwise_crc(data: bytes | bytearray | memoryview) -> int:

@@ -33,7 +33,7 @@ ATT_PAYLOAD = 244  # MTU 247 − 3
 
 def codec_baseline(seconds: float) -> float:
     """Frames/s through encode → split → reassemble → decode, without BLE."""
-    m = encode.Measurement(0, 72, 97, 120, 80, 36.7, 15)
+    m = encode.WatchSample(0, 72, 97, 120, 80, 36.7, 15)
     frames = [
         encode.realtime(RealtimeKey.BLOOD_PRESSURE, m).to_frame(),
         encode.ecg(range(50)).to_frame(),

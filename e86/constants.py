@@ -231,6 +231,12 @@ HISTORY_KINDS: Final = MappingProxyType(
         )
     }
 )
+#: the kinds whose record layout is known (the vital signs), by name: what a gateway may sync
+#: (setting ``history_kinds``) and what the virtual watch records. Sport and sleep records
+#: have no layout in the reference (kept as raw bytes), so nobody asks for them.
+VITAL_HISTORY_KINDS: Final = MappingProxyType(
+    {row.kind.name.lower(): row.kind for row in HISTORY_KINDS.values() if row.record_size is not None}
+)
 #: record key → kind, delete key → kind.
 HISTORY_KIND_BY_RECORD_KEY: Final = MappingProxyType(
     {row.record_key: row.kind for row in HISTORY_KINDS.values()}

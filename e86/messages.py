@@ -8,7 +8,10 @@ message with a bad payload; they never raise anything but ``E86Error`` subclasse
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
 
 from e86.commands import (
     MONITOR_KEYS,
@@ -130,32 +133,30 @@ def decode_watch_message(frame: Frame) -> WatchMessage:
     raise UnknownMessage(g, k, "unknown group")
 
 
+#: the app's commands by (group, key), as data; a later row never overrides an earlier one's
+#: key (the key sets are disjoint: tests/gateway/test_e86_commands.py decodes every command).
+_APP_COMMANDS: Final[Mapping[tuple[int, int], Callable[[Frame], AppMessage]]] = MappingProxyType({
+    (Group.SETTING, SettingKey.CLOCK): SetClock.from_frame,
+    **{(Group.SETTING, k): SetMonitoring.from_frame for k in MONITOR_KEYS},
+    (Group.APP_CONTROL, AppControlKey.ECG): EcgControl.from_frame,
+    (Group.APP_CONTROL, AppControlKey.REALTIME_UPLOAD): RealtimeUpload.from_frame,
+    (Group.APP_CONTROL, AppControlKey.WAVEFORM_UPLOAD): WaveformUpload.from_frame,
+    (Group.APP_CONTROL, AppControlKey.MEASURE): MeasureOnce.from_frame,
+    (Group.HISTORY, HistoryKey.BLOCK_END): BlockAck.from_frame,
+    **{(Group.HISTORY, k): HistoryRequest.from_frame for k in _REQUEST_KEYS},
+    **{(Group.HISTORY, k): HistoryDelete.from_frame for k in HISTORY_KIND_BY_DELETE_KEY},
+})
+#: groups whose every key is the same command (the key names what is asked / acknowledged).
+_APP_GROUP_COMMANDS: Final[Mapping[int, Callable[[Frame], AppMessage]]] = MappingProxyType({
+    Group.GET: GetRequest.from_frame,
+    Group.DEVICE_CONTROL: DeviceEventAck.from_frame,
+})
+
+
 def decode_app_message(frame: Frame) -> AppMessage:
     """A frame from the app → its command (virtual-watch side)."""
     g, k = frame.group, frame.key
-    if g == Group.SETTING:
-        if k == SettingKey.CLOCK:
-            return SetClock.from_frame(frame)
-        if k in MONITOR_KEYS:
-            return SetMonitoring.from_frame(frame)
-    elif g == Group.GET:
-        return GetRequest.from_frame(frame)
-    elif g == Group.APP_CONTROL:
-        if k == AppControlKey.ECG:
-            return EcgControl.from_frame(frame)
-        if k == AppControlKey.REALTIME_UPLOAD:
-            return RealtimeUpload.from_frame(frame)
-        if k == AppControlKey.WAVEFORM_UPLOAD:
-            return WaveformUpload.from_frame(frame)
-        if k == AppControlKey.MEASURE:
-            return MeasureOnce.from_frame(frame)
-    elif g == Group.DEVICE_CONTROL:
-        return DeviceEventAck.from_frame(frame)
-    elif g == Group.HISTORY:
-        if k == HistoryKey.BLOCK_END:
-            return BlockAck.from_frame(frame)
-        if k in _REQUEST_KEYS:
-            return HistoryRequest.from_frame(frame)
-        if k in HISTORY_KIND_BY_DELETE_KEY:
-            return HistoryDelete.from_frame(frame)
-    raise UnknownMessage(g, k, "not a command vitalgate knows")
+    decode = _APP_GROUP_COMMANDS.get(g) or _APP_COMMANDS.get((g, k))
+    if decode is None:
+        raise UnknownMessage(g, k, "not a command vitalgate knows")
+    return decode(frame)

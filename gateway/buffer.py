@@ -37,8 +37,7 @@ import contextlib
 import logging
 import secrets
 import sqlite3
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum
@@ -47,12 +46,10 @@ from typing import Any, Final, Literal
 
 from pydantic import ValidationError
 
+from vitalgate.clock import SYSTEM, TimeReader, epoch_ms
 from vitalgate.contract import STREAM_RE, EcgChunk, Reading, Source, Vitals
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], float]
-"""Seconds since the epoch (``time.time``); injected so tests control time."""
 
 
 class RowKind(IntEnum):
@@ -214,7 +211,7 @@ class SalvageResult:
 class _RateLimitedWarning:
     """Logs at most once per interval, carrying how many events happened since the last line."""
 
-    def __init__(self, interval_s: float, clock: Clock) -> None:
+    def __init__(self, interval_s: float, clock: TimeReader) -> None:
         self._interval = interval_s
         self._clock = clock
         self._last: float | None = None
@@ -222,7 +219,7 @@ class _RateLimitedWarning:
 
     def __call__(self, n: int, detail: str) -> None:
         self._pending += n
-        now = self._clock()
+        now = self._clock.wall()
         if self._last is None or now - self._last >= self._interval:
             log.warning("buffer full: evicted %d rows (%s)", self._pending, detail)
             self._last = now
@@ -241,7 +238,7 @@ class Buffer:
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         keep_acked_rows: int = KEEP_ACKED_ROWS,
         keep_acked_s: float = KEEP_ACKED_S,
-        clock: Clock = time.time,
+        clock: TimeReader = SYSTEM,
     ) -> None:
         if max_rows < 1 or max_bytes < 1:
             raise ValueError("buffer limits must be positive")
@@ -320,7 +317,7 @@ class Buffer:
             return cls(path, **kw)  # type: ignore[arg-type]
         except CorruptBuffer as exc:
             reason = str(exc.__cause__ or exc)
-            aside = set_aside(Path(path), clock=kw.get("clock", time.time))  # type: ignore[arg-type]
+            aside = set_aside(Path(path), clock=kw.get("clock", SYSTEM))  # type: ignore[arg-type]
         buffer = cls(path, **kw)  # type: ignore[arg-type]
         buffer.set_aside = aside
         try:
@@ -572,7 +569,7 @@ class Buffer:
     # ------------------------------------------------------------------ internals
 
     def _now_ms(self) -> int:
-        return int(self._clock() * 1000)
+        return epoch_ms(self._clock)
 
     def _read(self, sql: str, args: tuple[object, ...] = ()) -> tuple[Any, ...]:
         try:
@@ -692,7 +689,7 @@ class Buffer:
     def _write_ok(self) -> None:
         if self.state != "ok":
             self.state, self.last_error = "ok", None
-        if self._episode_failures and self._clock() - self._last_failure_s >= STORAGE_RECOVERED_S:
+        if self._episode_failures and self._clock.wall() - self._last_failure_s >= STORAGE_RECOVERED_S:
             log.info("buffer %s writable again (%d failed writes since %s UTC)", self.path,
                      self._episode_failures, _utc(self.state_since_ms))
             self._episode_failures, self.state_since_ms = 0, None
@@ -706,7 +703,7 @@ class Buffer:
                         self.path, state, err)
             self.state_since_ms = self._now_ms()
         self._episode_failures += 1
-        self._last_failure_s = self._clock()
+        self._last_failure_s = self._clock.wall()
         self.state = state
         self.last_error = str(err)
         cls = DiskFull if state == "disk_full" else BufferError
@@ -755,9 +752,9 @@ def _utc(ms: int | None) -> str:
     return "-" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def set_aside(path: Path, clock: Clock = time.time) -> Path:
+def set_aside(path: Path, clock: TimeReader = SYSTEM) -> Path:
     """Rename a damaged buffer (and its ``-wal`` / ``-shm``) to ``<name>.corrupt-<UTC time>``."""
-    stamp = datetime.fromtimestamp(clock(), UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.fromtimestamp(clock.wall(), UTC).strftime("%Y%m%dT%H%M%SZ")
     target = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1
     while target.exists():

@@ -18,7 +18,7 @@ from vitalgate.config import load_settings
 
 if TYPE_CHECKING:
     from gateway.ble.backend import BleInUse
-    from gateway.clock import Clock
+    from gateway.clock_sync import SyncedClock
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class BackendOption(Protocol):
 
     def selected(self, args: argparse.Namespace) -> bool: ...
 
-    def open(self, args: argparse.Namespace, clock: Clock) -> AbstractAsyncContextManager[BleInUse]: ...
+    def open(self, args: argparse.Namespace, clock: SyncedClock) -> AbstractAsyncContextManager[BleInUse]: ...
 
 
 def register(subparsers: Any, simulate: BackendOption | None = None) -> None:
@@ -90,7 +90,7 @@ def _run(args: argparse.Namespace, simulate: BackendOption | None = None) -> int
 
 async def _main(settings: Any, args: argparse.Namespace, simulate: BackendOption | None = None) -> int:
     from gateway.ble.backend import bluez
-    from gateway.clock import Clock, SystemTime
+    from gateway.clock_sync import SyncedClock, SystemSync
     from gateway.service import Gateway
 
     loop = asyncio.get_running_loop()
@@ -106,7 +106,7 @@ async def _main(settings: Any, args: argparse.Namespace, simulate: BackendOption
         if simulate is not None and simulate.selected(args):
             # wall time: what the watches report is stamped as it happens; the virtual watches
             # stamp on this same clock, so it is its own truth (no NTP wait)
-            clock = Clock(source=SystemTime(assume_synchronised=True))
+            clock = SyncedClock(source=SystemSync(assume_synchronised=True))
             async with simulate.open(args, clock) as ble:
                 settings = settings.model_copy(update={"devices": {**settings.devices, **ble.devices}})
                 _log_start(settings, ble.description)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from gateway.backoff import Backoff
+from vitalgate.backoff import Backoff
 
 Outcome = Literal["unreachable", "refused", "lost", "takeover", "storage"]
 

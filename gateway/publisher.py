@@ -3,7 +3,7 @@
 * One paho client per connection: paho runs its network thread (``loop_start``) with its own
   reconnect switched off; when the connection goes, the client is dropped with everything it
   had in flight, and the next connection re-sends from the buffer (nothing lives only in
-  paho's memory). Reconnects follow :class:`gateway.backoff.Backoff` (jittered, exponential).
+  paho's memory). Reconnects follow :class:`vitalgate.backoff.Backoff` (jittered, exponential).
 * paho callbacks run in paho's thread and do nothing but hand an event to the asyncio loop
   (``call_soon_threadsafe``) onto a bounded queue; the drain task consumes it.
 * At most ``inflight_window`` rows are unacknowledged at a time; a row leaves the buffer only on
@@ -29,17 +29,15 @@ import contextlib
 import functools
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.backoff import Backoff
 from gateway.buffer import Buffer, BufferError, Row, RowKind
 from gateway.mqtt_retry import (
     MQTT_RETRY_POLICY,
@@ -51,6 +49,8 @@ from gateway.mqtt_retry import (
     Outcome,
 )
 from gateway.settings import GatewaySettings
+from vitalgate.backoff import Backoff
+from vitalgate.clock import SYSTEM, Clock, epoch_ms
 from vitalgate.contract import (
     Command,
     ContractError,
@@ -61,6 +61,7 @@ from vitalgate.contract import (
     Topics,
     decode,
 )
+from vitalgate.mqtt_session import MqttOptions, broker_label, make_client
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +141,14 @@ class Publisher:
         buffer: Buffer,
         *,
         version: str = "",
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM,
         backoff: Backoff | None = None,
         policy: dict[Outcome, MqttRetryRule] = MQTT_RETRY_POLICY,
         rand: Callable[[], float] = random.random,
     ) -> None:
-        """``backoff``, if given, replaces every rule's backoff (tests use a fast one)."""
+        """``backoff``, if given, replaces every rule's backoff (tests use a fast one). ``clock``
+        times sessions, status intervals and backoff sleeps, and stamps statuses: the network's
+        time, real even when the gateway simulates watches faster."""
         self.settings = settings
         self.buffer = buffer
         self.topics = Topics(settings.prefix)
@@ -206,7 +209,7 @@ class Publisher:
     def lag_s(self) -> float:
         """Publish lag: now − when the oldest unacknowledged row entered the buffer (0 if empty)."""
         oldest = self.buffer.stats().oldest_added_ms
-        return 0.0 if oldest is None else max(0.0, self._clock() - oldest / 1000)
+        return 0.0 if oldest is None else max(0.0, self._clock.wall() - oldest / 1000)
 
     def gateway_status(self, online: bool = True) -> GatewayStatus:
         stats = self.buffer.stats()
@@ -217,7 +220,7 @@ class Publisher:
             devices=sum(1 for d in self._devices.values() if d.connected),
             buffered=stats.rows,
             evicted=stats.evicted,
-            ts=int(self._clock() * 1000),
+            ts=epoch_ms(self._clock),
         )
 
     async def run(self) -> None:
@@ -247,14 +250,15 @@ class Publisher:
             delay = backoff.delay(self._attempts[outcome], self._rand)
             self._attempts[outcome] += 1
             (log.debug if quiet else log.warning)(
-                "MQTT broker %s:%d: %s (%s); retrying in %.1f s", broker.host, broker.port, detail,
+                "MQTT broker %s: %s (%s); retrying in %.1f s", broker_label(broker), detail,
                 outcome, delay)
-            await asyncio.sleep(delay)
+            await self._clock.sleep(delay)
 
     def _session_ended(self, s: _Session) -> tuple[Outcome, str]:
         """Classify how an established session ended, and track takeover episodes."""
         self.counters.disconnects += 1
-        lasted = time.monotonic() - (s.up_since or time.monotonic())
+        now = self._clock.monotonic()
+        lasted = now - (s.up_since or now)
         code = s.ended.code if s.ended is not None else None
         detail = s.ended.detail if s.ended is not None else "publish failed"
         if lasted >= SHORT_SESSION_S:
@@ -290,25 +294,13 @@ class Publisher:
     def _make_client(self, loop: asyncio.AbstractEventLoop, events: asyncio.Queue[_Event]) -> Client:
         st = self.settings
         broker = st.broker
-        # MQTT 3.1.1 by default (as ingest: Mosquitto 2.0.11's MQTT 5 flow control is off, see
-        # docs/reliability.md); with "5" a broker may name why it ends a session
-        if st.mqtt_protocol == "5":
-            client = Client(CallbackAPIVersion.VERSION2, client_id=st.client_id,
-                            protocol=MQTTProtocolVersion.MQTTv5, reconnect_on_failure=False)
-        else:
-            client = Client(CallbackAPIVersion.VERSION2, client_id=st.client_id, clean_session=True,
-                            protocol=MQTTProtocolVersion.MQTTv311, reconnect_on_failure=False)
-        if broker.tls:
-            client.tls_set(
-                ca_certs=str(st.mqtt_ca) if st.mqtt_ca else None,
-                certfile=str(st.mqtt_cert) if st.mqtt_cert else None,
-                keyfile=str(st.mqtt_key) if st.mqtt_key else None,
-            )
-        if broker.username is not None:
-            client.username_pw_set(broker.username, broker.password)
+        # a clean session each time: the buffer, not the broker, holds what is not acknowledged;
+        # no paho reconnect: every connection is a new client (run() backs off between them)
+        client = make_client(MqttOptions(
+            broker, st.client_id, protocol=st.mqtt_protocol, clean=True, max_inflight=self._window,
+            ca=st.mqtt_ca, cert=st.mqtt_cert, key=st.mqtt_key))
         client.will_set(self.topics.gateway_status(st.gateway_id),
                         GatewayStatus(online=False).to_bytes(), qos=1, retain=True)
-        client.max_inflight_messages_set(self._window)
 
         def on_connect(c: Client, u: Any, f: ConnectFlags, rc: ReasonCode, p: Properties | None) -> None:
             loop.call_soon_threadsafe(self._offer, events, _Event("connack", failed=rc.is_failure, detail=str(rc)))
@@ -354,13 +346,13 @@ class Publisher:
             if first.name != "connack" or first.failed:
                 raise ConnectRefused(f"broker refused the connection: {first.detail}")
             self._session = session
-            session.up_since = time.monotonic()
+            session.up_since = self._clock.monotonic()
             for outcome in ("unreachable", "refused", "storage"):
                 self._attempts[outcome] = 0
             self._wake_pending = False
             self.counters.connects += 1
             (log.debug if self._takeover_episode else log.info)(
-                "connected to MQTT broker %s:%d", broker.host, broker.port)
+                "connected to MQTT broker %s", broker_label(broker))
             client.subscribe(self.topics.cmd(self.settings.gateway_id), qos=1)
             self._publish_statuses(client)
             await self._drain(session)
@@ -394,7 +386,7 @@ class Publisher:
         replay_upto = self.buffer.max_id()  # rows older than this connection are late
         cursor = 0
         status_every = self.settings.status_interval_s
-        next_status = time.monotonic() + status_every
+        next_status = self._clock.monotonic() + status_every
         again: set[int] = set()  # message ids of republished rows
         while True:
             room = self._window - len(s.inflight)
@@ -421,7 +413,7 @@ class Publisher:
                     s.inflight[info.mid] = row
                     self.counters.published += 1
                     self.counters.replayed += replayed
-            wait = max(0.0, next_status - time.monotonic())
+            wait = max(0.0, next_status - self._clock.monotonic())
             if self._unrecorded:
                 wait = min(wait, ACK_RETRY_S)
             try:
@@ -458,8 +450,8 @@ class Publisher:
             self._record_acks(acked)
             if lost:
                 return
-            if time.monotonic() >= next_status:
-                next_status = time.monotonic() + status_every
+            if self._clock.monotonic() >= next_status:
+                next_status = self._clock.monotonic() + status_every
                 s.client.publish(self.topics.gateway_status(gid), self.gateway_status().to_bytes(),
                                  qos=1, retain=True)
 

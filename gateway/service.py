@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from gateway.backoff import Backoff
 from gateway.ble.backend import BleBackend
 from gateway.ble.manager import SessionManager
 from gateway.buffer import Buffer, BufferError, BufferStats, Measurement, set_aside_files
-from gateway.clock import Clock, SystemTime
+from gateway.clock_sync import SyncedClock, SystemSync
 from gateway.lock import DataDirLock
 from gateway.publisher import Publisher
 from gateway.settings import GatewaySettings
 from gateway.status import serve_status, state_file_loop, write_state
 from vitalgate import __version__
+from vitalgate.backoff import Backoff
+from vitalgate.clock import epoch_ms
 from vitalgate.contract import EcgChunk, Reading
 
 log = logging.getLogger(__name__)
@@ -65,12 +65,12 @@ class BufferSink:
 
 
 class Gateway:
-    def __init__(self, settings: GatewaySettings, backend: BleBackend, *, clock: Clock | None = None,
+    def __init__(self, settings: GatewaySettings, backend: BleBackend, *, clock: SyncedClock | None = None,
                  mqtt_backoff: Backoff | None = None) -> None:
         """Locks the data directory (:class:`gateway.lock.DataDirLocked` if another gateway has
         it), then opens the buffer (a damaged one is set aside and a fresh one started)."""
         self.settings = settings
-        self.clock = clock or Clock(source=SystemTime(
+        self.clock = clock or SyncedClock(source=SystemSync(
             assume_synchronised=settings.clock_assume_synchronised))
         self.lock = DataDirLock(settings.data_dir).acquire()
         try:
@@ -87,7 +87,7 @@ class Gateway:
                                       BufferSink(self.buffer, self.publisher, on_recovered=self._storage_recovered),
                                       on_status=self.publisher.set_device_status, clock=self.clock)
         self.status_port: int | None = None
-        self.started_ms = int(time.time() * 1000)
+        self.started_ms = epoch_ms()
 
     def _storage_recovered(self) -> None:
         """The buffer writes again: sync every watch's history now (what it measured while the
@@ -112,7 +112,7 @@ class Gateway:
             "gateway_id": self.settings.gateway_id,
             "version": __version__,
             "running": True,
-            "ts": int(time.time() * 1000),
+            "ts": epoch_ms(),
             "started_ms": self.started_ms,
             "mqtt": {
                 "broker": f"{broker.host}:{broker.port}",

@@ -13,11 +13,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from e86.constants import VITAL_HISTORY_KINDS
 from vitalgate.config import BrokerAddress, ServiceSettings
 from vitalgate.contract import DEFAULT_PREFIX, GATEWAY_ID_RE, USER_CODE_RE, matches, normalise_mac
-
-#: history kinds the gateway may ask a watch for (names of e86 history kinds).
-HISTORY_KINDS = ("all", "heart_rate", "blood_pressure", "spo2", "temperature")
 
 
 def default_data_dir() -> Path:
@@ -106,9 +104,9 @@ class GatewaySettings(ServiceSettings):
     @field_validator("history_kinds")
     @classmethod
     def _kinds(cls, v: list[str]) -> list[str]:
-        bad = [k for k in v if k not in HISTORY_KINDS]
+        bad = [k for k in v if k not in VITAL_HISTORY_KINDS]
         if bad or not v:
-            raise ValueError(f"history_kinds {v!r}: each must be one of {', '.join(HISTORY_KINDS)}")
+            raise ValueError(f"history_kinds {v!r}: each must be one of {', '.join(VITAL_HISTORY_KINDS)}")
         return v
 
     @model_validator(mode="after")

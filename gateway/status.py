@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import os
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -165,9 +164,6 @@ def render(state: dict[str, Any], source: str) -> str:
         )
     return "\n".join(lines)
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _slot_lines(ble: dict[str, Any]) -> list[str]:

@@ -80,26 +80,6 @@ MMHG_PER_KPA: Final = 7.500615758
 
 # ------------------------------------------------------------------ IEEE 11073 numbers
 
-#: SFLOAT reserved codes (exponent 0): all mean "no value".
-SFLOAT_NAN: Final = 0x07FF
-SFLOAT_NRES: Final = 0x0800
-SFLOAT_POS_INF: Final = 0x07FE
-SFLOAT_NEG_INF: Final = 0x0802
-SFLOAT_RESERVED: Final = 0x0801
-SFLOAT_SPECIAL: Final = frozenset(
-    {SFLOAT_NAN, SFLOAT_NRES, SFLOAT_POS_INF, SFLOAT_NEG_INF, SFLOAT_RESERVED}
-)
-#: FLOAT reserved codes (exponent 0).
-FLOAT_NAN: Final = 0x007FFFFF
-FLOAT_NRES: Final = 0x00800000
-FLOAT_POS_INF: Final = 0x007FFFFE
-FLOAT_NEG_INF: Final = 0x00800002
-FLOAT_RESERVED: Final = 0x00800001
-FLOAT_SPECIAL: Final = frozenset(
-    {FLOAT_NAN, FLOAT_NRES, FLOAT_POS_INF, FLOAT_NEG_INF, FLOAT_RESERVED}
-)
-
-
 def _decode_number(raw: int, mantissa_bits: int, exponent_bits: int) -> float:
     mantissa = raw & ((1 << mantissa_bits) - 1)
     if mantissa >= 1 << (mantissa_bits - 1):
@@ -109,20 +89,6 @@ def _decode_number(raw: int, mantissa_bits: int, exponent_bits: int) -> float:
         exponent -= 1 << exponent_bits
     scale: int = pow(10, abs(exponent))
     return float(mantissa * scale) if exponent >= 0 else mantissa / scale
-
-
-def sfloat_from_raw(raw: int) -> float | None:
-    """16-bit SFLOAT (4-bit exponent, 12-bit mantissa) → value; reserved codes → None."""
-    if raw in SFLOAT_SPECIAL:
-        return None
-    return _decode_number(raw, 12, 4)
-
-
-def float_from_raw(raw: int) -> float | None:
-    """32-bit FLOAT (8-bit exponent, 24-bit mantissa) → value; reserved codes → None."""
-    if raw in FLOAT_SPECIAL:
-        return None
-    return _decode_number(raw, 24, 8)
 
 
 def _encode_number(
@@ -174,19 +140,52 @@ def _encode_number(
     raise ValueError(f"{what} cannot represent {value}")
 
 
-def sfloat_to_raw(value: float | None, exponent: int | None = None) -> int:
-    """Value → SFLOAT; None → NaN. Without ``exponent`` the most precise one is chosen
-    (then trailing zeros are moved into the exponent); the reserved codes are never produced."""
-    if value is None:
-        return SFLOAT_NAN
-    return _encode_number(value, exponent, 12, 4, SFLOAT_SPECIAL, "SFLOAT")
+@dataclass(frozen=True, slots=True)
+class NumberFormat:
+    """An IEEE 11073-20601 number: a signed base-10 exponent over a signed mantissa. The five
+    codes with exponent 0 around the mantissa's midpoint are reserved (NaN, NRes, ±INFINITY,
+    reserved for future use) and all mean "no value" here."""
+
+    name: str
+    mantissa_bits: int
+    exponent_bits: int
+
+    @property
+    def nan(self) -> int:
+        """The "not a number" code: what None (no value) encodes to."""
+        return (1 << (self.mantissa_bits - 1)) - 1
+
+    @property
+    def specials(self) -> frozenset[int]:
+        mid = 1 << (self.mantissa_bits - 1)  # NRes; NaN = mid - 1, +INF = mid - 2, -INF = mid + 2
+        return frozenset({mid - 2, mid - 1, mid, mid + 1, mid + 2})
+
+    def from_raw(self, raw: int) -> float | None:
+        """Raw bits → value; a reserved code → None."""
+        if raw in self.specials:
+            return None
+        return _decode_number(raw, self.mantissa_bits, self.exponent_bits)
+
+    def to_raw(self, value: float | None, exponent: int | None = None) -> int:
+        """Value → raw bits; None → NaN. Without ``exponent`` the most precise one is chosen
+        (then trailing zeros are moved into the exponent); a reserved code is never produced."""
+        if value is None:
+            return self.nan
+        return _encode_number(value, exponent, self.mantissa_bits, self.exponent_bits,
+                              self.specials, self.name)
 
 
-def float_to_raw(value: float | None, exponent: int | None = None) -> int:
-    """Value → FLOAT; None → NaN."""
-    if value is None:
-        return FLOAT_NAN
-    return _encode_number(value, exponent, 24, 8, FLOAT_SPECIAL, "FLOAT")
+#: 16-bit SFLOAT (4-bit exponent, 12-bit mantissa) and 32-bit FLOAT (8-bit exponent, 24-bit).
+SFLOAT: Final = NumberFormat("SFLOAT", 12, 4)
+FLOAT: Final = NumberFormat("FLOAT", 24, 8)
+SFLOAT_NAN: Final = SFLOAT.nan
+SFLOAT_SPECIAL: Final = SFLOAT.specials
+FLOAT_NAN: Final = FLOAT.nan
+FLOAT_SPECIAL: Final = FLOAT.specials
+sfloat_from_raw: Final = SFLOAT.from_raw
+float_from_raw: Final = FLOAT.from_raw
+sfloat_to_raw: Final = SFLOAT.to_raw
+float_to_raw: Final = FLOAT.to_raw
 
 
 # ------------------------------------------------------------------ reading helpers
@@ -337,6 +336,24 @@ class HeartRateMeasurement:
 # ------------------------------------------------------------------ PLX 0x2A5E / 0x2A5F
 
 
+def _read_plx_status(r: _Reader, flags: int, bit: int) -> tuple[int | None, int | None, float | None]:
+    """The tail both PLX measurements share, present by flag bits ``bit`` … ``bit + 2``:
+    measurement status u16, device and sensor status u24, pulse amplitude index SFLOAT."""
+    ms = r.uint(2, "measurement status") if _flag(flags, bit) else None
+    ds = r.uint(3, "device and sensor status") if _flag(flags, bit + 1) else None
+    pai = r.sfloat("pulse amplitude index") if _flag(flags, bit + 2) else None
+    return ms, ds, pai
+
+
+def _plx_status(ms: int | None, ds: int | None, pai: float | None, bit: int) -> tuple[int, bytes]:
+    """The shared tail written: its flag bits (from ``bit``) and its bytes."""
+    flags = ((int(ms is not None) << bit) | (int(ds is not None) << (bit + 1))
+             | (int(pai is not None) << (bit + 2)))
+    out = b"" if ms is None else ms.to_bytes(2, "little")
+    out += b"" if ds is None else ds.to_bytes(3, "little")
+    return flags, out + (b"" if pai is None else _sf(pai))
+
+
 @dataclass(frozen=True, slots=True)
 class PlxSpotCheck:
     """0x2A5E. SpO2 SFLOAT, pulse rate SFLOAT, then by flags: bit0 time stamp, bit1
@@ -358,29 +375,16 @@ class PlxSpotCheck:
         spo2 = r.sfloat("SpO2")
         pr = r.sfloat("pulse rate")
         ts = DateTime.read(r) if _flag(flags, 0) else None
-        ms = r.uint(2, "measurement status") if _flag(flags, 1) else None
-        ds = r.uint(3, "device and sensor status") if _flag(flags, 2) else None
-        pai = r.sfloat("pulse amplitude index") if _flag(flags, 3) else None
-        return cls(spo2, pr, ts, ms, ds, pai, _flag(flags, 4))
+        return cls(spo2, pr, ts, *_read_plx_status(r, flags, 1), _flag(flags, 4))
 
     def __bytes__(self) -> bytes:
-        flags = (
-            int(self.timestamp is not None)
-            | (int(self.measurement_status is not None) << 1)
-            | (int(self.device_status is not None) << 2)
-            | (int(self.pulse_amplitude_index is not None) << 3)
-            | (int(self.clock_not_set) << 4)
-        )
+        status_flags, status = _plx_status(self.measurement_status, self.device_status,
+                                           self.pulse_amplitude_index, 1)
+        flags = int(self.timestamp is not None) | status_flags | (int(self.clock_not_set) << 4)
         out = bytes((flags,)) + _sf(self.spo2) + _sf(self.pulse_rate)
         if self.timestamp is not None:
             out += bytes(self.timestamp)
-        if self.measurement_status is not None:
-            out += self.measurement_status.to_bytes(2, "little")
-        if self.device_status is not None:
-            out += self.device_status.to_bytes(3, "little")
-        if self.pulse_amplitude_index is not None:
-            out += _sf(self.pulse_amplitude_index)
-        return out
+        return out + status
 
     def vitals(self) -> dict[str, float]:
         return _present(spo2=self.spo2, heart_rate=self.pulse_rate)
@@ -418,33 +422,21 @@ class PlxContinuous:
             if _flag(flags, 1)
             else (None, None)
         )
-        ms = r.uint(2, "measurement status") if _flag(flags, 2) else None
-        ds = r.uint(3, "device and sensor status") if _flag(flags, 3) else None
-        pai = r.sfloat("pulse amplitude index") if _flag(flags, 4) else None
-        return cls(spo2, pr, *fast, *slow, ms, ds, pai)
+        ms, ds, pai = _read_plx_status(r, flags, 2)
+        return cls(spo2, pr, *fast, *slow, measurement_status=ms, device_status=ds,
+                   pulse_amplitude_index=pai)
 
     def __bytes__(self) -> bytes:
         fast = self.spo2_fast is not None or self.pulse_rate_fast is not None
         slow = self.spo2_slow is not None or self.pulse_rate_slow is not None
-        flags = (
-            int(fast)
-            | (int(slow) << 1)
-            | (int(self.measurement_status is not None) << 2)
-            | (int(self.device_status is not None) << 3)
-            | (int(self.pulse_amplitude_index is not None) << 4)
-        )
-        out = bytes((flags,)) + _sf(self.spo2) + _sf(self.pulse_rate)
+        status_flags, status = _plx_status(self.measurement_status, self.device_status,
+                                           self.pulse_amplitude_index, 2)
+        out = bytes((int(fast) | (int(slow) << 1) | status_flags,)) + _sf(self.spo2) + _sf(self.pulse_rate)
         if fast:
             out += _sf(self.spo2_fast) + _sf(self.pulse_rate_fast)
         if slow:
             out += _sf(self.spo2_slow) + _sf(self.pulse_rate_slow)
-        if self.measurement_status is not None:
-            out += self.measurement_status.to_bytes(2, "little")
-        if self.device_status is not None:
-            out += self.device_status.to_bytes(3, "little")
-        if self.pulse_amplitude_index is not None:
-            out += _sf(self.pulse_amplitude_index)
-        return out
+        return out + status
 
     def vitals(self) -> dict[str, float]:
         return _present(spo2=self.spo2, heart_rate=self.pulse_rate)

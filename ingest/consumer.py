@@ -34,15 +34,12 @@ import asyncio
 import dataclasses
 import json
 import logging
-import ssl
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -52,6 +49,8 @@ from ingest import store
 from ingest.db import Conn, Database, DatabaseError, IntegrityError, OperationalError, dead_letters
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
+from vitalgate.backoff import Backoff
+from vitalgate.clock import epoch_ms
 from vitalgate.contract import (
     QOS,
     ContractError,
@@ -63,6 +62,7 @@ from vitalgate.contract import (
     decode,
     decode_readings,
 )
+from vitalgate.mqtt_session import MqttOptions, broker_label, make_client
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,11 @@ LOG_EVERY_MS: Final = 60_000
 #: stop collecting a batch when nothing arrived for this long (s): under light load a message
 #: is committed within ~2 ms; under load a batch fills up to ``batch_max`` or ``batch_window_ms``.
 IDLE_GAP_S: Final = 0.002
-#: reconnect back-off bounds (s) for paho.
-RECONNECT_MIN_S: Final = 1
-RECONNECT_MAX_S: Final = 10
+#: reconnect backoff: paho reconnects by itself (the persistent session stays with the broker),
+#: doubling from 1 s to 10 s without jitter (paho's own schedule, which this only bounds): a
+#: restarted Mosquitto is found within 10 s, and one ingest per broker has nobody to fall into
+#: lockstep with.
+RECONNECT: Final = Backoff(initial_s=1.0, factor=2.0, max_s=10.0, jitter=0.0)
 #: at most this many unacknowledged messages in flight from the broker (MQTT 5 Receive Maximum).
 RECEIVE_MAXIMUM: Final = 1000
 #: committed batches that may wait for scoring while the next batch commits.
@@ -86,10 +88,6 @@ BACKPRESSURE_POLL_S: Final = 0.2
 UNCOMMITTED_MAX: Final = 100_000
 #: redelivery counts of messages not seen again for this long are dropped (ms).
 DELIVERIES_KEPT_MS: Final = 7 * 24 * 3600 * 1000
-
-
-def epoch_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,25 +299,14 @@ class Consumer:
 
     def _make_client(self) -> mqtt.Client:
         s = self.settings
-        v5 = s.mqtt_protocol == "5"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=s.client_id,
-            clean_session=None if v5 else False,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            manual_ack=True,
-        )
-        client.manual_ack_set(True)
-        # explicit settings beat the credentials in mqtt_url (as the gateway does)
-        username = s.mqtt_username or s.broker.username
-        password = s.mqtt_password if s.mqtt_password is not None else s.broker.password
-        if username:
-            client.username_pw_set(username, password)
-        if s.mqtt_tls:
-            client.tls_set(ca_certs=str(s.mqtt_ca) if s.mqtt_ca else None,
-                           cert_reqs=ssl.CERT_REQUIRED)
-        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
-        client.max_inflight_messages_set(100)
+        # a persistent session acknowledged by hand after each commit; paho reconnects by
+        # itself. Explicit settings beat the credentials in mqtt_url (as the gateway does)
+        broker = dataclasses.replace(
+            s.broker, tls=s.mqtt_tls, username=s.mqtt_username or s.broker.username,
+            password=s.mqtt_password if s.mqtt_password is not None else s.broker.password)
+        client = make_client(MqttOptions(
+            broker, s.client_id, protocol=s.mqtt_protocol, clean=False, max_inflight=100,
+            manual_ack=True, reconnect=RECONNECT, ca=s.mqtt_ca))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -333,8 +320,8 @@ class Consumer:
         self._connect_failures += 1
         s = self.settings
         (log.warning if self._connect_failures == 1 else log.debug)(
-            "MQTT broker %s:%d not reachable (attempt %d); retrying every %d-%d s in the background",
-            s.mqtt_host, s.mqtt_port, self._connect_failures, RECONNECT_MIN_S, RECONNECT_MAX_S)
+            "MQTT broker %s not reachable (attempt %d); retrying every %.0f-%.0f s in the background",
+            broker_label(s.broker), self._connect_failures, RECONNECT.initial_s, RECONNECT.max_s)
 
     def subscriptions(self) -> list[str]:
         subs = self.topics.gateway_subscriptions()
@@ -352,8 +339,8 @@ class Consumer:
         self._metrics.mqtt_connected.set(1)
         self._connect_failures = 0
         # host:port only: mqtt_url may carry a password
-        log.info("MQTT connected to %s:%d (session present: %s)", self.settings.mqtt_host,
-                 self.settings.mqtt_port, flags.session_present)
+        log.info("MQTT connected to %s (session present: %s)",
+                 broker_label(self.settings.broker), flags.session_present)
         if self.settings.mqtt_protocol == "5":
             client.subscribe([(t, SubscribeOptions(qos=QOS)) for t in self.subscriptions()])
         else:

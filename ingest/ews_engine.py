@@ -806,7 +806,12 @@ class EwsEngine:
 
             def write(conn: Conn) -> tuple[tuple[Any, ...] | None, int | None]:
                 found = store.find_external(conn, user_code, produce_at, point, result)
-                return found, None if found is not None else self._insert_history(conn, p)
+                if found is not None:
+                    return found, None
+                row_id = self._insert_history(conn, p)
+                if row_id is None:  # another instance recorded the same POST just now
+                    return store.find_external(conn, user_code, produce_at, point, result), None
+                return None, row_id
 
             row, row_id = self._db.write_sync(write)
             if row_id is not None:

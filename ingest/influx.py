@@ -33,6 +33,8 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.write_precision import WritePrecision
 
 from ingest.emit_policy import RISK_ORDER
+from vitalgate.backoff import Backoff
+from vitalgate.clock import epoch_ms
 
 if TYPE_CHECKING:
     from ingest.ews_engine import EwsPoint
@@ -57,7 +59,8 @@ class InfluxOptions:
     #: tries per batch beyond the first; with the backoff below a batch is given up after about
     #: 0.5 + 1 + 2 = 3.5 s of failures (the buffer keeps later points meanwhile).
     max_retries: int = 3
-    #: first retry after 0.5 s, doubling, at most 8 s.
+    #: first retry after 0.5 s, doubling, at most 8 s (a :class:`vitalgate.backoff.Backoff`
+    #: without jitter: one writer per service, nobody to fall into lockstep with).
     retry_base_s: float = 0.5
     retry_max_s: float = 8.0
     #: one write request may take 10 s; a hung InfluxDB costs the writer thread, never the caller.
@@ -74,10 +77,6 @@ DEFAULT_OPTIONS: Final = InfluxOptions()
 
 
 _MS: Final[Any] = WritePrecision.MS
-
-
-def _epoch_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def reading_points(rows: Sequence[ReadingRow]) -> list[Point]:
@@ -121,7 +120,7 @@ class InfluxWriter:
         options: InfluxOptions = DEFAULT_OPTIONS,
         max_buffer: int | None = None,
         flush_interval_ms: int | None = None,
-        clock: Callable[[], int] = _epoch_ms,
+        clock: Callable[[], int] = epoch_ms,
     ) -> None:
         if max_buffer is not None:
             options = replace(options, max_buffer=max_buffer)
@@ -242,7 +241,7 @@ class InfluxWriter:
                 self._cond.notify_all()
 
     def _write(self, batch: list[Point]) -> None:
-        delay = self._opt.retry_base_s
+        backoff = Backoff(self._opt.retry_base_s, 2.0, self._opt.retry_max_s, jitter=0.0)
         for attempt in range(self._opt.max_retries + 1):
             try:
                 self._write_api.write(bucket=self._bucket, org=self._org, record=batch,
@@ -260,9 +259,7 @@ class InfluxWriter:
                     return
                 with self._cond:
                     self._counts["retries"] += 1
-                if self._stop_retrying.wait(delay):
-                    continue
-                delay = min(self._opt.retry_max_s, delay * 2)
+                self._stop_retrying.wait(backoff.delay(attempt))
                 continue
             with self._cond:
                 self._counts["written"] += len(batch)

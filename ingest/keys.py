@@ -38,8 +38,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from ingest.db import Conn
 from ingest.db import keys as db
-from ingest.db.compat import AnyConn, as_conn
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +106,14 @@ class Principal:
 BOOTSTRAP_PRINCIPAL: Final = Principal(BOOTSTRAP, frozenset({ADMIN}))
 
 
-def migrate(conn: AnyConn) -> int:
+def migrate(conn: Conn) -> int:
     """Add the ``scopes`` and ``holder`` columns to an ``api_keys`` table made before them.
     Existing keys get ``admin`` (what they could do); returns how many active keys did.
     (The store's open runs it as the ``keys`` component's migration, ingest.db.keys.)"""
-    return db.upgrade_pre_scopes(as_conn(conn))
+    return db.upgrade_pre_scopes(conn)
 
 
-def create(conn: AnyConn, name: str, now_ms: int, scopes: Iterable[str] = ("read",),
+def create(conn: Conn, name: str, now_ms: int, scopes: Iterable[str] = ("read",),
            holder: str | None = None) -> str:
     """Create key ``name`` and return the key (the only time it is ever shown)."""
     if not NAME_RE.fullmatch(name):
@@ -122,19 +122,18 @@ def create(conn: AnyConn, name: str, now_ms: int, scopes: Iterable[str] = ("read
         raise ApiKeyError(f"key name {BOOTSTRAP!r} is the settings key's")
     chosen = parse_scopes(scopes)
     _check_holder(holder)
-    c = as_conn(conn)
-    exists, revoked = db.revoked_at(c, name)
+    exists, revoked = db.revoked_at(conn, name)
     if exists and revoked is None:
         raise ApiKeyError(f"key {name!r} already exists (revoke it first)")
     key = "vg_" + secrets.token_urlsafe(32)
     salt = secrets.token_bytes(16)
-    if not db.put(c, name, salt, _digest(salt, key), now_ms, ",".join(chosen), holder):
+    if not db.put(conn, name, salt, _digest(salt, key), now_ms, ",".join(chosen), holder):
         raise ApiKeyError(f"key {name!r} already exists (revoke it first)")
     return key
 
 
-def revoke(conn: AnyConn, name: str, now_ms: int) -> bool:
-    return db.revoke(as_conn(conn), name, now_ms)
+def revoke(conn: Conn, name: str, now_ms: int) -> bool:
+    return db.revoke(conn, name, now_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,30 +145,30 @@ class KeyInfo:
     holder: str | None
 
 
-def list_keys(conn: AnyConn) -> list[KeyInfo]:
-    return [KeyInfo(n, c, r, tuple(s.split(",")), h) for n, c, r, s, h in db.all_keys(as_conn(conn))]
+def list_keys(conn: Conn) -> list[KeyInfo]:
+    return [KeyInfo(n, c, r, tuple(s.split(",")), h) for n, c, r, s, h in db.all_keys(conn)]
 
 
-def find(conn: AnyConn, key: str) -> Principal | None:
+def find(conn: Conn, key: str) -> Principal | None:
     """The active key equal to ``key``, or None (every active key is compared, in constant
     time each)."""
     found = None
-    for name, salt, digest, scopes, holder in db.active(as_conn(conn)):
+    for name, salt, digest, scopes, holder in db.active(conn):
         if hmac.compare_digest(_digest(salt, key), digest):
             found = Principal(name, frozenset(s for s in scopes.split(",") if s in SCOPES), holder)
     return found
 
 
-def retire_bootstrap(conn: AnyConn, now_ms: int, *, undo: bool = False) -> None:
+def retire_bootstrap(conn: Conn, now_ms: int, *, undo: bool = False) -> None:
     """Stop (or, with ``undo``, start again) accepting the settings key ``VITALGATE_API_KEY``."""
     if undo:
-        db.unretire_bootstrap(as_conn(conn))
+        db.unretire_bootstrap(conn)
     else:
-        db.retire_bootstrap(as_conn(conn), now_ms)
+        db.retire_bootstrap(conn, now_ms)
 
 
-def bootstrap_retired_at(conn: AnyConn) -> int | None:
-    return db.bootstrap_retired_at(as_conn(conn))
+def bootstrap_retired_at(conn: Conn) -> int | None:
+    return db.bootstrap_retired_at(conn)
 
 
 class KeyChecker:

@@ -36,7 +36,6 @@ import email.utils
 import json
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -45,9 +44,11 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 
-from ingest.db import Conn, Database, Location
+from ingest.db import Conn, Database, Dialect, Location
 from ingest.db import outbox as table
 from ingest.db.outbox import Row, State, enqueue
+from vitalgate.backoff import Backoff
+from vitalgate.clock import epoch_ms
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,8 @@ class RetryPolicy:
 
     def delay_s(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        raw = min(self.max_s, self.base_s * self.factor ** max(0, attempt - 1))
-        return raw * (1.0 - self.jitter * rng.random())
+        return Backoff(self.base_s, self.factor, self.max_s, self.jitter,
+                       shorten_only=True).delay(attempt - 1, rng.random)
 
 
 class Verdict(StrEnum):
@@ -109,7 +110,7 @@ class Verdict(StrEnum):
 _UPSTREAM_WIDE: Final = frozenset({429, 502, 503, 504})
 
 
-def classify(status: int) -> Verdict:
+def verdict_of(status: int) -> Verdict:
     if 200 <= status < 300:
         return Verdict.DELIVERED
     if status in _UPSTREAM_WIDE:
@@ -153,10 +154,6 @@ def retry_after_s(value: str | None, now_ms: int) -> float | None:
     return max(0.0, when.timestamp() - now_ms / 1000)
 
 
-def _epoch_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What one attempt came to: ``verdict`` (delivered, failed for good, retry this row, or
@@ -194,7 +191,7 @@ class CexupTransport:
     """``POST {upstream_url}/ews`` with the row's body (the Cexup JSON), ``x-api-key``."""
 
     def __init__(self, upstream_url: str, api_key: str | None, *, timeout_s: float,
-                 clock: Callable[[], int] = _epoch_ms,
+                 clock: Callable[[], int] = epoch_ms,
                  session_factory: Callable[[], aiohttp.ClientSession] | None = None) -> None:
         self.url = upstream_url.rstrip("/") + "/ews"
         self._api_key = api_key
@@ -230,7 +227,7 @@ class CexupTransport:
                 after = retry_after_s(resp.headers.get("Retry-After"), self._clock())
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return Outcome(Verdict.RETRY_ALL, None, f"{type(exc).__name__}: {exc}"[:500])
-        return Outcome(classify(status), status, text[:2000], after)
+        return Outcome(verdict_of(status), status, text[:2000], after)
 
 
 def open_store(location: Location | Path, *, name: str = "ews") -> Database:
@@ -273,7 +270,7 @@ class Outbox:
         upstream_url: str | None = None,
         api_key: str | None = None,
         retry: RetryPolicy = RetryPolicy(),
-        clock: Callable[[], int] = _epoch_ms,
+        clock: Callable[[], int] = epoch_ms,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         session_factory: Callable[[], aiohttp.ClientSession] | None = None,
         rng: random.Random | None = None,
@@ -290,7 +287,6 @@ class Outbox:
         self._channels: dict[str, _Channel] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
-        self._url = upstream_url.rstrip("/") + "/ews" if upstream_url else None
         if upstream_url:
             self.register(CEXUP, CexupTransport(upstream_url, api_key, timeout_s=retry.timeout_s,
                                                 clock=clock, session_factory=session_factory),
@@ -391,7 +387,19 @@ class Outbox:
             self._running = False
 
     async def _work(self, ch: _Channel) -> None:
-        owner = None if self._db.dialect.value == "sqlite" else self.instance_id
+        """The channel's worker: delivers until cancelled. A store failure (disk, server gone)
+        or a transport that cannot start is logged and retried after ``idle_poll_s``, without
+        stopping the other channels."""
+        while True:
+            try:
+                await self._deliver_until_cancelled(ch)
+            except Exception:
+                log.exception("outbox %s: delivery stopped; again in %.0f s", ch.name,
+                              ch.retry.idle_poll_s)
+                await self._sleep(ch.retry.idle_poll_s)
+
+    async def _deliver_until_cancelled(self, ch: _Channel) -> None:
+        owner = None if self._db.dialect is Dialect.SQLITE else self.instance_id
         # a previous life's claims (SQLite: one process, so every lease is a previous life's)
         await self._db.write(lambda c: table.release(c, ch.name, owner))
         try:
@@ -537,6 +545,18 @@ class Outbox:
             self._db.close()
 
 
-__all__ = ["CEXUP", "CexupTransport", "Outbox", "Outcome", "RetryPolicy", "Row", "State",
-           "Transport", "Verdict", "classify", "effective_status", "enqueue",
-           "retry_after_s"]
+__all__ = [
+    "CEXUP",
+    "CexupTransport",
+    "Outbox",
+    "Outcome",
+    "RetryPolicy",
+    "Row",
+    "State",
+    "Transport",
+    "Verdict",
+    "effective_status",
+    "enqueue",
+    "retry_after_s",
+    "verdict_of",
+]

@@ -17,8 +17,7 @@ a device over once the owner itself has reported it disconnected (its last devic
 for a roam). See docs/security.md, "Who owns a device".
 
 The tables and their SQL are ingest.db.registry's; functions here take an ``ingest.db.Conn``
-(or, until the store is a ``Database``, its raw SQLite connection) and run inside the
-caller's transaction.
+and run inside the caller's transaction.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints
 
 from ingest.db import Conn, IntegrityError
 from ingest.db import registry as db
-from ingest.db.compat import AnyConn, as_conn
 from vitalgate.contract import (
     GATEWAY_ID_RE,
     USER_CODE_RE,
@@ -127,25 +125,23 @@ def _conflict(conn: Conn, name: str, mac: str, exclude_id: int | None) -> str | 
     return None
 
 
-def list_devices(conn: AnyConn, page: int, size: int,
+def list_devices(conn: Conn, page: int, size: int,
                  holder: str | None = None) -> tuple[list[dict[str, Any]], int]:
     """A page of devices in id order and how many there are (``holder``'s only, when given)."""
-    c = as_conn(conn)
-    total = db.count(c, holder)
-    return [row_to_json(r) for r in db.page(c, size, (page - 1) * size, holder)], total
+    total = db.count(conn, holder)
+    return [row_to_json(r) for r in db.page(conn, size, (page - 1) * size, holder)], total
 
 
-def get_device(conn: AnyConn, device_id: int) -> dict[str, Any]:
-    row = db.get(as_conn(conn), device_id)
+def get_device(conn: Conn, device_id: int) -> dict[str, Any]:
+    row = db.get(conn, device_id)
     if row is None:
         raise RegistryError(404, f"device {device_id} not found")
     return row_to_json(row)
 
 
-def create_devices(conn: AnyConn, items: list[DeviceIn], now: int) -> list[dict[str, Any]]:
+def create_devices(conn: Conn, items: list[DeviceIn], now: int) -> list[dict[str, Any]]:
     """Insert all or nothing (the caller's transaction rolls back on RegistryError). A device
     registered meanwhile by another instance is a conflict like one registered before."""
-    c = as_conn(conn)
     seen_names: dict[str, int] = {}
     seen_macs: dict[str, int] = {}
     for i, item in enumerate(items):
@@ -157,35 +153,34 @@ def create_devices(conn: AnyConn, items: list[DeviceIn], now: int) -> list[dict[
     out = []
     for i, item in enumerate(items):
         new_id = None
-        clash = _conflict(c, item.device_name, item.device_mac, None)
+        clash = _conflict(conn, item.device_name, item.device_mac, None)
         if clash is None:
             new_id = db.insert(
-                c, name=item.device_name, mac=item.device_mac, device_type=item.device_type.value,
+                conn, name=item.device_name, mac=item.device_mac, device_type=item.device_type.value,
                 holder=item.device_holder, user_code=item.user_code,
                 user_code_source="api" if item.user_code else None, gateway_id=item.gateway_id,
                 now=now)
             if new_id is None:  # registered by a concurrent transaction since the check
-                clash = _conflict(c, item.device_name, item.device_mac, None) or (
+                clash = _conflict(conn, item.device_name, item.device_mac, None) or (
                     f"device_name {item.device_name!r} or device_mac {item.device_mac!r} is "
                     "already registered")
         if clash is not None or new_id is None:
             raise RegistryError(409, f"item {i}: {clash}" if len(items) > 1 else str(clash))
-        out.append(get_device(c, new_id))
+        out.append(get_device(conn, new_id))
     return out
 
 
 def update_device(
-    conn: AnyConn, device_id: int, patch: DevicePatch, now: int, *,
+    conn: Conn, device_id: int, patch: DevicePatch, now: int, *,
     key_name: str | None = None,
 ) -> dict[str, Any]:
     """Apply ``patch``; a change of ``gateway_id`` is recorded in ``device_moves`` with the
     name of the API key that made it (``key_name``), when the caller knows it."""
-    c = as_conn(conn)
-    current = get_device(c, device_id)
+    current = get_device(conn, device_id)
     fields = patch.model_fields_set
     name = patch.device_name if patch.device_name is not None else current["device_name"]
     mac = patch.device_mac if patch.device_mac is not None else current["device_mac"]
-    clash = _conflict(c, name, mac, device_id)
+    clash = _conflict(conn, name, mac, device_id)
     if clash:
         raise RegistryError(409, clash)
     dtype = patch.device_type.value if patch.device_type is not None else current["device_type"]
@@ -196,67 +191,64 @@ def update_device(
         source = "api" if patch.user_code is not None else None
     gateway_id = current["gateway_id"]
     if "gateway_id" in fields and patch.gateway_id != gateway_id:
-        db.record_move(c, device_id, mac, gateway_id, patch.gateway_id, now, key_name)
+        db.record_move(conn, device_id, mac, gateway_id, patch.gateway_id, now, key_name)
         gateway_id = patch.gateway_id
     try:
-        with c.savepoint():
-            db.update(c, device_id, name=name, mac=mac, device_type=dtype, holder=holder,
+        with conn.savepoint():
+            db.update(conn, device_id, name=name, mac=mac, device_type=dtype, holder=holder,
                       user_code=user_code, user_code_source=source, gateway_id=gateway_id,
                       now=now)
     except IntegrityError:  # a concurrent transaction took the name or MAC since the check
-        raise RegistryError(409, _conflict(c, name, mac, device_id) or
+        raise RegistryError(409, _conflict(conn, name, mac, device_id) or
                             f"device_name {name!r} or device_mac {mac!r} is already registered"
                             ) from None
-    return get_device(c, device_id)
+    return get_device(conn, device_id)
 
 
-def device_moves(conn: AnyConn, device_id: int) -> list[dict[str, Any]]:
+def device_moves(conn: Conn, device_id: int) -> list[dict[str, Any]]:
     """A device's moves between gateways, oldest first."""
     return [{"from_gateway": f, "to_gateway": t, "moved_at": at, "key_name": k}
-            for f, t, at, k in db.moves(as_conn(conn), device_id)]
+            for f, t, at, k in db.moves(conn, device_id)]
 
 
-def owner_of(conn: AnyConn, device_id: str) -> str | None:
+def owner_of(conn: Conn, device_id: str) -> str | None:
     """The gateway a device (contract device id) belongs to; None when it is not registered
     or belongs to none yet (the next gateway to report it claims it)."""
-    row = db.by_mac(as_conn(conn), mac_from_device_id(device_id))
+    row = db.by_mac(conn, mac_from_device_id(device_id))
     return None if row is None else row[5]
 
 
-def claim(conn: AnyConn, device_id: str, gateway_id: str, *, now: int, holder: str) -> str:
+def claim(conn: Conn, device_id: str, gateway_id: str, *, now: int, holder: str) -> str:
     """The gateway owning a device (contract device id) once ``gateway_id`` claimed it: the
     first gateway to report a device owns it (registered then under its placeholder name,
     which a status naming it replaces). Atomic across instances (ingest.db.registry.claim)."""
-    c = as_conn(conn)
     name = default_name(device_id)
-    if db.name_taken(c, name):
+    if db.name_taken(conn, name):
         name = f"{default_name(device_id)} ({device_id})"
-    return db.claim(c, mac=mac_from_device_id(device_id), name=name, holder=holder,
+    return db.claim(conn, mac=mac_from_device_id(device_id), name=name, holder=holder,
                     gateway_id=gateway_id, now=now)
 
 
-def released_by_owner(conn: AnyConn, device_id: str) -> bool:
+def released_by_owner(conn: Conn, device_id: str) -> bool:
     """Has the owning gateway reported the device disconnected (its newest stored status)?"""
-    row = db.by_mac(as_conn(conn), mac_from_device_id(device_id))
+    row = db.by_mac(conn, mac_from_device_id(device_id))
     return row is not None and row[6] == 0
 
 
-def roam(conn: AnyConn, device_id: str, from_gateway: str, to_gateway: str,
+def roam(conn: Conn, device_id: str, from_gateway: str, to_gateway: str,
          ward: str, now: int) -> None:
     """Move a device to ``to_gateway`` of the same ward (the caller checked the rule)."""
-    c = as_conn(conn)
     mac = mac_from_device_id(device_id)
-    row = db.by_mac(c, mac)
+    row = db.by_mac(conn, mac)
     if row is None:
         return
-    db.record_move(c, int(row[0]), mac, from_gateway, to_gateway, now, f"roaming:{ward}")
-    db.set_gateway(c, int(row[0]), to_gateway, now)
+    db.record_move(conn, int(row[0]), mac, from_gateway, to_gateway, now, f"roaming:{ward}")
+    db.set_gateway(conn, int(row[0]), to_gateway, now)
 
 
-def delete_device(conn: AnyConn, device_id: int) -> dict[str, Any]:
-    c = as_conn(conn)
-    current = get_device(c, device_id)
-    db.delete(c, device_id)
+def delete_device(conn: Conn, device_id: int) -> dict[str, Any]:
+    current = get_device(conn, device_id)
+    db.delete(conn, device_id)
     return current
 
 
@@ -280,7 +272,7 @@ def _name_from_status(conn: Conn, dev_id: int, device_id: str, current: str,
 
 
 def seen_on_mqtt(
-    conn: AnyConn,
+    conn: Conn,
     device_id: str,
     *,
     gateway_id: str | None,
@@ -296,18 +288,17 @@ def seen_on_mqtt(
     assigned through the API. A device registered meanwhile by another instance is refreshed
     instead of registered twice.
     """
-    c = as_conn(conn)
     mac = mac_from_device_id(device_id)
     if status is not None and status.user_code is not None:
         user_code = status.user_code
-    row = db.by_mac(c, mac)
+    row = db.by_mac(conn, mac)
     if row is None:
         name = (status.name.strip() if status and status.name and status.name.strip() else None)
         name = name[:128] if name else default_name(device_id)
-        if db.name_taken(c, name):
+        if db.name_taken(conn, name):
             name = f"{default_name(device_id)} ({device_id})"
         new_id = db.insert(
-            c, name=name, mac=mac, device_type="CONSUMER", holder=holder, user_code=user_code,
+            conn, name=name, mac=mac, device_type="CONSUMER", holder=holder, user_code=user_code,
             user_code_source="status" if user_code else None, gateway_id=gateway_id, now=now,
             model=status.model if status else None, last_seen=last_seen,
             battery=status.battery if status else None,
@@ -315,29 +306,29 @@ def seen_on_mqtt(
             rssi=status.rssi if status else None)
         if new_id is not None:
             return user_code, ("status" if user_code else None)
-        row = db.by_mac(c, mac)  # registered by a concurrent transaction: refresh it
+        row = db.by_mac(conn, mac)  # registered by a concurrent transaction: refresh it
         if row is None:  # the name was taken concurrently, not the MAC: the fallback name
             new_id = db.insert(
-                c, name=f"{default_name(device_id)} ({device_id})", mac=mac,
+                conn, name=f"{default_name(device_id)} ({device_id})", mac=mac,
                 device_type="CONSUMER", holder=holder, user_code=user_code,
                 user_code_source="status" if user_code else None, gateway_id=gateway_id,
                 now=now, model=status.model if status else None, last_seen=last_seen,
                 battery=status.battery if status else None,
                 connected=None if status is None else int(status.connected),
                 rssi=status.rssi if status else None)
-            row = db.by_mac(c, mac)
+            row = db.by_mac(conn, mac)
             if new_id is not None or row is None:
                 return user_code, ("status" if user_code else None)
     dev_id, cur_code, cur_source, cur_seen, cur_name = row[:5]
-    _name_from_status(c, dev_id, device_id, str(cur_name), status)
+    _name_from_status(conn, dev_id, device_id, str(cur_name), status)
     if cur_source != "api" and user_code is not None:
         cur_code, cur_source = user_code, "status"
     seen = max(x for x in (cur_seen, last_seen, 0) if x is not None) or None
     if status is None:
-        db.refresh(c, dev_id, user_code=cur_code, user_code_source=cur_source,
+        db.refresh(conn, dev_id, user_code=cur_code, user_code_source=cur_source,
                    gateway_id=gateway_id, last_seen=seen, now=now)
     else:
-        db.refresh_status(c, dev_id, user_code=cur_code, user_code_source=cur_source,
+        db.refresh_status(conn, dev_id, user_code=cur_code, user_code_source=cur_source,
                           gateway_id=gateway_id, last_seen=seen, battery=status.battery,
                           connected=int(status.connected), rssi=status.rssi, model=status.model,
                           now=now)

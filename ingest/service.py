@@ -36,12 +36,13 @@ from typing import Any, Final
 import numpy as np
 from aiohttp import web
 
+from ingest import alerts, store
 from ingest import feed as feed_mod
-from ingest import store
+from ingest.api.alert_routes import ALERTS_KEY
 from ingest.api.app import create_app
 from ingest.api.appkeys import ENGINE_KEY
 from ingest.api.ratelimit import LIMITER_KEY
-from ingest.consumer import Consumer, epoch_ms
+from ingest.consumer import Consumer
 from ingest.dashboard.events import EventHub
 from ingest.db import (
     Conn,
@@ -61,6 +62,7 @@ from ingest.metrics import IngestMetrics, Sample
 from ingest.outbox import Outbox
 from ingest.ownership import LeasedOwner, LeasePolicy, SoleOwner, ownership_for, partition_of
 from ingest.settings import IngestSettings
+from vitalgate.clock import epoch_ms
 from vitalgate.contract import Command, Topics
 
 log = logging.getLogger(__name__)
@@ -157,6 +159,20 @@ class IngestService:
             median_k=settings.median_k, policy=policy, clock=clock,
             deliver=settings.upstream_url is not None, notify=self.outbox.notify,
         )
+        #: FHIR R4 out (issue 17, docs/fhir.md): outbox channel "fhir"; off unless fhir_url is set
+        self.fhir: Any = None
+        if settings.fhir_url:
+            from ingest.fhir.delivery import FhirDelivery
+
+            self.fhir = FhirDelivery.attach(
+                url=settings.fhir_url, token=settings.fhir_token,
+                patient_system=settings.fhir_patient_system, batch=settings.fhir_batch,
+                db=self.ews_db, outbox=self.outbox, engine=self.engine, clock=clock,
+                store_read=self.db.read)
+        # HL7 v2 out (issue 17): channel "hl7" of the outbox, when a receiver is configured
+        from ingest.hl7 import delivery as hl7_delivery
+
+        self.hl7 = hl7_delivery.attach(settings, self.outbox, self.engine, clock=clock)
         self.influx: Any = None
         if settings.influx_enabled:
             from ingest.influx import InfluxWriter
@@ -190,6 +206,12 @@ class IngestService:
                               checker=self.checker, health=self.health,
                               extra_routes=self._extra_routes())
         self.app[ENGINE_KEY] = self.engine
+        # alerts (issue 17): every emitted point goes through their state machine (_publish)
+        self.alerts = alerts.from_settings(
+            settings, self.ews_db, self.outbox, clock=clock,
+            notify=lambda a: self.hub.publish("alert", a),
+            publish=lambda topic, payload: self.consumer.publish(topic, payload, retain=True))
+        self.app[ALERTS_KEY] = self.alerts
         # points emitted outside observe()/tick() (context changes, POST /ews) are published too
         self.engine.on_emit = self._publish_threadsafe
         self._register_collectors()
@@ -206,7 +228,8 @@ class IngestService:
         from ingest.dashboard import routes as dashboard_routes
         from ingest.dashboard.ward import WardView, ews_reader
 
-        # read-only, where the EWS engine keeps its history (it created it already)
+        # the EWS history, read-only: on SQLite the EWS file opened mode=ro, on PostgreSQL the
+        # same database (settings.ews_location is where the EWS store lives)
         ews_db = ews_reader(self.settings.ews_location)
         app.on_cleanup.append(lambda _app: asyncio.to_thread(ews_db.close))
         app[dashboard_routes.WARD_KEY] = WardView(db=self.db, engine=self.engine, ews_db=ews_db,
@@ -233,6 +256,7 @@ class IngestService:
             asyncio.create_task(self._supervise("ecg", self._ecg_loop), name="ecg"),
             asyncio.create_task(self._supervise("retention", self._retention_loop), name="retention"),
             asyncio.create_task(self._supervise("gaps", self._gap_loop), name="gaps"),
+            asyncio.create_task(self._supervise("alerts", self.alerts.run), name="alerts"),
         ]
         if self.feed is not None:
             tasks.append(asyncio.create_task(self._supervise("feed", self.feed.run), name="feed"))
@@ -308,6 +332,7 @@ class IngestService:
             log.warning("warm start: more than %d patient vitals measured or received in the last "
                         "%d s; the rest are scored when their next reading arrives",
                         store.WARM_MAX_ROWS, window // 1000)
+        self.alerts.saw(warm.items)
         points = await asyncio.to_thread(self.engine.warm_start, warm.items, warm.arrived)
         self._publish(points)
 
@@ -320,6 +345,8 @@ class IngestService:
         if self.influx is not None and rows:
             self.influx.write_readings([(r.device_id, r.user_code, r.gateway_id, r.vital, r.value,
                                          r.ts, r.source) for r in rows])
+        if self.fhir is not None and rows:  # before scoring: vitals' rows precede their NEWS2's
+            await self.fhir.enqueue_readings(rows)
         if self.feed is None:  # PostgreSQL: the owner is fed by the commit's notification
             await self.observe(rows)
             if rows:
@@ -330,8 +357,11 @@ class IngestService:
     async def observe(self, rows: Sequence[store.StoredReading]) -> list[EwsPoint]:
         """Feed committed readings to the engine; publish what it emits."""
         items = [(r.user_code, r.vital, r.value, r.ts) for r in rows if r.user_code]
+        if self.hl7 is not None:  # enqueued before the scores made from them
+            await self.hl7.readings(rows, self._device_labels)
         if not items:
             return []
+        self.alerts.saw(items)
         points = await asyncio.to_thread(self.engine.observe, items)
         self._publish(points)
         return points
@@ -436,6 +466,16 @@ class IngestService:
                                 "risk": p.risk, "produce_at": p.produce_at})
         if self.influx is not None and points:
             self.influx.write_ews(points)
+        self.alerts.offer(points)
+        if self.fhir is not None and points:  # their FHIR rows were enqueued with their history
+            self.fhir.notify()
+        if self.hl7 is not None and points:
+            self.hl7.points(points)
+
+    async def _device_labels(self, device_ids: set[str]) -> dict[str, Any]:
+        from ingest.hl7.channel import device_labels
+
+        return await self.db.read(lambda c: device_labels(c, device_ids))
 
     # ---------------------------------------------- issue 13: feed and ownership (PostgreSQL)
 
@@ -657,6 +697,8 @@ class IngestService:
             if self.influx is not None:
                 self.influx.write_readings([(reading.device_id, reading.user_code, reading.gateway_id,
                                              reading.vital, reading.value, reading.ts, reading.source)])
+            if self.fhir is not None:
+                await self.fhir.enqueue_readings([reading])
             if self.feed is not None:  # its owner may be another instance
                 await self.db.write(lambda c: feed_mod.announce(
                     c, [(reading.user_code, reading.vital, reading.value, reading.ts,
@@ -750,12 +792,36 @@ class IngestService:
                     "HTTP requests answered 429 (rate limit per API key or address)",
                     lambda: [("vitalgate_ingest_http_rate_limited_total", {},
                               float(self.app[LIMITER_KEY].limited))])
+        if self.hl7 is not None:
+            hl7 = self.hl7
+            r.collector("vitalgate_ingest_hl7", "gauge",
+                        "HL7 v2 out: messages built, skipped_<reason>, enqueued, duplicates,"
+                        " dropped_points, points_waiting; ACK outcomes (ack_<outcome>),"
+                        " failed_after_errors (this instance, since start)",
+                        lambda: [("vitalgate_ingest_hl7", {"stat": k}, float(v))
+                                 for k, v in hl7.stats().items()])
         r.collector("vitalgate_ingest_ews_readings_total", "counter",
                     "vital values the EWS scorer saw, by outcome (accepted, late, duplicate, "
                     "superseded, rejected, ignored, old) and merged_rounds (scoring rounds "
                     "folded into their batch's last)",
                     lambda: [("vitalgate_ingest_ews_readings_total", {"outcome": k}, float(v))
                              for k, v in self.engine.scoring_counts().items()])
+        r.collector("vitalgate_ingest_ews_duplicate_emissions_total", "counter",
+                    "EWS emissions absorbed: another instance had recorded the patient's point "
+                    "first (an ownership handover)",
+                    lambda: [("vitalgate_ingest_ews_duplicate_emissions_total", {},
+                              float(self.engine.duplicates))])
+        r.collector("vitalgate_ingest_alerts_total", "counter",
+                    "alert transitions (opened, updated, escalated, acknowledged, resolved), "
+                    "scores dropped before the alert task, conflicts, webhook outcomes",
+                    self.alerts.samples)
+        r.collector("vitalgate_ingest_fhir", "gauge",
+                    "FHIR channel (docs/fhir.md): readings, observations, points, rows, "
+                    "skipped_no_patient, skipped_unbuildable, derived_unknown, memory_evicted, "
+                    "absorbed_rows, render_failures, answers_<verdict>",
+                    lambda: [] if self.fhir is None else [
+                        ("vitalgate_ingest_fhir", {"stat": k}, float(v))
+                        for k, v in self.fhir.stats().items()])
 
 
 @dataclass

@@ -291,3 +291,78 @@ class IngestSettings(ServiceSettings):
     def ward_of(self) -> dict[str, str]:
         """gateway id → its ward (from ``roaming_groups``)."""
         return {g: ward for ward, gateways in self.roaming_groups.items() for g in gateways}
+
+    # --- issue 17, alerts a nurse can acknowledge (helper halert) -----------------------------
+    #: an unacknowledged alert of high risk (NEWS2 ≥ 7) escalates after this long (s,
+    #: processing time); NEWS2 asks for an emergency assessment at once: 5 minutes.
+    alert_response_high_s: float = Field(default=300.0, gt=0, le=7 * 24 * 3600)
+    #: ...of medium risk (5-6, or a single parameter scoring 3): an urgent review, 30 minutes.
+    alert_response_medium_s: float = Field(default=1800.0, gt=0, le=7 * 24 * 3600)
+    #: how often the service looks for alerts past their response time (s).
+    alert_check_s: float = Field(default=5.0, gt=0, le=3600)
+    #: escalated alerts are also POSTed (JSON) here, with bounded retries; unset: MQTT only.
+    alert_webhook_url: str | None = None
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _alert_webhook_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("alert_webhook_url must be an http:// or https:// URL with a host")
+        return v
+
+    # --- FHIR R4 out (issue 17, helper hfhir; docs/fhir.md) ----------------------------------
+    #: the FHIR server's base URL (http(s)://host[:port]/base): readings and NEWS2 points go
+    #: there as transaction Bundles. Unset: no FHIR delivery at all.
+    fhir_url: str | None = None
+    #: bearer token sent with every request (never logged).
+    fhir_token: SecretStr | None = None
+    #: the identifier system of Patient.identifier (its value is the user_code).
+    fhir_patient_system: str = Field(default="urn:vitalgate:user-code",
+                                     pattern=r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s|]{1,250}$")
+    #: entries per transaction Bundle at most (Patients and Devices included). 8 is Medplum's
+    #: cap for a transaction holding a conditional create, and one reading message fits it.
+    fhir_batch: int = Field(default=8, ge=1, le=1000)
+
+    @field_validator("fhir_url")
+    @classmethod
+    def _check_fhir_url(cls, v: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if v is not None and (urlsplit(v).scheme not in ("http", "https") or not urlsplit(v).hostname):
+            raise ValueError("fhir_url must be http(s)://host[:port]/base")
+        return v
+
+    @property
+    def fhir_enabled(self) -> bool:
+        return bool(self.fhir_url)
+
+    # --- issue 17, HL7 v2 out over MLLP (helper hhl7) ----------------------------------------
+    #: the MLLP receiver (a device-integration engine) that takes ORU^R01 messages of every
+    #: stored reading and emitted EWS point; HL7 output is off unless both are set.
+    hl7_host: str | None = Field(default=None, min_length=1, max_length=253)
+    hl7_port: int | None = Field(default=None, ge=1, le=65535)
+    #: MSH-4 sending facility and PID-3's assigning authority of the user_code: a namespace id
+    #: (1-20 letters, digits, '.', '_', '-') or an ISO OID (``1.2.840.114350``).
+    hl7_facility: str = "vitalgate"
+    hl7_patient_authority: str = "vitalgate"
+    #: how long one message waits for its ACK (processing time) before it is retried (s).
+    hl7_ack_timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("hl7_facility", "hl7_patient_authority")
+    @classmethod
+    def _hl7_designator(cls, v: str) -> str:
+        import re
+
+        if not (re.fullmatch(r"[A-Za-z0-9._-]{1,20}", v)
+                or (re.fullmatch(r"[0-2](\.(0|[1-9][0-9]*)){1,40}", v) and len(v) <= 199)):
+            raise ValueError(f"{v!r} must be 1-20 letters, digits, '.', '_' or '-', or an ISO OID")
+        return v
+
+    @property
+    def hl7_enabled(self) -> bool:
+        return bool(self.hl7_host) and self.hl7_port is not None

@@ -17,11 +17,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from simulators import scenarios as scenario_files
+from vitalgate.clock import epoch_ms
 from vitalgate.config import BrokerAddress, ServiceSettings, load_settings
 from vitalgate.contract import DEFAULT_PREFIX, GATEWAY_ID_RE, matches
+
+if TYPE_CHECKING:
+    from simulators.mqtt_out import GatewayPublisher
 
 
 class SimulatorSettings(ServiceSettings):
@@ -53,6 +57,20 @@ def _log_broker(settings: SimulatorSettings, what: str) -> None:
         return  # the client refuses it with a clear error of its own
     log.info("%s: MQTT broker %s:%d%s (mqtt_url, VITALGATE_MQTT_URL), topic prefix %s", what,
              broker.host, broker.port, " (TLS)" if broker.tls else "", settings.prefix)
+
+
+def _connect_publisher(settings: SimulatorSettings, what: str) -> GatewayPublisher | None:
+    """A publisher connected as gateway ``settings.gateway_id``; None (said on stderr) if not."""
+    from simulators.mqtt_out import GatewayPublisher
+    from vitalgate.mqtt_session import MqttError
+
+    _log_broker(settings, f"{what} as gateway {settings.gateway_id}")
+    publisher = GatewayPublisher(settings.mqtt_url, settings.gateway_id, settings.prefix)
+    try:
+        return publisher.connect()
+    except (MqttError, ValueError) as exc:
+        sys.stderr.write(f"{exc}\n")
+        return None
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -153,7 +171,6 @@ def register(subparsers: Any) -> None:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from simulators.fleet import Fleet, Timestamps, sim_start_ms
-    from simulators.mqtt_out import GatewayPublisher, MqttError
     from simulators.physiology import Cohort, SimClock
 
     if args.list_scenarios:
@@ -170,17 +187,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except scenario_files.ScenarioError as exc:
         sys.stderr.write(f"{exc}\n")
         return 2
-    _log_broker(settings, f"simulate {args.patients} patients as gateway {settings.gateway_id}")
-    publisher = GatewayPublisher(settings.mqtt_url, settings.gateway_id, settings.prefix)
-    try:
-        publisher.connect()
-    except (MqttError, ValueError) as exc:
-        sys.stderr.write(f"{exc}\n")
+    publisher = _connect_publisher(settings, f"simulate {args.patients} patients")
+    if publisher is None:
         return 1
     # the clock starts once connected, right before the fleet: simulated time runs speed ×
     # faster, so every real millisecond in between is speed simulated ones
     stamps: Timestamps = "sim" if settings.timestamps == "sim" else "wall"
-    start_ms = sim_start_ms(int(time.time() * 1000), args.duration, stamps)
+    start_ms = sim_start_ms(epoch_ms(), args.duration, stamps)
     cohort = Cohort([loaded[i % len(loaded)] for i in range(args.patients)], settings.seed, start_ms)
     clock = SimClock(start_ms, settings.speed)
     fleet = Fleet(cohort, publisher, clock, settings.rate_s, stamps)
@@ -201,7 +214,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from simulators.importers import ImportFormatError, load
-    from simulators.mqtt_out import GatewayPublisher, MqttError
     from simulators.physiology import SimClock
     from simulators.replay import MqttReplaySink, replay_tracks
 
@@ -215,12 +227,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         sys.stderr.write(f"skipped {err}\n")
     if args.virtual_watches:
         return _replay_through_watches(args, settings, loaded.tracks)
-    _log_broker(settings, f"replay {len(loaded.tracks)} tracks as gateway {settings.gateway_id}")
-    publisher = GatewayPublisher(settings.mqtt_url, settings.gateway_id, settings.prefix)
-    try:
-        publisher.connect()
-    except (MqttError, ValueError) as exc:
-        sys.stderr.write(f"{exc}\n")
+    publisher = _connect_publisher(settings, f"replay {len(loaded.tracks)} tracks")
+    if publisher is None:
         return 1
     publisher.gateway_status(True, devices=len(loaded.tracks))
     started = time.perf_counter()
@@ -259,9 +267,9 @@ def _replay_through_watches(args: argparse.Namespace, settings: Any, tracks: lis
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from simulators.mqtt_out import MqttError
     from simulators.recording import JsonlWriter
     from simulators.replay import record
+    from vitalgate.mqtt_session import MqttError
 
     settings = _settings(args)
     _log_broker(settings, f"record to {args.out}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -36,3 +36,13 @@ async def send_or_drop(name: str, send: Callable[[], Awaitable[None]]) -> bool:
     if _cancelling():  # bumble may swallow a cancellation that lands mid-indication
         raise asyncio.CancelledError
     return sent
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` until every one has ended: a cancellation bumble swallowed (above) is
+    delivered again, once a second."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)

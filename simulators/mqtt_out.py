@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
+from vitalgate.backoff import Backoff
+from vitalgate.clock import epoch_ms
 from vitalgate.config import BrokerAddress, redact_url
 from vitalgate.contract import (
     DEFAULT_PREFIX,
@@ -29,6 +30,7 @@ from vitalgate.contract import (
     Topics,
     encode_readings,
 )
+from vitalgate.mqtt_session import MqttError, MqttOptions, connect_blocking, make_client
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +39,9 @@ MAX_INFLIGHT: Final = 1000
 #: messages published but not yet acknowledged before publish() waits.
 MAX_UNACKED: Final = 20_000
 CONNECT_TIMEOUT_S: Final = 10.0
-
-
-class MqttError(RuntimeError):
-    pass
+#: paho's own reconnect schedule (its defaults, 1 s doubling to 2 min, no jitter): a tool's
+#: session to a local broker, nothing to spread out.
+RECONNECT: Final = Backoff(initial_s=1.0, factor=2.0, max_s=120.0, jitter=0.0)
 
 
 def parse_url(url: str) -> tuple[str, int]:
@@ -51,34 +52,28 @@ def parse_url(url: str) -> tuple[str, int]:
     return address.host, address.port
 
 
-def _client(client_id: str) -> mqtt.Client:
-    # (the ignore is for the stale types-paho-mqtt 1.6 stubs, which shadow paho 2's own types)
-    client = mqtt.Client(  # type: ignore[call-arg, unused-ignore]
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=mqtt.MQTTv311,
-    )
-    client.max_inflight_messages_set(MAX_INFLIGHT)
-    client.max_queued_messages_set(0)
-    return client
+class _ToolClient:
+    """One paho client of a simulator tool: a clean 3.1.1 session to ``url``
+    (mqtt://[user:password@]host:port; the credentials are used, never shown), connected from
+    a plain thread; paho reconnects by itself as a simulated gateway would."""
+
+    def __init__(self, url: str, client_id: str) -> None:
+        parse_url(url)  # plain mqtt:// only
+        self.url = url
+        self._connected = threading.Event()
+        self._options = MqttOptions(BrokerAddress.parse(url), client_id, max_inflight=MAX_INFLIGHT,
+                                    reconnect=RECONNECT)
+        self._client = make_client(self._options)
+
+    def _connect(self) -> None:
+        connect_blocking(self._client, self._options, self._connected, timeout_s=CONNECT_TIMEOUT_S)
+
+    def _disconnect(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
 
 
-def _connect(client: mqtt.Client, url: str, connected: threading.Event) -> None:
-    host, port = parse_url(url)
-    address = BrokerAddress.parse(url)
-    if address.username:  # mqtt://user:password@host: used, never shown (host:port only below)
-        client.username_pw_set(address.username, address.password)
-    try:
-        client.connect(host, port, keepalive=30)
-    except OSError as exc:
-        raise MqttError(f"cannot connect to MQTT broker {host}:{port}: {exc}") from None
-    client.loop_start()
-    if not connected.wait(CONNECT_TIMEOUT_S):
-        client.loop_stop()
-        raise MqttError(f"no CONNACK from MQTT broker {host}:{port} within {CONNECT_TIMEOUT_S}s")
-
-
-class GatewayPublisher:
+class GatewayPublisher(_ToolClient):
     """One MQTT connection publishing as gateway ``gateway_id``."""
 
     def __init__(
@@ -89,7 +84,7 @@ class GatewayPublisher:
         version: str = "vitalgate-simulator",
         max_unacked: int = MAX_UNACKED,
     ) -> None:
-        self.url = url
+        super().__init__(url, f"{gateway_id}-sim-{epoch_ms() % 10**9}")
         self.gateway_id = gateway_id
         self.topics = Topics(prefix)
         self.version = version
@@ -98,8 +93,6 @@ class GatewayPublisher:
         self.readings = 0  # readings inside them
         self.acked = 0
         self._cond = threading.Condition()
-        self._connected = threading.Event()
-        self._client = _client(f"{gateway_id}-sim-{int(time.time() * 1000) % 10**9}")
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish  # type: ignore[assignment, unused-ignore]
@@ -127,7 +120,7 @@ class GatewayPublisher:
             self._cond.notify_all()
 
     def connect(self) -> GatewayPublisher:
-        _connect(self._client, self.url, self._connected)
+        self._connect()
         return self
 
     def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
@@ -182,8 +175,7 @@ class GatewayPublisher:
                             "broker (%s)", self.published - self.acked, self.published,
                             "connection lost" if not self._connected.is_set() else "timed out")
         finally:
-            self._client.disconnect()
-            self._client.loop_stop()
+            self._disconnect()
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,17 +186,15 @@ class Received:
     rx_ms: int
 
 
-class Subscriber:
+class Subscriber(_ToolClient):
     """Subscribes to topics at QoS 1 and queues what arrives (bounded; overflow is counted)."""
 
     def __init__(self, url: str, topics: Iterable[str], maxsize: int = 100_000) -> None:
-        self.url = url
+        super().__init__(url, f"vitalgate-rec-{epoch_ms() % 10**9}")
         self.topics = list(topics)
         self.queue: queue.Queue[Received] = queue.Queue(maxsize)
         self.overflow = 0
-        self._connected = threading.Event()
         self._subscribed = threading.Event()
-        self._client = _client(f"vitalgate-rec-{int(time.time() * 1000) % 10**9}")
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
@@ -218,7 +208,7 @@ class Subscriber:
         self._subscribed.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        item = Received(msg.topic, bytes(msg.payload), bool(msg.retain), int(time.time() * 1000))
+        item = Received(msg.topic, bytes(msg.payload), bool(msg.retain), epoch_ms())
         try:
             self.queue.put_nowait(item)
         except queue.Full:
@@ -226,12 +216,11 @@ class Subscriber:
 
     def connect(self) -> Subscriber:
         """Connect and return once the broker acknowledged the subscriptions."""
-        _connect(self._client, self.url, self._connected)
+        self._connect()
         if not self._subscribed.wait(CONNECT_TIMEOUT_S):
             self.close()
             raise MqttError(f"no SUBACK from {redact_url(self.url)} within {CONNECT_TIMEOUT_S}s")
         return self
 
     def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._disconnect()

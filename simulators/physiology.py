@@ -44,6 +44,7 @@ from simulators import scenarios as scenario_files
 from simulators.ecg_synth import EcgSynth
 from simulators.hashing import hash_normal, hash_uniform, patient_key
 from simulators.scenarios import Scenario
+from vitalgate.clock import epoch_ms
 from vitalgate.contract import PLAUSIBLE, VITALS, device_id_from_mac
 
 FloatArray = NDArray[np.float64]
@@ -102,7 +103,7 @@ class SimClock:
     ) -> None:
         if not speed > 0:
             raise ValueError(f"speed must be > 0, not {speed}")
-        self.start_ms = int(time.time() * 1000) if start_ms is None else int(start_ms)
+        self.start_ms = epoch_ms() if start_ms is None else int(start_ms)
         self.speed = float(speed)
         self._time = time_fn
         self._sleep = sleep_fn
@@ -169,7 +170,7 @@ class Cohort:
         if not scenarios:
             raise ValueError("a cohort needs at least one patient")
         self.seed = int(seed)
-        self.start_ms = int(time.time() * 1000) if start_ms is None else int(start_ms)
+        self.start_ms = epoch_ms() if start_ms is None else int(start_ms)
         loaded: dict[str, Scenario] = {}
         names: list[str] = []
         for s in scenarios:

@@ -78,7 +78,7 @@ async def replay_through_watches(
 ) -> dict[str, Any]:
     """Run virtual watches for ``tracks`` and a gateway collecting them until every track has
     played (plus ``linger_s`` for the buffer to drain); returns the gateway's final snapshot."""
-    from gateway.clock import Clock, SystemTime
+    from gateway.clock_sync import SyncedClock, SystemSync
     from gateway.service import Gateway
     from gateway.settings import GatewaySettings
     from simulators.bleak_bumble import BumbleLink
@@ -86,9 +86,9 @@ async def replay_through_watches(
     from simulators.watch import VirtualE86
     from vitalgate.config import load_settings
 
-    # a replay is a simulation on this host's wall clock: trusted as it is (gateway/clock.py
+    # a replay is a simulation on this host's wall clock: trusted as it is (gateway/clock_sync.py
     # would hold every reading on a host that cannot report NTP sync, such as a container)
-    clock = Clock(source=SystemTime(assume_synchronised=True))
+    clock = SyncedClock(source=SystemSync(assume_synchronised=True))
     start = now_ms() if now_ms else clock.ms()
     sources = [TrackSource(t, start, speed) for t in tracks]
     devices = dict(identities(t) for t in tracks)

@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 from gateway.ble.backend import BleBackend, BleInUse
-from gateway.clock import Clock
+from gateway.clock_sync import SyncedClock
 from simulators.bleak_bumble import BumbleLink
 from simulators.devices import KINDS, VirtualHealthDevice
 from simulators.devices.relay import LinkServer, parse_endpoint
@@ -44,7 +44,7 @@ def bumble_backend(link: BumbleLink) -> BleBackend:
 
 @contextlib.asynccontextmanager
 async def simulated_watches(
-    link: BumbleLink, n: int, scenarios: Sequence[str], clock: Clock, *, seed: int = 0,
+    link: BumbleLink, n: int, scenarios: Sequence[str], clock: SyncedClock, *, seed: int = 0,
     realtime_interval_s: float = 5.0, physiology_speed: float = 1.0,
 ) -> AsyncIterator[tuple[list[VirtualE86], dict[str, str]]]:
     """``n`` virtual E86 watches worn by simulated patients; yields them and MAC → user_code.
@@ -86,7 +86,7 @@ DEVICE_SEED_OFFSET = 1_000_000
 
 @contextlib.asynccontextmanager
 async def simulated_devices(
-    link: BumbleLink, kinds: Sequence[str], clock: Clock, *, seed: int = 0, interval_s: float = 5.0,
+    link: BumbleLink, kinds: Sequence[str], clock: SyncedClock, *, seed: int = 0, interval_s: float = 5.0,
 ) -> AsyncIterator[tuple[list[VirtualHealthDevice], dict[str, str]]]:
     """One virtual health device per entry of ``kinds``; yields them and MAC → user_code."""
     devices = [
@@ -150,7 +150,7 @@ class Simulate:
         return int(args.simulate) > 0 or bool(args.simulate_devices) or bool(args.simulate_link)
 
     @contextlib.asynccontextmanager
-    async def open(self, args: argparse.Namespace, clock: Clock) -> AsyncIterator[BleInUse]:
+    async def open(self, args: argparse.Namespace, clock: SyncedClock) -> AsyncIterator[BleInUse]:
         """The link and its watches, stamping on ``clock``; both stop when the block ends."""
         async with BumbleLink() as link, simulated_watches(
             link, args.simulate, args.scenario or ["stable"], clock, seed=args.seed,

@@ -15,7 +15,7 @@ from e86.commands import MacAddress
 from e86.errors import PayloadError
 from gateway.settings import GatewaySettings
 from ingest import keys
-from ingest.db import Dialect, render_ddl
+from ingest.db import Conn, Dialect, render_ddl
 from ingest.db import keys as db_keys
 from ingest.ews_engine import EwsEngine, EwsInputError
 from simulators.cli import _gateway_id
@@ -67,9 +67,10 @@ def test_key_names_refuse_a_trailing_newline() -> None:
     conn = sqlite3.connect(":memory:")
     try:
         conn.executescript(render_ddl(db_keys.SCHEMA, Dialect.SQLITE))
-        assert keys.create(conn, "ward-3", 1).startswith("vg_")
+        c = Conn(conn, Dialect.SQLITE)
+        assert keys.create(c, "ward-3", 1).startswith("vg_")
         with pytest.raises(keys.ApiKeyError, match="key name"):
-            keys.create(conn, "ward-4\n", 1)
+            keys.create(c, "ward-4\n", 1)
     finally:
         conn.close()
 

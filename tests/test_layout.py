@@ -111,3 +111,105 @@ def test_the_graph_reader_sees_hidden_imports(tmp_path: Path) -> None:
     assert edges["pkg.a"] == {"pkg.b"} and edges["pkg.b"] == {"pkg.c"} and edges["pkg.c"] == {"pkg.a"}
     assert cycles(edges) == [["pkg.a", "pkg.b", "pkg.c"]]
     assert ROOT.is_dir()
+
+
+#: the building blocks there is one of (DEVELOPERS.md, "one of each building block"), by the
+#: name a second copy would define, and the one module that may define it.
+BUILDING_BLOCKS: dict[str, str] = {
+    "epoch_ms": "vitalgate.clock",
+    "_epoch_ms": "vitalgate.clock",
+    "SystemClock": "vitalgate.clock",
+    "ScaledClock": "vitalgate.clock",
+    "ManualClock": "vitalgate.clock",
+    "Backoff": "vitalgate.backoff",
+    "make_client": "vitalgate.mqtt_session",
+}
+#: copies other work removes (issue 14): ews may not import vitalgate (ews <- ingest only), and
+#: the EWS engine is being reshaped with the score type. Each names where it stays and why.
+PENDING_COPIES: dict[str, str] = {
+    "ews.stream": "epoch_ms: ews imports nothing of ours; its StreamScorer's clock default",
+    "ingest.ews_engine": "_epoch_ms: the EWS engine's clock default, moves with the score type",
+}
+PRODUCTION = ("vitalgate", "e86", "gatt", "gateway", "ingest", "ews", "simulators", "tools")
+
+
+def _defined(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    return {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+
+
+def test_one_of_each_building_block() -> None:
+    """A second clock, backoff type or MQTT client factory is a second place to fix."""
+    bad = []
+    for module, path in sorted(modules(packages=[*PRODUCTION, "tests"]).items()):
+        if module.startswith("tests.") and not module.startswith("tests.support"):
+            continue
+        for name in sorted(_defined(path) & set(BUILDING_BLOCKS)):
+            if BUILDING_BLOCKS[name] != module and module not in PENDING_COPIES:
+                bad.append(f"{module} defines its own {name} (use {BUILDING_BLOCKS[name]})")
+    assert not bad, "\n".join(bad)
+    assert all(m in modules(packages=PRODUCTION) for m in PENDING_COPIES)
+
+
+def test_only_the_mqtt_core_builds_paho_clients() -> None:
+    """Every MQTT client is made by vitalgate.mqtt_session.make_client (protocol, TLS,
+    credentials, reconnect decided in one place)."""
+    bad = []
+    for module, path in sorted(modules(packages=[*PRODUCTION, "tests"]).items()):
+        if module == "vitalgate.mqtt_session" or (module.startswith("tests.")
+                                                   and not module.startswith("tests.support")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call):
+                f = node.func
+                if (isinstance(f, ast.Attribute) and f.attr == "Client"
+                        and isinstance(f.value, ast.Name) and f.value.id == "mqtt") \
+                        or (isinstance(f, ast.Name) and f.id == "Client"):
+                    bad.append(f"{module}:{node.lineno} builds a paho client")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_gateway_reads_its_clock() -> None:
+    """No direct time.time()/time.monotonic() in the gateway: it stamps, schedules and waits on
+    an injected vitalgate.clock.Clock (tests and --simulate control time)."""
+    bad = []
+    for module, path in sorted(modules(packages=["gateway"]).items()):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Attribute) and node.attr in ("time", "monotonic")
+                    and isinstance(node.value, ast.Name) and node.value.id == "time"):
+                bad.append(f"{module}:{node.lineno} calls time.{node.attr}")
+    assert not bad, "\n".join(bad)
+
+
+#: database drivers: only the storage layer (ingest/db/) may import them (issue 13).
+DRIVERS: frozenset[str] = frozenset({"sqlite3", "psycopg", "psycopg_pool", "asyncpg"})
+#: files of ingest that still import a driver while their owner moves their SQL to ingest/db/
+#: (each line is a pending exception, named with its owner; remove it when the move lands).
+PENDING_DRIVER_IMPORTS: frozenset[str] = frozenset({
+    "ingest.registry",            # h13d: registry SQL → ingest/db/registry.py
+    "ingest.keys",                # h13d: keys SQL → ingest/db/keys.py
+    "ingest.api.scoping",         # h13d
+    "ingest.api.device_routes",   # h13d
+    "ingest.dashboard.ward",      # h13d: ward queries → ingest/db/ward.py
+    "ingest.outbox",              # h13b: the outbox → ingest/db/outbox.py
+})
+
+
+def _driver_imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0
+                 else [])
+        found |= {n.split(".")[0] for n in names} & DRIVERS
+    return found
+
+
+def test_only_ingest_db_imports_a_database_driver() -> None:
+    """Every table, connection and SQL statement of ingest lives in ingest/db/: nothing else
+    in ingest imports sqlite3 or psycopg (at module level, in a function or for typing)."""
+    users = {module for module, path in modules(packages=["ingest"]).items()
+             if _driver_imports(path)}
+    outside = {m for m in users if not (m == "ingest.db" or m.startswith("ingest.db."))}
+    assert outside - PENDING_DRIVER_IMPORTS == set(), "import the driver only in ingest/db/"
+    assert "ingest.db.engine" in users  # the check sees the storage layer's own imports

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,10 +40,10 @@ from e86.constants import MODEL, SERVICE_UUID
 from gateway.ble.backend import BleBackend
 from gateway.ble.profiles import Session, is_health_device, make_session
 from gateway.ble.profiles.base import HealthSession
-from gateway.ble.retry import SLOT_RULES, STALE_EXEMPT, classify
+from gateway.ble.retry import SLOT_RULES, STALE_EXEMPT, rule_for
 from gateway.ble.session import Sink, WatchInfo, WatchSession, raise_if_cancel_swallowed
 from gateway.ble.slots import Slots
-from gateway.clock import Clock, HeldReadings
+from gateway.clock_sync import HeldReadings, SyncedClock
 from gateway.settings import GatewaySettings
 from vitalgate.contract import Command, DeviceStatus, device_id_from_mac, normalise_mac
 
@@ -140,13 +139,13 @@ class SessionManager:
         sink: Sink,
         *,
         on_status: Callable[[DeviceStatus], None] = lambda s: None,
-        clock: Clock | None = None,
+        clock: SyncedClock | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
         self.sink = sink
         self.on_status = on_status
-        self.clock = clock or Clock()
+        self.clock = clock or SyncedClock()
         self.watches: dict[str, WatchState] = {}
         self.scanner_restarts = 0
         self.advertisements = 0
@@ -155,9 +154,9 @@ class SessionManager:
         self.adapter_power_cycles = 0
         self.forgets = 0
         self.rotations = 0
-        self._last_adv_mono = time.monotonic()
+        self._last_adv_mono = self.clock.monotonic()
         #: any advertisement at all (a deaf scanner hears nothing, not just no watch)
-        self._last_any_adv_mono = time.monotonic()
+        self._last_any_adv_mono = self.clock.monotonic()
         self._deaf_restarts = 0
         self._tg: asyncio.TaskGroup | None = None
         self._restart_scanner = asyncio.Event()
@@ -223,7 +222,7 @@ class SessionManager:
             w.task = self._tg.create_task(self._connection_loop(w), name=f"watch {w.info.name}")
 
     def _on_advertisement(self, device: BLEDevice, adv: AdvertisementData) -> None:
-        self._last_any_adv_mono = time.monotonic()
+        self._last_any_adv_mono = self.clock.monotonic()
         if self._deaf_restarts:
             log.info("the scanner hears advertisements again (after %d restarts, %d adapter "
                      "power cycles in all)", self.scanner_restarts, self.adapter_power_cycles)
@@ -233,7 +232,7 @@ class SessionManager:
                 or is_health_device(adv.service_uuids)):
             return
         self.advertisements += 1
-        self._last_adv_mono = time.monotonic()
+        self._last_adv_mono = self.clock.monotonic()
         try:
             device_id = device_id_from_mac(device.address)
         except ValueError:
@@ -246,7 +245,7 @@ class SessionManager:
             log.info("adopting %s", w.info.name)
         w.ble_device = device
         w.rssi = adv.rssi
-        w.last_seen_mono = time.monotonic()
+        w.last_seen_mono = self.clock.monotonic()
         w.last_seen_ms = self.clock.ms()
         w.seen.set()
         self._start(w)
@@ -261,12 +260,13 @@ class SessionManager:
                 with contextlib.suppress(Exception):
                     await scanner.stop()
                 raise
-            self._last_adv_mono = self._last_any_adv_mono = time.monotonic()
+            self._last_adv_mono = self._last_any_adv_mono = self.clock.monotonic()
             try:
                 while True:
                     await asyncio.sleep(WATCHDOG_PERIOD_S)
                     missing = [w for w in self.watches.values() if w.state != "connected"]
-                    silent = time.monotonic() - self._last_any_adv_mono
+                    # real seconds (the log says them): the watchdog guards a real radio
+                    silent = self.clock.real_seconds(self.clock.monotonic() - self._last_any_adv_mono)
                     if missing and silent > self.clock.real_seconds(self.settings.scan_watchdog_s):
                         break
             finally:
@@ -303,9 +303,9 @@ class SessionManager:
             await w.seen.wait()
             assert w.ble_device is not None
             w.state = "queued"
-            asked = self.clock.mono()
+            asked = self.clock.monotonic()
             adapter = await self.slots.acquire(w.info.device_id)
-            w.max_wait_s = max(w.max_wait_s, self.clock.mono() - asked)
+            w.max_wait_s = max(w.max_wait_s, self.clock.monotonic() - asked)
             w.adapter = adapter
             w.state = "connecting"
             failure: Exception | None = None
@@ -316,12 +316,12 @@ class SessionManager:
             except Exception as exc:  # classified; every failure is retried
                 _reraise_if_cancelling(exc)
                 failure = exc
-                if classify(exc).name in SLOT_RULES:  # before the slot goes to somebody else
+                if rule_for(exc).name in SLOT_RULES:  # before the slot goes to somebody else
                     self.slots.refused(adapter, w.info.device_id)
             finally:
                 self.slots.release(adapter, w.info.device_id)
             if failure is not None:
-                rule = classify(failure)
+                rule = rule_for(failure)
                 if rule.name not in SLOT_RULES and rule.name not in STALE_EXEMPT:
                     w.stale_failures += 1
                 delay = rule.backoff.delay(attempt)
@@ -384,7 +384,7 @@ class SessionManager:
         w.connects += 1
         session = make_session(client, w.info, self.settings, self.sink, self.clock)
         if isinstance(session, WatchSession):
-            session.held = w.held  # readings held for the clock outlive a session (gateway/clock.py)
+            session.held = w.held  # readings held for the clock outlive a session (gateway/clock_sync.py)
         elif isinstance(session, HealthSession):
             w.model = f"GATT {session.profile}"
             session.recent = w.recent  # re-sent memory is published once (profiles/base.py)

@@ -1,8 +1,8 @@
 """How long to wait before connecting to a watch again, by what went wrong — as data.
 
-``classify(exc)`` walks the exception and its causes (bleak-retry-connector wraps bleak's
+``rule_for(exc)`` walks the exception and its causes (bleak-retry-connector wraps bleak's
 errors) and returns the first rule that matches. Every backoff is jittered
-(:class:`gateway.backoff.Backoff`) so several watches that dropped together do not queue up on
+(:class:`vitalgate.backoff.Backoff`) so several watches that dropped together do not queue up on
 the adapter in the same instant.
 """
 
@@ -16,7 +16,7 @@ from typing import Final
 from bleak.exc import BleakDeviceNotFoundError, BleakError
 from bleak_retry_connector import BleakNotFoundError, BleakOutOfConnectionSlotsError
 
-from gateway.backoff import Backoff
+from vitalgate.backoff import Backoff
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +93,7 @@ SLOT_RULES: Final = frozenset({"no-slots"})
 STALE_EXEMPT: Final = frozenset({"no-slots", "not-found", "not-ready", "in-progress"})
 
 
-def classify(exc: BaseException, policy: tuple[RetryRule, ...] = RETRY_POLICY) -> RetryRule:
+def rule_for(exc: BaseException, policy: tuple[RetryRule, ...] = RETRY_POLICY) -> RetryRule:
     """The rule for ``exc`` or, failing a specific one, for its causes; else the last rule."""
     chain: list[BaseException] = []
     seen: BaseException | None = exc

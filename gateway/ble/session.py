@@ -48,6 +48,7 @@ from e86.constants import (
     COMMAND_CHAR_UUID,
     DATA_CHAR_UUID,
     ECG_SAMPLE_RATE,
+    VITAL_HISTORY_KINDS,
     GetKey,
     Group,
     HistoryKind,
@@ -60,7 +61,7 @@ from e86.messages import CollectData, WatchMessage, decode_watch_message
 from e86.realtime import EcgSamples, PpgRaw, RealtimeValues
 from e86.records import RecordBatch
 from gateway.buffer import BufferError, Measurement
-from gateway.clock import Clock, HeldReadings
+from gateway.clock_sync import HeldReadings, SyncedClock
 from gateway.settings import GatewaySettings
 from vitalgate.contract import EcgChunk, Reading, Source, Vitals
 
@@ -89,13 +90,10 @@ ECG_STOP_TIMEOUT_S: Final = 5.0
 #: extra real time granted to an ECG recording beyond its length before it is cut short.
 ECG_GRACE_S: Final = 10.0
 
-HISTORY_KIND_NAMES: Final = {
-    "all": HistoryKind.ALL,
-    "heart_rate": HistoryKind.HEART_RATE,
-    "blood_pressure": HistoryKind.BLOOD_PRESSURE,
-    "spo2": HistoryKind.SPO2,
-    "temperature": HistoryKind.TEMPERATURE,
-}
+class HasVitals(Protocol):
+    """A realtime message or a history record: what it measured, by contract vital name."""
+
+    def vitals(self) -> dict[str, float]: ...
 
 
 class Sink(Protocol):
@@ -192,7 +190,7 @@ class _Pending:
 
 class WatchSession:
     def __init__(self, client: BleakClient, watch: WatchInfo, settings: GatewaySettings, sink: Sink,
-                 clock: Clock, held: HeldReadings[Vitals] | None = None) -> None:
+                 clock: SyncedClock, held: HeldReadings[Vitals] | None = None) -> None:
         self.client = client
         #: realtime readings waiting for a synchronised clock (the manager keeps it per watch,
         #: so what a session held is stamped by the next one)
@@ -244,7 +242,7 @@ class WatchSession:
         st = self.settings
         async with self._op:
             if self.clock.synchronised():  # never teach the watch a wrong time (Pi before NTP)
-                now = datetime.fromtimestamp(self.clock(), UTC)
+                now = datetime.fromtimestamp(self.clock.wall(), UTC)
                 await self._request(set_clock(now, self.tz).to_frame())
             else:
                 self.counters.clock_not_set += 1
@@ -327,13 +325,10 @@ class WatchSession:
                 assert_never(message)
 
     def _on_values(self, message: RealtimeValues) -> None:
-        values = message.vitals()
-        if not values:
-            return
-        vitals = self._vitals(values)
+        vitals = self._vitals(message)
         if vitals is None:
             return
-        # event time from a synchronised clock only (gateway/clock.py): held until then
+        # event time from a synchronised clock only (gateway/clock_sync.py): held until then
         stamped = self.held.stamp(self.clock, vitals)
         if not stamped:
             return
@@ -346,7 +341,12 @@ class WatchSession:
         self.counters.realtime_readings += len(stamped)
         self.last_reading_ms = stamped[-1][0]
 
-    def _vitals(self, values: dict[str, float]) -> Vitals | None:
+    def _vitals(self, message: HasVitals) -> Vitals | None:
+        """The message's vitals, validated; None if it has none or they are implausible
+        (counted, logged)."""
+        values = message.vitals()
+        if not values:
+            return None
         try:
             return Vitals(**values)
         except ValidationError as exc:
@@ -383,7 +383,7 @@ class WatchSession:
         committed = 0
         async with self._op:
             for name in self.settings.history_kinds:
-                committed += await self._sync_kind(HISTORY_KIND_NAMES[name])
+                committed += await self._sync_kind(VITAL_HISTORY_KINDS[name])
         return committed
 
     async def _sync_kind(self, kind: HistoryKind) -> int:
@@ -426,10 +426,7 @@ class WatchSession:
     def _commit_records(self, records: Sequence[Any]) -> int:
         items: list[Measurement] = []
         for record in records:
-            values = record.vitals()
-            if not values:
-                continue
-            vitals = self._vitals(values)
+            vitals = self._vitals(record)
             if vitals is None:
                 continue
             ts = watch_local_to_utc_ms(record.t, self.tz)

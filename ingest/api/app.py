@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from ingest.api import device_routes, gap_routes, record_routes
+from ingest.api import alert_routes, device_routes, gap_routes, record_routes
 from ingest.api.appkeys import DB_KEY, HEALTH_KEY, KEYS_KEY, METRICS_KEY, SETTINGS_KEY
 from ingest.api.auth import auth_middleware
 from ingest.api.envelope import ApiError, fail, ok
@@ -117,7 +117,7 @@ def openapi_document(
 ) -> dict[str, Any]:
     """The OpenAPI document of the service routes plus ``extra_paths`` (the EWS routes')."""
     return build(SERVICE_PATHS, device_routes.OPENAPI_PATHS, record_routes.OPENAPI_PATHS,
-                 gap_routes.OPENAPI_PATHS, *extra_paths)
+                 gap_routes.OPENAPI_PATHS, alert_routes.OPENAPI_PATHS, *extra_paths)
 
 
 def create_app(
@@ -147,6 +147,7 @@ def create_app(
     device_routes.add_routes(app)
     record_routes.add_routes(app)
     gap_routes.add_routes(app)
+    alert_routes.add_routes(app)
     for add, _ in extra_routes:
         add(app)
     app[OPENAPI_KEY] = openapi_document([paths for _, paths in extra_routes])

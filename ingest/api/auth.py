@@ -81,6 +81,11 @@ ROUTE_SCOPES: Final[Mapping[tuple[str, str], str]] = {
     # sequence gaps: device and gateway ids and seq ranges, no patient data (issue 12, h6)
     ("GET", "/api/gaps"): READ,
     ("GET", "/api/devices/{device_id}/gaps"): READ,
+    # alerts (issue 17, halert): reading them is the ward's; acknowledging is a clinical act
+    ("GET", "/api/alerts"): READ,
+    ("GET", "/api/alerts/{id}"): READ,
+    ("POST", "/api/alerts/{id}/ack"): CLINICAL,
+    ("GET", "/api/monitoring"): READ,
 }
 
 #: the request's authenticated key (set by :func:`auth_middleware` on every keyed route).

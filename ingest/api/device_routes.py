@@ -18,7 +18,7 @@ from ingest.api.auth import principal_of
 from ingest.api.envelope import ApiError, ok, page_params, paged, read_json
 from ingest.api.openapi import envelope_response, errors, page_of
 from ingest.api.scoping import check_device, holder_of, require_device, require_own_holder
-from ingest.db.compat import AnyConn
+from ingest.db import Conn
 from vitalgate.contract import USER_CODE_RE, validation_detail
 
 #: most devices one bulk POST may register (a spreadsheet import).
@@ -118,7 +118,7 @@ async def update(request: web.Request) -> web.Response:
     require_own_holder(request, patch.device_holder)
     holder, now = holder_of(request), _now()
 
-    def change(conn: AnyConn) -> dict[str, Any]:
+    def change(conn: Conn) -> dict[str, Any]:
         check_device(conn, holder, device_id)  # in the same transaction as the change
         return registry.update_device(conn, device_id, patch, now, key_name=principal_of(request).name)
 
@@ -129,7 +129,7 @@ async def delete(request: web.Request) -> web.Response:
     device_id = device_id_param(request)
     holder = holder_of(request)
 
-    def remove(conn: AnyConn) -> dict[str, Any]:
+    def remove(conn: Conn) -> dict[str, Any]:
         check_device(conn, holder, device_id)  # in the same transaction as the removal
         return registry.delete_device(conn, device_id)
 

@@ -13,8 +13,8 @@ from aiohttp import web
 from ingest.api.appkeys import DB_KEY
 from ingest.api.auth import principal_of
 from ingest.api.envelope import ApiError
+from ingest.db import Conn
 from ingest.db import registry as db
-from ingest.db.compat import AnyConn, as_conn
 
 
 def holder_of(request: web.Request) -> str | None:
@@ -26,7 +26,7 @@ async def visible_patients(request: web.Request) -> set[str] | None:
     holder = holder_of(request)
     if holder is None:
         return None
-    return set(await request.app[DB_KEY].read(lambda c: db.patients_of(as_conn(c), holder)))
+    return set(await request.app[DB_KEY].read(lambda c: db.patients_of(c, holder)))
 
 
 async def require_patient(request: web.Request, user_code: str) -> None:
@@ -35,19 +35,19 @@ async def require_patient(request: web.Request, user_code: str) -> None:
     if holder is None:
         return
 
-    def bound(conn: AnyConn) -> bool:
-        return db.holder_has_patient(as_conn(conn), holder, user_code)
+    def bound(conn: Conn) -> bool:
+        return db.holder_has_patient(conn, holder, user_code)
 
     if not await request.app[DB_KEY].read(bound):
         raise ApiError(404, f"no patient with user_code {user_code!r}")
 
 
-def check_device(conn: AnyConn, holder: str | None, device_id: int) -> None:
+def check_device(conn: Conn, holder: str | None, device_id: int) -> None:
     """404 unless ``holder`` (None: any) may see device ``device_id``; call it inside the
     transaction that then changes the device, so that the check and the change are one."""
     if holder is None:
         return
-    if db.holder_of(as_conn(conn), device_id) != holder:
+    if db.holder_of(conn, device_id) != holder:
         raise ApiError(404, f"device {device_id} not found")
 
 

@@ -17,7 +17,6 @@ from typing import Any, Final, Protocol
 
 from ingest.db import Conn, Database, Location, gaps
 from ingest.db import ward as db
-from ingest.db.compat import as_conn
 
 #: vitals shown on a tile / patient page, in NEWS2 chart order (diastolic only on the page)
 TILE_VITALS: Final = ("respiratory_rate", "spo2", "systolic_bp", "heart_rate", "temperature")
@@ -46,9 +45,9 @@ class Engine(Protocol):
 
 
 class Reader(Protocol):
-    """A store's read side (``ingest.db.Database`` or ``ingest.store.Database``)."""
+    """A store's read side (an ``ingest.db.Database``)."""
 
-    def read_sync(self, fn: Callable[[Any], Any]) -> Any: ...
+    def read_sync(self, fn: Callable[[Conn], Any]) -> Any: ...
 
 
 def ews_reader(location: Location) -> Database:
@@ -74,8 +73,7 @@ class WardView:
         patients, alerts = self.db.read_sync(lambda c: self._ward_rows(c, now)), self.alerts(now)
         return {"now": now, "patients": patients, "alerts": alerts}
 
-    def _ward_rows(self, raw: Any, now: int) -> list[dict[str, Any]]:
-        conn = as_conn(raw)
+    def _ward_rows(self, conn: Conn, now: int) -> list[dict[str, Any]]:
         devices: dict[str, dict[str, Any]] = {}
         for row in db.devices_with_patients(conn):
             devices[row[0]] = {
@@ -114,10 +112,10 @@ class WardView:
     def alerts(self, now: int) -> list[dict[str, Any]]:
         """Risk rises: each EWS point whose risk is above the patient's previous point's."""
 
-        def query(conn: Any) -> list[dict[str, Any]]:
+        def query(conn: Conn) -> list[dict[str, Any]]:
             out: list[dict[str, Any]] = []
             previous: dict[str, str] = {}
-            for code, point, result, risk, produce_at in db.ews_since(as_conn(conn),
+            for code, point, result, risk, produce_at in db.ews_since(conn,
                                                                       now - ALERT_WINDOW_MS):
                 before = previous.get(code)
                 if RISK_ORDER.get(risk, 0) > RISK_ORDER.get(before or "low", 0):
@@ -135,8 +133,7 @@ class WardView:
         now = self.clock()
         since = now - int(hours * 3_600_000)
 
-        def query(raw: Any) -> dict[str, Any] | None:
-            conn = as_conn(raw)
+        def query(conn: Conn) -> dict[str, Any] | None:
             rows = self._ward_rows_for(conn, code, now)
             if rows is None:
                 return None
@@ -153,9 +150,9 @@ class WardView:
         if data is None:
             return None
 
-        def history(conn: Any) -> list[dict[str, Any]]:
+        def history(conn: Conn) -> list[dict[str, Any]]:
             return [{"point": p, "result": r, "risk": k, "produce_at": t}
-                    for p, r, k, t in db.ews_of(as_conn(conn), code, since)]
+                    for p, r, k, t in db.ews_of(conn, code, since)]
 
         data["ews_history"] = self.ews_db.read_sync(history)
         data["context"] = self.engine.get_context(code)

@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS ews_history (
 CREATE INDEX IF NOT EXISTS ews_history_patient ON ews_history (user_code, id);
 CREATE INDEX IF NOT EXISTS ews_history_produce_at ON ews_history (user_code, produce_at);
 CREATE UNIQUE INDEX IF NOT EXISTS ews_history_seq ON ews_history (user_code, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS ews_history_external
+    ON ews_history (user_code, produce_at, point, result) WHERE source = 'external';
 """
 
 #: cause, missing: JSON arrays; components: a JSON object; trigger: why it was emitted (first,
@@ -76,9 +78,22 @@ def _add_seq(conn: Conn) -> None:
     conn.execute("UPDATE ews_history SET seq = id WHERE source = 'vitalgate'")
 
 
+def _unique_external(conn: Conn) -> None:
+    """An external point (POST /ews) is recorded once per (user_code, produce_at, point,
+    result) by every instance together: copies (none were possible in one process) collapse
+    to their first row, then a unique index keeps it so."""
+    if not conn.columns("ews_history"):
+        return
+    conn.execute(
+        "DELETE FROM ews_history WHERE source = 'external' AND id NOT IN (SELECT MIN(id)"
+        " FROM ews_history WHERE source = 'external' GROUP BY user_code, produce_at, point, result)")
+
+
 MIGRATIONS: Final = (
     Migration(1, "ews_history.seq: a per-patient emission number, unique, so a duplicate "
                  "emission by two instances is absorbed", _add_seq),
+    Migration(2, "an external point is unique per (user_code, produce_at, point, result) "
+                 "across instances", _unique_external),
 )
 
 

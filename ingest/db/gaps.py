@@ -145,21 +145,53 @@ def _subtract(lo: int, hi: int, seqs: list[int]) -> list[tuple[int, int]]:
     return out
 
 
+#: streams whose state one query reads at most (two parameters each).
+_STATE_CHUNK: Final = 400
+
+
+def _states(conn: Conn, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
+    """``(contiguous, max_seq)`` of the streams of ``keys`` that have a row: one query per
+    :data:`_STATE_CHUNK` streams, not one per stream."""
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    for i in range(0, len(keys), _STATE_CHUNK):
+        part = keys[i:i + _STATE_CHUNK]
+        marks = ", ".join("(?, ?)" for _ in part)
+        for d, st, c, m in conn.execute(
+                "SELECT device_id, stream, contiguous, max_seq FROM seq_streams"
+                f" WHERE (device_id, stream) IN (VALUES {marks})",
+                [x for k in part for x in k]).fetchall():
+            out[(str(d), str(st))] = (int(c), int(m))
+    return out
+
+
 def observe(conn: Conn, arrivals: Arrivals, now: int) -> Update:
-    """Record a batch's seqs (inside the caller's transaction): open, shrink, split, close."""
+    """Record a batch's seqs (inside the caller's transaction): open, shrink, split, close.
+    The streams' states are read and written in one statement each per batch (gap rows,
+    which are rare, one by one)."""
     total = Update()
+    states = _states(conn, list(arrivals.seqs))
+    upserts: list[tuple[str, str, str, int, int, int, int]] = []
     for (device_id, stream), (gateway_id, got) in sorted(arrivals.seqs.items()):  # lock order
-        total.add(_observe_stream(conn, device_id, stream, gateway_id, sorted(got), now))
+        up, contiguous, max_seq = _observe_stream(
+            conn, device_id, stream, sorted(got), now, states.get((device_id, stream), (-1, -1)))
+        total.add(up)
+        upserts.append((device_id, stream, gateway_id, contiguous, max_seq, now, now))
+    if upserts:
+        conn.executemany(
+            "INSERT INTO seq_streams (device_id, stream, gateway_id, contiguous, max_seq, first_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, stream) DO UPDATE SET"
+            " gateway_id = excluded.gateway_id, contiguous = excluded.contiguous,"
+            " max_seq = excluded.max_seq, updated_at = excluded.updated_at", upserts)
     return total
 
 
-def _observe_stream(conn: Conn, device_id: str, stream: str, gateway_id: str,
-                    seqs: list[int], now: int) -> Update:
+def _observe_stream(conn: Conn, device_id: str, stream: str, seqs: list[int], now: int,
+                    state: tuple[int, int]) -> tuple[Update, int, int]:
+    """One stream's arrivals against its ``(contiguous, max_seq)``: the gap rows changed, and
+    its new ``(contiguous, max_seq)`` (written by the caller)."""
     up = Update()
     key = (device_id, stream)
-    row = conn.execute("SELECT contiguous, max_seq FROM seq_streams WHERE device_id = ? AND"
-                       " stream = ?", key).fetchone()
-    contiguous, max_seq = (int(row[0]), int(row[1])) if row else (-1, -1)
+    contiguous, max_seq = state
     fill = [s for s in seqs if contiguous < s <= max_seq]
     if fill:
         rows = conn.execute(
@@ -195,13 +227,7 @@ def _observe_stream(conn: Conn, device_id: str, stream: str, gateway_id: str,
         first = conn.execute("SELECT min(from_seq) FROM seq_gaps WHERE device_id = ? AND"
                              " stream = ?", key).fetchone()[0]
         contiguous = int(first) - 1 if first is not None else prev
-    conn.execute(
-        "INSERT INTO seq_streams (device_id, stream, gateway_id, contiguous, max_seq, first_at,"
-        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, stream) DO UPDATE SET"
-        " gateway_id = excluded.gateway_id, contiguous = excluded.contiguous,"
-        " max_seq = excluded.max_seq, updated_at = excluded.updated_at",
-        (*key, gateway_id, contiguous, prev, now, now))
-    return up
+    return up, contiguous, prev
 
 
 def seed_legacy(conn: Conn, now: int) -> int:

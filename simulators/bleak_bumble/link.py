@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from types import TracebackType
 from typing import Any, Final
 
 from bumble import hci
@@ -131,12 +130,7 @@ class BumbleLink:
                                    {"shared": shared, "centrals": dict(self.centrals)})
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         for device in [*(d for _, d in self._devices.values()),
                        *(c.device for c in self.centrals.values())]:
             for connection in list(device.connections.values()):

@@ -22,11 +22,8 @@ import contextlib
 import functools
 import logging
 import random
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import ClassVar, Final, Protocol
 
 from bumble.core import AdvertisingData
@@ -40,8 +37,10 @@ from bumble.device import (
 from bumble.gatt import Characteristic, CharacteristicValue, Service
 
 from gatt.health import CurrentTime, DateTime, GattDecodeError
-from simulators.link_drop import send_or_drop
+from simulators.link_drop import cancel_all, send_or_drop
+from simulators.peripheral import VirtualPeripheral
 from simulators.watch.e86 import static_address
+from vitalgate.clock import SYSTEM, TimeReader
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +93,7 @@ class _Out:
     done: asyncio.Future[None] | None = field(default=None)
 
 
-class VirtualHealthDevice:
+class VirtualHealthDevice(VirtualPeripheral):
     """Base of the virtual health devices; ``async with Kind(radio, mac) as device: ...``."""
 
     #: the profile's primary service, 16-bit.
@@ -102,7 +101,7 @@ class VirtualHealthDevice:
     #: the advertised name's prefix (the MAC's last four hex digits follow).
     name_prefix: ClassVar[str]
 
-    def __init__(self, radio: Radio, mac: str, *, clock: Callable[[], float] = time.time,
+    def __init__(self, radio: Radio, mac: str, *, clock: TimeReader = SYSTEM,
                  interval_s: float = 5.0, seed: int = 0, current_time: bool = True) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive, got {interval_s}")
@@ -141,20 +140,12 @@ class VirtualHealthDevice:
 
     # -- time --------------------------------------------------------------------------------
     def now_s(self) -> float:
-        return self.clock()
+        return self.clock.wall()
 
     def local_stamp(self, utc_s: float) -> DateTime:
         return DateTime.from_datetime(datetime.fromtimestamp(int(utc_s) + self.utc_offset_s, UTC))
 
     # -- life --------------------------------------------------------------------------------
-    async def __aenter__(self) -> VirtualHealthDevice:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.stop()
-
     async def start(self) -> None:
         device = await self.radio.add_device(self.name, self.address)
         self._device = device
@@ -175,11 +166,7 @@ class VirtualHealthDevice:
 
     async def stop(self) -> None:
         self._stopping = True
-        pending = set(self._tasks)
-        while pending:
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=1.0)
+        await cancel_all(self._tasks)
         self._tasks = []
         if self._device is not None:
             # bounded: over a remote radio whose socket died, HCI commands wait 10 s each

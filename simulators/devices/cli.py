@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import signal
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 from simulators.devices.base import VirtualHealthDevice
 from simulators.devices.kinds import KINDS
 from simulators.devices.relay import RemoteRadio
+from vitalgate.clock import epoch_ms
 from vitalgate.contract import device_id_from_mac, normalise_mac
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def register(subparsers: Any) -> None:
 
 
 def build(args: argparse.Namespace, radio: RemoteRadio) -> VirtualHealthDevice:
-    first = args.stored_from if args.stored_from is not None else int(time.time()) - 3600 * args.stored
+    first = args.stored_from if args.stored_from is not None else epoch_ms() // 1000 - 3600 * args.stored
     stored = [(float(first + 3600 * i), dict(STORED_VALUES[args.kind])) for i in range(args.stored)]
     kwargs: dict[str, Any] = {"interval_s": args.interval, "seed": args.seed}
     if args.kind != "hr":

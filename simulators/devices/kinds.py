@@ -121,6 +121,8 @@ class _StoringDevice(VirtualHealthDevice):
     """A device that indicates its whole memory when a central subscribes to ``char``."""
 
     kind: ClassVar[str]
+    #: the measurement characteristic (16-bit), indicated: one per storing device
+    measurement16: ClassVar[int]
 
     def __init__(self, radio: Radio, mac: str, *,
                  stored: list[tuple[float, dict[str, float]]] | None = None,
@@ -131,9 +133,13 @@ class _StoringDevice(VirtualHealthDevice):
     def encode(self, utc_s: float, vitals: dict[str, float]) -> bytes:
         raise NotImplementedError
 
+    def characteristics(self) -> list[Characteristic[bytes]]:
+        self._char = _char(self.measurement16, _INDICATE)
+        return [self._char]
+
     @property
     def char(self) -> Characteristic[bytes]:
-        raise NotImplementedError
+        return self._char
 
     def on_subscribed(self, connection: Connection, char: Characteristic[bytes]) -> None:
         if char is not self.char:
@@ -153,14 +159,7 @@ class VirtualBloodPressureCuff(_StoringDevice):
     service16: ClassVar[int] = 0x1810
     name_prefix: ClassVar[str] = "BPM"
     kind: ClassVar[str] = "bp"
-
-    def characteristics(self) -> list[Characteristic[bytes]]:
-        self._char = _char(0x2A35, _INDICATE)
-        return [self._char]
-
-    @property
-    def char(self) -> Characteristic[bytes]:
-        return self._char
+    measurement16: ClassVar[int] = 0x2A35
 
     def encode(self, utc_s: float, vitals: dict[str, float]) -> bytes:
         sys_, dia = vitals["systolic_bp"], vitals["diastolic_bp"]
@@ -177,14 +176,7 @@ class VirtualThermometer(_StoringDevice):
     service16: ClassVar[int] = 0x1809
     name_prefix: ClassVar[str] = "THERMO"
     kind: ClassVar[str] = "thermometer"
-
-    def characteristics(self) -> list[Characteristic[bytes]]:
-        self._char = _char(0x2A1C, _INDICATE)
-        return [self._char]
-
-    @property
-    def char(self) -> Characteristic[bytes]:
-        return self._char
+    measurement16: ClassVar[int] = 0x2A1C
 
     def encode(self, utc_s: float, vitals: dict[str, float]) -> bytes:
         return bytes(TemperatureMeasurement(vitals["temperature"], timestamp=self.local_stamp(utc_s),

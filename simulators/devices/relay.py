@@ -25,7 +25,6 @@ import contextlib
 import logging
 import re
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Final
 
 from bumble import hci
@@ -114,8 +113,7 @@ class LinkServer:
         logger.info("simulated radio shared on %s:%d (HCI over TCP)", self.host, self.port)
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(TimeoutError):

@@ -6,7 +6,7 @@ docs/e86 (/work/shared/ref/e86-protocol.md), measures on its own schedule and ke
 history so nothing is lost while no central is connected. Frames longer than the ATT payload
 are split over several indications (``split_for_mtu``), as the real watch does.
 
-Time: ``clock()`` (UTC seconds) runs ``speed`` times faster inside the watch, from the moment
+Time: ``clock`` (a :class:`vitalgate.clock.TimeReader`, UTC seconds) runs ``speed`` times faster inside the watch, from the moment
 the watch is built. Every scheduled measurement and every ECG sample uses that simulated time,
 so a test at speed 60 sees a minute of watch life per second.
 """
@@ -17,11 +17,9 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC
-from types import TracebackType
 from typing import assert_never
 
 from bumble import hci
@@ -59,11 +57,13 @@ from e86.frame import Frame, FrameAssembler, split_for_mtu
 from e86.history import BlockAck, HistoryDelete, HistoryHeader, HistoryRequest
 from e86.messages import decode_app_message
 from simulators.bleak_bumble.link import BumbleLink
-from simulators.link_drop import send_or_drop
+from simulators.link_drop import cancel_all, send_or_drop
+from simulators.peripheral import VirtualPeripheral
 from simulators.watch import encode
-from simulators.watch.encode import Measurement
+from simulators.watch.encode import WatchSample
 from simulators.watch.history import RECORDED_KINDS, HistoryStore, SyncSession, make_session
 from simulators.watch.sources import EcgSource, VitalsSource, default_ecg, default_vitals
+from vitalgate.clock import SYSTEM, ScaledClock, TimeReader
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ OUT_OF_RANGE_REASON = hci.HCI_CONNECTION_TIMEOUT_ERROR
 #: Supported-functions bitmap the watch reports (opaque to vitalgate; HR, BP, SpO2, temp, ECG).
 FUNCTIONS_BITMAP = bytes((0x1F, 0x00, 0x00, 0x00))
 FIRMWARE = (1, 7)
-#: Measurement → real-time frames sent per scheduled reading while real-time upload is on.
+#: WatchSample → real-time frames sent per scheduled reading while real-time upload is on.
 #: 06 03 carries BP, HR, HRV, SpO2 and temperature; 06 07 carries the respiratory rate.
 DEFAULT_REALTIME_KEYS: tuple[RealtimeKey, ...] = (
     RealtimeKey.BLOOD_PRESSURE,
@@ -151,7 +151,7 @@ class _Link:
     sync: SyncSession | None = None
 
 
-class VirtualE86:
+class VirtualE86(VirtualPeripheral):
     """A virtual E86 watch on ``link``; ``async with VirtualE86(link, mac) as watch: ...``."""
 
     def __init__(
@@ -159,7 +159,7 @@ class VirtualE86:
         link: BumbleLink,
         mac: str,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: TimeReader = SYSTEM,
         speed: float = 1.0,
         vitals: VitalsSource | None = None,
         ecg: EcgSource | None = None,
@@ -193,8 +193,8 @@ class VirtualE86:
         self.utc_offset_s = 0.0
         #: monitoring switches as last set: setting key → (on, interval minutes).
         self.monitoring: dict[SettingKey, tuple[bool, int]] = {}
-        self._clock = clock
-        self._t0 = clock()
+        #: the watch's own time: ``speed`` × the given clock, from now (vitalgate.clock)
+        self._clock = ScaledClock(speed, base=clock)
         self._vitals = vitals or default_vitals(seed)
         self._ecg = ecg or default_ecg(seed)
         self._in_range = True
@@ -215,27 +215,15 @@ class VirtualE86:
     # -- time --------------------------------------------------------------------------------
     def now_s(self) -> float:
         """Simulated UTC seconds."""
-        return self._t0 + (self._clock() - self._t0) * self.speed
+        return self._clock.wall()
 
     def now_ms(self) -> int:
-        return int(self.now_s() * 1000)
+        return self._clock.ms()
 
     def watch_time(self, utc_s: float) -> int:
         return encode.watch_time(utc_s, self.utc_offset_s)
 
     # -- life cycle --------------------------------------------------------------------------
-    async def __aenter__(self) -> VirtualE86:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
     async def start(self) -> None:
         device = await self.link.add_device(self.name, self.address)
         self._device = device
@@ -269,11 +257,7 @@ class VirtualE86:
             self._central.ecg_task.cancel()
         if self._readvertise is not None:
             self._tasks.append(self._readvertise)
-        pending = set(self._tasks)
-        while pending:
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=1.0)
+        await cancel_all(self._tasks)
         self._tasks = []
         if self._device is not None:
             await self._stop_advertising()
@@ -312,7 +296,7 @@ class VirtualE86:
         if n > 0:
             self._corrupt.append((n, group, key))
 
-    def measure_now(self) -> Measurement:
+    def measure_now(self) -> WatchSample:
         """Take a scheduled-style reading at the current simulated time (stored + uploaded)."""
         return self._take_reading(self.now_s())
 
@@ -586,11 +570,11 @@ class VirtualE86:
         self.stats.history_blocks_sent += 1
 
     # -- measuring -----------------------------------------------------------------------------
-    def _measure(self, utc_s: float) -> Measurement:
+    def _measure(self, utc_s: float) -> WatchSample:
         vitals = self._vitals(int(utc_s * 1000))
-        return Measurement.from_vitals(self.watch_time(utc_s), vitals)
+        return WatchSample.from_vitals(self.watch_time(utc_s), vitals)
 
-    def _take_reading(self, utc_s: float) -> Measurement:
+    def _take_reading(self, utc_s: float) -> WatchSample:
         m = self._measure(utc_s)
         self.stats.readings += 1
         for kind in RECORDED_KINDS:

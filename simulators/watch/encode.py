@@ -2,7 +2,7 @@
 
 The wire formats themselves live in ``e86`` (one implementation, shared with the
 gateway, so that the two are corrected together). This module only holds the watch's reading
-(``Measurement``) and the watch's choices when it fills those messages: values are rounded and
+(``WatchSample``) and the watch's choices when it fills those messages: values are rounded and
 clamped to what the wire can carry (u8, u16, 24-bit samples), never wrapped; an unmeasured
 value goes out as the protocol's "no value".
 """
@@ -77,7 +77,7 @@ def watch_time(utc_s: float, utc_offset_s: float) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class Measurement:
+class WatchSample:
     """One reading of the watch's sensors, in watch local seconds since 2000-01-01."""
 
     watch_time: int
@@ -93,7 +93,7 @@ class Measurement:
     @classmethod
     def from_vitals(
         cls, watch_time: int, vitals: Mapping[str, float], steps: int = 0
-    ) -> Measurement:
+    ) -> WatchSample:
         return cls(
             watch_time=watch_time,
             heart_rate=vitals.get("heart_rate"),
@@ -108,7 +108,7 @@ class Measurement:
 
 
 # ------------------------------------------------------------------ real-time uploads (06 kk)
-def _blood_pressure(m: Measurement) -> RealtimeValues:
+def _blood_pressure(m: WatchSample) -> RealtimeValues:
     """``06 03``: every field it can carry (systolic first, then diastolic, HR, HRV, SpO2,
     temperature), unmeasured ones as "no value"."""
     return realtime_blood_pressure(
@@ -122,7 +122,7 @@ def _blood_pressure(m: Measurement) -> RealtimeValues:
 
 
 #: Real-time key → the message the watch sends for a reading.
-REALTIME_MESSAGES: Final[dict[RealtimeKey, Callable[[Measurement], RealtimeValues]]] = {
+REALTIME_MESSAGES: Final[dict[RealtimeKey, Callable[[WatchSample], RealtimeValues]]] = {
     RealtimeKey.HEART_RATE: lambda m: realtime_heart_rate(u8(m.heart_rate)),
     RealtimeKey.SPO2: lambda m: realtime_spo2(u8(m.spo2)),
     RealtimeKey.BLOOD_PRESSURE: _blood_pressure,
@@ -130,7 +130,7 @@ REALTIME_MESSAGES: Final[dict[RealtimeKey, Callable[[Measurement], RealtimeValue
 }
 
 
-def realtime(key: RealtimeKey, m: Measurement) -> RealtimeValues:
+def realtime(key: RealtimeKey, m: WatchSample) -> RealtimeValues:
     """The real-time upload ``06 key`` for reading ``m``."""
     return REALTIME_MESSAGES[key](m)
 
@@ -141,11 +141,11 @@ def ecg(samples: Iterable[float]) -> EcgSamples:
 
 
 # ------------------------------------------------------------------ history records
-def _temperature_bytes(m: Measurement) -> tuple[int, int]:
+def _temperature_bytes(m: WatchSample) -> tuple[int, int]:
     return temperature_to_bytes(temperature(m.temperature))
 
 
-def _all_values(m: Measurement) -> AllRecord:
+def _all_values(m: WatchSample) -> AllRecord:
     t_int, t_tenths = _temperature_bytes(m)
     return AllRecord(
         t=m.watch_time,
@@ -163,7 +163,7 @@ def _all_values(m: Measurement) -> AllRecord:
 
 
 #: History kind → the record the watch stores for a reading (sport / sleep are not simulated).
-RECORD_BUILDERS: Final[dict[HistoryKind, Callable[[Measurement], TimedRecord]]] = {
+RECORD_BUILDERS: Final[dict[HistoryKind, Callable[[WatchSample], TimedRecord]]] = {
     HistoryKind.ALL: _all_values,
     HistoryKind.HEART_RATE: lambda m: HeartRateRecord(
         m.watch_time, MODE_AUTO, u8_or_zero(m.heart_rate)
@@ -182,7 +182,7 @@ RECORD_BUILDERS: Final[dict[HistoryKind, Callable[[Measurement], TimedRecord]]] 
 }
 
 
-def history_record(kind: HistoryKind, m: Measurement) -> TimedRecord:
+def history_record(kind: HistoryKind, m: WatchSample) -> TimedRecord:
     """The history record of ``kind`` for reading ``m``."""
     try:
         build = RECORD_BUILDERS[kind]

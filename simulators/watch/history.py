@@ -12,20 +12,15 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Final
 
-from e86.constants import HISTORY_KINDS, MAX_PAYLOAD, HistoryKind
+from e86.constants import HISTORY_KINDS, MAX_PAYLOAD, VITAL_HISTORY_KINDS, HistoryKind
 from e86.frame import Frame
 from e86.history import HistoryHeader
 from e86.history_builder import history_reply
 from e86.records import TimedRecord
 
-#: Kinds the virtual watch records on every measurement (sport/sleep are not simulated).
-RECORDED_KINDS: tuple[HistoryKind, ...] = (
-    HistoryKind.ALL,
-    HistoryKind.HEART_RATE,
-    HistoryKind.BLOOD_PRESSURE,
-    HistoryKind.SPO2,
-    HistoryKind.TEMPERATURE,
-)
+#: Kinds the virtual watch records on every measurement: the vital ones (sport/sleep are not
+#: simulated), in the order of e86's history table.
+RECORDED_KINDS: Final = tuple(VITAL_HISTORY_KINDS.values())
 #: Records per block (vitalgate assumption: the SDK does not say; a block ends with 05 80).
 RECORDS_PER_BLOCK: Final = 40
 #: Most records one sync announces: the header's record count is a u16. Records beyond it

@@ -21,9 +21,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from playwright.async_api import BrowserContext, Page
 
-from ingest.consumer import epoch_ms
 from ingest.service import RunningService
 from tests.support.ingest_service import TEST_KEY, publish_all
+from vitalgate.clock import epoch_ms
 from vitalgate.contract import DeviceStatus, Reading, Topics, Vitals
 
 #: Debian's Chromium (apt-get install chromium); never a browser Playwright downloaded.

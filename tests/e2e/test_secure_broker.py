@@ -11,6 +11,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,9 +89,10 @@ async def test_ingest_and_gateway_over_tls_with_passwords_and_acl(
             # the broker's ACL drops it, so ingest never sees that device
             rogue.connect("localhost", port)
             rogue.loop_start()
-            fake = reading(ROGUE_DEVICE, 0, 1_700_000_000_000, "ROGUEPATIENT1", heart_rate=40.0)
+            now_ms = time.time_ns() // 1_000_000  # inside the accepted event-time window
+            fake = reading(ROGUE_DEVICE, 0, now_ms - 60_000, "ROGUEPATIENT1", heart_rate=40.0)
             rogue.publish(f"vitals/v1/{GATEWAY}/{ROGUE_DEVICE}/reading", fake.to_bytes(), qos=1).wait_for_publish(10)
-            own = reading(ROGUE_DEVICE, 1, 1_700_000_000_000, "ROGUEPATIENT1", heart_rate=41.0)
+            own = reading(ROGUE_DEVICE, 1, now_ms - 60_000, "ROGUEPATIENT1", heart_rate=41.0)
             rogue.publish(f"vitals/v1/{ROGUE}/{ROGUE_DEVICE}/reading", own.to_bytes(), qos=1).wait_for_publish(10)
 
             async def rogue_device_seen() -> list[dict[str, object]]:

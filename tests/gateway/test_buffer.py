@@ -41,7 +41,10 @@ class FakeClock:
     def __init__(self) -> None:
         self.t = 1_700_000_000.0
 
-    def __call__(self) -> float:
+    def wall(self) -> float:
+        return self.t
+
+    def monotonic(self) -> float:
         return self.t
 
 

@@ -9,23 +9,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from e86 import (
-    COMMAND_CHAR_UUID,
-    DATA_CHAR_UUID,
-    SERVICE_UUID,
-    WATCH_EPOCH_UNIX,
+from e86.advertising import (
     advertised_name,
     default_name,
     is_e86_name,
     is_yucheng,
     name_matches_mac,
     parse_advertised_name,
+)
+from e86.clock import (
     utc_ms_to_watch,
     utc_ms_to_watch_local,
     utc_offset_ms,
     watch_local_to_utc_ms,
     watch_to_utc_ms,
 )
+from e86.constants import COMMAND_CHAR_UUID, DATA_CHAR_UUID, SERVICE_UUID, WATCH_EPOCH_UNIX
 
 FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=200)
 JAKARTA = ZoneInfo("Asia/Jakarta")

@@ -9,41 +9,31 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from e86 import (
-    AppMessage,
-    BlockAck,
-    BlockStatus,
+from e86.clock import set_clock
+from e86.commands import (
     CommandReply,
     DeviceEvent,
     DeviceEventAck,
     DeviceInfo,
     DeviceName,
-    E86Error,
     EcgControl,
-    EcgMode,
-    Frame,
     Functions,
-    GetKey,
     GetRequest,
-    HistoryDelete,
-    HistoryKind,
-    HistoryRequest,
     MacAddress,
-    MeasurementType,
     MeasureOnce,
-    PayloadError,
     RealtimeUpload,
     SetClock,
     SetMonitoring,
-    UnknownMessage,
     WaveformUpload,
     WearStatus,
-    decode_app_message,
-    decode_watch_message,
     ecg_start_sequence,
     ecg_stop,
-    set_clock,
 )
+from e86.constants import BlockStatus, EcgMode, GetKey, HistoryKind, MeasurementType
+from e86.errors import E86Error, PayloadError, UnknownMessage
+from e86.frame import Frame
+from e86.history import BlockAck, HistoryDelete, HistoryRequest
+from e86.messages import AppMessage, decode_app_message, decode_watch_message
 
 FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=300)
 

@@ -8,19 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from e86 import (
-    MAX_FRAME,
-    CrcError,
-    E86Error,
-    Frame,
-    FrameAssembler,
-    FrameError,
-    Group,
-    LengthError,
-    TruncatedFrame,
-    crc16_ccitt_false,
-    split_for_mtu,
-)
+from e86.constants import MAX_FRAME, Group
+from e86.errors import CrcError, E86Error, FrameError, LengthError, TruncatedFrame
+from e86.frame import Frame, FrameAssembler, crc16_ccitt_false, split_for_mtu
 
 FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=300)
 

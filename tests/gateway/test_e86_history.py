@@ -6,34 +6,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from e86 import (
-    HISTORY_KINDS,
+from e86.constants import HISTORY_KINDS, BlockStatus, HistoryKind
+from e86.errors import E86Error, PayloadError, UnknownMessage
+from e86.frame import Frame, FrameAssembler, crc16_ccitt_false, split_for_mtu
+from e86.history import BlockAck, BlockEnd, HistoryHeader, block_crc, decode_history
+from e86.history_builder import history_frames, history_reply
+from e86.history_receiver import HistoryReceiver
+from e86.records import (
     AllRecord,
-    BlockAck,
-    BlockEnd,
-    BlockStatus,
     BloodPressureRecord,
-    E86Error,
-    Frame,
-    FrameAssembler,
     HeartRateRecord,
-    HistoryHeader,
-    HistoryKind,
-    HistoryReceiver,
     HistoryRecord,
-    PayloadError,
     RawRecord,
     RecordBatch,
     Spo2Record,
     TemperatureRecord,
-    UnknownMessage,
-    block_crc,
-    crc16_ccitt_false,
-    decode_history,
     decode_records,
-    history_frames,
-    history_reply,
-    split_for_mtu,
 )
 
 FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=150)

@@ -6,15 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from e86 import (
-    E86Error,
+from e86.constants import RealtimeKey
+from e86.errors import E86Error, PayloadError, UnknownMessage
+from e86.frame import Frame
+from e86.realtime import (
     EcgSamples,
-    Frame,
-    PayloadError,
     PpgRaw,
-    RealtimeKey,
     RealtimeValues,
-    UnknownMessage,
     decode_realtime,
     ecg_frames,
     realtime_blood_pressure,

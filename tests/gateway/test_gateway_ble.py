@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 
-from gateway.backoff import Backoff
 from gateway.ble.manager import SessionManager
 from gateway.buffer import Buffer, RowKind
-from gateway.clock import Clock
+from gateway.clock_sync import SyncedClock
 from gateway.service import Gateway
 from gateway.settings import GatewaySettings
 from simulators.bleak_bumble import BumbleLink
@@ -27,6 +26,7 @@ from simulators.physiology import Patient, fleet_patients
 from simulators.simulate import bumble_backend
 from simulators.watch import VirtualE86
 from tests.support.probe import Probe, unique_seqs
+from vitalgate.backoff import Backoff
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import Kind, Reading, Source
 
@@ -39,7 +39,7 @@ class Env:
     gateway: Gateway
     watches: list[VirtualE86]
     patients: list[Patient]
-    clock: Clock
+    clock: SyncedClock
     probe: Probe
     #: per device id: (ts ms, vitals) of every measurement the watch took
     generated: dict[str, list[tuple[int, Mapping[str, float]]]] = field(default_factory=dict)
@@ -59,7 +59,7 @@ def _recording(p: Patient, out: list[tuple[int, Mapping[str, float]]]) -> Any:
 
 @contextlib.asynccontextmanager
 async def gateway_env(broker: Mosquitto, tmp_path: Path, n: int, **kw: Any) -> AsyncIterator[Env]:
-    clock = Clock(SPEED)
+    clock = SyncedClock(SPEED)
     probe = Probe(broker.host, broker.port).start()
     async with BumbleLink() as link:
         patients = fleet_patients(n, ["stable"], seed=7, start_ms=clock.ms())
@@ -258,7 +258,7 @@ class NoSink:
 
 
 async def test_adopt_any_connects_an_unlisted_e86(tmp_path: Path) -> None:
-    clock = Clock(SPEED)
+    clock = SyncedClock(SPEED)
     async with BumbleLink() as link, VirtualE86(link, "C2:11:22:33:44:55", clock=clock) as watch:
         st = GatewaySettings(adopt_any=True, data_dir=tmp_path)
         manager = SessionManager(st, bumble_backend(link), NoSink(), clock=clock)
@@ -278,7 +278,7 @@ async def test_adopt_any_connects_an_unlisted_e86(tmp_path: Path) -> None:
 
 async def test_scanner_watchdog_restarts_a_deaf_scanner(tmp_path: Path) -> None:
     # one configured watch that never advertises: the scanner hears nothing and is restarted
-    clock = Clock(1.0)
+    clock = SyncedClock(1.0)
 
     async with BumbleLink() as link:
         st = GatewaySettings(devices={"C2:00:00:00:00:01": "U1"}, scan_watchdog_s=0.5, data_dir=tmp_path)

@@ -2,8 +2,8 @@
 
 Real parts: the bumble link (its controllers refuse connections beyond their limit with HCI
 0x09, as a controller out of slots does), the gateway's bleak code, a real SQLite buffer.
-Time: the watches run on a 60x simulated clock; the clock tests use ManualTime, a settable
-TimeSource (a real implementation of the protocol), with exact expected timestamps.
+Time: the watches run on a 60x simulated clock; the clock tests use ManualSync, a settable
+SyncSource (a real implementation of the protocol), with exact expected timestamps.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from bumble.core import AdvertisingData
 
 from gateway.ble.manager import SessionManager
 from gateway.buffer import Buffer, Measurement
-from gateway.clock import Clock, HeldReadings, ManualTime
+from gateway.clock_sync import HeldReadings, ManualSync, SyncedClock
 from gateway.settings import GatewaySettings
 from gateway.status import render
 from simulators.bleak_bumble import BumbleLink
@@ -74,18 +74,18 @@ async def _running(manager: SessionManager) -> AsyncIterator[None]:
 
 
 def test_a_boot_at_1970_then_ntp_stamps_every_reading_at_its_event_time() -> None:
-    t = ManualTime(wall=3.0, monotonic=40.0, synchronised=False)  # a Pi without RTC: 1970
-    clock = Clock(source=t)
+    t = ManualSync(wall=3.0, monotonic=40.0, synchronised=False)  # a Pi without RTC: 1970
+    clock = SyncedClock(source=t)
     held: HeldReadings[int] = HeldReadings()
     monos: list[float] = []
     for i in range(5):
-        monos.append(clock.mono())
+        monos.append(clock.monotonic())
         assert held.stamp(clock, i) == []  # not published with a 1970 time
         t.advance(5.0)
     assert len(held) == 5 and held.held_total == 5
     sync_wall = 1_796_000_000.25
     t.step(sync_wall)  # NTP synchronises: the wall clock jumps, monotonic time does not
-    sync_mono = clock.mono()
+    sync_mono = clock.monotonic()
     got = held.stamp(clock, 5)
     want = [round((sync_wall - (sync_mono - m)) * 1000) for m in [*monos, sync_mono]]
     assert got == list(zip(want, range(6), strict=True))
@@ -103,8 +103,8 @@ def test_a_boot_at_1970_then_ntp_stamps_every_reading_at_its_event_time() -> Non
 
 
 def test_held_readings_are_bounded_and_the_drop_is_counted() -> None:
-    t = ManualTime(synchronised=False)
-    clock = Clock(source=t)
+    t = ManualSync(synchronised=False)
+    clock = SyncedClock(source=t)
     held: HeldReadings[int] = HeldReadings(limit=3)
     for i in range(5):
         held.stamp(clock, i)
@@ -136,9 +136,9 @@ class BootTime:
 
 
 async def test_realtime_readings_wait_for_ntp_and_keep_their_order(tmp_path: Path) -> None:
-    watch_clock = Clock(SPEED)  # the watch's own clock
+    watch_clock = SyncedClock(SPEED)  # the watch's own clock
     boot = BootTime()
-    clock = Clock(source=boot)
+    clock = SyncedClock(source=boot)
     async with BumbleLink() as link, VirtualE86(link, "C2:11:22:33:44:01", clock=watch_clock,
                                                 realtime_interval_s=0.5) as _watch:
         st = GatewaySettings(devices={"C2:11:22:33:44:01": "U1"}, data_dir=tmp_path,
@@ -176,7 +176,7 @@ async def test_realtime_readings_wait_for_ntp_and_keep_their_order(tmp_path: Pat
 
 
 async def test_six_watches_rotate_through_two_slots_the_controller_enforces(tmp_path: Path) -> None:
-    clock = Clock(SPEED)
+    clock = SyncedClock(SPEED)
     macs = [f"C2:00:00:00:10:{i:02X}" for i in range(6)]
     # the budget says 3, the controller holds 2: the pool learns it from the refusal
     async with BumbleLink(connection_limit=2) as link, contextlib.AsyncExitStack() as stack:
@@ -218,7 +218,7 @@ async def test_six_watches_rotate_through_two_slots_the_controller_enforces(tmp_
 
 
 async def test_two_adapters_are_both_used(tmp_path: Path) -> None:
-    clock = Clock(SPEED)
+    clock = SyncedClock(SPEED)
     macs = [f"C2:00:00:00:20:{i:02X}" for i in range(4)]
     async with BumbleLink(adapters=2, connection_limit=2) as link, contextlib.AsyncExitStack() as stack:
         for i, mac in enumerate(macs):
@@ -243,7 +243,7 @@ async def test_two_adapters_are_both_used(tmp_path: Path) -> None:
 async def test_a_device_that_keeps_failing_is_forgotten_before_the_next_try(tmp_path: Path) -> None:
     # a peripheral that advertises as an E86 but serves no E86 GATT: every session fails the
     # same way, as a stale attribute cache makes it fail on BlueZ
-    clock = Clock(SPEED)
+    clock = SyncedClock(SPEED)
     async with BumbleLink() as link:
         device = await link.add_device("E86 0BAD", "C2:00:00:00:0B:AD")
         await device.start_advertising(
@@ -262,7 +262,7 @@ async def test_a_device_that_keeps_failing_is_forgotten_before_the_next_try(tmp_
 
 
 async def test_a_deaf_scanner_is_restarted_then_the_adapter_power_cycled(tmp_path: Path) -> None:
-    clock = Clock(SPEED)
+    clock = SyncedClock(SPEED)
     async with BumbleLink() as link, VirtualE86(link, "C2:11:22:33:44:02", clock=clock):
         central = link.centrals["hci0"]
         central.deaf = True  # the controller stops reporting advertisements
@@ -278,14 +278,14 @@ async def test_a_deaf_scanner_is_restarted_then_the_adapter_power_cycled(tmp_pat
 
 
 def test_system_time_reads_timesyncd_and_the_kernel(tmp_path: Path) -> None:
-    from gateway.clock import SystemTime, kernel_synchronised
+    from gateway.clock_sync import SystemSync, kernel_synchronised
 
     flag = tmp_path / "synchronized"
     kernel = kernel_synchronised()
     assert kernel in (True, False)  # this is Linux: adjtimex answers
-    src = SystemTime(flag=flag)
+    src = SystemSync(flag=flag)
     assert src.synchronised() is bool(kernel)  # no timesyncd flag: the kernel decides
     flag.touch()  # timesyncd says it synchronised
-    assert SystemTime(flag=flag).synchronised() is True
-    assert SystemTime(flag=tmp_path / "absent", assume_synchronised=True).synchronised() is True
-    assert Clock(SPEED).synchronised() is True  # simulated time is its own truth
+    assert SystemSync(flag=flag).synchronised() is True
+    assert SystemSync(flag=tmp_path / "absent", assume_synchronised=True).synchronised() is True
+    assert SyncedClock(SPEED).synchronised() is True  # simulated time is its own truth

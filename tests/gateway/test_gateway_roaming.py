@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway.backoff import Backoff
-from gateway.clock import Clock
+from gateway.clock_sync import SyncedClock
 from gateway.service import Gateway
 from gateway.settings import GatewaySettings
 from ingest import registry
@@ -24,6 +23,7 @@ from simulators.physiology import fleet_patients
 from simulators.simulate import bumble_backend
 from simulators.watch import VirtualE86
 from tests.support.ingest_service import eventually, running, settings_for
+from vitalgate.backoff import Backoff
 from vitalgate.broker import Mosquitto
 
 SPEED = 60.0
@@ -40,7 +40,7 @@ async def _stop(task: asyncio.Task[None]) -> None:
 
 
 async def test_a_watch_roams_to_the_other_gateway_of_its_ward(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    clock = Clock(SPEED)
+    clock = SyncedClock(SPEED)
     (patient,) = fleet_patients(1, ["stable"], seed=3, start_ms=clock.ms())
     generated: list[tuple[int, Mapping[str, float]]] = []
 

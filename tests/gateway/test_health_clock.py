@@ -1,7 +1,7 @@
-"""Standard health devices follow the gateway's clock rules (gateway/clock.py) on a Pi without
+"""Standard health devices follow the gateway's clock rules (gateway/clock_sync.py) on a Pi without
 an RTC: a measurement without a device timestamp is never stamped with a wrong wall time (it is
 held and stamped when NTP synchronises), and the device's clock is not set from a wrong one.
-Injected time: ``ManualTime`` is a real implementation of the time-source protocol."""
+Injected time: ``ManualSync`` is a real implementation of the time-source protocol."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gateway.ble.profiles.heart_rate import HeartRateSession
 from gateway.ble.session import WatchInfo
-from gateway.clock import Clock, ManualTime
+from gateway.clock_sync import ManualSync, SyncedClock
 from gateway.settings import GatewaySettings
 from gatt.health import HEART_RATE_MEASUREMENT, decoder_for
 from tests.support.sinks import ListSink
@@ -20,7 +20,7 @@ def hr(bpm: int) -> bytes:
     return bytes([0x00, bpm])  # flags: uint8 rate, no contact/energy/RR fields
 
 
-def session(tmp_path: Path, clock: Clock, sink: ListSink) -> HeartRateSession:
+def session(tmp_path: Path, clock: SyncedClock, sink: ListSink) -> HeartRateSession:
     st = GatewaySettings(gateway_id="ward3", data_dir=tmp_path / "gw", status_port=0)
     info = WatchInfo(device_id="c0ffee000001", mac="C0:FF:EE:00:00:01", name="strap", user_code="P1")
     # no BLE client: nothing here may touch the radio (setting the clock would, and must not)
@@ -28,8 +28,8 @@ def session(tmp_path: Path, clock: Clock, sink: ListSink) -> HeartRateSession:
 
 
 def test_reception_stamps_wait_for_ntp_then_carry_their_event_time(tmp_path: Path) -> None:
-    t = ManualTime(wall=3.0, monotonic=40.0, synchronised=False)  # booted at 1970
-    clock = Clock(source=t)
+    t = ManualSync(wall=3.0, monotonic=40.0, synchronised=False)  # booted at 1970
+    clock = SyncedClock(source=t)
     sink = ListSink()
     s = session(tmp_path, clock, sink)
     decode = decoder_for(HEART_RATE_MEASUREMENT)
@@ -56,7 +56,7 @@ def test_reception_stamps_wait_for_ntp_then_carry_their_event_time(tmp_path: Pat
 
 
 async def test_the_device_clock_is_not_set_from_an_unsynchronised_clock(tmp_path: Path) -> None:
-    clock = Clock(source=ManualTime(wall=3.0, synchronised=False))
+    clock = SyncedClock(source=ManualSync(wall=3.0, synchronised=False))
     s = session(tmp_path, clock, ListSink())
     await s._set_clock(None)  # type: ignore[arg-type]  # would fail on the absent client if it wrote
     assert s.counters.clock_not_set == 1 and s.counters.clock_set == 0

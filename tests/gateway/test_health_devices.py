@@ -14,7 +14,7 @@ from gateway.ble.manager import SessionManager
 from gateway.ble.profiles import make_session, profile_for
 from gateway.ble.profiles.base import HealthSession
 from gateway.ble.profiles.thermometer import STORED_AGE_MS
-from gateway.clock import Clock
+from gateway.clock_sync import SyncedClock
 from gateway.settings import GatewaySettings
 from gatt.health import (
     BLOOD_PRESSURE_SERVICE,
@@ -46,9 +46,9 @@ async def _until(check: Callable[[], bool], timeout: float = 20.0) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(tmp_path: Path, devices: Callable[[BumbleLink, Clock], list[VirtualHealthDevice]],
-                  **settings: Any) -> AsyncIterator[tuple[SessionManager, ListSink, list[VirtualHealthDevice], Clock]]:
-    clock = Clock(SPEED)
+async def running(tmp_path: Path, devices: Callable[[BumbleLink, SyncedClock], list[VirtualHealthDevice]],
+                  **settings: Any) -> AsyncIterator[tuple[SessionManager, ListSink, list[VirtualHealthDevice], SyncedClock]]:
+    clock = SyncedClock(SPEED)
     sink = ListSink()
     async with BumbleLink() as link:
         made = devices(link, clock)
@@ -81,8 +81,8 @@ def test_the_choice_point_picks_a_profile_per_service() -> None:
 
 
 async def test_every_kind_is_collected_with_device_time_and_stored_records(tmp_path: Path) -> None:
-    def build(link: BumbleLink, clock: Clock) -> list[VirtualHealthDevice]:
-        now = clock()
+    def build(link: BumbleLink, clock: SyncedClock) -> list[VirtualHealthDevice]:
+        now = clock.wall()
         stored_bp = [(now - 3 * HOUR, {"systolic_bp": 141.0, "diastolic_bp": 92.0, "heart_rate": 66.0}),
                      (now - 2 * HOUR, {"systolic_bp": 128.0, "diastolic_bp": 84.0, "heart_rate": 71.0})]
         stored_plx = [(now - HOUR, {"spo2": 95.0, "heart_rate": 80.0})]
@@ -131,7 +131,7 @@ async def test_every_kind_is_collected_with_device_time_and_stored_records(tmp_p
 
 
 async def test_special_and_implausible_values_are_counted_not_published(tmp_path: Path) -> None:
-    def build(link: BumbleLink, clock: Clock) -> list[VirtualHealthDevice]:
+    def build(link: BumbleLink, clock: SyncedClock) -> list[VirtualHealthDevice]:
         return [VirtualPulseOximeter(link, _mac(5), clock=clock, interval_s=3600)]
 
     async with running(tmp_path, build) as (manager, sink, (plx,), _clock):
@@ -153,8 +153,8 @@ async def test_special_and_implausible_values_are_counted_not_published(tmp_path
 
 
 async def test_stored_records_are_read_again_after_a_reconnect(tmp_path: Path) -> None:
-    def build(link: BumbleLink, clock: Clock) -> list[VirtualHealthDevice]:
-        stored = [(clock() - HOUR, {"spo2": 93.0, "heart_rate": 88.0})]
+    def build(link: BumbleLink, clock: SyncedClock) -> list[VirtualHealthDevice]:
+        stored = [(clock.wall() - HOUR, {"spo2": 93.0, "heart_rate": 88.0})]
         return [VirtualPulseOximeter(link, _mac(6), clock=clock, interval_s=3600, stored=stored)]
 
     async with running(tmp_path, build) as (manager, sink, (plx,), _clock):

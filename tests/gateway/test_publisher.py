@@ -14,12 +14,12 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from gateway.backoff import Backoff
 from gateway.buffer import Buffer, Measurement
 from gateway.publisher import Publisher
 from gateway.settings import GatewaySettings
 from tests.gateway.small_disk import small_disk
 from tests.support.probe import Probe, unique_seqs
+from vitalgate.backoff import Backoff
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import (
     Command,

@@ -25,7 +25,8 @@ def seed_body() -> bytes:
 
 
 @pytest.fixture
-async def svc(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningService]:
+async def svc(tmp_path: Path, mosquitto: Mosquitto,
+              ingest_engine: str | None) -> AsyncIterator[RunningService]:
     settings = settings_for(tmp_path / "data", mosquitto.url)
     async with running(settings) as service:
         yield service
@@ -180,6 +181,7 @@ async def test_unknown_route_and_method_are_cexup_json(api: Api) -> None:
     assert status == 405 and body["code"] == 405
 
 
+@pytest.mark.usefixtures("ingest_engine")
 async def test_serves_http_while_broker_is_down(tmp_path: Path) -> None:
     settings = settings_for(tmp_path / "data", f"mqtt://127.0.0.1:{free_port()}")
     async with running(settings) as service, Api(service.url) as api:

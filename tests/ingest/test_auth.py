@@ -19,10 +19,18 @@ import pytest
 
 from ingest import keys, store
 from ingest.api.auth import ADMIN, PUBLIC, ROUTE_SCOPES, required_scope
-from ingest.db import Dialect, render_ddl
+from ingest.db import Conn, Dialect, render_ddl
 from ingest.db import keys as db_keys
 from ingest.service import IngestService, RunningService
-from tests.support.ingest_service import TEST_KEY, Api, eventually, publisher, running, settings_for
+from tests.support.ingest_service import (
+    TEST_KEY,
+    Api,
+    eventually,
+    open_store,
+    publisher,
+    running,
+    settings_for,
+)
 from vitalgate.broker import Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +66,10 @@ SAMPLES: dict[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/api/outbox"): ("/api/outbox", None),
     ("GET", "/api/gaps"): ("/api/gaps", None),
     ("GET", "/api/devices/{device_id}/gaps"): ("/api/devices/d061aed45894/gaps", None),
+    ("GET", "/api/alerts"): ("/api/alerts", None),
+    ("GET", "/api/alerts/{id}"): ("/api/alerts/1", None),
+    ("POST", "/api/alerts/{id}/ack"): ("/api/alerts/1/ack", {"who": "Nurse Ani"}),
+    ("GET", "/api/monitoring"): ("/api/monitoring", None),
 }
 
 
@@ -94,7 +106,8 @@ def test_the_table_is_fail_closed() -> None:
 
 
 @pytest.fixture
-async def svc(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningService]:
+async def svc(tmp_path: Path, mosquitto: Mosquitto,
+              ingest_engine: str | None) -> AsyncIterator[RunningService]:
     async with running(settings_for(tmp_path / "data", mosquitto.url,
                                     http_body_timeout_s=0.5)) as service:
         yield service
@@ -269,8 +282,9 @@ def test_scopes_and_names_are_checked() -> None:
     for bad in ("", "read,root", ","):
         with pytest.raises(keys.ApiKeyError):
             keys.parse_scopes(bad)
-    conn = sqlite3.connect(":memory:")
-    conn.executescript(render_ddl(db_keys.SCHEMA, Dialect.SQLITE))
+    raw = sqlite3.connect(":memory:")
+    raw.executescript(render_ddl(db_keys.SCHEMA, Dialect.SQLITE))
+    conn = Conn(raw, Dialect.SQLITE)
     for name in ("bad name", "x\n", "bootstrap"):
         with pytest.raises(keys.ApiKeyError):
             keys.create(conn, name, 1, ["read"])
@@ -278,9 +292,12 @@ def test_scopes_and_names_are_checked() -> None:
         keys.create(conn, "ok", 1, ["read"], holder=" padded")
 
 
-def test_cli_create_list_revoke_retire(tmp_path: Path) -> None:
+def test_cli_create_list_revoke_retire(tmp_path: Path, ingest_engine: str | None) -> None:
     env = dict(os.environ, VITALGATE_DATA_DIR=str(tmp_path / "data"))
     env.pop("VITALGATE_CONFIG", None)
+    env.pop("VITALGATE_DATABASE_URL", None)
+    if ingest_engine is not None:  # the keys live in the shared PostgreSQL database
+        env["VITALGATE_DATABASE_URL"] = ingest_engine
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "vitalgate", "keys", *args], env=env,
@@ -297,7 +314,7 @@ def test_cli_create_list_revoke_retire(tmp_path: Path) -> None:
     assert "revoked" in cli("list").stdout.splitlines()[1]
     assert cli("retire-bootstrap").returncode == 0
     assert "(VITALGATE_API_KEY)\tadmin\t-\t-\tretired" in cli("list").stdout
-    db = store.Database(tmp_path / "data" / "ingest.sqlite3", synchronous="NORMAL")
+    db = open_store(tmp_path / "data")
     try:
         assert db.read_sync(lambda c: keys.find(c, key)) is None
         assert db.read_sync(keys.bootstrap_retired_at) is not None
@@ -412,6 +429,7 @@ async def test_a_holder_key_s_event_stream_carries_only_its_patients(svc: Runnin
     assert frames[1].startswith(b"event: ews") and b'"PA"' in frames[1]
 
 
+@pytest.mark.usefixtures("ingest_engine")
 async def test_post_ews_future_bound_is_max_future_skew_s(tmp_path: Path,
                                                           mosquitto: Mosquitto) -> None:
     """One setting for both future rules: POST /ews produce_at obeys ``max_future_skew_s``."""

@@ -27,6 +27,7 @@ from tests.support.ingest_service import (
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import Ews, Kind, Topics, decode
 
+pytestmark = pytest.mark.usefixtures("ingest_engine")  # on SQLite and on PostgreSQL
 TOPICS = Topics()
 NORMAL = {"heart_rate": 72.0, "spo2": 97.0, "systolic_bp": 120.0, "temperature": 36.6,
           "respiratory_rate": 16.0}

@@ -88,7 +88,8 @@ class Checker:
 
 
 @pytest.fixture
-async def svc(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningService]:
+async def svc(tmp_path: Path, mosquitto: Mosquitto,
+              ingest_engine: str | None) -> AsyncIterator[RunningService]:
     settings = settings_for(tmp_path / "data", mosquitto.url, ews_min_interval_s=0, ews_tick_s=1.0)
     async with running(settings, clock=lambda: NOW) as service:
         yield service
@@ -242,6 +243,22 @@ async def test_every_live_response_validates_against_the_served_schema(
                      json={"on_oxygen": True})
         await c.call("PUT", "/api/patient/{user_code}/context", f"/api/patient/{CODE}/context",
                      json={"spo2_scale": 3})
+        # alerts (issue 17): EXT's external "sedang" (3, risk low-medium) opened one
+        await eventually(lambda: svc.service.alerts.find(user_code="EXT"))
+        status, body = await c.call("GET", "/api/alerts", "/api/alerts?state=open&user_code=EXT")
+        alert_id = body["data"]["alerts"][0]["id"]
+        await c.call("GET", "/api/alerts", "/api/alerts?state=nope")
+        await c.call("GET", "/api/alerts/{id}", f"/api/alerts/{alert_id}")
+        await c.call("GET", "/api/alerts/{id}", "/api/alerts/999999")
+        await c.call("GET", "/api/alerts/{id}", "/api/alerts/x")
+        ack = f"/api/alerts/{alert_id}/ack"
+        await c.call("POST", "/api/alerts/{id}/ack", ack, json={"who": "Nurse Ani"}, key=reader)
+        await c.call("POST", "/api/alerts/{id}/ack", ack, json={"who": ""})
+        status, _ = await c.call("POST", "/api/alerts/{id}/ack", ack,
+                                 json={"who": "Nurse Ani", "note": "seen"})
+        assert status == 200
+        await c.call("POST", "/api/alerts/{id}/ack", ack, json={"who": "Nurse Ani"})  # 409
+        await c.call("GET", "/api/monitoring")
         # sequence gaps (the fed reading was seq 1: seq 0 is a gap)
         await c.call("GET", "/api/gaps")
         await c.call("GET", "/api/gaps", "/api/gaps?limit=0")

@@ -19,9 +19,9 @@ from ingest.outbox import (
     Outbox,
     RetryPolicy,
     Verdict,
-    classify,
     effective_status,
     retry_after_s,
+    verdict_of,
 )
 from tests.ingest.ews_support import opener, query
 from tests.ingest.upstream import FakeTime, Upstream
@@ -198,10 +198,10 @@ async def test_wrong_api_key_is_refused_and_visible(store: Open) -> None:
 
 
 def test_classification_and_headers() -> None:
-    assert classify(200) is Verdict.DELIVERED and classify(204) is Verdict.DELIVERED
-    assert classify(429) is Verdict.RETRY_ALL and classify(503) is Verdict.RETRY_ALL
-    assert classify(500) is Verdict.RETRY_ITEM and classify(408) is Verdict.RETRY_ITEM
-    assert classify(400) is Verdict.FAILED and classify(404) is Verdict.FAILED
+    assert verdict_of(200) is Verdict.DELIVERED and verdict_of(204) is Verdict.DELIVERED
+    assert verdict_of(429) is Verdict.RETRY_ALL and verdict_of(503) is Verdict.RETRY_ALL
+    assert verdict_of(500) is Verdict.RETRY_ITEM and verdict_of(408) is Verdict.RETRY_ITEM
+    assert verdict_of(400) is Verdict.FAILED and verdict_of(404) is Verdict.FAILED
     assert effective_status(200, '{"code": "200"}') == 200
     assert effective_status(200, '{"code": 200}') == 200
     assert effective_status(200, "") == 200 and effective_status(201, "not json") == 201

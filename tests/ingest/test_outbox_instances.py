@@ -32,7 +32,9 @@ class Sink:
     """POST /ews: records bodies in arrival order; counts a patient's requests in flight."""
 
     delay_s: float = 0.0
-    hold: set[str] = field(default_factory=set)  #: user_codes whose requests never answer
+    hold: set[str] = field(default_factory=set)  #: user_codes whose requests wait for release
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    waiting: list[web.Request] = field(default_factory=list)  #: held requests
     arrived: list[dict[str, Any]] = field(default_factory=list)
     accepted: list[dict[str, Any]] = field(default_factory=list)
     in_flight: Counter[str] = field(default_factory=Counter)
@@ -48,7 +50,10 @@ class Sink:
         self.in_flight[user] += 1
         try:
             if user in self.hold:
-                await asyncio.Event().wait()
+                self.waiting.append(request)
+                await self.released.wait()
+                if request.transport is None or request.transport.is_closing():
+                    raise web.HTTPServiceUnavailable()  # its client died meanwhile: not taken
             await asyncio.sleep(self.delay_s)
             self.accepted.append(body)
             return web.json_response({"code": 200, "success": True, "message": "Ok"})
@@ -168,7 +173,10 @@ async def test_an_item_claimed_by_a_killed_instance_is_redelivered_after_its_lea
                 doomed.wait(timeout=30)
         [held] = [r for r in table_rows(db) if r["dedup_key"] == "HOLD:1"]
         assert held["lease_owner"] == "doomed" and held["state"] == "pending"
+        await until(lambda: all(r.transport is None or r.transport.is_closing()
+                                for r in sink.waiting), "the killed client's connection to close")
         sink.hold.clear()  # the upstream is fine; the request died with its instance
+        sink.released.set()  # (its handler ends: its socket is closed, not left to the GC)
         survivor = Outbox(db, upstream_url=sink.url, api_key="k", instance_id="survivor",
                           retry=RetryPolicy(idle_poll_s=0.05))
         task = asyncio.create_task(survivor.run())

@@ -37,7 +37,8 @@ TOPICS = Topics()
 
 
 @pytest.fixture
-async def svc(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningService]:
+async def svc(tmp_path: Path, mosquitto: Mosquitto,
+              ingest_engine: str | None) -> AsyncIterator[RunningService]:
     async with running(settings_for(tmp_path / "data", mosquitto.url),
                        clock=lambda: T0 + 60_000) as service:
         await eventually(lambda: service.service.consumer.connected)

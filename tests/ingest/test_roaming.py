@@ -30,7 +30,8 @@ TOPICS = Topics()
 
 
 @pytest.fixture
-async def svc(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningService]:
+async def svc(tmp_path: Path, mosquitto: Mosquitto,
+              ingest_engine: str | None) -> AsyncIterator[RunningService]:
     st = settings_for(tmp_path / "data", mosquitto.url, roaming_groups={"ward3": [A, B]})
     async with running(st, clock=lambda: T0 + 60_000) as service:
         await eventually(lambda: service.service.consumer.connected)

@@ -12,13 +12,15 @@ from typing import Any
 
 import aiohttp
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTProtocolVersion
 
 from ingest.db import Conn, Database, Location, schema
 from ingest.service import RunningService, start_service
 from ingest.settings import IngestSettings
-from vitalgate.config import load_settings
+from vitalgate.backoff import Backoff
+from vitalgate.config import BrokerAddress, load_settings
 from vitalgate.contract import QOS, Reading, Topics, Vitals
+from vitalgate.mqtt_session import MqttOptions, make_client
 
 TEST_KEY = "test-key-0123456789abcdef"
 
@@ -86,9 +88,10 @@ class Api:
 def publisher(url_host: str, port: int, client_id: str = "", *,
               protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv311) -> mqtt.Client:
     """A connected paho client with its loop running (QoS 1 publishing like a gateway)."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
-    client.max_inflight_messages_set(1000)
-    client.max_queued_messages_set(0)
+    client = make_client(MqttOptions(
+        BrokerAddress(url_host, port, tls=False), client_id,
+        protocol="5" if protocol == MQTTProtocolVersion.MQTTv5 else "3.1.1", max_inflight=1000,
+        reconnect=Backoff(initial_s=1.0, factor=2.0, max_s=120.0, jitter=0.0)))  # paho's defaults
     client.connect(url_host, port)
     client.loop_start()
     return client
@@ -152,3 +155,12 @@ def refuse_inserts(conn: Conn, table: str, when: str, name: str) -> None:
         f" IF {when} THEN RAISE EXCEPTION 'refused by the test trigger'"
         " USING ERRCODE = 'integrity_constraint_violation'; END IF; RETURN NEW; END $$;"
         f" CREATE TRIGGER {name} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {name}();")
+
+
+def pending_h13d() -> None:
+    """Skip on PostgreSQL a test that goes through the registry's or keys' SQL, which h13d
+    ports to PostgreSQL (PENDING: remove the calls when ingest/db/registry.py and keys.py land)."""
+    import pytest
+
+    if ENGINE.get() is not None:
+        pytest.skip("PENDING h13d: registry/keys SQL not ported to PostgreSQL yet")

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from paho.mqtt.client import Client, ConnectFlags, MQTTMessage
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from vitalgate.backoff import Backoff
+from vitalgate.config import BrokerAddress
 from vitalgate.contract import (
     DEFAULT_PREFIX,
     ContractError,
@@ -28,6 +29,7 @@ from vitalgate.contract import (
     decode,
     decode_readings,
 )
+from vitalgate.mqtt_session import MqttError, MqttOptions, connect_blocking, make_client
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +48,10 @@ class Probe:
         self.errors: list[str] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self._host, self._port = host, port
-        self._client = Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
-        self._client.reconnect_delay_set(1, 1)
+        # a persistent session; paho reconnects every second (a test restarts its broker)
+        self._options = MqttOptions(BrokerAddress(host, port, tls=False), client_id, clean=False,
+                                    reconnect=Backoff(initial_s=1.0, factor=1.0, max_s=1.0, jitter=0.0))
+        self._client = make_client(self._options)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
 
@@ -75,10 +78,10 @@ class Probe:
             self.received.extend(Received(msg.topic, topic.kind, m, now, bool(msg.retain)) for m in items)
 
     def start(self, timeout: float = 10.0) -> Probe:
-        self._client.connect(self._host, self._port, keepalive=10)
-        self._client.loop_start()
-        if not self._subscribed.wait(timeout):
-            raise TimeoutError("probe did not connect")
+        try:
+            connect_blocking(self._client, self._options, self._subscribed, keepalive_s=10, timeout_s=timeout)
+        except MqttError as exc:
+            raise TimeoutError(f"probe did not connect: {exc}") from None
         time.sleep(0.2)  # let the SUBACK arrive
         return self
 

@@ -20,7 +20,7 @@ from gateway.ble.profiles.heart_rate import HeartRateSession
 from gateway.ble.profiles.pulse_oximeter import PulseOximeterSession
 from gateway.ble.profiles.thermometer import ThermometerSession
 from gateway.ble.session import Sink, WatchInfo, WatchSession
-from gateway.clock import Clock
+from gateway.clock_sync import SyncedClock
 from gateway.settings import GatewaySettings
 
 #: in order of preference: a PLX that also offers Heart Rate is served as an oximeter.
@@ -61,7 +61,7 @@ def profile_for(service_uuids: Iterable[str]) -> type[HealthSession] | None:
 
 
 def make_session(client: BleakClient, watch: WatchInfo, settings: GatewaySettings, sink: Sink,
-                 clock: Clock) -> Session:
+                 clock: SyncedClock) -> Session:
     """The session for the services the connected device offers (E86 first)."""
     offered = {s.uuid.lower() for s in client.services}
     profile = None if SERVICE_UUID in offered else profile_for(offered)

@@ -34,7 +34,7 @@ from bleak.backends.characteristic import BleakGATTCharacteristic
 
 from gateway.ble.session import Sink, WatchInfo, raise_if_cancel_swallowed
 from gateway.buffer import BufferError, Measurement
-from gateway.clock import Clock, HeldReadings
+from gateway.clock_sync import HeldReadings, SyncedClock
 from gateway.settings import GatewaySettings
 from gatt.health import (
     CURRENT_TIME,
@@ -77,7 +77,7 @@ class HealthCounters:
     no_contact: int = 0
     racp_requests: int = 0
     racp_failures: int = 0
-    #: the device's clock was not set because ours was not synchronised yet (gateway/clock.py).
+    #: the device's clock was not set because ours was not synchronised yet (gateway/clock_sync.py).
     clock_not_set: int = 0
     #: reception-stamped readings still held for the clock when the session ended.
     clock_dropped: int = 0
@@ -113,7 +113,7 @@ class HealthSession:
     controls: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, client: BleakClient, watch: WatchInfo, settings: GatewaySettings,
-                 sink: Sink, clock: Clock) -> None:
+                 sink: Sink, clock: SyncedClock) -> None:
         self.client = client
         self.watch = watch
         self.settings = settings
@@ -208,7 +208,7 @@ class HealthSession:
         if not self.clock.synchronised():  # never write a wrong time into the device
             self.counters.clock_not_set += 1
             return
-        now = datetime.fromtimestamp(self.clock(), UTC).astimezone(self.tz)
+        now = datetime.fromtimestamp(self.clock.wall(), UTC).astimezone(self.tz)
         try:
             await self.client.write_gatt_char(char, bytes(CurrentTime.from_datetime(now)), response=True)
             raise_if_cancel_swallowed()
@@ -293,7 +293,7 @@ class HealthSession:
             return
         self.counters.reception_stamped += 1
         item = (Vitals(**values), source)
-        # reception time from a synchronised clock only: held until then (gateway/clock.py)
+        # reception time from a synchronised clock only: held until then (gateway/clock_sync.py)
         stamped = [(received_ms, item)] if synced and not self.held else self.held.stamp(self.clock, item)
         if stamped:
             self.store([Measurement(self.watch.device_id, ts, v, src, self.watch.user_code)

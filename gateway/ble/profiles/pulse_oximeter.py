@@ -21,7 +21,7 @@ from bleak.backends.characteristic import BleakGATTCharacteristic
 
 from gateway.ble.profiles.base import HealthSession
 from gateway.ble.session import Sink, WatchInfo, raise_if_cancel_swallowed
-from gateway.clock import Clock
+from gateway.clock_sync import SyncedClock
 from gateway.settings import GatewaySettings
 from gatt.health import (
     PLX_CONTINUOUS,
@@ -51,7 +51,7 @@ class PulseOximeterSession(HealthSession):
     controls: ClassVar[tuple[str, ...]] = (RECORD_ACCESS_CONTROL_POINT,)
 
     def __init__(self, client: BleakClient, watch: WatchInfo, settings: GatewaySettings,
-                 sink: Sink, clock: Clock) -> None:
+                 sink: Sink, clock: SyncedClock) -> None:
         super().__init__(client, watch, settings, sink, clock)
         self._reading_records = False
         self._response: asyncio.Future[RacpResponse] | None = None

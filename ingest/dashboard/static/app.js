@@ -1,6 +1,7 @@
 // vitalgate ward dashboard: no framework, no CDN. Data from the ingest service's own API:
 //   GET /api/ward, GET /api/ward/{user_code}, PUT /api/patient/{user_code}/context,
-//   GET /api/events (server-sent events, read with fetch so the API key stays in a header).
+//   GET /api/events (server-sent events, read with fetch so the API key stays in a header),
+//   GET /api/alerts, GET /api/alerts/{id}, POST /api/alerts/{id}/ack, GET /api/monitoring.
 "use strict";
 
 const VITALS = [
@@ -24,6 +25,10 @@ let apiKey = localStorage.getItem("vitalgate.apikey") || "";
 let refreshTimer = null;
 let eventsAbort = null;
 let currentPatient = null;
+// an acknowledgement being typed survives the live re-renders: {id, who, note}
+let ackDraft = null;
+const SEVERITY_ORDER = { high: 0, medium: 1 };
+const UNACKED = new Set(["opened", "updated", "escalated"]);
 
 class Unauthorized extends Error {}
 class ApiFailure extends Error {
@@ -95,10 +100,98 @@ function lineChart(points, { width = 300, height = 60, min = null, max = null, c
 
 // ------------------------------------------------------------------------------ ward
 
-function tile(p, now) {
+// A read the ward can do without (alerts, monitoring): its failure is shown, not fatal.
+async function optional(path) {
+  try {
+    return await api(path);
+  } catch (e) {
+    if (e instanceof Unauthorized) throw e;
+    return { error: e.message };
+  }
+}
+
+// Unacknowledged first, then highest severity, then newest.
+function alertOrder(a, b) {
+  return (UNACKED.has(b.state) - UNACKED.has(a.state))
+    || (SEVERITY_ORDER[a.severity] ?? 9) - (SEVERITY_ORDER[b.severity] ?? 9)
+    || b.updated_at - a.updated_at || b.id - a.id;
+}
+
+function alertLine(x) {
+  const bits = [`ALERT ${x.severity}`];
+  if (x.escalated) bits.push("escalated");
+  if (x.state === "acknowledged") bits.push(`acknowledged by ${x.acked_by}`);
+  return el("div", { class: "alert-line", "data-alert-state": x.state, text: bits.join(" · ") });
+}
+
+function monitoringLine(m, now) {
+  if (!m) return null;
+  const line = el("div", { class: "monitoring", "data-frequency": m.frequency, "data-overdue": String(m.overdue) },
+    `monitoring ${m.frequency}`);
+  if (m.overdue) line.append(" · ", el("span", { class: "overdue", text: `OVERDUE: no vitals for ${age(m.last_reading_at, now)}` }));
+  return line;
+}
+
+function renderBanner(open, now) {
+  const banner = $("alert-banner");
+  if (open.error) {
+    banner.hidden = false;
+    $("alert-banner-title").textContent = `Alerts unavailable: ${open.error}`;
+    $("open-alerts").replaceChildren();
+    return;
+  }
+  const waiting = open.alerts.filter((x) => UNACKED.has(x.state)).sort(alertOrder);
+  banner.hidden = waiting.length === 0;
+  $("alert-banner-title").textContent = `${waiting.length} open alert${waiting.length === 1 ? "" : "s"} · acknowledge to clear`;
+  if (ackDraft && !waiting.some((x) => x.id === ackDraft.id)) ackDraft = null;
+  // while a nurse types an acknowledgement, the list is left as it is (re-creating it would
+  // take the focus away); it catches up when the form is sent or cancelled
+  if (ackDraft && $("open-alerts").querySelector(`form.ack-form[data-alert-id="${ackDraft.id}"]`)) return;
+  $("open-alerts").replaceChildren(...waiting.map((x) => {
+    const li = el("li", { "data-alert-id": String(x.id), "data-user-code": x.user_code, "data-state": x.state, class: x.state });
+    li.append(el("span", { class: `alert-chip ${x.severity}`, text: x.severity }));
+    if (x.escalated) li.append(el("span", { class: "alert-chip escalated", text: "ESCALATED" }));
+    li.append(el("a", { href: `#/patient/${encodeURIComponent(x.user_code)}`, text: x.user_code }));
+    const due = x.due_at != null ? (x.due_at > now ? ` · respond within ${age(now, x.due_at)}` : " · response time passed") : "";
+    li.append(el("span", { text: `NEWS2 ${x.point} · ${x.result} · ${x.state} ${age(x.updated_at, now)} ago${due}` }));
+    li.append(ackDraft && ackDraft.id === x.id ? ackForm(x) : el("button", { type: "button", class: "ack", "data-alert-id": String(x.id), text: "Acknowledge" }));
+    return li;
+  }));
+}
+
+function ackForm(x) {
+  const form = el("form", { class: "ack-form", "data-alert-id": String(x.id) });
+  const who = el("input", { name: "who", placeholder: "your name or staff id", required: "", maxlength: "64", pattern: "[A-Za-z0-9][A-Za-z0-9 .,'@_\\-]{0,63}", "aria-label": "acknowledged by" });
+  const note = el("input", { name: "note", placeholder: "note (optional)", maxlength: "500", "aria-label": "note" });
+  who.value = ackDraft.who;
+  note.value = ackDraft.note;
+  who.addEventListener("input", () => { ackDraft.who = who.value; });
+  note.addEventListener("input", () => { ackDraft.note = note.value; });
+  form.append(who, note, el("button", { type: "submit", text: "Confirm" }), el("button", { type: "button", class: "ack-cancel", text: "Cancel" }));
+  setTimeout(() => { if (document.activeElement === document.body) who.focus(); }, 0);
+  return form;
+}
+
+async function sendAck(id, who, note) {
+  const status = $("ack-status");
+  try {
+    const body = { who };
+    if (note) body.note = note;
+    const x = await api(`/api/alerts/${id}/ack`, { method: "POST", body: JSON.stringify(body) });
+    ackDraft = null;
+    status.textContent = `Alert ${x.id} (${x.user_code}) acknowledged by ${x.acked_by}.`;
+  } catch (e) {
+    if (e instanceof ApiFailure && e.status === 403) status.textContent = "This key may not acknowledge alerts: sign in with a key that has the clinical scope.";
+    else if (e instanceof Unauthorized) throw e;
+    else status.textContent = `Not acknowledged: ${e.message}`;
+  }
+  await route();
+}
+
+function tile(p, now, alert = null, mon = null) {
   const ews = p.ews;
   const result = ews ? ews.result : "none";
-  const a = el("a", { class: `tile ${result}`, href: `#/patient/${encodeURIComponent(p.user_code)}`, "data-user-code": p.user_code, "data-result": result });
+  const a = el("a", { class: `tile ${result}${alert && UNACKED.has(alert.state) ? " alerted" : ""}`, href: `#/patient/${encodeURIComponent(p.user_code)}`, "data-user-code": p.user_code, "data-result": result });
   const badge = el("span", { class: `badge ${result}`, text: ews ? String(ews.point) : "–", title: ews ? `${ews.result} · ${ews.risk}` : "no score" });
   a.append(el("div", { class: "top" }, el("span", { class: "code", text: p.user_code }), badge));
   const dev = p.device || {};
@@ -124,19 +217,27 @@ function tile(p, now) {
   if (p.completeness != null) bits.push(el("span", { text: `data ${Math.round(p.completeness * 100)}%` }));
   bits.forEach((b, i) => { if (i) flags.append(" · "); flags.append(b); });
   a.append(flags);
+  const m = monitoringLine(mon, now);
+  if (m) a.append(m);
+  if (alert) a.insertBefore(alertLine(alert), a.children[1]);
   return a;
 }
 
 async function renderWard() {
-  const data = await api("/api/ward");
+  const [data, open, mon] = await Promise.all([
+    api("/api/ward"), optional("/api/alerts?state=open&limit=500"), optional("/api/monitoring")]);
   const now = data.now;
+  renderBanner(open, now);
+  const alertOf = new Map();
+  for (const x of (open.alerts || []).slice().sort(alertOrder)) if (!alertOf.has(x.user_code)) alertOf.set(x.user_code, x);
+  const monOf = new Map((mon.patients || []).map((m) => [m.user_code, m]));
   const patients = data.patients.slice().sort((a, b) => {
     const ra = a.ews ? RISK_ORDER[a.ews.risk] ?? 4 : 5;
     const rb = b.ews ? RISK_ORDER[b.ews.risk] ?? 4 : 5;
     return ra - rb || (b.ews?.point ?? -1) - (a.ews?.point ?? -1) || a.user_code.localeCompare(b.user_code);
   });
   const tiles = $("tiles");
-  tiles.replaceChildren(...patients.map((p) => tile(p, now)));
+  tiles.replaceChildren(...patients.map((p) => tile(p, now, alertOf.get(p.user_code), monOf.get(p.user_code))));
   const counts = { tinggi: 0, sedang: 0, rendah: 0, normal: 0 };
   for (const p of patients) if (p.ews && p.ews.result in counts) counts[p.ews.result] += 1;
   $("ward-summary").textContent = `${patients.length} patients · tinggi ${counts.tinggi} · sedang ${counts.sedang} · rendah ${counts.rendah} · normal ${counts.normal}`;
@@ -158,6 +259,29 @@ function clearPatient(code, message) {
   $("p-ecg").replaceChildren();
   $("context-form").hidden = true;
   $("ctx-status").textContent = "";
+  $("p-monitoring").replaceChildren();
+  $("p-alerts").hidden = true;
+  $("p-alert-list").replaceChildren();
+}
+
+async function renderPatientAlerts(code, now) {
+  const [list, mon] = await Promise.all([
+    optional(`/api/alerts?user_code=${encodeURIComponent(code)}&limit=5`), optional("/api/monitoring")]);
+  const m = (mon.patients || []).find((r) => r.user_code === code);
+  const line = monitoringLine(m, now);
+  $("p-monitoring").replaceChildren(...(line ? [line] : []));
+  const found = list.alerts || [];
+  const detailed = await Promise.all(found.map((x) => optional(`/api/alerts/${x.id}`)));
+  if (currentPatient !== code) return;
+  $("p-alerts").hidden = found.length === 0;
+  $("p-alert-list").replaceChildren(...detailed.filter((d) => d.alert).map((d) => {
+    const x = d.alert;
+    const box = el("div", { class: "p-alert", "data-alert-id": String(x.id), "data-state": x.state });
+    box.append(el("h3", { text: `Alert ${x.id} · ${x.severity} · ${x.state}${x.escalated ? " · escalated" : ""}` }));
+    box.append(el("ol", { class: "audit" }, ...d.audit.map((e) => el("li", { "data-transition": e.transition,
+      text: `${new Date(e.at).toLocaleString()} · ${e.transition}${e.who ? ` by ${e.who}` : ""} · NEWS2 ${e.point}${e.note ? ` · “${e.note}”` : ""}` }))));
+    return box;
+  }));
 }
 
 async function renderPatient(code) {
@@ -208,6 +332,8 @@ async function renderPatient(code) {
     return el("div", { class: "ecg" }, el("h3", { text: title }), lineChart(pts, { width: 1000, height: 140, marks: r.beats || [], xRange: [0, Math.max(1, pts.length - 1)] }));
   }));
   if (!data.ecg || !data.ecg.length) ecg.append(el("p", { class: "cause", text: "No ECG recording yet." }));
+  await renderPatientAlerts(code, now);
+  if (currentPatient !== code) return;
   const ctx = data.context || {};
   $("ctx-consciousness").value = ctx.consciousness || "A";
   $("ctx-oxygen").checked = !!ctx.on_oxygen;
@@ -313,6 +439,21 @@ $("signout").addEventListener("click", () => {
   show("signin");
 });
 $("context-form").addEventListener("submit", saveContext);
+$("open-alerts").addEventListener("click", (ev) => {
+  const t = ev.target;
+  if (t.matches("button.ack")) {
+    ackDraft = { id: Number(t.dataset.alertId), who: "", note: "" };
+    route().catch(handleError);
+  } else if (t.matches("button.ack-cancel")) {
+    ackDraft = null;
+    route().catch(handleError);
+  }
+});
+$("open-alerts").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const form = ev.target;
+  sendAck(Number(form.dataset.alertId), form.elements.who.value.trim(), form.elements.note.value.trim()).catch(handleError);
+});
 window.addEventListener("hashchange", () => route().catch(handleError));
 setInterval(() => scheduleRefresh(0), 15000); // ages and staleness move even without events
 route().then(() => { if (apiKey) listen(); }).catch(handleError);

@@ -158,4 +158,19 @@ def test_sql_translation() -> None:
     assert to_psycopg("SELECT ? WHERE a LIKE '%?' AND b = ?") == "SELECT %s WHERE a LIKE '%%?' AND b = %s"
     assert "GENERATED" in render_ddl("{id}", Dialect.POSTGRES)
     assert render_ddl("{id} {blob}{without_rowid} {other}", Dialect.SQLITE) == \
-        "INTEGER PRIMARY KEY BLOB WITHOUT ROWID {other}"
+        "INTEGER PRIMARY KEY AUTOINCREMENT BLOB WITHOUT ROWID {other}"
+
+
+def test_ids_are_never_reused(database_url: str, tmp_path: Path) -> None:
+    """A deleted newest row's id is not given again (outbox dedup keys and device moves refer
+    to ids: a reused one would inherit another row's references)."""
+    db = open_db(database_url, tmp_path)
+    try:
+        def put(c: Conn, k: str) -> int:
+            return int(c.execute("INSERT INTO t (k, n) VALUES (?, 0) RETURNING id", (k,)).fetchone()[0])
+
+        first = db.write_sync(lambda c: put(c, "a"))
+        db.write_sync(lambda c: c.execute("DELETE FROM t WHERE id = ?", (first,)))
+        assert db.write_sync(lambda c: put(c, "b")) > first
+    finally:
+        db.close()

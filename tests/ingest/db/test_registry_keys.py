@@ -16,7 +16,6 @@ from ingest import keys, registry
 from ingest.db import Conn, Database, Dialect, Location
 from ingest.db import keys as db_keys
 from ingest.db import registry as db_registry
-from ingest.db.compat import as_conn
 from ingest.db.migrate import current
 from ingest.keys import CACHE_S, KeyChecker
 from vitalgate.contract import DeviceStatus
@@ -233,8 +232,8 @@ def test_sqlite_store_of_the_previous_release_keeps_devices_and_keys(
         found = d.read_sync(lambda c: keys.find(c, OLD_KEY))
         assert found is not None and found.scopes == {"read"} and found.holder == "RS A"
         assert d.read_sync(keys.bootstrap_retired_at) == 4
-        assert d.read_sync(lambda c: current(as_conn(c), "registry")) == 1
-        assert d.read_sync(lambda c: current(as_conn(c), "keys")) == 1
+        assert d.read_sync(lambda c: current(c, "registry")) == 1
+        assert d.read_sync(lambda c: current(c, "keys")) == 1
         # the old AUTOINCREMENT table takes new devices with RETURNING id
         new = registry.DeviceIn(device_name="E86 0001", device_mac="D0:61:AE:D4:00:01")
         assert d.write_sync(lambda c: registry.create_devices(c, [new], 5))[0]["id"] == 2

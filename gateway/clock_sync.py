@@ -1,12 +1,14 @@
-"""The gateway's clock: wall time, or simulated time running ``speed`` × faster (``--simulate``).
+"""Can the wall clock be trusted yet? The gateway's :class:`SyncedClock` on a host without a
+real-time clock, and the readings it holds until the answer is yes.
 
-Everything in the gateway that stamps or schedules reads this clock, so a test (or the
-simulator) runs watch life at 60× while the code stays the same.
+The clock itself (wall, monotonic, sleep; ``speed`` × faster under ``--simulate``) is the
+shared :class:`vitalgate.clock.ScaledClock`; this module adds what only a collector on a
+Raspberry Pi needs.
 
 A Raspberry Pi has no real-time clock: it boots with the time it last saved (or 1970) and jumps
-when NTP synchronises. So the clock reads its time from a :class:`TimeSource` that also says
-whether the wall time can be trusted yet (:class:`SystemTime` asks the Linux kernel and
-systemd-timesyncd; :class:`ManualTime` is a settable one for tests and tools), and
+when NTP synchronises. So the clock reads its time from a :class:`SyncSource` that also says
+whether the wall time can be trusted yet (:class:`SystemSync` asks the Linux kernel and
+systemd-timesyncd; :class:`ManualSync` is a settable one for tests and tools), and
 :class:`HeldReadings` holds realtime readings (with their monotonic time) until it can:
 
 * **event time** (``Reading.ts``, when a thing was measured) is never taken from an
@@ -14,24 +16,23 @@ systemd-timesyncd; :class:`ManualTime` is a settable one for tests and tools), a
   synchronised: ``wall = sync_wall - (sync_mono - reading_mono)``.
 * a later **step** of the wall clock (NTP stepping instead of slewing, an operator's
   ``date -s``) is detected as a change of ``wall - monotonic`` beyond :data:`STEP_BOUND_S`;
-  it is counted (``Clock.steps``) and logged once. Readings keep their arrival order (the
+  it is counted (``SyncedClock.steps``) and logged once. Readings keep their arrival order (the
   buffer numbers them as they come), so a step can move ``ts`` but never reorders or repeats
   a ``seq``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import functools
 import logging
 import sys
-import time
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Generic, Protocol, TypeVar
+
+from vitalgate.clock import ManualClock, ScaledClock, SystemClock, TimeReader
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,9 @@ TIMESYNCD_FLAG: Final = Path("/run/systemd/timesync/synchronized")
 _TIME_ERROR: Final = 5
 
 
-class TimeSource(Protocol):
+class SyncSource(TimeReader, Protocol):
     """Wall and monotonic seconds, and whether the wall time is known to be right."""
 
-    def wall(self) -> float: ...
-    def monotonic(self) -> float: ...
     def synchronised(self) -> bool: ...
 
 
@@ -80,7 +79,7 @@ def kernel_synchronised() -> bool | None:
     return None if state < 0 else state != _TIME_ERROR
 
 
-class SystemTime:
+class SystemSync(SystemClock):
     """This machine's clocks; synchronised when the kernel says so or timesyncd has synced.
 
     ``assume_synchronised``: the wall time is trusted as it is — for simulated time (the
@@ -92,75 +91,43 @@ class SystemTime:
         self.flag = flag
         self._known = assume_synchronised
 
-    def wall(self) -> float:
-        return time.time()
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
     def synchronised(self) -> bool:
-        if self._known:  # once synchronised, a later NTP step is detected by the Clock instead
+        if self._known:  # once synchronised, a later NTP step is detected by the SyncedClock instead
             return True
         self._known = bool(self.flag.exists() or kernel_synchronised())
         return self._known
 
 
-class ManualTime:
-    """A time source that moves only when told: a boot at ``wall``, NTP steps, ``sync()``."""
+class ManualSync(ManualClock):
+    """A sync source that moves only when told: a boot at ``wall``, NTP steps, ``sync()``."""
 
     def __init__(self, wall: float = 0.0, *, monotonic: float = 100.0, synchronised: bool = False) -> None:
-        self._wall = wall
-        self._mono = monotonic
+        super().__init__(wall, monotonic=monotonic)
         self._synced = synchronised
-
-    def wall(self) -> float:
-        return self._wall
-
-    def monotonic(self) -> float:
-        return self._mono
 
     def synchronised(self) -> bool:
         return self._synced
 
-    def advance(self, seconds: float) -> None:
-        """Time passes: both clocks move."""
-        self._wall += seconds
-        self._mono += seconds
-
     def step(self, to_wall: float, *, synchronised: bool = True) -> None:
         """The wall clock jumps (NTP), monotonic time does not."""
-        self._wall = to_wall
+        self.set_wall(to_wall)
         self._synced = synchronised
 
 
-class Clock:
+class SyncedClock(ScaledClock):
+    """The gateway's clock: a :class:`vitalgate.clock.ScaledClock` over a :class:`SyncSource`
+    that also says whether its wall time is right, and counts the wall clock's steps."""
+
     def __init__(self, speed: float = 1.0, *, start: float | None = None,
-                 real: Callable[[], float] | None = None, source: TimeSource | None = None) -> None:
-        if not speed > 0:
-            raise ValueError(f"speed must be > 0, got {speed}")
-        self.speed = speed
-        simulated = speed != 1.0 or start is not None or real is not None
+                 source: SyncSource | None = None) -> None:
+        simulated = speed != 1.0 or start is not None
         #: where wall, monotonic and sync state come from; simulated time is its own truth.
-        self.source: TimeSource = source or SystemTime(assume_synchronised=simulated)
-        self._real = real or self.source.wall
-        self._t0 = self._real()
-        self._m0 = self.source.monotonic()
-        self._start = self._t0 if start is None else start
+        self.source: SyncSource = source or SystemSync(assume_synchronised=simulated)
+        super().__init__(speed, start=start, base=self.source)
         #: wall-clock steps seen after synchronisation (counted; the first one is logged).
         self.steps = 0
         self._offset: float | None = None
         self._synced_logged = False
-
-    def __call__(self) -> float:
-        """Seconds since the epoch (simulated when speed != 1)."""
-        return self._start + (self._real() - self._t0) * self.speed
-
-    def ms(self) -> int:
-        return int(self() * 1000)
-
-    def mono(self) -> float:
-        """Monotonic clock seconds (same scale as ``__call__``; never steps)."""
-        return (self.source.monotonic() - self._m0) * self.speed
 
     def synchronised(self) -> bool:
         """Is the wall time known to be right (NTP synchronised, or simulated)?"""
@@ -172,7 +139,7 @@ class Clock:
 
     def ms_at(self, mono: float) -> int:
         """Wall ms of the moment the monotonic clock read ``mono`` (call when synchronised)."""
-        wall, now = self(), self.mono()
+        wall, now = self.wall(), self.monotonic()
         offset = wall - now
         if self._offset is not None and abs(offset - self._offset) > STEP_BOUND_S:
             self.steps += 1
@@ -181,14 +148,6 @@ class Clock:
                 "timestamps follow the new time", offset - self._offset, self.steps)
         self._offset = offset
         return round((wall - (now - mono)) * 1000)
-
-    def real_seconds(self, seconds: float) -> float:
-        """How long ``seconds`` of clock time take in real time."""
-        return seconds / self.speed
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep ``seconds`` of clock time."""
-        await asyncio.sleep(max(0.0, seconds) / self.speed)
 
 
 T = TypeVar("T")
@@ -207,10 +166,10 @@ class HeldReadings(Generic[T]):
     def __len__(self) -> int:
         return len(self._held)
 
-    def stamp(self, clock: Clock, item: T) -> list[tuple[int, T]]:
+    def stamp(self, clock: SyncedClock, item: T) -> list[tuple[int, T]]:
         """``item`` measured now: [] while the clock is unsynchronised (held), else every held
         item and this one with their event time in ms, oldest first."""
-        mono = clock.mono()
+        mono = clock.monotonic()
         if not clock.synchronised():
             if not self._held and self.held_total == 0:
                 log.warning("system clock not synchronised (no NTP yet): holding realtime "

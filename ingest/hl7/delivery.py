@@ -1,0 +1,152 @@
+"""HL7 output wired into the service: messages into the durable outbox (channel ``hl7``),
+delivered over MLLP by the outbox's worker for the channel.
+
+* readings: :meth:`Hl7Output.readings`, awaited in ``IngestService.observe`` after the
+  commit and before the engine scores the rows, builds the readings' messages in a worker
+  thread and enqueues them in one transaction of the EWS store (dedup key: the control id), so
+  a reading's message always precedes the message of the score made from it;
+* EWS points: the engine enqueues each emitted point's message in the transaction of its
+  history row (``EwsEngine.add_channel("hl7", render)``, dedup key ``ews:<history id>``): a
+  point in the history is never missing from the channel;
+* :class:`Hl7Transport` is the channel's outbox transport: a row's body is the message text,
+  sent verbatim; the ACK must name its MSH-10.
+
+What is not covered: a crash between the readings' commit and their enqueue loses those
+readings' messages (the store keeps the readings; the window is one transaction). Closing it
+needs the readings' commit to write the rows (on SQLite the readings and the EWS store are
+two files).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from ingest.db.engine import Conn
+from ingest.db.outbox import Row, enqueue
+from ingest.hl7.channel import NAME, Hl7Channel
+from ingest.hl7.mllp import MllpPool
+from ingest.hl7.oru import DeviceInfo, Hl7Message, OruConfig
+from ingest.hl7.transport import Transport
+from ingest.outbox import Outbox, Outcome, RetryPolicy
+
+log = logging.getLogger(__name__)
+
+
+class Hl7Transport:
+    """``ingest.outbox.Transport`` of channel ``hl7``: one row, one MLLP exchange."""
+
+    def __init__(self, client: Transport, channel: Hl7Channel) -> None:
+        self.client = client
+        self.channel = channel
+
+    async def __aenter__(self) -> Hl7Transport:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.close()
+
+    async def send(self, row: Row) -> Outcome:
+        control = control_id_of(row.body)
+        if control is None:  # not a message this channel wrote: refused, never retried
+            return Outcome.failed("the row's body is not an HL7 message")
+        delivery = await self.client.send(Hl7Message(control, row.user_code, row.body))
+        verdict = self.channel.judge(control, delivery)
+        detail = f"{delivery.ack_code or delivery.outcome.value}: {delivery.detail}"
+        return Outcome(verdict, None, detail[:500])
+
+
+def control_id_of(er7: str) -> str | None:
+    """MSH-10 of a message this channel built (its separators are the standard ones)."""
+    if not er7.startswith("MSH|^~\\&|"):
+        return None
+    fields = er7.split("\r", 1)[0].split("|")
+    return fields[9] if len(fields) > 9 and fields[9] else None
+
+
+#: MLLP connections to the receiver, and so patients' messages in flight at once: one
+#: connection answers one message at a time, and each outbox round (a claim and a settle
+#: transaction) carries as many messages as connections. 4 measured ~3x one connection's
+#: throughput (benchmarks/hl7_out.py) and stays far below what an interface engine accepts.
+CONNECTIONS: Final = 4
+
+
+def retry_policy(ack_timeout_s: float) -> RetryPolicy:
+    """The outbox's policy for channel hl7: its backoff (1 s doubling to 60 s), one patient per
+    connection in flight, and a timeout that covers a connect, an ACK wait and the one
+    immediate retry on a fresh connection."""
+    return RetryPolicy(timeout_s=2 * ack_timeout_s + 1.0, concurrency=CONNECTIONS)
+
+
+def enqueue_messages(conn: Conn, messages: Iterable[Hl7Message], now: int) -> int:
+    """Add the messages to the outbox in the caller's transaction; how many were new."""
+    added = 0
+    for m in messages:
+        if enqueue(conn, channel=NAME, user_code=m.user_code, dedup_key=m.control_id,
+                   body=m.er7, now=now) is not None:
+            added += 1
+    return added
+
+
+class Hl7Output:
+    def __init__(self, channel: Hl7Channel, outbox: Outbox) -> None:
+        self.channel = channel
+        self.outbox = outbox
+        self.enqueued = 0
+        self.duplicates = 0
+        #: batches of committed readings whose messages could not be enqueued (store failure)
+        self.enqueue_errors = 0
+
+    async def readings(self, rows: Sequence[Any],
+                       devices: Callable[[set[str]], Awaitable[Mapping[str, DeviceInfo]]]
+                       | None = None) -> None:
+        """Enqueue the messages of committed reading rows (``ingest.store.StoredReading``)."""
+        if not rows:
+            return
+        try:
+            ids = {r.device_id for r in rows if r.user_code}
+            labels = await devices(ids) if devices is not None and ids else {}
+            messages = await asyncio.to_thread(self.channel.readings, rows, labels)
+            if not messages:
+                return
+            now = self.channel.clock()
+            added = await self.outbox.db.write(lambda c: enqueue_messages(c, messages, now))
+        except Exception as exc:  # HL7 output never stops ingestion: counted and logged
+            self.enqueue_errors += 1
+            log.error("HL7: the messages of %d committed reading rows were not enqueued (%s);"
+                      " %d such failures", len(rows), type(exc).__name__, self.enqueue_errors)
+            return
+        self.enqueued += added
+        self.duplicates += len(messages) - added
+        if added:
+            self.outbox.notify(NAME)
+
+    def points(self, points: Sequence[Any]) -> None:
+        """Points were emitted (their rows are committed): deliver now."""
+        if points:
+            self.outbox.notify(NAME)
+
+    def stats(self) -> dict[str, int]:
+        return {**self.channel.stats(), "enqueued": self.enqueued, "duplicates": self.duplicates,
+                "enqueue_errors": self.enqueue_errors}
+
+
+def attach(settings: Any, outbox: Outbox, engine: Any, *,
+           clock: Callable[[], int]) -> Hl7Output | None:
+    """Register channel ``hl7`` on ``outbox`` and ``engine`` (``EwsEngine.add_channel``) when
+    ``settings`` (IngestSettings) configure a receiver; None (nothing registered) otherwise."""
+    if not settings.hl7_enabled:
+        return None
+    config = OruConfig(facility=settings.hl7_facility,
+                       patient_authority=settings.hl7_patient_authority, table=settings.ews_table)
+    channel = Hl7Channel(config, ward_of=settings.ward_of, clock=clock)
+    client = MllpPool(settings.hl7_host, int(settings.hl7_port), size=CONNECTIONS,
+                      ack_timeout_s=settings.hl7_ack_timeout_s)
+    outbox.register(NAME, Hl7Transport(client, channel),
+                    retry=retry_policy(settings.hl7_ack_timeout_s))
+    engine.add_channel(NAME, channel.render_point)
+    log.info("HL7 v2 out: ORU^R01 over MLLP to %s (facility %s)", client.address,
+             settings.hl7_facility)
+    return Hl7Output(channel, outbox)
