@@ -35,7 +35,6 @@ import dataclasses
 import json
 import logging
 import threading
-import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -200,9 +199,15 @@ def classify(msg: Inbound, topics: Topics, *, max_future_ms: int = DEFAULT_FUTUR
         return [dead(exc)]
 
 
-def partition_of(device_id: str, n: int) -> int:
-    """The partition (0..n-1) of a device: stable across processes, versions and machines."""
-    return zlib.crc32(device_id.encode()) % n
+#: a batch whose commit deadlocked with another instance's (or failed serialisation) is
+#: committed again whole this many times at most before it is isolated message by message:
+#: such a failure is the two transactions' timing, not the batch's content.
+CONFLICT_RETRIES: Final = 5
+
+
+def _transient_conflict(exc: BaseException) -> bool:
+    """A deadlock (40P01) or serialisation failure (40001) of PostgreSQL."""
+    return getattr(exc, "sqlstate", None) in ("40P01", "40001")
 
 
 def _same_device(payload_id: str, topic_id: str | None) -> None:
@@ -259,6 +264,9 @@ class Consumer:
         self._db = db
         self._metrics = metrics
         self._after_commit = after_commit
+        #: called inside each commit's transaction with what it stored (issue 13: the feed's
+        #: NOTIFY to the patients' owners, delivered exactly at commit); None on SQLite
+        self.in_commit: Callable[[Conn, store.CommitResult], None] | None = None
         self._clock = clock
         self._reasons = ReasonLog(clock)
         self._queue = Handoff(settings.queue_max)
@@ -266,7 +274,6 @@ class Consumer:
         self._post: asyncio.Queue[store.CommitResult] = asyncio.Queue(POST_QUEUE)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._generation = 0
-        self._partition = settings.partition_of
         self.connected = False
         self.newest_received = 0  #: arrival time of the newest committed message (epoch ms)
         self.committed_batches = 0
@@ -298,7 +305,7 @@ class Consumer:
             s.broker, tls=s.mqtt_tls, username=s.mqtt_username or s.broker.username,
             password=s.mqtt_password if s.mqtt_password is not None else s.broker.password)
         client = make_client(MqttOptions(
-            broker, s.mqtt_client_id, protocol=s.mqtt_protocol, clean=False, max_inflight=100,
+            broker, s.client_id, protocol=s.mqtt_protocol, clean=False, max_inflight=100,
             manual_ack=True, reconnect=RECONNECT, ca=s.mqtt_ca))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -475,8 +482,18 @@ class Consumer:
             looped = {k for k, n in counts.items() if n >= self.settings.redelivery_max}
         parts: list[tuple[Inbound, list[store.Item]]] = []
         try:
-            result = await self._db.write(lambda conn: self._commit(conn, batch, looped, suspects,
-                                                                    parts))
+            for attempt in range(1, CONFLICT_RETRIES + 1):
+                try:
+                    result = await self._db.write(
+                        lambda conn: self._commit(conn, batch, looped, suspects, parts))
+                    break
+                except Exception as exc:
+                    if not _transient_conflict(exc) or attempt == CONFLICT_RETRIES:
+                        raise
+                    # another instance's commit crossed this one (issue 13, h13c): the whole
+                    # batch again, as it was; not a bad item to isolate
+                    parts.clear()
+                    await asyncio.sleep(0.01 * attempt)
         except Exception as exc:  # one bad item must not fail its batch: isolate it
             self._metrics.isolated_batches.inc()
             log.warning("commit of a batch of %d messages failed (%s); committing it message by "
@@ -494,7 +511,7 @@ class Consumer:
         return result
 
     def _items_of(self, msg: Inbound, looped: set[tuple[str, str]]) -> list[store.Item]:
-        """What one message becomes (this instance's part of it, under ``partition``)."""
+        """What one message becomes."""
         if looped and msg.key in looped:
             return [store.DeadLetter(
                 msg.topic, msg.payload, "redelivery_loop",
@@ -506,16 +523,17 @@ class Consumer:
         except Exception as exc:  # a decoder bug must not loop the consumer either
             items = [store.DeadLetter(msg.topic, msg.payload, "internal",
                                       f"decoding raised {type(exc).__name__}", msg.received_at)]
-        if self._partition is not None:
-            items = [item for item in items if self._mine(item)]
         return items
 
     def _store(self, conn: Conn, items: Sequence[store.Item]) -> store.CommitResult:
         s = self.settings
-        return store.commit_batch(conn, items, now=self._clock(), holder=s.device_holder,
-                                  dead_limits=self._dead_limits, ecg_limits=self._ecg_limits,
-                                  late_after_ms=int(s.late_after_s * 1000), ward_of=s.ward_of,
-                                  max_age_ms=s.reading_window_ms[0])
+        result = store.commit_batch(conn, items, now=self._clock(), holder=s.device_holder,
+                                    dead_limits=self._dead_limits, ecg_limits=self._ecg_limits,
+                                    late_after_ms=int(s.late_after_s * 1000), ward_of=s.ward_of,
+                                    max_age_ms=s.reading_window_ms[0])
+        if self.in_commit is not None:
+            self.in_commit(conn, result)
+        return result
 
     def _commit(self, conn: Conn, batch: Sequence[Inbound],
                 looped: set[tuple[str, str]], suspects: set[tuple[str, str]],
@@ -559,24 +577,6 @@ class Consumer:
                 return self._store(conn, items), None
         except Exception as exc:
             return None, exc
-
-    def _mine(self, item: store.Item) -> bool:
-        """Whether this instance owns ``item`` under ``settings.partition`` (dead letters and
-        gateway statuses belong to every instance; others are counted when skipped)."""
-        if isinstance(item, store.ReadingsIn):
-            device_id = item.device_id
-        elif isinstance(item, store.DeviceStatusIn):
-            device_id = item.status.device_id
-        elif isinstance(item, store.EcgChunkIn):
-            device_id = item.chunk.device_id
-        else:
-            return True
-        assert self._partition is not None
-        k, n = self._partition
-        if partition_of(device_id, n) == k:
-            return True
-        self._metrics.other_partition.inc(kind=type(item).__name__)
-        return False
 
     def _account(self, batch: Sequence[Inbound], result: store.CommitResult) -> None:
         m = self._metrics

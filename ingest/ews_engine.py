@@ -306,6 +306,11 @@ class EwsEngine:
         #: outbox channels beside cexup: (channel, render(point) -> body or None to skip)
         self._channels: list[tuple[str, Callable[[EwsPoint], str | Mapping[str, Any] | None]]] = []
         self._released: set[str] = set()  #: patients another instance scores now
+        #: issue 13 (h13c): inside each emission's transaction, the patients this instance may
+        #: still write for (ingest.ownership: lease and epoch checked in that transaction);
+        #: the others' points are not recorded (``fenced``) and the patients released
+        self.fence: Callable[[Conn, set[str]], set[str]] | None = None
+        self.fenced = 0
         self._patients: dict[str, _Patient] = {}
         self._contexts: dict[str, dict[str, Any]] = {}
         self._restore()
@@ -591,10 +596,15 @@ class EwsEngine:
             seq = (last.seq or 0) + 1 if last is not None else 1
             points.append(replace(p, emitted_at=now, seq=seq))
         channels = list(self._channels)
+        fence = self.fence
 
-        def write(conn: Conn) -> list[tuple[EwsPoint, bool]]:
-            out: list[tuple[EwsPoint, bool]] = []
+        def write(conn: Conn) -> list[tuple[EwsPoint, bool | None]]:
+            out: list[tuple[EwsPoint, bool | None]] = []
+            allowed = None if fence is None else fence(conn, {p.user_code for p in points})
             for p in points:
+                if allowed is not None and p.user_code not in allowed:
+                    out.append((p, None))  # fenced: another instance owns it now
+                    continue
                 row_id = self._insert_history(conn, p)
                 if row_id is None:
                     row = store.by_seq(conn, p.user_code, p.seq or 0)
@@ -621,6 +631,11 @@ class EwsEngine:
             raise
         recorded: list[EwsPoint] = []
         for (p, absorbed), (_, i, clock) in zip(written, entries, strict=True):
+            if absorbed is None:
+                self.fenced += 1
+                self._released.add(p.user_code)
+                self._pending[i] = self._new_data[i] = False
+                continue
             state = self._patient(p.user_code)
             state.last = p
             if state.current is None or p.produce_at >= state.current.produce_at:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
@@ -36,19 +37,30 @@ import numpy as np
 from aiohttp import web
 
 from ingest import alerts, store
+from ingest import feed as feed_mod
 from ingest.api.alert_routes import ALERTS_KEY
 from ingest.api.app import create_app
 from ingest.api.appkeys import ENGINE_KEY
 from ingest.api.ratelimit import LIMITER_KEY
 from ingest.consumer import Consumer
 from ingest.dashboard.events import EventHub
-from ingest.db import Conn, DatabaseError, StoreOpenError, gaps, readings, schema, store_failure
+from ingest.db import (
+    Conn,
+    DatabaseError,
+    StoreOpenError,
+    catchup,
+    gaps,
+    readings,
+    schema,
+    store_failure,
+)
 from ingest.db import ews as ews_store
 from ingest.emit_policy import EmitPolicy
-from ingest.ews_engine import EwsEngine, EwsPoint
+from ingest.ews_engine import MAX_ROUNDS, EwsEngine, EwsPoint
 from ingest.keys import KeyChecker
 from ingest.metrics import IngestMetrics, Sample
 from ingest.outbox import Outbox
+from ingest.ownership import LeasedOwner, LeasePolicy, SoleOwner, ownership_for, partition_of
 from ingest.settings import IngestSettings
 from vitalgate.clock import epoch_ms
 from vitalgate.contract import Command, Topics
@@ -171,6 +183,17 @@ class IngestService:
                                        settings.influx_org, settings.influx_bucket, clock=clock)
         self.consumer = Consumer(settings, self.db, self.metrics,
                                  after_commit=self._after_commit, clock=clock)
+        # issue 13: who scores which patient; on PostgreSQL the owner is fed from the commits
+        # of every instance (ingest/feed.py) and every emission is fenced by its lease
+        self.owner: SoleOwner | LeasedOwner = ownership_for(
+            self.db, settings.instance_id, LeasePolicy(lease_ms=int(settings.lease_s * 1000)))
+        self.feed: feed_mod.Feed | None = None
+        if isinstance(self.owner, LeasedOwner):
+            self.feed = feed_mod.Feed(self.db, self.owner, self)
+            self.consumer.in_commit = self._announce
+            self.engine.fence = self.owner.fence
+            for p in self.engine.all_current():  # restored from history: nobody's until leased
+                self.engine.release_patient(p.user_code)
         self.checker = KeyChecker(settings.api_key)
         self._ecg_wake = asyncio.Event()
         self.hub = EventHub()
@@ -225,7 +248,8 @@ class IngestService:
 
     async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         self._loop = asyncio.get_running_loop()
-        await self._warm_start()
+        if self.feed is None:
+            await self._warm_start()  # PostgreSQL: each partition is warm-started when taken
         await self._catch_up_exports()
         tasks = [
             asyncio.create_task(self._supervise("consumer", self._run_consumer), name="consumer"),
@@ -236,6 +260,9 @@ class IngestService:
             asyncio.create_task(self._supervise("gaps", self._gap_loop), name="gaps"),
             asyncio.create_task(self._supervise("alerts", self.alerts.run), name="alerts"),
         ]
+        if self.feed is not None:
+            tasks.append(asyncio.create_task(self._supervise("feed", self.feed.run), name="feed"))
+            await self._await_feed_then_own(tasks)
         if self.db.location.url is not None:  # PostgreSQL: partitions ahead of the window
             tasks.append(asyncio.create_task(self._supervise("partitions", self._partition_loop),
                                              name="partitions"))
@@ -245,6 +272,7 @@ class IngestService:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self.owner.leave()  # the others take over in one heartbeat, not one lease
             if self.influx is not None:
                 await asyncio.to_thread(self.influx.close)
             self.engine.close()
@@ -328,17 +356,18 @@ class IngestService:
                                          r.ts, r.source) for r in rows])
         if self.fhir is not None and rows:  # before scoring: vitals' rows precede their NEWS2's
             await self.fhir.enqueue_readings(rows)
-        await self.observe(rows)
-        if rows:
-            self.hub.publish("readings", {"count": len(rows)})
+        if self.hl7 is not None and rows:  # by the committing instance, before scoring
+            await self.hl7.readings(rows, self._device_labels)
+        if self.feed is None:  # PostgreSQL: the owner is fed by the commit's notification
+            await self.observe(rows)
+            if rows:
+                self.hub.publish("readings", {"count": len(rows)})
         if result.recordings:
             self._ecg_wake.set()
 
     async def observe(self, rows: Sequence[store.StoredReading]) -> list[EwsPoint]:
         """Feed committed readings to the engine; publish what it emits."""
         items = [(r.user_code, r.vital, r.value, r.ts) for r in rows if r.user_code]
-        if self.hl7 is not None:  # enqueued before the scores made from them
-            await self.hl7.readings(rows, self._device_labels)
         if not items:
             return []
         self.alerts.saw(items)
@@ -442,8 +471,8 @@ class IngestService:
             self.metrics.ews.inc(result=p.result)
             self.consumer.publish(self.topics.ews(p.user_code), p.to_contract().to_bytes(), retain=True)
             self.metrics.ews_published.inc()
-            self.hub.publish("ews", {"user_code": p.user_code, "point": p.point, "result": p.result,
-                                     "risk": p.risk, "produce_at": p.produce_at})
+            self._event("ews", {"user_code": p.user_code, "point": p.point, "result": p.result,
+                                "risk": p.risk, "produce_at": p.produce_at})
         if self.influx is not None and points:
             self.influx.write_ews(points)
         self.alerts.offer(points)
@@ -456,6 +485,129 @@ class IngestService:
         from ingest.hl7.channel import device_labels
 
         return await self.db.read(lambda c: device_labels(c, device_ids))
+
+    # ---------------------------------------------- issue 13: feed and ownership (PostgreSQL)
+
+    def _announce(self, conn: Conn, result: store.CommitResult) -> None:
+        """Inside the readings' commit: tell every instance (the owners) what was stored."""
+        if result.readings:
+            feed_mod.announce(conn, ((r.user_code, r.vital, r.value, r.ts, r.received_at,
+                                      r.device_id, r.seq) for r in result.readings),
+                              self.owner.partitions)
+
+    def _event(self, kind: str, data: dict[str, Any]) -> None:
+        """A dashboard event: to this instance's listeners, or through PostgreSQL to every
+        instance's (this one's included) when there are several."""
+        if self.feed is not None:
+            self.feed.publish_event(kind, data)
+        else:
+            self.hub.publish(kind, data)
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        """``feed.Scoring``: an event from any instance, to the local listeners."""
+        self.hub.publish(kind, data)
+
+    async def score(self, rows: Sequence[feed_mod.Fed]) -> None:
+        """``feed.Scoring``: committed readings of patients this instance owns."""
+        items = [r.item() for r in rows]
+        self.alerts.saw(items)  # overdue tracking follows the owner, like the scores
+        points = await asyncio.to_thread(self.engine.observe, items)
+        self._publish(points)
+
+    async def take(self, parts: frozenset[int]) -> None:
+        """``feed.Scoring``: take over the patients of newly owned partitions from the shared
+        store, so the handover neither re-emits an unchanged score nor skips a change: each
+        patient's emission state is its last recorded point (EWS history); the readings up to
+        that point's time rebuild its scorer window silently (``warm_start_patient``); the
+        readings after it are scored in event-time order (``observe``), as the previous owner
+        would have scored them."""
+        window = self.settings.freshness_ms
+        now = self.clock()
+        n = self.owner.partitions
+        warm = await self.db.read(lambda c: store.warm_items(c, now - window, window))
+        newest: dict[str, int] = {}
+        for u, _v, _x, t in warm.items:
+            if partition_of(u, n) in parts:
+                newest[u] = max(newest.get(u, t), t)
+        for p in self.engine.all_current():
+            if partition_of(p.user_code, n) in parts:
+                newest.setdefault(p.user_code, p.produce_at)
+        if not newest:
+            return
+        codes = set(newest)
+        last = await self.ews_db.read(lambda c: catchup.last_emitted(c, codes))
+        since = min(last.get(u, newest[u]) for u in codes) - window
+        recent = await self.db.read(lambda c: catchup.recent_readings(c, codes, since))
+        if recent.truncated:
+            log.warning("takeover of %d partition(s): more than %d recent readings; warm-starting"
+                        " from each patient's newest values only", len(parts), catchup.MAX_ROWS)
+        rows: dict[str, list[tuple[str, str, float, int, int]]] = {}
+        for r in recent.rows:
+            rows.setdefault(r[0], []).append(r)
+        for item, arrived in zip(warm.items, warm.arrived, strict=True):
+            if recent.truncated and item[0] in codes:
+                rows.setdefault(item[0], []).append((*item, arrived))
+
+        def take_all() -> list[EwsPoint]:
+            out: list[EwsPoint] = []
+            replay: list[list[tuple[str, str, float, int]]] = []
+            for code in sorted(codes):
+                if not self.owner.owns(code):  # given up again meanwhile
+                    continue
+                mine = rows.get(code, [])
+                upto = last.get(code)
+                before = [r for r in mine if upto is not None and r[3] <= upto]
+                after = [r[:4] for r in mine if upto is None or r[3] > upto]
+                if recent.truncated:
+                    before, after = mine, []
+                out += self.engine.warm_start_patient(code, [r[:4] for r in before],
+                                                      [r[4] for r in before])
+                # the rest in chunks of at most MAX_ROUNDS reading times per patient
+                times = sorted({r[3] for r in after})
+                for k in range(0, len(times), MAX_ROUNDS):
+                    cut = set(times[k:k + MAX_ROUNDS])
+                    while len(replay) <= k // MAX_ROUNDS:
+                        replay.append([])
+                    replay[k // MAX_ROUNDS] += [r for r in after if r[3] in cut]
+            for chunk in replay:
+                out += self.engine.observe(chunk)
+            return out
+
+        self._publish(await asyncio.to_thread(take_all))
+
+    async def drop(self, parts: frozenset[int]) -> None:
+        """``feed.Scoring``: stop scoring the patients of partitions given up."""
+        n = self.owner.partitions
+        for p in self.engine.all_current():
+            if partition_of(p.user_code, n) in parts:
+                self.engine.release_patient(p.user_code)
+
+    async def _await_feed_then_own(self, tasks: list[asyncio.Task[None]]) -> None:
+        """LISTEN first (a partition taken before it would miss what commits meanwhile), then
+        the first lease round and its warm starts, before the service serves: as on SQLite,
+        a started instance answers with its patients' scores, not with stale ones."""
+        feed = self._changes()
+        bound = 3 * self.settings.lease_s + 30  # a database that does not answer: go on
+        try:
+            async with asyncio.timeout(bound):
+                await feed.connected.wait()
+        except TimeoutError:
+            log.warning("feed: not listening after %.0f s; taking partitions anyway", bound)
+        tasks.append(asyncio.create_task(
+            self._supervise("ownership", lambda: self.owner.run(feed)), name="ownership"))
+        owner = self.owner
+        assert isinstance(owner, LeasedOwner)
+        try:
+            async with asyncio.timeout(bound):
+                while owner.stats.rounds < 1 or feed.taking:
+                    await asyncio.sleep(0.02)
+        except TimeoutError:
+            log.warning("instance %s: no partitions warm-started after %.0f s; serving anyway",
+                        self.settings.instance_id, bound)
+
+    def _changes(self) -> feed_mod.Feed:
+        assert self.feed is not None
+        return self.feed
 
     async def _tick_loop(self) -> None:
         while True:
@@ -558,7 +710,14 @@ class IngestService:
                                              reading.vital, reading.value, reading.ts, reading.source)])
             if self.fhir is not None:
                 await self.fhir.enqueue_readings([reading])
-            await self.observe([reading])
+            if self.hl7 is not None:
+                await self.hl7.readings([reading], self._device_labels)
+            if self.feed is not None:  # its owner may be another instance
+                await self.db.write(lambda c: feed_mod.announce(
+                    c, [(reading.user_code, reading.vital, reading.value, reading.ts,
+                         reading.received_at, reading.device_id, None)], self.owner.partitions))
+            else:
+                await self.observe([reading])
 
     # ---------------------------------------------------------------------------- status
 
@@ -588,6 +747,15 @@ class IngestService:
             "gaps": self.gap_totals or None,
             "outbox": {"depth": outbox.get("depth", 0), "enabled": self.outbox.enabled},
             "influx": None if self.influx is None else {"enabled": True},
+            # issue 13: this instance among several (patient partitions, feed, fencing)
+            "instance": {"id": self.settings.instance_id,
+                         "partitions": len(self.owner.owned()),
+                         "fenced": self.engine.fenced, "absorbed": self.engine.duplicates,
+                         "feed": None if self.feed is None else {
+                             **dataclasses.asdict(self.feed.stats),
+                             "held": self.feed.reorder.held,
+                             "waiting": self.feed.reorder.waiting,
+                             "released_by_timeout": self.feed.reorder.released_by_timeout}},
         }
         return store_ok, body
 

@@ -12,6 +12,15 @@ from vitalgate.config import BrokerAddress, ServiceSettings
 from vitalgate.contract import DEFAULT_PREFIX
 
 
+def _default_instance_id() -> str:
+    import os
+    import re
+    import socket
+
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}"
+
+
 class IngestSettings(ServiceSettings):
     """Everything ``vitalgate ingest`` reads. Environment names are ``VITALGATE_<FIELD>``."""
 
@@ -46,27 +55,26 @@ class IngestSettings(ServiceSettings):
     #: (message by message: use it for storage-only replicas, or with a broker that shares by
     #: topic hash, e.g. EMQX's hash_topic strategy; see docs/scaling.md).
     shared_group: str | None = None
-    #: "k/N": this instance stores and scores only devices whose partition
-    #: (crc32(device_id) mod N) is k, so every patient's device is scored in exactly one place;
-    #: the other devices' messages are acknowledged and counted, not stored. Every instance
-    #: subscribes to everything (no shared group) and each message is stored by exactly one.
-    partition: str | None = Field(default=None, pattern=r"^\d+/\d+$")
-
-    @field_validator("partition")
-    @classmethod
-    def _partition_in_range(cls, v: str | None) -> str | None:
-        if v is not None:
-            k, n = (int(x) for x in v.split("/"))
-            if not 0 <= k < n:
-                raise ValueError(f"partition {v!r}: k must be in 0..N-1")
-        return v
+    #: this instance's name among several on one PostgreSQL (patient leases, outbox leases,
+    #: logs). Default ``<hostname>-<pid>``: unique, but new at each start. Set it explicitly
+    #: for replicas: the MQTT client id then derives from it (``vitalgate-ingest-<id>``), so a
+    #: restarted replica resumes its persistent broker session (and what it holds
+    #: unacknowledged) instead of leaving it stranded under a pid that never returns.
+    instance_id: str = Field(default_factory=lambda: _default_instance_id(),
+                             pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    #: a patient partition's lease (s, on the database's clock): how long a dead instance's
+    #: patients may go unscored before a survivor takes them (plus one heartbeat, lease/3).
+    lease_s: float = Field(default=10.0, ge=0.3, le=300)
 
     @property
-    def partition_of(self) -> tuple[int, int] | None:
-        if self.partition is None:
-            return None
-        k, n = (int(x) for x in self.partition.split("/"))
-        return k, n
+    def client_id(self) -> str:
+        """The MQTT client id: ``mqtt_client_id`` when set, else derived from an explicitly
+        set ``instance_id``, else the fixed default (one process: a stable session)."""
+        if "mqtt_client_id" in self.model_fields_set:
+            return self.mqtt_client_id
+        if "instance_id" in self.model_fields_set:
+            return f"vitalgate-ingest-{self.instance_id}"
+        return self.mqtt_client_id
 
     # --- ingestion --------------------------------------------------------------------------
     #: messages committed in one SQLite transaction at most (group commit)...

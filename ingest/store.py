@@ -259,7 +259,7 @@ def commit_batch(
             touched[item.chunk.device_id] = (item.gateway_id, max(seen, item.chunk.ts),
                                              item.chunk.user_code or code)
     assigned: dict[str, tuple[str | None, str | None]] = {}
-    for device_id, (gateway_id, seen, code) in touched.items():
+    for device_id, (gateway_id, seen, code) in sorted(touched.items()):  # one lock order
         assigned[device_id] = registry.seen_on_mqtt(
             reg, device_id, gateway_id=gateway_id, now=now, holder=holder, last_seen=seen,
             user_code=code)

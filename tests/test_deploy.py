@@ -113,3 +113,25 @@ def test_compose_postgres_service() -> None:
     example = (ROOT / "config/compose.env.example").read_text()
     for key in ("POSTGRES_USER", "POSTGRES_DB", "POSTGRES_PASSWORD"):
         assert re.search(rf"^{key}=\S", example, re.M), f"{key} missing from compose.env.example"
+
+
+def test_compose_ingest_replicas_share_postgres() -> None:
+    """Issue 13's production shape: two ingest replicas on the PostgreSQL service and one MQTT
+    shared subscription, each with its own instance id (its MQTT session derives from it)."""
+    spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    replicas = {name: s for name, s in spec["services"].items() if s.get("command") == ["ingest"]}
+    assert len(replicas) >= 2, replicas.keys()
+    ids, groups = set(), set()
+    for name, svc in replicas.items():
+        env = svc["environment"]
+        url = env["VITALGATE_DATABASE_URL"]
+        assert re.fullmatch(r"postgresql://\$\{POSTGRES_USER[^}]*\}:\$\{POSTGRES_PASSWORD\}"
+                            r"@postgres:5432/\$\{POSTGRES_DB[^}]*\}", url), url
+        assert svc["depends_on"]["postgres"] == {"condition": "service_healthy"}, name
+        ids.add(env["VITALGATE_INSTANCE_ID"])
+        groups.add(env["VITALGATE_SHARED_GROUP"])
+        assert "VITALGATE_PARTITION" not in env
+    assert len(ids) == len(replicas), "every replica needs its own VITALGATE_INSTANCE_ID"
+    assert len(groups) == 1, "the replicas share one subscription group"
+    ports = [p for s in replicas.values() for p in s.get("ports", [])]
+    assert len({p.split(":")[0] for p in ports}) == len(ports), "host ports must differ"

@@ -76,6 +76,8 @@ class DemoOptions:
     gateway_id: str = "demo-ward"
     data_dir: Path | None = None
     broker: str = "auto"  # auto | mosquitto | embedded
+    #: ingest's store: None = SQLite in the data dir (the default); a postgresql:// URL
+    postgres: str | None = None
 
 
 @dataclass
@@ -196,6 +198,7 @@ class Demo:
                     "VITALGATE_HTTP_PORT": str(opts.port),
                     "VITALGATE_DATA_DIR": str(self.workdir / "ingest"),
                     "VITALGATE_API_KEY": self.api_key,
+                    **({"VITALGATE_DATABASE_URL": opts.postgres} if opts.postgres else {}),
                     # the 30 s hold-back of non-rise changes is hours of simulated time at demo
                     # speed: scale it with the speed so the ward follows the patients
                     "VITALGATE_EWS_MIN_INTERVAL_S": f"{max(1.0, 30.0 / opts.speed):g}",
@@ -377,6 +380,7 @@ def _run(args: argparse.Namespace) -> int:
     opts = DemoOptions(
         patients=args.patients, speed=args.speed, port=args.port or free_port(),
         duration=args.duration, data_dir=args.data_dir, broker=args.broker,
+        postgres=args.postgres,
     )
     demo = Demo(opts)
     try:
@@ -395,4 +399,7 @@ def register(sub: Any) -> None:
     p.add_argument("--duration", type=float, default=None, help="stop after SECONDS (default: Ctrl-C)")
     p.add_argument("--data-dir", type=Path, default=None, help="keep data here (default: a temp dir)")
     p.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default="auto")
+    p.add_argument("--postgres", metavar="URL", default=None,
+                   help="store in this PostgreSQL (postgresql://user:pass@host:port/db)"
+                        " instead of SQLite in the data dir")
     p.set_defaults(func=_run)

@@ -171,7 +171,7 @@ def observe(conn: Conn, arrivals: Arrivals, now: int) -> Update:
     total = Update()
     states = _states(conn, list(arrivals.seqs))
     upserts: list[tuple[str, str, str, int, int, int, int]] = []
-    for (device_id, stream), (gateway_id, got) in arrivals.seqs.items():
+    for (device_id, stream), (gateway_id, got) in sorted(arrivals.seqs.items()):  # lock order
         up, contiguous, max_seq = _observe_stream(
             conn, device_id, stream, sorted(got), now, states.get((device_id, stream), (-1, -1)))
         total.add(up)

@@ -14,12 +14,13 @@ write into a schema it does not know.
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from ingest.db.engine import Conn
+from ingest.db.engine import Conn, _statements
 
 VERSIONS_DDL: Final = """
 CREATE TABLE IF NOT EXISTS schema_versions (
@@ -77,7 +78,7 @@ def apply(
     for migration in migrations:
         if had < migration.version:
             migration.step(conn)
-    conn.script(schema)
+    conn.script(_without_existing_indexes(conn, schema) if conn.is_postgres else schema)
     if found != target:
         conn.execute(
             "INSERT INTO schema_versions (component, version, updated_at) VALUES (?, ?, ?)"
@@ -85,3 +86,22 @@ def apply(
             " updated_at = excluded.updated_at",
             (component, target, now))
     return had
+
+
+_INDEX = re.compile(r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.I)
+
+
+def _without_existing_indexes(conn: Conn, schema: str) -> str:
+    """``schema`` without the ``CREATE INDEX IF NOT EXISTS`` of indexes that exist already.
+    PostgreSQL locks the table (SHARE) before it sees that the index exists, so an instance
+    starting beside others that are inserting would wait on them and, holding the locks of the
+    statements before, deadlock with them (issue 13, h13c: seen restarting a replica)."""
+    out = []
+    for stmt in _statements(schema):
+        body = "\n".join(ln for ln in stmt.splitlines() if not ln.strip().startswith("--"))
+        m = _INDEX.match(body.lstrip())
+        if m is not None and conn.execute("SELECT to_regclass(?) IS NOT NULL",
+                                          (m.group(1),)).fetchone()[0] is True:
+            continue
+        out.append(stmt if stmt.rstrip().endswith(";") else stmt + ";")
+    return "\n".join(out)

@@ -5,9 +5,9 @@ A shared subscription balances per MESSAGE, not per patient: Mosquitto hands eac
 next subscriber of the group, so a patient's readings alternate between the two instances and
 each instance's NEWS2 scorer sees about half of that patient's vitals. Both then score the same
 patient, each from its own half, and both publish (and would deliver to Cexup) their own points.
-The same run with ``VITALGATE_PARTITION=k/2`` (every instance subscribes to everything and
-stores and scores only its partition of devices) keeps every patient in one place:
-``test_each_patient_scored_in_one_place``. docs/scaling.md explains both.
+That is what instances with their own SQLite stores do; on one PostgreSQL each patient is
+scored by the one instance leasing its partition (issue 13: ``tests/e2e/test_failover.py``,
+docs/scaling.md). The ``partition = "k/N"`` workaround this file also measured is gone.
 
 Run: ``pytest -m e2e tests/e2e/test_shared_subscription.py -s`` (prints the figures).
 """
@@ -78,22 +78,10 @@ def _patients(path: Path) -> Counter[str]:
 @pytest.fixture(scope="module")
 def shared_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedRun]:
     """Two instances in one ``$share`` group: the broker balances message by message."""
-    yield from _run(tmp_path_factory.mktemp("shared"), partitioned=False)
+    yield from _run(tmp_path_factory.mktemp("shared"))
 
 
-@pytest.fixture(scope="module")
-def partitioned_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedRun]:
-    """Two instances with ``partition`` 0/2 and 1/2: each device belongs to one instance."""
-    yield from _run(tmp_path_factory.mktemp("partitioned"), partitioned=True)
-
-
-@pytest.fixture(params=["shared", "partitioned"])
-def any_run(request: pytest.FixtureRequest) -> SharedRun:
-    run: SharedRun = request.getfixturevalue(f"{request.param}_run")
-    return run
-
-
-def _run(tmp: Path, *, partitioned: bool) -> Iterator[SharedRun]:
+def _run(tmp: Path) -> Iterator[SharedRun]:
     logs = tmp / "logs"
     logs.mkdir()
     broker = Mosquitto(workdir=tmp / "mosquitto")
@@ -103,13 +91,11 @@ def _run(tmp: Path, *, partitioned: bool) -> Iterator[SharedRun]:
     procs: list[Proc] = []
     try:
         ports = {}
-        for i, name in enumerate(INSTANCES):
+        for name in INSTANCES:
             env = {"VITALGATE_EWS_MIN_INTERVAL_S": "5"}
-            if partitioned:
-                env["VITALGATE_PARTITION"] = f"{i}/{len(INSTANCES)}"
             proc, ports[name] = ingest_proc(logs, name, mqtt_url=broker.url, data_dir=tmp / name,
                                             client_id=f"e2e-{name}",
-                                            shared_group=None if partitioned else GROUP,
+                                            shared_group=GROUP,
                                             extra_env=env)
             procs.append(proc.start())
         for name in INSTANCES:
@@ -139,8 +125,7 @@ def _run(tmp: Path, *, partitioned: bool) -> Iterator[SharedRun]:
         broker.stop()
 
 
-def test_every_reading_stored_exactly_once_across_instances(any_run: SharedRun) -> None:
-    shared_run = any_run
+def test_every_reading_stored_exactly_once_across_instances(shared_run: SharedRun) -> None:
     a, b = (shared_run.stores[n] for n in INSTANCES)
     sa, sb = set(a), set(b)
     union, both = sa | sb, sa & sb
@@ -189,21 +174,3 @@ def test_shared_subscription_splits_patients(shared_run: SharedRun) -> None:
     # every patient has readings somewhere, and a patient scored twice had readings at both
     assert len(set(a) | set(b)) == PATIENTS
     assert scored_twice <= readings_split
-
-
-def test_each_patient_scored_in_one_place(partitioned_run: SharedRun) -> None:
-    readings_split, scored_twice = _split(partitioned_run)
-    a, b = (partitioned_run.patient_rows[n] for n in INSTANCES)
-    ea, eb = (partitioned_run.ews[n] for n in INSTANCES)
-    print("\n" + table(["figure (partitioned)", "value"], [
-        ("patients", PATIENTS),
-        (f"patients at {INSTANCES[0]} / {INSTANCES[1]}", f"{len(a)} / {len(b)}"),
-        ("patients whose readings went to both instances", len(readings_split)),
-        ("patients scored by both instances", len(scored_twice)),
-        ("patients scored somewhere", len(set(ea) | set(eb))),
-    ]))
-    assert a and b  # both instances did work
-    assert len(set(a) | set(b)) == PATIENTS
-    assert readings_split == set()
-    assert scored_twice == set()
-    assert set(ea) | set(eb) == set(a) | set(b)  # every patient with readings was scored

@@ -1,0 +1,302 @@
+"""Three ingest processes on one PostgreSQL and one MQTT shared subscription, 200 fleet
+patients; SIGKILL one instance mid-stream, later a second, then restart both (issue 13).
+
+Real parts: ``python -m vitalgate ingest`` processes, a private Mosquitto, a private
+PostgreSQL 15, a local upstream HTTP server standing in for Cexup, the fleet simulator. A
+fourth ingest process (SQLite, its own non-shared subscription) receives the very same stream
+at the same time: the single-instance reference for the EWS histories.
+
+Figures printed (``pytest -m e2e tests/e2e/test_failover.py -s``) and asserted:
+
+* every (device, stream, seq, vital) the broker carried is stored exactly once;
+* never two instances scoring the same patient: the lease log's ownership periods of each
+  partition, and the emissions fenced under each, never overlap;
+* every patient's EWS history equals the single-instance run's;
+* every EWS point reached the upstream;
+* time from each kill to the dead instance's partitions being owned, and scored, again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import statistics
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from ingest.db import leases
+from tests.e2e.harness import (
+    E2EError,
+    Proc,
+    Recorder,
+    expand,
+    fleet_proc,
+    healthy,
+    ingest_proc,
+    table,
+    wait_for,
+    wait_stable,
+)
+from tests.ingest.upstream import Upstream
+from vitalgate.broker import Mosquitto
+from vitalgate.postgres import PostgresServer
+
+pytestmark = pytest.mark.e2e
+
+PATIENTS = 200
+#: one simulated minute per real second: each patient reads once a second (200 messages/s)
+SPEED = 60.0
+SIM_DURATION = "100m"  # 100 s real
+GROUP = "ingest"
+INSTANCES = ("ingest-1", "ingest-2", "ingest-3")
+LEASE_S = 10.0  # the default: the failover figure is the default's
+KILL_1_AT, KILL_2_AT, RESTART_AT = 20.0, 45.0, 65.0
+HOLD_S = 5.0
+
+
+@dataclass
+class Run:
+    carried: set[tuple[str, int, str]]
+    stored: Counter[tuple[str, int, str]]
+    cluster_ews: dict[str, list[tuple[int, int, str, str]]]
+    reference_ews: dict[str, list[tuple[int, int, str, str]]]
+    history_keys: set[tuple[str, int, int]]
+    upstream: Counter[tuple[str, int, int]]
+    log: list[leases.Interval]
+    kills: dict[str, int]  # instance → the database's clock at its SIGKILL
+    fleet_total: int
+
+
+def _pg(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as c:
+        return list(c.execute(sql, params).fetchall())
+
+
+def _db_now(url: str) -> int:
+    return int(_pg(url, f"SELECT {leases.DB_NOW_MS}")[0][0])
+
+
+def _ews_rows(rows: list[tuple[Any, ...]]) -> dict[str, list[tuple[int, int, str, str]]]:
+    out: dict[str, list[tuple[int, int, str, str]]] = defaultdict(list)
+    for u, t, p, r, k in rows:
+        out[str(u)].append((int(t), int(p), str(r), str(k)))
+    for v in out.values():
+        v.sort()
+    return out
+
+
+def _scenario(tmp: Path, pg_url: str, upstream_url: str, upstream_key: str) -> Run:
+    logs = tmp / "logs"
+    logs.mkdir()
+    broker = Mosquitto(workdir=tmp / "mosquitto")
+    broker.workdir.mkdir()  # type: ignore[union-attr]
+    broker.start()
+    recorder = Recorder(broker.url, "e2e-failover-recorder").start()
+    procs: dict[str, Proc] = {}
+    ports: dict[str, int] = {}
+    common = {"VITALGATE_EWS_MIN_INTERVAL_S": "5"}
+    try:
+        for name in INSTANCES:
+            proc, ports[name] = ingest_proc(
+                logs, name, mqtt_url=broker.url, data_dir=tmp / name,
+                client_id=f"vitalgate-ingest-{name}", shared_group=GROUP,
+                upstream_url=upstream_url, upstream_key=upstream_key,
+                extra_env={**common, "VITALGATE_DATABASE_URL": pg_url,
+                           "VITALGATE_INSTANCE_ID": name, "VITALGATE_LEASE_S": f"{LEASE_S:g}"})
+            procs[name] = proc.start()
+        ref, ports["reference"] = ingest_proc(logs, "reference", mqtt_url=broker.url,
+                                              data_dir=tmp / "reference",
+                                              client_id="vitalgate-ingest-reference",
+                                              extra_env=common)
+        procs["reference"] = ref.start()
+        for name in (*INSTANCES, "reference"):
+            wait_for(partial(healthy, ports[name]), 90, f"{name} healthy")
+        # every instance holds its share before the stream starts
+        wait_for(lambda: len(_pg(pg_url, "SELECT DISTINCT owner FROM partition_leases"
+                                 " WHERE owner IS NOT NULL")) == len(INSTANCES), 60,
+                 "three owners")
+        fleet = fleet_proc(logs, "ward-failover", mqtt_url=broker.url, patients=PATIENTS,
+                           scenarios="stable,sepsis,respiratory,fever", speed=SPEED,
+                           duration=SIM_DURATION, seed=1313)
+        procs["fleet"] = fleet.start()
+        t0 = time.monotonic()
+        kills: dict[str, int] = {}
+        for name, at in ((INSTANCES[0], KILL_1_AT), (INSTANCES[1], KILL_2_AT)):
+            time.sleep(max(0.0, t0 + at - time.monotonic()))
+            procs[name].sigkill()
+            kills[name] = _db_now(pg_url)
+        time.sleep(max(0.0, t0 + RESTART_AT - time.monotonic()))
+        for name in kills:
+            procs[name].start()
+        assert fleet.wait(240) == 0, fleet.stderr_tail()
+        total = int(fleet.stdout().split(" readings in ")[0].rsplit(" ", 1)[1])
+
+        def counts() -> tuple[Any, ...]:
+            return (recorder.count(),
+                    _pg(pg_url, "SELECT COUNT(*) FROM readings")[0][0],
+                    _pg(pg_url, "SELECT COUNT(*) FROM ews_outbox WHERE state = 'pending'")[0][0])
+
+        with contextlib.suppress(E2EError):  # what did not settle shows in the figures
+            wait_stable(counts, settle_s=5, timeout=90, what="the cluster to settle",
+                        done=lambda c: c[2] == 0)
+        time.sleep(HOLD_S)  # the owners' last held readings scored
+        for name in (*INSTANCES, "reference"):
+            assert procs[name].terminate() == 0, f"{name}\n{procs[name].stderr_tail()}"
+        stored = Counter((str(d), int(s), str(v)) for d, s, v in _pg(
+            pg_url, "SELECT device_id, seq, vital FROM readings WHERE seq IS NOT NULL"))
+        cluster = _ews_rows(_pg(pg_url, "SELECT user_code, produce_at, point, result, risk"
+                                " FROM ews_history WHERE source = 'vitalgate'"))
+        keys = {(str(u), int(t), int(p)) for u, t, p in _pg(
+            pg_url, "SELECT user_code, produce_at, point FROM ews_history"
+            " WHERE source = 'vitalgate'")}
+        with sqlite3.connect(f"file:{tmp / 'reference' / 'ews.sqlite3'}?mode=ro", uri=True) as c:
+            reference = _ews_rows(c.execute(
+                "SELECT user_code, produce_at, point, result, risk FROM ews_history"
+                " WHERE source = 'vitalgate'").fetchall())
+        with psycopg.connect(pg_url, autocommit=True) as pg:
+            from ingest.db.engine import Conn, Dialect
+
+            log = leases.intervals(Conn(pg, Dialect.POSTGRES))
+        return Run(carried=expand(recorder.readings()), stored=stored, cluster_ews=cluster,
+                   reference_ews=reference, history_keys=keys, upstream=Counter(),
+                   log=log, kills=kills, fleet_total=total)
+    finally:
+        for p in reversed(procs.values()):
+            p.terminate()
+        recorder.stop()
+        broker.stop()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer) -> Run:
+    tmp = tmp_path_factory.mktemp("failover")
+    pg_url = postgres_server.create_database("e2e_failover")
+
+    async def go() -> Run:
+        up = await Upstream(api_key="e2e-upstream").start()
+        try:
+            result = await asyncio.to_thread(_scenario, tmp, pg_url, up.url, up.api_key)
+            result.upstream = Counter((str(b["user_code"]), int(b["produce_at"]), int(b["point"]))
+                                      for b in up.accepted if isinstance(b, dict))
+            return result
+        finally:
+            await up.stop()
+
+    try:
+        return asyncio.run(go())
+    finally:
+        postgres_server.drop_database("e2e_failover")
+
+
+def test_every_reading_the_broker_carried_is_stored_exactly_once(run: Run) -> None:
+    stored = set(run.stored)
+    dupes = sum(n - 1 for n in run.stored.values() if n > 1)
+    print("\n" + table(["figure", "value"], [
+        ("fleet's own total (readings)", run.fleet_total),
+        ("(device, seq, vital) the broker carried", len(run.carried)),
+        ("stored rows (PostgreSQL)", sum(run.stored.values())),
+        ("stored more than once", dupes),
+        ("carried but not stored", len(run.carried - stored)),
+        ("stored but never carried", len(stored - run.carried)),
+    ]))
+    assert dupes == 0
+    assert stored == run.carried
+
+
+def test_never_two_instances_scoring_the_same_patient(run: Run) -> None:
+    by_owner = Counter(i.owner for i in run.log)
+    emitting = Counter(i.owner for i in run.log if i.emissions)
+    bad = leases.overlaps(run.log)
+    print("\n" + table(["figure", "value"], [
+        ("ownership periods (partition, epoch) recorded", len(run.log)),
+        ("periods per instance", dict(sorted(by_owner.items()))),
+        ("periods with emissions per instance", dict(sorted(emitting.items()))),
+        ("periods ended by expiry (a dead owner)", sum(i.end_reason == "expired" for i in run.log)),
+        ("periods ended by release (rebalancing, stop)",
+         sum(i.end_reason == "released" for i in run.log)),
+        ("consecutive periods of one partition overlapping", len(bad)),
+    ]))
+    assert set(by_owner) == set(INSTANCES)
+    assert bad == []
+
+
+def test_every_patients_ews_history_equals_the_single_instance_run(run: Run) -> None:
+    patients = set(run.cluster_ews) | set(run.reference_ews)
+    differ = sorted(u for u in patients if run.cluster_ews.get(u) != run.reference_ews.get(u))
+    extra = sum(len(set(run.cluster_ews.get(u, [])) - set(run.reference_ews.get(u, [])))
+                for u in patients)
+    missing = sum(len(set(run.reference_ews.get(u, [])) - set(run.cluster_ews.get(u, [])))
+                  for u in patients)
+    dup = sum(len(v) - len(set(v)) for v in run.cluster_ews.values())
+    first_kill = min(run.kills.values())
+
+    def before(rows: list[tuple[int, int, str, str]] | None) -> list[tuple[int, int, str, str]]:
+        return [r for r in rows or [] if r[0] < first_kill]
+
+    differ_before = [u for u in patients
+                     if before(run.cluster_ews.get(u)) != before(run.reference_ews.get(u))]
+    print("\n" + table(["figure", "value"], [
+        ("patients scored (cluster / reference)",
+         f"{len(run.cluster_ews)} / {len(run.reference_ews)}"),
+        ("EWS points (cluster / reference)", f"{sum(map(len, run.cluster_ews.values()))} / "
+                                             f"{sum(map(len, run.reference_ews.values()))}"),
+        ("patients whose history differs", len(differ)),
+        ("... in the points made before the first kill", len(differ_before)),
+        ("points only in the cluster (extra)", extra),
+        ("points only in the reference (missing)", missing),
+        ("duplicate points in the cluster", dup),
+    ]))
+    for u in differ[:3]:
+        print(u, "cluster", run.cluster_ews.get(u, [])[:12])
+        print(u, "reference", run.reference_ews.get(u, [])[:12])
+    assert len(run.reference_ews) == PATIENTS
+    assert dup == 0
+    assert differ == []
+
+
+def test_every_ews_point_reached_the_upstream(run: Run) -> None:
+    got = set(run.upstream)
+    twice = sum(n - 1 for n in run.upstream.values() if n > 1)
+    print("\n" + table(["figure", "value"], [
+        ("EWS points in the shared history", len(run.history_keys)),
+        ("distinct points the upstream accepted", len(got)),
+        ("accepted more than once", twice),
+        ("in the history, never delivered", len(run.history_keys - got)),
+    ]))
+    assert run.history_keys - got == set()
+
+
+def test_time_from_kill_to_patients_scored_again(run: Run) -> None:
+    rows = []
+    for name, killed in run.kills.items():
+        held = {i.part for i in run.log if i.owner == name and i.acquired_at <= killed
+                and (i.ended_at is None or i.ended_at >= killed)}
+        owned_again, scored_again = [], []
+        for part in held:
+            after = sorted((i for i in run.log if i.part == part and i.acquired_at > killed),
+                           key=lambda i: i.epoch)
+            assert after, f"partition {part} of {name} never taken again"
+            owned_again.append(after[0].acquired_at - killed)
+            # taken over only once the dead owner's lease had expired (database clock)
+            before = [i for i in run.log if i.part == part and i.owner == name
+                      and i.acquired_at <= killed]
+            assert before and before[-1].ended_at is not None
+            assert before[-1].end_reason == "expired"
+            assert after[0].acquired_at >= before[-1].ended_at
+            emits = [i.first_emit_at for i in after if i.first_emit_at is not None]
+            if emits:
+                scored_again.append(min(emits) - killed)
+        rows.append((name, len(held), f"{min(owned_again) / 1000:.1f}",
+                     f"{statistics.median(owned_again) / 1000:.1f}",
+                     f"{max(owned_again) / 1000:.1f}",
+                     f"{statistics.median(scored_again) / 1000:.1f}" if scored_again else "-"))
+    print("\n" + table(["killed", "partitions", "owned again min s", "median s", "max s",
+                        "first emission median s"], rows))
