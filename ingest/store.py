@@ -293,9 +293,9 @@ def commit_batch(
         done = _assemble(conn, device_id, recording, now)
         if done is not None:
             out.recordings.append(done)
-    for letter in dead:
+    for letter, stored in zip(dead, dl.insert_many(conn, dead, dead_limits), strict=True):
         out.newest_received = max(out.newest_received, letter.received_at)
-        if not dl.insert(conn, letter, dead_limits):
+        if not stored:
             out.dead_repeats += 1
         out.dead.append(letter)
     if dead:
