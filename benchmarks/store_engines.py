@@ -1,7 +1,8 @@
 """The readings store's group commit on SQLite vs PostgreSQL, in the same run (issue 13).
 
 Run: ``python -m benchmarks.store_engines`` (``--readings 20000``, ``--batch 100``,
-``--repeat 3``: every figure is the best of interleaved runs).
+``--repeat 3``: every figure is the median of interleaved runs, each engine's ratio to SQLite
+FULL taken within its own run, then the median of those ratios).
 
 What is timed is what the consumer does per batch: ``store.commit_batch`` inside one
 ``Database.write`` transaction (registry touch, readings with their identities, gap tracking),
@@ -9,8 +10,8 @@ What is timed is what the consumer does per batch: ``store.commit_batch`` inside
 
 * SQLite: WAL, ``synchronous=NORMAL`` (the tests') and ``FULL`` (ingest's default);
 * PostgreSQL 15: a private server started by :mod:`vitalgate.postgres` (fsync on,
-  synchronous_commit on), the daily partitions of the window made ahead, the batched
-  ``unnest`` inserts into ``reading_ids`` and ``readings`` returning the new rows.
+  synchronous_commit on), the daily partitions of the window made ahead, the identities'
+  ``unnest … ON CONFLICT DO NOTHING RETURNING`` into ``reading_ids`` and the readings' COPY.
 
 Then the first 20 % of the readings are delivered again (all duplicates) and the count is
 asserted unchanged: the identities absorb every redelivery. Figures: readings/s committed and
@@ -20,7 +21,9 @@ the ratio PostgreSQL / SQLite FULL.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -92,7 +95,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vitalgate-bench-engines-"))
     work.chmod(0o755)
     server = PostgresServer(workdir=work / "pg", fsync=True)
-    best: dict[str, tuple[float, float]] = {}
+    runs: dict[str, list[tuple[float, float]]] = {}
     try:
         server.start()
         for run in range(args.repeat):
@@ -106,18 +109,22 @@ def main() -> None:
                     Location.parse(u, default_path=work / "unused"), window=span),
             }
             for name, open_db in engines.items():
-                got = measure(open_db, batches, args.readings)
-                old = best.get(name, (0.0, 0.0))
-                best[name] = (max(old[0], got[0]), max(old[1], got[1]))
+                runs.setdefault(name, []).append(measure(open_db, batches, args.readings))
     finally:
         server.remove()
         shutil.rmtree(work, ignore_errors=True)
-    base = best["sqlite FULL"][0]
+    base = runs["sqlite FULL"]
+    load = os.getloadavg()
     print(f"commit_batch: {args.readings} readings x 5 vitals, {args.batch} readings per "
-          f"transaction, best of {args.repeat}")
-    for name, (rate, redo) in best.items():
+          f"transaction, median of {args.repeat} interleaved runs; load average at the end"
+          f" {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores")
+    for name, got in runs.items():
+        rate = statistics.median(g[0] for g in got)
+        redo = statistics.median(g[1] for g in got)
+        ratio = statistics.median(g[0] / b[0] for g, b in zip(got, base, strict=True))
+        each = ", ".join(f"{g[0]:,.0f}" for g in got)
         print(f"  {name:14s} {rate:9,.0f} readings/s  redelivery {redo:9,.0f} readings/s"
-              f"  ratio vs sqlite FULL {rate / base:.2f}")
+              f"  ratio vs sqlite FULL (same run) {ratio:.2f}  [runs: {each}]")
 
 
 if __name__ == "__main__":

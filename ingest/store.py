@@ -231,7 +231,7 @@ def commit_batch(
     arrivals = gaps.Arrivals()
     ecg_touched: set[tuple[str, str]] = set()
     dead: list[DeadLetter] = []
-    items = _owned(conn, items, dead, ward_of or {}, now, holder)
+    items, rows, dirty = _owned(conn, items, dead, ward_of or {}, now, holder)
     # statuses first, so that readings of the same batch see a device's newest user_code
     for item in items:
         out.newest_received = max(out.newest_received, item.received_at)
@@ -239,6 +239,7 @@ def commit_batch(
             dead.append(item)
         elif isinstance(item, DeviceStatusIn):
             s = item.status
+            dirty.add(s.device_id)
             registry.seen_on_mqtt(reg, s.device_id, gateway_id=item.gateway_id, now=now,
                                   holder=holder, last_seen=s.last_seen, status=s)
         elif isinstance(item, GatewayStatusIn):
@@ -258,11 +259,13 @@ def commit_batch(
             _, seen, code = touched.get(item.chunk.device_id, (item.gateway_id, 0, None))
             touched[item.chunk.device_id] = (item.gateway_id, max(seen, item.chunk.ts),
                                              item.chunk.user_code or code)
-    assigned: dict[str, tuple[str | None, str | None]] = {}
-    for device_id, (gateway_id, seen, code) in sorted(touched.items()):  # one lock order
-        assigned[device_id] = registry.seen_on_mqtt(
-            reg, device_id, gateway_id=gateway_id, now=now, holder=holder, last_seen=seen,
-            user_code=code)
+    # the rows read by _owned, but read again where this batch wrote (one query for all);
+    # devices in one sorted order (two instances' batches: a deadlock is retried by the
+    # consumer as a whole batch, but the order makes it rare)
+    touched = dict(sorted(touched.items()))
+    stale = [d for d in touched if d in dirty or d not in rows]
+    rows = {**rows, **registry.lookup(reg, stale)} if stale else rows
+    assigned = registry.seen_many(reg, touched, now=now, holder=holder, rows=rows)
     window = _Window(now - max_age_ms, readings_db.partitions(conn))
     pending: list[_Pending] = []
     for item in items:
@@ -293,9 +296,9 @@ def commit_batch(
         done = _assemble(conn, device_id, recording, now)
         if done is not None:
             out.recordings.append(done)
-    for letter in dead:
+    for letter, stored in zip(dead, dl.insert_many(conn, dead, dead_limits), strict=True):
         out.newest_received = max(out.newest_received, letter.received_at)
-        if not dl.insert(conn, letter, dead_limits):
+        if not stored:
             out.dead_repeats += 1
         out.dead.append(letter)
     if dead:
@@ -340,12 +343,25 @@ def _device_of(item: Item) -> tuple[str, str] | None:
 
 
 def _owned(conn: Conn, items: Sequence[Item], dead: list[DeadLetter],
-           ward_of: Mapping[str, str], now: int, holder: str) -> list[Item]:
+           ward_of: Mapping[str, str], now: int, holder: str
+           ) -> tuple[list[Item], dict[str, Any], set[str]]:
     """The items whose device belongs to the gateway they came from; the others become
     ``foreign_device`` dead letters. A device belongs to the gateway that first registered it
     (the first in this batch, for a device not registered yet) or to the one the API assigned,
-    or it roamed to a gateway of its owner's ward after the owner reported it disconnected."""
+    or it roamed to a gateway of its owner's ward after the owner reported it disconnected.
+
+    Also returns the registry rows of the batch's devices, read in one round trip before
+    anything is written (:func:`ingest.registry.lookup`), and the devices this function wrote
+    to (claimed or roamed: their rows are stale). A device registered with an owner (the
+    steady state) costs no further statement; only a new or unowned device is claimed one by
+    one (:func:`ingest.registry.claim`, atomic across instances)."""
     c: Any = conn  # the registry takes the connection as it is (h13d ports its signatures)
+    about_all = [a for a in map(_device_of, items) if a is not None]
+    rows: dict[str, Any] = registry.lookup(c, (d for d, _ in about_all)) if about_all else {}
+    dirty: set[str] = set()
+    # the owner each device has in the database as this batch writes it (None: unowned yet)
+    owners: dict[str, str | None] = {d: (None if r[5] is None else str(r[5]))
+                                     for d, r in rows.items()}
     claims: dict[str, str] = {}
     released: dict[str, bool] = {}  # the owner's newest status in this batch: disconnected?
     kept: list[Item] = []
@@ -354,15 +370,19 @@ def _owned(conn: Conn, items: Sequence[Item], dead: list[DeadLetter],
         if about is not None:
             device_id, gateway_id = about
             # trust on first use, claimed once however many instances race (registry.claim)
-            owner = claims.get(device_id) or registry.claim(c, device_id, gateway_id,
-                                                            now=now, holder=holder)
+            owner = claims.get(device_id) or owners.get(device_id)
+            if owner is None:
+                owner = registry.claim(c, device_id, gateway_id, now=now, holder=holder)
+                owners[device_id] = owner
+                dirty.add(device_id)
             ward = ward_of.get(gateway_id)
             if (owner is not None and owner != gateway_id and ward is not None
                     and ward_of.get(owner) == ward
-                    and released.get(device_id, registry.released_by_owner(c, device_id))):
+                    and released.get(device_id, _released(rows.get(device_id)))):
                 registry.roam(c, device_id, owner, gateway_id, ward, now)
                 released.pop(device_id, None)
-                owner = gateway_id
+                owner = owners[device_id] = gateway_id
+                dirty.add(device_id)
             if owner is not None and owner != gateway_id:
                 assert not isinstance(item, DeadLetter | GatewayStatusIn)
                 dead.append(DeadLetter(
@@ -375,7 +395,14 @@ def _owned(conn: Conn, items: Sequence[Item], dead: list[DeadLetter],
             if isinstance(item, DeviceStatusIn):
                 released[device_id] = not item.status.connected
         kept.append(item)
-    return kept
+    return kept, rows, dirty
+
+
+def _released(row: Sequence[Any] | None) -> bool:
+    """:func:`ingest.registry.released_by_owner` from the row read at the batch's start (the
+    batch's statuses are written after the ownership check; roaming and claims do not change
+    ``connected``)."""
+    return row is not None and row[6] == 0
 
 
 def reading_flags(r: Reading, received_at: int, late_after_ms: int) -> int:

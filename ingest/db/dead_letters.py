@@ -22,7 +22,7 @@ Functions take a :class:`ingest.db.Conn` and run inside the caller's transaction
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -172,6 +172,63 @@ def insert(conn: Conn, letter: DeadLetter, limits: Limits) -> bool:
          letter.received_at, len(letter.payload), sha, letter.received_at)).fetchone()
     _count(conn, 1, int(row[0]))
     return True
+
+
+def insert_many(conn: Conn, letters: Sequence[DeadLetter], limits: Limits) -> list[bool]:
+    """:func:`insert` of a batch's letters, in order, in a fixed number of statements: one
+    lookup of the letters already kept, one update of their ``repeats``, one insert of the new
+    ones (PostgreSQL: ``INSERT … SELECT FROM unnest``; SQLite: in-process, row by row), one
+    update of the size. Returns, aligned with ``letters``, which were stored (a letter
+    identical to a kept one, or to one earlier in the batch, is a repeat). The same rows and
+    counts as calling :func:`insert` on each in turn."""
+    if not letters:
+        return []
+    keys = [(digest(x.payload), x.topic, x.reason, x.detail[:MAX_DETAIL_CHARS]) for x in letters]
+    shas = sorted({k[0] for k in keys})
+    kept: dict[tuple[str, str, str, str], int] = {}
+    for i in range(0, len(shas), 400):
+        part = shas[i:i + 400]
+        for row_id, sha, topic, reason, detail in conn.execute(
+                "SELECT id, sha256, topic, reason, detail FROM dead_letters WHERE sha256 IN"
+                f" ({', '.join('?' * len(part))})", part).fetchall():
+            kept[(str(sha), str(topic), str(reason), str(detail))] = int(row_id)
+    repeats: dict[int, list[int]] = {}  # kept row id -> [repeats to add, last_at]
+    new: dict[tuple[str, str, str, str], list[Any]] = {}  # key -> the row to insert
+    out: list[bool] = []
+    for letter, key in zip(letters, keys, strict=True):
+        if key in kept:
+            got = repeats.setdefault(kept[key], [0, 0])
+            got[0] += 1
+            got[1] = letter.received_at
+            out.append(False)
+        elif key in new:
+            row = new[key]
+            row[7] += 1  # repeats
+            row[8] = letter.received_at  # last_at
+            out.append(False)
+        else:
+            new[key] = [letter.topic, letter.payload[: limits.payload_bytes], letter.reason,
+                        key[3], letter.received_at, len(letter.payload), key[0], 0,
+                        letter.received_at]
+            out.append(True)
+    if repeats:
+        conn.executemany("UPDATE dead_letters SET repeats = repeats + ?, last_at = ? WHERE id = ?",
+                         [(n, at, row_id) for row_id, (n, at) in repeats.items()])
+    if new:
+        cols = "topic, payload, reason, detail, received_at, size, sha256, repeats, last_at"
+        size = _stored_bytes(conn, "dead_letters")
+        if conn.is_postgres:
+            c = [list(x) for x in zip(*new.values(), strict=True)]
+            sizes = [r[0] for r in conn.pg.execute(
+                f"INSERT INTO dead_letters ({cols}) SELECT * FROM unnest(%b::text[],"
+                " %b::bytea[], %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[],"
+                f" %b::bigint[], %b::bigint[]) RETURNING {size}", c).fetchall()]
+        else:
+            sizes = [conn.execute(f"INSERT INTO dead_letters ({cols}) VALUES (?, ?, ?, ?, ?, ?,"
+                                  f" ?, ?, ?) RETURNING {size}", row).fetchone()[0]
+                     for row in new.values()]
+        _count(conn, len(sizes), sum(int(x) for x in sizes))
+    return out
 
 
 def _count(conn: Conn, rows: int, size: int, evicted: int = 0) -> None:

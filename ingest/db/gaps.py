@@ -166,8 +166,9 @@ def _states(conn: Conn, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tu
 
 def observe(conn: Conn, arrivals: Arrivals, now: int) -> Update:
     """Record a batch's seqs (inside the caller's transaction): open, shrink, split, close.
-    The streams' states are read and written in one statement each per batch (gap rows,
-    which are rare, one by one)."""
+    The streams' states are read and written in one statement each per batch (PostgreSQL:
+    one ``INSERT … SELECT FROM unnest … ON CONFLICT DO UPDATE``; SQLite: ``executemany``,
+    in-process; gap rows, which are rare, one by one)."""
     total = Update()
     states = _states(conn, list(arrivals.seqs))
     upserts: list[tuple[str, str, str, int, int, int, int]] = []
@@ -176,7 +177,17 @@ def observe(conn: Conn, arrivals: Arrivals, now: int) -> Update:
             conn, device_id, stream, sorted(got), now, states.get((device_id, stream), (-1, -1)))
         total.add(up)
         upserts.append((device_id, stream, gateway_id, contiguous, max_seq, now, now))
-    if upserts:
+    if upserts and conn.is_postgres:
+        # one statement for the batch's streams (keys unique: one row per stream)
+        c = list(zip(*upserts, strict=True))
+        conn.pg.execute(
+            "INSERT INTO seq_streams (device_id, stream, gateway_id, contiguous, max_seq, first_at,"
+            " updated_at) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[],"
+            " %b::bigint[], %b::bigint[], %b::bigint[]) ON CONFLICT (device_id, stream) DO UPDATE"
+            " SET gateway_id = excluded.gateway_id, contiguous = excluded.contiguous,"
+            " max_seq = excluded.max_seq, updated_at = excluded.updated_at",
+            [list(x) for x in c], prepare=True)
+    elif upserts:
         conn.executemany(
             "INSERT INTO seq_streams (device_id, stream, gateway_id, contiguous, max_seq, first_at,"
             " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, stream) DO UPDATE SET"

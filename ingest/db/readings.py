@@ -260,11 +260,12 @@ def known_seqs(conn: Conn, keys: Sequence[tuple[str, str, int]]) -> set[tuple[st
     if not keys:
         return set()
     if conn.is_postgres:
-        rows = conn.execute(
+        rows = conn.pg.execute(
             "SELECT DISTINCT r.device_id, r.stream, r.seq FROM reading_ids r JOIN"
-            " unnest(?::text[], ?::text[], ?::bigint[]) AS k(device_id, stream, seq)"
+            " unnest(%b::text[], %b::text[], %b::bigint[]) AS k(device_id, stream, seq)"
             " ON r.device_id = k.device_id AND r.stream = k.stream AND r.seq = k.seq",
-            ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])).fetchall()
+            ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+            prepare=True).fetchall()
         return {(str(d), str(s), int(q)) for d, s, q in rows}
     found = set()
     for key in keys:
@@ -293,12 +294,12 @@ def insert(conn: Conn, rows: Sequence[Row]) -> list[bool]:
         return out
     # 1. the stream identity: which (device, stream, seq, vital) are new, whatever their ts
     cols = list(zip(*rows, strict=True))
-    new_ids = conn.execute(
+    new_ids = conn.pg.execute(
         "INSERT INTO reading_ids (device_id, stream, seq, vital, kept_at)"
-        " SELECT * FROM unnest(?::text[], ?::text[], ?::bigint[], ?::text[], ?::bigint[])"
+        " SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::text[], %b::bigint[])"
         " ON CONFLICT DO NOTHING RETURNING device_id, stream, seq, vital",
         (list(cols[0]), list(cols[10]), list(cols[6]), list(cols[3]),
-         [max(r.ts, r.received_at) for r in rows])).fetchall()
+         [max(r.ts, r.received_at) for r in rows]), prepare=True).fetchall()
     fresh = {(str(d), str(s), int(q), str(v)) for d, s, q, v in new_ids}
     # 2. the readings whose identity is new (first of each in the batch); the history
     #    identity (a partial unique index with ts) may still absorb some
@@ -310,20 +311,47 @@ def insert(conn: Conn, rows: Sequence[Row]) -> list[bool]:
             picked.append(i)
     if not picked:
         return [False] * len(rows)
-    sel = [rows[i] for i in picked]
-    c = list(zip(*sel, strict=True))
-    stored = conn.execute(
-        f"INSERT INTO readings ({_COLS}) SELECT * FROM unnest(?::text[], ?::text[], ?::text[],"
-        " ?::text[], ?::float8[], ?::bigint[], ?::bigint[], ?::text[], ?::bigint[], ?::bigint[],"
-        " ?::text[], ?::bigint[]) ON CONFLICT DO NOTHING RETURNING device_id, stream, seq, vital",
-        (list(c[0]), list(c[1]), list(c[2]), list(c[3]), list(c[4]), list(c[5]), list(c[6]),
-         list(c[7]), [int(x) for x in c[8]], list(c[9]), list(c[10]), list(c[11]))).fetchall()
-    done = {(str(d), str(s), int(q), str(v)) for d, s, q, v in stored}
+    # 3. rows that only the stream identity could refuse (every source but history: the ECG
+    #    identity needs a recording, which these have not) are all stored: COPY straight into
+    #    the partitioned table, no conflict arbitration (speculative insertion) and no
+    #    RETURNING; history rows go through ON CONFLICT (their identity includes ts)
+    plain = [rows[i] for i in picked if rows[i].source != "history"]
+    if plain:
+        with conn.pg.cursor() as cur, cur.copy(
+                f"COPY readings ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_COPY_TYPES)
+            for r in plain:
+                copy.write_row((r.device_id, r.user_code, r.gateway_id, r.vital, float(r.value),
+                                r.ts, r.seq, r.source, int(r.replayed), r.received_at, r.stream,
+                                r.flags))
+    done = {(r.device_id, r.stream, r.seq, r.vital) for r in plain}
+    sel = [rows[i] for i in picked if rows[i].source == "history"]
+    if sel:
+        done |= _insert_on_conflict(conn, sel)
     out = [False] * len(rows)
     for i in picked:
         r = rows[i]
         out[i] = (r.device_id, r.stream, r.seq, r.vital) in done
     return out
+
+
+#: the binary COPY's column types, in :data:`_COLS` order.
+_COPY_TYPES: Final = ("text", "text", "text", "text", "float8", "int8", "int8", "text", "int8",
+                      "int8", "text", "int8")
+
+
+def _insert_on_conflict(conn: Conn, sel: Sequence[Row]) -> set[tuple[str, str, int, str]]:
+    """PostgreSQL: insert ``sel`` with ON CONFLICT DO NOTHING; the identities stored."""
+    c = list(zip(*sel, strict=True))
+    stored = conn.pg.execute(
+        f"INSERT INTO readings ({_COLS}) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[],"
+        " %b::text[], %b::float8[], %b::bigint[], %b::bigint[], %b::text[], %b::bigint[],"
+        " %b::bigint[], %b::text[], %b::bigint[]) ON CONFLICT DO NOTHING"
+        " RETURNING device_id, stream, seq, vital",
+        (list(c[0]), list(c[1]), list(c[2]), list(c[3]), [float(x) for x in c[4]], list(c[5]),
+         list(c[6]), list(c[7]), [int(x) for x in c[8]], list(c[9]), list(c[10]),
+         list(c[11])), prepare=True).fetchall()
+    return {(str(d), str(s), int(q), str(v)) for d, s, q, v in stored}
 
 
 def insert_ecg_reading(conn: Conn, device_id: str, user_code: str | None, gateway_id: str | None,

@@ -15,7 +15,8 @@ instances race.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Any, Final, NamedTuple
 
 from ingest.db.engine import Conn
 from ingest.db.migrate import Migration, apply
@@ -124,6 +125,32 @@ def by_mac(conn: Conn, mac: str) -> Row | None:
         "SELECT id, user_code, user_code_source, last_seen, device_name, gateway_id, connected"
         " FROM devices WHERE device_mac = ?", (mac,)).fetchone()
     return None if row is None else tuple(row)
+
+
+#: MACs one SQLite lookup names at most (one parameter each; SQLite allows 32,766).
+_MAC_CHUNK: Final = 500
+
+
+def by_macs(conn: Conn, macs: Sequence[str]) -> dict[str, Row]:
+    """:func:`by_mac` of many devices in one round trip (PostgreSQL: ``= ANY`` of an array;
+    SQLite: ``IN (…)`` per :data:`_MAC_CHUNK`): ``{mac: row}`` of those registered."""
+    out: dict[str, Row] = {}
+    if not macs:
+        return out
+    cols = "id, user_code, user_code_source, last_seen, device_name, gateway_id, connected"
+    if conn.is_postgres:
+        rows = conn.pg.execute(f"SELECT device_mac, {cols} FROM devices"
+                               " WHERE device_mac = ANY(%b::text[])", (list(macs),),
+                               prepare=True).fetchall()
+    else:
+        rows = []
+        for i in range(0, len(macs), _MAC_CHUNK):
+            part = list(macs[i:i + _MAC_CHUNK])
+            rows += conn.execute(f"SELECT device_mac, {cols} FROM devices WHERE device_mac IN"
+                                 f" ({', '.join('?' * len(part))})", part).fetchall()
+    for r in rows:
+        out[str(r[0])] = tuple(r[1:])
+    return out
 
 
 def holder_of(conn: Conn, device_id: int) -> str | None:
@@ -236,6 +263,37 @@ def refresh(conn: Conn, device_id: int, *, user_code: str | None, user_code_sour
         "UPDATE devices SET user_code = ?, user_code_source = ?,"
         " gateway_id = COALESCE(gateway_id, ?), last_seen = ?, updated_at = ? WHERE id = ?",
         (user_code, user_code_source, gateway_id, last_seen, now, device_id))
+
+
+class Refresh(NamedTuple):
+    """One device's :func:`refresh` (a device seen on MQTT without a status)."""
+
+    device_id: int
+    user_code: str | None
+    user_code_source: str | None
+    gateway_id: str | None
+    last_seen: int | None
+
+
+def refresh_many(conn: Conn, rows: Sequence[Refresh], now: int) -> None:
+    """:func:`refresh` of many devices in one round trip (PostgreSQL: one ``UPDATE … FROM
+    unnest(…)``; SQLite: ``executemany``, in-process)."""
+    if not rows:
+        return
+    if conn.is_postgres:
+        c = list(zip(*rows, strict=True))
+        conn.pg.execute(
+            "UPDATE devices d SET user_code = u.user_code, user_code_source = u.src,"
+            " gateway_id = COALESCE(d.gateway_id, u.gateway_id), last_seen = u.last_seen,"
+            " updated_at = %b FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[],"
+            " %b::bigint[]) AS u(id, user_code, src, gateway_id, last_seen) WHERE d.id = u.id",
+            (now, *(list(x) for x in c)), prepare=True)
+        return
+    conn.executemany(
+        "UPDATE devices SET user_code = ?, user_code_source = ?,"
+        " gateway_id = COALESCE(gateway_id, ?), last_seen = ?, updated_at = ? WHERE id = ?",
+        [(r.user_code, r.user_code_source, r.gateway_id, r.last_seen, now, r.device_id)
+         for r in rows])
 
 
 def refresh_status(conn: Conn, device_id: int, *, user_code: str | None,
