@@ -39,7 +39,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from ingest.db import leases
+from ingest.db import leases, notify
 from ingest.db.engine import Conn, Database, DatabaseError
 from ingest.ownership import Ownership, partition_of
 
@@ -143,7 +143,7 @@ def announce(conn: Conn, rows: Iterable[tuple[str | None, str, float, int, int, 
         return 0
     chunks = encode(((u, v, x, t, r, d, q) for u, v, x, t, r, d, q in rows if u), partitions)
     for chunk in chunks:
-        conn.execute("SELECT pg_notify(?, ?)", (READINGS, chunk))
+        notify.notify(conn, READINGS, chunk)
     return len(chunks)
 
 
@@ -325,7 +325,7 @@ class Feed:
 
                 def send(c: Conn, batch: list[str] = batch) -> None:
                     for text in batch:
-                        c.execute("SELECT pg_notify(?, ?)", (EVENTS, text))
+                        notify.notify(c, EVENTS, text)
 
                 try:
                     await loop.run_in_executor(self._threads, session.tx, send)
@@ -343,8 +343,7 @@ class Feed:
     def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
         """In a thread: LISTEN, then hand every notification to the loop until stopped."""
         with self.db.dedicated() as pg:
-            pg.execute(f"LISTEN {READINGS}")
-            pg.execute(f"LISTEN {EVENTS}")
+            notify.listen(pg, (READINGS, EVENTS))
             loop.call_soon_threadsafe(self._offer, ("connected", None))
             while not self._stop.is_set():
                 for n in pg.notifies(timeout=POLL_S):

@@ -50,6 +50,7 @@ from ingest.db import (
     StoreOpenError,
     catchup,
     gaps,
+    notify,
     readings,
     schema,
     store_failure,
@@ -728,7 +729,7 @@ class IngestService:
         if self.consumer.queue_depth == 0:
             await self.probe_store()  # idle (or paused): does the store take a write now?
         try:
-            await self.db.read(lambda c: c.execute("SELECT 1").fetchone())
+            await self.db.read(notify.alive)
             readable = True
         except DatabaseError as exc:
             self._store_failed(exc)
