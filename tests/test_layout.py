@@ -189,16 +189,8 @@ def test_the_gateway_reads_its_clock() -> None:
 
 #: database drivers: only the storage layer (ingest/db/) may import them (issue 13).
 DRIVERS: frozenset[str] = frozenset({"sqlite3", "psycopg", "psycopg_pool", "asyncpg"})
-#: files of ingest that still import a driver while their owner moves their SQL to ingest/db/
-#: (each line is a pending exception, named with its owner; remove it when the move lands).
-PENDING_DRIVER_IMPORTS: frozenset[str] = frozenset({
-    "ingest.registry",            # h13d: registry SQL → ingest/db/registry.py
-    "ingest.keys",                # h13d: keys SQL → ingest/db/keys.py
-    "ingest.api.scoping",         # h13d
-    "ingest.api.device_routes",   # h13d
-    "ingest.dashboard.ward",      # h13d: ward queries → ingest/db/ward.py
-    "ingest.outbox",              # h13b: the outbox → ingest/db/outbox.py
-})
+#: files of ingest outside ingest/db that may import a driver: none (issue 13 moved them all).
+PENDING_DRIVER_IMPORTS: frozenset[str] = frozenset()
 
 
 def _driver_imports(path: Path) -> set[str]:

@@ -233,7 +233,7 @@ def test_never_two_instances_scoring_the_same_patient(run: Run) -> None:
     "issue 13, open: a patient's readings stored by different instances reach its owner out of"
     " order, and Mosquitto queues a dead member's share of the subscription until it returns,"
     " so the scores made meanwhile differ from one process receiving in broker order"
-    " (docs/scaling.md, 'What does not hold yet'). Storage, ownership and delivery hold."))
+    " (docs/scaling.md, 'Failover: measured'). Storage, ownership and delivery hold."))
 def test_every_patients_ews_history_equals_the_single_instance_run(run: Run) -> None:
     patients = set(run.cluster_ews) | set(run.reference_ews)
     differ = sorted(u for u in patients if run.cluster_ews.get(u) != run.reference_ews.get(u))

@@ -20,7 +20,6 @@ from tests.support.ingest_service import (
     Api,
     connected,
     eventually,
-    pending_h13d,
     publish_all,
     reading,
     running,
@@ -152,7 +151,6 @@ async def test_bad_item_dead_lettered_good_ones_kept(svc: RunningService, pub: m
 
 
 async def test_auto_registration_and_api_assignment_wins(svc: RunningService, pub: mqtt.Client) -> None:
-    pending_h13d()  # PUT /api/device: the registry's SQL on PostgreSQL
     status_msg = DeviceStatus(device_id=DEV, name="E86 5894", mac="D0:61:AE:D4:58:94",
                               connected=True, battery=81, rssi=-67, user_code="FROMSTATUS")
     publish_all(pub, [(TOPICS.device_status(GW, DEV), status_msg.to_bytes())])

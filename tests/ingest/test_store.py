@@ -85,14 +85,9 @@ def test_retention_deletes_old_rows_in_batches(db: store.Database) -> None:
     assert db.read_sync(store.count_readings) == 3
 
 
-def _pending_h13d(db: store.Database) -> None:
-    # PENDING h13d: the registry's and keys' SQL (INSERT OR REPLACE, IS NOT ?) on PostgreSQL
-    if db.location.url is not None:
-        pytest.skip("PENDING h13d: registry/keys SQL not ported to PostgreSQL yet")
 
 
 def test_keys_hashed_and_revocable(db: store.Database) -> None:
-    _pending_h13d(db)
     key = db.write_sync(lambda c: keys.create(c, "console", T0))
     assert len(key) > 40
     raw = db.read_sync(lambda c: c.execute("SELECT hash FROM api_keys").fetchone()[0])
@@ -295,7 +290,6 @@ def test_hostile_seqs_cannot_overflow_the_gap_sums(db: store.Database) -> None:
 def test_a_status_names_a_device_its_readings_registered_first(db: store.Database) -> None:
     # readings and a status may be committed in either order: the status's name replaces the
     # placeholder, never a name given through the API
-    _pending_h13d(db)
     from ingest import registry
     from vitalgate.contract import DeviceStatus
 

@@ -182,12 +182,3 @@ def refuse_inserts(conn: Conn, table: str, when: str, name: str) -> None:
         f" IF {when} THEN RAISE EXCEPTION 'refused by the test trigger'"
         " USING ERRCODE = 'integrity_constraint_violation'; END IF; RETURN NEW; END $$;"
         f" CREATE TRIGGER {name} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {name}();")
-
-
-def pending_h13d() -> None:
-    """Skip on PostgreSQL a test that goes through the registry's or keys' SQL, which h13d
-    ports to PostgreSQL (PENDING: remove the calls when ingest/db/registry.py and keys.py land)."""
-    import pytest
-
-    if ENGINE.get() is not None:
-        pytest.skip("PENDING h13d: registry/keys SQL not ported to PostgreSQL yet")
