@@ -282,17 +282,31 @@ def refresh_many(conn: Conn, rows: Sequence[Refresh], now: int) -> None:
         return
     if conn.is_postgres:
         c = list(zip(*rows, strict=True))
+        # the rows were read at the start of the batch: another instance may have committed
+        # since. An API assignment made meanwhile is kept (MQTT never overrides one), and
+        # last_seen never goes back.
         conn.pg.execute(
-            "UPDATE devices d SET user_code = u.user_code, user_code_source = u.src,"
-            " gateway_id = COALESCE(d.gateway_id, u.gateway_id), last_seen = u.last_seen,"
+            "UPDATE devices d SET"
+            " user_code = CASE WHEN d.user_code_source = 'api' AND u.src IS DISTINCT FROM 'api'"
+            " THEN d.user_code ELSE u.user_code END,"
+            " user_code_source = CASE WHEN d.user_code_source = 'api'"
+            " AND u.src IS DISTINCT FROM 'api' THEN d.user_code_source ELSE u.src END,"
+            " gateway_id = COALESCE(d.gateway_id, u.gateway_id),"
+            " last_seen = GREATEST(d.last_seen, u.last_seen),"
             " updated_at = %b FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[],"
             " %b::bigint[]) AS u(id, user_code, src, gateway_id, last_seen) WHERE d.id = u.id",
             (now, *(list(x) for x in c)), prepare=True)
         return
     conn.executemany(
-        "UPDATE devices SET user_code = ?, user_code_source = ?,"
-        " gateway_id = COALESCE(gateway_id, ?), last_seen = ?, updated_at = ? WHERE id = ?",
-        [(r.user_code, r.user_code_source, r.gateway_id, r.last_seen, now, r.device_id)
+        "UPDATE devices SET"
+        " user_code = CASE WHEN user_code_source = 'api' AND ?1 IS DISTINCT FROM 'api'"
+        " THEN user_code ELSE ?2 END,"
+        " user_code_source = CASE WHEN user_code_source = 'api' AND ?1 IS DISTINCT FROM 'api'"
+        " THEN user_code_source ELSE ?1 END,"
+        " gateway_id = COALESCE(gateway_id, ?3),"
+        " last_seen = CASE WHEN last_seen IS NULL OR ?4 > last_seen THEN ?4 ELSE last_seen END,"
+        " updated_at = ?5 WHERE id = ?6",
+        [(r.user_code_source, r.user_code, r.gateway_id, r.last_seen, now, r.device_id)
          for r in rows])
 
 

@@ -390,3 +390,23 @@ def test_two_instances_creating_one_key_name_make_one_key(two: tuple[Database, D
     assert isinstance(made, str) and isinstance(clash, keys.ApiKeyError)
     found = b.read_sync(lambda c: keys.find(c, made))
     assert found is not None and found.scopes == {"read"}
+
+
+def test_a_batch_refresh_keeps_an_assignment_made_after_its_read(db: Database) -> None:
+    """refresh_many writes rows read at the start of a batch; an API assignment committed in
+    between (by another instance, on PostgreSQL) must survive it, and last_seen never goes
+    back (the same rule on both engines)."""
+    db.write_sync(lambda c: registry.seen_on_mqtt(c, DEV, gateway_id="gw-a", now=1,
+                                                  holder="RS A", last_seen=50))
+    row = db.read_sync(lambda c: db_registry.by_mac(c, MAC))
+    assert row is not None
+    dev_id = int(row[0])
+    stale = db_registry.Refresh(dev_id, "FROM_MQTT", "status", "gw-a", 40)
+    db.write_sync(lambda c: c.execute(
+        "UPDATE devices SET user_code = 'NURSE_SET', user_code_source = 'api' WHERE id = ?",
+        (dev_id,)))
+    db.write_sync(lambda c: db_registry.refresh_many(c, [stale], now=2))
+    code, source, seen = db.read_sync(lambda c: c.execute(
+        "SELECT user_code, user_code_source, last_seen FROM devices WHERE id = ?",
+        (dev_id,)).fetchone())
+    assert (code, source, seen) == ("NURSE_SET", "api", 50)
