@@ -38,14 +38,11 @@ from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any, Final
 
-import aiohttp
-
 from ews.score import Score  # what the state machine reads of an EWS point
 from ingest.db import Conn, Database, IntegrityError
 from ingest.db import alerts as alert_db
 from ingest.db import outbox as outbox_db
-from ingest.db.outbox import Row
-from ingest.outbox import Outbox, Outcome, RetryPolicy, verdict_of
+from ingest.outbox import JsonPostTransport, Outbox, RetryPolicy
 from ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
@@ -327,37 +324,13 @@ def monitoring(scores: Iterable[Score], last_reading: Mapping[str, int], now: in
 WEBHOOK_CHANNEL: Final = "alert-webhook"
 
 
-class WebhookTransport:
+class WebhookTransport(JsonPostTransport):
     """``POST {alert_webhook_url}`` with the escalated alert (JSON). The outbox retries it with
     its policy (backoff 1 s doubling to 60 s; 429/502/503/504 hold the channel, other 5xx and
     408 retry the row, other 4xx fail it for good: counted and listed)."""
 
     def __init__(self, url: str, *, timeout_s: float) -> None:
-        self.url = url
-        self._timeout_s = timeout_s
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> WebhookTransport:
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self._timeout_s))
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-    async def send(self, row: Row) -> Outcome:
-        if self._session is None:
-            raise RuntimeError("WebhookTransport.send outside its context")
-        try:
-            async with self._session.post(self.url, data=row.body.encode(),
-                                          headers={"content-type": "application/json"}) as resp:
-                text = await resp.text(errors="replace")
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return Outcome.retry(f"{type(exc).__name__}"[:200], upstream_wide=True)
-        return Outcome(verdict_of(status), status, text[:500])
+        super().__init__(url, timeout_s=timeout_s)
 
 
 # ----------------------------------------------------------------------------- the service

@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, Self
 
 import aiohttp
 
@@ -187,14 +187,19 @@ class Transport(Protocol):
     async def send(self, row: Row) -> Outcome: ...
 
 
-class CexupTransport:
-    """``POST {upstream_url}/ews`` with the row's body (the Cexup JSON), ``x-api-key``."""
+class JsonPostTransport:
+    """``POST`` each row's body (JSON) to one URL; the answer's status (``status_of``: the HTTP
+    status, or what the body says it is) and its Retry-After decide the Outcome. Connection
+    errors and timeouts hold the whole channel (the upstream is unwell, not the row)."""
 
-    def __init__(self, upstream_url: str, api_key: str | None, *, timeout_s: float,
+    def __init__(self, url: str, *, timeout_s: float, headers: dict[str, str] | None = None,
+                 status_of: Callable[[int, str], int] = lambda status, _text: status,
                  clock: Callable[[], int] = epoch_ms,
                  session_factory: Callable[[], aiohttp.ClientSession] | None = None) -> None:
-        self.url = upstream_url.rstrip("/") + "/ews"
-        self._api_key = api_key
+        self.url = url
+        self._headers = {"content-type": "application/json", "accept": "application/json",
+                         **(headers or {})}
+        self._status_of = status_of
         self._timeout_s = timeout_s
         self._clock = clock
         self._session_factory = session_factory or self._default_session
@@ -203,7 +208,7 @@ class CexupTransport:
     def _default_session(self) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout_s))
 
-    async def __aenter__(self) -> CexupTransport:
+    async def __aenter__(self) -> Self:
         self._session = self._session_factory()
         await self._session.__aenter__()
         return self
@@ -216,18 +221,29 @@ class CexupTransport:
     async def send(self, row: Row) -> Outcome:
         session = self._session
         if session is None:
-            raise RuntimeError("CexupTransport.send outside its context")
-        headers = {"content-type": "application/json", "accept": "application/json"}
-        if self._api_key:
-            headers["x-api-key"] = self._api_key
+            raise RuntimeError(f"{type(self).__name__}.send outside its context")
         try:
-            async with session.post(self.url, data=row.body.encode(), headers=headers) as resp:
+            async with session.post(self.url, data=row.body.encode(),
+                                    headers=self._headers) as resp:
                 text = await resp.text(errors="replace")
-                status = effective_status(resp.status, text)
+                status = self._status_of(resp.status, text)
                 after = retry_after_s(resp.headers.get("Retry-After"), self._clock())
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return Outcome(Verdict.RETRY_ALL, None, f"{type(exc).__name__}: {exc}"[:500])
         return Outcome(verdict_of(status), status, text[:2000], after)
+
+
+class CexupTransport(JsonPostTransport):
+    """``POST {upstream_url}/ews`` with the row's body (the Cexup JSON), ``x-api-key``; a 200
+    whose body carries an error code counts as that code (:func:`effective_status`)."""
+
+    def __init__(self, upstream_url: str, api_key: str | None, *, timeout_s: float,
+                 clock: Callable[[], int] = epoch_ms,
+                 session_factory: Callable[[], aiohttp.ClientSession] | None = None) -> None:
+        super().__init__(upstream_url.rstrip("/") + "/ews", timeout_s=timeout_s,
+                         headers={"x-api-key": api_key} if api_key else None,
+                         status_of=effective_status, clock=clock,
+                         session_factory=session_factory)
 
 
 def open_store(location: Location | Path, *, name: str = "ews") -> Database:
@@ -548,6 +564,7 @@ class Outbox:
 __all__ = [
     "CEXUP",
     "CexupTransport",
+    "JsonPostTransport",
     "Outbox",
     "Outcome",
     "RetryPolicy",
