@@ -145,60 +145,16 @@ def test_keys_create_find_revoke_retire(db: Database) -> None:
 
 # ------------------------------------------------------------- upgrade from the last release
 
-# the previous release's registry and keys DDL, verbatim from `git show 345d82a:ingest/registry.py`
-# and `git show 345d82a:ingest/keys.py`
-OLD_REGISTRY = """
-CREATE TABLE IF NOT EXISTS devices (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
-  device_name TEXT NOT NULL UNIQUE,
-  device_mac TEXT NOT NULL UNIQUE,
-  device_type TEXT NOT NULL,
-  device_holder TEXT NOT NULL,
-  user_code TEXT,
-  user_code_source TEXT,          -- 'status' (from MQTT) | 'api' | NULL
-  gateway_id TEXT,
-  model TEXT,
-  last_seen INTEGER,
-  battery INTEGER,
-  connected INTEGER,
-  rssi INTEGER,
-  created_at INTEGER NOT NULL,
-  updated_at INTEGER NOT NULL
-);
-
--- every change of a device's gateway made through the API
-CREATE TABLE IF NOT EXISTS device_moves (
-  id INTEGER PRIMARY KEY,
-  device_id INTEGER NOT NULL,       -- devices.id
-  device_mac TEXT NOT NULL,
-  from_gateway TEXT,
-  to_gateway TEXT,
-  moved_at INTEGER NOT NULL,
-  key_name TEXT                     -- the API key that moved it, when known
-);
-CREATE INDEX IF NOT EXISTS device_moves_device ON device_moves (device_id, moved_at);
-"""
-OLD_KEYS = """
-CREATE TABLE IF NOT EXISTS api_keys (
-  name TEXT PRIMARY KEY,
-  salt BLOB NOT NULL,
-  hash BLOB NOT NULL,
-  created_at INTEGER NOT NULL,
-  revoked_at INTEGER,
-  scopes TEXT NOT NULL DEFAULT 'admin',
-  holder TEXT
-);
-CREATE TABLE IF NOT EXISTS api_key_state (
-  name TEXT PRIMARY KEY,
-  value INTEGER
-);
-"""
+#: the previous release's store, as its DDL made it (registry and keys among its tables): the
+#: one verbatim copy the upgrade tests share (tests/ingest/db/fixtures).
+PREVIOUS_RELEASE_DDL = Path(__file__).parent / "fixtures" / "store_345d82a.sql"
 OLD_KEY = "vg_made-by-the-previous-release"
 
 
 def _previous_release_store(path: Path) -> None:
     conn = sqlite3.connect(path)
-    conn.executescript(OLD_REGISTRY + OLD_KEYS)
+    conn.executescript(PREVIOUS_RELEASE_DDL.read_text())
+    conn.execute("PRAGMA user_version = 1")  # as that release left it
     conn.execute(
         "INSERT INTO devices (device_name, device_mac, device_type, device_holder, user_code,"
         " user_code_source, gateway_id, connected, created_at, updated_at)"
