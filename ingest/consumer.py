@@ -31,6 +31,7 @@ No message can stop ingestion (poison-message isolation):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -88,6 +89,34 @@ BACKPRESSURE_POLL_S: Final = 0.2
 UNCOMMITTED_MAX: Final = 100_000
 #: redelivery counts of messages not seen again for this long are dropped (ms).
 DELIVERIES_KEPT_MS: Final = 7 * 24 * 3600 * 1000
+
+
+async def _in_own_thread(fn: Callable[[], None], *, name: str) -> None:
+    """``fn()`` in a thread of its own. Not the loop's default executor: at shutdown its few
+    workers (cpu count + 4) can all be busy with store calls of tasks just cancelled, and the
+    MQTT disconnect would queue behind them."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(exc: BaseException | None) -> None:
+        if done.done():
+            return
+        if exc is None:
+            done.set_result(None)
+        else:
+            done.set_exception(exc)
+
+    def body() -> None:
+        outcome: BaseException | None = None
+        try:
+            fn()
+        except BaseException as exc:  # handed to the awaiting task, never lost in the thread
+            outcome = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=body, name=name, daemon=True).start()
+    await done
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,7 +450,7 @@ class Consumer:
                 tg.create_task(self._post_loop())
         finally:
             self._closing.set()  # before awaiting: a network thread waiting for room lets go
-            await asyncio.to_thread(self.stop)
+            await _in_own_thread(self.stop, name="mqtt-consumer-stop")
 
     async def _ingest_loop(self) -> None:
         while True:

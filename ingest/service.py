@@ -70,6 +70,12 @@ log = logging.getLogger(__name__)
 
 #: a failed background task is restarted after this many seconds.
 RESTART_DELAY_S: Final = 1.0
+#: at shutdown the background tasks, once cancelled, get this long (s) to finish their own
+#: clean-up (the consumer's MQTT disconnect, the outbox giving back its claims). A task still
+#: running then is named in the log with where it waits, and the shutdown goes on without it:
+#: SIGTERM must stop the service within seconds in every state (a service manager's own
+#: timeout is 10-90 s), and what such a task had not committed the broker redelivers.
+STOP_TASKS_S: Final = 10.0
 #: retention deletes at most this many rows per table per transaction, then yields, so a large
 #: backlog never holds the write lock for long (ingestion commits in between).
 RETENTION_BATCH: Final = 500
@@ -270,9 +276,7 @@ class IngestService:
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _cancel_all(tasks, STOP_TASKS_S)
             await self.owner.leave()  # the others take over in one heartbeat, not one lease
             if self.influx is not None:
                 await asyncio.to_thread(self.influx.close)
@@ -836,6 +840,21 @@ class IngestService:
                     lambda: [] if self.fhir is None else [
                         ("vitalgate_ingest_fhir", {"stat": k}, float(v))
                         for k, v in self.fhir.stats().items()])
+
+
+async def _cancel_all(tasks: Sequence[asyncio.Task[None]], bound_s: float) -> None:
+    """Cancel ``tasks`` and wait at most ``bound_s`` for them; name any that did not finish."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    _done, pending = await asyncio.wait(tasks, timeout=bound_s)
+    for task in pending:
+        frames = task.get_stack(limit=1)
+        where = (f"{frames[0].f_code.co_filename}:{frames[0].f_lineno}" if frames
+                 else "unknown")
+        log.warning("background task %s did not stop within %.0f s of its cancellation "
+                    "(waiting at %s); shutting down without it", task.get_name(), bound_s, where)
 
 
 @dataclass
