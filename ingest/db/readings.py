@@ -34,8 +34,8 @@ import bisect
 import datetime as dt
 import logging
 import re
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 from ingest.db import migrate
@@ -217,22 +217,66 @@ def ensure_partitions(conn: Conn, first_ms: int, last_ms: int) -> list[str]:
     return made
 
 
-@dataclass(frozen=True, slots=True)
-class Partitions:
-    """The days with a partition at the start of a commit (PostgreSQL), or None (SQLite:
-    every event time is storable)."""
+#: the partition days of each PostgreSQL database as this process last read them, so that a
+#: commit does not read the catalogue every batch. A day found here has a partition: retention
+#: drops only days before the accepted event-time window, whose readings are refused as
+#: ``too_old`` before this is asked. A day not found is read again before anything is
+#: refused, so a partition another instance made is seen by the first reading that needs it.
+_KNOWN_DAYS: dict[tuple[str, str, str], list[int]] = {}
+_KNOWN_LOCK = threading.Lock()
 
-    days: list[int] | None
+
+def _database_key(conn: Conn) -> tuple[str, str, str]:
+    info = conn.pg.info
+    return (str(info.host), str(info.port), str(info.dbname))
+
+
+class Partitions:
+    """The days with a partition (PostgreSQL), or None (SQLite: every event time is
+    storable). Starts from what this process knew; re-reads once on a miss."""
+
+    __slots__ = ("_conn", "_reread", "days")
+
+    def __init__(self, days: list[int] | None, conn: Conn | None = None) -> None:
+        self.days = days
+        self._conn = conn
+        self._reread = conn is not None
+
+    def _has(self, day: int) -> bool:
+        days = self.days or []
+        i = bisect.bisect_left(days, day)
+        return i < len(days) and days[i] == day
 
     def covers(self, ts_ms: int) -> bool:
         if self.days is None:
             return True
-        i = bisect.bisect_left(self.days, day_of(ts_ms))
-        return i < len(self.days) and self.days[i] == day_of(ts_ms)
+        day = day_of(ts_ms)
+        if self._has(day):
+            return True
+        if self._reread and self._conn is not None:
+            self._reread = False  # once per commit: a missing day stays missing meanwhile
+            self.days = _read_days(self._conn)
+            return self._has(day)
+        return False
+
+
+def _read_days(conn: Conn) -> list[int]:
+    days = partition_days(conn)
+    with _KNOWN_LOCK:
+        _KNOWN_DAYS[_database_key(conn)] = days
+    return days
 
 
 def partitions(conn: Conn) -> Partitions:
-    return Partitions(partition_days(conn) if conn.is_postgres else None)
+    """The readings partitions, as known (PostgreSQL: the catalogue is read on the first use in
+    this process and again whenever a day is not found)."""
+    if not conn.is_postgres:
+        return Partitions(None)
+    with _KNOWN_LOCK:
+        known = _KNOWN_DAYS.get(_database_key(conn))
+    if known is None:
+        return Partitions(_read_days(conn))
+    return Partitions(known, conn)
 
 
 # ---------------------------------------------------------------------------------- writes
@@ -499,6 +543,8 @@ def drop_expired_partitions(conn: Conn, cutoff_ms: int, *,
         return {}
     limit = cutoff_ms if keep_from_ms is None else min(cutoff_ms, keep_from_ms)
     dropped: dict[str, int] = {}
+    with _KNOWN_LOCK:  # read again on the next commit (forgetting a day is always safe)
+        _KNOWN_DAYS.pop(_database_key(conn), None)
     for day in partition_days(conn):
         if day + DAY_MS > limit:
             break

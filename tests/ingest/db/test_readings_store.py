@@ -141,6 +141,23 @@ def test_readings_outside_the_window_are_counted_rejects(pg: store.Database) -> 
     assert [r.seq for r in again.readings] == [1]
 
 
+def test_a_partition_another_instance_made_is_seen_by_the_next_commit(
+        pg: store.Database, postgres_db: str) -> None:
+    """The partition days are known from an earlier commit (not read every batch); a day made
+    meanwhile by another process (its own connections) is found on the first reading that
+    needs it, not refused as no_partition."""
+    assert [r.seq for r in _commit(pg, _r(0, T0), max_age_ms=5 * DAY).readings] == [0]
+    assert readings.day_of(T0 - 3 * DAY) not in pg.read_sync(readings.partition_days)
+    other = store.Database(Location.parse(postgres_db, default_path=Path("unused")),
+                           synchronous="NORMAL")
+    try:
+        other.write_sync(lambda c: readings.ensure_partitions(c, T0 - 3 * DAY, T0 - 3 * DAY))
+    finally:
+        other.close()
+    res = _commit(pg, _r(1, T0 - 3 * DAY), max_age_ms=5 * DAY)
+    assert [r.seq for r in res.readings] == [1] and res.dead == []
+
+
 def test_too_old_is_the_same_rule_on_sqlite(tmp_path: Path) -> None:
     db = store.Database(tmp_path / "ingest.sqlite3", synchronous="NORMAL")
     try:
