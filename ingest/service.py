@@ -257,8 +257,12 @@ class IngestService:
         self._loop = asyncio.get_running_loop()
         if self.feed is None:
             await self._warm_start()  # PostgreSQL: each partition is warm-started when taken
-        await self._catch_up_exports()
         tasks = [
+            # beside the consumer, not before it: after a long stop the catch-up can read hours
+            # of readings, and new ones must not wait for it (the outbox's dedup keys absorb
+            # what both enqueue; ingest.export_catchup says why the order does not matter)
+            asyncio.create_task(self._supervise("exports-catch-up", self._catch_up_exports),
+                                name="exports-catch-up"),
             asyncio.create_task(self._supervise("consumer", self._run_consumer), name="consumer"),
             asyncio.create_task(self._supervise("ews-tick", self._tick_loop), name="ews-tick"),
             asyncio.create_task(self._supervise("outbox", self.outbox.run), name="outbox"),
