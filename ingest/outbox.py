@@ -459,11 +459,11 @@ class Outbox:
         now = self._clock()
         if now < ch.hold_until:
             return 0
-        lease_until = now + self._lease(ch)
+        lease_ms = self._lease(ch)
 
         def claim(conn: Conn) -> list[Row]:
             return table.claim(conn, ch.name, now=now, limit=ch.retry.concurrency,
-                               owner=self.instance_id, lease_until=lease_until)
+                               owner=self.instance_id, lease_ms=lease_ms)
 
         items = await self._db.write(claim)
         if not items:

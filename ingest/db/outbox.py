@@ -12,7 +12,9 @@ history row it announces), and delivered by :class:`ingest.outbox.Outbox`. Colum
 ``attempts``, ``next_at`` (epoch ms, not before), ``status``/``error`` of the last attempt;
 ``lease_owner``/``lease_until`` an instance delivering the row right now, and until when its
                 claim holds: a row claimed by an instance that died is claimed again by any
-                instance after ``lease_until``.
+                instance after ``lease_until``. On PostgreSQL ``lease_until`` is on the
+                database's clock (as the partition leases, ``ingest.db.leases``): an instance
+                whose own clock runs ahead never takes a row another still holds.
 
 Claiming (:func:`claim`) takes, per channel, the oldest pending row of each patient (never a
 later row while an earlier one is pending, leased or not), due and not leased, and leases it in
@@ -30,6 +32,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from ingest.db.engine import Conn
+from ingest.db.leases import DB_NOW_MS
 from ingest.db.migrate import Migration, apply
 
 COMPONENT: Final = "outbox"
@@ -136,25 +139,36 @@ _HEADS: Final = (
     "SELECT MIN(id) FROM ews_outbox WHERE channel = ? AND state = 'pending' GROUP BY user_code")
 
 
-def claim(conn: Conn, channel: str, *, now: int, limit: int, owner: str, lease_until: int) -> list[Row]:
-    """Lease up to ``limit`` due rows of ``channel`` to ``owner`` until ``lease_until``, oldest
+def claim(conn: Conn, channel: str, *, now: int, limit: int, owner: str, lease_ms: int) -> list[Row]:
+    """Lease up to ``limit`` due rows of ``channel`` to ``owner`` for ``lease_ms``, oldest
     first: each the oldest pending row of its patient, with no live lease. Run it in its own
-    short write transaction."""
-    lock = " FOR UPDATE OF o SKIP LOCKED" if conn.is_postgres else ""
+    short write transaction. ``now`` (the instance's clock) says which rows are due; whether a
+    lease is live is the database's clock on PostgreSQL (one clock for every instance), the
+    instance's on SQLite (one process)."""
+    args: tuple[Any, ...]
+    if conn.is_postgres:
+        lock, lease_now, args = " FOR UPDATE OF o SKIP LOCKED", DB_NOW_MS, (channel, now, limit)
+    else:
+        lock, lease_now, args = "", "?", (channel, now, now, limit)
     rows = conn.execute(
         "SELECT o.id, o.channel, o.user_code, o.dedup_key, o.body, o.attempts, o.created_at"
         " FROM ews_outbox o WHERE o.channel = ? AND o.state = 'pending' AND o.next_at <= ?"
-        " AND (o.lease_until IS NULL OR o.lease_until <= ?)"
+        f" AND (o.lease_until IS NULL OR o.lease_until <= {lease_now})"
         " AND NOT EXISTS (SELECT 1 FROM ews_outbox e WHERE e.channel = o.channel"
         " AND e.user_code = o.user_code AND e.state = 'pending' AND e.id < o.id)"
         f" ORDER BY o.id LIMIT ?{lock}",
-        (channel, now, now, limit),
+        args,
     ).fetchall()
     out = [Row(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), int(r[5]), int(r[6]))
            for r in rows]
     if out:
-        conn.executemany("UPDATE ews_outbox SET lease_owner = ?, lease_until = ? WHERE id = ?",
-                         [(owner, lease_until, r.id) for r in out])
+        if conn.is_postgres:
+            conn.executemany("UPDATE ews_outbox SET lease_owner = ?,"
+                             f" lease_until = {DB_NOW_MS} + ? WHERE id = ?",
+                             [(owner, lease_ms, r.id) for r in out])
+        else:
+            conn.executemany("UPDATE ews_outbox SET lease_owner = ?, lease_until = ? WHERE id = ?",
+                             [(owner, now + lease_ms, r.id) for r in out])
     return out
 
 

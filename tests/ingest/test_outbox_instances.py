@@ -16,11 +16,12 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from ingest.db import Conn, Database
+from ingest.db import Conn, Database, Location
 from ingest.db import ews as ews_store
 from ingest.db import outbox as table
 from ingest.outbox import Outbox, RetryPolicy
@@ -197,3 +198,29 @@ async def test_an_item_claimed_by_a_killed_instance_is_redelivered_after_its_lea
 
 def table_rows(db: Database) -> list[dict[str, Any]]:
     return db.read_sync(lambda c: table.rows(c, "cexup"))
+
+
+def test_a_lease_is_on_the_database_clock_so_a_clock_ahead_takes_nothing_held(
+        postgres_db: str) -> None:
+    """Instance B's clock runs an hour ahead of A's (and of the database's): B must not take the
+    row A leased a second ago. The lease is live on the database's clock; ``now`` only says
+    which rows are due."""
+    db = Database(Location.parse(postgres_db, default_path=Path("unused")), name="outbox-clock",
+                  setup=ews_store.setup)
+    try:
+        now_a = epoch_ms()
+        enqueue_all(db, [("P1", 1)], now_a)
+        taken_a = db.write_sync(lambda c: table.claim(c, "cexup", now=now_a, limit=5, owner="A",
+                                                      lease_ms=30_000))
+        assert [r.dedup_key for r in taken_a] == ["P1:1"]
+        now_b = now_a + 3_600_000
+        taken_b = db.write_sync(lambda c: table.claim(c, "cexup", now=now_b, limit=5, owner="B",
+                                                      lease_ms=30_000))
+        assert taken_b == []  # with the instance's clock (the previous rule) B took it
+        # a lease that has run out on the database's clock is taken by anyone
+        db.write_sync(lambda c: c.execute("UPDATE ews_outbox SET lease_until = lease_until - 31000"))
+        again = db.write_sync(lambda c: table.claim(c, "cexup", now=now_a, limit=5, owner="B",
+                                                    lease_ms=30_000))
+        assert [r.dedup_key for r in again] == ["P1:1"]
+    finally:
+        db.close()
