@@ -13,21 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
 
+from benchmarks.timing import best_of
 from ingest.keys import KeyChecker, Principal
 from vitalgate.contract import json_depth
 
 MIB = 1024 * 1024
-
-
-def best_of(fn: Callable[[], object], repeat: int = 15) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+REPEATS = 15
 
 
 def device_body(size: int = MIB) -> str:
@@ -40,12 +32,12 @@ def device_body(size: int = MIB) -> str:
 
 def main() -> None:
     body = device_body()
-    parse = best_of(lambda: json.loads(body))
-    scan = best_of(lambda: json_depth(body, None))
+    parse = best_of(lambda: json.loads(body), REPEATS)
+    scan = best_of(lambda: json_depth(body, None), REPEATS)
     print(f"1 MiB device body ({len(body):,} chars): json.loads {parse * 1e3:.1f} ms, "
           f"json_depth {scan * 1e3:.1f} ms, ratio {scan / parse:.1f}x")
     hostile = "[" * (MIB // 2) + "]" * (MIB // 2)
-    scan_h = best_of(lambda: json_depth(hostile, None))
+    scan_h = best_of(lambda: json_depth(hostile, None), REPEATS)
     print(f"1 MiB of nested brackets: json_depth {scan_h * 1e3:.1f} ms "
           f"(json.loads raises RecursionError), ratio to the device-body parse {scan_h / parse:.1f}x")
     key = "vg_" + "x" * 43

@@ -11,13 +11,12 @@ Figures are the best of several repeats (least disturbed by other processes).
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from scipy import signal as sps
 
+from benchmarks.timing import best_of
 from ews.ecg import analyse, detect_r_peaks, read_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,21 +33,12 @@ def one_hour() -> np.ndarray:
     return np.tile(x, reps)[: SECONDS * FS]
 
 
-def best_of(fn: Callable[[], object]) -> float:
-    times = []
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def main() -> int:
     x = one_hour()
     sos = sps.butter(2, (5.0, 20.0), btype="bandpass", fs=FS, output="sos")
-    t_base = best_of(lambda: sps.sosfiltfilt(sos, x))
-    t_detect = best_of(lambda: detect_r_peaks(x, FS))
-    t_analyse = best_of(lambda: analyse(x, FS))
+    t_base = best_of(lambda: sps.sosfiltfilt(sos, x), REPEATS)
+    t_detect = best_of(lambda: detect_r_peaks(x, FS), REPEATS)
+    t_analyse = best_of(lambda: analyse(x, FS), REPEATS)
     summary = analyse(x, FS)
     hours = x.size / FS / 3600
     out = [

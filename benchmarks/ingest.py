@@ -32,6 +32,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from benchmarks.load_options import load_parser
 from tests.support.ingest_service import running, settings_for
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import Reading, Topics, Vitals, encode_readings
@@ -213,11 +214,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--n", type=int, default=20_000)
-    parser.add_argument("--patients", type=int, default=500)
-    parser.add_argument("--seconds", type=int, default=30)
+    parser = load_parser(__doc__, n=20_000, patients=500, seconds=30)
     parser.add_argument("--role", choices=["burst", "count", "steady", "ews"])
     parser.add_argument("--port", type=int)
     parser.add_argument("--topic")

@@ -18,7 +18,6 @@ last commit. The machine is shared (2 cores): compare ratios within the run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from benchmarks.load_options import load_parser
 from vitalgate.broker import Mosquitto, free_port, wait_port
 from vitalgate.postgres import PostgresServer
 
@@ -186,11 +186,7 @@ def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--n", type=int, default=30_000)
-    parser.add_argument("--patients", type=int, default=1000)
-    parser.add_argument("--seconds", type=int, default=30)
+    parser = load_parser(__doc__, n=30_000, patients=1000, seconds=30)
     args = parser.parse_args()
     if args.quick:
         args.n, args.seconds = 10_000, 15

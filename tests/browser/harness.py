@@ -8,10 +8,11 @@ record every request the page makes to prove that it only talks to the ingest se
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 import pytest
-from playwright.async_api import BrowserContext, Page
+from playwright.async_api import BrowserContext, Page, Request, async_playwright
 
 from ingest.service import RunningService
 from tests.support.ingest_service import TEST_KEY, publish_all
@@ -161,3 +162,28 @@ class Ward:
             if parts.hostname != "127.0.0.1" or parts.port != self.service.port:
                 out.append(url)
         return out
+
+
+@contextlib.asynccontextmanager
+async def browser_on(service: RunningService, feed: Feed, profile: Path) -> AsyncIterator[Ward]:
+    """The ward of ``service`` in a headless Chromium (a fresh profile directory ``profile``);
+    every request the page makes is recorded in :attr:`Ward.requests`."""
+    executable = chromium_or_fail()
+    async with async_playwright() as pw:
+        context = await pw.chromium.launch_persistent_context(
+            str(profile), executable_path=executable, headless=True,
+            args=list(CHROMIUM_ARGS), viewport=VIEWPORT,  # type: ignore[arg-type]
+            service_workers="block",
+        )
+        try:
+            context.set_default_timeout(UI_TIMEOUT_MS)
+            requests: list[str] = []
+
+            def record(request: Request) -> None:
+                requests.append(request.url)
+
+            context.on("request", record)
+            page = context.pages[0] if context.pages else await context.new_page()
+            yield Ward(service, feed, context, page, requests)
+        finally:
+            await context.close()

@@ -9,22 +9,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
 from ingest import keys
 from ingest.consumer import epoch_ms
 from tests.browser.harness import (
-    CHROMIUM_ARGS,
     MEDIUM,
     NORMAL,
     SEPTIC,
     STABLE,
-    UI_TIMEOUT_MS,
     UNWELL,
-    VIEWPORT,
     Feed,
     Ward,
-    chromium_or_fail,
+    browser_on,
 )
 from tests.support.ingest_service import eventually, publisher, running, settings_for
 from vitalgate.broker import Mosquitto
@@ -45,7 +42,6 @@ class Clock:
 @pytest.fixture
 async def alert_ward(mosquitto: Mosquitto, tmp_path: Path) -> AsyncIterator[tuple[Ward, Clock]]:
     """Two patients scoring 0 (normal), a service whose clock the test moves, a browser."""
-    executable = chromium_or_fail()
     clock = Clock()
     settings = settings_for(tmp_path / "ingest", mosquitto.url, ews_tick_s=1.0,
                             ews_min_interval_s=0, alert_check_s=0.2,
@@ -60,19 +56,8 @@ async def alert_ward(mosquitto: Mosquitto, tmp_path: Path) -> AsyncIterator[tupl
             engine = svc.service.engine
             await eventually(lambda: all(engine.current(p.user_code) is not None
                                          for p in (STABLE, MEDIUM)))
-            async with async_playwright() as pw:
-                context = await pw.chromium.launch_persistent_context(
-                    str(tmp_path / "chromium-profile"), executable_path=executable, headless=True,
-                    args=list(CHROMIUM_ARGS), viewport=VIEWPORT,  # type: ignore[arg-type]
-                    service_workers="block")
-                try:
-                    context.set_default_timeout(UI_TIMEOUT_MS)
-                    requests: list[str] = []
-                    context.on("request", lambda r: requests.append(r.url))
-                    page = context.pages[0] if context.pages else await context.new_page()
-                    yield Ward(svc, feed, context, page, requests), clock
-                finally:
-                    await context.close()
+            async with browser_on(svc, feed, tmp_path / "chromium-profile") as ward:
+                yield ward, clock
         finally:
             client.loop_stop()
             client.disconnect()

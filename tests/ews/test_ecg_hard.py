@@ -16,15 +16,9 @@ import numpy.typing as npt
 import pytest
 from scipy import signal as sps
 
-from ews.ecg import (
-    BEAT_SYMBOLS,
-    analyse,
-    detect_r_peaks,
-    match_beats,
-    read_annotations,
-    read_record,
-)
+from ews.ecg import analyse, detect_r_peaks, match_beats
 from ews.ecg.evaluate import flutter_spans, noisy_copy, outside_spans
+from tests.support.wfdb_records import read_annotated
 
 MITDB = Path(__file__).resolve().parents[1] / "data" / "mitdb"
 FS = 250.0
@@ -126,16 +120,13 @@ def test_no_published_window_no_mean_rate() -> None:
 
 
 def record(name: str) -> tuple[FloatArray, IntArray, list[tuple[int, int]]]:
-    base = MITDB / name
-    sig, fs, _ = read_record(base)
-    samples, symbols = read_annotations(base)
-    beats = samples[np.array([s in BEAT_SYMBOLS for s in symbols], dtype=bool)]
-    x = np.asarray(sps.resample_poly(sig[:, 0], 25, 36), dtype=np.float64)
-    k = FS / fs
+    r = read_annotated(MITDB / name)
+    x = np.asarray(sps.resample_poly(r.ecg, 25, 36), dtype=np.float64)
+    k = FS / r.fs
     spans = [
-        (round(lo * k), round(min(hi, 2**40) * k)) for lo, hi in flutter_spans(samples, symbols)
+        (round(lo * k), round(min(hi, 2**40) * k)) for lo, hi in flutter_spans(r.samples, r.symbols)
     ]
-    return x, np.round(beats * k).astype(np.int64), spans
+    return x, np.round(r.beats * k).astype(np.int64), spans
 
 
 def se_ppv(x: FloatArray, ref: IntArray, spans: list[tuple[int, int]]) -> tuple[float, float]:

@@ -12,14 +12,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.signal import resample_poly
 
-from ews.ecg import (
-    BEAT_SYMBOLS,
-    analyse,
-    detect_r_peaks,
-    match_beats,
-    read_annotations,
-    read_record,
-)
+from ews.ecg import analyse, detect_r_peaks, match_beats
+from tests.support.wfdb_records import read_annotated
 
 
 def score(
@@ -34,21 +28,15 @@ def score(
     return m.sensitivity, m.positive_predictivity
 
 
-def load_wfdb(base: Path) -> tuple[npt.NDArray[np.float64], float, npt.NDArray[np.int64]]:
-    sig, fs, _ = read_record(base)
-    samples, symbols = read_annotations(base)
-    is_beat = np.array([s in BEAT_SYMBOLS for s in symbols])
-    return sig[:, 0], fs, samples[is_beat]
-
-
 def test_record_100_at_watch_rate(shared_data: Path) -> None:
-    x, fs, beats = load_wfdb(shared_data / "mitdb" / "100")
-    se, ppv = score(x, fs, beats, 250)
+    r = read_annotated(shared_data / "mitdb" / "100")
+    se, ppv = score(r.ecg, r.fs, r.beats, 250)
     assert se >= 0.995 and ppv >= 0.995, (se, ppv)
 
 
 def test_record_100_fiducial_accuracy_and_summary(shared_data: Path) -> None:
-    x, fs, beats = load_wfdb(shared_data / "mitdb" / "100")
+    r = read_annotated(shared_data / "mitdb" / "100")
+    x, fs, beats = r.ecg, r.fs, r.beats
     det = detect_r_peaks(x, fs)
     nearest = np.abs(det[:, None] - beats[None, :]).min(axis=0)
     assert np.median(nearest) <= 2  # median within 2 samples (5.6 ms) of the annotation
@@ -58,8 +46,8 @@ def test_record_100_fiducial_accuracy_and_summary(shared_data: Path) -> None:
 
 
 def test_svdb_800_at_watch_rate(shared_data: Path) -> None:
-    x, fs, beats = load_wfdb(shared_data / "svdb" / "800")
-    se, ppv = score(x, fs, beats, 250)
+    r = read_annotated(shared_data / "svdb" / "800")
+    se, ppv = score(r.ecg, r.fs, r.beats, 250)
     assert se >= 0.99 and ppv >= 0.99, (se, ppv)
 
 

@@ -94,19 +94,27 @@ def test_from_bytes_random_bytes_only_typed_errors(data: bytes) -> None:
     assert bytes(frame) == data
 
 
-@FUZZ
-@given(frames_st, st.data())
-def test_from_bytes_mutations_are_rejected(frame: Frame, data: st.DataObject) -> None:
-    raw = bytearray(bytes(frame))
-    mutation = data.draw(st.sampled_from(["flip", "truncate", "insert"]))
+def _mutate(raw: bytearray, data: st.DataObject, mutation: str, *, keep: int) -> None:
+    """``raw`` changed in place by ``mutation``: "flip" one bit, "truncate" after at least
+    ``keep`` bytes, "insert" 1-4 bytes anywhere, "insert_after" 1-8 bytes at the end."""
     if mutation == "flip":
         bit = data.draw(st.integers(0, len(raw) * 8 - 1))
         raw[bit // 8] ^= 1 << (bit % 8)
     elif mutation == "truncate":
-        del raw[data.draw(st.integers(0, len(raw) - 1)) :]
-    else:
+        del raw[data.draw(st.integers(keep, len(raw) - 1)) :]
+    elif mutation == "insert":
         at = data.draw(st.integers(0, len(raw)))
         raw[at:at] = data.draw(st.binary(min_size=1, max_size=4))
+    else:
+        assert mutation == "insert_after", mutation
+        raw += data.draw(st.binary(min_size=1, max_size=8))
+
+
+@FUZZ
+@given(frames_st, st.data())
+def test_from_bytes_mutations_are_rejected(frame: Frame, data: st.DataObject) -> None:
+    raw = bytearray(bytes(frame))
+    _mutate(raw, data, data.draw(st.sampled_from(["flip", "truncate", "insert"])), keep=0)
     # CRC-16 detects every single-bit error; truncation and insertion break the length.
     with pytest.raises(E86Error):
         Frame.from_bytes(bytes(raw))
@@ -145,13 +153,7 @@ def test_assembler_corrupted_frame_loses_only_itself(
     victim = data.draw(st.integers(0, len(frames) - 1))
     raw = bytearray(bytes(frames[victim]))
     mutation = data.draw(st.sampled_from(["flip", "truncate", "insert_after"]))
-    if mutation == "flip":
-        bit = data.draw(st.integers(0, len(raw) * 8 - 1))
-        raw[bit // 8] ^= 1 << (bit % 8)
-    elif mutation == "truncate":
-        del raw[data.draw(st.integers(1, len(raw) - 1)) :]
-    else:
-        raw += data.draw(st.binary(min_size=1, max_size=8))
+    _mutate(raw, data, mutation, keep=1)
     stream = b"".join(
         bytes(raw) if i == victim else bytes(f) for i, f in enumerate(frames)
     )

@@ -47,6 +47,16 @@ class Env:
     def readings(self, device_id: str) -> list[Reading]:
         return self.probe.readings(device_id)
 
+    def only_watch(self) -> tuple[str, VirtualE86]:
+        """The device id and the watch of a one-watch environment."""
+        assert len(self.watches) == 1
+        return self.patients[0].device_id, self.watches[0]
+
+    def assert_seqs_from_zero(self, device_id: str) -> None:
+        """The device's readings arrived with every seq from 0, none missing."""
+        seqs = unique_seqs(self.readings(device_id))
+        assert seqs == list(range(len(seqs)))
+
 
 def _recording(p: Patient, out: list[tuple[int, Mapping[str, float]]]) -> Any:
     def vitals(ts_ms: int) -> Mapping[str, float]:
@@ -178,8 +188,7 @@ async def test_three_watches_through_a_broker_outage_lose_nothing(mosquitto: Mos
 
 async def test_out_of_range_gap_is_filled_from_the_watch_history(mosquitto: Mosquitto, tmp_path: Path) -> None:
     async with gateway_env(mosquitto, tmp_path, 1) as env:
-        d = env.patients[0].device_id
-        watch = env.watches[0]
+        d, watch = env.only_watch()
         await env.probe.until(lambda: len(env.readings(d)) >= 4, what="first readings")
         gap_from = env.clock.ms()
         await watch.set_in_range(False)
@@ -202,14 +211,12 @@ async def test_out_of_range_gap_is_filled_from_the_watch_history(mosquitto: Mosq
     assert realtime_in_gap == []  # the watch was away: only its history covers this time
     assert state.connects >= 2
     assert watch.stats.history_deleted > 0  # deleted only after the buffer had them
-    seqs = unique_seqs(env.readings(d))
-    assert seqs == list(range(len(seqs)))
+    env.assert_seqs_from_zero(d)
 
 
 async def test_corrupted_frames_are_counted_and_skipped(mosquitto: Mosquitto, tmp_path: Path) -> None:
     async with gateway_env(mosquitto, tmp_path, 1) as env:
-        d = env.patients[0].device_id
-        watch = env.watches[0]
+        d, watch = env.only_watch()
         await env.probe.until(lambda: len(env.readings(d)) >= 4, what="first readings")
         watch.corrupt_next(3, group=0x06)
         await env.probe.until(lambda: watch.stats.corrupted == 3, what="corruption sent")
@@ -220,14 +227,12 @@ async def test_corrupted_frames_are_counted_and_skipped(mosquitto: Mosquitto, tm
     assert snap["frames"]["crc_errors"] >= 1  # counted (back-to-back bad frames count once)
     assert snap["frames"]["bytes_dropped"] > 0
     assert state.connects == 1 and state.failures == 0  # the connection survived
-    seqs = unique_seqs(env.readings(d))
-    assert seqs == list(range(len(seqs)))
+    env.assert_seqs_from_zero(d)
 
 
 async def test_ecg_and_sync_commands(mosquitto: Mosquitto, tmp_path: Path) -> None:
     async with gateway_env(mosquitto, tmp_path, 1) as env:
-        d = env.patients[0].device_id
-        watch = env.watches[0]
+        d, watch = env.only_watch()
         await env.probe.until(lambda: env.gateway.manager.watches[d].state == "connected", what="connected")
         await asyncio.sleep(0.3)  # the gateway's cmd SUBACK
         topic = env.gateway.publisher.topics.cmd("ward3")

@@ -10,10 +10,12 @@ The store's engine: a module that runs on both SQLite and PostgreSQL says so wit
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.ingest.ews_support import Open, opener
 from tests.support import ingest_service
 from tests.support.ingest_service import publishing
 from vitalgate.broker import Mosquitto
@@ -36,3 +38,11 @@ def ingest_engine(database_url: str) -> Iterator[str | None]:
         yield url
     finally:
         ingest_service.ENGINE.reset(token)
+
+
+@pytest.fixture
+def store(database_url: str, tmp_path: Path) -> Iterator[Open]:
+    """``store()``: a new Database on the test's EWS store, on the test's engine (a second call:
+    another process's view of the same store); all are closed at the end."""
+    with opener(database_url, tmp_path) as open_:
+        yield open_

@@ -35,41 +35,31 @@ from vitalgate.broker import Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: one concrete request per keyed route of the table: (method, path, JSON body or None)
+#: the value of each path parameter in a sample request
+PATH_VALUES = {"user_code": "PA", "recording": "nothing", "id_device": "1",
+               "device_id": "d061aed45894", "id": "1"}
+EWS_POINT = {"user_code": "PA", "point": 1, "result": "rendah", "produce_at": "1000"}
+#: one concrete request per keyed route of the table: (method, path, JSON body or None); every
+#: keyed GET route is asked without a body, its parameters from PATH_VALUES
 SAMPLES: dict[tuple[str, str], tuple[str, Any]] = {
-    ("GET", "/api/ward"): ("/api/ward", None),
-    ("GET", "/api/ward/{user_code}"): ("/api/ward/PA", None),
-    ("GET", "/api/events"): ("/api/events", None),
-    ("GET", "/ews/{user_code}"): ("/ews/PA", None),
-    ("GET", "/ews/history/{user_code}"): ("/ews/history/PA", None),
-    ("GET", "/api/ews/{user_code}"): ("/api/ews/PA", None),
-    ("GET", "/api/ews/history/{user_code}"): ("/api/ews/history/PA", None),
-    ("GET", "/api/ews-summary"): ("/api/ews-summary", None),
-    ("POST", "/ews"): ("/ews", {"user_code": "PA", "point": 1, "result": "rendah",
-                               "produce_at": "1000"}),
-    ("POST", "/api/ews"): ("/api/ews", {"user_code": "PA", "point": 1, "result": "rendah",
-                                       "produce_at": "1000"}),
-    ("GET", "/api/patient/{user_code}/context"): ("/api/patient/PA/context", None),
+    **{("GET", pattern): (pattern.format(**PATH_VALUES), None) for pattern in (
+        "/api/ward", "/api/ward/{user_code}", "/api/events", "/ews/{user_code}",
+        "/ews/history/{user_code}", "/api/ews/{user_code}", "/api/ews/history/{user_code}",
+        "/api/ews-summary", "/api/patient/{user_code}/context",
+        "/api/medical-record/{user_code}/latest", "/api/medical-records/{user_code}",
+        "/api/ecg-recordings/{user_code}", "/api/ecg/{recording}", "/api/devices",
+        "/api/device/{id_device}", "/api/dead-letters", "/api/outbox", "/api/gaps",
+        "/api/devices/{device_id}/gaps", "/api/alerts", "/api/alerts/{id}", "/api/monitoring",
+    )},
+    ("POST", "/ews"): ("/ews", EWS_POINT),
+    ("POST", "/api/ews"): ("/api/ews", EWS_POINT),
     ("PUT", "/api/patient/{user_code}/context"): ("/api/patient/PA/context",
                                                   {"consciousness": "A"}),
-    ("GET", "/api/medical-record/{user_code}/latest"): ("/api/medical-record/PA/latest", None),
-    ("GET", "/api/medical-records/{user_code}"): ("/api/medical-records/PA", None),
-    ("GET", "/api/ecg-recordings/{user_code}"): ("/api/ecg-recordings/PA", None),
-    ("GET", "/api/ecg/{recording}"): ("/api/ecg/nothing", None),
-    ("GET", "/api/devices"): ("/api/devices", None),
-    ("GET", "/api/device/{id_device}"): ("/api/device/1", None),
     ("POST", "/api/devices"): ("/api/devices", [{"device_name": "x"}]),
     ("POST", "/api/device"): ("/api/device", {"device_name": "x"}),
     ("PUT", "/api/device/{id_device}"): ("/api/device/999999", {"device_name": "y"}),
     ("DELETE", "/api/device/{id_device}"): ("/api/device/999999", None),
-    ("GET", "/api/dead-letters"): ("/api/dead-letters", None),
-    ("GET", "/api/outbox"): ("/api/outbox", None),
-    ("GET", "/api/gaps"): ("/api/gaps", None),
-    ("GET", "/api/devices/{device_id}/gaps"): ("/api/devices/d061aed45894/gaps", None),
-    ("GET", "/api/alerts"): ("/api/alerts", None),
-    ("GET", "/api/alerts/{id}"): ("/api/alerts/1", None),
     ("POST", "/api/alerts/{id}/ack"): ("/api/alerts/1/ack", {"who": "Nurse Ani"}),
-    ("GET", "/api/monitoring"): ("/api/monitoring", None),
 }
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -15,10 +13,8 @@ from ingest.db import Conn, Database
 from ingest.emit_policy import EmitPolicy
 from ingest.ews_engine import EwsEngine, EwsInputError, EwsPoint
 from ingest.outbox import Outbox
-from tests.ingest.ews_support import opener, query
+from tests.ingest.ews_support import Open, query
 from tests.ingest.upstream import FakeTime, Upstream
-
-Open = Callable[[], Database]
 
 NORMAL = {"heart_rate": 72.0, "spo2": 98.0, "systolic_bp": 120.0, "temperature": 36.8,
           "respiratory_rate": 16.0}
@@ -27,12 +23,6 @@ MIN = 60_000
 
 def readings(user: str, ts: int, **vitals: float) -> list[tuple[str, str, float, int]]:
     return [(user, name, value, ts) for name, value in vitals.items()]
-
-
-@pytest.fixture
-def store(database_url: str, tmp_path: Path) -> Iterator[Open]:
-    with opener(database_url, tmp_path) as open_:
-        yield open_
 
 
 def engine(store: Open, clock: FakeTime, **kw: object) -> EwsEngine:

@@ -17,11 +17,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from ingest.service import RunningService
 from tests.support.ingest_service import (
     Api,
-    connected,
+    connected_to,
     eventually,
     publish_once,
     reading,
-    settings_for,
 )
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import Ews, Kind, Topics, decode
@@ -34,7 +33,7 @@ NORMAL = {"heart_rate": 72.0, "spo2": 97.0, "systolic_bp": 120.0, "temperature":
 
 @pytest.fixture
 async def svc(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningService]:
-    async with connected(settings_for(tmp_path / "data", mosquitto.url)) as service:
+    async with connected_to(tmp_path / "data", mosquitto.url) as service:
         yield service
 
 

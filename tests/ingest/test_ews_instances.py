@@ -5,28 +5,17 @@ score the patient is recorded once (the unique per-patient seq absorbs the secon
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
 import pytest
 
-from ingest.db import Database
 from ingest.db import ews as ews_store
 from ingest.emit_policy import EmitPolicy
 from ingest.ews_engine import EwsEngine, EwsInputError
-from tests.ingest.ews_support import opener, query
+from tests.ingest.ews_support import Open, query
 from tests.ingest.upstream import FakeTime
 
-Open = Callable[[], Database]
 NORMAL = {"heart_rate": 72.0, "spo2": 98.0, "systolic_bp": 120.0, "temperature": 36.8,
           "respiratory_rate": 16.0}
 POLICY = EmitPolicy(min_interval_ms=0)
-
-
-@pytest.fixture
-def store(database_url: str, tmp_path: Path) -> Iterator[Open]:
-    with opener(database_url, tmp_path) as open_:
-        yield open_
 
 
 def vitals(user: str, ts: int, **changes: float) -> list[tuple[str, str, float, int]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from ingest.db import migrate
 from ingest.ews_engine import EwsEngine
 from ingest.outbox import Outbox
-from tests.ingest.ews_support import query
+from tests.ingest.ews_support import query, stop, until
 from tests.ingest.upstream import FakeTime, Upstream
 
 #: ingest/ews_engine.py SCHEMA at 345d82a
@@ -112,12 +112,9 @@ async def test_previous_release_ews_store_opens_with_history_and_outbox_kept(tmp
             # the emission state survived: the unchanged score is not emitted again
             assert eng.warm_start([("P1", k, v, clock.now) for k, v in NORMAL.items()]) == []
             task = asyncio.create_task(outbox.run())
-            for _ in range(2000):
-                if outbox.stats()["depth"] == 0:
-                    break
-                await asyncio.sleep(0.005)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await until(lambda: outbox.stats()["depth"] == 0, "the pending row's delivery",
+                        steps=2000, every_s=0.005)
+            await stop(task)
             assert up.accepted == [{"user_code": "P1", "point": 0, "result": "normal",
                                     "produce_at": str(clock.now)}]
             # a new point continues the patient's numbering above the old rows (seq = their id)

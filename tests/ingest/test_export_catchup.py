@@ -21,6 +21,7 @@ from ingest.db import readings as readings_db
 from ingest.export_catchup import ExportMarks
 from ingest.fhir.resources import VitalReading, vitals_units
 from ingest.hl7.delivery import control_id_of
+from ingest.settings import IngestSettings
 from tests.support.fhir import FhirServer
 from tests.support.hl7_receiver import Receiver
 from tests.support.ingest_service import (
@@ -31,6 +32,7 @@ from tests.support.ingest_service import (
     running,
     settings_for,
 )
+from tests.support.vitals import DETERIORATING
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import Topics, encode_readings
 
@@ -39,15 +41,21 @@ TOPICS = Topics()
 SYSTEM = "urn:oid:2.16.840.1.113883.2.4.6.3"
 GATEWAY = "ward-3-pi"
 PATIENTS = {"XC-A": "0b0000000001", "XC-B": "0b0000000002"}
-STEPS = [
-    {"heart_rate": 72.0, "spo2": 97.0, "systolic_bp": 121.0, "diastolic_bp": 79.0,
-     "temperature": 36.8, "respiratory_rate": 16.0},
-    {"heart_rate": 96.0, "spo2": 95.0, "systolic_bp": 108.0, "diastolic_bp": 70.0,
-     "temperature": 38.4, "respiratory_rate": 21.0},
-    {"heart_rate": 118.0, "spo2": 92.0, "systolic_bp": 98.0, "diastolic_bp": 62.0,
-     "temperature": 39.2, "respiratory_rate": 25.0},
-]
 NEWS2 = "1104051000000101"
+
+
+def hl7_settings(tmp_path: Path, mosquitto: Mosquitto, receiver: Receiver,
+                 **overrides: Any) -> IngestSettings:
+    """The service's settings: ORUs to ``receiver`` (facility HOSP1, authority HOSPMRN), every
+    change of score emitted at once; ``overrides`` add the rest."""
+    return settings_for(tmp_path / "data", mosquitto.url, hl7_host=receiver.host,
+                        hl7_port=receiver.port, hl7_facility="HOSP1",
+                        hl7_patient_authority="HOSPMRN", ews_min_interval_s=0, **overrides)
+
+
+def ten_minutes_ago() -> int:
+    """Event times a few minutes back (ms): fresh for the scorer, nothing asserts the wall clock."""
+    return time.time_ns() // 1_000_000 - 10 * 60_000
 
 
 def publish(mosquitto: Mosquitto, sent: list[Any], step: int, base_ts: int) -> None:
@@ -58,8 +66,8 @@ def publish(mosquitto: Mosquitto, sent: list[Any], step: int, base_ts: int) -> N
             ts = base_ts + step * 60_000
             items.append((TOPICS.reading(GATEWAY, device),
                           encode_readings([reading(device, step, ts, user_code=user,
-                                                   **STEPS[step])])))
-            sent.append((user, device, step, ts, STEPS[step]))
+                                                   **DETERIORATING[step])])))
+            sent.append((user, device, step, ts, DETERIORATING[step]))
         publish_all(client, items)
     finally:
         client.disconnect()
@@ -93,11 +101,9 @@ async def test_crash_between_commit_and_enqueue_loses_nothing_after_restart(
     receiver = Receiver("AA")
     receiver.start()
     try:
-        settings = settings_for(tmp_path / "data", mosquitto.url, fhir_url=fhir.url,
-                                fhir_patient_system=SYSTEM, hl7_host=receiver.host,
-                                hl7_port=receiver.port, hl7_facility="HOSP1",
-                                hl7_patient_authority="HOSPMRN", ews_min_interval_s=0)
-        base_ts = time.time_ns() // 1_000_000 - 10 * 60_000
+        settings = hl7_settings(tmp_path, mosquitto, receiver, fhir_url=fhir.url,
+                                fhir_patient_system=SYSTEM)
+        base_ts = ten_minutes_ago()
         sent: list[Any] = []
         async with running(settings) as svc:
             await eventually(lambda: svc.service.consumer.connected)
@@ -155,10 +161,8 @@ async def test_a_failed_enqueue_is_caught_up_at_the_next_commit(
     receiver = Receiver("AA")
     receiver.start()
     try:
-        settings = settings_for(tmp_path / "data", mosquitto.url, hl7_host=receiver.host,
-                                hl7_port=receiver.port, hl7_facility="HOSP1",
-                                hl7_patient_authority="HOSPMRN", ews_min_interval_s=0)
-        base_ts = time.time_ns() // 1_000_000 - 10 * 60_000
+        settings = hl7_settings(tmp_path, mosquitto, receiver)
+        base_ts = ten_minutes_ago()
         sent: list[Any] = []
         async with running(settings) as svc:
             await eventually(lambda: svc.service.consumer.connected)

@@ -22,11 +22,10 @@ from ingest.consumer import Inbound, classify
 from ingest.service import RunningService
 from tests.support.ingest_service import (
     Api,
-    connected,
+    connected_to,
     eventually,
     publish_once,
     reading,
-    settings_for,
 )
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import Topics
@@ -125,8 +124,7 @@ def _collect() -> list[tuple[str, bytes]]:
 
 @pytest.fixture
 async def svc(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningService]:
-    async with connected(settings_for(tmp_path / "data", mosquitto.url),
-                         clock=lambda: T0 + 60_000) as service:
+    async with connected_to(tmp_path / "data", mosquitto.url, clock=lambda: T0 + 60_000) as service:
         yield service
 
 

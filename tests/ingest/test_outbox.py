@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from ingest.db import Database
 from ingest.emit_policy import EmitPolicy
 from ingest.ews_engine import EwsEngine, EwsPoint
 from ingest.outbox import (
@@ -23,21 +21,13 @@ from ingest.outbox import (
     retry_after_s,
     verdict_of,
 )
-from tests.ingest.ews_support import opener, query
+from tests.ingest.ews_support import Open, query, stop, until
 from tests.ingest.upstream import FakeTime, Upstream
-
-Open = Callable[[], Database]
 
 NORMAL = {"heart_rate": 72.0, "spo2": 98.0, "systolic_bp": 120.0, "temperature": 36.8,
           "respiratory_rate": 16.0}
 #: each step changes the score of a patient (emitted at once with min_interval 0)
 RR_STEPS = (16.0, 22.0, 25.0, 10.0, 18.0)
-
-
-@pytest.fixture
-def store(database_url: str, tmp_path: Path) -> Iterator[Open]:
-    with opener(database_url, tmp_path) as open_:
-        yield open_
 
 
 def make(store: Open, clock: FakeTime, up: Upstream | None, **kw: object) -> tuple[EwsEngine, Outbox]:
@@ -59,19 +49,6 @@ def feed(eng: EwsEngine, clock: FakeTime, patients: tuple[str, ...]) -> dict[str
         clock.advance(1_000)
     assert all(len(v) == len(RR_STEPS) for v in out.values())
     return out
-
-
-async def until(cond: Callable[[], bool], what: str, steps: int = 4000) -> None:
-    for _ in range(steps):
-        if cond():
-            return
-        await asyncio.sleep(0.002)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
-async def stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_outage_of_a_minute_then_every_point_arrives_once_in_order(store: Open) -> None:

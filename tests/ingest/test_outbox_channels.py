@@ -8,29 +8,20 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from ingest.db import Database
 from ingest.db import outbox as table
 from ingest.emit_policy import EmitPolicy
 from ingest.ews_engine import EwsEngine, EwsPoint
 from ingest.outbox import Outbox, Outcome, RetryPolicy, Row
-from tests.ingest.ews_support import opener, query
+from tests.ingest.ews_support import Open, query, until
 from tests.ingest.upstream import FakeTime, Upstream
 
-Open = Callable[[], Database]
 NORMAL = {"heart_rate": 72.0, "spo2": 98.0, "systolic_bp": 120.0, "temperature": 36.8,
           "respiratory_rate": 16.0}
-
-
-@pytest.fixture
-def store(database_url: str, tmp_path: Path) -> Iterator[Open]:
-    with opener(database_url, tmp_path) as open_:
-        yield open_
 
 
 class Recorder:
@@ -65,14 +56,6 @@ class Recorder:
 def render(p: EwsPoint) -> dict[str, Any] | None:
     """A stand-in for a FHIR/HL7 rendering: only scores above 0 are sent."""
     return {"patient": p.user_code, "score": p.point} if p.point > 0 else None
-
-
-async def until(cond: Callable[[], bool], what: str) -> None:
-    for _ in range(4000):
-        if cond():
-            return
-        await asyncio.sleep(0.002)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 async def test_a_second_channel_is_delivered_beside_cexup_in_order(store: Open) -> None:

@@ -18,7 +18,7 @@ from ingest.db import ews as ews_store
 from ingest.emit_policy import EmitPolicy
 from ingest.ews_engine import EwsEngine
 from ingest.outbox import Outbox, RetryPolicy
-from tests.ingest.ews_support import query
+from tests.ingest.ews_support import query, stop, until
 from tests.ingest.upstream import FakeTime, Upstream
 
 ANSWERS = st.sampled_from([200, 200, 200, 400, 408, 422, 429, 500, 503])
@@ -50,12 +50,9 @@ async def _scenario(database_url: str, answers: list[int], rrs: list[tuple[str, 
                 emitted += eng.observe([(patient, "respiratory_rate", rr, clock.now)])
                 clock.advance(1_000)
                 await asyncio.sleep(0)
-            for _ in range(5000):
-                if outbox.stats()["depth"] == 0:
-                    break
-                await asyncio.sleep(0.002)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await until(lambda: outbox.stats()["depth"] == 0, "every row delivered or failed",
+                        steps=5000)
+            await stop(task)
             stats = outbox.stats()
             outbox.close()
             eng.close()

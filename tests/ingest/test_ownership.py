@@ -21,11 +21,10 @@ from ingest import registry
 from ingest.service import RunningService
 from tests.support.ingest_service import (
     Api,
-    connected,
+    connected_to,
     eventually,
     publish_all,
     reading,
-    settings_for,
 )
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import EcgChunk, Topics
@@ -39,8 +38,7 @@ TOPICS = Topics()
 @pytest.fixture
 async def svc(tmp_path: Path, mosquitto: Mosquitto,
               ingest_engine: str | None) -> AsyncIterator[RunningService]:
-    async with connected(settings_for(tmp_path / "data", mosquitto.url),
-                         clock=lambda: T0 + 60_000) as service:
+    async with connected_to(tmp_path / "data", mosquitto.url, clock=lambda: T0 + 60_000) as service:
         yield service
 
 
@@ -57,6 +55,13 @@ async def _patients(svc: RunningService) -> list[tuple[Any, ...]]:
         " ORDER BY seq", (DEV,)).fetchall())
 
 
+async def _registered_from_ward1(svc: RunningService, pub: mqtt.Client) -> dict[str, Any]:
+    """Ward1 publishes the device's first reading (patient P1): the device it registered."""
+    publish_all(pub, [(TOPICS.reading(WARD1, DEV), reading(DEV, 1, T0, user_code="P1").to_bytes())])
+    await eventually(lambda: _patients(svc))
+    return await _device(svc)
+
+
 async def _reasons(svc: RunningService) -> list[tuple[Any, ...]]:
     return await svc.service.db.read(lambda c: c.execute(
         "SELECT topic, reason, detail FROM dead_letters ORDER BY id").fetchall())
@@ -64,8 +69,7 @@ async def _reasons(svc: RunningService) -> list[tuple[Any, ...]]:
 
 async def test_another_gateway_cannot_take_over_a_device_or_its_patient(
         svc: RunningService, pub: mqtt.Client) -> None:
-    publish_all(pub, [(TOPICS.reading(WARD1, DEV), reading(DEV, 1, T0, user_code="P1").to_bytes())])
-    await eventually(lambda: _patients(svc))
+    await _registered_from_ward1(svc, pub)
     # ward9 publishes a reading, a status and an ECG chunk for ward1's device, for another patient
     chunk = EcgChunk(device_id=DEV, recording="rx", seq=0, ts=T0, fs=250, samples=[1], last=True)
     status = json.dumps({"v": 1, "device_id": DEV, "connected": True, "user_code": "INTRUDER"})
@@ -94,9 +98,7 @@ async def _patients_has(svc: RunningService, seq: int) -> bool:
 
 async def test_a_device_moves_only_through_the_api_and_the_move_is_recorded(
         svc: RunningService, pub: mqtt.Client) -> None:
-    publish_all(pub, [(TOPICS.reading(WARD1, DEV), reading(DEV, 1, T0, user_code="P1").to_bytes())])
-    await eventually(lambda: _patients(svc))
-    device = await _device(svc)
+    device = await _registered_from_ward1(svc, pub)
     async with Api(svc.url) as api:
         status, body = await api.call("PUT", f"/api/device/{device['id']}", json={"gateway_id": WARD9})
         assert status == 200, body
@@ -119,9 +121,7 @@ async def test_a_device_moves_only_through_the_api_and_the_move_is_recorded(
 
 async def test_a_user_code_set_through_the_api_is_never_overridden_from_mqtt(
         svc: RunningService, pub: mqtt.Client) -> None:
-    publish_all(pub, [(TOPICS.reading(WARD1, DEV), reading(DEV, 1, T0, user_code="P1").to_bytes())])
-    await eventually(lambda: _patients(svc))
-    device = await _device(svc)
+    device = await _registered_from_ward1(svc, pub)
     async with Api(svc.url) as api:
         status, _ = await api.call("PUT", f"/api/device/{device['id']}", json={"user_code": "PAPI"})
         assert status == 200

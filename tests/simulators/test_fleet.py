@@ -4,65 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import queue
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from simulators.fleet import Fleet, sim_start_ms
-from simulators.mqtt_out import GatewayPublisher, Received, Subscriber
+from simulators.mqtt_out import GatewayPublisher, Subscriber
 from simulators.physiology import Cohort, SimClock, SteppedTime
+from tests.support.subscribed import (
+    collect,
+    device_status_of,
+    gateway_status_of,
+    n_readings,
+    readings_of,
+)
 from vitalgate.broker import Mosquitto
 from vitalgate.cli import main
-from vitalgate.contract import (
-    DeviceStatus,
-    GatewayStatus,
-    Kind,
-    Reading,
-    Topics,
-    decode,
-    decode_readings,
-)
+from vitalgate.contract import Reading, Topics
 
 START = 1_700_000_000_000
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = "sim-test"
-
-
-def one(_: Received) -> int:
-    return 1
-
-
-def n_readings(message: Received) -> int:
-    return len(decode_readings(message.payload).readings)
-
-
-def collect(
-    sub: Subscriber, until: int, weight: Callable[[Received], int] = one, limit_s: float = 20.0
-) -> list[Received]:
-    """Messages from ``sub`` until their total weight reaches ``until`` (or none came for a while)."""
-    got: list[Received] = []
-    total = 0
-    while total < until:
-        try:
-            got.append(sub.queue.get(timeout=limit_s))
-        except queue.Empty:
-            break
-        total += weight(got[-1])
-    return got
-
-
-def readings_of(messages: list[Received]) -> list[Reading]:
-    out = []
-    for m in messages:
-        batch = decode_readings(m.payload)
-        assert batch.errors == []
-        out.extend(batch.readings)
-    return out
 
 
 def test_fleet_publishes_contract_readings_with_contiguous_seq(mosquitto: Mosquitto) -> None:
@@ -84,7 +49,7 @@ def test_fleet_publishes_contract_readings_with_contiguous_seq(mosquitto: Mosqui
     readings = readings_of(messages)
     assert len(readings) == stats.readings
     by_device: dict[str, list[Reading]] = defaultdict(list)
-    for m, r in ((msg, r) for msg in messages for r in decode_readings(msg.payload).readings):
+    for m, r in ((msg, r) for msg in messages for r in readings_of([msg])):
         assert topics.parse(m.topic).device_id == r.device_id
         by_device[r.device_id].append(r)
     patients = {p.device_id: p for p in cohort.patients}
@@ -96,7 +61,7 @@ def test_fleet_publishes_contract_readings_with_contiguous_seq(mosquitto: Mosqui
         assert {r.user_code for r in rs} == {patient.user_code}
         for r in rs[::17]:  # the virtual watch would measure the very same values
             assert r.vitals.present() == patient.vitals(r.ts)
-    assert any(len(decode_readings(m.payload).readings) > 1 for m in messages)  # batched at speed
+    assert any(n_readings(m) > 1 for m in messages)  # batched at speed
 
 
 def test_statuses_are_retained_and_last_will_is_offline(mosquitto: Mosquitto) -> None:
@@ -113,19 +78,18 @@ def test_statuses_are_retained_and_last_will_is_offline(mosquitto: Mosquitto) ->
     finally:
         sub.close()
     assert len(got) == 4 and all(m.retained for m in got)
-    gateway = [decode(Kind.GATEWAY_STATUS, m.payload) for m in got if m.topic == topics.gateway_status(GATEWAY)]
-    assert isinstance(gateway[0], GatewayStatus) and gateway[0].online and gateway[0].devices == 3
-    devices = [decode(Kind.DEVICE_STATUS, m.payload) for m in got if m.topic != topics.gateway_status(GATEWAY)]
-    assert {d.device_id for d in devices if isinstance(d, DeviceStatus)} == {p.device_id for p in cohort.patients}
-    assert all(isinstance(d, DeviceStatus) and d.connected and d.model == "E86" for d in devices)
+    gateway = [gateway_status_of(m) for m in got if m.topic == topics.gateway_status(GATEWAY)]
+    assert gateway[0].online and gateway[0].devices == 3
+    devices = [device_status_of(m) for m in got if m.topic != topics.gateway_status(GATEWAY)]
+    assert {d.device_id for d in devices} == {p.device_id for p in cohort.patients}
+    assert all(d.connected and d.model == "E86" for d in devices)
     publisher.close()  # clean shutdown publishes offline
     sub = Subscriber(mosquitto.url, [topics.gateway_status(GATEWAY)]).connect()
     try:
         (last,) = collect(sub, 1, limit_s=5)
     finally:
         sub.close()
-    status = decode(Kind.GATEWAY_STATUS, last.payload)
-    assert isinstance(status, GatewayStatus) and status.online is False
+    assert gateway_status_of(last).online is False
 
 
 def test_simulate_cli_publishes_and_prints_a_summary(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import queue
 import threading
 from pathlib import Path
 
@@ -21,9 +20,10 @@ from simulators.replay import (
     record,
     replay_tracks,
 )
+from tests.support.subscribed import collect, n_readings, readings_of
 from vitalgate.broker import Mosquitto
 from vitalgate.cli import main
-from vitalgate.contract import Reading, Topics, decode_readings
+from vitalgate.contract import Reading, Topics
 
 T0 = 1_600_000_000_000  # when the recording was made
 R0 = 1_800_000_000_000  # when the replay starts
@@ -38,16 +38,8 @@ CSV = (
 
 
 def readings_from(sub: Subscriber, n: int) -> list[Reading]:
-    out: list[Reading] = []
-    while len(out) < n:
-        try:
-            msg = sub.queue.get(timeout=20)
-        except queue.Empty:
-            break
-        batch = decode_readings(msg.payload)
-        assert batch.errors == []
-        out.extend(batch.readings)
-    return out
+    """The first ``n`` readings ``sub`` receives (fewer if none come for 20 s)."""
+    return readings_of(collect(sub, n, n_readings))
 
 
 def stepped_clock(speed: float) -> SimClock:

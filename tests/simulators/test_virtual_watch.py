@@ -11,17 +11,7 @@ from datetime import UTC, datetime
 from bleak import BleakClient, BleakScanner
 from bleak_retry_connector import establish_connection
 
-from e86.commands import (
-    DeviceInfo,
-    EcgControl,
-    GetRequest,
-    MacAddress,
-    MeasureOnce,
-    RealtimeUpload,
-    SetClock,
-    SetMonitoring,
-    ecg_start_sequence,
-)
+from e86 import commands
 from e86.constants import (
     DATA_CHAR_UUID,
     WATCH_EPOCH_UNIX,
@@ -122,22 +112,20 @@ async def test_commands_are_answered_by_indication() -> None:
         VirtualE86(link, MAC, battery=64, speed=50, vitals=fixed_vitals) as watch,
         connected(link, watch) as (_, central),
     ):
-        info = DeviceInfo.from_frame(
-            await central.request(GetRequest(GetKey.DEVICE_INFO).to_frame())
+        info = commands.DeviceInfo.from_frame(
+            await central.request(commands.GetRequest(GetKey.DEVICE_INFO).to_frame())
         )
         assert info.battery == 64
-        assert (
-            MacAddress.from_frame(await central.request(GetRequest(GetKey.MAC).to_frame())).mac
-            == MAC
-        )
+        mac = await central.request(commands.GetRequest(GetKey.MAC).to_frame())
+        assert commands.MacAddress.from_frame(mac).mac == MAC
         moment = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
-        reply = await central.request(SetClock.from_datetime(moment).to_frame())
+        reply = await central.request(commands.SetClock.from_datetime(moment).to_frame())
         assert reply.payload == b"\x00"
-        reply = await central.request(SetMonitoring.heart_rate(True, 5).to_frame())
+        reply = await central.request(commands.SetMonitoring.heart_rate(True, 5).to_frame())
         assert reply.payload == b"\x00"
         assert watch.monitoring
         # One-shot SpO2 measurement: OK reply, then the value as a real-time upload.
-        await central.request(MeasureOnce(True, MeasurementType.SPO2).to_frame())
+        await central.request(commands.MeasureOnce(True, MeasurementType.SPO2).to_frame())
         value = decode_realtime(await central.expect(Group.REALTIME, RealtimeKey.SPO2))
         assert isinstance(value, RealtimeValues) and value.spo2 == 96
         # Garbage is ignored and counted; the watch keeps answering.
@@ -146,8 +134,8 @@ async def test_commands_are_answered_by_indication() -> None:
             b"\x02\x00\x08\x00\x47\x43\x00\x00",
             response=True,
         )
-        info = DeviceInfo.from_frame(
-            await central.request(GetRequest(GetKey.DEVICE_INFO).to_frame())
+        info = commands.DeviceInfo.from_frame(
+            await central.request(commands.GetRequest(GetKey.DEVICE_INFO).to_frame())
         )
         assert info.battery == 64
         assert watch.stats.bad_command_bytes > 0
@@ -161,7 +149,7 @@ async def test_frames_longer_than_the_mtu_are_reassembled() -> None:
         connected(link, watch) as (client, central),
     ):
         assert client.mtu_size == 23
-        for step in ecg_start_sequence():
+        for step in commands.ecg_start_sequence():
             await central.request(step)
         samples: list[int] = []
         while len(samples) < 250:
@@ -170,7 +158,7 @@ async def test_frames_longer_than_the_mtu_are_reassembled() -> None:
             ecg = decode_realtime(frame)
             assert isinstance(ecg, EcgSamples)
             samples += ecg.samples
-        await central.request(EcgControl(EcgMode.STOP).to_frame())
+        await central.request(commands.EcgControl(EcgMode.STOP).to_frame())
         assert central.longest_chunk == 20
         assert len(samples) % watch.ecg_frame_samples == 0
         assert max(samples) > 500 > min(samples)  # R waves stand out of the baseline
@@ -183,7 +171,7 @@ async def test_realtime_upload_on_schedule() -> None:
         VirtualE86(link, MAC, speed=100, vitals=fixed_vitals) as watch,
         connected(link, watch) as (_, central),
     ):
-        await central.request(RealtimeUpload(True).to_frame())
+        await central.request(commands.RealtimeUpload(True).to_frame())
         bp = decode_realtime(await central.expect(Group.REALTIME, RealtimeKey.BLOOD_PRESSURE))
         rr = decode_realtime(await central.expect(Group.REALTIME, RealtimeKey.RESPIRATORY_RATE))
         assert isinstance(bp, RealtimeValues) and isinstance(rr, RealtimeValues)
@@ -219,7 +207,7 @@ async def test_link_drop_reconnect_and_history_recorded_while_out_of_range() -> 
             central,
         ):
             moment = datetime.fromtimestamp(watch.now_s(), UTC)
-            await central.request(SetClock.from_datetime(moment).to_frame())
+            await central.request(commands.SetClock.from_datetime(moment).to_frame())
             await sync_history(central, HistoryKind.ALL)
             await central.request(Frame(Group.HISTORY, HistoryKey.DELETE_ALL))
             await watch.set_in_range(False)

@@ -62,6 +62,16 @@ async def connected(settings: IngestSettings, **kwargs: Any) -> AsyncIterator[Ru
         yield svc
 
 
+@contextlib.asynccontextmanager
+async def connected_to(data_dir: Path, mqtt_url: str, *, clock: Callable[[], int] | None = None,
+                       **overrides: Any) -> AsyncIterator[RunningService]:
+    """:func:`connected` on ``settings_for(data_dir, mqtt_url, **overrides)``; ``clock``: the
+    service's clock (ms), if not the wall clock."""
+    kwargs = {} if clock is None else {"clock": clock}
+    async with connected(settings_for(data_dir, mqtt_url, **overrides), **kwargs) as svc:
+        yield svc
+
+
 class Api:
     """A small JSON client for the service's REST API."""
 

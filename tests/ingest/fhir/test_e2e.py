@@ -22,6 +22,7 @@ from tests.support.ingest_service import (
     reading,
     settings_for,
 )
+from tests.support.vitals import DETERIORATING
 from vitalgate.broker import Mosquitto
 from vitalgate.contract import DeviceStatus, Topics, encode_readings
 
@@ -30,15 +31,6 @@ TOPICS = Topics()
 SYSTEM = "urn:oid:2.16.840.1.113883.2.4.6.3"
 PATIENTS = {"FHIR-A": "0a0000000001", "FHIR-B": "0a0000000002", "FHIR-C": "0a0000000003"}
 GATEWAY = "ward-7-pi"
-#: per patient, the vitals of successive readings: a deteriorating patient changes its score
-TRAJECTORY = [
-    {"heart_rate": 72.0, "spo2": 97.0, "systolic_bp": 121.0, "diastolic_bp": 79.0,
-     "temperature": 36.8, "respiratory_rate": 16.0},
-    {"heart_rate": 96.0, "spo2": 95.0, "systolic_bp": 108.0, "diastolic_bp": 70.0,
-     "temperature": 38.4, "respiratory_rate": 21.0},
-    {"heart_rate": 118.0, "spo2": 92.0, "systolic_bp": 98.0, "diastolic_bp": 62.0,
-     "temperature": 39.2, "respiratory_rate": 25.0},
-]
 
 
 def vital_identifiers(sent: list[tuple[str, str, int, int, dict[str, float]]]) -> set[str]:
@@ -63,7 +55,7 @@ def fhir_stats(svc: RunningService) -> dict[str, int]:
 def publish(mosquitto: Mosquitto, sent: list[Any], step: int, base_ts: int) -> None:
     items = []
     for user, device in PATIENTS.items():
-        seq, ts, vitals = step, base_ts + step * 60_000, TRAJECTORY[step]
+        seq, ts, vitals = step, base_ts + step * 60_000, DETERIORATING[step]
         r = reading(device, seq, ts, user_code=user, **vitals)
         items.append((TOPICS.reading(GATEWAY, device), encode_readings([r])))
         sent.append((user, device, seq, ts, vitals))

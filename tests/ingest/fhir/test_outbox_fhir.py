@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from ingest.emit_policy import EmitPolicy
 from ingest.ews_engine import EwsEngine
@@ -18,8 +14,7 @@ from ingest.fhir import codes
 from ingest.fhir.delivery import FhirDelivery
 from ingest.fhir.resources import VitalReading, news2_id, vitals_units
 from ingest.outbox import Outbox, RetryPolicy
-from tests.ingest.ews_support import opener, query
-from tests.ingest.test_outbox import Open, stop
+from tests.ingest.ews_support import Open, query, stop
 from tests.ingest.upstream import FakeTime
 from tests.support.fhir import FhirServer
 from tests.support.ingest_service import eventually
@@ -30,12 +25,6 @@ STEPS = (  # respiratory rate per reading: each changes the score (emitted at on
     16.0, 22.0, 25.0, 10.0)
 NORMAL = {"heart_rate": 72.0, "spo2": 98.0, "systolic_bp": 120.0, "diastolic_bp": 80.0,
           "temperature": 36.8}
-
-
-@pytest.fixture
-def store(database_url: str, tmp_path: Path) -> Iterator[Open]:
-    with opener(database_url, tmp_path) as open_:
-        yield open_
 
 
 def readings(patient: int, step: int, ts: int) -> list[VitalReading]:
