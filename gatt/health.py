@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
+from enum import IntEnum
 from typing import Final, Literal, Protocol, Self
 
 # ------------------------------------------------------------------ errors
@@ -647,24 +648,28 @@ class CurrentTime:
         return bytes(self.time) + bytes((self.day_of_week, self.fractions256, self.adjust_reason))
 
 
-class RacpOp:
+class RacpOp(IntEnum):
     """Record Access Control Point op codes (PLX, Glucose, CGM profiles)."""
 
-    REPORT_STORED_RECORDS: Final = 0x01
-    DELETE_STORED_RECORDS: Final = 0x02
-    REPORT_NUMBER_OF_RECORDS: Final = 0x04
-    NUMBER_OF_RECORDS: Final = 0x05
-    RESPONSE: Final = 0x06
+    REPORT_STORED_RECORDS = 0x01
+    DELETE_STORED_RECORDS = 0x02
+    REPORT_NUMBER_OF_RECORDS = 0x04
+    NUMBER_OF_RECORDS = 0x05
+    RESPONSE = 0x06
 
 
-class RacpOperator:
-    ALL_RECORDS: Final = 0x01
+class RacpResult(IntEnum):
+    """Response Code values: how a RACP request ended."""
+
+    SUCCESS = 0x01
+    OP_CODE_NOT_SUPPORTED = 0x02
+    NO_RECORDS_FOUND = 0x06
 
 
-class RacpResult:
-    SUCCESS: Final = 0x01
-    OP_CODE_NOT_SUPPORTED: Final = 0x02
-    NO_RECORDS_FOUND: Final = 0x06
+class RacpOperator(IntEnum):
+    """Which stored records a RACP request is about (:class:`RacpCommand`'s operator)."""
+
+    ALL_RECORDS = 0x01
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,6 +158,24 @@ class Handoff(asyncio.Queue[Inbound]):
 DEFAULT_FUTURE_MS: Final = 300_000
 
 
+@dataclass(frozen=True, slots=True)
+class _DeviceKind:
+    """A one-device message other than readings: its contract type, the field that holds its
+    event time, and the store item it becomes (gateway id, message, received_at, topic, payload)."""
+
+    type: type[DeviceStatus | EcgChunk]
+    event_time: str
+    item: Callable[[str, Any, int, str, bytes], store.Item]
+
+
+#: the one-device kinds besides readings: each is checked against its topic's device id and
+#: the future horizon the same way.
+_DEVICE_KINDS: Final[dict[Kind, _DeviceKind]] = {
+    Kind.DEVICE_STATUS: _DeviceKind(DeviceStatus, "last_seen", store.DeviceStatusIn),
+    Kind.ECG: _DeviceKind(EcgChunk, "ts", store.EcgChunkIn),
+}
+
+
 def classify(msg: Inbound, topics: Topics, *, max_future_ms: int = DEFAULT_FUTURE_MS
              ) -> list[store.Item]:
     """Decode one message into what the store writes: valid items and dead letters.
@@ -199,21 +217,14 @@ def classify(msg: Inbound, topics: Topics, *, max_future_ms: int = DEFAULT_FUTUR
                 out.append(store.ReadingsIn(topic.gateway_id, topic.device_id, good, msg.received_at,
                                             msg.topic, msg.payload))
             return out
-        if topic.kind is Kind.DEVICE_STATUS:
+        device_kind = _DEVICE_KINDS.get(topic.kind)
+        if device_kind is not None:
             assert topic.gateway_id is not None
-            status = decode(Kind.DEVICE_STATUS, msg.payload)
-            assert isinstance(status, DeviceStatus)
-            _same_device(status.device_id, topic.device_id)
-            not_future(status.last_seen, "last_seen")
-            return [store.DeviceStatusIn(topic.gateway_id, status, msg.received_at, msg.topic,
-                                         msg.payload)]
-        if topic.kind is Kind.ECG:
-            assert topic.gateway_id is not None
-            chunk = decode(Kind.ECG, msg.payload)
-            assert isinstance(chunk, EcgChunk)
-            _same_device(chunk.device_id, topic.device_id)
-            not_future(chunk.ts, "ts")
-            return [store.EcgChunkIn(topic.gateway_id, chunk, msg.received_at, msg.topic,
+            message = decode(topic.kind, msg.payload)
+            assert isinstance(message, device_kind.type)
+            _same_device(message.device_id, topic.device_id)
+            not_future(getattr(message, device_kind.event_time), device_kind.event_time)
+            return [device_kind.item(topic.gateway_id, message, msg.received_at, msg.topic,
                                      msg.payload)]
         if topic.kind is Kind.GATEWAY_STATUS:
             assert topic.gateway_id is not None

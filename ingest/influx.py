@@ -45,6 +45,13 @@ log = logging.getLogger(__name__)
 ReadingRow = tuple[str, str | None, str | None, str, float, int, str]
 
 
+#: a failed write is retried after 0.5 s, doubling, at most 8 s: InfluxDB that is restarting or
+#: briefly overloaded answers again within seconds, and the writer thread must move on to the
+#: next batch before the buffer fills. No jitter: one writer per service, nobody to fall into
+#: lockstep with.
+INFLUX_RETRY: Final = Backoff(initial_s=0.5, factor=2.0, max_s=8.0, jitter=0.0)
+
+
 @dataclass(frozen=True)
 class InfluxOptions:
     """Buffering and retry limits of :class:`InfluxWriter`; every constant explained."""
@@ -56,13 +63,10 @@ class InfluxOptions:
     batch_size: int = 5_000
     #: a partial batch is written after 1 s, so Grafana lags the watches by about a second.
     flush_interval_ms: int = 1_000
-    #: tries per batch beyond the first; with the backoff below a batch is given up after about
-    #: 0.5 + 1 + 2 = 3.5 s of failures (the buffer keeps later points meanwhile).
+    #: tries per batch beyond the first; with :data:`INFLUX_RETRY` a batch is given up after
+    #: about 0.5 + 1 + 2 = 3.5 s of failures (the buffer keeps later points meanwhile).
     max_retries: int = 3
-    #: first retry after 0.5 s, doubling, at most 8 s (a :class:`vitalgate.backoff.Backoff`
-    #: without jitter: one writer per service, nobody to fall into lockstep with).
-    retry_base_s: float = 0.5
-    retry_max_s: float = 8.0
+    retry: Backoff = INFLUX_RETRY
     #: one write request may take 10 s; a hung InfluxDB costs the writer thread, never the caller.
     timeout_ms: int = 10_000
     #: on close, try to flush what is buffered for at most 5 s.
@@ -241,7 +245,6 @@ class InfluxWriter:
                 self._cond.notify_all()
 
     def _write(self, batch: list[Point]) -> None:
-        backoff = Backoff(self._opt.retry_base_s, 2.0, self._opt.retry_max_s, jitter=0.0)
         for attempt in range(self._opt.max_retries + 1):
             try:
                 self._write_api.write(bucket=self._bucket, org=self._org, record=batch,
@@ -259,7 +262,7 @@ class InfluxWriter:
                     return
                 with self._cond:
                     self._counts["retries"] += 1
-                self._stop_retrying.wait(backoff.delay(attempt))
+                self._stop_retrying.wait(self._opt.retry.delay(attempt))
                 continue
             with self._cond:
                 self._counts["written"] += len(batch)

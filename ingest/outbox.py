@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final, Protocol, Self
+from typing import Any, Final, Generic, Protocol, Self, TypeVar
 
 import aiohttp
 
@@ -185,6 +185,28 @@ class Transport(Protocol):
     Outcome (an exception is recorded as an upstream-wide retry)."""
 
     async def send(self, row: Row) -> Outcome: ...
+
+
+class Closeable(Protocol):
+    async def close(self) -> None: ...
+
+
+_Client = TypeVar("_Client", bound=Closeable)
+
+
+class ClientTransport(Generic[_Client]):
+    """Base of a Transport over a client that connects when it is asked to send (the HL7 MLLP
+    pool, the FHIR client): nothing to open when the channel's worker starts, and the client
+    closed when it ends. A subclass adds ``send``."""
+
+    def __init__(self, client: _Client) -> None:
+        self.client = client
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.close()
 
 
 class JsonPostTransport:

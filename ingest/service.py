@@ -63,6 +63,7 @@ from ingest.metrics import IngestMetrics, Sample
 from ingest.outbox import Outbox
 from ingest.ownership import LeasedOwner, LeasePolicy, SoleOwner, ownership_for, partition_of
 from ingest.settings import IngestSettings
+from vitalgate.backoff import Backoff
 from vitalgate.clock import epoch_ms
 from vitalgate.contract import Command, Topics
 
@@ -76,6 +77,14 @@ RESTART_DELAY_S: Final = 1.0
 #: SIGTERM must stop the service within seconds in every state (a service manager's own
 #: timeout is 10-90 s), and what such a task had not committed the broker redelivers.
 STOP_TASKS_S: Final = 10.0
+#: how often a consumer paused by a store that cannot write probes it (``max_s`` is replaced by
+#: ``store_retry_max_s``, whose default it is): a lock or a short I/O hiccup clears within a
+#: second, so 1 s first; doubling, because a full or read-only disk waits for an operator and
+#: each probe is a real write (and each recovery a reconnect that fetches the broker's backlog);
+#: no jitter: a probe is one small write, a few instances probing together is no load to spread.
+#: The failure count is not reset by a recovery: a store that takes a write and fails the next
+#: batch again keeps being probed at the long interval instead of flapping once a second.
+STORE_PROBE_BACKOFF: Final = Backoff(initial_s=1.0, factor=2.0, max_s=60.0, jitter=0.0)
 #: retention deletes at most this many rows per table per transaction, then yields, so a large
 #: backlog never holds the write lock for long (ingestion commits in between).
 RETENTION_BATCH: Final = 500
@@ -302,8 +311,9 @@ class IngestService:
 
     async def _run_consumer(self) -> None:
         """The consumer; while the store cannot write, paused (disconnected, messages kept by
-        the broker) until a write probe succeeds, probing with a doubling back-off."""
-        delay = 1.0
+        the broker) until a write probe succeeds, probing by :data:`STORE_PROBE_BACKOFF`."""
+        backoff = dataclasses.replace(STORE_PROBE_BACKOFF, max_s=self.settings.store_retry_max_s)
+        probes = 0
         while True:
             try:
                 await self.consumer.run()
@@ -314,8 +324,8 @@ class IngestService:
                     raise
                 self._store_failed(err)
             while True:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.store_retry_max_s)
+                await asyncio.sleep(backoff.delay(probes))
+                probes += 1
                 if await self.probe_store():
                     break
 

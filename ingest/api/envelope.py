@@ -1,4 +1,5 @@
-"""The Cexup JSON envelope every route answers with, and paging helpers.
+"""The Cexup JSON envelope every route answers with, and the request-parameter helpers (paging,
+integers, the patient's user_code in the path) the route modules share.
 
 Success: ``{"code": 200, "success": true, "message": "Ok", "data": ...}``.
 Failure: ``{"code": <status>, "success": false, "message": "<why, naming the field>"}``.
@@ -16,7 +17,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from ingest.api.appkeys import SETTINGS_KEY
-from vitalgate.contract import json_too_deep
+from vitalgate.contract import USER_CODE_RE, json_too_deep
 
 #: deepest nesting of a REST body (arrays and objects); the deepest real body (a device array)
 #: is 2 levels. Checked on the raw text before parsing, so json's recursion is never the guard.
@@ -103,6 +104,14 @@ def int_param(request: web.Request, name: str, default: int, low: int, high: int
     if not low <= value <= high:
         raise ApiError(422, f"query parameter {name!r} must be between {low} and {high}, got {value}")
     return value
+
+
+def user_code_param(request: web.Request) -> str:
+    """The route's ``{user_code}``; ApiError(422) when it is not a valid one."""
+    code = request.match_info["user_code"]
+    if not USER_CODE_RE.fullmatch(code):
+        raise ApiError(422, f"user_code must match {USER_CODE_RE.pattern}, got {code!r}")
+    return code
 
 
 def page_params(

@@ -28,8 +28,16 @@ from aiohttp import web
 
 from ews.score import RESULTS, RISK_ORDER
 from ingest.api.appkeys import ENGINE_KEY, SETTINGS_KEY
-from ingest.api.envelope import ApiError, int_text, ok, page_params, paged, read_json
-from ingest.api.openapi import envelope, errors, page_of, strict
+from ingest.api.envelope import (
+    ApiError,
+    int_text,
+    ok,
+    page_params,
+    paged,
+    read_json,
+    user_code_param,
+)
+from ingest.api.openapi import USER_CODE_PATH, envelope, errors, page_of, strict
 from ingest.api.scoping import require_patient, visible_patients
 from ingest.ews_engine import MAX_MS, EwsEngine, EwsInputError, EwsPoint, parse_external
 from ingest.outbox import Outbox
@@ -45,13 +53,6 @@ DEFAULT_FUTURE_SKEW_S: Final = 300.0
 
 def _engine(request: web.Request) -> EwsEngine:
     return request.app[ENGINE_KEY]
-
-
-def _user_code(request: web.Request) -> str:
-    code = request.match_info["user_code"]
-    if not USER_CODE_RE.fullmatch(code):
-        raise ApiError(422, f"user_code must match {USER_CODE_RE.pattern}, got {code!r}")
-    return code
 
 
 def _future_ms(request: web.Request) -> int:
@@ -77,7 +78,7 @@ async def post_ews(request: web.Request) -> web.Response:
 
 
 async def get_current(request: web.Request) -> web.Response:
-    code = _user_code(request)
+    code = user_code_param(request)
     await require_patient(request, code)
     point = _engine(request).current(code)
     if point is None:
@@ -97,7 +98,7 @@ def _ms_param(request: web.Request, name: str, default: int) -> int:
 
 
 async def get_history(request: web.Request) -> web.Response:
-    code = _user_code(request)
+    code = user_code_param(request)
     start = _ms_param(request, "from", 0)
     end = _ms_param(request, "to", MAX_MS)
     if start > end:
@@ -110,7 +111,7 @@ async def get_history(request: web.Request) -> web.Response:
 
 
 async def put_context(request: web.Request) -> web.Response:
-    code = _user_code(request)
+    code = user_code_param(request)
     body = await read_json(request)
     if not isinstance(body, dict):
         raise ApiError(422, "body: must be a JSON object")
@@ -136,7 +137,7 @@ async def put_context(request: web.Request) -> web.Response:
 
 
 async def get_context(request: web.Request) -> web.Response:
-    code = _user_code(request)
+    code = user_code_param(request)
     await require_patient(request, code)
     return ok(_engine(request).get_context(code))
 
@@ -187,8 +188,6 @@ def add_routes(app: web.Application) -> None:
 
 # ------------------------------------------------------------------------ OpenAPI
 
-_USER_CODE_PARAM: Final = {"name": "user_code", "in": "path", "required": True,
-                           "schema": {"type": "string", "pattern": USER_CODE_RE.pattern}}
 _RESULT: Final = {"type": "string", "enum": list(RESULTS)}
 _EWS_BODY: Final = {
     "type": "object", "required": ["user_code", "point", "result", "produce_at"],
@@ -258,14 +257,14 @@ def _ews_paths(base: str, tag: str) -> dict[str, Any]:
         }},
         f"{base}/ews/{{user_code}}": {"get": {
             "summary": "The patient's current EWS", "tags": [tag], "operationId": f"getEws{suffix}",
-            "parameters": [_USER_CODE_PARAM],
+            "parameters": [USER_CODE_PATH],
             "responses": {**_ok("current EWS", EWS_ITEM), **errors(404, 422)},
         }},
         f"{base}/ews/history/{{user_code}}": {"get": {
             "summary": "The patient's EWS points, newest produce_at first", "tags": [tag],
             "operationId": f"getEwsHistory{suffix}",
             "parameters": [
-                _USER_CODE_PARAM,
+                USER_CODE_PATH,
                 {"name": "from", "in": "query", "description": "produce_at at least (epoch ms)",
                  "schema": _MS},
                 {"name": "to", "in": "query", "description": "produce_at at most (epoch ms)",
@@ -286,14 +285,14 @@ OPENAPI_PATHS: Final[dict[str, Any]] = {
     "/api/patient/{user_code}/context": {
         "put": {
             "summary": "Set the clinical context (ACVPU, oxygen, SpO2 scale); rescored at once",
-            "tags": ["ews"], "operationId": "putContext", "parameters": [_USER_CODE_PARAM],
+            "tags": ["ews"], "operationId": "putContext", "parameters": [USER_CODE_PATH],
             "requestBody": {"required": True, **_json(_CONTEXT)},
             "responses": {**_ok("the context in force and the EWS emitted, if any",
                                 _CONTEXT_PUT_OUT), **errors(404, 408, 413, 422)},
         },
         "get": {
             "summary": "The clinical context in force (defaults: A, air, scale 1, assumed=true)",
-            "tags": ["ews"], "operationId": "getContext", "parameters": [_USER_CODE_PARAM],
+            "tags": ["ews"], "operationId": "getContext", "parameters": [USER_CODE_PATH],
             "responses": {**_ok("context", _CONTEXT_OUT), **errors(404, 422)},
         },
     },

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from vitalgate import __version__
+from vitalgate.contract import USER_CODE_RE
 
 ERROR: Final = {
     "type": "object", "required": ["code", "success", "message"], "additionalProperties": False,
@@ -73,6 +74,10 @@ def page_of(item: Mapping[str, Any]) -> dict[str, Any]:
 
 
 PAGE: Final = page_of({})
+
+#: the ``{user_code}`` path parameter of the patient routes (:func:`ingest.api.envelope.user_code_param`).
+USER_CODE_PATH: Final = {"name": "user_code", "in": "path", "required": True,
+                         "schema": {"type": "string", "pattern": USER_CODE_RE.pattern}}
 
 PARAMETERS: Final = {
     "page": {"name": "page", "in": "query", "required": False,

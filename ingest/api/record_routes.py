@@ -16,20 +16,12 @@ from aiohttp import web
 from ingest import store
 from ingest.api.appkeys import DB_KEY
 from ingest.api.auth import principal_of
-from ingest.api.envelope import ApiError, int_param, ok, page_params, paged
-from ingest.api.openapi import envelope_response, errors, page_of
+from ingest.api.envelope import ApiError, int_param, ok, page_params, paged, user_code_param
+from ingest.api.openapi import USER_CODE_PATH, envelope_response, errors, page_of
 from ingest.api.scoping import require_patient
-from vitalgate.contract import USER_CODE_RE
 
 ALL_TYPES: Final = (*store.RECORD_TYPES, store.ECG_TYPE)
 MAX_MS: Final = 10**14
-
-
-def user_code_param(request: web.Request) -> str:
-    code = request.match_info["user_code"]
-    if not USER_CODE_RE.fullmatch(code):
-        raise ApiError(422, f"user_code must match {USER_CODE_RE.pattern}, got {code!r}")
-    return code
 
 
 async def visible_user_code(request: web.Request) -> str:
@@ -129,8 +121,6 @@ def add_routes(app: web.Application) -> None:
 
 # ---------------------------------------------------------------------------------- OpenAPI
 
-_USER_CODE: Final = {"name": "user_code", "in": "path", "required": True,
-                     "schema": {"type": "string", "pattern": USER_CODE_RE.pattern}}
 _PAGING: Final = [{"$ref": "#/components/parameters/page"}, {"$ref": "#/components/parameters/size"}]
 _NUM_OR_NULL: Final = {"type": "number", "nullable": True}
 # Shapes the store makes (ingest/store.py): every field it always sends is required; other
@@ -193,14 +183,14 @@ _MS: Final = {"type": "integer", "minimum": 0, "maximum": MAX_MS}
 
 OPENAPI_PATHS: Final[dict[str, Any]] = {
     "/api/medical-record/{user_code}/latest": {
-        "parameters": [_USER_CODE],
+        "parameters": [USER_CODE_PATH],
         "get": {"summary": "Each type's latest record of a patient", "operationId": "latestRecords",
                 "tags": ["records"],
                 "responses": {**envelope_response("200", "type → latest record (or null)", _LATEST),
                               **errors(404, 422)}},
     },
     "/api/medical-records/{user_code}": {
-        "parameters": [_USER_CODE],
+        "parameters": [USER_CODE_PATH],
         "get": {"summary": "A patient's records, paged", "operationId": "listRecords",
                 "tags": ["records"],
                 "parameters": [
@@ -216,7 +206,7 @@ OPENAPI_PATHS: Final[dict[str, Any]] = {
                               **errors(404, 422)}},
     },
     "/api/ecg-recordings/{user_code}": {
-        "parameters": [_USER_CODE],
+        "parameters": [USER_CODE_PATH],
         "get": {"summary": "A patient's ECG recordings (summaries), paged",
                 "operationId": "listEcgRecordings", "tags": ["ecg"], "parameters": _PAGING,
                 "responses": {**envelope_response("200", "a page of recordings",

@@ -16,13 +16,12 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from ingest.api.envelope import ApiError, ok
+from ingest.api.envelope import ApiError, ok, user_code_param
 from ingest.api.ews_routes import EWS_ITEM
-from ingest.api.openapi import envelope, errors, strict
+from ingest.api.openapi import USER_CODE_PATH, envelope, errors, strict
 from ingest.api.scoping import require_patient, visible_patients
 from ingest.dashboard.events import EventHub
 from ingest.dashboard.ward import WardView
-from vitalgate.contract import USER_CODE_RE
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +58,7 @@ async def patient(request: web.Request) -> web.Response:
         raise ApiError(422, f"query parameter 'hours' must be a number, got {raw!r}") from None
     if not 0.01 <= hours <= MAX_HOURS:
         raise ApiError(422, f"query parameter 'hours' must be in [0.01, {MAX_HOURS:g}], got {hours:g}")
-    code = request.match_info["user_code"]
-    if not USER_CODE_RE.fullmatch(code):
-        raise ApiError(422, f"user_code must match {USER_CODE_RE.pattern}, got {code!r}")
+    code = user_code_param(request)
     await require_patient(request, code)
     data = await asyncio.to_thread(request.app[WARD_KEY].patient, code, hours)
     if data is None:
@@ -156,8 +153,7 @@ OPENAPI_PATHS: Final[dict[str, Any]] = {
         "summary": "One patient's page: trends of each vital and of the EWS, ECG strips, clinical context",
         "operationId": "wardPatient", "tags": ["dashboard"], "security": _SEC,
         "parameters": [
-            {"name": "user_code", "in": "path", "required": True,
-             "schema": {"type": "string", "pattern": USER_CODE_RE.pattern}},
+            USER_CODE_PATH,
             {"name": "hours", "in": "query", "required": False,
              "schema": {"type": "number", "minimum": 0.01, "maximum": MAX_HOURS, "default": 6}},
         ],

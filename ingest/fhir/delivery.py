@@ -34,7 +34,7 @@ from ingest.db.outbox import Row, enqueue
 from ingest.export_catchup import ExportMarks
 from ingest.fhir.channel import CHANNEL, FhirChannel, send_row
 from ingest.fhir.transport import DEFAULT_TIMEOUT_S, FhirTransport
-from ingest.outbox import Outbox, Outcome, RetryPolicy, Verdict
+from ingest.outbox import ClientTransport, Outbox, Outcome, RetryPolicy, Verdict
 from vitalgate.contract import mac_from_device_id
 
 log = logging.getLogger(__name__)
@@ -89,20 +89,11 @@ class Models:
                 self._known.popitem(last=False)
         return {d: self._known[d][0] for d in wanted if d in self._known and self._known[d][0]}
 
-class OutboxTransport:
+class OutboxTransport(ClientTransport[FhirTransport]):
     """``ingest.outbox.Transport`` for channel ``fhir``: a row's body is its units."""
 
-    def __init__(self, transport: FhirTransport) -> None:
-        self.transport = transport
-
-    async def __aenter__(self) -> OutboxTransport:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.transport.close()
-
     async def send(self, row: Row) -> Outcome:
-        a = await send_row(self.transport, row.body)
+        a = await send_row(self.client, row.body)
         if a.verdict is Verdict.DELIVERED:
             return Outcome(Verdict.DELIVERED, a.status)
         return Outcome(a.verdict, a.status, a.detail, a.retry_after_s)

@@ -32,23 +32,17 @@ from ingest.hl7.channel import NAME, Hl7Channel, device_labels
 from ingest.hl7.mllp import MllpPool
 from ingest.hl7.oru import DeviceInfo, Hl7Message, OruConfig
 from ingest.hl7.transport import Transport
-from ingest.outbox import Outbox, Outcome, RetryPolicy
+from ingest.outbox import ClientTransport, Outbox, Outcome, RetryPolicy
 
 log = logging.getLogger(__name__)
 
 
-class Hl7Transport:
+class Hl7Transport(ClientTransport[Transport]):
     """``ingest.outbox.Transport`` of channel ``hl7``: one row, one MLLP exchange."""
 
     def __init__(self, client: Transport, channel: Hl7Channel) -> None:
-        self.client = client
+        super().__init__(client)
         self.channel = channel
-
-    async def __aenter__(self) -> Hl7Transport:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.client.close()
 
     async def send(self, row: Row) -> Outcome:
         control = control_id_of(row.body)

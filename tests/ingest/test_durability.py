@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -17,7 +18,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest import store
-from ingest.service import start_service
+from ingest.service import STORE_PROBE_BACKOFF, start_service
+from ingest.settings import IngestSettings
 from tests.support.ingest_service import (
     Api,
     connected,
@@ -236,6 +238,17 @@ async def test_full_disk_is_the_stores_failure_and_nothing_is_lost(
                 status, body = await api.get("/healthz")
                 assert status == 200 and body["data"]["store"]["ok"] is True
                 assert svc.service.metrics.store_failures.value(error="disk_full") >= 1
+
+
+def test_the_store_probe_backs_off_from_one_second_doubling_to_store_retry_max_s() -> None:
+    """The paused consumer's probe schedule: 1, 2, 4 ... s, capped by the setting (its default
+    is the constant's cap), never shortened by jitter."""
+    default_cap = IngestSettings.model_fields["store_retry_max_s"].default
+    assert STORE_PROBE_BACKOFF.max_s == default_cap == 60.0
+    assert [STORE_PROBE_BACKOFF.delay(n, rand=lambda: 1.0) for n in range(8)] == [
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    capped = dataclasses.replace(STORE_PROBE_BACKOFF, max_s=5.0)
+    assert [capped.delay(n, rand=lambda: 0.0) for n in range(5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
 
 
 def test_a_read_only_data_dir_is_named_at_start(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from ingest.ews_engine import EwsPoint
-from ingest.influx import InfluxOptions, InfluxWriter, reading_points
+from ingest.influx import DEFAULT_OPTIONS, INFLUX_RETRY, InfluxOptions, InfluxWriter, reading_points
+from vitalgate.backoff import Backoff
 from vitalgate.broker import free_port, wait_port
 
 
@@ -93,7 +94,7 @@ def test_readings_and_ews_round_trip_through_victoriametrics(victoria: str) -> N
 def test_dead_endpoint_never_blocks_and_counts_drops(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
     opts = InfluxOptions(max_buffer=10, batch_size=1_000, flush_interval_ms=60_000, max_retries=2,
-                         retry_base_s=0.01, timeout_ms=1_000, close_timeout_s=2.0)
+                         retry=Backoff(initial_s=0.01, max_s=8.0, jitter=0.0), timeout_ms=1_000, close_timeout_s=2.0)
     writer = InfluxWriter(dead, token=None, org=None, bucket="b", options=opts)
     rows = [("d061aed45894", "P1", "gw", "heart_rate", 70.0 + i, 1_700_000_000_000 + i, "realtime")
             for i in range(25)]
@@ -106,6 +107,13 @@ def test_dead_endpoint_never_blocks_and_counts_drops(tmp_path: Path) -> None:
     writer.close()
     writer.write_readings(rows[:1])  # after close: dropped, counted, no exception
     assert writer.stats()["dropped"] == 26
+
+
+def test_a_failing_batch_is_retried_after_half_a_second_doubling_and_given_up_after_3_5_s() -> None:
+    delays = [INFLUX_RETRY.delay(n) for n in range(DEFAULT_OPTIONS.max_retries)]
+    assert DEFAULT_OPTIONS.retry == INFLUX_RETRY
+    assert delays == [0.5, 1.0, 2.0] and sum(delays) == 3.5
+    assert [INFLUX_RETRY.delay(n) for n in range(3, 7)] == [4.0, 8.0, 8.0, 8.0]
 
 
 def test_points_of_one_instant_share_a_line() -> None:
