@@ -82,9 +82,12 @@ STOP_TASKS_S: Final = 10.0
 #: second, so 1 s first; doubling, because a full or read-only disk waits for an operator and
 #: each probe is a real write (and each recovery a reconnect that fetches the broker's backlog);
 #: no jitter: a probe is one small write, a few instances probing together is no load to spread.
-#: The failure count is not reset by a recovery: a store that takes a write and fails the next
-#: batch again keeps being probed at the long interval instead of flapping once a second.
+#: The failure count is not reset by a recovery alone: a store that takes a write and fails the
+#: next batch again keeps being probed at the long interval instead of flapping once a second.
 STORE_PROBE_BACKOFF: Final = Backoff(initial_s=1.0, factor=2.0, max_s=60.0, jitter=0.0)
+#: ... but a consumer that then committed for this long (s, monotonic) was healthy: the next
+#: failure is a new one and is probed from 1 s again (the gateway's STABLE_SESSION_S rule).
+STORE_STABLE_S: Final = 60.0
 #: retention deletes at most this many rows per table per transaction, then yields, so a large
 #: backlog never holds the write lock for long (ingestion commits in between).
 RETENTION_BATCH: Final = 500
@@ -313,8 +316,10 @@ class IngestService:
         """The consumer; while the store cannot write, paused (disconnected, messages kept by
         the broker) until a write probe succeeds, probing by :data:`STORE_PROBE_BACKOFF`."""
         backoff = dataclasses.replace(STORE_PROBE_BACKOFF, max_s=self.settings.store_retry_max_s)
+        loop = asyncio.get_running_loop()
         probes = 0
         while True:
+            resumed = loop.time()
             try:
                 await self.consumer.run()
                 return
@@ -323,6 +328,8 @@ class IngestService:
                 if err is None:
                     raise
                 self._store_failed(err)
+            if loop.time() - resumed >= STORE_STABLE_S:
+                probes = 0
             while True:
                 await asyncio.sleep(backoff.delay(probes))
                 probes += 1
