@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from hl7apy.exceptions import HL7apyException
 
+from ingest.db.readings import StoredReading
 from ingest.hl7.oru import (
     BuildError,
     DeviceInfo,
@@ -70,9 +71,9 @@ class Hl7Channel:
         with self._lock:
             self.skipped[reason] = self.skipped.get(reason, 0) + n
 
-    def readings(self, rows: Sequence[Any],
+    def readings(self, rows: Sequence[StoredReading],
                  devices: Mapping[str, DeviceInfo] | None = None) -> list[Hl7Message]:
-        """Messages of committed reading rows (``ingest.store.StoredReading``), in row order."""
+        """Messages of committed reading rows, in row order."""
         no_patient = sum(1 for r in rows if not r.user_code)
         if no_patient:
             self._skip("no_patient", no_patient)  # rows (vitals), not readings

@@ -34,6 +34,7 @@ from typing import Any, Final, Literal
 
 import hl7
 
+from ingest.db.readings import StoredReading
 from ingest.hl7 import vocab
 from ingest.hl7.text import field_text
 from vitalgate.contract import DEVICE_ID_RE, USER_CODE_RE, mac_from_device_id, matches
@@ -396,11 +397,11 @@ def build_score(s: ScoreItem, config: OruConfig, now_ms: int, *,
 # ------------------------------------------------------------------------------- inputs
 
 
-def group_readings(rows: Iterable[Any], *, ward_of: Mapping[str, str] | None = None,
+def group_readings(rows: Iterable[StoredReading], *, ward_of: Mapping[str, str] | None = None,
                    devices: Mapping[str, DeviceInfo] | None = None) -> list[ReadingGroup]:
-    """Committed reading rows (``ingest.store.StoredReading``: one per vital) → one group per
-    reading, in the rows' order of first appearance. Rows without a patient are left out."""
-    groups: dict[tuple[Any, ...], list[Any]] = {}
+    """Committed reading rows (one per vital) → one group per reading, in the rows' order of
+    first appearance. Rows without a patient are left out."""
+    groups: dict[tuple[str, str, str | None, int, int | None, str], list[StoredReading]] = {}
     for r in rows:
         if not r.user_code:
             continue
@@ -410,9 +411,8 @@ def group_readings(rows: Iterable[Any], *, ward_of: Mapping[str, str] | None = N
     out = []
     for (user_code, device_id, gateway_id, ts, seq, source), members in groups.items():
         out.append(ReadingGroup(
-            user_code=user_code, device_id=device_id, gateway_id=gateway_id, ts=int(ts),
-            seq=seq, source=str(source),
-            vitals=tuple((str(r.vital), float(r.value)) for r in members),
+            user_code=user_code, device_id=device_id, gateway_id=gateway_id, ts=ts,
+            seq=seq, source=source, vitals=tuple((r.vital, r.value) for r in members),
             ward=ward_of.get(gateway_id) if gateway_id else None,
             device=devices.get(device_id, DeviceInfo())))
     return out

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from ingest.db.readings import StoredReading
 from ingest.emit_policy import EmitPolicy
 from ingest.ews_engine import EwsEngine
 from ingest.fhir import codes
 from ingest.fhir.delivery import FhirDelivery
-from ingest.fhir.resources import VitalReading, news2_id, vitals_units
+from ingest.fhir.resources import news2_id, vitals_units
 from ingest.outbox import Outbox, RetryPolicy
 from tests.ingest.ews_support import opener, query
 from tests.ingest.test_outbox import Open, stop
@@ -38,10 +39,10 @@ def store(database_url: str, tmp_path: Path) -> Iterator[Open]:
         yield open_
 
 
-def readings(patient: int, step: int, ts: int) -> list[VitalReading]:
+def readings(patient: int, step: int, ts: int) -> list[StoredReading]:
     device = f"0b00000000{patient:02d}"
     vitals = {**NORMAL, "respiratory_rate": STEPS[step]}
-    return [VitalReading(device, PATIENTS[patient], "gw-ob", k, v, ts, step, "realtime", ts)
+    return [StoredReading(device, PATIENTS[patient], "gw-ob", k, v, ts, step, "realtime", False, ts)
             for k, v in vitals.items()]
 
 
@@ -62,7 +63,7 @@ async def test_outage_restart_and_recovery_every_observation_once(
                                    retry=policy)
         return engine, outbox, fhir
 
-    sent: list[VitalReading] = []
+    sent: list[StoredReading] = []
 
     async def feed(engine: EwsEngine, fhir: FhirDelivery, steps: range) -> None:
         """Each step: every patient's readings to FHIR and the engine, then a minute on."""

@@ -12,16 +12,17 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from ingest.db.readings import StoredReading
 from ingest.fhir import codes
 from ingest.fhir.bundle import transaction
-from ingest.fhir.resources import Entry, Unit, VitalReading, news2_unit, vitals_units
+from ingest.fhir.resources import Entry, Unit, news2_unit, vitals_units
 from ingest.fhir.transport import FhirTransport
 from ingest.outbox import Verdict
 from tests.ingest.fhir.test_resources import SYSTEM, TS, Point, full_message, reading
 from tests.support.fhir import FhirServer
 
 
-def units_of(readings: list[VitalReading]) -> list[Unit]:
+def units_of(readings: list[StoredReading]) -> list[Unit]:
     built = vitals_units(readings, SYSTEM, models={"d061aed45894": "E86"})
     assert not built.skipped
     return built.units
