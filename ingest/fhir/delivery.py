@@ -34,6 +34,7 @@ from ingest.db.outbox import Row, enqueue
 from ingest.db.readings import StoredReading
 from ingest.export_catchup import ExportMarks
 from ingest.fhir.channel import CHANNEL, FhirChannel, send_row
+from ingest.fhir.resources import ScorePoint
 from ingest.fhir.transport import DEFAULT_TIMEOUT_S, FhirTransport
 from ingest.outbox import Outbox, Outcome, RetryPolicy, Verdict
 from vitalgate.contract import mac_from_device_id
@@ -147,7 +148,7 @@ class FhirDelivery:
         engine.add_channel(CHANNEL, self.render)
         return self
 
-    def render(self, point: Any) -> str | None:
+    def render(self, point: ScorePoint) -> str | None:
         """The body of a NEWS2 point's row (called inside the engine's history transaction:
         never raises; a point that cannot be built is counted and logged, not enqueued)."""
         try:

@@ -28,6 +28,7 @@ from typing import Any, Final
 from ingest.db.engine import Conn, Database
 from ingest.db.outbox import Row, enqueue
 from ingest.db.readings import StoredReading
+from ingest.ews_engine import EwsPoint
 from ingest.export_catchup import ExportMarks
 from ingest.hl7.channel import NAME, Hl7Channel, device_labels
 from ingest.hl7.mllp import MllpPool
@@ -156,7 +157,7 @@ class Hl7Output:
             self.outbox.notify(NAME)
         return added
 
-    def points(self, points: Sequence[Any]) -> None:
+    def points(self, points: Sequence[EwsPoint]) -> None:
         """Points were emitted (their rows are committed): deliver now."""
         if points:
             self.outbox.notify(NAME)
