@@ -36,7 +36,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from ingest.db import migrate
 from ingest.db.engine import Conn
@@ -238,10 +238,10 @@ def partitions(conn: Conn) -> Partitions:
 # ---------------------------------------------------------------------------------- writes
 
 
-@dataclass(frozen=True, slots=True)
-class StoredReading:
+class StoredReading(NamedTuple):
     """One vital of a reading, one row of ``readings``: what the store writes, what a commit
-    returns and what is read back, and what the FHIR and HL7 exports build from.
+    returns and what is read back, and what the FHIR and HL7 exports build from (a NamedTuple:
+    one is made per vital on the ingest path, at the cost of a tuple).
 
     ``ts`` is the event time (measured), ``received_at`` the processing time (the consumer's
     clock at commit), both epoch ms. ``seq`` is None for a reading derived from an ECG

@@ -4,7 +4,7 @@ Observation, Patient, Device or Bundle that these resources use)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -149,9 +149,9 @@ def test_identifier_is_the_same_for_a_resend_and_differs_for_anything_else() -> 
     first = ident(base)
     assert len(first) == 64 and "P-001" not in first  # hashed: no patient code in clear
     # a resend (another seq, received later) is the same measurement: same identifier
-    assert ident(replace(base, seq=99, received_at=TS + 60_000)) == first
-    others = [replace(base, value=73.0), replace(base, ts=TS + 1), replace(base, user_code="P-002"),
-              replace(base, device_id="d061aed45895"), replace(base, source="ecg")]
+    assert ident(base._replace(seq=99, received_at=TS + 60_000)) == first
+    others = [base._replace(value=73.0), base._replace(ts=TS + 1), base._replace(user_code="P-002"),
+              base._replace(device_id="d061aed45895"), base._replace(source="ecg")]
     assert len({ident(r) for r in others} | {first}) == len(others) + 1
     # the patient system is part of the identifier (PHD: patient value and system)
     [o2] = observations([base], system="urn:oid:9.9")
@@ -182,7 +182,7 @@ def test_stored_readings_build_as_they_are() -> None:
 def test_bad_inputs_are_refused_with_a_reason() -> None:
     built = vitals_units([reading("heart_rate", user_code="bad code!")], SYSTEM)
     assert not built.units and "user_code" in built.skipped[0][1]
-    built = vitals_units([replace(reading("heart_rate"), vital="glucose")], SYSTEM)
+    built = vitals_units([reading("heart_rate")._replace(vital="glucose")], SYSTEM)
     assert not built.units and "glucose" in built.skipped[0][1]
     built = vitals_units([reading("heart_rate", value=float("nan"))], SYSTEM)
     assert not built.units and "finite" in built.skipped[0][1]

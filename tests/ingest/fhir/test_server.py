@@ -97,7 +97,7 @@ async def test_a_resend_is_absorbed_by_conditional_create(fhir_server: FhirServe
         assert [a.verdict for a in again] == [Verdict.DELIVERED] * 2
         assert all(a.created == 0 for a in again)
         # a resend under another seq (a gateway buffer replay) is the same measurement
-        replay = units_of([replace(r, seq=1234, received_at=TS + 99_000) for r in full_message()])
+        replay = units_of([r._replace(seq=1234, received_at=TS + 99_000) for r in full_message()])
         [r] = await t.send(replay)
         assert r.verdict is Verdict.DELIVERED and r.created == 0
     finally:
