@@ -23,6 +23,7 @@ from typing import Any
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 
+from ews.score import Score
 from ingest.hl7 import mllp, oru
 from ingest.hl7.oru import DeviceInfo, OruConfig, ReadingGroup, ScoreItem
 
@@ -32,9 +33,9 @@ READING = ReadingGroup(
     source="realtime", ward="ward-a", device=DeviceInfo(name="E86 bed 4", model="E86"),
     vitals=(("heart_rate", 72.0), ("spo2", 97.0), ("systolic_bp", 121.0), ("diastolic_bp", 79.0),
             ("temperature", 36.8), ("respiratory_rate", 16.0)))
-SCORE = ScoreItem(user_code="pat-1", point=7, risk="high", result="tinggi", partial=False,
-                  components=(("heart_rate", 3), ("respiratory_rate", 2), ("spo2", 2)),
-                  cause=("Heart Rate 131",), missing=(), produce_at=TS, history_id=9)
+SCORE = ScoreItem(Score(user_code="pat-1", point=7, risk="high", result="tinggi", partial=False,
+                        components={"heart_rate": 3, "respiratory_rate": 2, "spo2": 2},
+                        cause=("Heart Rate 131",), missing=(), produce_at=TS), history_id=9)
 
 
 def per_call_ms(fn: Callable[[], object], n: int) -> float:

@@ -10,7 +10,7 @@ sizes). Prints, all measured in this run:
   float64 vital columns) into a preallocated array, with the ratio of scoring to that copy;
 * stream: one ``update`` of 1,000 readings across 10,000 patients plus ``rescore()`` (which
   returns arrays: ``ews.stream.Scores``); the same with every rescored patient materialised as a
-  ``PatientScore`` (what rescore cost before); and the baseline, the same patients scored one at
+  ``ews.score.Score`` (what rescore cost before); and the baseline, the same patients scored one at
   a time with ``current()``, with the ratio;
 * engine: ``EwsEngine.observe`` of the same batches (SQLite file in a temp dir): rescoring, the
   vectorised emission decision, and objects and rows only for the points emitted.
@@ -224,7 +224,7 @@ def bench_stream(patients: int, batch: int, repeat: int) -> None:
         f"best {min(times) * 1e3:.3f} ms (target <= 1 ms)"
     )
     print(
-        f"        same + every rescored patient materialised as a PatientScore: "
+        f"        same + every rescored patient materialised as a Score: "
         f"median {statistics.median(mat_times) * 1e3:.2f} ms"
     )
     # baseline: scoring the rescored patients one at a time with current()

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 
 class Result(StrEnum):
@@ -88,19 +88,35 @@ def risk_of(point: int, result: str) -> Risk:
 class Score:
     """One patient's EWS: the Cexup item (user_code, point, result, cause, produce_at) plus
     vitalgate's own fields. ``produce_at`` is the event time of the newest vital used (epoch
-    ms); ``valid`` is False, with the ``reason``, when no fresh vitals back it now."""
+    ms); ``valid`` is False, with the ``reason``, when no fresh vitals back it now. The stream
+    scorer (``ews.stream``) produces it; the engine's history point (``ingest.ews_engine.EwsPoint``)
+    is one with its record's fields.
+
+    Not valid: ``point`` -1, ``result`` and ``risk`` '', and ``produce_at`` None when no vital
+    backs it at all (an emitted point always has an event time)."""
 
     user_code: str
     point: int
-    result: str  #: a :class:`Result` word
-    risk: str  #: a :class:`Risk` word
+    result: str  #: a :class:`Result` word ('' when not valid)
+    risk: str  #: a :class:`Risk` word ('' when not valid)
     cause: tuple[str, ...]
     partial: bool
-    missing: tuple[str, ...]
-    components: dict[str, int] = field(hash=False)
-    produce_at: int
+    missing: tuple[str, ...]  #: missing or stale vitals and assumed context
+    components: dict[str, int] = field(hash=False)  #: points of each scored parameter
+    produce_at: int | None
     valid: bool = True
     reason: str = ""  #: why not valid (e.g. no fresh vitals); '' when valid
+    #: the vital values scored (medians when the scorer's median_k > 1); what the score was
+    #: computed from, not part of it (equality and the serialisers leave it out)
+    values: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready fields, ``values`` included (``produce_at`` stays a number)."""
+        return {"user_code": self.user_code, "point": self.point, "result": self.result,
+                "risk": self.risk, "cause": list(self.cause), "partial": self.partial,
+                "missing": list(self.missing), "components": dict(self.components),
+                "produce_at": self.produce_at, "valid": self.valid, "reason": self.reason,
+                "values": dict(self.values)}
 
 
 __all__ = ["RESULTS", "RISK_ORDER", "Result", "Risk", "Score", "results_for", "risk_of"]

@@ -31,8 +31,8 @@ and never displaces a newer value. The value scored is the median of the window'
 (``median_k=1``: simply the latest), which suppresses single-sample artefacts.
 
 Results stay arrays: :meth:`StreamScorer.rescore` returns a :class:`Scores` (a struct of arrays
-that is also a sequence of :class:`PatientScore`); a ``PatientScore`` object is built only for
-a row a consumer asks for (the EWS engine asks only for the points it emits).
+that is also a sequence of the one score type, :class:`ews.score.Score`); a ``Score`` object
+is built only for a row a consumer asks for (the EWS engine asks only for the points it emits).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from functools import cached_property
 from itertools import repeat
 from typing import Any, Final, overload
@@ -57,6 +57,7 @@ from ews.news2 import (
     consciousness_codes,
     score_arrays,
 )
+from ews.score import Score
 from ews.tables import NEWS2, ScoringTable
 
 log = logging.getLogger(__name__)
@@ -71,47 +72,12 @@ def epoch_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@dataclass(frozen=True)
-class PatientScore:
-    """One patient's current score (a Cexup EWS record plus what it was computed from)."""
-
-    patient: str
-    point: int  #: -1 when not valid
-    result: str  #: normal / rendah / sedang / tinggi ('' when not valid)
-    risk: str  #: low / low-medium / medium / high ('' when not valid)
-    cause: tuple[str, ...]
-    partial: bool
-    missing: tuple[str, ...]  #: missing or stale vitals and assumed context
-    components: dict[str, int]  #: points of each scored parameter
-    produce_at: int | None  #: epoch ms (event time) of the newest vital used
-    valid: bool
-    reason: str
-    values: dict[str, float]  #: the vital values used (medians when median_k > 1)
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready fields (``produce_at`` stays a number)."""
-        return {
-            "patient": self.patient,
-            "point": self.point,
-            "result": self.result,
-            "risk": self.risk,
-            "cause": list(self.cause),
-            "partial": self.partial,
-            "missing": list(self.missing),
-            "components": dict(self.components),
-            "produce_at": self.produce_at,
-            "valid": self.valid,
-            "reason": self.reason,
-            "values": dict(self.values),
-        }
-
-
-class Scores(Sequence[PatientScore]):
+class Scores(Sequence[Score]):
     """Scores of ``len(self)`` patients as arrays (row ``r`` is patient ``idx[r]``).
 
     The arrays (``idx``, ``points``, ``band``, ``valid``, ``produce_at``) cost nothing more
-    to read; ``self[r]``, iteration and :meth:`materialise` build :class:`PatientScore`
-    objects, only for the rows asked for. Compares equal to any sequence of the same scores
+    to read; ``self[r]``, iteration and :meth:`materialise` build :class:`Score` objects,
+    only for the rows asked for. Compares equal to any sequence of the same scores
     (``scorer.rescore() == []``)."""
 
     __slots__ = ("__dict__", "_names", "_result", "_values", "_vitals", "idx", "produce_at")
@@ -153,10 +119,10 @@ class Scores(Sequence[PatientScore]):
         return int(self.idx.shape[0])
 
     @overload
-    def __getitem__(self, r: int) -> PatientScore: ...
+    def __getitem__(self, r: int) -> Score: ...
     @overload
-    def __getitem__(self, r: slice) -> list[PatientScore]: ...
-    def __getitem__(self, r: int | slice) -> PatientScore | list[PatientScore]:
+    def __getitem__(self, r: slice) -> list[Score]: ...
+    def __getitem__(self, r: int | slice) -> Score | list[Score]:
         if isinstance(r, slice):
             return self._all[r]
         n = len(self)
@@ -166,7 +132,7 @@ class Scores(Sequence[PatientScore]):
             return self._all[r]
         return self.materialise(np.array([r % n], np.intp))[0]
 
-    def __iter__(self) -> Iterator[PatientScore]:
+    def __iter__(self) -> Iterator[Score]:
         return iter(self._all)
 
     def __eq__(self, other: object) -> bool:
@@ -180,11 +146,11 @@ class Scores(Sequence[PatientScore]):
         return f"Scores({len(self)} patients)"
 
     @cached_property
-    def _all(self) -> list[PatientScore]:
+    def _all(self) -> list[Score]:
         return self.materialise(np.arange(len(self), dtype=np.intp))
 
-    def materialise(self, rows: ArrayLike) -> list[PatientScore]:
-        """PatientScore objects of ``rows`` (positions in this batch), in that order."""
+    def materialise(self, rows: ArrayLike) -> list[Score]:
+        """Score objects of ``rows`` (positions in this batch), in that order."""
         rows = np.asarray(rows, np.intp)
         if rows.size == 0:
             return []
@@ -204,7 +170,7 @@ class Scores(Sequence[PatientScore]):
         names = self._names
         vitals = self._vitals
         n_sub = len(sub_names)
-        out: list[PatientScore] = []
+        out: list[Score] = []
         append = out.append
         for r, (i, sub_row, val_row) in enumerate(
             zip(
@@ -550,7 +516,7 @@ class StreamScorer:
         """Scores of the patients at ``idx`` now, without consuming their changes."""
         return self._score(np.asarray(idx, np.intp), int(self._clock()))
 
-    def current(self, patient: str) -> PatientScore | None:
+    def current(self, patient: str) -> Score | None:
         """The patient's score now (None for an unknown patient); does not consume changes."""
         i = self._ids.get(patient)
         if i is None:
@@ -581,7 +547,7 @@ class StreamScorer:
         return Scores(self._names, self._vitals, idx, res, val, newest)
 
 
-_FIELDS: Final = tuple(f.name for f in fields(PatientScore))
+_FIELDS: Final = tuple(f.name for f in fields(Score))
 
 
 def _boundaries(key: NDArray[np.intp]) -> NDArray[np.bool_]:
@@ -600,10 +566,10 @@ def _starts(key: NDArray[np.intp]) -> NDArray[np.bool_]:
     return out
 
 
-def _make(*args: Any) -> PatientScore:
-    """PatientScore(*args) without the frozen dataclass __init__, which sets each of the 12
+def _make(*args: Any) -> Score:
+    """Score(*args) without the frozen dataclass __init__, which sets each of the 12
     fields through object.__setattr__ (the slowest part of materialising many scores)."""
-    obj = object.__new__(PatientScore)
+    obj = object.__new__(Score)
     obj.__dict__.update(zip(_FIELDS, args, strict=True))
     return obj
 

@@ -204,7 +204,7 @@ def _move(alert: Alert, name: str, now: int, *, who: str | None = None,
 def on_score(alert: Alert | None, score: Score, now: int,
              policy: AlertPolicy) -> tuple[Alert, AuditEntry] | None:
     """The transition a newly emitted score causes on the patient's open alert (None: none)."""
-    if not score.valid:
+    if not score.valid or score.produce_at is None:
         return None  # stale: neither opens nor resolves (a silent watch hides nothing)
     severity = SEVERITY_OF_RISK.get(score.risk)
     if severity is None:
@@ -310,7 +310,7 @@ def monitoring(scores: Iterable[Score], last_reading: Mapping[str, int], now: in
     out = []
     for s in scores:
         f = frequency(s.point, s.risk, continuous_ms=continuous_ms)
-        last = max(last_reading.get(s.user_code, 0), s.produce_at)
+        last = max(last_reading.get(s.user_code, 0), s.produce_at or 0)  # None: no vital yet
         out.append({"user_code": s.user_code, "point": s.point, "risk": s.risk,
                     "frequency": f.name, "why": f.why, "overdue_after_ms": f.overdue_after_ms,
                     "last_reading_at": last, "overdue": now - last > f.overdue_after_ms})

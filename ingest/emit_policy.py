@@ -39,6 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ews.score import RISK_ORDER as RISK_ORDER  # re-exported: NEWS2 risk, lowest first
+from ews.score import Result, Risk, Score
 
 
 @dataclass(frozen=True)
@@ -81,12 +82,24 @@ class Trigger(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What the policy compares: the parts of a score that matter for emission."""
+    """What the policy compares of a score: one row of :func:`decide_many`'s arrays, as
+    :func:`decide` (its scalar reference) takes it.
+
+    It stays a type of its own, not a :class:`ews.score.Score`, because the engine keeps the
+    last emitted point of each patient as these four arrays (point, result and risk codes,
+    produce_at), not as Score objects; a Score becomes one in one place, :meth:`of`."""
 
     point: int
-    result: str
-    risk: str
+    result: Result
+    risk: Risk
     produce_at: int
+
+    @classmethod
+    def of(cls, score: Score) -> Snapshot:
+        """The policy's view of a valid score (one with an event time)."""
+        if score.produce_at is None:
+            raise ValueError(f"{score.user_code}: a score of no vitals is not emitted")
+        return cls(score.point, Result(score.result), Risk(score.risk), score.produce_at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ score of the engine's.
 
 Hot path: the scorer returns arrays (``ews.stream.Scores``); the policy decides on arrays
 (``emit_policy.decide_many``) over per-patient state kept in arrays by the scorer's patient
-index; ``PatientScore``/``EwsPoint`` objects are built only for the points emitted.
+index; ``Score``/``EwsPoint`` objects are built only for the points emitted.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from pydantic import ValidationError
 
 from ews.news2 import RESULT_WORDS, RISK_WORDS
 from ews.score import RESULTS, RISK_ORDER, Score, results_for, risk_of
-from ews.stream import NO_FRESH, PatientScore, Scores, StreamScorer
+from ews.stream import NO_FRESH, Scores, StreamScorer
 from ews.tables import TABLES
 from ingest.db import Conn, Database
 from ingest.db import ews as store
@@ -69,7 +69,6 @@ from ingest.emit_policy import (
     NO_TRIGGER,
     TRIGGERS,
     EmitPolicy,
-    Snapshot,
     Trigger,
     decide_many,
 )
@@ -110,6 +109,8 @@ class EwsPoint(Score):
     """One EWS point: the one score type (``ews.score.Score``) with its history record's fields;
     its serialisers are the edges: Cexup's POST body, the REST item, the MQTT payload."""
 
+    produce_at: int  #: a point always has an event time (the Score's, 0 when it had none)
+
     trigger: str = ""  #: why it was emitted (emit_policy.Trigger)
     source: Source = "vitalgate"
     emitted_at: int | None = None  #: service clock when recorded
@@ -135,16 +136,15 @@ class EwsPoint(Score):
         """The MQTT ``{prefix}/ews/{user_code}`` payload."""
         return Ews.of(self)
 
-    def snapshot(self) -> Snapshot:
-        return Snapshot(self.point, self.result, self.risk, self.produce_at)
-
     @classmethod
-    def from_score(cls, score: PatientScore) -> EwsPoint:
+    def from_score(cls, score: Score) -> EwsPoint:
         return cls(
-            user_code=score.patient, point=int(score.point), result=score.result, risk=score.risk,
-            cause=tuple(score.cause), partial=bool(score.partial), missing=tuple(score.missing),
+            user_code=score.user_code, point=int(score.point), result=score.result,
+            risk=score.risk, cause=tuple(score.cause), partial=bool(score.partial),
+            missing=tuple(score.missing),
             components={k: int(v) for k, v in score.components.items()},
             produce_at=int(score.produce_at or 0), valid=bool(score.valid), reason=score.reason,
+            values=score.values,
         )
 
 

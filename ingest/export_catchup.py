@@ -30,7 +30,7 @@ from typing import Final
 
 from ingest.db import Conn, Database, exports
 from ingest.db import readings as readings_db
-from ingest.store import StoredReading
+from ingest.db.readings import StoredReading
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +121,10 @@ class ExportMarks:
         read = added = 0
         high: int | None = None
         while True:
-            page = await self.readings.read(partial(readings_db.received_page,
+            rows = await self.readings.read(partial(readings_db.received_page,
                                                     since_ms=since, limit=self.page))
-            if not page:
+            if not rows:
                 break
-            rows = [StoredReading(str(d), u, g, str(v), float(x), int(t),
-                                  None if q is None else int(q), str(s), bool(rp), int(ra))
-                    for d, u, g, v, x, t, q, s, rp, ra in page]
             n = await enqueue(rows)
             if n is None:
                 self.catch_up_errors += 1
@@ -137,7 +134,7 @@ class ExportMarks:
             added += n
             high = rows[-1].received_at
             since = high + 1
-            if len(page) < self.page:
+            if len(rows) < self.page:
                 break
         if high is not None:
             top = high

@@ -36,6 +36,7 @@ from ingest.db import ecg as ecg_db
 from ingest.db import readings as readings_db
 from ingest.db.dead_letters import DeadLetter as DeadLetter
 from ingest.db.engine import StoreOpenError as StoreOpenError
+from ingest.db.readings import StoredReading as StoredReading
 from vitalgate.contract import (
     MAX_ECG_CHUNK_SEQ,
     DeviceStatus,
@@ -72,25 +73,11 @@ VITAL_TYPE: Final[dict[str, str]] = {
 }
 
 
-class StoredReading(NamedTuple):
-    """One committed vital (one row of ``readings``)."""
-
-    device_id: str
-    user_code: str | None
-    gateway_id: str | None
-    vital: str
-    value: float
-    ts: int
-    seq: int | None
-    source: str
-    replayed: bool
-    received_at: int
-
-
 # ------------------------------------------------------------------------- what a batch holds
 
 
-# DeadLetter lives in ingest.dead_letters (imported above, so store.DeadLetter still names it).
+# DeadLetter lives in ingest.dead_letters (imported above, so store.DeadLetter still names it);
+# StoredReading, one committed vital (a row of readings), in ingest.db.readings, likewise.
 # ``topic``/``payload`` on the items below: the message they came from, for the dead letter
 # written when the store refuses them (foreign_device, ecg_too_large, store_error).
 
@@ -421,7 +408,7 @@ def _insert_readings(conn: Conn, out: CommitResult, pending: Sequence[_Pending],
     known = readings_db.known_seqs(conn, sorted({(p.reading.device_id, p.reading.stream or "",
                                                    p.reading.seq) for p in pending}))
     taken: set[tuple[str, str, int]] = set()
-    rows: list[readings_db.Row] = []
+    rows: list[StoredReading] = []
     owners: list[int] = []  # index into `kept` of each row
     kept: list[tuple[_Pending, int]] = []
     for p in pending:
@@ -434,18 +421,16 @@ def _insert_readings(conn: Conn, out: CommitResult, pending: Sequence[_Pending],
         flags = reading_flags(r, item.received_at, late_after_ms)
         kept.append((p, flags))
         for vital, value in r.vitals.present().items():
-            rows.append(readings_db.Row(r.device_id, p.user_code, item.gateway_id, vital, value,
-                                        r.ts, r.seq, r.source.value, r.replayed,
-                                        item.received_at, key[1], flags))
+            rows.append(StoredReading(r.device_id, p.user_code, item.gateway_id, vital, value,
+                                      r.ts, r.seq, r.source.value, r.replayed,
+                                      item.received_at, key[1], flags))
             owners.append(len(kept) - 1)
     new = readings_db.insert(conn, rows)
     stored = [0] * len(kept)
     for row, owner, is_new in zip(rows, owners, new, strict=True):
         if is_new:
             stored[owner] += 1
-            out.readings.append(StoredReading(row.device_id, row.user_code, row.gateway_id,
-                                              row.vital, row.value, row.ts, row.seq, row.source,
-                                              row.replayed, row.received_at))
+            out.readings.append(row)
     for (p, flags), n in zip(kept, stored, strict=True):
         if not n:
             out.duplicates += 1  # a history record already stored under another seq

@@ -251,7 +251,10 @@ class Ews(_Message):
 
     @classmethod
     def of(cls, score: Score) -> Ews:
-        """The MQTT ``{prefix}/ews/{user_code}`` payload of ``score``."""
+        """The MQTT ``{prefix}/ews/{user_code}`` payload of ``score`` (one backed by vitals:
+        with an event time)."""
+        if score.produce_at is None:
+            raise ValueError(f"{score.user_code}: a score of no vitals has no EWS payload")
         return cls(user_code=score.user_code, point=score.point, result=Result(score.result),
                    cause=list(score.cause), produce_at=score.produce_at, risk=Risk(score.risk),
                    partial=score.partial, missing=list(score.missing),

@@ -282,8 +282,15 @@ def partitions(conn: Conn) -> Partitions:
 # ---------------------------------------------------------------------------------- writes
 
 
-class Row(NamedTuple):
-    """One vital of a reading, as written."""
+class StoredReading(NamedTuple):
+    """One vital of a reading, one row of ``readings``: what the store writes, what a commit
+    returns and what is read back, and what the FHIR and HL7 exports build from (a NamedTuple:
+    one is made per vital on the ingest path, at the cost of a tuple).
+
+    ``ts`` is the event time (measured), ``received_at`` the processing time (the consumer's
+    clock at commit), both epoch ms. ``seq`` is None for a reading derived from an ECG
+    recording; ``stream`` is ``''`` when the reading carried none (the device's legacy
+    stream); ``flags`` are ``FLAG_LATE | FLAG_CLOCK_SUSPECT`` (:mod:`ingest.store`)."""
 
     device_id: str
     user_code: str | None
@@ -291,12 +298,19 @@ class Row(NamedTuple):
     vital: str
     value: float
     ts: int
-    seq: int
+    seq: int | None
     source: str
     replayed: bool
     received_at: int
-    stream: str
-    flags: int
+    stream: str = ""
+    flags: int = 0
+
+    def columns(self) -> tuple[str, str | None, str | None, str, float, int, int | None, str,
+                               int, int, str, int]:
+        """The row's values in :data:`_COLS` order (``replayed`` as 0/1)."""
+        return (self.device_id, self.user_code, self.gateway_id, self.vital, float(self.value),
+                self.ts, self.seq, self.source, int(self.replayed), self.received_at,
+                self.stream, self.flags)
 
 
 def known_seqs(conn: Conn, keys: Sequence[tuple[str, str, int]]) -> set[tuple[str, str, int]]:
@@ -323,7 +337,7 @@ _COLS: Final = ("device_id, user_code, gateway_id, vital, value, ts, seq, source
                 " received_at, stream, flags")
 
 
-def insert(conn: Conn, rows: Sequence[Row]) -> list[bool]:
+def insert(conn: Conn, rows: Sequence[StoredReading]) -> list[bool]:
     """Insert ``rows`` with ON CONFLICT DO NOTHING; returns, aligned with them, which were new
     (a row whose identity is stored already, in this batch or before, is not)."""
     if not rows:
@@ -332,19 +346,19 @@ def insert(conn: Conn, rows: Sequence[Row]) -> list[bool]:
         out = []
         for r in rows:
             cur = conn.execute(f"INSERT INTO readings ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,"
-                               " ?, ?, ?) ON CONFLICT DO NOTHING",
-                               (*r[:8], int(r.replayed), *r[9:]))
+                               " ?, ?, ?) ON CONFLICT DO NOTHING", r.columns())
             out.append(bool(cur.rowcount))
         return out
     # 1. the stream identity: which (device, stream, seq, vital) are new, whatever their ts
-    cols = list(zip(*rows, strict=True))
     new_ids = conn.pg.execute(
         "INSERT INTO reading_ids (device_id, stream, seq, vital, kept_at)"
         " SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::text[], %b::bigint[])"
         " ON CONFLICT DO NOTHING RETURNING device_id, stream, seq, vital",
-        (list(cols[0]), list(cols[10]), list(cols[6]), list(cols[3]),
-         [max(r.ts, r.received_at) for r in rows]), prepare=True).fetchall()
-    fresh = {(str(d), str(s), int(q), str(v)) for d, s, q, v in new_ids}
+        ([r.device_id for r in rows], [r.stream for r in rows], [r.seq for r in rows],
+         [r.vital for r in rows], [max(r.ts, r.received_at) for r in rows]),
+        prepare=True).fetchall()
+    fresh: set[tuple[str, str, int | None, str]] = {(str(d), str(s), int(q), str(v))
+                                                    for d, s, q, v in new_ids}
     # 2. the readings whose identity is new (first of each in the batch); the history
     #    identity (a partial unique index with ts) may still absorb some
     picked: list[int] = []
@@ -365,9 +379,7 @@ def insert(conn: Conn, rows: Sequence[Row]) -> list[bool]:
                 f"COPY readings ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_COPY_TYPES)
             for r in plain:
-                copy.write_row((r.device_id, r.user_code, r.gateway_id, r.vital, float(r.value),
-                                r.ts, r.seq, r.source, int(r.replayed), r.received_at, r.stream,
-                                r.flags))
+                copy.write_row(r.columns())
     done = {(r.device_id, r.stream, r.seq, r.vital) for r in plain}
     sel = [rows[i] for i in picked if rows[i].source == "history"]
     if sel:
@@ -384,17 +396,16 @@ _COPY_TYPES: Final = ("text", "text", "text", "text", "float8", "int8", "int8", 
                       "int8", "text", "int8")
 
 
-def _insert_on_conflict(conn: Conn, sel: Sequence[Row]) -> set[tuple[str, str, int, str]]:
+def _insert_on_conflict(conn: Conn, sel: Sequence[StoredReading]
+                        ) -> set[tuple[str, str, int | None, str]]:
     """PostgreSQL: insert ``sel`` with ON CONFLICT DO NOTHING; the identities stored."""
-    c = list(zip(*sel, strict=True))
+    c = list(zip(*(r.columns() for r in sel), strict=True))
     stored = conn.pg.execute(
         f"INSERT INTO readings ({_COLS}) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[],"
         " %b::text[], %b::float8[], %b::bigint[], %b::bigint[], %b::text[], %b::bigint[],"
         " %b::bigint[], %b::text[], %b::bigint[]) ON CONFLICT DO NOTHING"
         " RETURNING device_id, stream, seq, vital",
-        (list(c[0]), list(c[1]), list(c[2]), list(c[3]), [float(x) for x in c[4]], list(c[5]),
-         list(c[6]), list(c[7]), [int(x) for x in c[8]], list(c[9]), list(c[10]),
-         list(c[11])), prepare=True).fetchall()
+        [list(col) for col in c], prepare=True).fetchall()
     return {(str(d), str(s), int(q), str(v)) for d, s, q, v in stored}
 
 
@@ -562,11 +573,10 @@ def drop_expired_partitions(conn: Conn, cutoff_ms: int, *,
     return dropped
 
 
-def received_page(conn: Conn, since_ms: int, limit: int) -> list[tuple[Any, ...]]:
+def received_page(conn: Conn, since_ms: int, limit: int) -> list[StoredReading]:
     """Readings with a patient received (processing time) at or after ``since_ms``, oldest
     first: about ``limit`` rows, never splitting the rows of one ``received_at`` (one message's
-    vitals, e.g. a blood pressure's two rows, stay together). Columns: device_id, user_code,
-    gateway_id, vital, value, ts, seq, source, replayed, received_at. The filter on
+    vitals, e.g. a blood pressure's two rows, stay together). The filter on
     ``max(ts, received_at)`` (implied by the received_at one) lets the ``readings_kept`` index
     serve it on both engines."""
     kept = conn.greatest("ts", "received_at")
@@ -577,6 +587,8 @@ def received_page(conn: Conn, since_ms: int, limit: int) -> list[tuple[Any, ...]
     until = "" if edge is None else " AND received_at <= ?"
     args: tuple[Any, ...] = (since_ms, since_ms) if edge is None else (since_ms, since_ms,
                                                                         int(edge[0]))
-    return list(conn.execute(
-        "SELECT device_id, user_code, gateway_id, vital, value, ts, seq, source, replayed,"
-        f" received_at FROM readings WHERE {where}{until} ORDER BY received_at, id", args))
+    rows = conn.execute(f"SELECT {_COLS} FROM readings WHERE {where}{until}"
+                        " ORDER BY received_at, id", args).fetchall()
+    return [StoredReading(str(d), u, g, str(v), float(x), int(t), None if q is None else int(q),
+                          str(s), bool(rp), int(ra), str(st), int(f))
+            for d, u, g, v, x, t, q, s, rp, ra, st, f in rows]

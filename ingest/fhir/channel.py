@@ -22,8 +22,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
+from ingest.db.readings import StoredReading
 from ingest.fhir import codes
 from ingest.fhir.bundle import DEFAULT_BATCH, pack
 from ingest.fhir.resources import (
@@ -31,7 +32,6 @@ from ingest.fhir.resources import (
     FhirBuildError,
     ScorePoint,
     Unit,
-    VitalReading,
     news2_unit,
     vitals_units,
 )
@@ -104,15 +104,15 @@ class FhirChannel:
         if held is None or ts >= held[0]:
             mine[vital] = (ts, entry)
 
-    def readings_rows(self, readings: Iterable[Any],
+    def readings_rows(self, readings: Iterable[StoredReading],
                       models: Mapping[str, str] | None = None) -> list[OutRow]:
         """Stored readings of one commit → rows (one or more per patient, in order)."""
         with self.lock:
             return self._readings_rows(readings, models)
 
-    def _readings_rows(self, readings: Iterable[Any],
+    def _readings_rows(self, readings: Iterable[StoredReading],
                        models: Mapping[str, str] | None = None) -> list[OutRow]:
-        vital_readings = [r if isinstance(r, VitalReading) else VitalReading.of(r) for r in readings]
+        vital_readings = list(readings)
         self.counts["readings"] += len(vital_readings)
         built = vitals_units(vital_readings, self.patient_system, models)
         for r, _reason in built.skipped:

@@ -31,8 +31,10 @@ from pydantic import SecretStr
 
 from ingest.db import Conn, Database, registry
 from ingest.db.outbox import Row, enqueue
+from ingest.db.readings import StoredReading
 from ingest.export_catchup import ExportMarks
 from ingest.fhir.channel import CHANNEL, FhirChannel, send_row
+from ingest.fhir.resources import ScorePoint
 from ingest.fhir.transport import DEFAULT_TIMEOUT_S, FhirTransport
 from ingest.outbox import ClientTransport, Outbox, Outcome, RetryPolicy, Verdict
 from vitalgate.contract import mac_from_device_id
@@ -137,7 +139,7 @@ class FhirDelivery:
         engine.add_channel(CHANNEL, self.render)
         return self
 
-    def render(self, point: Any) -> str | None:
+    def render(self, point: ScorePoint) -> str | None:
         """The body of a NEWS2 point's row (called inside the engine's history transaction:
         never raises; a point that cannot be built is counted and logged, not enqueued)."""
         try:
@@ -152,7 +154,7 @@ class FhirDelivery:
             return None
         return rows[0].body
 
-    async def enqueue_readings(self, readings: Iterable[Any],
+    async def enqueue_readings(self, readings: Iterable[StoredReading],
                                models: Mapping[str, str] | None = None) -> int:
         """Enqueue the FHIR rows of committed readings; returns the rows added. ``models``
         (device_id → model) defaults to what the registry says. With an export mark: while
@@ -168,7 +170,7 @@ class FhirDelivery:
         """Enqueue what was committed since the export mark (at start); the rows added."""
         return 0 if self.marks is None else await self.marks.catch_up(self._enqueue)
 
-    async def _enqueue(self, readings: Sequence[Any],
+    async def _enqueue(self, readings: Sequence[StoredReading],
                        models: Mapping[str, str] | None = None) -> int | None:
         """The rows added, or None when the EWS store refused them (counted and logged)."""
         if models is None and self.models is not None:

@@ -27,6 +27,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import urlencode
 from uuid import NAMESPACE_URL, uuid5
 
+from ingest.db.readings import StoredReading
 from ingest.fhir import codes
 from vitalgate.contract import (
     DEVICE_ID_RE,
@@ -61,34 +62,6 @@ def _num(value: float) -> str:
 
 def _hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class VitalReading:
-    """What a FHIR Observation needs of one stored vital (a row of ``readings``).
-
-    ``ts`` and ``received_at`` are epoch ms: event time (measured) and processing time (stored).
-    """
-
-    device_id: str
-    user_code: str | None
-    gateway_id: str | None
-    vital: str
-    value: float
-    ts: int
-    seq: int | None
-    source: str
-    received_at: int | None = None
-    stream: str = ""
-
-    @classmethod
-    def of(cls, row: Any) -> VitalReading:
-        """From anything with the stored reading's attributes (``ingest.store.StoredReading``)."""
-        return cls(device_id=row.device_id, user_code=row.user_code, gateway_id=row.gateway_id,
-                   vital=row.vital, value=float(row.value), ts=int(row.ts),
-                   seq=None if row.seq is None else int(row.seq), source=str(row.source),
-                   received_at=getattr(row, "received_at", None),
-                   stream=str(getattr(row, "stream", "") or ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +192,7 @@ def observation_id(device_id: str, user_code: str, patient_system: str, mdc: str
     return _hash("-".join(parts))
 
 
-def _observation(first: VitalReading, user_code: str, patient_system: str, code: codes.VitalCode,
+def _observation(first: StoredReading, user_code: str, patient_system: str, code: codes.VitalCode,
                  values: Sequence[float]) -> Json:
     ident = observation_id(first.device_id, user_code, patient_system, code.mdc.code, first.ts,
                            values)
@@ -234,8 +207,7 @@ def _observation(first: VitalReading, user_code: str, patient_system: str, code:
         "effectiveDateTime": iso_utc(first.ts),
         "device": logical("Device", codes.BLUETOOTH_SYSTEM, mac_from_device_id(first.device_id)),
     }
-    if first.received_at is not None:
-        obs["issued"] = iso_utc(first.received_at)
+    obs["issued"] = iso_utc(first.received_at)
     if first.gateway_id:
         obs["extension"] = [{"url": codes.GATEWAY_EXTENSION,
                              "valueReference": logical("Device", codes.GATEWAY_SYSTEM,
@@ -243,7 +215,7 @@ def _observation(first: VitalReading, user_code: str, patient_system: str, code:
     return obs
 
 
-def vital_observation(r: VitalReading, patient_system: str) -> Entry:
+def vital_observation(r: StoredReading, patient_system: str) -> Entry:
     """One non-blood-pressure vital → its Observation."""
     if r.user_code is None:
         raise FhirBuildError("the reading has no patient (its device is assigned to none)")
@@ -267,7 +239,7 @@ def _bp_component(code: codes.VitalCode, value: float | None) -> Json:
     return comp
 
 
-def blood_pressure(systolic: VitalReading | None, diastolic: VitalReading | None,
+def blood_pressure(systolic: StoredReading | None, diastolic: StoredReading | None,
                    patient_system: str) -> Entry:
     """Systolic and diastolic of one reading → one 85354-9 panel (a side the reading did not
     carry is a component with a dataAbsentReason, as the bp profile requires both)."""
@@ -285,7 +257,7 @@ def blood_pressure(systolic: VitalReading | None, diastolic: VitalReading | None
     return Entry("Observation", codes.OBSERVATION_ID_SYSTEM, ident, obs)
 
 
-def _message_key(r: VitalReading) -> tuple[str, str, int | None, int, str, str | None]:
+def _message_key(r: StoredReading) -> tuple[str, str, int | None, int, str, str | None]:
     return (r.device_id, r.stream, r.seq, r.ts, r.source, r.user_code)
 
 
@@ -295,18 +267,18 @@ class Built:
     no patient, or a vital FHIR has no code for here; with the reason)."""
 
     units: list[Unit]
-    skipped: list[tuple[VitalReading, str]]
+    skipped: list[tuple[StoredReading, str]]
     #: per unit (aligned), the Observation entry of each of its vitals (both BP vitals share one)
     by_vital: list[dict[str, Entry]]
 
 
-def vitals_units(readings: Iterable[VitalReading], patient_system: str,
+def vitals_units(readings: Iterable[StoredReading], patient_system: str,
                  models: Mapping[str, str] | None = None) -> Built:
     """Committed readings → one unit per reading message (device, stream, seq, event time).
 
     ``models``: device_id → model, for the Device resource (optional)."""
-    groups: dict[tuple[str, str, int | None, int, str, str | None], list[VitalReading]] = {}
-    skipped: list[tuple[VitalReading, str]] = []
+    groups: dict[tuple[str, str, int | None, int, str, str | None], list[StoredReading]] = {}
+    skipped: list[tuple[StoredReading, str]] = []
     for r in readings:
         if r.user_code is None:
             skipped.append((r, "no patient: the device is assigned to none"))

@@ -25,15 +25,17 @@ from typing import Any, Final
 
 from hl7apy.exceptions import HL7apyException
 
+from ingest.db.readings import StoredReading
+from ingest.ews_engine import EwsPoint
 from ingest.hl7.oru import (
     BuildError,
     DeviceInfo,
     Hl7Message,
     OruConfig,
+    ScoreItem,
     build_reading,
     build_score,
     group_readings,
-    score_item,
 )
 from ingest.hl7.transport import AckPolicy, Delivery, Outcome
 from ingest.outbox import Verdict
@@ -70,9 +72,9 @@ class Hl7Channel:
         with self._lock:
             self.skipped[reason] = self.skipped.get(reason, 0) + n
 
-    def readings(self, rows: Sequence[Any],
+    def readings(self, rows: Sequence[StoredReading],
                  devices: Mapping[str, DeviceInfo] | None = None) -> list[Hl7Message]:
-        """Messages of committed reading rows (``ingest.store.StoredReading``), in row order."""
+        """Messages of committed reading rows, in row order."""
         no_patient = sum(1 for r in rows if not r.user_code)
         if no_patient:
             self._skip("no_patient", no_patient)  # rows (vitals), not readings
@@ -86,30 +88,26 @@ class Hl7Channel:
                 out.append(msg)
         return out
 
-    def points(self, points: Iterable[Any]) -> list[Hl7Message]:
-        """Messages of emitted EWS points (``ingest.ews_engine.EwsPoint``)."""
+    def points(self, points: Iterable[EwsPoint]) -> list[Hl7Message]:
+        """Messages of emitted EWS points."""
         now = self.clock()
         out = []
         for p in points:
-            if getattr(p, "source", "vitalgate") != "vitalgate":
+            if p.source != "vitalgate":
                 self._skip("external_point")
                 continue
-            if not getattr(p, "valid", True):
+            if not p.valid:
                 self._skip("invalid_point")
                 continue
-            try:
-                with self._lock:
-                    ward = self._ward_of_patient.get(p.user_code)
-                item = score_item(p, ward=ward)
-            except (TypeError, ValueError, AttributeError):
-                self._skip("invalid")
-                continue
+            with self._lock:
+                ward = self._ward_of_patient.get(p.user_code)
+            item = ScoreItem(p, history_id=p.id, ward=ward)
             msg = self._build(partial(build_score, item, self.config, now))
             if msg is not None:
                 out.append(msg)
         return out
 
-    def render_point(self, point: Any) -> str | None:
+    def render_point(self, point: EwsPoint) -> str | None:
         """``EwsEngine.add_channel``'s render: the message text of one emitted point, or None
         (not sent; counted). Called in the engine's store transaction, in a worker thread."""
         try:

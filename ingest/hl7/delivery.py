@@ -27,6 +27,8 @@ from typing import Any, Final
 
 from ingest.db.engine import Conn, Database
 from ingest.db.outbox import Row, enqueue
+from ingest.db.readings import StoredReading
+from ingest.ews_engine import EwsPoint
 from ingest.export_catchup import ExportMarks
 from ingest.hl7.channel import NAME, Hl7Channel, device_labels
 from ingest.hl7.mllp import MllpPool
@@ -103,8 +105,8 @@ class Hl7Output:
         #: batches of committed readings whose messages could not be enqueued (store failure)
         self.enqueue_errors = 0
 
-    async def readings(self, rows: Sequence[Any], devices: Devices | None = None) -> None:
-        """Enqueue the messages of committed reading rows (``ingest.store.StoredReading``);
+    async def readings(self, rows: Sequence[StoredReading], devices: Devices | None = None) -> None:
+        """Enqueue the messages of committed reading rows;
         while behind (start, a failed enqueue), a catch-up instead (it covers these rows)."""
         if not rows:
             return
@@ -117,7 +119,8 @@ class Hl7Output:
         """Enqueue what was committed since the export mark (at start); the messages added."""
         return 0 if self.marks is None else await self.marks.catch_up(self._enqueue)
 
-    async def _enqueue(self, rows: Sequence[Any], devices: Devices | None = None) -> int | None:
+    async def _enqueue(self, rows: Sequence[StoredReading],
+                       devices: Devices | None = None) -> int | None:
         """The messages added, or None when they could not be enqueued (counted, logged)."""
         devices = devices or self.devices
         marks = self.marks
@@ -148,7 +151,7 @@ class Hl7Output:
             self.outbox.notify(NAME)
         return added
 
-    def points(self, points: Sequence[Any]) -> None:
+    def points(self, points: Sequence[EwsPoint]) -> None:
         """Points were emitted (their rows are committed): deliver now."""
         if points:
             self.outbox.notify(NAME)

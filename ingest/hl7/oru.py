@@ -34,6 +34,8 @@ from typing import Any, Final, Literal
 
 import hl7
 
+from ews.score import Score
+from ingest.db.readings import StoredReading
 from ingest.hl7 import vocab
 from ingest.hl7.text import field_text
 from vitalgate.contract import DEVICE_ID_RE, USER_CODE_RE, mac_from_device_id, matches
@@ -103,20 +105,18 @@ class ReadingGroup:
 
 @dataclass(frozen=True, slots=True)
 class ScoreItem:
-    """One emitted EWS point (from ``ingest.ews_engine.EwsPoint``), with where the patient is."""
+    """One emitted EWS point: the score (the one score type, e.g. an
+    ``ingest.ews_engine.EwsPoint``), its history row, and where the patient is."""
 
-    user_code: str
-    point: int
-    risk: str
-    result: str
-    partial: bool
-    components: tuple[tuple[str, int], ...]
-    cause: tuple[str, ...]
-    missing: tuple[str, ...]
-    produce_at: int  #: event time of the newest vital used (epoch ms)
+    score: Score
     history_id: int | None = None
     ward: str | None = None
     bed: str | None = None
+
+    @property
+    def components(self) -> list[tuple[str, int]]:
+        """The sub-scores by parameter name (the message's and the control id's order)."""
+        return sorted(self.score.components.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,8 +272,14 @@ class _Rows:
             _segment(self.m, "NTE", {1: str(i), 3: text})
 
 
-def _new() -> Any:
-    return hl7.Message("\r", [])
+def _start(config: OruConfig, control: str, now_ms: int, user_code: str, ward: str | None,
+           bed: str | None, ts: int) -> Any:
+    """A message's MSH, PID (and PV1) and OBR: whom it is about and the event time ``ts``."""
+    m = hl7.Message("\r", [])
+    _header(m, config, control, now_ms)
+    _patient(m, config, user_code, ward, bed)
+    _order(m, control, ts)
+    return m
 
 
 def _finish(m: Any, control: str, user_code: str, kind: Kind, validate: bool) -> Hl7Message:
@@ -306,10 +312,7 @@ def build_reading(g: ReadingGroup, config: OruConfig, now_ms: int, *,
     if not g.vitals:
         raise BuildError("vitals", "a reading without vitals")
     control = reading_control_id(g)
-    m = _new()
-    _header(m, config, control, now_ms)
-    _patient(m, config, g.user_code, g.ward, g.bed)
-    _order(m, control, g.ts)
+    m = _start(config, control, now_ms, g.user_code, g.ward, g.bed, g.ts)
     equipment = [(eui64(g.device_id), "", eui64(g.device_id), "EUI-64"),
                  (mac_from_device_id(g.device_id), "MAC")]
     if g.gateway_id:
@@ -352,24 +355,25 @@ def build_reading(g: ReadingGroup, config: OruConfig, now_ms: int, *,
     return _finish(m, control, g.user_code, "vitals", validate)
 
 
-def score_control_id(s: ScoreItem) -> str:
-    comps = ",".join(f"{k}={v}" for k, v in s.components)
-    return control_id("ews", s.user_code, s.history_id, s.produce_at, s.point, s.risk, comps)
+def score_control_id(item: ScoreItem) -> str:
+    s = item.score
+    comps = ",".join(f"{k}={v}" for k, v in item.components)
+    return control_id("ews", s.user_code, item.history_id, s.produce_at, s.point, s.risk, comps)
 
 
-def build_score(s: ScoreItem, config: OruConfig, now_ms: int, *,
+def build_score(item: ScoreItem, config: OruConfig, now_ms: int, *,
                 validate: bool = False) -> Hl7Message:
     """The ORU^R01 of one EWS point: the total (with the risk band's abnormal flag, the causes
     and missing inputs as comments), the risk band, one row per sub-score."""
+    s = item.score
     if s.risk not in vocab.RISK:
         raise BuildError("risk", f"{s.risk!r} is not a risk band")
     if not 0 <= s.point <= 99:
         raise BuildError("point", f"{s.point} is not a score")
-    control = score_control_id(s)
-    m = _new()
-    _header(m, config, control, now_ms)
-    _patient(m, config, s.user_code, s.ward, s.bed)
-    _order(m, control, s.produce_at)
+    if s.produce_at is None:
+        raise BuildError("produce_at", "a score without an event time (no vitals)")
+    control = score_control_id(item)
+    m = _start(config, control, now_ms, s.user_code, item.ward, item.bed, s.produce_at)
     band_text, flag = vocab.RISK[s.risk]
     status = "P" if s.partial else "F"
     comments = []
@@ -386,7 +390,7 @@ def build_score(s: ScoreItem, config: OruConfig, now_ms: int, *,
                   vocab.CEXUP if word else ""))
     rows.add(value_type="CWE", code=vocab.RISK_BAND, sub_id="2", value=band, status=status,
              ts=s.produce_at)
-    for k, (name, points) in enumerate(s.components, start=1):
+    for k, (name, points) in enumerate(item.components, start=1):
         code = vocab.subscore_code(config.table, field_text(name, 40))
         rows.add(value_type="NM", code=code, sub_id=f"3.{k}", value=str(int(points)),
                  unit=vocab.SCORE, status=status, ts=s.produce_at)
@@ -396,11 +400,11 @@ def build_score(s: ScoreItem, config: OruConfig, now_ms: int, *,
 # ------------------------------------------------------------------------------- inputs
 
 
-def group_readings(rows: Iterable[Any], *, ward_of: Mapping[str, str] | None = None,
+def group_readings(rows: Iterable[StoredReading], *, ward_of: Mapping[str, str] | None = None,
                    devices: Mapping[str, DeviceInfo] | None = None) -> list[ReadingGroup]:
-    """Committed reading rows (``ingest.store.StoredReading``: one per vital) → one group per
-    reading, in the rows' order of first appearance. Rows without a patient are left out."""
-    groups: dict[tuple[Any, ...], list[Any]] = {}
+    """Committed reading rows (one per vital) → one group per reading, in the rows' order of
+    first appearance. Rows without a patient are left out."""
+    groups: dict[tuple[str, str, str | None, int, int | None, str], list[StoredReading]] = {}
     for r in rows:
         if not r.user_code:
             continue
@@ -410,19 +414,9 @@ def group_readings(rows: Iterable[Any], *, ward_of: Mapping[str, str] | None = N
     out = []
     for (user_code, device_id, gateway_id, ts, seq, source), members in groups.items():
         out.append(ReadingGroup(
-            user_code=user_code, device_id=device_id, gateway_id=gateway_id, ts=int(ts),
-            seq=seq, source=str(source),
-            vitals=tuple((str(r.vital), float(r.value)) for r in members),
+            user_code=user_code, device_id=device_id, gateway_id=gateway_id, ts=ts,
+            seq=seq, source=source, vitals=tuple((r.vital, r.value) for r in members),
             ward=ward_of.get(gateway_id) if gateway_id else None,
             device=devices.get(device_id, DeviceInfo())))
     return out
 
-
-def score_item(point: Any, *, ward: str | None = None) -> ScoreItem:
-    """An ``ingest.ews_engine.EwsPoint`` as the builder's input."""
-    return ScoreItem(
-        user_code=point.user_code, point=int(point.point), risk=str(point.risk),
-        result=str(point.result), partial=bool(point.partial),
-        components=tuple((str(k), int(v)) for k, v in sorted(point.components.items())),
-        cause=tuple(point.cause), missing=tuple(point.missing), produce_at=int(point.produce_at),
-        history_id=point.id, ward=ward)

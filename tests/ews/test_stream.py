@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ews import NEWS2012, score_news2
-from ews.stream import NO_FRESH, PatientScore, StreamScorer
+from ews.score import Score
+from ews.stream import NO_FRESH, StreamScorer
 
 T0 = 1_700_000_000_000
 MIN = 60_000
@@ -46,8 +47,8 @@ def test_first_score_of_a_patient(clock: Clock) -> None:
     s = StreamScorer(clock=clock)
     feed(s, "AMSe5Sn8Gkxj7", {**NORMAL, "respiratory_rate": 22, "heart_rate": 135}, T0 - 1000)
     (score,) = s.rescore()
-    assert isinstance(score, PatientScore)
-    assert score.patient == "AMSe5Sn8Gkxj7"
+    assert isinstance(score, Score)
+    assert score.user_code == "AMSe5Sn8Gkxj7"
     assert (score.point, score.result, score.risk) == (2 + 3, "sedang", "medium")
     assert score.cause == ("Respiration 22", "Pulse 135")
     assert score.partial and score.missing == ("consciousness", "on_oxygen", "spo2_scale")
@@ -67,10 +68,10 @@ def test_only_changed_patients_are_rescored(clock: Clock) -> None:
     s = StreamScorer(clock=clock)
     for p in ("a", "b", "c"):
         feed(s, p, NORMAL, T0)
-    assert sorted(x.patient for x in s.rescore()) == ["a", "b", "c"]
+    assert sorted(x.user_code for x in s.rescore()) == ["a", "b", "c"]
     feed(s, "b", {"heart_rate": 120}, T0 + 1)
     (b,) = s.rescore()
-    assert (b.patient, b.point, b.produce_at) == ("b", 2, T0 + 1)
+    assert (b.user_code, b.point, b.produce_at) == ("b", 2, T0 + 1)
 
 
 def test_context_is_explicit_and_scored(clock: Clock) -> None:
@@ -194,7 +195,7 @@ def test_newest_in_a_batch_wins_whatever_the_order(clock: Clock) -> None:
     s.update(
         ["p", "p", "p", "q"], ["heart_rate"] * 4, [140, 80, 100, 55], [T0 - 3, T0 - 1, T0 - 2, T0]
     )
-    scores = {x.patient: x for x in s.rescore()}
+    scores = {x.user_code: x for x in s.rescore()}
     assert scores["p"].values == {"heart_rate": 80.0} and scores["p"].produce_at == T0 - 1
     assert scores["q"].values == {"heart_rate": 55.0}
     assert s.counters["superseded"] == 2
@@ -288,7 +289,7 @@ def test_grows_to_many_patients(clock: Clock) -> None:
     ids = [f"p{i}" for i in range(1000)]
     hr = np.arange(1000) % 150 + 30.0
     s.update(ids, ["heart_rate"] * 1000, hr, np.full(1000, T0))
-    scores = {x.patient: x for x in s.rescore()}
+    scores = {x.user_code: x for x in s.rescore()}
     expected = score_news2({"heart_rate": hr}).points
     assert [scores[p].point for p in ids] == expected.tolist()
     assert len(s) == 1000
@@ -326,7 +327,7 @@ def test_stream_equals_batch_scoring_of_the_latest_fresh_values(data: st.DataObj
         ts = T0 + sec * 1000
         if (p, v) not in latest or ts > latest[p, v][0]:
             latest[p, v] = (ts, x)
-    got = {x.patient: x for x in s.rescore()}
+    got = {x.user_code: x for x in s.rescore()}
     assert sorted(got) == sorted(s.patients()) == sorted({p for p, _, _ in items})
     for patient, score in got.items():
         # fresh on event time: within 10 min of the patient's own newest reading (this

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from ingest.db import readings as readings_db
+from ingest.db.readings import StoredReading
 from ingest.export_catchup import ExportMarks
-from ingest.fhir.resources import VitalReading, vitals_units
+from ingest.fhir.resources import vitals_units
 from ingest.hl7.delivery import control_id_of
 from ingest.settings import IngestSettings
 from tests.support.fhir import FhirServer
@@ -75,7 +76,7 @@ def publish(mosquitto: Mosquitto, sent: list[Any], step: int, base_ts: int) -> N
 
 
 def expected_identifiers(sent: list[Any]) -> set[str]:
-    rs = [VitalReading(device, user, GATEWAY, vital, value, ts, seq, "realtime")
+    rs = [StoredReading(device, user, GATEWAY, vital, value, ts, seq, "realtime", False, ts)
           for user, device, seq, ts, vitals in sent for vital, value in vitals.items()]
     return {e.value for u in vitals_units(rs, SYSTEM).units for e in u.observations}
 

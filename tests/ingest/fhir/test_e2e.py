@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from ingest.db.readings import StoredReading
 from ingest.fhir import codes
-from ingest.fhir.resources import VitalReading, news2_id, vitals_units
+from ingest.fhir.resources import news2_id, vitals_units
 from ingest.service import RunningService
 from tests.support.fhir import FhirServer
 from tests.support.ingest_service import (
@@ -34,7 +35,7 @@ GATEWAY = "ward-7-pi"
 
 
 def vital_identifiers(sent: list[tuple[str, str, int, int, dict[str, float]]]) -> set[str]:
-    readings = [VitalReading(device, user, GATEWAY, vital, value, ts, seq, "realtime")
+    readings = [StoredReading(device, user, GATEWAY, vital, value, ts, seq, "realtime", False, ts)
                 for user, device, seq, ts, vitals in sent for vital, value in vitals.items()]
     built = vitals_units(readings, SYSTEM)
     assert not built.skipped

@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import random
 
+from ingest.db.readings import StoredReading
 from ingest.emit_policy import EmitPolicy
 from ingest.ews_engine import EwsEngine
 from ingest.fhir import codes
 from ingest.fhir.delivery import FhirDelivery
-from ingest.fhir.resources import VitalReading, news2_id, vitals_units
+from ingest.fhir.resources import news2_id, vitals_units
 from ingest.outbox import Outbox, RetryPolicy
 from tests.ingest.ews_support import Open, query, stop
 from tests.ingest.upstream import FakeTime
@@ -27,10 +28,10 @@ NORMAL = {"heart_rate": 72.0, "spo2": 98.0, "systolic_bp": 120.0, "diastolic_bp"
           "temperature": 36.8}
 
 
-def readings(patient: int, step: int, ts: int) -> list[VitalReading]:
+def readings(patient: int, step: int, ts: int) -> list[StoredReading]:
     device = f"0b00000000{patient:02d}"
     vitals = {**NORMAL, "respiratory_rate": STEPS[step]}
-    return [VitalReading(device, PATIENTS[patient], "gw-ob", k, v, ts, step, "realtime", ts)
+    return [StoredReading(device, PATIENTS[patient], "gw-ob", k, v, ts, step, "realtime", False, ts)
             for k, v in vitals.items()]
 
 
@@ -51,7 +52,7 @@ async def test_outage_restart_and_recovery_every_observation_once(
                                    retry=policy)
         return engine, outbox, fhir
 
-    sent: list[VitalReading] = []
+    sent: list[StoredReading] = []
 
     async def feed(engine: EwsEngine, fhir: FhirDelivery, steps: range) -> None:
         """Each step: every patient's readings to FHIR and the engine, then a minute on."""

@@ -4,7 +4,7 @@ Observation, Patient, Device or Bundle that these resources use)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -13,17 +13,16 @@ from fhir.resources.R4B.device import Device
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 
+from ingest.db.readings import StoredReading
 from ingest.fhir import codes
 from ingest.fhir.bundle import keys_in, pack, transaction
 from ingest.fhir.resources import (
     FhirBuildError,
-    VitalReading,
     iso_utc,
     news2_observation,
     news2_unit,
     vitals_units,
 )
-from ingest.store import StoredReading
 
 SYSTEM = "urn:oid:1.2.3.4.5"
 TS = 1_764_583_200_123  # 2025-12-01T10:00:00.123Z
@@ -33,12 +32,12 @@ VALUES = {"heart_rate": 72.0, "spo2": 97.0, "systolic_bp": 121.0, "diastolic_bp"
 
 def reading(vital: str, value: float | None = None, *, ts: int = TS, seq: int | None = 7,
             source: str = "realtime", user_code: str | None = "P-001",
-            device_id: str = "d061aed45894", gateway_id: str | None = "ward-3-pi") -> VitalReading:
-    return VitalReading(device_id, user_code, gateway_id, vital,
-                        VALUES[vital] if value is None else value, ts, seq, source, TS + 900)
+            device_id: str = "d061aed45894", gateway_id: str | None = "ward-3-pi") -> StoredReading:
+    return StoredReading(device_id, user_code, gateway_id, vital,
+                         VALUES[vital] if value is None else value, ts, seq, source, False, TS + 900)
 
 
-def full_message(**kw: Any) -> list[VitalReading]:
+def full_message(**kw: Any) -> list[StoredReading]:
     return [reading(v, **kw) for v in VALUES]
 
 
@@ -51,7 +50,7 @@ def by_loinc(unit_obs: list[dict[str, Any]], code: str) -> dict[str, Any]:
     return obs
 
 
-def observations(readings: list[VitalReading], system: str = SYSTEM) -> list[dict[str, Any]]:
+def observations(readings: list[StoredReading], system: str = SYSTEM) -> list[dict[str, Any]]:
     built = vitals_units(readings, system)
     assert not built.skipped
     return [e.resource for u in built.units for e in u.observations]
@@ -140,7 +139,7 @@ def test_a_reading_without_gateway_has_no_gateway_extension() -> None:
 
 
 def test_identifier_is_the_same_for_a_resend_and_differs_for_anything_else() -> None:
-    def ident(r: VitalReading) -> str:
+    def ident(r: StoredReading) -> str:
         [obs] = observations([r])
         [i] = obs["identifier"]
         assert i["system"] == codes.OBSERVATION_ID_SYSTEM
@@ -150,9 +149,9 @@ def test_identifier_is_the_same_for_a_resend_and_differs_for_anything_else() -> 
     first = ident(base)
     assert len(first) == 64 and "P-001" not in first  # hashed: no patient code in clear
     # a resend (another seq, received later) is the same measurement: same identifier
-    assert ident(replace(base, seq=99, received_at=TS + 60_000)) == first
-    others = [replace(base, value=73.0), replace(base, ts=TS + 1), replace(base, user_code="P-002"),
-              replace(base, device_id="d061aed45895"), replace(base, source="ecg")]
+    assert ident(base._replace(seq=99, received_at=TS + 60_000)) == first
+    others = [base._replace(value=73.0), base._replace(ts=TS + 1), base._replace(user_code="P-002"),
+              base._replace(device_id="d061aed45895"), base._replace(source="ecg")]
     assert len({ident(r) for r in others} | {first}) == len(others) + 1
     # the patient system is part of the identifier (PHD: patient value and system)
     [o2] = observations([base], system="urn:oid:9.9")
@@ -171,10 +170,11 @@ def test_one_unit_per_reading_message_and_unassigned_readings_are_skipped() -> N
     assert built.by_vital[0]["systolic_bp"] is built.by_vital[0]["diastolic_bp"]
 
 
-def test_stored_readings_convert() -> None:
+def test_stored_readings_build_as_they_are() -> None:
     row = StoredReading("d061aed45894", "P-001", "gw-1", "temperature", 37.2, TS, 3, "history",
                         False, TS + 10)
-    r = VitalReading.of(row)
+    r = row  # the store's row is what the builders take: no conversion
+    assert len(vitals_units([r], SYSTEM).units) == 1
     assert (r.vital, r.value, r.ts, r.seq, r.source, r.received_at) == (
         "temperature", 37.2, TS, 3, "history", TS + 10)
 
@@ -182,7 +182,7 @@ def test_stored_readings_convert() -> None:
 def test_bad_inputs_are_refused_with_a_reason() -> None:
     built = vitals_units([reading("heart_rate", user_code="bad code!")], SYSTEM)
     assert not built.units and "user_code" in built.skipped[0][1]
-    built = vitals_units([replace(reading("heart_rate"), vital="glucose")], SYSTEM)
+    built = vitals_units([reading("heart_rate")._replace(vital="glucose")], SYSTEM)
     assert not built.units and "glucose" in built.skipped[0][1]
     built = vitals_units([reading("heart_rate", value=float("nan"))], SYSTEM)
     assert not built.units and "finite" in built.skipped[0][1]

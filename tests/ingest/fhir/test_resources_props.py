@@ -11,8 +11,9 @@ from fhir.resources.R4B.observation import Observation
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ingest.db.readings import StoredReading
 from ingest.fhir.bundle import pack, transaction
-from ingest.fhir.resources import VitalReading, news2_observation, vitals_units
+from ingest.fhir.resources import news2_observation, vitals_units
 from tests.ingest.fhir.test_resources import SYSTEM, Point
 from vitalgate.contract import PLAUSIBLE
 
@@ -23,20 +24,20 @@ times = st.integers(min_value=0, max_value=10**14 - 1)
 
 
 @st.composite
-def messages(draw: Any) -> list[VitalReading]:
+def messages(draw: Any) -> list[StoredReading]:
     vitals = draw(st.lists(st.sampled_from(sorted(PLAUSIBLE)), min_size=1, max_size=6, unique=True))
     device, user, gw = draw(devices), draw(users), draw(gateways)
     ts, seq = draw(times), draw(st.integers(min_value=0, max_value=2**53))
     source = draw(st.sampled_from(["realtime", "history", "manual", "ecg"]))
-    return [VitalReading(device, user, gw, v,
-                         draw(st.floats(min_value=PLAUSIBLE[v][0], max_value=PLAUSIBLE[v][1])),
-                         ts, seq, source, draw(st.one_of(st.none(), times)))
+    return [StoredReading(device, user, gw, v,
+                          draw(st.floats(min_value=PLAUSIBLE[v][0], max_value=PLAUSIBLE[v][1])),
+                          ts, seq, source, False, draw(times))
             for v in vitals]
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(messages(), min_size=1, max_size=4))
-def test_built_resources_are_valid_and_bundles_consistent(msgs: list[list[VitalReading]]) -> None:
+def test_built_resources_are_valid_and_bundles_consistent(msgs: list[list[StoredReading]]) -> None:
     readings = [r for m in msgs for r in m]
     built = vitals_units(readings, SYSTEM)
     assert not built.skipped

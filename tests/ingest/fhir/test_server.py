@@ -12,16 +12,17 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from ingest.db.readings import StoredReading
 from ingest.fhir import codes
 from ingest.fhir.bundle import transaction
-from ingest.fhir.resources import Entry, Unit, VitalReading, news2_unit, vitals_units
+from ingest.fhir.resources import Entry, Unit, news2_unit, vitals_units
 from ingest.fhir.transport import FhirTransport
 from ingest.outbox import Verdict
 from tests.ingest.fhir.test_resources import SYSTEM, TS, Point, full_message, reading
 from tests.support.fhir import FhirServer
 
 
-def units_of(readings: list[VitalReading]) -> list[Unit]:
+def units_of(readings: list[StoredReading]) -> list[Unit]:
     built = vitals_units(readings, SYSTEM, models={"d061aed45894": "E86"})
     assert not built.skipped
     return built.units
@@ -96,7 +97,7 @@ async def test_a_resend_is_absorbed_by_conditional_create(fhir_server: FhirServe
         assert [a.verdict for a in again] == [Verdict.DELIVERED] * 2
         assert all(a.created == 0 for a in again)
         # a resend under another seq (a gateway buffer replay) is the same measurement
-        replay = units_of([replace(r, seq=1234, received_at=TS + 99_000) for r in full_message()])
+        replay = units_of([r._replace(seq=1234, received_at=TS + 99_000) for r in full_message()])
         [r] = await t.send(replay)
         assert r.verdict is Verdict.DELIVERED and r.created == 0
     finally:

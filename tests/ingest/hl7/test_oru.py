@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ews.score import Score
 from ingest.hl7 import oru, text, vocab
 from ingest.hl7.oru import (
     BuildError,
@@ -41,11 +42,14 @@ def reading(**kw: Any) -> ReadingGroup:
 
 
 def score(**kw: Any) -> ScoreItem:
-    base = ScoreItem(user_code="pat-1", point=7, risk="high", result="tinggi", partial=False,
-                     components=(("heart_rate", 3), ("respiratory_rate", 2), ("spo2", 2)),
-                     cause=("Heart Rate 131", "Respiration 23", "Blood Oxygen 92"), missing=(),
-                     produce_at=TS, history_id=9, ward="ward-a")
-    return replace(base, **kw)
+    """A score with its history row (``history_id``) and ward; ``kw`` replaces any of them."""
+    where = {"history_id": 9, "ward": "ward-a",
+             **{k: kw.pop(k) for k in ("history_id", "ward", "bed") if k in kw}}
+    base = Score(user_code="pat-1", point=7, risk="high", result="tinggi", partial=False,
+                 components={"heart_rate": 3, "respiratory_rate": 2, "spo2": 2},
+                 cause=("Heart Rate 131", "Respiration 23", "Blood Oxygen 92"), missing=(),
+                 produce_at=TS)
+    return ScoreItem(replace(base, **kw), **where)
 
 
 def obx_rows(er7: str) -> list[list[str]]:
@@ -76,7 +80,7 @@ MESSAGES = {
     "partial score, hostile causes": lambda: build_score(
         score(partial=True, risk="low-medium", point=3, missing=("systolic_bp", "consciousness"),
               cause=(HOSTILE,) * 30), OruConfig(), NOW),
-    "score of another chart": lambda: build_score(score(risk="low", point=0, components=()),
+    "score of another chart": lambda: build_score(score(risk="low", point=0, components={}),
                                                   OruConfig(table="news2012"), NOW),
 }
 
