@@ -11,8 +11,9 @@ Figures printed (``pytest -m e2e tests/e2e/test_failover.py -s``) and asserted:
 * every (device, stream, seq, vital) the broker carried is stored exactly once;
 * never two instances scoring the same patient: the lease log's ownership periods of each
   partition, and the emissions fenced under each, never overlap;
-* every patient's EWS history equals the single-instance run's (NOT YET: expected to fail,
-  measured and printed; see the test's xfail reason);
+* every patient's EWS history equals the single-instance run's (NOT YET: a strict xfail;
+  each differing patient is classified by its first difference (duplicate, no failure, during
+  the outage, after the restart; near a handover) and the figures printed);
 * every EWS point reached the upstream;
 * time from each kill to the dead instance's partitions being owned, and scored, again.
 """
@@ -79,7 +80,7 @@ class Run:
     started: int = 0  # the database's clock when the stream started
     restarted: int = 0  # ... when the killed instances were started again
     triggers: dict[tuple[str, int, int], str] | None = None  # cluster point → trigger
-    feed: dict[str, Any] | None = None  # instance → its feed figures (/healthz) at the end
+    feed: dict[str, Any] | None = None  # instance → its /healthz "instance" figures at the end
     stops: dict[str, int | None] | None = None  # process → its exit code after SIGTERM
     stop_tails: dict[str, str] | None = None  # ... its log's tail when that was not 0
 
@@ -113,7 +114,7 @@ def _scenario(tmp: Path, pg_url: str, upstream_url: str, upstream_key: str) -> R
     ports: dict[str, int] = {}
     # the same policy in every process: a 5 s rate limit, decided on event time while a
     # patient's data pauses less than the grace (above the feed's hold, ingest.feed.HOLD_MS)
-    common = {"VITALGATE_EWS_MIN_INTERVAL_S": "5", "VITALGATE_EWS_PAUSE_GRACE_S": "15"}
+    common = {"VITALGATE_EWS_MIN_INTERVAL_S": "5", "VITALGATE_EWS_PAUSE_GRACE_S": "25"}
     try:
         for name in INSTANCES:
             proc, ports[name] = ingest_proc(
@@ -166,7 +167,7 @@ def _scenario(tmp: Path, pg_url: str, upstream_url: str, upstream_key: str) -> R
             with contextlib.suppress(OSError, ValueError):
                 body = http_json(f"http://127.0.0.1:{ports[name]}/healthz", api_key=None)
                 data = body.get("data", body)
-                feed[name] = data["instance"]["feed"]
+                feed[name] = data["instance"]
         # a stop that does not end cleanly is asserted on its own (the figures still print)
         stops = {name: procs[name].terminate() for name in (*INSTANCES, "reference")}
         stop_tails = {name: procs[name].stderr_tail() for name, rc in stops.items() if rc != 0}
@@ -216,36 +217,36 @@ def _first_difference(a: list[Point], b: list[Point]) -> int | None:
     return None
 
 
-def classify(run: Run) -> dict[str, list[str]]:
-    """Each patient whose history differs, by the first cause that fits: a duplicate point in
-    the cluster; its first difference near a handover of its partition (not the stream's
-    initial ownership); its first difference after a kill, while an instance was down or after
-    the restart; a difference with no failure at all (before the first kill, no handover)."""
+def classify(run: Run) -> tuple[dict[str, list[str]], set[str]]:
+    """Each patient whose history differs, by its first difference: a duplicate point in the
+    cluster; else when it happened: before the first kill (no failure at all), while an
+    instance was down (the outage), after the restart. Also the patients whose first
+    difference is near a handover of their partition (not the stream's initial ownership)."""
     handovers: dict[int, list[int]] = defaultdict(list)
     for i in run.log:
         if i.acquired_at > run.started:
             handovers[i.part].append(i.acquired_at)
     first_kill = min(run.kills.values())
     out: dict[str, list[str]] = {k: [] for k in (
-        "duplicate point", "near a handover", "during the outage", "after the restart",
-        "no failure at all")}
+        "duplicate point", "no failure at all", "during the outage", "after the restart")}
+    near: set[str] = set()
     for u in sorted(set(run.cluster_ews) | set(run.reference_ews)):
         mine, ref = run.cluster_ews.get(u, []), run.reference_ews.get(u, [])
         at = _first_difference(mine, ref)
         if at is None:
             continue
+        if any(h - HANDOVER_BEFORE_MS <= at <= h + HANDOVER_AFTER_MS
+               for h in handovers[partition_of(u, PARTITIONS)]):
+            near.add(u)
         if len(mine) != len(set(mine)):
             out["duplicate point"].append(u)
-        elif any(h - HANDOVER_BEFORE_MS <= at <= h + HANDOVER_AFTER_MS
-                 for h in handovers[partition_of(u, PARTITIONS)]):
-            out["near a handover"].append(u)
         elif at >= run.restarted:
             out["after the restart"].append(u)
         elif at >= first_kill:
             out["during the outage"].append(u)
         else:
             out["no failure at all"].append(u)
-    return out
+    return out, near
 
 
 @pytest.fixture(scope="module")
@@ -308,10 +309,12 @@ def test_never_two_instances_scoring_the_same_patient(run: Run) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "issue 13, open: a patient's readings stored by different instances reach its owner out of"
-    " order, and Mosquitto queues a dead member's share of the subscription until it returns,"
-    " so the scores made meanwhile differ from one process receiving in broker order"
-    " (docs/scaling.md, 'Failover: measured'). Storage, ownership and delivery hold."))
+    "issue 13, open: measured (docs/scaling.md, 'Failover: measured'), no patient's history"
+    " differs before the first kill or while an instance is down (deterministic per-device"
+    " order, takeover seeding, session adoption), and there is no duplicate; but ~57 of 200"
+    " still differ from about 20 s after the restart, when the restarted instances take their"
+    " share back (handovers with readings held, restarted sessions' queues: not diagnosed)."
+    " Storage, ownership and delivery hold."))
 def test_every_patients_ews_history_equals_the_single_instance_run(run: Run) -> None:
     patients = set(run.cluster_ews) | set(run.reference_ews)
     differ = sorted(u for u in patients if run.cluster_ews.get(u) != run.reference_ews.get(u))
@@ -338,19 +341,19 @@ def test_every_patients_ews_history_equals_the_single_instance_run(run: Run) -> 
         ("points only in the reference (missing)", missing),
         ("duplicate points in the cluster", dup),
     ]))
-    causes = classify(run)
+    causes, near = classify(run)
     triggers = run.triggers or {}
     rows = []
     for cause, users in causes.items():
-        first: Counter[str] = Counter()  # the trigger of each patient's first extra point in the cluster
+        first: Counter[str] = Counter()  # the trigger of each patient's first extra point
         for u in users:
             extra_u = sorted(set(run.cluster_ews.get(u, [])) - set(run.reference_ews.get(u, [])))
             if extra_u:
                 first[triggers.get((u, extra_u[0][0], extra_u[0][1]), "?")] += 1
-        rows.append((cause, len(users), dict(first) or "-"))
-    print(table(["differing patients, by first cause", "patients", "first extra point's trigger"],
-                rows))
-    print("feed figures per instance at the end:", run.feed)
+        rows.append((cause, len(users), sum(u in near for u in users), dict(first) or "-"))
+    print(table(["differing patients, by first difference", "patients",
+                 "of which near a handover", "first extra point's trigger"], rows))
+    print("instance figures at the end (/healthz):", run.feed)
     for users in causes.values():
         for u in users[:1]:
             at = _first_difference(run.cluster_ews.get(u, []), run.reference_ews.get(u, []))
