@@ -67,6 +67,8 @@ class Adopted(Consumer):
         self.in_commit = in_commit
         self.instance_id = instance_id
         self.lost = asyncio.Event()
+        #: called on the event loop when the connection is lost (the adopter ends the task)
+        self.on_lost: Callable[[], object] | None = None
         self._lost_loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
@@ -82,7 +84,12 @@ class Adopted(Consumer):
         loop = self._lost_loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self.lost.set)
+                loop.call_soon_threadsafe(self._lost)
+
+    def _lost(self) -> None:
+        self.lost.set()
+        if self.on_lost is not None:
+            self.on_lost()
 
 
 class Adopter:
@@ -145,15 +152,13 @@ class Adopter:
         log.warning("instance %s: adopting the MQTT session of %s (membership expired)",
                     self.instance_id, instance)
 
-    async def _consume(self, consumer: Adopted) -> None:
-        run = asyncio.create_task(consumer.run())
-        lost = asyncio.create_task(consumer.lost.wait())
-        try:
-            await asyncio.wait({run, lost}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (run, lost):
-                t.cancel()
-            await asyncio.gather(run, lost, return_exceptions=True)
+    @staticmethod
+    async def _consume(consumer: Adopted) -> None:
+        """Consume until cancelled, which losing the connection does (``Adopted.on_lost``)."""
+        me = asyncio.current_task()
+        assert me is not None
+        consumer.on_lost = me.cancel
+        await consumer.run()
 
     async def _end(self, instance: str) -> None:
         _, task = self._running.pop(instance)
