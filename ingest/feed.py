@@ -81,6 +81,13 @@ EVENTS_MAX: Final = 10_000
 #: membership expires (``ingest.adopt``: one lease, 10 s, plus up to one heartbeat); a watch
 #: reads once a minute, so a score held 20 s for a lost reading stays inside one period.
 HOLD_MS: Final = 20_000
+#: a device never seen before (nor seeded by a takeover) whose first reading has a seq above 0
+#: waits this long (ms) for its predecessors, shorter than :data:`HOLD_MS`: its predecessors
+#: may be committed a moment later by another instance (at a stream's start a device's seq 1
+#: overtook its seq 0 for a third of the patients), but a device that simply does not start
+#: at 0 (a gateway whose seq runs on) must not wait a whole hold for its first score; commits
+#: of one moment spread well under a second at a stream's start.
+FIRST_HOLD_MS: Final = 5_000
 #: a seq this far below the expected one starts a new stream (a new gateway buffer), not a
 #: late reading of the old one.
 NEW_STREAM_BELOW: Final = 1_000
@@ -172,14 +179,16 @@ class Reorder:
     """Each device's readings in seq order (see :data:`HOLD_MS`).
 
     ``first_waits``: a device never seen (nor seeded by a takeover, :meth:`seed`) whose first
-    reading has a seq above 0 waits the hold time for its predecessors (the feed: they may be
-    committed later by another instance); without it that reading starts the device's order
+    reading has a seq above 0 waits ``first_hold_ms`` for its predecessors (the feed: they may
+    be committed later by another instance); without it that reading starts the device's order
     (one consumer receiving in broker order)."""
 
     def __init__(self, *, hold_ms: int = HOLD_MS, first_waits: bool = False,
+                 first_hold_ms: int = FIRST_HOLD_MS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.hold_s = hold_ms / 1000
         self.first_waits = first_waits
+        self.first_hold_s = min(hold_ms, first_hold_ms) / 1000
         self._clock = clock
         self._next: dict[str, int] = {}  #: device → the seq it should send next
         self._part: dict[str, int] = {}  #: device → its patient's partition
@@ -252,7 +261,7 @@ class Reorder:
         now = self._clock()
         out: list[Fed] = []
         for dev, since in list(self._since.items()):
-            if now - since >= self.hold_s:
+            if now - since >= (self.hold_s if dev in self._next else self.first_hold_s):
                 held = self._held[dev]
                 self._next[dev] = min(held)
                 self.released_by_timeout += 1
