@@ -268,11 +268,22 @@ class EwsEngine:
         clock: Callable[[], int] = epoch_ms,
         deliver: bool = True,
         notify: Callable[[], None] | None = None,
+        pause_grace_ms: int = 0,
     ) -> None:
         if table_name not in TABLES:
             raise ValueError(f"unknown EWS table {table_name!r}: one of {', '.join(TABLES)}")
         self.policy = policy
         self.clock = clock
+        #: the policy's patient clock (rate limit, heartbeat) is the patient's event time,
+        #: running on with processing time while its data pauses, but only for the part of a
+        #: pause beyond this (ms). With several instances a pause of a few seconds is the
+        #: transport's jitter (readings stored by other instances, the feed's seq hold, a busy
+        #: machine): counted, it lets the processing-time tick emit a held change before the
+        #: next reading (or that reading's score instead), by a race. Within the grace a held
+        #: change is decided by the next reading, on event time alone, however it travelled;
+        #: when the data really stops it still comes due, this much later (a rise of the risk
+        #: is never held). 0: every pause counts (one process receiving in order).
+        self.pause_grace_ms = pause_grace_ms
         #: outbox state of new rows: pending (delivered upstream) or local (no upstream).
         self.deliver = deliver
         #: called after a commit that enqueued rows (e.g. ``Outbox.notify``).
@@ -303,6 +314,9 @@ class EwsEngine:
         self._db = store.open_store(db) if isinstance(db, Path) else db
         #: emissions absorbed: another instance had recorded the patient's point first
         self.duplicates = 0
+        #: emissions not recorded because the shared history already holds that very point
+        #: (patient, produce_at, point, result, risk): a re-score that came back to it
+        self.repeats = 0
         #: outbox channels beside cexup: (channel, render(point) -> body or None to skip)
         self._channels: list[tuple[str, Callable[[EwsPoint], str | Mapping[str, Any] | None]]] = []
         self._released: set[str] = set()  #: patients another instance scores now
@@ -502,6 +516,11 @@ class EwsEngine:
                 self._set_last(i, state.last, state.last.produce_at)
         self._n = n
 
+    def _patient_clock(self, idx: NDArray[np.intp], now: int) -> NDArray[np.int64]:
+        """The patients' clocks for the policy: running on with processing time only for the
+        part of a pause longer than ``pause_grace_ms`` (see :data:`PAUSE_GRACE_MS`)."""
+        return self._scorer.patient_clock(idx, now - self.pause_grace_ms)
+
     def _set_last(self, i: int, p: EwsPoint, clock: int) -> None:
         self._has_last[i] = True
         self._last_point[i] = p.point
@@ -522,7 +541,7 @@ class EwsEngine:
             policy = self.policy
             idle = np.ones(n, np.bool_)
             idle[scores.idx] = False
-            since = scorer.patient_clock(np.arange(n), now) - self._last_at[:n]
+            since = self._patient_clock(np.arange(n), now) - self._last_at[:n]
             has_last = self._has_last[:n]
             due = idle & (
                 (self._pending[:n] & (~has_last | (since >= policy.min_interval_ms)))
@@ -555,7 +574,7 @@ class EwsEngine:
                 self._reasons.pop(i, None)
         self._stale[iv] = False
         band = scores.band[v].astype(np.intp)
-        clock = self._scorer.patient_clock(iv, now)
+        clock = self._patient_clock(iv, now)
         trigger, hold = decide_many(
             self.policy,
             point=scores.points[v], result=_RESULT_BY_BAND[band], risk=_RISK_BY_BAND[band],
@@ -598,12 +617,19 @@ class EwsEngine:
         channels = list(self._channels)
         fence = self.fence
 
-        def write(conn: Conn) -> list[tuple[EwsPoint, bool | None]]:
-            out: list[tuple[EwsPoint, bool | None]] = []
+        def write(conn: Conn) -> list[tuple[EwsPoint, bool | Literal["repeat"] | None]]:
+            out: list[tuple[EwsPoint, bool | Literal["repeat"] | None]] = []
             allowed = None if fence is None else fence(conn, {p.user_code for p in points})
             for p in points:
                 if allowed is not None and p.user_code not in allowed:
                     out.append((p, None))  # fenced: another instance owns it now
+                    continue
+                found = store.find_point(conn, p.user_code, p.produce_at, p.point, p.result,
+                                         source=p.source, risk=p.risk)
+                if found is not None:  # the shared history holds this emission already:
+                    same = _point_from_row(found)  # recorded by another instance just now
+                    # (adopted), or earlier, before the point this engine holds as its last
+                    out.append((same, True) if (same.seq or 0) >= (p.seq or 0) else (p, "repeat"))
                     continue
                 row_id = self._insert_history(conn, p)
                 if row_id is None:
@@ -634,6 +660,13 @@ class EwsEngine:
             if absorbed is None:
                 self.fenced += 1
                 self._released.add(p.user_code)
+                self._pending[i] = self._new_data[i] = False
+                continue
+            if absorbed == "repeat":
+                # a re-score (a warm start, a late reading) came back to a point already
+                # emitted for that event time: not news; the emission state stays the newest
+                # recorded point, so the next change is judged against what the platform has
+                self.repeats += 1
                 self._pending[i] = self._new_data[i] = False
                 continue
             state = self._patient(p.user_code)

@@ -35,13 +35,14 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from ingest.db import leases, notify
 from ingest.db.engine import Conn, Database, DatabaseError
 from ingest.ownership import Ownership, partition_of
+from vitalgate.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,13 @@ MAX_PAYLOAD: Final = 7900
 #: oldest are not queued: the overflow is counted and answered with a catch-up of every owned
 #: partition from the store (nothing is lost, only re-read).
 QUEUE_MAX: Final = 10_000
-#: a lost listener connection is reopened after this long (s); doubling up to the maximum.
-RECONNECT_MIN_S: Final = 0.5
-RECONNECT_MAX_S: Final = 10.0
+#: reopening a lost listener connection: 0.5 s after the first failure (a restarted or
+#: failed-over PostgreSQL usually answers within a second, and notifications missed meanwhile
+#: cost a catch-up), doubling up to 10 s (a database down for long is probed every 10 s: the
+#: heartbeat's lease is 10 s, so the feed is never much behind the ownership), spread by ±30 %
+#: so the listeners of many instances that lost one primary together do not all return in the
+#: same instant.
+RECONNECT: Final = Backoff(initial_s=0.5, factor=2.0, max_s=10.0, jitter=0.3)
 #: how long the listener waits for notifications before checking whether it should stop (s).
 POLL_S: Final = 0.5
 #: outbound dashboard events waiting to be sent; beyond it they are dropped (counted): a
@@ -70,7 +75,19 @@ EVENTS_MAX: Final = 10_000
 #: the emission policy are order-sensitive, so the owner scores a device's readings in seq
 #: order, as one instance receiving them in order would. A seq that stays missing (a real gap:
 #: the gap tracker asks for it and reports it) never holds a patient back longer than this.
-HOLD_MS: Final = 3_000
+#: 20 s: it covers both the commits of different instances (measured up to ~9 s apart on a
+#: loaded 2-core machine; 3 s timed out hundreds of times per run with no failure at all) and
+#: a dead member's share of the subscription, which a survivor adopts once the member's
+#: membership expires (``ingest.adopt``: one lease, 10 s, plus up to one heartbeat); a watch
+#: reads once a minute, so a score held 20 s for a lost reading stays inside one period.
+HOLD_MS: Final = 20_000
+#: a device never seen before (nor seeded by a takeover) whose first reading has a seq above 0
+#: waits this long (ms) for its predecessors, shorter than :data:`HOLD_MS`: its predecessors
+#: may be committed a moment later by another instance (at a stream's start a device's seq 1
+#: overtook its seq 0 for a third of the patients), but a device that simply does not start
+#: at 0 (a gateway whose seq runs on) must not wait a whole hold for its first score; commits
+#: of one moment spread well under a second at a stream's start.
+FIRST_HOLD_MS: Final = 5_000
 #: a seq this far below the expected one starts a new stream (a new gateway buffer), not a
 #: late reading of the old one.
 NEW_STREAM_BELOW: Final = 1_000
@@ -147,12 +164,31 @@ def announce(conn: Conn, rows: Iterable[tuple[str | None, str, float, int, int, 
     return len(chunks)
 
 
-class Reorder:
-    """Each device's readings in seq order (see :data:`HOLD_MS`)."""
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What a takeover (:meth:`Scoring.take`) leaves to the feed's order: each device's next
+    expected seq (with its patient's partition) where the store left off, and the readings
+    stored after a hole in a device's seq, to be released when the hole is filled
+    (:mod:`ingest.handover`)."""
 
-    def __init__(self, *, hold_ms: int = HOLD_MS,
+    nexts: Mapping[str, tuple[int, int]]  #: device → (partition, next seq)
+    deferred: Sequence[Fed] = ()
+
+
+class Reorder:
+    """Each device's readings in seq order (see :data:`HOLD_MS`).
+
+    ``first_waits``: a device never seen (nor seeded by a takeover, :meth:`seed`) whose first
+    reading has a seq above 0 waits ``first_hold_ms`` for its predecessors (the feed: they may
+    be committed later by another instance); without it that reading starts the device's order
+    (one consumer receiving in broker order)."""
+
+    def __init__(self, *, hold_ms: int = HOLD_MS, first_waits: bool = False,
+                 first_hold_ms: int = FIRST_HOLD_MS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.hold_s = hold_ms / 1000
+        self.first_waits = first_waits
+        self.first_hold_s = min(hold_ms, first_hold_ms) / 1000
         self._clock = clock
         self._next: dict[str, int] = {}  #: device → the seq it should send next
         self._part: dict[str, int] = {}  #: device → its patient's partition
@@ -179,16 +215,33 @@ class Reorder:
                 continue
             self._part[dev] = group[0].part
             nxt = self._next.get(dev)
-            if nxt is None or seq < nxt - NEW_STREAM_BELOW or seq == nxt:
+            if nxt is None and self.first_waits and seq > 0:
+                self._hold(dev, seq, group)  # its predecessors may still be on their way
+            elif nxt is None or seq < nxt - NEW_STREAM_BELOW or seq == nxt:
                 self._next[dev] = seq + 1  # first seen, a new stream, or the expected one
                 out += group
                 out += self._drain(dev)
             elif seq < nxt:
                 out += group  # late (released by a timeout) or a duplicate: the scorer decides
             else:
-                self._held.setdefault(dev, {}).setdefault(seq, []).extend(group)
-                self._since.setdefault(dev, self._clock())
-                self.held += 1
+                self._hold(dev, seq, group)
+        return out
+
+    def _hold(self, dev: str, seq: int, group: list[Fed]) -> None:
+        self._held.setdefault(dev, {}).setdefault(seq, []).extend(group)
+        self._since.setdefault(dev, self._clock())
+        self.held += 1
+
+    def seed(self, taken: Taken) -> list[Fed]:
+        """A takeover read the store: expect each device's next seq from where the store left
+        off, hold what it stored after a hole; what can be scored now, in order."""
+        for dev, (part, nxt) in taken.nexts.items():
+            self._part[dev] = part
+            self._next[dev] = nxt
+        out = self.push(taken.deferred)
+        for dev in taken.nexts:
+            if dev in self._held:
+                out += self._drain(dev)
         return out
 
     def _drain(self, dev: str) -> list[Fed]:
@@ -208,7 +261,7 @@ class Reorder:
         now = self._clock()
         out: list[Fed] = []
         for dev, since in list(self._since.items()):
-            if now - since >= self.hold_s:
+            if now - since >= (self.hold_s if dev in self._next else self.first_hold_s):
                 held = self._held[dev]
                 self._next[dev] = min(held)
                 self.released_by_timeout += 1
@@ -233,7 +286,7 @@ class Scoring(Protocol):
     """What the feed drives (the service: engine, publishing, dashboard hub)."""
 
     async def score(self, rows: Sequence[Fed]) -> None: ...
-    async def take(self, parts: frozenset[int]) -> None: ...
+    async def take(self, parts: frozenset[int]) -> Taken | None: ...
     async def drop(self, parts: frozenset[int]) -> None: ...
     def event(self, kind: str, data: dict[str, Any]) -> None: ...
 
@@ -260,7 +313,7 @@ class Feed:
     one up stops feeding it at once."""
 
     def __init__(self, db: Database, owner: Ownership, scoring: Scoring, *,
-                 queue_max: int = QUEUE_MAX) -> None:
+                 queue_max: int = QUEUE_MAX, first_waits: bool = False) -> None:
         self.db = db
         self.owner = owner
         self.scoring = scoring
@@ -271,7 +324,9 @@ class Feed:
         #: partitions taken whose catch-up has not run yet: their notifications are skipped
         #: (the catch-up reads those rows from the store, after they were committed)
         self._pending: set[int] = set()
-        self.reorder = Reorder()
+        #: each device's readings in seq order; ``first_waits``: see :class:`Reorder` (the
+        #: service: yes, a device's first readings are stored by several instances too)
+        self.reorder = Reorder(first_waits=first_waits)
         self._stop = threading.Event()
         self.connected = asyncio.Event()
         #: the listener and the event sender on threads of their own (never queued behind the
@@ -296,7 +351,13 @@ class Feed:
 
     async def _take(self, parts: frozenset[int]) -> None:
         try:
-            await self.scoring.take(parts)
+            taken = await self.scoring.take(parts)
+            if taken is not None:
+                ready = [r for r in self.reorder.seed(taken)
+                         if self.owner.owns_partition(r.part)]
+                if ready:
+                    self.stats.scored += len(ready)
+                    await self.scoring.score(ready)
         finally:
             self._pending -= parts
 
@@ -334,7 +395,7 @@ class Feed:
                     self.stats.events_dropped += len(batch)
                     log.warning("dashboard events not sent (%s): %d dropped",
                                 type(exc).__name__, len(batch))
-                    await asyncio.sleep(RECONNECT_MIN_S)
+                    await asyncio.sleep(RECONNECT.initial_s)
         finally:
             session.close()
 
@@ -364,7 +425,7 @@ class Feed:
         self._threads = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="feed")
         worker = asyncio.create_task(self._work(), name="feed-work")
         sender = asyncio.create_task(self._send_events(), name="feed-events")
-        delay = RECONNECT_MIN_S
+        failures = 0
         try:
             while True:
                 self._stop.clear()
@@ -372,11 +433,14 @@ class Feed:
                     await loop.run_in_executor(self._threads, self._listen, loop)
                     return
                 except DatabaseError as exc:
+                    if self.connected.is_set():  # it had connected: a new run of failures
+                        failures = 0
                     self.connected.clear()
+                    delay = RECONNECT.delay(failures)
+                    failures += 1
                     log.warning("feed: listener connection lost (%s); reconnecting in %.1f s,"
                                 " then catching up from the store", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX_S)
         finally:
             self._stop.set()
             for task in (worker, sender):
@@ -469,4 +533,4 @@ class Feed:
             return
         self.stats.catchups += 1
         log.info("feed: catching up %d partition(s) from the store (%s)", len(parts), why)
-        await self.scoring.take(parts)
+        await self._take(parts)

@@ -30,7 +30,7 @@ import concurrent.futures
 import logging
 import time
 import zlib
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
@@ -166,6 +166,9 @@ class LeasedOwner:
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lease")
         self._started_at = int(time.time() * 1000)
         self.stats = OwnershipStats()
+        #: called after every successful round (``ingest.adopt.Adopter.round``: which dead
+        #: instances' broker sessions this instance consumes)
+        self.on_round: Callable[[leases.Round], Awaitable[None]] | None = None
         self.db.write_sync(lambda c: leases.setup(c, self.partitions))
 
     # -- the local view (any thread) ---------------------------------------------------
@@ -257,6 +260,8 @@ class LeasedOwner:
             log.info("instance %s: %d live instance(s), holding %d of %d partitions"
                      " (+%d -%d)", self.instance_id, len(rnd.live), len(rnd.held),
                      self.partitions, len(new), len(gone))
+        if self.on_round is not None:
+            await self.on_round(rnd)
 
     async def leave(self) -> None:
         """Give everything back now (clean stop)."""

@@ -36,8 +36,9 @@ from typing import Any, Final
 import numpy as np
 from aiohttp import web
 
-from ingest import alerts, store
+from ingest import alerts, handover, store
 from ingest import feed as feed_mod
+from ingest.adopt import Adopter
 from ingest.api.alert_routes import ALERTS_KEY
 from ingest.api.app import create_app
 from ingest.api.appkeys import ENGINE_KEY
@@ -177,6 +178,7 @@ class IngestService:
             self.ews_db, table_name=settings.ews_table, freshness_ms=settings.freshness_ms,
             median_k=settings.median_k, policy=policy, clock=clock,
             deliver=settings.upstream_url is not None, notify=self.outbox.notify,
+            pause_grace_ms=int(settings.ews_pause_grace_s * 1000),
         )
         #: FHIR R4 out (issue 17, docs/fhir.md): outbox channel "fhir"; off unless fhir_url is set
         self.fhir: Any = None
@@ -207,9 +209,15 @@ class IngestService:
         self.owner: SoleOwner | LeasedOwner = ownership_for(
             self.db, settings.instance_id, LeasePolicy(lease_ms=int(settings.lease_s * 1000)))
         self.feed: feed_mod.Feed | None = None
+        self.adopter: Adopter | None = None
         if isinstance(self.owner, LeasedOwner):
-            self.feed = feed_mod.Feed(self.db, self.owner, self)
+            self.feed = feed_mod.Feed(self.db, self.owner, self, first_waits=True)
             self.consumer.in_commit = self._announce
+            if settings.shared_group:  # a dead member's share of the subscription: adopted
+                self.adopter = Adopter(settings.instance_id, settings, self.db,
+                                       after_commit=self._after_commit,
+                                       in_commit=self._announce, clock=clock)
+                self.owner.on_round = self.adopter.round
             self.engine.fence = self.owner.fence
             for p in self.engine.all_current():  # restored from history: nobody's until leased
                 self.engine.release_patient(p.user_code)
@@ -540,13 +548,14 @@ class IngestService:
         points = await asyncio.to_thread(self.engine.observe, items)
         self._publish(points)
 
-    async def take(self, parts: frozenset[int]) -> None:
+    async def take(self, parts: frozenset[int]) -> feed_mod.Taken | None:
         """``feed.Scoring``: take over the patients of newly owned partitions from the shared
         store, so the handover neither re-emits an unchanged score nor skips a change: each
         patient's emission state is its last recorded point (EWS history); the readings up to
         that point's time rebuild its scorer window silently (``warm_start_patient``); the
         readings after it are scored in event-time order (``observe``), as the previous owner
-        would have scored them."""
+        would have scored them, as far as each device's seq has no hole; the rest, and where
+        each device's seq goes on, are left to the feed's order (``ingest.handover``)."""
         window = self.settings.freshness_ms
         now = self.clock()
         n = self.owner.partitions
@@ -559,7 +568,7 @@ class IngestService:
             if partition_of(p.user_code, n) in parts:
                 newest.setdefault(p.user_code, p.produce_at)
         if not newest:
-            return
+            return None
         codes = set(newest)
         last = await self.ews_db.read(lambda c: catchup.last_emitted(c, codes))
         since = min(last.get(u, newest[u]) for u in codes) - window
@@ -567,12 +576,14 @@ class IngestService:
         if recent.truncated:
             log.warning("takeover of %d partition(s): more than %d recent readings; warm-starting"
                         " from each patient's newest values only", len(parts), catchup.MAX_ROWS)
-        rows: dict[str, list[tuple[str, str, float, int, int]]] = {}
+        rows: dict[str, list[handover.Stored]] = {}
         for r in recent.rows:
             rows.setdefault(r[0], []).append(r)
         for item, arrived in zip(warm.items, warm.arrived, strict=True):
             if recent.truncated and item[0] in codes:
-                rows.setdefault(item[0], []).append((*item, arrived))
+                rows.setdefault(item[0], []).append((*item, arrived, "", None))
+        nexts: dict[str, tuple[int, int]] = {}
+        deferred: list[feed_mod.Fed] = []
 
         def take_all() -> list[EwsPoint]:
             out: list[EwsPoint] = []
@@ -581,11 +592,14 @@ class IngestService:
                 if not self.owner.owns(code):  # given up again meanwhile
                     continue
                 mine = rows.get(code, [])
-                upto = last.get(code)
-                before = [r for r in mine if upto is not None and r[3] <= upto]
-                after = [r[:4] for r in mine if upto is None or r[3] > upto]
+                plan = handover.plan(mine, last.get(code))
+                before, after = plan.before, [r[:4] for r in plan.after]
                 if recent.truncated:
                     before, after = mine, []
+                else:
+                    part = partition_of(code, n)
+                    nexts.update((d, (part, s)) for d, s in plan.nexts.items())
+                    deferred.extend(feed_mod.Fed(part, *r) for r in plan.deferred)
                 out += self.engine.warm_start_patient(code, [r[:4] for r in before],
                                                       [r[4] for r in before])
                 # the rest in chunks of at most MAX_ROUNDS reading times per patient
@@ -600,6 +614,7 @@ class IngestService:
             return out
 
         self._publish(await asyncio.to_thread(take_all))
+        return feed_mod.Taken(nexts, deferred)
 
     async def drop(self, parts: frozenset[int]) -> None:
         """``feed.Scoring``: stop scoring the patients of partitions given up."""
@@ -777,6 +792,10 @@ class IngestService:
             "instance": {"id": self.settings.instance_id,
                          "partitions": len(self.owner.owned()),
                          "fenced": self.engine.fenced, "absorbed": self.engine.duplicates,
+                         "repeats": self.engine.repeats,
+                         "adopted": None if self.adopter is None else {
+                             "now": self.adopter.adopted, "adoptions": self.adopter.adoptions,
+                             "let_go": self.adopter.let_go},
                          "feed": None if self.feed is None else {
                              **dataclasses.asdict(self.feed.stats),
                              "held": self.feed.reorder.held,

@@ -138,6 +138,10 @@ class IngestSettings(ServiceSettings):
     ews_heartbeat_s: float = Field(default=3600.0, gt=0)
     #: how often the engine's tick (staleness, heartbeats) runs (s).
     ews_tick_s: float = Field(default=5.0, gt=0)
+    #: the part of a pause in a patient's data (s) that does not move its emission clock
+    #: (``EwsEngine.pause_grace_ms``): several instances set it above the feed's hold
+    #: (docs/scaling.md), so held changes are decided on event time, not on arrival timing.
+    ews_pause_grace_s: float = Field(default=0.0, ge=0)
 
     # --- Cexup upstream (EWS delivery) -------------------------------------------------------
     upstream_url: str | None = None

@@ -21,8 +21,9 @@ MAX_ROWS: Final = 500_000
 
 @dataclass(frozen=True, slots=True)
 class Recent:
-    #: (user_code, vital, value, ts, received_at), by patient then event time
-    rows: list[tuple[str, str, float, int, int]]
+    #: (user_code, vital, value, ts, received_at, device_id, seq), by patient then event
+    #: time (then device, seq, vital: one order whoever reads it)
+    rows: list[tuple[str, str, float, int, int, str, int | None]]
     truncated: bool
 
 
@@ -33,11 +34,12 @@ def recent_readings(conn: Conn, user_codes: Collection[str], since_ms: int,
         return Recent([], False)
     where, params = _in(conn, user_codes)
     rows = conn.execute(
-        f"SELECT user_code, vital, value, ts, received_at FROM readings WHERE {where}"
-        " AND ts >= ? ORDER BY user_code, ts, vital LIMIT ?",
+        f"SELECT user_code, vital, value, ts, received_at, device_id, seq FROM readings"
+        f" WHERE {where} AND ts >= ? ORDER BY user_code, ts, device_id, seq, vital LIMIT ?",
         (*params, since_ms, max_rows + 1)).fetchall()
     truncated = len(rows) > max_rows
-    return Recent([(str(u), str(v), float(x), int(t), int(r)) for u, v, x, t, r in rows[:max_rows]],
+    return Recent([(str(u), str(v), float(x), int(t), int(r), str(d or ""),
+                    None if q is None else int(q)) for u, v, x, t, r, d, q in rows[:max_rows]],
                   truncated)
 
 

@@ -211,10 +211,19 @@ def history_page(conn: Conn, user_code: str, *, start: int, end: int, size: int,
 def find_external(conn: Conn, user_code: str, produce_at: int, point: int,
                   result: str) -> tuple[Any, ...] | None:
     """The external row recorded for this (user_code, point, result, produce_at), if any."""
+    return find_point(conn, user_code, produce_at, point, result, source="external")
+
+
+def find_point(conn: Conn, user_code: str, produce_at: int, point: int, result: str, *,
+               source: str, risk: str | None = None) -> tuple[Any, ...] | None:
+    """The first row of ``source`` recorded for this emission identity (patient, produce_at,
+    point, result and, when given, risk), if any."""
     row = conn.execute(
         f"SELECT {COLUMNS} FROM ews_history WHERE user_code = ? AND produce_at = ?"
-        " AND point = ? AND result = ? AND source = 'external' ORDER BY id LIMIT 1",
-        (user_code, produce_at, point, result)).fetchone()
+        " AND point = ? AND result = ? AND source = ?"
+        + (" AND risk = ?" if risk is not None else "") + " ORDER BY id LIMIT 1",
+        (user_code, produce_at, point, result, source, *(() if risk is None else (risk,)))
+    ).fetchone()
     return None if row is None else tuple(row)
 
 

@@ -132,6 +132,9 @@ class Round:
     acquired: tuple[Held, ...]       #: newly taken this round
     released: tuple[int, ...]        #: given back this round (others need them)
     lost: tuple[int, ...]            #: believed held, but the lease was gone (expired/taken)
+    #: members whose membership expired (dead, not stopped cleanly) and are still on record
+    #: (ten leases): the instances whose broker sessions a survivor may adopt (ingest.adopt)
+    expired: tuple[str, ...] = ()
 
 
 def setup(conn: Conn, partitions: int) -> None:
@@ -190,6 +193,9 @@ def heartbeat(conn: Conn, me: str, *, lease_ms: int, held: Mapping[int, int],
     live = tuple(str(r[0]) for r in conn.execute(
         "SELECT instance_id FROM ingest_instances WHERE expires_at > ? ORDER BY instance_id",
         (now,)))
+    expired = tuple(str(r[0]) for r in conn.execute(
+        "SELECT instance_id FROM ingest_instances WHERE expires_at <= ? ORDER BY instance_id",
+        (now,)))
     quota = fair_share(live, me, partitions)
 
     renewed: dict[int, int] = {}
@@ -235,7 +241,8 @@ def heartbeat(conn: Conn, me: str, *, lease_ms: int, held: Mapping[int, int],
                 " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", (part, epoch, me, now))
             renewed[part] = epoch
             acquired.append(Held(part, epoch))
-    return Round(now, live, quota, dict(renewed), tuple(acquired), tuple(released), lost)
+    return Round(now, live, quota, dict(renewed), tuple(acquired), tuple(released), lost,
+                 expired)
 
 
 def leave(conn: Conn, me: str) -> list[int]:

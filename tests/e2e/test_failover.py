@@ -11,8 +11,9 @@ Figures printed (``pytest -m e2e tests/e2e/test_failover.py -s``) and asserted:
 * every (device, stream, seq, vital) the broker carried is stored exactly once;
 * never two instances scoring the same patient: the lease log's ownership periods of each
   partition, and the emissions fenced under each, never overlap;
-* every patient's EWS history equals the single-instance run's (NOT YET: expected to fail,
-  measured and printed; see the test's xfail reason);
+* every patient's EWS history equals the single-instance run's (NOT YET: a strict xfail;
+  each differing patient is classified by its first difference (duplicate, no failure, during
+  the outage, after the restart; near a handover) and the figures printed);
 * every EWS point reached the upstream;
 * time from each kill to the dead instance's partitions being owned, and scored, again.
 """
@@ -34,6 +35,7 @@ import psycopg
 import pytest
 
 from ingest.db import leases
+from ingest.ownership import PARTITIONS, partition_of
 from tests.e2e.harness import (
     E2EError,
     Proc,
@@ -41,6 +43,7 @@ from tests.e2e.harness import (
     expand,
     fleet_proc,
     healthy,
+    http_json,
     ingest_proc,
     table,
     wait_for,
@@ -74,6 +77,12 @@ class Run:
     log: list[leases.Interval]
     kills: dict[str, int]  # instance → the database's clock at its SIGKILL
     fleet_total: int
+    started: int = 0  # the database's clock when the stream started
+    restarted: int = 0  # ... when the killed instances were started again
+    triggers: dict[tuple[str, int, int], str] | None = None  # cluster point → trigger
+    feed: dict[str, Any] | None = None  # instance → its /healthz "instance" figures at the end
+    stops: dict[str, int | None] | None = None  # process → its exit code after SIGTERM
+    stop_tails: dict[str, str] | None = None  # ... its log's tail when that was not 0
 
 
 def _pg(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -103,7 +112,9 @@ def _scenario(tmp: Path, pg_url: str, upstream_url: str, upstream_key: str) -> R
     recorder = Recorder(broker.url, "e2e-failover-recorder").start()
     procs: dict[str, Proc] = {}
     ports: dict[str, int] = {}
-    common = {"VITALGATE_EWS_MIN_INTERVAL_S": "5"}
+    # the same policy in every process: a 5 s rate limit, decided on event time while a
+    # patient's data pauses less than the grace (above the feed's hold, ingest.feed.HOLD_MS)
+    common = {"VITALGATE_EWS_MIN_INTERVAL_S": "5", "VITALGATE_EWS_PAUSE_GRACE_S": "25"}
     try:
         for name in INSTANCES:
             proc, ports[name] = ingest_proc(
@@ -129,12 +140,14 @@ def _scenario(tmp: Path, pg_url: str, upstream_url: str, upstream_key: str) -> R
                            duration=SIM_DURATION, seed=1313)
         procs["fleet"] = fleet.start()
         t0 = time.monotonic()
+        started = _db_now(pg_url)
         kills: dict[str, int] = {}
         for name, at in ((INSTANCES[0], KILL_1_AT), (INSTANCES[1], KILL_2_AT)):
             time.sleep(max(0.0, t0 + at - time.monotonic()))
             procs[name].sigkill()
             kills[name] = _db_now(pg_url)
         time.sleep(max(0.0, t0 + RESTART_AT - time.monotonic()))
+        restarted = _db_now(pg_url)
         for name in kills:
             procs[name].start()
         assert fleet.wait(240) == 0, fleet.stderr_tail()
@@ -149,14 +162,24 @@ def _scenario(tmp: Path, pg_url: str, upstream_url: str, upstream_key: str) -> R
             wait_stable(counts, settle_s=5, timeout=180, what="the cluster to settle",
                         done=lambda c: c[2] == 0)
         time.sleep(HOLD_S)  # the owners' last held readings scored
-        for name in (*INSTANCES, "reference"):
-            assert procs[name].terminate() == 0, f"{name}\n{procs[name].stderr_tail()}"
+        feed = {}
+        for name in INSTANCES:
+            with contextlib.suppress(OSError, ValueError):
+                body = http_json(f"http://127.0.0.1:{ports[name]}/healthz", api_key=None)
+                data = body.get("data", body)
+                feed[name] = data["instance"]
+        # a stop that does not end cleanly is asserted on its own (the figures still print)
+        stops = {name: procs[name].terminate() for name in (*INSTANCES, "reference")}
+        stop_tails = {name: procs[name].stderr_tail() for name, rc in stops.items() if rc != 0}
         stored = Counter((str(d), int(s), str(v)) for d, s, v in _pg(
             pg_url, "SELECT device_id, seq, vital FROM readings WHERE seq IS NOT NULL"))
         cluster = _ews_rows(_pg(pg_url, "SELECT user_code, produce_at, point, result, risk"
                                 " FROM ews_history WHERE source = 'vitalgate'"))
         keys = {(str(u), int(t), int(p)) for u, t, p in _pg(
             pg_url, "SELECT user_code, produce_at, point FROM ews_history"
+            " WHERE source = 'vitalgate'")}
+        triggers = {(str(u), int(t), int(p)): str(k) for u, t, p, k in _pg(
+            pg_url, "SELECT user_code, produce_at, point, trigger FROM ews_history"
             " WHERE source = 'vitalgate'")}
         with sqlite3.connect(f"file:{tmp / 'reference' / 'ews.sqlite3'}?mode=ro", uri=True) as c:
             reference = _ews_rows(c.execute(
@@ -168,12 +191,62 @@ def _scenario(tmp: Path, pg_url: str, upstream_url: str, upstream_key: str) -> R
             log = leases.intervals(Conn(pg, Dialect.POSTGRES))
         return Run(carried=expand(recorder.readings()), stored=stored, cluster_ews=cluster,
                    reference_ews=reference, history_keys=keys, upstream=Counter(),
-                   log=log, kills=kills, fleet_total=total)
+                   log=log, kills=kills, fleet_total=total, started=started,
+                   restarted=restarted, triggers=triggers, feed=feed, stops=stops,
+                   stop_tails=stop_tails)
     finally:
         for p in reversed(procs.values()):
             p.terminate()
         recorder.stop()
         broker.stop()
+
+
+#: a difference this close to a handover of the patient's partition (before: the warm start
+#: re-scores readings up to the takeover; after: the new owner's first points) is put down to it
+HANDOVER_BEFORE_MS, HANDOVER_AFTER_MS = 15_000, 5_000
+Point = tuple[int, int, str, str]
+
+
+def _first_difference(a: list[Point], b: list[Point]) -> int | None:
+    """The event time (produce_at) where two sorted histories first part, None if equal."""
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            return min(x[0], y[0])
+    if len(a) != len(b):
+        return (a if len(a) > len(b) else b)[min(len(a), len(b))][0]
+    return None
+
+
+def classify(run: Run) -> tuple[dict[str, list[str]], set[str]]:
+    """Each patient whose history differs, by its first difference: a duplicate point in the
+    cluster; else when it happened: before the first kill (no failure at all), while an
+    instance was down (the outage), after the restart. Also the patients whose first
+    difference is near a handover of their partition (not the stream's initial ownership)."""
+    handovers: dict[int, list[int]] = defaultdict(list)
+    for i in run.log:
+        if i.acquired_at > run.started:
+            handovers[i.part].append(i.acquired_at)
+    first_kill = min(run.kills.values())
+    out: dict[str, list[str]] = {k: [] for k in (
+        "duplicate point", "no failure at all", "during the outage", "after the restart")}
+    near: set[str] = set()
+    for u in sorted(set(run.cluster_ews) | set(run.reference_ews)):
+        mine, ref = run.cluster_ews.get(u, []), run.reference_ews.get(u, [])
+        at = _first_difference(mine, ref)
+        if at is None:
+            continue
+        if any(h - HANDOVER_BEFORE_MS <= at <= h + HANDOVER_AFTER_MS
+               for h in handovers[partition_of(u, PARTITIONS)]):
+            near.add(u)
+        if len(mine) != len(set(mine)):
+            out["duplicate point"].append(u)
+        elif at >= run.restarted:
+            out["after the restart"].append(u)
+        elif at >= first_kill:
+            out["during the outage"].append(u)
+        else:
+            out["no failure at all"].append(u)
+    return out, near
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +268,12 @@ def run(tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServe
         return asyncio.run(go())
     finally:
         postgres_server.drop_database("e2e_failover")
+
+
+def test_every_instance_stops_cleanly_on_sigterm(run: Run) -> None:
+    assert run.stops is not None and run.stop_tails is not None
+    assert all(rc == 0 for rc in run.stops.values()), "\n".join(
+        f"{name}: exit {run.stops[name]}\n{tail}" for name, tail in run.stop_tails.items())
 
 
 def test_every_reading_the_broker_carried_is_stored_exactly_once(run: Run) -> None:
@@ -230,10 +309,11 @@ def test_never_two_instances_scoring_the_same_patient(run: Run) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "issue 13, open: a patient's readings stored by different instances reach its owner out of"
-    " order, and Mosquitto queues a dead member's share of the subscription until it returns,"
-    " so the scores made meanwhile differ from one process receiving in broker order"
-    " (docs/scaling.md, 'Failover: measured'). Storage, ownership and delivery hold."))
+    "issue 13, open: measured (docs/scaling.md, 'Failover: measured'), no patient's history"
+    " differs before the first kill and there is no duplicate (deterministic per-device order,"
+    " takeover seeding, session adoption), but 1-2 of 200 still miss one change at a"
+    " handover (the new owner emits that score later; not diagnosed). Storage, ownership and"
+    " delivery hold."))
 def test_every_patients_ews_history_equals_the_single_instance_run(run: Run) -> None:
     patients = set(run.cluster_ews) | set(run.reference_ews)
     differ = sorted(u for u in patients if run.cluster_ews.get(u) != run.reference_ews.get(u))
@@ -260,9 +340,25 @@ def test_every_patients_ews_history_equals_the_single_instance_run(run: Run) -> 
         ("points only in the reference (missing)", missing),
         ("duplicate points in the cluster", dup),
     ]))
-    for u in differ[:3]:
-        print(u, "cluster", run.cluster_ews.get(u, [])[:12])
-        print(u, "reference", run.reference_ews.get(u, [])[:12])
+    causes, near = classify(run)
+    triggers = run.triggers or {}
+    rows = []
+    for cause, users in causes.items():
+        first: Counter[str] = Counter()  # the trigger of each patient's first extra point
+        for u in users:
+            extra_u = sorted(set(run.cluster_ews.get(u, [])) - set(run.reference_ews.get(u, [])))
+            if extra_u:
+                first[triggers.get((u, extra_u[0][0], extra_u[0][1]), "?")] += 1
+        rows.append((cause, len(users), sum(u in near for u in users), dict(first) or "-"))
+    print(table(["differing patients, by first difference", "patients",
+                 "of which near a handover", "first extra point's trigger"], rows))
+    print("instance figures at the end (/healthz):", run.feed)
+    for users in causes.values():
+        for u in users[:1]:
+            at = _first_difference(run.cluster_ews.get(u, []), run.reference_ews.get(u, []))
+            print(u, "first difference at", at, "(stream start", run.started, ")")
+            print("  cluster  ", [r for r in run.cluster_ews.get(u, []) if r[0] >= (at or 0)][:6])
+            print("  reference", [r for r in run.reference_ews.get(u, []) if r[0] >= (at or 0)][:6])
     assert len(run.reference_ews) == PATIENTS
     assert dup == 0
     assert differ == []

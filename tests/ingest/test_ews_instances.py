@@ -1,7 +1,9 @@
 """Two EWS engines on one shared store (two Database objects: two instances), on both engines:
 a patient's scoring moves from one to the other without re-emitting an unchanged score or
-skipping a change (warm_start_patient), and an emission both make while they briefly both
-score the patient is recorded once (the unique per-patient seq absorbs the second)."""
+skipping a change (warm_start_patient), an emission both make while they briefly both
+score the patient is recorded once (the unique per-patient seq absorbs the second), a re-score
+that comes back to a point already recorded is not emitted again, and a pause shorter than the
+engine's grace leaves a held change to the next reading (event time, not arrival timing)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from tests.ingest.upstream import FakeTime
 NORMAL = {"heart_rate": 72.0, "spo2": 98.0, "systolic_bp": 120.0, "temperature": 36.8,
           "respiratory_rate": 16.0}
 POLICY = EmitPolicy(min_interval_ms=0)
+HOLDING = EmitPolicy(min_interval_ms=30_000)
 
 
 def vitals(user: str, ts: int, **changes: float) -> list[tuple[str, str, float, int]]:
@@ -93,3 +96,79 @@ def test_an_external_point_posted_to_two_instances_is_one_row(store: Open) -> No
                 "source": "external", "seq": None}
     assert b.db.write_sync(lambda c: ews_store.insert_history(c, **external)) is None  # type: ignore[arg-type]
     assert query(a.db, "SELECT COUNT(*) FROM ews_history")[0] == (1,)
+
+
+def test_a_handover_never_re_emits_a_point_the_shared_history_holds(store: Open) -> None:
+    """The old owner scored a late reading that changed the score at the same event time; the
+    new owner's warm start, reading the store before that late reading was committed, computes
+    the earlier score again. It is not news: the shared history holds that emission (same
+    patient, produce_at, point, result, risk), so it is not recorded or delivered twice."""
+    clock = FakeTime()
+    old = EwsEngine(store(), clock=clock, policy=POLICY)
+    t0 = clock.now
+    old.observe(vitals("P1", t0))
+    clock.advance(60_000)
+    t1 = clock.now
+    [changed] = old.observe([("P1", "respiratory_rate", 22.0, t1)])  # partial: the rest from t0
+    late = [("P1", "spo2", 93.0, t1 - 1_000)]  # committed late by another instance
+    [rescored] = old.observe(late)
+    assert (changed.produce_at, changed.point) == (t1, 2)
+    assert (rescored.produce_at, rescored.point) == (t1, 4)
+    old.release_patient("P1")
+    new = EwsEngine(store(), clock=clock, policy=POLICY)
+    clock.advance(10_000)
+    # the store as read before the late reading's commit: the score at t1 is 2 again
+    assert new.warm_start_patient("P1", [*vitals("P1", t0), ("P1", "respiratory_rate", 22.0, t1)]) == []
+    assert new.repeats == 1
+    assert new.current("P1") == rescored  # the emission state is still the newest point
+    assert new.observe(late) == []  # the late reading reaches the new owner: nothing new
+    rows = query(new.db, "SELECT produce_at, point, result, risk FROM ews_history"
+                         " WHERE user_code = 'P1'")
+    assert len(rows) == len(set(rows)) == 3
+    assert query(new.db, "SELECT COUNT(*) FROM ews_outbox")[0] == (3,)
+
+
+# -- pause_grace_ms: a pause in a patient's data shorter than the grace (the transport's jitter
+# with several instances: other instances' commits, the feed's seq hold) does not move its
+# emission clock, so a held change is decided by the next reading on event time, however late
+# it travelled, and still comes due when the data really stops.
+
+
+def held_change(store: Open, grace_ms: int, user: str = "P1"
+                ) -> tuple[EwsEngine, FakeTime, int]:
+    """``user`` first scored at t0, then a change (heart rate 95: not a rise) at t0 + 5 s,
+    held."""
+    clock = FakeTime()
+    eng = EwsEngine(store(), clock=clock, policy=HOLDING, pause_grace_ms=grace_ms)
+    t0 = clock.now
+    [first] = eng.observe(vitals(user, t0))
+    assert first.trigger == "first"
+    clock.advance(5_000)
+    assert eng.observe(vitals(user, t0 + 5_000, heart_rate=95.0)) == []
+    return eng, clock, t0
+
+
+def test_a_late_reading_within_the_grace_decides_the_held_change_on_event_time(
+        store: Open) -> None:
+    # without the grace: the next reading (due at t0 + 30 s) arrives 30 s after the last one
+    # (a hold, a busy instance): the processing-time tick wins the race with the held score
+    eng, clock, t0 = held_change(store, 0)
+    clock.advance(30_000)
+    [by_tick] = eng.tick()
+    assert by_tick.produce_at == t0 + 5_000 and by_tick.point == 1
+    # with it: the same arrival timing leaves the decision to that reading, on event time
+    eng, clock, t0 = held_change(store, 15_000, "P2")
+    clock.advance(30_000)
+    assert eng.tick() == []
+    [by_reading] = eng.observe(vitals("P2", t0 + 30_000, heart_rate=112.0))
+    assert (by_reading.produce_at, by_reading.trigger) == (t0 + 30_000, "change")
+    assert by_reading.point == 2  # the score at that reading, not the one held
+
+
+def test_a_held_change_still_comes_due_when_the_data_stops(store: Open) -> None:
+    eng, clock, t0 = held_change(store, 15_000)
+    clock.advance(25_000)  # 25 s pause: 10 s beyond the grace, the clock is at t0 + 15 s
+    assert eng.tick() == []
+    clock.advance(20_000)  # 45 s pause: the clock at t0 + 35 s, 30 s after the emission
+    [due] = eng.tick()
+    assert (due.produce_at, due.point, due.trigger) == (t0 + 5_000, 1, "change")

@@ -165,3 +165,31 @@ def test_reorder_scores_a_device_in_seq_order_and_never_waits_forever() -> None:
     assert r.push([_fed("f", 5), _fed("d", 14)]) == []  # each waits for its predecessor
     r.forget({1})  # partition given up: nothing held, nothing expected
     assert r.waiting == 0 and [x.seq for x in r.push([_fed("d", 9)])] == [9]
+
+
+def test_reorder_first_waits_and_a_takeover_seeds_where_the_store_left_off() -> None:
+    """In the feed a device's first readings come from several instances too: one above seq 0
+    waits for its predecessors; a takeover says where each device's seq goes on and hands
+    over what the store holds after a hole (ingest.handover)."""
+    now = [0.0]
+    r = feed.Reorder(hold_ms=3000, first_waits=True, first_hold_ms=1000, clock=lambda: now[0])
+    assert r.push([_fed("d", 1)]) == []  # 0 may be committed later by another instance
+    assert [x.seq for x in r.push([_fed("d", 0)])] == [0, 1]
+    assert r.push([_fed("e", 4)]) == []
+    now[0] = 0.9
+    assert r.expire() == []
+    now[0] = 1.0
+    assert [x.seq for x in r.expire()] == [4]  # a device that starts above 0 waits once, briefly
+    assert r.push([_fed("e", 7)]) == []  # then a gap waits the whole hold
+    now[0] = 3.9
+    assert r.expire() == []
+    now[0] = 4.0
+    assert [x.seq for x in r.expire()] == [7]
+    assert [x.seq for x in r.push([_fed("e", 8)])] == [8]
+    # a takeover: the store ran to seq 20 of "t", then had 22 and 23 (21 not committed yet)
+    taken = feed.Taken({"t": (1, 21)}, [_fed("t", 22), _fed("t", 23)])
+    assert r.seed(taken) == []
+    assert [x.seq for x in r.push([_fed("t", 20)])] == [20]  # scored already: the scorer decides
+    assert [x.seq for x in r.push([_fed("t", 21)])] == [21, 22, 23]
+    assert [x.seq for x in r.seed(feed.Taken({"u": (1, 7)}, []))] == []
+    assert [x.seq for x in r.push([_fed("u", 7)])] == [7]  # seeded: no wait
