@@ -178,7 +178,7 @@ class IngestService:
             self.ews_db, table_name=settings.ews_table, freshness_ms=settings.freshness_ms,
             median_k=settings.median_k, policy=policy, clock=clock,
             deliver=settings.upstream_url is not None, notify=self.outbox.notify,
-            pause_grace_ms=int(settings.ews_pause_grace_s * 1000),
+            pause_grace_ms=settings.pause_grace_ms,
         )
         #: FHIR R4 out (issue 17, docs/fhir.md): outbox channel "fhir"; off unless fhir_url is set
         self.fhir: Any = None

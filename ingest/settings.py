@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Final, Literal
 
 from pydantic import Field, SecretStr, field_validator
 
 from ingest.db.engine import Location
 from vitalgate.config import BrokerAddress, ServiceSettings
 from vitalgate.contract import DEFAULT_PREFIX
+
+#: the pause grace on PostgreSQL (s): above the feed's hold (``ingest.feed.HOLD_MS``, 20 s, the
+#: longest a committed reading waits there for a predecessor stored by another instance) with
+#: 5 s to spare for a loaded machine (a test keeps it above the hold).
+FEED_PAUSE_GRACE_S: Final = 25.0
 
 
 def _default_instance_id() -> str:
@@ -139,9 +144,11 @@ class IngestSettings(ServiceSettings):
     #: how often the engine's tick (staleness, heartbeats) runs (s).
     ews_tick_s: float = Field(default=5.0, gt=0)
     #: the part of a pause in a patient's data (s) that does not move its emission clock
-    #: (``EwsEngine.pause_grace_ms``): several instances set it above the feed's hold
-    #: (docs/scaling.md), so held changes are decided on event time, not on arrival timing.
-    ews_pause_grace_s: float = Field(default=0.0, ge=0)
+    #: (``EwsEngine.pause_grace_ms``). Unset: 0 on SQLite (one process receives in broker
+    #: order), :data:`FEED_PAUSE_GRACE_S` on PostgreSQL, where the owner is fed from commits
+    #: and a reading may wait up to the feed's hold (docs/scaling.md): held changes are then
+    #: decided on event time, not by the tick racing a reading that is still held.
+    ews_pause_grace_s: float | None = Field(default=None, ge=0)
 
     # --- Cexup upstream (EWS delivery) -------------------------------------------------------
     upstream_url: str | None = None
@@ -206,6 +213,13 @@ class IngestSettings(ServiceSettings):
     def database(self) -> str | None:
         """The database URL (a secret: never log it), None for SQLite in the data dir."""
         return self.database_url.get_secret_value() or None if self.database_url else None
+
+    @property
+    def pause_grace_ms(self) -> int:
+        """``ews_pause_grace_s`` in ms, its default depending on the engine (see there)."""
+        if self.ews_pause_grace_s is not None:
+            return int(self.ews_pause_grace_s * 1000)
+        return int(FEED_PAUSE_GRACE_S * 1000) if self.database is not None else 0
 
     @property
     def readings_location(self) -> Location:

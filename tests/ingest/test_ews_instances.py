@@ -172,3 +172,21 @@ def test_a_held_change_still_comes_due_when_the_data_stops(store: Open) -> None:
     clock.advance(20_000)  # 45 s pause: the clock at t0 + 35 s, 30 s after the emission
     [due] = eng.tick()
     assert (due.produce_at, due.point, due.trigger) == (t0 + 5_000, 1, "change")
+
+
+def test_the_pause_grace_defaults_above_the_feed_hold_on_postgresql(tmp_path: object) -> None:
+    """Unset, the grace is 0 on SQLite (one process, broker order) and, on PostgreSQL, above the
+    longest a reading waits in the feed's hold; an explicit value wins on both."""
+    from ingest import feed
+    from ingest.settings import FEED_PAUSE_GRACE_S, IngestSettings
+    from vitalgate.config import load_settings
+
+    pg = "postgresql://u@127.0.0.1:5432/vitalgate"
+    assert FEED_PAUSE_GRACE_S * 1000 > feed.HOLD_MS
+    assert load_settings(IngestSettings, None, data_dir=tmp_path).pause_grace_ms == 0
+    assert load_settings(IngestSettings, None, data_dir=tmp_path,
+                         database_url=pg).pause_grace_ms == FEED_PAUSE_GRACE_S * 1000
+    assert load_settings(IngestSettings, None, data_dir=tmp_path, database_url=pg,
+                         ews_pause_grace_s=0).pause_grace_ms == 0
+    assert load_settings(IngestSettings, None, data_dir=tmp_path,
+                         ews_pause_grace_s=7.5).pause_grace_ms == 7500
