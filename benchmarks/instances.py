@@ -2,8 +2,8 @@
 
 * readings/s committed with EWS scoring on: SQLite (one process, the baseline) vs PostgreSQL
   with one instance and with two instances on one MQTT shared subscription;
-* publish → EWS latency (p50/p99) on PostgreSQL, two instances, 1,000 patients at one
-  reading per second each;
+* publish → EWS latency (p50/p99), 1,000 patients at one reading per second each: SQLite and
+  PostgreSQL with one instance (the baselines), PostgreSQL with two;
 * failover: SIGKILL one of two instances under that load; time until its partitions are
   owned again (lease log, database clock) and scored again (first fenced emission).
 
@@ -123,29 +123,56 @@ def throughput(tmp: Path, broker: Mosquitto, pg: PostgresServer, label: str, *, 
             pg.drop_database(f"bench_{label}")
 
 
+#: what the latency runs change from the defaults: every reading is scored on its own
+#: (median of one) and every change is emitted (no rate limit), so each reading gives one EWS.
+LATENCY_ENV = {"VITALGATE_MEDIAN_K": "1", "VITALGATE_EWS_MIN_INTERVAL_S": "0"}
+
+
+def _start_latency(tmp: Path, broker: Mosquitto, label: str, db_url: str | None,
+                   instances: int) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    for i in range(instances):
+        data = tmp / f"{label}-{i}"
+        data.mkdir()
+        proc, _ = _ingest(f"{label}-{i}", data, broker.url, db_url,
+                          group=label if instances > 1 else None,
+                          extra={**LATENCY_ENV, "VITALGATE_MQTT_CLIENT_ID": f"bench-{label}-{i}"})
+        procs.append(proc)
+    time.sleep(4.0)  # connected, partitions leased and warm-started
+    return procs
+
+
+def _measure_latency(broker: Mosquitto, patients: int, seconds: int) -> dict[str, Any]:
+    sub = _role("--role", "ews", "--port", str(broker.port), "--seconds", str(seconds))
+    assert sub.stdout is not None
+    sub.stdout.readline()
+    pub = _role("--role", "steady", "--port", str(broker.port), "--patients", str(patients),
+                "--seconds", str(seconds))
+    sent = json.loads(pub.communicate()[0])["sent"]
+    lat = np.array(json.loads(sub.communicate()[0].splitlines()[-1]))
+    return {"sent": sent, "ews": len(lat), "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max())}
+
+
+def latency(tmp: Path, broker: Mosquitto, pg: PostgresServer, label: str, *, engine: str,
+            patients: int, seconds: int) -> dict[str, Any]:
+    """Publish → EWS with one instance (the baselines of the two-instance figure)."""
+    db_url = pg.create_database(f"bench_{label}") if engine == "postgres" else None
+    procs = _start_latency(tmp, broker, label, db_url, 1)
+    try:
+        return _measure_latency(broker, patients, seconds)
+    finally:
+        _stop(procs)
+        if db_url:
+            pg.drop_database(f"bench_{label}")
+
+
 def latency_and_failover(tmp: Path, broker: Mosquitto, pg: PostgresServer, *, patients: int,
                          seconds: int) -> dict[str, Any]:
     db_url = pg.create_database("bench_latency")
-    procs = []
-    extra = {"VITALGATE_MEDIAN_K": "1", "VITALGATE_EWS_MIN_INTERVAL_S": "0"}
+    procs = _start_latency(tmp, broker, "lat", db_url, 2)
     try:
-        for i in range(2):
-            data = tmp / f"lat-{i}"
-            data.mkdir()
-            proc, _ = _ingest(f"lat-{i}", data, broker.url, db_url, group="lat",
-                              extra={**extra, "VITALGATE_MQTT_CLIENT_ID": f"bench-lat-{i}"})
-            procs.append(proc)
-        time.sleep(4.0)
-        sub = _role("--role", "ews", "--port", str(broker.port), "--seconds", str(seconds))
-        assert sub.stdout is not None
-        sub.stdout.readline()
-        pub = _role("--role", "steady", "--port", str(broker.port), "--patients", str(patients),
-                    "--seconds", str(seconds))
-        sent = json.loads(pub.communicate()[0])["sent"]
-        lat = np.array(json.loads(sub.communicate()[0].splitlines()[-1]))
-        result: dict[str, Any] = {
-            "sent": sent, "ews": len(lat), "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max())}
+        result = _measure_latency(broker, patients, seconds)
         # failover under the same load: kill lat-0, measure on the database's clock
         pub = _role("--role", "steady", "--port", str(broker.port), "--patients", str(patients),
                     "--seconds", "40")
@@ -212,12 +239,19 @@ def main() -> None:
                     print(f"  {engine:8s} × {k} instance(s)  {t['rate']:8.0f} readings/s"
                           f"  ({t['rate'] / base:.2f} × SQLite)  [{t['seconds']:.1f} s,"
                           f" {t['rows']} rows]")
+                print(f"publish → EWS on MQTT, {args.patients} patients × 1 reading/s ×"
+                      f" {args.seconds} s:")
+                runs = [(f"{engine} × 1", latency(tmp, broker, pg, f"lat{engine}", engine=engine,
+                                                  patients=args.patients, seconds=args.seconds))
+                        for engine in ("sqlite", "postgres")]
                 lat = latency_and_failover(tmp, broker, pg, patients=args.patients,
                                            seconds=args.seconds)
-                print(f"publish → EWS on MQTT, PostgreSQL, 2 instances, {args.patients} patients"
-                      f" × 1 reading/s × {args.seconds} s: sent {lat['sent']}, EWS {lat['ews']}")
-                print(f"  p50 {lat['p50_ms']:.1f} ms   p99 {lat['p99_ms']:.1f} ms"
-                      f"   max {lat['max_ms']:.1f} ms")
+                runs.append(("postgres × 2", lat))
+                base_p99 = runs[0][1]["p99_ms"]
+                for name, r in runs:
+                    print(f"  {name:13s} sent {r['sent']}, EWS {r['ews']}: p50 {r['p50_ms']:.1f} ms"
+                          f"   p99 {r['p99_ms']:.1f} ms ({r['p99_ms'] / base_p99:.1f} × SQLite)"
+                          f"   max {r['max_ms']:.1f} ms")
                 print(f"failover (SIGKILL one of two, lease 10 s): {lat['taken']} of"
                       f" {lat['partitions']} partitions owned again after median"
                       f" {lat['owned_again_median_s']:.1f} s, max {lat['owned_again_max_s']:.1f} s;"
