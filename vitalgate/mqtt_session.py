@@ -29,11 +29,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage, error_string
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -52,6 +53,9 @@ T = TypeVar("T")
 #: more from the socket, so the broker keeps the rest) and looks this often (s) whether the
 #: session is closing.
 BACKPRESSURE_POLL_S: Final = 0.2
+#: connections of every session of this process are numbered from one sequence, so that an
+#: acknowledgement never reaches a connection (or a session) other than the message's own
+_CONNECTIONS = itertools.count(1)
 
 
 class MqttError(RuntimeError):
@@ -178,8 +182,21 @@ class Message:
     #: the broker's DUP flag: it delivered this message before
     dup: bool
     mid: int
-    #: the connection it came on (1 = the first): an acknowledgement never crosses a reconnect
+    #: the connection it came on (numbered across the process): an acknowledgement never
+    #: crosses a reconnect
     generation: int
+
+
+class Delivery(Protocol):
+    """What :meth:`MqttSession.ack` needs of a message (a :class:`Message`, or the
+    adapter's own record of one)."""
+
+    @property
+    def mid(self) -> int: ...
+    @property
+    def qos(self) -> int: ...
+    @property
+    def generation(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +258,7 @@ class MqttSession:
         self._subscribed: asyncio.Future[None] | None = None
         self._ended: asyncio.Future[SessionEnd] | None = None
         self._closed = False
-        #: the current connection (paho's thread counts it up on each CONNACK)
+        #: the current connection (paho's thread numbers it on each CONNACK); 0: none yet
         self.generation = 0
         #: successful connections (1 = the first; more = paho's reconnects)
         self.connects = 0
@@ -386,7 +403,7 @@ class MqttSession:
         """Inbound messages waiting to be received."""
         return max(0, self._inbound.qsize() - (1 if self.ended else 0))
 
-    def ack(self, message: Message) -> bool:
+    def ack(self, message: Delivery) -> bool:
         """Acknowledge ``message`` (manual ack; QoS 0 has nothing to acknowledge). Only on
         the connection it came on: after a reconnect the broker redelivers it anyway. True
         when an acknowledgement was sent."""
@@ -436,7 +453,7 @@ class MqttSession:
         if rc.is_failure:
             self._call(self._refused, rc.value, str(rc))
             return
-        self.generation += 1  # before any message of this connection arrives
+        self.generation = next(_CONNECTIONS)  # before any message of this connection arrives
         if self._subscriptions:
             if self.options.v5:
                 c.subscribe([(t, SubscribeOptions(qos=1)) for t in self._subscriptions])
@@ -544,8 +561,9 @@ class SessionThread:
         self._thread: threading.Thread | None = None
         self.session: MqttSession | None = None
 
-    def start(self, timeout_s: float = 30.0) -> MqttSession:
+    def start(self) -> MqttSession:
         """Connect (and subscribe); :class:`MqttError` naming the broker when it cannot."""
+        timeout_s = float(self._session_kwargs.get("connect_timeout_s", 10.0)) + 10.0
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()),
                                         name=f"mqtt-session-{self.options.client_id}", daemon=True)
         self._thread.start()

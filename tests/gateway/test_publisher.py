@@ -143,9 +143,9 @@ async def test_commands_are_validated_and_bad_ones_counted(
         await probe.until(lambda: pub.connected, what="connected")
         await asyncio.sleep(0.2)  # SUBACK
         topic = pub.topics.cmd("ward3-bed12")
-        probe._client.publish(topic, b'{"v":1,"cmd":"reboot","device_id":"d061aed45894"}', qos=1)
-        probe._client.publish(topic, b"not json", qos=1)
-        probe._client.publish(topic, b'{"v":1,"cmd":"ecg","device_id":"d061aed45894","seconds":5}', qos=1)
+        probe.publish(topic, b'{"v":1,"cmd":"reboot","device_id":"d061aed45894"}', qos=1)
+        probe.publish(topic, b"not json", qos=1)
+        probe.publish(topic, b'{"v":1,"cmd":"ecg","device_id":"d061aed45894","seconds":5}', qos=1)
         cmd = await asyncio.wait_for(anext(pub.commands()), 10)
     assert (cmd.cmd, cmd.device_id, cmd.seconds) == ("ecg", DEV, 5)
     assert pub.counters.commands_rejected == 2
