@@ -22,8 +22,9 @@ def opts(broker: Mosquitto, client_id: str, **kw: object) -> MqttOptions:
     return MqttOptions(BrokerAddress(broker.host, broker.port, tls=False), client_id, **kw)  # type: ignore[arg-type]
 
 
-def persistent(broker: Mosquitto, client_id: str) -> MqttOptions:
-    return opts(broker, client_id, clean=False, manual_ack=True, reconnect=FAST)
+def persistent(broker: Mosquitto, client_id: str, protocol: str = "3.1.1") -> MqttOptions:
+    return opts(broker, client_id, clean=False, manual_ack=True, reconnect=FAST, protocol=protocol,
+                session_expiry_s=300, receive_maximum=50)
 
 
 async def publish_n(broker: Mosquitto, n: int, start: int = 0) -> None:
@@ -31,9 +32,9 @@ async def publish_n(broker: Mosquitto, n: int, start: int = 0) -> None:
         await asyncio.gather(*(pub.publish(TOPIC, str(i).encode()) for i in range(start, start + n)))
 
 
-async def register(broker: Mosquitto, client_id: str) -> None:
+async def register(broker: Mosquitto, client_id: str, protocol: str = "3.1.1") -> None:
     """Make the broker keep a persistent session with the subscription."""
-    async with MqttSession(persistent(broker, client_id), subscriptions=[TOPIC]):
+    async with MqttSession(persistent(broker, client_id, protocol), subscriptions=[TOPIC]):
         pass
 
 
@@ -93,15 +94,17 @@ async def test_a_full_inbound_queue_holds_paho_back_and_loses_nothing(mosquitto:
     assert sub.dropped_at_close == 0
 
 
-async def test_an_unacknowledged_message_is_redelivered_to_the_next_session(mosquitto: Mosquitto) -> None:
-    await register(mosquitto, "acker")
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_an_unacknowledged_message_is_redelivered_to_the_next_session(
+        mosquitto: Mosquitto, protocol: str) -> None:
+    await register(mosquitto, "acker", protocol)
     await publish_n(mosquitto, 10)
-    async with MqttSession(persistent(mosquitto, "acker"), subscriptions=[TOPIC]) as s:
+    async with MqttSession(persistent(mosquitto, "acker", protocol), subscriptions=[TOPIC]) as s:
         first = [await asyncio.wait_for(s.receive(), 5) for _ in range(10)]
         for message in first[:6]:
             assert s.ack(message)
         await asyncio.sleep(0.2)  # the PUBACKs reach the broker before the disconnect
-    async with MqttSession(persistent(mosquitto, "acker"), subscriptions=[TOPIC]) as s:
+    async with MqttSession(persistent(mosquitto, "acker", protocol), subscriptions=[TOPIC]) as s:
         again = [await asyncio.wait_for(s.receive(), 5) for _ in range(4)]
         for message in again:
             s.ack(message)

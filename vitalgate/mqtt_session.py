@@ -63,7 +63,8 @@ class MqttError(RuntimeError):
 
 
 class MqttRefused(MqttError):
-    """The broker answered CONNACK with a failure (bad credentials, not authorised …)."""
+    """The broker answered with a failure reason code: a CONNACK (bad credentials, not
+    authorised …) or, MQTT 5, a PUBACK (the message was not accepted); ``code`` is its value."""
 
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
@@ -192,11 +193,16 @@ class Delivery(Protocol):
     adapter's own record of one)."""
 
     @property
-    def mid(self) -> int: ...
+    def mid(self) -> int:
+        """The packet id the broker gave it."""
+
     @property
-    def qos(self) -> int: ...
+    def qos(self) -> int:
+        """0 (nothing to acknowledge), 1 or 2."""
+
     @property
-    def generation(self) -> int: ...
+    def generation(self) -> int:
+        """The connection it came on (:attr:`Message.generation`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,7 +475,7 @@ class MqttSession:
         self._call(self._down, rc.value, str(rc))
 
     def _paho_publish(self, c: Client, u: Any, mid: int, rc: ReasonCode, p: Properties) -> None:
-        self._call(self._settle, mid, rc.is_failure, str(rc))
+        self._call(self._settle, mid, rc.value if rc.is_failure else None, str(rc))
 
     def _paho_subscribe(self, c: Client, u: Any, mid: int, rcs: Any, p: Properties | None) -> None:
         self._call(self._suback)
@@ -534,12 +540,13 @@ class MqttSession:
         if self.options.reconnect is None or self._closing.is_set():
             self._finish(SessionEnd(code, detail, by_us=self._closing.is_set()))
 
-    def _settle(self, mid: int, failed: bool, detail: str) -> None:
+    def _settle(self, mid: int, failure: int | None, detail: str) -> None:
         fut = self._pending.pop(mid, None)
         if fut is None or fut.done():
             return
-        if failed:
-            fut.set_exception(MqttError(f"MQTT broker {self.label} refused message {mid}: {detail}"))
+        if failure is not None:
+            fut.set_exception(MqttRefused(f"MQTT broker {self.label} refused message {mid}: "
+                                          f"{detail}", failure))
         else:
             fut.set_result(None)
 

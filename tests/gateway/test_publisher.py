@@ -272,10 +272,10 @@ def test_a_broker_that_says_session_taken_over_starts_an_episode_at_once(tmp_pat
 
     st_ = GatewaySettings(gateway_id="gw", data_dir=tmp_path)
     pub = Publisher(st_, Buffer(":memory:"))
-    ended = [_Session(client=None, events=asyncio.Queue(), up_since=_time.monotonic(),  # type: ignore[arg-type]
+    ended = [_Session(mqtt=None, events=asyncio.Queue(), up_since=_time.monotonic(),  # type: ignore[arg-type]
                       ended=_Event("disconnected", code=code)) for code in (0x8E, 0x8E, 0x80)]
     assert [pub._session_ended(s)[0] for s in ended] == ["takeover", "takeover", "takeover"]
     assert pub.counters.takeovers == 3 and pub.counters.disconnects == 3
-    long_ago = _Session(client=None, events=asyncio.Queue(), up_since=_time.monotonic() - 120,  # type: ignore[arg-type]
+    long_ago = _Session(mqtt=None, events=asyncio.Queue(), up_since=_time.monotonic() - 120,  # type: ignore[arg-type]
                         ended=_Event("disconnected", code=0x80))
     assert pub._session_ended(long_ago)[0] == "lost"  # a stable minute ended the episode
