@@ -330,12 +330,16 @@ class Consumer:
             session = MqttSession(self._options(), subscriptions=self.subscriptions(),
                                   inbound_max=s.queue_max, keepalive_s=s.mqtt_keepalive_s,
                                   on_link=self._on_link, on_wait=self._on_wait)
+            self._session = session  # a publish meanwhile waits in paho for the CONNACK
             try:
                 return await session.__aenter__()
             except MqttRefused as exc:
                 log.warning("MQTT connection refused: %s", exc)
             except MqttError as exc:
                 self._unreachable(str(exc))
+            finally:
+                if session.ended is not None or not session.connects:
+                    self._session = None
             await asyncio.sleep(RECONNECT.delay(attempt))
             attempt += 1
 
@@ -370,7 +374,6 @@ class Consumer:
         Two stages: collect → commit → ack, and (in order, overlapping the next commit) the
         after-commit work (EWS scoring and publishing)."""
         session = await self._connect()
-        self._session = session
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._ingest_loop(session))

@@ -4,6 +4,7 @@ bounded inbound queue with backpressure, manual ack and redelivery, how a sessio
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 
@@ -188,3 +189,21 @@ def test_a_session_thread_serves_synchronous_code(mosquitto: Mosquitto) -> None:
     assert got == [b"one"]
     with pytest.raises(MqttError, match=r"ended|not connected"):
         pub.publish(TOPIC, b"late").result(5)
+
+
+async def test_cancelling_a_connect_leaves_nothing_open(mosquitto: Mosquitto) -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    session = MqttSession(opts(mosquitto, "cancelled"))
+    entering = asyncio.ensure_future(session.__aenter__())
+    await asyncio.sleep(0)
+    entering.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await entering
+    for _ in range(50):  # the connect's thread finishes and its socket is closed
+        if open_fds() <= before:
+            break
+        await asyncio.sleep(0.05)
+    assert open_fds() <= before

@@ -301,13 +301,25 @@ class MqttSession:
                 if o.receive_maximum is not None:
                     props.ReceiveMaximum = o.receive_maximum
                 kwargs["properties"] = props
+        connecting = asyncio.ensure_future(in_own_thread(
+            lambda: c.connect(o.broker.host, o.broker.port, self._keepalive_s, **kwargs),
+            name=f"mqtt-connect-{o.client_id}"))
         try:
-            await in_own_thread(lambda: c.connect(o.broker.host, o.broker.port, self._keepalive_s,
-                                                  **kwargs), name=f"mqtt-connect-{o.client_id}")
+            await asyncio.shield(connecting)
         except (OSError, ValueError) as exc:
             self._closed = True
             c._reset_sockets(sockpair_only=True)
             raise MqttError(f"cannot connect to MQTT broker {self.label}: {exc}") from None
+        except asyncio.CancelledError:
+            # the connect goes on in its thread: close its socket whenever it is done
+            self._closed = True
+            def abandoned(fut: asyncio.Future[Any]) -> None:
+                c._reset_sockets()
+                if not fut.cancelled():
+                    fut.exception()  # retrieved: nobody waits for this connect any more
+
+            connecting.add_done_callback(abandoned)
+            raise
         c.loop_start()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
