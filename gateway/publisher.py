@@ -113,7 +113,7 @@ class PublisherCounters:
     republish_refused: int = 0
 
 
-EventName = Literal["connack", "disconnected", "puback", "wake"]
+EventName = Literal["disconnected", "puback", "wake"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,7 +352,7 @@ class Publisher:
         try:
             await mqtt.__aenter__()
         except MqttRefused as exc:
-            raise ConnectRefused(f"broker refused the connection: {exc}") from None
+            raise ConnectRefused(str(exc)) from None
         session = _Session(mqtt, events)
         watch = asyncio.create_task(self._watch(session))
         try:
