@@ -207,3 +207,24 @@ async def test_cancelling_a_connect_leaves_nothing_open(mosquitto: Mosquitto) ->
             break
         await asyncio.sleep(0.05)
     assert open_fds() <= before
+
+
+async def test_paho_subscribes_while_the_event_loop_is_blocked(mosquitto: Mosquitto) -> None:
+    """The caller blocks the loop right after starting the connect (ingest's tests publish
+    with a blocking client there): paho's own thread still connects and subscribes, so a
+    message published meanwhile is received."""
+    pub = SessionThread(opts(mosquitto, "blocked-pub"))
+    pub.start()
+    session = MqttSession(opts(mosquitto, "blocked-sub"), subscriptions=[TOPIC])
+    entering = asyncio.ensure_future(session.__aenter__())
+    for _ in range(3):  # the session's task, then the connect's, which starts its thread
+        await asyncio.sleep(0)
+    try:
+        time.sleep(0.5)  # the loop is blocked; paho's thread is not
+        pub.publish(TOPIC, b"meanwhile").result(5)
+        await asyncio.wait_for(entering, 5)
+        message = await asyncio.wait_for(session.receive(), 5)
+        assert message.payload == b"meanwhile"
+    finally:
+        pub.stop()
+        await session.close()

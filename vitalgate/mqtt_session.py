@@ -301,9 +301,13 @@ class MqttSession:
                 if o.receive_maximum is not None:
                     props.ReceiveMaximum = o.receive_maximum
                 kwargs["properties"] = props
-        connecting = asyncio.ensure_future(in_own_thread(
-            lambda: c.connect(o.broker.host, o.broker.port, self._keepalive_s, **kwargs),
-            name=f"mqtt-connect-{o.client_id}"))
+        def connect() -> None:
+            # paho's thread starts here too, not from the event loop: it reads the CONNACK and
+            # subscribes even while the loop is busy (a caller blocking it right after start)
+            c.connect(o.broker.host, o.broker.port, self._keepalive_s, **kwargs)
+            c.loop_start()
+
+        connecting = asyncio.ensure_future(in_own_thread(connect, name=f"mqtt-connect-{o.client_id}"))
         try:
             await asyncio.shield(connecting)
         except (OSError, ValueError) as exc:
@@ -311,16 +315,18 @@ class MqttSession:
             c._reset_sockets(sockpair_only=True)
             raise MqttError(f"cannot connect to MQTT broker {self.label}: {exc}") from None
         except asyncio.CancelledError:
-            # the connect goes on in its thread: close its socket whenever it is done
+            # the connect goes on in its thread: stop what it started whenever it is done
             self._closed = True
+            self._closing.set()
+
             def abandoned(fut: asyncio.Future[Any]) -> None:
-                c._reset_sockets()
                 if not fut.cancelled():
                     fut.exception()  # retrieved: nobody waits for this connect any more
+                threading.Thread(target=self._stop_client, name=f"mqtt-stop-{o.client_id}",
+                                 daemon=True).start()
 
             connecting.add_done_callback(abandoned)
             raise
-        c.loop_start()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 await self._connack
@@ -352,8 +358,9 @@ class MqttSession:
         c = self._client
         c.disconnect()
         c.loop_stop()
-        # paho 2.x's loop_start() makes a wake-up socket pair loop_stop() leaves open
-        c._reset_sockets(sockpair_only=True)
+        # paho 2.x's loop_start() makes a wake-up socket pair loop_stop() leaves open (and
+        # the socket of a connect whose thread never started stays open too)
+        c._reset_sockets()
 
     @property
     def ended(self) -> SessionEnd | None:
