@@ -1,13 +1,13 @@
-"""Drains the store-and-forward buffer into the broker with paho-mqtt 2 (QoS 1).
+"""Drains the store-and-forward buffer into the broker (QoS 1).
 
-* One paho client per connection: paho runs its network thread (``loop_start``) with its own
-  reconnect switched off; when the connection goes, the client is dropped with everything it
-  had in flight, and the next connection re-sends from the buffer (nothing lives only in
-  paho's memory). Reconnects follow :class:`vitalgate.backoff.Backoff` (jittered, exponential).
-* paho callbacks run in paho's thread and do nothing but hand an event to the asyncio loop
-  (``call_soon_threadsafe``) onto a bounded queue; the drain task consumes it.
+* One :class:`vitalgate.mqtt_session.MqttSession` per connection, a clean session without
+  paho's reconnect: when the connection goes, the session ends with everything it had in
+  flight, and the next one re-sends from the buffer (nothing lives only in paho's memory).
+  Reconnects follow :class:`vitalgate.backoff.Backoff` (jittered, exponential).
+* Each publish's PUBACK future, the session's end and ``notify`` hand an event onto a bounded
+  queue; the drain task consumes it.
 * At most ``inflight_window`` rows are unacknowledged at a time; a row leaves the buffer only on
-  its PUBACK (``on_publish`` with a success reason code) via the message id → row id map. An
+  its PUBACK (its future done without a failure reason code) via the publish → row id map. An
   acknowledgement the buffer cannot record (a full disk) is kept in memory and retried; such a
   row is not sent again meanwhile. No buffer error ends :meth:`Publisher.run`.
 * Every end of a connection backs off, a clean disconnect included, by the rules of
@@ -27,16 +27,12 @@ import asyncio
 import collections
 import contextlib
 import functools
+import itertools
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
-
-from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
-from paho.mqtt.enums import MQTTErrorCode
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
+from typing import Final, Literal
 
 from gateway.buffer import Buffer, BufferError, Row, RowKind
 from gateway.mqtt_retry import (
@@ -61,7 +57,14 @@ from vitalgate.contract import (
     Topics,
     decode,
 )
-from vitalgate.mqtt_session import MqttOptions, broker_label, make_client
+from vitalgate.mqtt_session import (
+    MqttError,
+    MqttOptions,
+    MqttRefused,
+    MqttSession,
+    Will,
+    broker_label,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +113,7 @@ class PublisherCounters:
     republish_refused: int = 0
 
 
-EventName = Literal["connack", "disconnected", "puback", "wake"]
+EventName = Literal["disconnected", "puback", "wake"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +127,11 @@ class _Event:
 
 @dataclass
 class _Session:
-    client: Client
+    mqtt: MqttSession
     events: asyncio.Queue[_Event]
+    #: publish number (of this session) → the row it carries, until its PUBACK
     inflight: dict[int, Row] = field(default_factory=dict)
+    numbers: itertools.count[int] = field(default_factory=itertools.count)
     #: when the CONNACK came (monotonic) and the disconnect that ended the session
     up_since: float | None = None
     ended: _Event | None = None
@@ -178,7 +183,7 @@ class Publisher:
 
     @property
     def connected(self) -> bool:
-        return self._session is not None and self._session.client.is_connected()
+        return self._session is not None and self._session.mqtt.connected
 
     @property
     def inflight(self) -> int:
@@ -195,11 +200,9 @@ class Publisher:
         """Remember the device's latest status and publish it (retained) if connected."""
         self._devices[status.device_id] = status
         s = self._session
-        if s is not None and s.client.is_connected():
-            s.client.publish(
-                self.topics.device_status(self.settings.gateway_id, status.device_id),
-                status.to_bytes(), qos=1, retain=True,
-            )
+        if s is not None and s.mqtt.connected:
+            _status_publish(s.mqtt, self.topics.device_status(self.settings.gateway_id, status.device_id),
+                            status.to_bytes())
 
     async def commands(self) -> AsyncIterator[Command]:
         """Commands from ``{prefix}/{gateway_id}/cmd``, validated, in arrival order."""
@@ -238,7 +241,7 @@ class Publisher:
             except ConnectRefused as exc:
                 outcome, detail = "refused", str(exc)
                 self.counters.connect_failures += 1
-            except (OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError, MqttError) as exc:
                 outcome, detail = "unreachable", str(exc) or type(exc).__name__
                 self.counters.connect_failures += 1
             except BufferError as exc:  # the buffer says why (its state); once per episode here
@@ -291,36 +294,16 @@ class Publisher:
 
     # ------------------------------------------------------------------ session
 
-    def _make_client(self, loop: asyncio.AbstractEventLoop, events: asyncio.Queue[_Event]) -> Client:
+    def _make_session(self) -> MqttSession:
         st = self.settings
-        broker = st.broker
         # a clean session each time: the buffer, not the broker, holds what is not acknowledged;
-        # no paho reconnect: every connection is a new client (run() backs off between them)
-        client = make_client(MqttOptions(
-            broker, st.client_id, protocol=st.mqtt_protocol, clean=True, max_inflight=self._window,
-            ca=st.mqtt_ca, cert=st.mqtt_cert, key=st.mqtt_key))
-        client.will_set(self.topics.gateway_status(st.gateway_id),
-                        GatewayStatus(online=False).to_bytes(), qos=1, retain=True)
-
-        def on_connect(c: Client, u: Any, f: ConnectFlags, rc: ReasonCode, p: Properties | None) -> None:
-            loop.call_soon_threadsafe(self._offer, events, _Event("connack", failed=rc.is_failure, detail=str(rc)))
-
-        def on_disconnect(c: Client, u: Any, f: DisconnectFlags, rc: ReasonCode, p: Properties | None) -> None:
-            loop.call_soon_threadsafe(self._offer, events, _Event("disconnected", detail=str(rc),
-                                                                   code=rc.value))
-
-        def on_publish(c: Client, u: Any, mid: int, rc: ReasonCode, p: Properties) -> None:
-            loop.call_soon_threadsafe(self._offer, events, _Event("puback", mid=mid, failed=rc.is_failure,
-                                                                   detail=str(rc)))
-
-        def on_message(c: Client, u: Any, msg: MQTTMessage) -> None:
-            loop.call_soon_threadsafe(self._on_command, msg.topic, bytes(msg.payload))
-
-        client.on_connect = on_connect
-        client.on_disconnect = on_disconnect
-        client.on_publish = on_publish
-        client.on_message = on_message
-        return client
+        # no paho reconnect: a lost connection ends the session (run() backs off between them)
+        return MqttSession(
+            MqttOptions(st.broker, st.client_id, protocol=st.mqtt_protocol, clean=True,
+                        max_inflight=self._window, ca=st.mqtt_ca, cert=st.mqtt_cert, key=st.mqtt_key),
+            subscriptions=[self.topics.cmd(st.gateway_id)], inbound_max=COMMAND_QUEUE,
+            will=Will(self.topics.gateway_status(st.gateway_id), GatewayStatus(online=False).to_bytes()),
+            keepalive_s=st.mqtt_keepalive_s, connect_timeout_s=CONNACK_TIMEOUT_S)
 
     def _offer(self, queue: asyncio.Queue[_Event], event: _Event) -> None:
         try:
@@ -328,23 +311,51 @@ class Publisher:
         except asyncio.QueueFull:  # cannot happen for PUBACKs (bounded by the window); counted
             self.counters.events_dropped += 1
 
-    async def _run_session(self) -> tuple[Outcome, str]:
-        loop = asyncio.get_running_loop()
-        # PUBACKs are bounded by the window; a few more for connack/disconnect/wake
-        events: asyncio.Queue[_Event] = asyncio.Queue(2 * self._window + 16)
-        client = self._make_client(loop, events)
-        broker = self.settings.broker
-        connect = functools.partial(client.connect, broker.host, broker.port, self.settings.mqtt_keepalive_s)
-        if self.settings.mqtt_protocol == "5":
-            connect = functools.partial(connect, clean_start=True)
-        await loop.run_in_executor(None, connect)
-        client.loop_start()
-        session = _Session(client, events)
+    def _send(self, s: _Session, topic: str, row: Row, payload: bytes) -> int | None:
+        """Publish a row; its PUBACK (or the broker's refusal) comes back as an event naming
+        the number returned. None when the session is over (the row stays buffered)."""
+        fut = s.mqtt.publish(topic, payload, qos=1)
+        if fut.done() and fut.exception() is not None:
+            return None
+        number = next(s.numbers)
+        s.inflight[number] = row
+        fut.add_done_callback(functools.partial(self._acked, s.events, number))
+        return number
+
+    def _acked(self, events: asyncio.Queue[_Event], number: int, fut: asyncio.Future[None]) -> None:
+        exc = fut.exception()
+        if exc is None:
+            self._offer(events, _Event("puback", mid=number))
+        elif isinstance(exc, MqttRefused):
+            self._offer(events, _Event("puback", mid=number, failed=True, detail=str(exc), code=exc.code))
+        # else the session ended first: the row stays buffered, the end is its own event
+
+    async def _watch(self, s: _Session) -> None:
+        """Hand the session's end to the drain, and its inbound messages to the commands."""
+
+        async def commands() -> None:
+            async for message in s.mqtt.messages():
+                self._on_command(message.topic, message.payload)
+
+        reader = asyncio.create_task(commands())
         try:
-            async with asyncio.timeout(CONNACK_TIMEOUT_S):
-                first = await events.get()
-            if first.name != "connack" or first.failed:
-                raise ConnectRefused(f"broker refused the connection: {first.detail}")
+            end = await s.mqtt.wait_ended()
+            self._offer(s.events, _Event("disconnected", detail=end.detail, code=end.code))
+        finally:
+            reader.cancel()
+
+    async def _run_session(self) -> tuple[Outcome, str]:
+        # PUBACKs are bounded by the window; a few more for disconnect/wake
+        events: asyncio.Queue[_Event] = asyncio.Queue(2 * self._window + 16)
+        mqtt = self._make_session()
+        broker = self.settings.broker
+        try:
+            await mqtt.__aenter__()
+        except MqttRefused as exc:
+            raise ConnectRefused(str(exc)) from None
+        session = _Session(mqtt, events)
+        watch = asyncio.create_task(self._watch(session))
+        try:
             self._session = session
             session.up_since = self._clock.monotonic()
             for outcome in ("unreachable", "refused", "storage"):
@@ -353,31 +364,31 @@ class Publisher:
             self.counters.connects += 1
             (log.debug if self._takeover_episode else log.info)(
                 "connected to MQTT broker %s", broker_label(broker))
-            client.subscribe(self.topics.cmd(self.settings.gateway_id), qos=1)
-            self._publish_statuses(client)
+            self._publish_statuses(mqtt)
             await self._drain(session)
             return self._session_ended(session)
         except asyncio.CancelledError:
-            if client.is_connected():
-                await self._say_offline(client)
+            if mqtt.connected:
+                await self._say_offline(mqtt)
             raise
         finally:
             self._session = None
-            client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
+            watch.cancel()
+            await mqtt.close()
+            await asyncio.wait([watch], timeout=1.0)
 
-    def _publish_statuses(self, client: Client) -> None:
+    def _publish_statuses(self, mqtt: MqttSession) -> None:
         gid = self.settings.gateway_id
-        client.publish(self.topics.gateway_status(gid), self.gateway_status().to_bytes(), qos=1, retain=True)
+        _status_publish(mqtt, self.topics.gateway_status(gid), self.gateway_status().to_bytes())
         for status in self._devices.values():
-            client.publish(self.topics.device_status(gid, status.device_id), status.to_bytes(), qos=1, retain=True)
+            _status_publish(mqtt, self.topics.device_status(gid, status.device_id), status.to_bytes())
 
-    async def _say_offline(self, client: Client) -> None:
-        info = client.publish(self.topics.gateway_status(self.settings.gateway_id),
-                              self.gateway_status(online=False).to_bytes(), qos=1, retain=True)
+    async def _say_offline(self, mqtt: MqttSession) -> None:
+        acked = mqtt.publish(self.topics.gateway_status(self.settings.gateway_id),
+                             self.gateway_status(online=False).to_bytes(), qos=1, retain=True)
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(STOP_TIMEOUT_S + 1):
-                await asyncio.to_thread(info.wait_for_publish, STOP_TIMEOUT_S)
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await acked
 
     async def _drain(self, s: _Session) -> None:
         """Publish rows in id order with at most ``window`` in flight (republished rows first);
@@ -387,17 +398,16 @@ class Publisher:
         cursor = 0
         status_every = self.settings.status_interval_s
         next_status = self._clock.monotonic() + status_every
-        again: set[int] = set()  # message ids of republished rows
+        again: set[int] = set()  # publish numbers of republished rows
         while True:
             room = self._window - len(s.inflight)
             while room > 0 and self._republish:
                 row = self._republish.popleft()
-                info = s.client.publish(self.topics.reading(gid, row.device_id), _payload(row, True), qos=1)
-                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                number = self._send(s, self.topics.reading(gid, row.device_id), row, _payload(row, True))
+                if number is None:
                     self._republish.appendleft(row)
                     return
-                s.inflight[info.mid] = row
-                again.add(info.mid)
+                again.add(number)
                 room -= 1
             if room > 0:
                 for row in self.buffer.pending(cursor, room):
@@ -407,10 +417,8 @@ class Publisher:
                     replayed = row.id <= replay_upto
                     topic = (self.topics.reading(gid, row.device_id) if row.kind is RowKind.READING
                              else self.topics.ecg(gid, row.device_id))
-                    info = s.client.publish(topic, _payload(row, replayed), qos=1)
-                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    if self._send(s, topic, row, _payload(row, replayed)) is None:
                         return  # the connection is going; the rows stay buffered
-                    s.inflight[info.mid] = row
                     self.counters.published += 1
                     self.counters.replayed += replayed
             wait = max(0.0, next_status - self._clock.monotonic())
@@ -429,7 +437,7 @@ class Publisher:
             for ev in batch:
                 if ev.name == "puback":
                     if ev.mid not in s.inflight:
-                        continue  # a retained status publish
+                        continue
                     row = s.inflight.pop(ev.mid)
                     republished = ev.mid in again
                     again.discard(ev.mid)
@@ -452,8 +460,7 @@ class Publisher:
                 return
             if self._clock.monotonic() >= next_status:
                 next_status = self._clock.monotonic() + status_every
-                s.client.publish(self.topics.gateway_status(gid), self.gateway_status().to_bytes(),
-                                 qos=1, retain=True)
+                _status_publish(s.mqtt, self.topics.gateway_status(gid), self.gateway_status().to_bytes())
 
     def _record_acks(self, acked: list[int]) -> None:
         """Tell the buffer what the broker has. If it cannot write (disk full), the ids wait here
@@ -526,6 +533,16 @@ class Publisher:
         except asyncio.QueueFull:
             self.counters.commands_dropped += 1
             log.warning("command queue full; dropped a %s command", cmd.cmd)
+
+
+def _status_publish(mqtt: MqttSession, topic: str, payload: bytes) -> None:
+    """A retained status at QoS 1; nobody waits for its PUBACK (a lost one is sent again with
+    the next connection's statuses)."""
+    mqtt.publish(topic, payload, qos=1, retain=True).add_done_callback(_ignored)
+
+
+def _ignored(fut: asyncio.Future[None]) -> None:
+    fut.exception()  # retrieved: a status whose session ended is not an error
 
 
 _LIVE: Final = b'"replayed":false'

@@ -1,7 +1,7 @@
 """The MQTT consumer: at-least-once from the broker, exactly-once into the store.
 
-paho-mqtt runs its network loop in its own thread; its callbacks only enqueue onto a bounded
-asyncio queue. :meth:`Consumer.run` drains the queue in batches, validates each message with
+One :class:`vitalgate.mqtt_session.MqttSession` (paho-mqtt's thread fills its bounded inbound
+queue, waiting for room when it is full). :meth:`Consumer.run` drains the queue in batches, validates each message with
 :mod:`vitalgate.contract`, commits the whole batch in ONE SQLite transaction (group commit) and
 only then acknowledges the batch's messages to the broker (manual ack, QoS 1). A crash before
 the commit leaves the messages unacknowledged in the broker's persistent session (fixed client
@@ -31,20 +31,12 @@ No message can stop ingestion (poison-message isolation):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
-import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ingest import store
 from ingest.db import Conn, Database, DatabaseError, IntegrityError, OperationalError, dead_letters
@@ -63,7 +55,15 @@ from vitalgate.contract import (
     decode,
     decode_readings,
 )
-from vitalgate.mqtt_session import MqttOptions, broker_label, make_client
+from vitalgate.mqtt_session import (
+    Link,
+    Message,
+    MqttError,
+    MqttOptions,
+    MqttRefused,
+    MqttSession,
+    broker_label,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,47 +81,15 @@ RECONNECT: Final = Backoff(initial_s=1.0, factor=2.0, max_s=10.0, jitter=0.0)
 RECEIVE_MAXIMUM: Final = 1000
 #: committed batches that may wait for scoring while the next batch commits.
 POST_QUEUE: Final = 4
-#: while the queue is full, paho's network thread waits in ``on_message`` (backpressure: it
-#: reads nothing more from the socket, so the broker keeps the rest queued) and looks this
-#: often (s) whether the consumer is stopping.
-BACKPRESSURE_POLL_S: Final = 0.2
 #: keys of messages taken but not yet committed, at most (only QoS 0 ones can linger).
 UNCOMMITTED_MAX: Final = 100_000
 #: redelivery counts of messages not seen again for this long are dropped (ms).
 DELIVERIES_KEPT_MS: Final = 7 * 24 * 3600 * 1000
 
 
-async def _in_own_thread(fn: Callable[[], None], *, name: str) -> None:
-    """``fn()`` in a thread of its own. Not the loop's default executor: at shutdown its few
-    workers (cpu count + 4) can all be busy with store calls of tasks just cancelled, and the
-    MQTT disconnect would queue behind them."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def settle(exc: BaseException | None) -> None:
-        if done.done():
-            return
-        if exc is None:
-            done.set_result(None)
-        else:
-            done.set_exception(exc)
-
-    def body() -> None:
-        outcome: BaseException | None = None
-        try:
-            fn()
-        except BaseException as exc:  # handed to the awaiting task, never lost in the thread
-            outcome = exc
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-            loop.call_soon_threadsafe(settle, outcome)
-
-    threading.Thread(target=body, name=name, daemon=True).start()
-    await done
-
-
 @dataclass(frozen=True, slots=True)
 class Inbound:
-    """One MQTT message as paho delivered it, stamped on arrival."""
+    """One MQTT message as the session delivered it, stamped on arrival."""
 
     topic: str
     payload: bytes
@@ -135,23 +103,6 @@ class Inbound:
     def key(self) -> tuple[str, str]:
         """The message's identity for the crash-loop detector: topic and payload digest."""
         return self.topic, dead_letters.digest(self.payload)
-
-
-class Handoff(asyncio.Queue[Inbound]):
-    """The queue between paho's thread and the consumer, bounded by ``slots``: paho's thread
-    takes a slot before it hands a message over (waiting while none is free) and every
-    ``get`` gives one back. The asyncio side itself never refuses an item, so a message paho
-    delivered is never dropped, and the hand-over costs paho's thread no round trip through
-    the event loop while there is room."""
-
-    def __init__(self, maxsize: int) -> None:
-        super().__init__()  # unbounded here: the slots bound it
-        self.slots = threading.Semaphore(maxsize)
-
-    def _get(self) -> Inbound:  # asyncio.Queue's hook under get() / get_nowait()
-        item: Inbound = super()._get()
-        self.slots.release()
-        return item
 
 
 #: the default skew (ms) a message's event time may be ahead of processing time.
@@ -288,7 +239,7 @@ AfterCommit = Callable[[store.CommitResult], Awaitable[None]]
 
 
 class Consumer:
-    """Owns the paho client; :meth:`run` consumes until cancelled."""
+    """Owns the MQTT session; :meth:`run` consumes until cancelled."""
 
     def __init__(
         self,
@@ -309,22 +260,19 @@ class Consumer:
         self.in_commit: Callable[[Conn, store.CommitResult], None] | None = None
         self._clock = clock
         self._reasons = ReasonLog(clock)
-        self._queue = Handoff(settings.queue_max)
+        #: the session of the running :meth:`run` (None between runs)
+        self._session: MqttSession | None = None
         #: committed batches waiting for the after-commit stage (bounded: backpressure)
         self._post: asyncio.Queue[store.CommitResult] = asyncio.Queue(POST_QUEUE)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._generation = 0
         self.connected = False
         self.newest_received = 0  #: arrival time of the newest committed message (epoch ms)
         self.committed_batches = 0
-        #: set while stopping: a network thread waiting for queue room gives up (not acked:
-        #: the broker redelivers on the next session)
-        self._closing = threading.Event()
         #: times paho's thread had to wait for queue room (backpressure engaged)
         self.backpressure_waits = 0
         #: successful connections (1 = the first; more = reconnects)
         self.connects = 0
-        self._started = False
+        #: own publishes that could not be sent (no session) or were never acknowledged
+        self.publishes_lost = 0
         #: (topic, digest) of messages taken in a batch that has not committed yet
         self._uncommitted: set[tuple[str, str]] = set()
         self._future_ms = int(settings.max_future_skew_s * 1000)
@@ -333,139 +281,121 @@ class Consumer:
             max_rows=settings.dead_letters_max_rows, max_bytes=settings.dead_letters_max_bytes)
         self._ecg_limits = store.EcgLimits(max_chunks=settings.ecg_max_chunks,
                                            max_samples=settings.ecg_max_samples)
-        self.client = self._make_client()
 
-    # ----------------------------------------------------------------------------- paho side
+    # ----------------------------------------------------------------------------- MQTT side
 
-    def _make_client(self) -> mqtt.Client:
+    def _options(self) -> MqttOptions:
         s = self.settings
         # a persistent session acknowledged by hand after each commit; paho reconnects by
         # itself. Explicit settings beat the credentials in mqtt_url (as the gateway does)
         broker = dataclasses.replace(
             s.broker, tls=s.mqtt_tls, username=s.mqtt_username or s.broker.username,
             password=s.mqtt_password if s.mqtt_password is not None else s.broker.password)
-        client = make_client(MqttOptions(
-            broker, s.client_id, protocol=s.mqtt_protocol, clean=False, max_inflight=100,
-            manual_ack=True, reconnect=RECONNECT, ca=s.mqtt_ca))
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_connect_fail = self._on_connect_fail
-        return client
+        return MqttOptions(broker, s.client_id, protocol=s.mqtt_protocol, clean=False,
+                           max_inflight=100, manual_ack=True, reconnect=RECONNECT, ca=s.mqtt_ca,
+                           session_expiry_s=s.mqtt_session_expiry_s, receive_maximum=RECEIVE_MAXIMUM)
 
     # process issue: say at WARNING (once per outage) why ingest cannot reach its broker
     _connect_failures = 0
 
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+    def _unreachable(self, why: str) -> None:
         self._connect_failures += 1
-        s = self.settings
         (log.warning if self._connect_failures == 1 else log.debug)(
-            "MQTT broker %s not reachable (attempt %d); retrying every %.0f-%.0f s in the background",
-            broker_label(s.broker), self._connect_failures, RECONNECT.initial_s, RECONNECT.max_s)
+            "MQTT broker %s not reachable (attempt %d: %s); retrying every %.0f-%.0f s in the "
+            "background", broker_label(self.settings.broker), self._connect_failures, why,
+            RECONNECT.initial_s, RECONNECT.max_s)
 
     def subscriptions(self) -> list[str]:
         subs = self.topics.gateway_subscriptions()
         group = self.settings.shared_group
         return [f"$share/{group}/{t}" for t in subs] if group else subs
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
-                    reason: ReasonCode, properties: Properties | None) -> None:
-        if reason.is_failure:
-            log.warning("MQTT connection refused: %s", reason)
-            return
-        self._generation += 1
-        self.connects += 1
-        self.connected = True
-        self._metrics.mqtt_connected.set(1)
-        self._connect_failures = 0
-        # host:port only: mqtt_url may carry a password
-        log.info("MQTT connected to %s (session present: %s)",
-                 broker_label(self.settings.broker), flags.session_present)
-        if self.settings.mqtt_protocol == "5":
-            client.subscribe([(t, SubscribeOptions(qos=QOS)) for t in self.subscriptions()])
+    def _on_link(self, link: Link) -> None:
+        """A connection of the session came up or went (the loop's thread)."""
+        if link.event == "up":
+            self.connects += 1
+            self.connected = True
+            self._metrics.mqtt_connected.set(1)
+            self._connect_failures = 0
+            # host:port only: mqtt_url may carry a password
+            log.info("MQTT connected to %s (session present: %s)",
+                     broker_label(self.settings.broker), link.session_present)
+        elif link.event == "down":
+            self.connected = False
+            self._metrics.mqtt_connected.set(0)
+            log.info("MQTT disconnected (%s); reconnecting in the background", link.detail)
         else:
-            client.subscribe([(t, QOS) for t in self.subscriptions()])
+            self._unreachable(link.detail)
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
-                       reason: ReasonCode, properties: Properties | None) -> None:
-        self.connected = False
-        self._metrics.mqtt_connected.set(0)
-        log.info("MQTT disconnected (%s); reconnecting in the background", reason)
+    def _on_wait(self) -> None:
+        """paho's thread starts waiting for queue room (backpressure): count it."""
+        self.backpressure_waits += 1
+        self._metrics.queue_full.inc()
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        """Hand a message to the asyncio side, waiting while its queue is full: every message
-        paho delivered is taken, and while paho's thread waits it reads nothing more from the
-        broker, which keeps the rest (backpressure instead of drops)."""
-        loop = self._loop
-        if loop is None or loop.is_closed() or self._closing.is_set():
-            return  # not acknowledged: redelivered on the next session
-        item = Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._clock(),
-                       self._generation, bool(msg.dup))
-        slots = self._queue.slots
-        if not slots.acquire(blocking=False):
-            self.backpressure_waits += 1
-            self._metrics.queue_full.inc()
-            while not slots.acquire(timeout=BACKPRESSURE_POLL_S):
-                if self._closing.is_set() or loop.is_closed():
-                    return  # not acknowledged: redelivered on the next session
-        try:
-            loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the loop closed meanwhile: not acknowledged, redelivered
-            slots.release()
-
-    def start(self) -> None:
-        """Connect in the background (retrying while the broker is down)."""
-        self._loop = asyncio.get_running_loop()
-        self._closing.clear()
-        if self._started:
-            # a restart (after a store failure): a fresh client, as paho's loop_start on a
-            # stopped client leaks its wake-up socket pair
-            self.client = self._make_client()
-        self._started = True
+    async def _connect(self) -> MqttSession:
+        """The session, connected and subscribed. Until the broker first answers, the
+        attempts back off here on paho's schedule; afterwards paho reconnects by itself."""
         s = self.settings
-        if s.mqtt_protocol == "5":
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = s.mqtt_session_expiry_s
-            props.ReceiveMaximum = RECEIVE_MAXIMUM
-            self.client.connect_async(s.mqtt_host, s.mqtt_port, s.mqtt_keepalive_s,
-                                      clean_start=False, properties=props)
-        else:
-            self.client.connect_async(s.mqtt_host, s.mqtt_port, s.mqtt_keepalive_s)
-        self.client.loop_start()
+        attempt = 0
+        while True:
+            session = MqttSession(self._options(), subscriptions=self.subscriptions(),
+                                  inbound_max=s.queue_max, keepalive_s=s.mqtt_keepalive_s,
+                                  on_link=self._on_link, on_wait=self._on_wait)
+            self._session = session  # a publish meanwhile waits in paho for the CONNACK
+            try:
+                return await session.__aenter__()
+            except MqttRefused as exc:
+                log.warning("MQTT connection refused: %s", exc)
+            except MqttError as exc:
+                self._unreachable(str(exc))
+            finally:
+                if session.ended is not None or not session.connects:
+                    self._session = None
+            await asyncio.sleep(RECONNECT.delay(attempt))
+            attempt += 1
 
-    def stop(self) -> None:
-        self._closing.set()
-        self.client.disconnect()
-        self.client.loop_stop()
-        # paho 2.x's loop_start() makes a new wake-up socket pair without closing the previous
-        # one: close it here, or every restart of the consumer task leaks two sockets
-        self.client._reset_sockets(sockpair_only=True)
+    def _disconnected(self) -> None:
+        self._session = None
         self.connected = False
         self._metrics.mqtt_connected.set(0)
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = True) -> None:
-        """Publish QoS 1 (paho queues it while disconnected)."""
-        self.client.publish(topic, payload, qos=QOS, retain=retain)
+        """Publish QoS 1 (paho keeps it while the session reconnects); without a session it
+        is counted in ``publishes_lost`` and logged at DEBUG."""
+        session = self._session
+        if session is None:
+            self.publishes_lost += 1
+            log.debug("no MQTT session: %s not published", topic)
+            return
+        session.publish(topic, payload, qos=QOS, retain=retain).add_done_callback(self._published)
+
+    def _published(self, done: asyncio.Future[None]) -> None:
+        exc = done.exception()
+        if exc is not None:
+            self.publishes_lost += 1
+            log.debug("publish not acknowledged: %s", exc)
 
     # ---------------------------------------------------------------------------- async side
 
     async def run(self) -> None:
-        """Connect and consume until cancelled; then disconnect.
+        """Connect and consume until cancelled; then disconnect (in a thread of its own; a
+        network thread waiting for queue room lets go, and what was not acknowledged is
+        redelivered to the next session).
 
         Two stages: collect → commit → ack, and (in order, overlapping the next commit) the
         after-commit work (EWS scoring and publishing)."""
-        self.start()
+        session = await self._connect()
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._ingest_loop())
+                tg.create_task(self._ingest_loop(session))
                 tg.create_task(self._post_loop())
         finally:
-            self._closing.set()  # before awaiting: a network thread waiting for room lets go
-            await _in_own_thread(self.stop, name="mqtt-consumer-stop")
+            self._disconnected()
+            await session.close()
 
-    async def _ingest_loop(self) -> None:
+    async def _ingest_loop(self, session: MqttSession) -> None:
         while True:
-            batch = await self._collect()
+            batch = await self._collect(session)
             result = await self.commit(batch)
             await self._post.put(result)
 
@@ -475,24 +405,27 @@ class Consumer:
             if self._after_commit is not None:
                 await self._after_commit(result)
 
-    async def _collect(self) -> list[Inbound]:
+    async def _collect(self, session: MqttSession) -> list[Inbound]:
         loop = asyncio.get_running_loop()
-        batch = [await self._queue.get()]
+        batch = [self._inbound(await session.receive())]
         deadline = loop.time() + self.settings.batch_window_ms / 1000
         while len(batch) < self.settings.batch_max:
-            try:
-                batch.append(self._queue.get_nowait())
+            ready = session.receive_nowait()
+            if ready is not None:
+                batch.append(self._inbound(ready))
                 continue
-            except asyncio.QueueEmpty:
-                pass
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), min(remaining, IDLE_GAP_S)))
+                message = await asyncio.wait_for(session.receive(), min(remaining, IDLE_GAP_S))
             except TimeoutError:
                 break
+            batch.append(self._inbound(message))
         return batch
+
+    def _inbound(self, m: Message) -> Inbound:
+        return Inbound(m.topic, m.payload, m.mid, m.qos, self._clock(), m.generation, m.dup)
 
     async def process(self, batch: Sequence[Inbound]) -> store.CommitResult:
         """Validate, commit, acknowledge, then the after-commit work (one stage after another)."""
@@ -543,10 +476,10 @@ class Consumer:
             result = await self._db.write(
                 lambda conn: self._commit_isolated(conn, batch, looped, suspects, parts))
         self._uncommitted.difference_update(keys)
-        generation = self._generation
-        for msg in batch:
-            if msg.qos > 0 and msg.generation == generation:
-                self.client.ack(msg.mid, msg.qos)
+        session = self._session
+        if session is not None:  # only on the connection a message came on (see ack)
+            for msg in batch:
+                session.ack(msg)
         self._account(batch, result)
         return result
 
@@ -653,7 +586,7 @@ class Consumer:
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return self._session.queued if self._session is not None else 0
 
 
 def _split(items: Sequence[store.Item]) -> list[store.Item]:

@@ -1,13 +1,17 @@
-"""Small paho-mqtt (2.x) helpers for the simulators: publish like a gateway, or subscribe.
+"""Small MQTT helpers for the simulators: publish like a gateway, or subscribe.
 
+Each is one :class:`vitalgate.mqtt_session.MqttSession` served by a thread of its own
+(:class:`~vitalgate.mqtt_session.SessionThread`): the simulators call them from plain code.
 :class:`GatewayPublisher` behaves as a gateway on the wire (vitalgate.contract): retained
 gateway status with a retained last will ``{"v":1,"online":false}``, retained device statuses,
-readings at QoS 1 — from one client. Paho's callbacks only count acknowledgements; a publisher
-that gets ``max_unacked`` messages ahead of the broker's PUBACKs waits (bounded memory).
+readings at QoS 1 — from one client. Each publish's PUBACK future only counts the
+acknowledgement; a publisher that gets ``max_unacked`` messages ahead of the broker's PUBACKs
+waits (bounded memory).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -15,8 +19,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
-
-import paho.mqtt.client as mqtt
 
 from vitalgate.backoff import Backoff
 from vitalgate.clock import epoch_ms
@@ -30,7 +32,7 @@ from vitalgate.contract import (
     Topics,
     encode_readings,
 )
-from vitalgate.mqtt_session import MqttError, MqttOptions, connect_blocking, make_client
+from vitalgate.mqtt_session import Link, Message, MqttError, MqttOptions, SessionThread, Will
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +55,23 @@ def parse_url(url: str) -> tuple[str, int]:
 
 
 class _ToolClient:
-    """One paho client of a simulator tool: a clean 3.1.1 session to ``url``
-    (mqtt://[user:password@]host:port; the credentials are used, never shown), connected from
-    a plain thread; paho reconnects by itself as a simulated gateway would."""
+    """One MQTT session of a simulator tool: a clean 3.1.1 session to ``url``
+    (mqtt://[user:password@]host:port; the credentials are used, never shown), in a thread of
+    its own; paho reconnects by itself as a simulated gateway would."""
 
-    def __init__(self, url: str, client_id: str) -> None:
+    def __init__(self, url: str, client_id: str, **session: Any) -> None:
         parse_url(url)  # plain mqtt:// only
         self.url = url
-        self._connected = threading.Event()
-        self._options = MqttOptions(BrokerAddress.parse(url), client_id, max_inflight=MAX_INFLIGHT,
-                                    reconnect=RECONNECT)
-        self._client = make_client(self._options)
+        self._session = SessionThread(
+            MqttOptions(BrokerAddress.parse(url), client_id, max_inflight=MAX_INFLIGHT,
+                        reconnect=RECONNECT),
+            connect_timeout_s=CONNECT_TIMEOUT_S, **session)
 
     def _connect(self) -> None:
-        connect_blocking(self._client, self._options, self._connected, timeout_s=CONNECT_TIMEOUT_S)
+        self._session.start()
 
     def _disconnect(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._session.stop()
 
 
 class GatewayPublisher(_ToolClient):
@@ -84,39 +85,33 @@ class GatewayPublisher(_ToolClient):
         version: str = "vitalgate-simulator",
         max_unacked: int = MAX_UNACKED,
     ) -> None:
-        super().__init__(url, f"{gateway_id}-sim-{epoch_ms() % 10**9}")
+        topics = Topics(prefix)
+        will = Will(topics.gateway_status(gateway_id),
+                    GatewayStatus(online=False, gateway_id=gateway_id).to_bytes(), qos=QOS, retain=True)
+        super().__init__(url, f"{gateway_id}-sim-{epoch_ms() % 10**9}", will=will,
+                         on_link=self._on_link)
         self.gateway_id = gateway_id
-        self.topics = Topics(prefix)
+        self.topics = topics
         self.version = version
         self.max_unacked = max_unacked
-        self.published = 0  # messages handed to paho
+        self.published = 0  # messages handed to the session
         self.readings = 0  # readings inside them
         self.acked = 0
         self._cond = threading.Condition()
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_publish = self._on_publish  # type: ignore[assignment, unused-ignore]
-        self._client.will_set(
-            self.topics.gateway_status(gateway_id),
-            GatewayStatus(online=False, gateway_id=gateway_id).to_bytes(),
-            qos=QOS,
-            retain=True,
-        )
 
-    # paho callbacks (network thread): set an event or count, nothing else.
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        if not rc.is_failure:
-            self._connected.set()
+    @property
+    def _connected(self) -> bool:
+        return self._session.connected
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any = None, rc: Any = None,
-                       props: Any = None) -> None:
-        self._connected.clear()
+    # the session's thread: count or notify, nothing else
+    def _on_link(self, link: Link) -> None:
         with self._cond:  # a flush waiting for acks that cannot come now returns at once
             self._cond.notify_all()
 
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any = None) -> None:
+    def _on_ack(self, done: concurrent.futures.Future[None]) -> None:
         with self._cond:
-            self.acked += 1
+            if done.exception() is None:
+                self.acked += 1
             self._cond.notify_all()
 
     def connect(self) -> GatewayPublisher:
@@ -128,10 +123,8 @@ class GatewayPublisher(_ToolClient):
             while self.published - self.acked >= self.max_unacked:
                 if not self._cond.wait(CONNECT_TIMEOUT_S):
                     raise MqttError(f"broker {redact_url(self.url)} stopped acknowledging publishes")
-        info = self._client.publish(topic, payload, qos=QOS, retain=retain)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
-            raise MqttError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
-        self.published += 1
+            self.published += 1
+        self._session.publish(topic, payload, qos=QOS, retain=retain).add_done_callback(self._on_ack)
 
     def gateway_status(self, online: bool, devices: int | None = None, ts: int | None = None) -> None:
         status = GatewayStatus(
@@ -159,7 +152,7 @@ class GatewayPublisher(_ToolClient):
         with self._cond:
             while self.acked < self.published:
                 left = deadline - time.monotonic()
-                if left <= 0 or not self._connected.is_set():
+                if left <= 0 or not self._connected:
                     return False  # out of time, or no broker to acknowledge anything
                 self._cond.wait(left)
         return True
@@ -168,12 +161,12 @@ class GatewayPublisher(_ToolClient):
         """Publish the offline status (a clean shutdown), wait for acks while connected,
         disconnect. Messages the broker never acknowledged are counted in a WARNING."""
         try:
-            if offline and self._connected.is_set():
+            if offline and self._connected:
                 self.gateway_status(False)
             if not self.flush(timeout):
                 log.warning("closing with %d of %d published messages not acknowledged by the "
                             "broker (%s)", self.published - self.acked, self.published,
-                            "connection lost" if not self._connected.is_set() else "timed out")
+                            "connection lost" if not self._connected else "timed out")
         finally:
             self._disconnect()
 
@@ -190,25 +183,14 @@ class Subscriber(_ToolClient):
     """Subscribes to topics at QoS 1 and queues what arrives (bounded; overflow is counted)."""
 
     def __init__(self, url: str, topics: Iterable[str], maxsize: int = 100_000) -> None:
-        super().__init__(url, f"vitalgate-rec-{epoch_ms() % 10**9}")
         self.topics = list(topics)
+        super().__init__(url, f"vitalgate-rec-{epoch_ms() % 10**9}", subscriptions=self.topics,
+                         on_message=self._on_message)
         self.queue: queue.Queue[Received] = queue.Queue(maxsize)
         self.overflow = 0
-        self._subscribed = threading.Event()
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        if not rc.is_failure:
-            client.subscribe([(t, QOS) for t in self.topics])
-            self._connected.set()
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
-        self._subscribed.set()
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        item = Received(msg.topic, bytes(msg.payload), bool(msg.retain), epoch_ms())
+    def _on_message(self, msg: Message) -> None:
+        item = Received(msg.topic, msg.payload, msg.retain, epoch_ms())
         try:
             self.queue.put_nowait(item)
         except queue.Full:
@@ -217,9 +199,6 @@ class Subscriber(_ToolClient):
     def connect(self) -> Subscriber:
         """Connect and return once the broker acknowledged the subscriptions."""
         self._connect()
-        if not self._subscribed.wait(CONNECT_TIMEOUT_S):
-            self.close()
-            raise MqttError(f"no SUBACK from {redact_url(self.url)} within {CONNECT_TIMEOUT_S}s")
         return self
 
     def close(self) -> None:

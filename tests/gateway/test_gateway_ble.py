@@ -236,13 +236,13 @@ async def test_ecg_and_sync_commands(mosquitto: Mosquitto, tmp_path: Path) -> No
         await env.probe.until(lambda: env.gateway.manager.watches[d].state == "connected", what="connected")
         await asyncio.sleep(0.3)  # the gateway's cmd SUBACK
         topic = env.gateway.publisher.topics.cmd("ward3")
-        env.probe._client.publish(topic, b'{"v":1,"cmd":"ecg","device_id":"%s","seconds":3}' % d.encode(), qos=1)
+        env.probe.publish(topic, b'{"v":1,"cmd":"ecg","device_id":"%s","seconds":3}' % d.encode(), qos=1)
         await env.probe.until(lambda: any(c.last for c in env.probe.ecg(d)), what="last ECG chunk")
         frames_after = watch.stats.ecg_frames
         session = env.gateway.manager.watches[d].session
         assert session is not None
         syncs = session.counters.history_syncs
-        env.probe._client.publish(topic, b'{"v":1,"cmd":"sync","device_id":"%s"}' % d.encode(), qos=1)
+        env.probe.publish(topic, b'{"v":1,"cmd":"sync","device_id":"%s"}' % d.encode(), qos=1)
         await env.probe.until(lambda: session.counters.history_syncs > syncs, what="sync on command")
         await asyncio.sleep(0.5)  # 30 simulated seconds: a running ECG would have sent frames
         assert watch.stats.ecg_frames == frames_after  # stopped after the recording

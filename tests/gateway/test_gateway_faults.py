@@ -90,7 +90,7 @@ async def test_republish_over_mqtt_resends_the_range_from_the_buffer(mosquitto: 
         assert {r.stream for r in env.readings(d)} == {stream}
         before = len(env.readings(d))
         topic = gw.publisher.topics.cmd("ward3")
-        probe._client.publish(topic, b'{"v":1,"cmd":"republish","device_id":"%s","stream":"%s","from_seq":3,'
+        probe.publish(topic, b'{"v":1,"cmd":"republish","device_id":"%s","stream":"%s","from_seq":3,'
                               b'"to_seq":12}' % (d.encode(), stream.encode()), qos=1)
         await _until(lambda: gw.publisher.counters.republished >= 10, what="10 republished")
     again = [r for r in env.readings(d)[before:] if r.replayed and 3 <= r.seq <= 12]

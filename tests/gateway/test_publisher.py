@@ -143,9 +143,9 @@ async def test_commands_are_validated_and_bad_ones_counted(
         await probe.until(lambda: pub.connected, what="connected")
         await asyncio.sleep(0.2)  # SUBACK
         topic = pub.topics.cmd("ward3-bed12")
-        probe._client.publish(topic, b'{"v":1,"cmd":"reboot","device_id":"d061aed45894"}', qos=1)
-        probe._client.publish(topic, b"not json", qos=1)
-        probe._client.publish(topic, b'{"v":1,"cmd":"ecg","device_id":"d061aed45894","seconds":5}', qos=1)
+        probe.publish(topic, b'{"v":1,"cmd":"reboot","device_id":"d061aed45894"}', qos=1)
+        probe.publish(topic, b"not json", qos=1)
+        probe.publish(topic, b'{"v":1,"cmd":"ecg","device_id":"d061aed45894","seconds":5}', qos=1)
         cmd = await asyncio.wait_for(anext(pub.commands()), 10)
     assert (cmd.cmd, cmd.device_id, cmd.seconds) == ("ecg", DEV, 5)
     assert pub.counters.commands_rejected == 2
@@ -272,10 +272,10 @@ def test_a_broker_that_says_session_taken_over_starts_an_episode_at_once(tmp_pat
 
     st_ = GatewaySettings(gateway_id="gw", data_dir=tmp_path)
     pub = Publisher(st_, Buffer(":memory:"))
-    ended = [_Session(client=None, events=asyncio.Queue(), up_since=_time.monotonic(),  # type: ignore[arg-type]
+    ended = [_Session(mqtt=None, events=asyncio.Queue(), up_since=_time.monotonic(),  # type: ignore[arg-type]
                       ended=_Event("disconnected", code=code)) for code in (0x8E, 0x8E, 0x80)]
     assert [pub._session_ended(s)[0] for s in ended] == ["takeover", "takeover", "takeover"]
     assert pub.counters.takeovers == 3 and pub.counters.disconnects == 3
-    long_ago = _Session(client=None, events=asyncio.Queue(), up_since=_time.monotonic() - 120,  # type: ignore[arg-type]
+    long_ago = _Session(mqtt=None, events=asyncio.Queue(), up_since=_time.monotonic() - 120,  # type: ignore[arg-type]
                         ended=_Event("disconnected", code=0x80))
     assert pub._session_ended(long_ago)[0] == "lost"  # a stable minute ended the episode

@@ -10,7 +10,8 @@ import threading
 
 import pytest
 
-from ingest import consumer, service
+from ingest import service
+from vitalgate.mqtt_session import in_own_thread
 
 
 async def test_a_task_that_ignores_its_cancellation_is_named_and_left_behind(
@@ -48,7 +49,7 @@ async def test_the_mqtt_stop_runs_while_the_default_executor_is_full() -> None:
     blockers = [loop.run_in_executor(None, gate.wait) for _ in range(64)]  # > any pool size
     ran = threading.Event()
     try:
-        await asyncio.wait_for(consumer._in_own_thread(ran.set, name="test-stop"), 5)
+        await asyncio.wait_for(in_own_thread(ran.set, name="test-stop"), 5)
         assert ran.is_set()
     finally:
         gate.set()
@@ -60,4 +61,4 @@ async def test_an_error_in_the_own_thread_reaches_the_awaiting_task() -> None:
         raise OSError("socket already closed")
 
     with pytest.raises(OSError, match="socket already closed"):
-        await consumer._in_own_thread(fail, name="test-stop")
+        await in_own_thread(fail, name="test-stop")

@@ -1,21 +1,20 @@
 """A paho subscriber that collects what gateways publish, validated with the contract.
 
 A test tool (tests/support: not installed): used by the gateway tests and benchmark.
-Persistent session (clean_session=False, QoS 1) so a broker restart loses nothing for it.
+Persistent session (clean_session=False, QoS 1) so a broker restart loses nothing for it; an
+:class:`vitalgate.mqtt_session.MqttSession` served by a thread of its own (the tests call it
+from plain code).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-from paho.mqtt.client import Client, ConnectFlags, MQTTMessage
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from vitalgate.backoff import Backoff
 from vitalgate.config import BrokerAddress
@@ -29,7 +28,7 @@ from vitalgate.contract import (
     decode,
     decode_readings,
 )
-from vitalgate.mqtt_session import MqttError, MqttOptions, connect_blocking, make_client
+from vitalgate.mqtt_session import Message, MqttError, MqttOptions, SessionThread
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,47 +46,48 @@ class Probe:
         self.received: list[Received] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
-        self._subscribed = threading.Event()
         # a persistent session; paho reconnects every second (a test restarts its broker)
         self._options = MqttOptions(BrokerAddress(host, port, tls=False), client_id, clean=False,
                                     reconnect=Backoff(initial_s=1.0, factor=1.0, max_s=1.0, jitter=0.0))
-        self._client = make_client(self._options)
-        self._client.on_connect = self._on_connect
-        self._client.on_message = self._on_message
+        self._session: SessionThread | None = None
 
-    def _on_connect(self, c: Client, u: Any, f: ConnectFlags, rc: ReasonCode, p: Properties | None) -> None:
-        c.subscribe(f"{self.topics.prefix}/#", qos=1)
-        self._subscribed.set()
-
-    def _on_message(self, c: Client, u: Any, msg: MQTTMessage) -> None:
+    def _on_message(self, msg: Message) -> None:
         now = time.time()
         try:
             topic = self.topics.parse(msg.topic)
             if topic.kind is Kind.READING:
-                batch = decode_readings(bytes(msg.payload))
+                batch = decode_readings(msg.payload)
                 if batch.errors:
                     raise batch.errors[0]
                 items: list[Any] = list(batch.readings)
             else:
-                items = [decode(topic.kind, bytes(msg.payload))]
+                items = [decode(topic.kind, msg.payload)]
         except ContractError as exc:
             with self._lock:
                 self.errors.append(f"{msg.topic}: {exc}")
             return
         with self._lock:
-            self.received.extend(Received(msg.topic, topic.kind, m, now, bool(msg.retain)) for m in items)
+            self.received.extend(Received(msg.topic, topic.kind, m, now, msg.retain) for m in items)
 
     def start(self, timeout: float = 10.0) -> Probe:
+        """Connect and return once the broker acknowledged the subscription."""
+        self._session = SessionThread(self._options, subscriptions=[f"{self.topics.prefix}/#"],
+                                      keepalive_s=10, connect_timeout_s=timeout,
+                                      on_message=self._on_message)
         try:
-            connect_blocking(self._client, self._options, self._subscribed, keepalive_s=10, timeout_s=timeout)
+            self._session.start()
         except MqttError as exc:
             raise TimeoutError(f"probe did not connect: {exc}") from None
-        time.sleep(0.2)  # let the SUBACK arrive
         return self
 
     def stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        if self._session is not None:
+            self._session.stop()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> concurrent.futures.Future[None]:
+        """Publish as the probe (a test's command to a gateway); done on the PUBACK."""
+        assert self._session is not None, "not started"
+        return self._session.publish(topic, payload, qos=qos)
 
     def snapshot(self) -> list[Received]:
         with self._lock:
