@@ -21,14 +21,10 @@ started adopts nothing for as many rounds (whoever expired may be restarting alo
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
+from typing import Final
 
 from ingest import store
 from ingest.consumer import Consumer
@@ -37,6 +33,7 @@ from ingest.db.leases import Round
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
 from vitalgate.clock import epoch_ms
+from vitalgate.mqtt_session import Link, MqttOptions
 
 log = logging.getLogger(__name__)
 
@@ -69,22 +66,20 @@ class Adopted(Consumer):
         self.lost = asyncio.Event()
         #: called on the event loop when the connection is lost (the adopter ends the task)
         self.on_lost: Callable[[], object] | None = None
-        self._lost_loop: asyncio.AbstractEventLoop | None = None
 
-    def start(self) -> None:
-        self._lost_loop = asyncio.get_running_loop()
-        super().start()
+    def _options(self) -> MqttOptions:
+        # the dead instance's persistent session, but never reconnected by paho: a lost
+        # connection is usually the instance's return taking its client id over
+        return dataclasses.replace(super()._options(), reconnect=None)
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
-                       reason: ReasonCode, properties: Properties | None) -> None:
+    def _on_link(self, link: Link) -> None:
+        if link.event != "down":
+            super()._on_link(link)
+            return
         self.connected = False
         log.info("adopted session of %s lost (%s): letting go, not reconnecting",
-                 self.instance_id, reason)
-        client.disconnect()  # paho's own reconnect stops here (no ping-pong with the owner)
-        loop = self._lost_loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._lost)
+                 self.instance_id, link.detail)
+        self._lost()
 
     def _lost(self) -> None:
         self.lost.set()
