@@ -55,22 +55,24 @@ log = logging.getLogger(__name__)
 #: the channel of the Cexup EWS POST (the previous release's only one).
 CEXUP: Final = "cexup"
 
+
+#: how a delivery retries: first retry after 1 s (long enough for a restarting upstream's
+#: listener, short enough that a single dropped connection costs a clinician nothing
+#: noticeable); doubling, 1, 2, 4, 8, ... s; never more than 60 s between attempts (an EWS
+#: escalation must reach the platform within about a minute of its recovery, so the jitter
+#: only shortens: ``shorten_only``); up to 20 % shorter at random, so many services do not
+#: retry in lockstep.
+DELIVERY_BACKOFF: Final = Backoff(initial_s=1.0, factor=2.0, max_s=60.0, jitter=0.2,
+                                  shorten_only=True)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How delivery retries. Delay before retry ``n`` (1-based) is
-    ``min(max_s, base_s * factor ** (n - 1))``, shortened by a random fraction up to ``jitter``.
-    """
+    """How a channel delivers: its retry delays (a :class:`vitalgate.backoff.Backoff`, the one
+    retry-delay type) and the bounds of one attempt."""
 
-    #: first retry after 1 s: long enough for a restarting upstream's listener, short enough
-    #: that a single dropped connection costs a clinician nothing noticeable.
-    base_s: float = 1.0
-    #: doubling: 1, 2, 4, 8, ... s — the standard exponential backoff.
-    factor: float = 2.0
-    #: never wait more than 60 s between attempts: an EWS escalation must reach the platform
-    #: within about a minute of the platform's recovery.
-    max_s: float = 60.0
-    #: up to 20 % shorter at random, so many gateways/services do not retry in lockstep.
-    jitter: float = 0.2
+    #: the delay before retry ``n`` (1-based) is ``backoff.delay(n - 1)``
+    backoff: Backoff = DELIVERY_BACKOFF
     #: a request taking longer than 10 s is abandoned and retried (the platform answers a
     #: healthy POST in well under a second; 10 s rides out a GC pause or a slow proxy).
     timeout_s: float = 10.0
@@ -83,17 +85,14 @@ class RetryPolicy:
     idle_poll_s: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.base_s <= 0 or self.factor < 1 or self.max_s < self.base_s:
-            raise ValueError(f"retry policy needs base_s > 0, factor >= 1, max_s >= base_s: {self}")
-        if not 0 <= self.jitter < 1:
-            raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
+        if self.backoff.initial_s <= 0:
+            raise ValueError(f"a delivery backoff needs initial_s > 0: {self.backoff}")
         if self.concurrency < 1 or self.timeout_s <= 0:
             raise ValueError(f"concurrency >= 1 and timeout_s > 0 required: {self}")
 
     def delay_s(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        return Backoff(self.base_s, self.factor, self.max_s, self.jitter,
-                       shorten_only=True).delay(attempt - 1, rng.random)
+        return self.backoff.delay(attempt - 1, rng.random)
 
 
 class Verdict(StrEnum):

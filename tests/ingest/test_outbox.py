@@ -23,6 +23,7 @@ from ingest.outbox import (
 )
 from tests.ingest.ews_support import Open, query, stop, until
 from tests.ingest.upstream import FakeTime, Upstream
+from vitalgate.backoff import Backoff
 
 NORMAL = {"heart_rate": 72.0, "spo2": 98.0, "systolic_bp": 120.0, "temperature": 36.8,
           "respiratory_rate": 16.0}
@@ -192,8 +193,10 @@ def test_classification_and_headers() -> None:
     delays = [policy.delay_s(n, rng) for n in range(1, 10)]
     assert all(0.8 * min(60, 2 ** (n - 1)) <= d <= min(60, 2 ** (n - 1))
                for n, d in zip(range(1, 10), delays, strict=True))
-    with pytest.raises(ValueError, match="jitter"):
-        RetryPolicy(jitter=1.5)
+    with pytest.raises(ValueError, match="invalid backoff"):
+        RetryPolicy(backoff=Backoff(jitter=1.5))
+    with pytest.raises(ValueError, match="initial_s > 0"):
+        RetryPolicy(backoff=Backoff(initial_s=0.0))
 
 
 def test_outbox_rows_are_never_lost_on_a_failed_transaction_sqlite(tmp_path: Path) -> None:

@@ -18,11 +18,13 @@ from ingest.hl7.transport import AckPolicy
 from ingest.outbox import Outbox, RetryPolicy
 from tests.support.hl7_receiver import Receiver, running
 from tests.support.ingest_service import eventually
+from vitalgate.backoff import Backoff
 from vitalgate.broker import free_port
 
 TS = 1_764_631_080_000
 #: fast backoff for the tests (the service's policy: 1 s doubling to 60 s)
-FAST = RetryPolicy(base_s=0.05, max_s=0.2, timeout_s=5.0, concurrency=1, idle_poll_s=0.1)
+FAST = RetryPolicy(backoff=Backoff(initial_s=0.05, max_s=0.2, jitter=0.2, shorten_only=True),
+                   timeout_s=5.0, concurrency=1, idle_poll_s=0.1)
 
 
 def message(user: str, seq: int) -> Hl7Message:
