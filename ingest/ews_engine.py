@@ -620,12 +620,22 @@ class EwsEngine:
         def write(conn: Conn) -> list[tuple[EwsPoint, bool | Literal["repeat"] | None]]:
             out: list[tuple[EwsPoint, bool | Literal["repeat"] | None]] = []
             allowed = None if fence is None else fence(conn, {p.user_code for p in points})
-            for p in points:
+            # the identities the history holds already, read in one query per source; a key
+            # twice in this batch is looked up again after the first is written
+            keys = [(p.user_code, p.produce_at, p.point, p.result, p.risk) for p in points]
+            held: dict[store.PointKey, tuple[Any, ...]] = {}
+            for source in {p.source for p in points}:
+                held.update(store.find_points(
+                    conn, [k for k, p in zip(keys, points, strict=True) if p.source == source],
+                    source=source))
+            twice = {k for k in keys if keys.count(k) > 1} if len(set(keys)) < len(keys) else set()
+            for p, ident in zip(points, keys, strict=True):
                 if allowed is not None and p.user_code not in allowed:
                     out.append((p, None))  # fenced: another instance owns it now
                     continue
-                found = store.find_point(conn, p.user_code, p.produce_at, p.point, p.result,
-                                         source=p.source, risk=p.risk)
+                found = (store.find_point(conn, p.user_code, p.produce_at, p.point, p.result,
+                                          source=p.source, risk=p.risk)
+                         if ident in twice else held.get(ident))
                 if found is not None:  # the shared history holds this emission already:
                     same = _point_from_row(found)  # recorded by another instance just now
                     # (adopted), or earlier, before the point this engine holds as its last
