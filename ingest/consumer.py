@@ -585,6 +585,13 @@ class Consumer:
         self.committed_batches += 1
 
     @property
+    def subscribed(self) -> bool:
+        """Connected with its subscriptions in place: what is published from now on reaches it
+        (``connected`` alone is the CONNACK, a moment before the SUBACK)."""
+        session = self._session
+        return session is not None and session.subscribed
+
+    @property
     def queue_depth(self) -> int:
         return self._session.queued if self._session is not None else 0
 

@@ -547,6 +547,13 @@ class MqttSession:
         else:
             self._link(Link("down", f"refused: {detail}", code))
 
+    @property
+    def subscribed(self) -> bool:
+        """Connected and the subscriptions acknowledged (or kept by the broker's session): a
+        message published from now on reaches this session."""
+        return bool(self.connected and self._subscribed is not None and self._subscribed.done()
+                    and not self._subscribed.cancelled() and self._subscribed.exception() is None)
+
     def _suback(self) -> None:
         if self._subscribed is not None and not self._subscribed.done():
             self._subscribed.set_result(None)

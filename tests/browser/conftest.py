@@ -30,6 +30,8 @@ async def ward(mosquitto: Mosquitto, tmp_path: Path) -> AsyncIterator[Ward]:
     # the score the readings below define as soon as they are stored
     settings = settings_for(tmp_path / "ingest", mosquitto.url, ews_tick_s=1.0, ews_min_interval_s=0)
     async with running(settings) as svc:
+        # published before the consumer subscribed, a first run's readings would be lost
+        await eventually(lambda: svc.service.consumer.subscribed)
         client = publisher(mosquitto.host, mosquitto.port, "browser-feed")
         try:
             feed = Feed(client)

@@ -47,6 +47,8 @@ async def alert_ward(mosquitto: Mosquitto, tmp_path: Path) -> AsyncIterator[tupl
                             ews_min_interval_s=0, alert_check_s=0.2,
                             alert_response_high_s=300, alert_response_medium_s=1800)
     async with running(settings, clock=clock) as svc:
+        # published before the consumer subscribed, a first run's readings would be lost
+        await eventually(lambda: svc.service.consumer.subscribed)
         client = publisher(mosquitto.host, mosquitto.port, "alert-browser-feed")
         try:
             feed = Feed(client)

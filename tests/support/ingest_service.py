@@ -56,9 +56,10 @@ async def running(settings: IngestSettings, **kwargs: Any) -> AsyncIterator[Runn
 
 @contextlib.asynccontextmanager
 async def connected(settings: IngestSettings, **kwargs: Any) -> AsyncIterator[RunningService]:
-    """:func:`running`, entered once the service's consumer is connected to the broker."""
+    """:func:`running`, entered once the service's consumer is connected to the broker and
+    subscribed (a message published then reaches it)."""
     async with running(settings, **kwargs) as svc:
-        await eventually(lambda: svc.service.consumer.connected)
+        await eventually(lambda: svc.service.consumer.subscribed)
         yield svc
 
 
