@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import statistics
 import time
@@ -67,6 +68,7 @@ INSTANCES = ("ingest-1", "ingest-2", "ingest-3")
 LEASE_S = 10.0  # the default: the failover figure is the default's
 KILL_1_AT, KILL_2_AT, RESTART_AT = 20.0, 45.0, 65.0
 HOLD_S = 5.0
+Point = tuple[int, int, str, str]
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Run:
     feed: dict[str, Any] | None = None  # instance → its /healthz "instance" figures at the end
     stops: dict[str, int | None] | None = None  # process → its exit code after SIGTERM
     stop_tails: dict[str, str] | None = None  # ... its log's tail when that was not 0
+    differences: Path | None = None  # the differing patients' details (_dump_differences)
 
 
 def _pg(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -192,11 +195,13 @@ def _scenario(tmp: Path, pg_url: str, upstream_url: str, upstream_key: str) -> R
             from ingest.db.engine import Conn, Dialect
 
             log = leases.intervals(Conn(pg, Dialect.POSTGRES))
+        _dump_differences(tmp / "differences.json", pg_url, tmp / "reference" / "ews.sqlite3",
+                          cluster, reference, log)
         return Run(carried=expand(recorder.readings()), stored=stored, cluster_ews=cluster,
                    reference_ews=reference, history_keys=keys, upstream=Counter(),
                    log=log, kills=kills, fleet_total=total, started=started,
                    restarted=restarted, triggers=triggers, feed=feed, stops=stops,
-                   stop_tails=stop_tails)
+                   stop_tails=stop_tails, differences=tmp / "differences.json")
     finally:
         for p in reversed(procs.values()):
             p.terminate()
@@ -204,10 +209,39 @@ def _scenario(tmp: Path, pg_url: str, upstream_url: str, upstream_key: str) -> R
         broker.stop()
 
 
+def _dump_differences(path: Path, pg_url: str, ref_db: Path,
+                      cluster: dict[str, list[Point]], reference: dict[str, list[Point]],
+                      log: list[leases.Interval]) -> None:
+    """For each patient whose history differs: both histories in full (with emission time,
+    trigger and seq), its readings within a minute of the first difference and its
+    partition's ownership periods, written to ``path`` for diagnosis (printed by the test)."""
+    cols = "produce_at, point, result, risk, emitted_at, trigger, seq"
+    out = {}
+    for u in sorted(set(cluster) | set(reference)):
+        at = _first_difference(cluster.get(u, []), reference.get(u, []))
+        if at is None:
+            continue
+        with sqlite3.connect(f"file:{ref_db}?mode=ro", uri=True) as c:
+            ref_rows = c.execute(f"SELECT {cols} FROM ews_history WHERE user_code = ?"
+                                 " AND source = 'vitalgate' ORDER BY produce_at", (u,)).fetchall()
+        part = partition_of(u, PARTITIONS)
+        out[u] = {
+            "first_difference": at, "partition": part,
+            "cluster": _pg(pg_url, f"SELECT {cols} FROM ews_history WHERE user_code = %s"
+                           " AND source = 'vitalgate' ORDER BY produce_at", (u,)),
+            "reference": ref_rows,
+            "readings": _pg(pg_url, "SELECT ts, device_id, seq, vital, value, received_at, id"
+                            " FROM readings WHERE user_code = %s AND ts BETWEEN %s AND %s"
+                            " ORDER BY ts, device_id, seq, vital", (u, at - 60_000, at + 60_000)),
+            "ownership": [[i.epoch, i.owner, i.acquired_at, i.ended_at, i.end_reason,
+                           i.first_emit_at, i.last_emit_at] for i in log if i.part == part],
+        }
+    path.write_text(json.dumps(out, indent=1, default=str))
+
+
 #: a difference this close to a handover of the patient's partition (before: the warm start
 #: re-scores readings up to the takeover; after: the new owner's first points) is put down to it
 HANDOVER_BEFORE_MS, HANDOVER_AFTER_MS = 15_000, 5_000
-Point = tuple[int, int, str, str]
 
 
 def _first_difference(a: list[Point], b: list[Point]) -> int | None:
@@ -382,6 +416,8 @@ def test_every_patients_ews_history_equals_the_single_instance_run(run: Run) -> 
             print(u, "first difference at", at, "(stream start", run.started, ")")
             print("  cluster  ", [r for r in run.cluster_ews.get(u, []) if r[0] >= (at or 0)][:6])
             print("  reference", [r for r in run.reference_ews.get(u, []) if r[0] >= (at or 0)][:6])
+    if differ:
+        print("each differing patient's histories, readings and ownership:", run.differences)
     assert len(run.reference_ews) == PATIENTS
     assert dup == 0
     assert differ == []
