@@ -319,11 +319,12 @@ class StreamScorer:
         """The patients' event clocks: the time of each one's newest reading (NO_TS if none)."""
         return self._event[np.asarray(idx, np.intp)]
 
-    def patient_clock(self, idx: ArrayLike, now: int) -> NDArray[np.int64]:
+    def patient_clock(self, idx: ArrayLike, now: int | NDArray[np.int64]) -> NDArray[np.int64]:
         """Per patient, its event clock advanced by the processing time elapsed since that clock
         last moved: equal to the event clock when a reading has just arrived (so a replay's
         rules follow its own timeline), running on with processing time while the data pauses
-        (so a rate limit or heartbeat still comes due). NO_TS for a patient without readings."""
+        (so a rate limit or heartbeat still comes due). NO_TS for a patient without readings.
+        ``now``: one processing time, or one per patient of ``idx``."""
         i = np.asarray(idx, np.intp)
         event, arrived = self._event[i], self._arrived[i]
         known = event != NO_TS

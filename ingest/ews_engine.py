@@ -440,33 +440,84 @@ class EwsEngine:
                 self._update(batch, mark_new_data=False, arrived=arrived)
             return self._emit_changes(now)
 
-    def observe(self, items: Sequence[tuple[str, str, float, int]]) -> list[EwsPoint]:
+    def observe(self, items: Sequence[tuple[str, str, float, int]],
+                arrived_ms: Sequence[int] | None = None) -> list[EwsPoint]:
         """(user_code, vital, value, ts_ms) of committed readings → the points emitted (to be
         published on MQTT); their history and outbox rows are committed before this returns.
-        Scored in event-time order, one round per distinct reading time of a patient."""
+        Scored in event-time order, one round per distinct reading time of a patient.
+
+        ``arrived_ms`` (aligned with ``items``): when each reading was received (processing
+        time: the storing instance's ``received_at``; default now, never later than now). The
+        policy decides each reading as of its arrival, not as of when it reached this engine:
+        a reading scored late (held by the feed for a predecessor, read from the store by a
+        takeover) gives the decision one process receiving it live would have made, and a
+        change held back whose interval had run out before the reading arrived is emitted
+        first, with the score it had then (:meth:`_emit_held_due`), as the tick would have."""
         if not items:
             return []
+        if arrived_ms is not None and len(arrived_ms) != len(items):
+            raise ValueError(f"{len(arrived_ms)} arrival times for {len(items)} items")
         with self.lock:
             out: list[EwsPoint] = []
-            for part in self._rounds(items):
+            for rows in self._rounds(items):
+                part = [items[j] for j in rows] if len(rows) < len(items) else items
                 # one clock reading per round: the patients whose event clock this round moves
                 # are decided at exactly their event time (no sub-round processing slack)
                 now = self.clock()
-                self._update(part, mark_new_data=True, arrived=now)
-                out += self._emit_changes(now)
+                if arrived_ms is None:
+                    at: NDArray[np.int64] | int = now
+                else:
+                    at = np.minimum(np.fromiter((arrived_ms[j] for j in rows), np.int64,
+                                                len(rows)), now)
+                pid = self._scorer.indices([i[0] for i in part])
+                out += self._emit_held_due(pid, at, now)
+                self._update(part, mark_new_data=True, arrived=at)
+                when = None
+                if not isinstance(at, int):
+                    when = np.full(self._n, now, np.int64)
+                    when[pid] = np.iinfo(np.int64).min
+                    np.maximum.at(when, pid, at)
+                out += self._emit_changes(now, when=when)
             return out
+
+    def _emit_held_due(self, pid: NDArray[np.intp], at: NDArray[np.int64] | int,
+                       now: int) -> list[EwsPoint]:
+        """Before a round's readings are applied: the held-back changes of its patients whose
+        interval had run out on the patient's clock by the time the first of those readings
+        arrived (``at``). The tick emits such a change once it sees it due, unless the next
+        reading comes first; deciding it here, as of that reading's arrival, makes the outcome
+        depend on the data (event and arrival times), not on when the tick happened to run or
+        how late this engine saw the reading."""
+        n = self._n
+        if n == 0 or not self._pending[:n].any():
+            return []
+        known = pid < n
+        idx, first = pid[known], (np.broadcast_to(at, pid.shape)[known])
+        keep = self._pending[idx] & self._has_last[idx]
+        if not keep.any():
+            return []
+        idx, first = idx[keep], first[keep]
+        when = np.full(n, np.iinfo(np.int64).max, np.int64)
+        np.minimum.at(when, idx, first)
+        cand = np.unique(idx)
+        since = self._patient_clock(cand, when[cand]) - self._last_at[cand]
+        due = cand[since >= self.policy.min_interval_ms]
+        if due.size == 0:
+            return []
+        decided = np.full(n, now, np.int64)
+        decided[due] = when[due]
+        return self._record(self._decide(self._scorer.score(due), now, None, when=decided), now)
 
     def tick(self) -> list[EwsPoint]:
         """Call every few seconds: staleness, held-back changes whose interval passed, heartbeats."""
         with self.lock:
             return self._emit_changes(self.clock())
 
-    def _rounds(
-        self, items: Sequence[tuple[str, str, float, int]]
-    ) -> list[Sequence[tuple[str, str, float, int]]]:
-        """``items`` split so that round r holds each patient's r-th distinct reading time."""
+    def _rounds(self, items: Sequence[tuple[str, str, float, int]]) -> list[list[int]]:
+        """The indices of ``items`` by round: round r holds each patient's r-th distinct
+        reading time."""
         if len(items) == 1:
-            return [items]
+            return [[0]]
         pid = self._scorer.indices([i[0] for i in items])
         t = np.fromiter((int(i[3]) for i in items), np.int64, len(items))
         order = np.lexsort((t, pid))
@@ -477,14 +528,14 @@ class EwsEngine:
         rank = distinct - distinct[np.flatnonzero(new_p)][np.cumsum(new_p) - 1]
         top = int(rank.max())
         if top == 0:
-            return [items]
+            return [list(range(len(items)))]
         if top >= MAX_ROUNDS:
             self.merged_rounds += int(np.count_nonzero(rank >= MAX_ROUNDS))
             log.warning("a batch held %d reading times of one patient; the newest %d scored"
                         " together", top + 1, top + 2 - MAX_ROUNDS)
             rank = np.minimum(rank, MAX_ROUNDS - 1)
             top = MAX_ROUNDS - 1
-        return [[items[j] for j in order[rank == r].tolist()] for r in range(top + 1)]
+        return [order[rank == r].tolist() for r in range(top + 1)]
 
     def _update(self, items: Sequence[tuple[str, str, float, int]], *, mark_new_data: bool,
                 arrived: NDArray[np.int64] | int | None = None) -> None:
@@ -516,7 +567,8 @@ class EwsEngine:
                 self._set_last(i, state.last, state.last.produce_at)
         self._n = n
 
-    def _patient_clock(self, idx: NDArray[np.intp], now: int) -> NDArray[np.int64]:
+    def _patient_clock(self, idx: NDArray[np.intp],
+                       now: int | NDArray[np.int64]) -> NDArray[np.int64]:
         """The patients' clocks for the policy: running on with processing time only for the
         part of a pause longer than ``pause_grace_ms`` (see :data:`PAUSE_GRACE_MS`)."""
         return self._scorer.patient_clock(idx, now - self.pause_grace_ms)
@@ -529,12 +581,15 @@ class EwsEngine:
         self._last_produce[i] = p.produce_at
         self._last_at[i] = clock
 
-    def _emit_changes(self, now: int, *, context_of: str | None = None) -> list[EwsPoint]:
+    def _emit_changes(self, now: int, *, context_of: str | None = None,
+                      when: NDArray[np.int64] | None = None) -> list[EwsPoint]:
+        """``when``: per patient index, the processing time its rescore is decided as of (an
+        observed reading's arrival); None: ``now`` for every patient."""
         scorer = self._scorer
         scores = scorer.rescore()
         self._sync()
         ctx = scorer.index(context_of) if context_of is not None else None
-        entries = self._decide(scores, now, ctx)
+        entries = self._decide(scores, now, ctx, when=when)
         # patients not rescored: a held change whose interval passed, or a heartbeat due
         n = self._n
         if n:
@@ -552,9 +607,11 @@ class EwsEngine:
         return self._record(entries, now)
 
     def _decide(
-        self, scores: Scores, now: int, ctx: int | None
+        self, scores: Scores, now: int, ctx: int | None, *, when: NDArray[np.int64] | None = None
     ) -> list[tuple[EwsPoint, int, int]]:
-        """The policy over one batch of scores → (point, patient index, patient clock) to emit."""
+        """The policy over one batch of scores → (point, patient index, patient clock) to emit.
+        ``when``: per patient index, the processing time each is decided as of (default
+        ``now``)."""
         if len(scores) == 0:
             return []
         idx = scores.idx
@@ -574,7 +631,7 @@ class EwsEngine:
                 self._reasons.pop(i, None)
         self._stale[iv] = False
         band = scores.band[v].astype(np.intp)
-        clock = self._patient_clock(iv, now)
+        clock = self._patient_clock(iv, now if when is None else np.minimum(when[iv], now))
         trigger, hold = decide_many(
             self.policy,
             point=scores.points[v], result=_RESULT_BY_BAND[band], risk=_RISK_BY_BAND[band],

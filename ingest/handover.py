@@ -18,10 +18,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-#: a stored reading as a takeover reads it: (user_code, vital, value, ts, received_at,
-#: device_id, seq); seq None: not a sequenced reading (never held).
-Stored = tuple[str, str, float, int, int, str, int | None]
+
+class Stored(NamedTuple):
+    """A stored reading as a takeover reads it (:func:`ingest.db.catchup.recent_readings`'s
+    row): ``ts`` event time, ``received_at`` processing time (the storing instance's clock)."""
+
+    user_code: str
+    vital: str
+    value: float
+    ts: int
+    received_at: int
+    device_id: str
+    seq: int | None  #: None: not a sequenced reading (ECG-derived): never held
+
+    def item(self) -> tuple[str, str, float, int]:
+        """What the scorer takes."""
+        return self.user_code, self.vital, self.value, self.ts
 
 
 @dataclass
@@ -38,15 +52,15 @@ def plan(rows: Sequence[Stored], upto: int | None) -> Plan:
     follows a hole in a device's ``seq``."""
     p = Plan()
     for r in rows:
-        (p.before if upto is not None and r[3] <= upto else p.after).append(r)
+        (p.before if upto is not None and r.ts <= upto else p.after).append(r)
     seen: dict[str, int] = {}  # device → highest seq scored already
     for r in p.before:
-        if r[6] is not None and r[5]:
-            seen[r[5]] = max(seen.get(r[5], r[6]), r[6])
+        if r.seq is not None and r.device_id:
+            seen[r.device_id] = max(seen.get(r.device_id, r.seq), r.seq)
     fresh: dict[str, set[int]] = {}
     for r in p.after:
-        if r[6] is not None and r[5]:
-            fresh.setdefault(r[5], set()).add(r[6])
+        if r.seq is not None and r.device_id:
+            fresh.setdefault(r.device_id, set()).add(r.seq)
     gap: dict[str, int] = {}  # device → its first missing seq after what was scored
     for dev, seqs in fresh.items():
         nxt = seen[dev] + 1 if dev in seen else min(seqs)
@@ -58,7 +72,7 @@ def plan(rows: Sequence[Stored], upto: int | None) -> Plan:
         now: list[Stored] = []
         later: list[Stored] = []
         for r in p.after:
-            dev, seq = r[5], r[6]
+            dev, seq = r.device_id, r.seq
             (later if seq is not None and dev in gap and seq > gap[dev] else now).append(r)
         p.after, p.deferred = now, later
     return p

@@ -401,11 +401,13 @@ class IngestService:
 
     async def observe(self, rows: Sequence[store.StoredReading]) -> list[EwsPoint]:
         """Feed committed readings to the engine; publish what it emits."""
-        items = [(r.user_code, r.vital, r.value, r.ts) for r in rows if r.user_code]
-        if not items:
+        kept = [r for r in rows if r.user_code]
+        if not kept:
             return []
+        items = [(r.user_code or "", r.vital, r.value, r.ts) for r in kept]
         self.alerts.saw(items)
-        points = await asyncio.to_thread(self.engine.observe, items)
+        points = await asyncio.to_thread(self.engine.observe, items,
+                                         [r.received_at for r in kept])
         self._publish(points)
         return points
 
@@ -545,7 +547,10 @@ class IngestService:
         """``feed.Scoring``: committed readings of patients this instance owns."""
         items = [r.item() for r in rows]
         self.alerts.saw(items)  # overdue tracking follows the owner, like the scores
-        points = await asyncio.to_thread(self.engine.observe, items)
+        # decided as of when each reading was received, however late the feed's order or a
+        # takeover hands it over (the storing instance's clock; the engine caps it at now)
+        points = await asyncio.to_thread(self.engine.observe, items,
+                                         [r.received_at for r in rows])
         self._publish(points)
 
     async def take(self, parts: frozenset[int]) -> feed_mod.Taken | None:
@@ -578,39 +583,42 @@ class IngestService:
                         " from each patient's newest values only", len(parts), catchup.MAX_ROWS)
         rows: dict[str, list[handover.Stored]] = {}
         for r in recent.rows:
-            rows.setdefault(r[0], []).append(r)
+            rows.setdefault(r[0], []).append(handover.Stored(*r))
         for item, arrived in zip(warm.items, warm.arrived, strict=True):
             if recent.truncated and item[0] in codes:
-                rows.setdefault(item[0], []).append((*item, arrived, "", None))
+                rows.setdefault(item[0], []).append(handover.Stored(*item, arrived, "", None))
         nexts: dict[str, tuple[int, int]] = {}
         deferred: list[feed_mod.Fed] = []
 
         def take_all() -> list[EwsPoint]:
             out: list[EwsPoint] = []
-            replay: list[list[tuple[str, str, float, int]]] = []
+            replay: list[list[handover.Stored]] = []
             for code in sorted(codes):
                 if not self.owner.owns(code):  # given up again meanwhile
                     continue
                 mine = rows.get(code, [])
                 plan = handover.plan(mine, last.get(code))
-                before, after = plan.before, [r[:4] for r in plan.after]
+                before, after = plan.before, plan.after
                 if recent.truncated:
                     before, after = mine, []
                 else:
                     part = partition_of(code, n)
                     nexts.update((d, (part, s)) for d, s in plan.nexts.items())
                     deferred.extend(feed_mod.Fed(part, *r) for r in plan.deferred)
-                out += self.engine.warm_start_patient(code, [r[:4] for r in before],
-                                                      [r[4] for r in before])
+                out += self.engine.warm_start_patient(code, [r.item() for r in before],
+                                                      [r.received_at for r in before])
                 # the rest in chunks of at most MAX_ROUNDS reading times per patient
-                times = sorted({r[3] for r in after})
+                times = sorted({r.ts for r in after})
                 for k in range(0, len(times), MAX_ROUNDS):
                     cut = set(times[k:k + MAX_ROUNDS])
                     while len(replay) <= k // MAX_ROUNDS:
                         replay.append([])
-                    replay[k // MAX_ROUNDS] += [r for r in after if r[3] in cut]
+                    replay[k // MAX_ROUNDS] += [r for r in after if r.ts in cut]
             for chunk in replay:
-                out += self.engine.observe(chunk)
+                # as of when each was received, not the takeover's now: a held change then
+                # comes due when it would have under the previous owner (docs/scaling.md)
+                out += self.engine.observe([r.item() for r in chunk],
+                                           [r.received_at for r in chunk])
             return out
 
         self._publish(await asyncio.to_thread(take_all))

@@ -76,8 +76,14 @@ def test_random_streams_keep_history_and_outbox_consistent(
         newest: dict[str, int] = {}
         advanced_at: dict[str, int] = {}
 
-        def patient_clock(p: EwsPoint) -> int:
-            return newest[p.user_code] + clock.now - advanced_at[p.user_code]
+        def patient_clock(p: EwsPoint, before: dict[str, tuple[int, int]] | None = None) -> int:
+            # a held change that came due before a round's readings arrived is decided on the
+            # clock as it ran before they moved it (``EwsEngine._emit_held_due``): it describes
+            # the older state (produce_at at most the newest event time before the round)
+            e, a = newest[p.user_code], advanced_at[p.user_code]
+            if before is not None and p.user_code in before and p.produce_at <= before[p.user_code][0]:
+                e, a = before[p.user_code]
+            return e + clock.now - a
 
         for batch, advance, tick in steps:
             clock.advance(advance)
@@ -90,10 +96,11 @@ def test_random_streams_keep_history_and_outbox_consistent(
             times = {pat: sorted({ts for q, _, _, ts in items if q == pat}) for pat, *_ in items}
             for r in range(max((len(t) for t in times.values()), default=0)):
                 part = [i for i in items if len(times[i[0]]) > r and i[3] == times[i[0]][r]]
+                before = {q: (newest[q], advanced_at[q]) for q, *_ in part if q in newest}
                 for patient, vital, _, ts in part:
                     if vital != "diastolic_bp" and ts > newest.get(patient, -1):
                         newest[patient], advanced_at[patient] = ts, clock.now
-                emitted += [(clock.now, patient_clock(p), p) for p in eng.observe(part)]
+                emitted += [(clock.now, patient_clock(p, before), p) for p in eng.observe(part)]
             if tick:
                 emitted += [(clock.now, patient_clock(p), p) for p in eng.tick()]
             # a risk higher than the last emitted one never waits

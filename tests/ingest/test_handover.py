@@ -8,7 +8,7 @@ from ingest.handover import Stored, plan
 
 
 def _r(ts: int, seq: int | None, dev: str = "d", vital: str = "heart_rate") -> Stored:
-    return ("P1", vital, 70.0, ts, ts + 5, dev, seq)
+    return Stored("P1", vital, 70.0, ts, ts + 5, dev, seq)
 
 
 def test_readings_after_a_hole_wait_and_the_feed_expects_the_missing_seq() -> None:
