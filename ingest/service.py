@@ -207,7 +207,8 @@ class IngestService:
         # issue 13: who scores which patient; on PostgreSQL the owner is fed from the commits
         # of every instance (ingest/feed.py) and every emission is fenced by its lease
         self.owner: SoleOwner | LeasedOwner = ownership_for(
-            self.db, settings.instance_id, LeasePolicy(lease_ms=int(settings.lease_s * 1000)))
+            self.db, settings.instance_id, LeasePolicy(lease_ms=int(settings.lease_s * 1000)),
+            client_id=settings.client_id)
         self.feed: feed_mod.Feed | None = None
         self.adopter: Adopter | None = None
         if isinstance(self.owner, LeasedOwner):
