@@ -6,9 +6,12 @@ instance is dead a third of every patient's readings would wait in its session u
 restarts, late for the scorer. So when an instance's membership expires (it died, it did not
 stop cleanly: ``ingest.db.leases.Round.expired``), one survivor, the first live instance by
 id (every instance computes the same one, so two survivors do not fight over the session),
-connects with the dead instance's client id (``vitalgate-ingest-<instance_id>``), resumes its
-persistent session and consumes it like its own (commit, then acknowledge; the store's
-identities absorb a redelivery, the feed's NOTIFY reaches the owners).
+connects with the dead instance's MQTT client id, resumes its persistent session and consumes
+it like its own (commit, then acknowledge; the store's identities absorb a redelivery, the
+feed's NOTIFY reaches the owners). The client id is the one the instance recorded in its
+membership (``ingest_instances.client_id``, written at every heartbeat: a hand-set
+``VITALGATE_MQTT_CLIENT_ID`` included); a row without one (written by a release before the
+column) falls back to the derived ``vitalgate-ingest-<instance_id>`` (:func:`client_id_of`).
 
 No ping-pong: the adopter never reconnects. When the instance returns, its connection takes
 the client id over (the broker closes the adopter's); the adopter lets go and waits
@@ -47,22 +50,31 @@ RETRY_ROUNDS: Final = 6
 
 
 def client_id_of(instance_id: str) -> str:
-    """The MQTT client id an instance derives from its id (``IngestSettings.client_id``)."""
+    """The MQTT client id an instance derives from its id (``IngestSettings.client_id``): the
+    one adopted for a member that recorded none."""
     return f"vitalgate-ingest-{instance_id}"
+
+
+def client_id_for(rnd: Round, instance_id: str) -> str:
+    """The client id of ``instance_id``'s session: recorded in its membership, else derived."""
+    return rnd.expired_client_ids.get(instance_id) or client_id_of(instance_id)
 
 
 class Adopted(Consumer):
     """A dead instance's session: consumed until the connection is lost, never reconnected."""
 
-    def __init__(self, instance_id: str, settings: IngestSettings, db: Database, *,
+    def __init__(self, instance_id: str, client_id: str, settings: IngestSettings,
+                 db: Database, *,
                  after_commit: Callable[[store.CommitResult], Awaitable[None]] | None,
                  in_commit: Callable[[Conn, store.CommitResult], None] | None,
                  clock: Callable[[], int]) -> None:
-        mine = settings.model_copy(update={"mqtt_client_id": client_id_of(instance_id)})
-        # metrics of its own: the instance's gauges (mqtt_connected) stay about its own session
-        super().__init__(mine, db, IngestMetrics(), after_commit=after_commit, clock=clock)
+        mine = settings.model_copy(update={"mqtt_client_id": client_id})
+        #: metrics of its own: the instance's gauges (mqtt_connected) stay about its own session
+        self.metrics = IngestMetrics()
+        super().__init__(mine, db, self.metrics, after_commit=after_commit, clock=clock)
         self.in_commit = in_commit
         self.instance_id = instance_id
+        self.client_id = client_id
         self.lost = asyncio.Event()
         #: called on the event loop when the connection is lost (the adopter ends the task)
         self.on_lost: Callable[[], object] | None = None
@@ -115,11 +127,20 @@ class Adopter:
     def adopted(self) -> list[str]:
         return sorted(self._running)
 
+    @property
+    def sessions(self) -> dict[str, Adopted]:
+        """The sessions consumed now, by instance."""
+        return {x: consumer for x, (consumer, _) in self._running.items()}
+
     def wanted(self, rnd: Round) -> set[str]:
-        """The dead instances this one should adopt after ``rnd``."""
+        """The dead instances this one should adopt after ``rnd``. Never one recorded under
+        this instance's own client id (misconfigured replicas sharing one): connecting with it
+        would take this instance's own session over."""
         if not rnd.live or rnd.live[0] != self.instance_id:
             return set()
-        return {x for x in rnd.expired if x != self.instance_id and x not in self._let_go}
+        own = self._settings.client_id
+        return {x for x in rnd.expired if x != self.instance_id and x not in self._let_go
+                and client_id_for(rnd, x) != own}
 
     async def round(self, rnd: Round) -> None:
         if self._warmup > 0:
@@ -136,16 +157,17 @@ class Adopter:
         for x in set(self._running) - want:
             await self._end(x)
         for x in sorted(want - set(self._running)):
-            self._start(x)
+            self._start(x, client_id_for(rnd, x))
 
-    def _start(self, instance: str) -> None:
-        consumer = Adopted(instance, self._settings, self._db, after_commit=self._after_commit,
-                           in_commit=self._in_commit, clock=self._clock)
+    def _start(self, instance: str, client_id: str) -> None:
+        consumer = Adopted(instance, client_id, self._settings, self._db,
+                           after_commit=self._after_commit, in_commit=self._in_commit,
+                           clock=self._clock)
         task = asyncio.create_task(self._consume(consumer), name=f"adopted-{instance}")
         self._running[instance] = (consumer, task)
         self.adoptions += 1
-        log.warning("instance %s: adopting the MQTT session of %s (membership expired)",
-                    self.instance_id, instance)
+        log.warning("instance %s: adopting the MQTT session of %s (client id %s; membership"
+                    " expired)", self.instance_id, instance, client_id)
 
     @staticmethod
     async def _consume(consumer: Adopted) -> None:

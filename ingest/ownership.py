@@ -150,11 +150,15 @@ class LeasedOwner:
     """Partitions leased in PostgreSQL, held by heartbeats on a dedicated connection."""
 
     def __init__(self, db: Database, instance_id: str, policy: LeasePolicy | None = None,
-                 *, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 *, monotonic: Callable[[], float] = time.monotonic,
+                 client_id: str | None = None) -> None:
         if db.dialect is not Dialect.POSTGRES:
             raise ValueError("leased ownership needs PostgreSQL")
         self.db = db
         self.instance_id = instance_id
+        #: this instance's MQTT client id, recorded in its membership at every heartbeat: a
+        #: survivor adopts its session under it if it dies (ingest.adopt)
+        self.client_id = client_id
         self.policy = policy or LeasePolicy()
         self.partitions = self.policy.partitions
         self._monotonic = monotonic
@@ -203,7 +207,7 @@ class LeasedOwner:
         held = dict(self._held)
         return self._session.tx(lambda c: leases.heartbeat(
             c, self.instance_id, lease_ms=self.policy.lease_ms, held=held,
-            partitions=self.partitions, started_at=self._started_at))
+            partitions=self.partitions, started_at=self._started_at, client_id=self.client_id))
 
     async def run(self, changes: Changes) -> None:
         """Heartbeat until cancelled; tell ``changes`` what was acquired and released."""
@@ -277,9 +281,10 @@ class LeasedOwner:
         log.info("instance %s: gave back %d partition(s)", self.instance_id, len(parts))
 
 
-def ownership_for(db: Database, instance_id: str, policy: LeasePolicy | None = None
-                  ) -> SoleOwner | LeasedOwner:
-    """Leases on PostgreSQL; everything on SQLite (one process)."""
+def ownership_for(db: Database, instance_id: str, policy: LeasePolicy | None = None,
+                  *, client_id: str | None = None) -> SoleOwner | LeasedOwner:
+    """Leases on PostgreSQL (``client_id``: the instance's MQTT client id, recorded in its
+    membership); everything on SQLite (one process)."""
     if db.dialect is Dialect.POSTGRES:
-        return LeasedOwner(db, instance_id, policy)
+        return LeasedOwner(db, instance_id, policy, client_id=client_id)
     return SoleOwner(instance_id, (policy or LeasePolicy()).partitions)

@@ -87,7 +87,8 @@ STOP_TASKS_S: Final = 10.0
 #: next batch again keeps being probed at the long interval instead of flapping once a second.
 STORE_PROBE_BACKOFF: Final = Backoff(initial_s=1.0, factor=2.0, max_s=60.0, jitter=0.0)
 #: ... but a consumer that then committed for this long (s, monotonic) was healthy: the next
-#: failure is a new one and is probed from 1 s again (the gateway's STABLE_SESSION_S rule).
+#: failure is a new one and is probed from 1 s again (the gateway's STABLE_SESSION_S rule;
+#: :class:`StoreProbes`).
 STORE_STABLE_S: Final = 60.0
 #: retention deletes at most this many rows per table per transaction, then yields, so a large
 #: backlog never holds the write lock for long (ingestion commits in between).
@@ -102,6 +103,31 @@ STORE_LOG_EVERY_MS: Final = 60_000
 LATE_LOG_DEVICES: Final = 100_000
 #: unrecovered gaps logged one by one per pass; the rest in one summary line.
 GAP_LOG_LINES: Final = 20
+
+
+@dataclass
+class StoreProbes:
+    """The paused consumer's probe delays, as a rule on times the caller gives (monotonic s;
+    no clock inside): the n-th probe since the store was last healthy waits
+    ``backoff.delay(n)``, and a consumer that ran ``stable_s`` before it failed was healthy,
+    so its failure starts from the first delay again. A shorter run does not reset: a store
+    that takes the probe and fails the next batch keeps being probed at the long interval."""
+
+    backoff: Backoff
+    stable_s: float = STORE_STABLE_S
+    #: probes since the last healthy period
+    probes: int = 0
+
+    def failed(self, *, ran_from: float, now: float) -> None:
+        """The consumer, (re)started at ``ran_from``, failed at ``now``."""
+        if now - ran_from >= self.stable_s:
+            self.probes = 0
+
+    def next_delay(self) -> float:
+        """Seconds to wait before the next probe (counted as made)."""
+        delay = self.backoff.delay(self.probes)
+        self.probes += 1
+        return delay
 
 
 class StoreHealth:
@@ -207,7 +233,8 @@ class IngestService:
         # issue 13: who scores which patient; on PostgreSQL the owner is fed from the commits
         # of every instance (ingest/feed.py) and every emission is fenced by its lease
         self.owner: SoleOwner | LeasedOwner = ownership_for(
-            self.db, settings.instance_id, LeasePolicy(lease_ms=int(settings.lease_s * 1000)))
+            self.db, settings.instance_id, LeasePolicy(lease_ms=int(settings.lease_s * 1000)),
+            client_id=settings.client_id)
         self.feed: feed_mod.Feed | None = None
         self.adopter: Adopter | None = None
         if isinstance(self.owner, LeasedOwner):
@@ -323,9 +350,9 @@ class IngestService:
     async def _run_consumer(self) -> None:
         """The consumer; while the store cannot write, paused (disconnected, messages kept by
         the broker) until a write probe succeeds, probing by :data:`STORE_PROBE_BACKOFF`."""
-        backoff = dataclasses.replace(STORE_PROBE_BACKOFF, max_s=self.settings.store_retry_max_s)
+        probes = StoreProbes(
+            dataclasses.replace(STORE_PROBE_BACKOFF, max_s=self.settings.store_retry_max_s))
         loop = asyncio.get_running_loop()
-        probes = 0
         while True:
             resumed = loop.time()
             try:
@@ -336,11 +363,9 @@ class IngestService:
                 if err is None:
                     raise
                 self._store_failed(err)
-            if loop.time() - resumed >= STORE_STABLE_S:
-                probes = 0
+            probes.failed(ran_from=resumed, now=loop.time())
             while True:
-                await asyncio.sleep(backoff.delay(probes))
-                probes += 1
+                await asyncio.sleep(probes.next_delay())
                 if await self.probe_store():
                     break
 

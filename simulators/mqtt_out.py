@@ -1,7 +1,7 @@
 """Small MQTT helpers for the simulators: publish like a gateway, or subscribe.
 
 Each is one :class:`vitalgate.mqtt_session.MqttSession` served by a thread of its own
-(:class:`~vitalgate.mqtt_session.SessionThread`): the simulators call them from plain code.
+(:class:`~vitalgate.mqtt_thread.SessionThread`): the simulators call them from plain code.
 :class:`GatewayPublisher` behaves as a gateway on the wire (vitalgate.contract): retained
 gateway status with a retained last will ``{"v":1,"online":false}``, retained device statuses,
 readings at QoS 1 — from one client. Each publish's PUBACK future only counts the
@@ -32,7 +32,8 @@ from vitalgate.contract import (
     Topics,
     encode_readings,
 )
-from vitalgate.mqtt_session import Link, Message, MqttError, MqttOptions, SessionThread, Will
+from vitalgate.mqtt_session import Link, Message, MqttError, MqttOptions, Will
+from vitalgate.mqtt_thread import SessionThread
 
 log = logging.getLogger(__name__)
 

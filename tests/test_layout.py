@@ -127,6 +127,7 @@ BUILDING_BLOCKS: dict[str, str] = {
     "ManualClock": "vitalgate.clock",
     "Backoff": "vitalgate.backoff",
     "make_client": "vitalgate.mqtt_session",
+    "SessionThread": "vitalgate.mqtt_thread",
     "Score": "ews.score",
     "Result": "ews.score",
     "Risk": "ews.score",

@@ -13,7 +13,8 @@ import pytest
 from vitalgate.backoff import Backoff
 from vitalgate.broker import Mosquitto
 from vitalgate.config import BrokerAddress
-from vitalgate.mqtt_session import MqttError, MqttOptions, MqttSession, SessionThread
+from vitalgate.mqtt_session import MqttError, MqttOptions, MqttSession
+from vitalgate.mqtt_thread import SessionThread
 
 TOPIC = "t/session"
 FAST = Backoff(initial_s=1.0, factor=1.0, max_s=1.0, jitter=0.0)

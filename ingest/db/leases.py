@@ -7,8 +7,9 @@ still agree on who owns what (there is one clock, the server's).
 
 Tables:
 
-* ``ingest_instances``: one row per live instance, its heartbeat and the expiry of its
-  membership; the live rows decide every instance's fair share;
+* ``ingest_instances``: one row per live instance, its heartbeat, the expiry of its
+  membership and its MQTT client id; the live rows decide every instance's fair share, the
+  expired ones are the sessions a survivor adopts (under the recorded client id);
 * ``partition_leases``: one row per partition (``PARTITIONS`` of them), its owner, its epoch
   (incremented at every acquisition, so each ownership period has its own number) and the
   lease's expiry;
@@ -28,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import psycopg
@@ -44,7 +45,8 @@ CREATE TABLE IF NOT EXISTS ingest_instances (
   instance_id  TEXT PRIMARY KEY,
   started_at   BIGINT NOT NULL,
   heartbeat_at BIGINT NOT NULL,
-  expires_at   BIGINT NOT NULL
+  expires_at   BIGINT NOT NULL,
+  client_id    TEXT            -- its MQTT client id (NULL: a row of a release before v1)
 );
 CREATE TABLE IF NOT EXISTS partition_leases (
   part       BIGINT PRIMARY KEY,
@@ -67,7 +69,23 @@ CREATE TABLE IF NOT EXISTS partition_lease_log (
 CREATE INDEX IF NOT EXISTS partition_lease_log_owner ON partition_lease_log (owner, acquired_at);
 """
 
-MIGRATIONS: Final[tuple[Migration, ...]] = ()
+
+
+def _v1_client_id(conn: Conn) -> None:
+    """v0 → v1: ``ingest_instances`` records each member's MQTT client id, so a member whose
+    client id was set by hand (``VITALGATE_MQTT_CLIENT_ID``) can be adopted under it. The rows
+    already there keep NULL (the adopter then derives the id from the instance id, as before)
+    until their instance's next heartbeat writes it."""
+    have = conn.columns("ingest_instances")
+    if have and "client_id" not in have:  # a new database: SCHEMA makes the column
+        conn.execute("ALTER TABLE ingest_instances ADD COLUMN client_id TEXT")
+
+
+#: ``leases`` component versions; see ingest.db.migrate.
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    Migration(1, "ingest_instances.client_id: the MQTT client id a dead member's session is"
+                 " adopted under", _v1_client_id),
+)
 
 #: lease-log rows older than this are deleted by :func:`prune_log` (ms): a week of history
 #: answers "who scored this patient when" for any incident review; beyond it only counts.
@@ -135,6 +153,9 @@ class Round:
     #: members whose membership expired (dead, not stopped cleanly) and are still on record
     #: (ten leases): the instances whose broker sessions a survivor may adopt (ingest.adopt)
     expired: tuple[str, ...] = ()
+    #: the MQTT client id each of ``expired`` recorded (absent: none recorded, a row written
+    #: by a release before the column)
+    expired_client_ids: Mapping[str, str] = field(default_factory=dict)
 
 
 def setup(conn: Conn, partitions: int) -> None:
@@ -142,7 +163,9 @@ def setup(conn: Conn, partitions: int) -> None:
     at once: the migration's advisory lock serialises them)."""
     if not conn.is_postgres:
         raise RuntimeError("leases live in PostgreSQL; on SQLite one process owns everything")
-    apply(conn, "leases", schema=SCHEMA, migrations=MIGRATIONS)
+    # legacy 0: a leases table never recorded in schema_versions is taken as v0 (the step only
+    # adds what is missing, so on a new database it does nothing and SCHEMA makes the tables)
+    apply(conn, "leases", schema=SCHEMA, migrations=MIGRATIONS, legacy=lambda _c: 0)
     have = int(conn.execute("SELECT COUNT(*) FROM partition_leases").fetchone()[0])
     if have not in (0, partitions):
         raise PartitionCountMismatch(
@@ -177,25 +200,29 @@ def forget_own(conn: Conn, me: str) -> list[int]:
 
 
 def heartbeat(conn: Conn, me: str, *, lease_ms: int, held: Mapping[int, int],
-              partitions: int, started_at: int) -> Round:
+              partitions: int, started_at: int, client_id: str | None = None) -> Round:
     """One round, in one transaction: renew membership and the leases still held, give back
     what exceeds the fair share, take free partitions up to it. ``held`` is what this
-    instance believes it holds (partition → epoch)."""
+    instance believes it holds (partition → epoch); ``client_id`` its MQTT client id, recorded
+    in its membership for whoever adopts its session should it die (None: it has none)."""
     now = db_now(conn)
     expires = now + lease_ms
     conn.execute(
-        "INSERT INTO ingest_instances (instance_id, started_at, heartbeat_at, expires_at)"
-        " VALUES (?, ?, ?, ?) ON CONFLICT (instance_id) DO UPDATE SET"
-        " heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at",
-        (me, started_at, now, expires))
+        "INSERT INTO ingest_instances (instance_id, started_at, heartbeat_at, expires_at,"
+        " client_id) VALUES (?, ?, ?, ?, ?) ON CONFLICT (instance_id) DO UPDATE SET"
+        " heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at,"
+        " client_id = excluded.client_id",
+        (me, started_at, now, expires, client_id))
     # a member gone for ten leases is forgotten (its partitions expired long ago)
     conn.execute("DELETE FROM ingest_instances WHERE expires_at < ?", (now - 10 * lease_ms,))
     live = tuple(str(r[0]) for r in conn.execute(
         "SELECT instance_id FROM ingest_instances WHERE expires_at > ? ORDER BY instance_id",
         (now,)))
-    expired = tuple(str(r[0]) for r in conn.execute(
-        "SELECT instance_id FROM ingest_instances WHERE expires_at <= ? ORDER BY instance_id",
-        (now,)))
+    dead = conn.execute(
+        "SELECT instance_id, client_id FROM ingest_instances WHERE expires_at <= ?"
+        " ORDER BY instance_id", (now,)).fetchall()
+    expired = tuple(str(i) for i, _ in dead)
+    expired_client_ids = {str(i): str(c) for i, c in dead if c is not None}
     quota = fair_share(live, me, partitions)
 
     renewed: dict[int, int] = {}
@@ -242,7 +269,7 @@ def heartbeat(conn: Conn, me: str, *, lease_ms: int, held: Mapping[int, int],
             renewed[part] = epoch
             acquired.append(Held(part, epoch))
     return Round(now, live, quota, dict(renewed), tuple(acquired), tuple(released), lost,
-                 expired)
+                 expired, expired_client_ids)
 
 
 def leave(conn: Conn, me: str) -> list[int]:

@@ -18,7 +18,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest import store
-from ingest.service import STORE_PROBE_BACKOFF, start_service
+from ingest.service import STORE_PROBE_BACKOFF, STORE_STABLE_S, StoreProbes, start_service
 from ingest.settings import IngestSettings
 from tests.support.ingest_service import (
     Api,
@@ -251,6 +251,35 @@ def test_the_store_probe_backs_off_from_one_second_doubling_to_store_retry_max_s
         1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
     capped = dataclasses.replace(STORE_PROBE_BACKOFF, max_s=5.0)
     assert [capped.delay(n, rand=lambda: 0.0) for n in range(5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def _outage(probes: StoreProbes, failed_probes: int) -> list[float]:
+    """The delays of an outage in which ``failed_probes`` probes fail and the next succeeds."""
+    return [probes.next_delay() for _ in range(failed_probes + 1)]
+
+
+def test_the_probe_delay_restarts_from_one_second_only_after_a_stable_period() -> None:
+    """The reset rule, on given times (s): an outage grows the delay; a consumer that then ran
+    STORE_STABLE_S before failing again starts from 1 s; a shorter run continues the growth."""
+    probes = StoreProbes(STORE_PROBE_BACKOFF)
+    # the consumer starts at 100 and fails at once: a long outage (7 failed probes)
+    probes.failed(ran_from=100.0, now=100.5)
+    assert _outage(probes, 7) == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    # resumed at 300; fails again just short of a stable period: no reset, still at the cap
+    probes.failed(ran_from=300.0, now=300.0 + STORE_STABLE_S - 0.001)
+    assert _outage(probes, 1) == [60.0, 60.0]
+    # resumed at 500; healthy for exactly STORE_STABLE_S: the next outage is a new one
+    probes.failed(ran_from=500.0, now=500.0 + STORE_STABLE_S)
+    assert _outage(probes, 2) == [1.0, 2.0, 4.0]
+    # resumed at 700; a short healthy period continues from where that outage was
+    probes.failed(ran_from=700.0, now=705.0)
+    assert probes.next_delay() == 8.0
+    # the setting's cap applies as in the service (dataclasses.replace of the constant)
+    capped = StoreProbes(dataclasses.replace(STORE_PROBE_BACKOFF, max_s=5.0))
+    capped.failed(ran_from=0.0, now=1.0)
+    assert _outage(capped, 4) == [1.0, 2.0, 4.0, 5.0, 5.0]
+    capped.failed(ran_from=10.0, now=10.0 + STORE_STABLE_S)
+    assert capped.next_delay() == 1.0
 
 
 def test_a_read_only_data_dir_is_named_at_start(tmp_path: Path) -> None:

@@ -28,7 +28,8 @@ from vitalgate.contract import (
     decode,
     decode_readings,
 )
-from vitalgate.mqtt_session import Message, MqttError, MqttOptions, SessionThread
+from vitalgate.mqtt_session import Message, MqttError, MqttOptions
+from vitalgate.mqtt_thread import SessionThread
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
 """Patient partitions leased in a real PostgreSQL 15: fair shares, rebalancing, takeover after
-expiry on the database's clock, and the fence that keeps a paused ex-owner from writing."""
+expiry on the database's clock, the fence that keeps a paused ex-owner from writing, and the
+members' recorded MQTT client ids (also in a database of the release before them)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from collections.abc import Iterator, Mapping
 
 import pytest
 
-from ingest.db import leases
+from ingest.adopt import client_id_for
+from ingest.db import leases, migrate
 from ingest.db.engine import Conn, Database, Dialect, Location
 from ingest.ownership import PARTITIONS, LeasedOwner, LeasePolicy, SoleOwner, partition_of
 
@@ -27,9 +29,11 @@ def db(postgres_db: str, tmp_path: object) -> Iterator[Database]:
         database.close()
 
 
-def beat(db: Database, me: str, held: Mapping[int, int], lease_ms: int = 60_000) -> leases.Round:
+def beat(db: Database, me: str, held: Mapping[int, int], lease_ms: int = 60_000,
+         client_id: str | None = None) -> leases.Round:
     return db.write_sync(lambda c: leases.heartbeat(c, me, lease_ms=lease_ms, held=held,
-                                                    partitions=N, started_at=0))
+                                                    partitions=N, started_at=0,
+                                                    client_id=client_id))
 
 
 def wait_db_past(db: Database, t_ms: int) -> None:
@@ -134,6 +138,90 @@ def test_fence_refuses_a_paused_ex_owner_and_blocks_a_takeover_until_commit(db: 
     emitted = {i.owner for i in log if i.emissions}
     assert emitted == {"a", "b"}
     assert leases.overlaps(log) == []
+
+
+#: ingest/db/leases.py SCHEMA of the release before the recorded client id (leases v0, 1d4b324),
+#: copied verbatim
+V0_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ingest_instances (
+  instance_id  TEXT PRIMARY KEY,
+  started_at   BIGINT NOT NULL,
+  heartbeat_at BIGINT NOT NULL,
+  expires_at   BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS partition_leases (
+  part       BIGINT PRIMARY KEY,
+  owner      TEXT,
+  epoch      BIGINT NOT NULL DEFAULT 0,
+  expires_at BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS partition_lease_log (
+  part          BIGINT NOT NULL,
+  epoch         BIGINT NOT NULL,
+  owner         TEXT   NOT NULL,
+  acquired_at   BIGINT NOT NULL,
+  ended_at      BIGINT,          -- released, or the lease's expiry when the next owner took it
+  end_reason    TEXT,            -- released | expired | restarted
+  first_emit_at BIGINT,
+  last_emit_at  BIGINT,
+  emissions     BIGINT NOT NULL DEFAULT 0,
+  PRIMARY KEY (part, epoch)
+);
+CREATE INDEX IF NOT EXISTS partition_lease_log_owner ON partition_lease_log (owner, acquired_at);
+"""
+
+
+def _v0_database(url: str) -> None:
+    """The leases tables as the previous release left them: version 0, a member "old" whose
+    membership expired (a row without a client id), the partitions held by it."""
+    with Database(Location.parse(url, default_path=None),  # type: ignore[arg-type]
+                  name="leases-v0") as d:
+        def make(c: Conn) -> None:
+            c.script(migrate.VERSIONS_DDL)
+            c.script(V0_SCHEMA)
+            c.execute("INSERT INTO schema_versions VALUES ('leases', 0, 1)")
+            c.execute(f"INSERT INTO ingest_instances VALUES ('old', 1, {leases.DB_NOW_MS} - 100,"
+                      f" {leases.DB_NOW_MS} - 50)")
+            c.executemany("INSERT INTO partition_leases VALUES (?, 'old', 1, 0)",
+                          [(p,) for p in range(N)])
+        d.write_sync(make)
+
+
+def test_members_record_their_client_id_also_in_a_database_of_the_previous_release(
+        postgres_db: str) -> None:
+    _v0_database(postgres_db)
+    d = Database(Location.parse(postgres_db, default_path=None),  # type: ignore[arg-type]
+                 setup=lambda c: leases.setup(c, N), name="leases-upgrade")
+    try:
+        assert d.read_sync(lambda c: migrate.current(c, "leases")) == 1
+        assert "client_id" in d.read_sync(lambda c: c.columns("ingest_instances"))
+        # the old member's row is kept (no client id); its partitions are free to take
+        a = beat(d, "a", {}, client_id="vitalgate-ingest-a")
+        assert len(a.held) == N and a.expired == ("old",) and a.expired_client_ids == {}
+        assert client_id_for(a, "old") == "vitalgate-ingest-old"  # derived: none recorded
+        # a member with a hand-set client id records it; when it dies, the round says so
+        h = beat(d, "hand", {}, lease_ms=200, client_id="operator-chosen")
+        assert d.read_sync(lambda c: c.execute(
+            "SELECT instance_id, client_id FROM ingest_instances ORDER BY instance_id"
+        ).fetchall()) == [("a", "vitalgate-ingest-a"), ("hand", "operator-chosen"), ("old", None)]
+        wait_db_past(d, h.now_ms + 200)
+        a = beat(d, "a", a.held, client_id="vitalgate-ingest-a")
+        assert a.expired == ("hand", "old") and a.expired_client_ids == {"hand": "operator-chosen"}
+        assert client_id_for(a, "hand") == "operator-chosen"
+        # a restart under another client id replaces the recorded one
+        beat(d, "hand", {}, client_id="operator-chose-again")
+        assert d.read_sync(lambda c: c.execute(
+            "SELECT client_id FROM ingest_instances WHERE instance_id = 'hand'").fetchone()) \
+            == ("operator-chose-again",)
+    finally:
+        d.close()
+    # opened again: the migration is not repeated, the version stays
+    again = Database(Location.parse(postgres_db, default_path=None),  # type: ignore[arg-type]
+                     setup=lambda c: leases.setup(c, N), name="leases-again")
+    try:
+        assert again.read_sync(lambda c: migrate.current(c, "leases")) == 1
+    finally:
+        again.close()
 
 
 def test_overlaps_finds_two_epochs_emitting_at_once() -> None:
