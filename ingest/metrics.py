@@ -170,9 +170,6 @@ class IngestMetrics:
             "vitalgate_ingest_duplicates_total", "readings already stored (QoS 1 redeliveries)")
         self.rejects = r.counter(
             "vitalgate_ingest_rejects_total", "invalid items dead-lettered, by reason")
-        self.other_partition = r.counter(
-            "vitalgate_ingest_other_partition_total",
-            "items acknowledged but left to the instance owning their device's partition, by kind")
         self.dead_letters = r.counter(
             "vitalgate_ingest_dead_letters_total", "rows written to the dead-letter table")
         self.queue_full = r.counter(
