@@ -193,7 +193,11 @@ class Reorder:
         self._next: dict[str, int] = {}  #: device → the seq it should send next
         self._part: dict[str, int] = {}  #: device → its patient's partition
         self._held: dict[str, dict[int, list[Fed]]] = {}
-        self._since: dict[str, float] = {}  #: device → when its oldest held reading came
+        self._came: dict[str, dict[int, float]] = {}  #: device → held seq → when it came
+        #: device → when its oldest held reading came: the hold bounds each reading's own wait,
+        #: so after a predecessor released some, the wait goes on from the oldest left, never
+        #: from the first reading ever held (two gaps in a row would share one hold otherwise)
+        self._since: dict[str, float] = {}
         #: readings held for a predecessor; released by it; released by the timeout
         self.held = 0
         self.released_in_order = 0
@@ -229,7 +233,9 @@ class Reorder:
 
     def _hold(self, dev: str, seq: int, group: list[Fed]) -> None:
         self._held.setdefault(dev, {}).setdefault(seq, []).extend(group)
-        self._since.setdefault(dev, self._clock())
+        came = self._came.setdefault(dev, {})
+        came.setdefault(seq, self._clock())
+        self._since.setdefault(dev, came[seq])
         self.held += 1
 
     def seed(self, taken: Taken) -> list[Fed]:
@@ -246,28 +252,32 @@ class Reorder:
 
     def _drain(self, dev: str) -> list[Fed]:
         held = self._held.get(dev)
+        came = self._came.get(dev, {})
         out: list[Fed] = []
         while held and self._next[dev] in held:
             out += held.pop(self._next[dev])
+            came.pop(self._next[dev], None)
             self._next[dev] += 1
             self.released_in_order += 1
         if not held:
             self._held.pop(dev, None)
+            self._came.pop(dev, None)
             self._since.pop(dev, None)
+        elif out:
+            self._since[dev] = min(came.values())
         return out
 
     def expire(self) -> list[Fed]:
-        """Give up waiting for predecessors held longer than the hold time."""
+        """Give up waiting for predecessors of readings held longer than the hold time (each
+        gap of a device in turn: a later gap's wait runs from its own oldest reading)."""
         now = self._clock()
         out: list[Fed] = []
-        for dev, since in list(self._since.items()):
-            if now - since >= (self.hold_s if dev in self._next else self.first_hold_s):
-                held = self._held[dev]
-                self._next[dev] = min(held)
+        for dev in list(self._since):
+            while dev in self._since and now - self._since[dev] >= (
+                    self.hold_s if dev in self._next else self.first_hold_s):
+                self._next[dev] = min(self._held[dev])
                 self.released_by_timeout += 1
                 out += self._drain(dev)
-                if dev in self._since:  # later gaps: their own wait starts now
-                    self._since[dev] = now
         return out
 
     def forget(self, parts: Collection[int]) -> list[Fed]:
@@ -278,6 +288,7 @@ class Reorder:
             self._part.pop(dev, None)
             self._next.pop(dev, None)
             self._held.pop(dev, None)
+            self._came.pop(dev, None)
             self._since.pop(dev, None)
         return []
 

@@ -167,6 +167,43 @@ def test_reorder_scores_a_device_in_seq_order_and_never_waits_forever() -> None:
     assert r.waiting == 0 and [x.seq for x in r.push([_fed("d", 9)])] == [9]
 
 
+def test_reorder_each_gap_waits_the_hold_from_its_own_oldest_reading() -> None:
+    """Two gaps of one device in a row (measured in the failover e2e under load: a dead
+    member's share adopted late, then the next reading stored late by a busy instance): the
+    second gap's readings wait the whole hold from their arrival, not what was left of the
+    first gap's hold, and a timeout releases each gap when its own hold runs out."""
+    now = [0.0]
+    r = feed.Reorder(hold_ms=3000, clock=lambda: now[0])
+    assert [x.seq for x in r.push([_fed("d", 5)])] == [5]
+    assert r.push([_fed("d", 8)]) == []  # waits for 6 and 7 from t=0
+    now[0] = 2.0
+    assert r.push([_fed("d", 12)]) == []  # waits for 9..11 from t=2
+    now[0] = 2.5
+    assert [x.seq for x in r.push([_fed("d", 6), _fed("d", 7)])] == [6, 7, 8]
+    now[0] = 4.9  # the first gap's hold would have run out at 3.0: 12 has waited 2.9 s
+    assert r.expire() == []
+    assert [x.seq for x in r.push([_fed("d", 9), _fed("d", 10), _fed("d", 11)])] == [
+        9, 10, 11, 12]
+    assert r.released_by_timeout == 0 and r.waiting == 0
+    # two gaps that both time out: each when its own oldest reading has waited the hold
+    now[0] = 10.0
+    assert r.push([_fed("d", 20)]) == []  # 13..19 lost
+    now[0] = 11.0
+    assert r.push([_fed("d", 25)]) == []  # 21..24 lost too
+    now[0] = 13.0
+    assert [x.seq for x in r.expire()] == [20]
+    now[0] = 13.9
+    assert r.expire() == []
+    now[0] = 14.0
+    assert [x.seq for x in r.expire()] == [25]
+    # one expire() releases every gap whose hold ran out, in seq order
+    now[0] = 20.0
+    assert r.push([_fed("d", 30)]) == [] and r.push([_fed("d", 40)]) == []
+    now[0] = 23.0
+    assert [x.seq for x in r.expire()] == [30, 40]
+    assert r.released_by_timeout == 4 and r.waiting == 0
+
+
 def test_reorder_first_waits_and_a_takeover_seeds_where_the_store_left_off() -> None:
     """In the feed a device's first readings come from several instances too: one above seq 0
     waits for its predecessors; a takeover says where each device's seq goes on and hands
