@@ -70,7 +70,8 @@ EVENTS_MAX: Final = 10_000
 
 
 #: a reading that arrives before its device's previous one (by seq) waits at most this long
-#: (ms, processing time) for it. With a shared subscription consecutive readings of one device
+#: (ms, processing time: the owner's, not counting time it spends behind its own queue of
+#: notifications, :meth:`Feed._progress`) for it. With a shared subscription consecutive readings of one device
 #: are stored by different instances and can be committed out of order; the stream scorer and
 #: the emission policy are order-sensitive, so the owner scores a device's readings in seq
 #: order, as one instance receiving them in order would. A seq that stays missing (a real gap:
@@ -329,7 +330,10 @@ class Feed:
         self.owner = owner
         self.scoring = scoring
         self.stats = FeedStats()
-        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(queue_max)
+        #: (kind, payload, when it reached this process: time.monotonic())
+        self._queue: asyncio.Queue[tuple[str, Any, float]] = asyncio.Queue(queue_max)
+        #: when the newest item taken off the queue had reached this process
+        self._taken_at = time.monotonic()
         self._events: asyncio.Queue[str] = asyncio.Queue(EVENTS_MAX)
         self._overflow = False
         #: partitions taken whose catch-up has not run yet: their notifications are skipped
@@ -337,7 +341,7 @@ class Feed:
         self._pending: set[int] = set()
         #: each device's readings in seq order; ``first_waits``: see :class:`Reorder` (the
         #: service: yes, a device's first readings are stored by several instances too)
-        self.reorder = Reorder(first_waits=first_waits)
+        self.reorder = Reorder(first_waits=first_waits, clock=self._progress)
         self._stop = threading.Event()
         self.connected = asyncio.Event()
         #: the listener and the event sender on threads of their own (never queued behind the
@@ -353,7 +357,7 @@ class Feed:
 
     async def acquired(self, parts: frozenset[int]) -> None:
         self._pending |= parts
-        await self._queue.put(("take", parts))
+        await self._queue.put(("take", parts, time.monotonic()))
 
     async def released(self, parts: frozenset[int]) -> None:
         self._pending -= parts
@@ -416,14 +420,23 @@ class Feed:
         """In a thread: LISTEN, then hand every notification to the loop until stopped."""
         with self.db.dedicated() as pg:
             notify.listen(pg, (READINGS, EVENTS))
-            loop.call_soon_threadsafe(self._offer, ("connected", None))
+            loop.call_soon_threadsafe(self._offer, ("connected", None, time.monotonic()))
             while not self._stop.is_set():
                 for n in pg.notifies(timeout=POLL_S):
-                    loop.call_soon_threadsafe(self._offer, (n.channel, n.payload))
+                    loop.call_soon_threadsafe(self._offer, (n.channel, n.payload, time.monotonic()))
                     if self._stop.is_set():
                         break
 
-    def _offer(self, item: tuple[str, Any]) -> None:
+    def _progress(self) -> float:
+        """The hold's clock (:class:`Reorder`): while notifications wait in the queue, the time
+        the newest one taken off it reached this process; the present once none waits. Time
+        this instance spends behind its own queue (a busy loop, a long catch-up) is not a
+        predecessor's lateness: its notification may be next in the queue, and a hold timed
+        on the present would give up on it before reading it (measured: a lone survivor
+        scoring every patient on a loaded machine, its readings tens of seconds behind)."""
+        return time.monotonic() if self._queue.empty() else self._taken_at
+
+    def _offer(self, item: tuple[str, Any, float]) -> None:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -462,7 +475,8 @@ class Feed:
     async def _work(self) -> None:
         while True:
             try:
-                kind, payload = await asyncio.wait_for(self._queue.get(), HOLD_MS / 4000)
+                kind, payload, self._taken_at = await asyncio.wait_for(self._queue.get(),
+                                                                       HOLD_MS / 4000)
             except TimeoutError:
                 await self._release_expired()
                 continue
@@ -485,6 +499,7 @@ class Feed:
             # more notifications already waiting: score them in one go (one engine round trip)
             while not self._queue.empty() and len(rows) < 5_000:
                 nxt = self._queue.get_nowait()
+                self._taken_at = nxt[2]
                 if nxt[0] != READINGS:
                     await self._score(rows)
                     rows = []
@@ -500,9 +515,9 @@ class Feed:
             self.stats.scored += len(ready)
             await self.scoring.score(ready)
 
-    async def _requeue_first(self, item: tuple[str, Any]) -> None:
+    async def _requeue_first(self, item: tuple[str, Any, float]) -> None:
         # handled at once, in order: a take or an event right after readings
-        kind, payload = item
+        kind, payload, _ = item
         if kind == "take":
             await self._take(payload)
         elif kind == EVENTS:

@@ -5,6 +5,7 @@ the listener feeds only owned partitions, fans events out, and catches up on tak
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -230,3 +231,57 @@ def test_reorder_first_waits_and_a_takeover_seeds_where_the_store_left_off() -> 
     assert [x.seq for x in r.push([_fed("t", 21)])] == [21, 22, 23]
     assert [x.seq for x in r.seed(feed.Taken({"u": (1, 7)}, []))] == []
     assert [x.seq for x in r.push([_fed("u", 7)])] == [7]  # seeded: no wait
+
+
+class BusyScoring(Scoring):
+    """An owner whose first scoring call takes ``busy_s`` (a loaded loop, a long catch-up);
+    meanwhile the next notification reaches the queue (``during``)."""
+
+    def __init__(self, busy_s: float, during: Any) -> None:
+        super().__init__()
+        self.busy_s = busy_s
+        self.during = during
+        self.seqs: list[int | None] = []
+
+    async def score(self, rows: Sequence[feed.Fed]) -> None:
+        first = not self.seqs
+        self.seqs += [r.seq for r in rows]
+        if first:
+            self.during()
+            await asyncio.sleep(self.busy_s)
+
+
+async def test_the_hold_does_not_count_the_time_an_owner_spends_behind_its_queue(
+        db: Database) -> None:
+    """A reading held for its predecessor, whose notification is already queued while the
+    owner is busy longer than the hold: the owner reads the queue before giving up on it, so
+    the device is still scored in seq order (timed on the present, the hold released seq 7
+    first: the busy owner's own lag counted as the predecessor's)."""
+    def line(seq: int) -> str:
+        row = ("P1", "heart_rate", 60.0 + seq, 1_000 + seq, 1_500 + seq, "dev", seq)
+        return feed.encode([row], PARTITIONS)[0]
+
+    owner = Owner(set(range(PARTITIONS)))
+    f: feed.Feed
+    scoring = BusyScoring(0.6, lambda: f._offer((feed.READINGS, line(6), time.monotonic())))
+    f = feed.Feed(db, owner, scoring)
+    f.reorder = feed.Reorder(hold_ms=200, clock=f._progress)
+    now = time.monotonic()
+    f._offer((feed.READINGS, line(5), now))
+    f._offer((feed.READINGS, line(7), now))
+    task = asyncio.create_task(f._work())
+    try:
+        async with asyncio.timeout(20):
+            while len(scoring.seqs) < 3:
+                await asyncio.sleep(0.05)
+        assert scoring.seqs == [5, 6, 7]
+        assert f.reorder.released_by_timeout == 0
+        # with nothing queued the hold runs on the present: a lost predecessor still times out
+        f._offer((feed.READINGS, line(9), time.monotonic()))
+        async with asyncio.timeout(20):
+            while len(scoring.seqs) < 4:
+                await asyncio.sleep(0.05)
+        assert scoring.seqs[-1] == 9 and f.reorder.released_by_timeout == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
