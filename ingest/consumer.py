@@ -19,6 +19,10 @@ No message can stop ingestion (poison-message isolation):
   type, never the payload) and is acknowledged, and the good items beside it are kept. When
   even its dead letter cannot be written the store itself is failing: the commit raises and
   nothing is acknowledged (the broker keeps it all).
+* a deadlock or serialisation failure with another instance's commit (PostgreSQL) is the
+  transactions' timing, never an item's fault: the whole transaction is retried
+  (:data:`CONFLICT_RETRIES`, counted in ``commit_conflicts``), never dead-lettered; still
+  failing, the commit raises as a failing store does.
 * the crash-loop detector: a message delivered again (MQTT DUP flag, or seen in a batch of
   this process that never committed) is counted in ``deliveries``, committed BEFORE it is
   processed; at ``redelivery_max`` uncommitted redeliveries it is dead-lettered
@@ -39,7 +43,15 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ingest import store
-from ingest.db import Conn, Database, DatabaseError, IntegrityError, OperationalError, dead_letters
+from ingest.db import (
+    Conn,
+    Database,
+    DatabaseError,
+    IntegrityError,
+    OperationalError,
+    dead_letters,
+    interrupted,
+)
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
 from vitalgate.backoff import Backoff
@@ -191,14 +203,26 @@ def classify(msg: Inbound, topics: Topics, *, max_future_ms: int = DEFAULT_FUTUR
 
 
 #: a batch whose commit deadlocked with another instance's (or failed serialisation) is
-#: committed again whole this many times at most before it is isolated message by message:
-#: such a failure is the two transactions' timing, not the batch's content.
-CONFLICT_RETRIES: Final = 5
+#: committed again whole this many times at most: such a failure is the two transactions'
+#: timing, not the batch's content, so it is never isolated into dead letters. Still failing
+#: after them, the commit raises: the service's store-failure path pauses consuming and the
+#: broker keeps the messages (redelivered, committed later).
+CONFLICT_RETRIES: Final = 8
+#: the wait before each retry: from 20 ms, doubling to 1 s, spread ±50 % so the two
+#: transactions that crossed do not meet again in the same instant (8 retries: ~2.5 s in
+#: all, a few hundred of the other instance's commits)
+CONFLICT_BACKOFF: Final = Backoff(initial_s=0.02, factor=2.0, max_s=1.0, jitter=0.5)
 
 
 def _transient_conflict(exc: BaseException) -> bool:
     """A deadlock (40P01) or serialisation failure (40001) of PostgreSQL."""
     return getattr(exc, "sqlstate", None) in ("40P01", "40001")
+
+
+def _not_the_items(exc: BaseException) -> bool:
+    """A failure that isolating items cannot cure: a conflict with another instance's commit,
+    or the store closing under the transaction (:func:`ingest.db.interrupted`)."""
+    return _transient_conflict(exc) or interrupted(exc)
 
 
 def _same_device(payload_id: str, topic_id: str | None) -> None:
@@ -455,26 +479,18 @@ class Consumer:
             looped = {k for k, n in counts.items() if n >= self.settings.redelivery_max}
         parts: list[tuple[Inbound, list[store.Item]]] = []
         try:
-            for attempt in range(1, CONFLICT_RETRIES + 1):
-                try:
-                    result = await self._db.write(
-                        lambda conn: self._commit(conn, batch, looped, suspects, parts))
-                    break
-                except Exception as exc:
-                    if not _transient_conflict(exc) or attempt == CONFLICT_RETRIES:
-                        raise
-                    # another instance's commit crossed this one (issue 13, h13c): the whole
-                    # batch again, as it was; not a bad item to isolate
-                    parts.clear()
-                    await asyncio.sleep(0.01 * attempt)
+            result = await self._write_retrying(
+                lambda conn: self._commit(conn, batch, looped, suspects, parts), parts)
         except Exception as exc:  # one bad item must not fail its batch: isolate it
+            if _not_the_items(exc):
+                raise  # the timing of transactions (CONFLICT_RETRIES) or a closing store
             self._metrics.isolated_batches.inc()
             log.warning("commit of a batch of %d messages failed (%s); committing it message by "
                         "message", len(batch), type(exc).__name__)
             if len(parts) != len(batch):
                 parts.clear()
-            result = await self._db.write(
-                lambda conn: self._commit_isolated(conn, batch, looped, suspects, parts))
+            result = await self._write_retrying(
+                lambda conn: self._commit_isolated(conn, batch, looped, suspects, parts), parts)
         self._uncommitted.difference_update(keys)
         session = self._session
         if session is not None:  # only on the connection a message came on (see ack)
@@ -482,6 +498,23 @@ class Consumer:
                 session.ack(msg)
         self._account(batch, result)
         return result
+
+    async def _write_retrying(self, fn: Callable[[Conn], store.CommitResult],
+                              parts: list[tuple[Inbound, list[store.Item]]]
+                              ) -> store.CommitResult:
+        """``fn`` in one write transaction, again (whole, as it was) after a deadlock or a
+        serialisation failure with another instance's commit (issue 13), up to
+        :data:`CONFLICT_RETRIES` times."""
+        for attempt in range(CONFLICT_RETRIES + 1):
+            try:
+                return await self._db.write(fn)
+            except Exception as exc:
+                if not _transient_conflict(exc) or attempt == CONFLICT_RETRIES:
+                    raise
+                self._metrics.commit_conflicts.inc()
+                parts.clear()
+                await asyncio.sleep(CONFLICT_BACKOFF.delay(attempt))
+        raise AssertionError("unreachable")
 
     def _items_of(self, msg: Inbound, looped: set[tuple[str, str]]) -> list[store.Item]:
         """What one message becomes."""
@@ -527,12 +560,16 @@ class Consumer:
             parts.extend((msg, self._items_of(msg, looped)) for msg in batch)
         out = store.CommitResult()
         for msg, items in parts:
-            part, _ = self._attempt(conn, items)
+            part, exc = self._attempt(conn, items)
+            if exc is not None and _not_the_items(exc):
+                raise exc  # not the message's fault: the whole transaction again (or stop)
             if part is not None:
                 out.merge(part)
                 continue
             for item in _split(items):
                 one, exc = self._attempt(conn, [item])
+                if exc is not None and _not_the_items(exc):
+                    raise exc  # not the item's fault: the whole transaction again (or stop)
                 if one is None:
                     detail = f"the store refused {_what(item)}: {_exc_detail(exc)}"
                     one = self._store(conn, [store.DeadLetter(msg.topic, msg.payload,

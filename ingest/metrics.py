@@ -204,6 +204,10 @@ class IngestMetrics:
             "vitalgate_ingest_dead_letter_rows", "rows in the dead-letter table (after the last commit)")
         self.dead_letter_bytes = r.gauge(
             "vitalgate_ingest_dead_letter_bytes", "bytes stored in the dead-letter table")
+        self.commit_conflicts = r.counter(
+            "vitalgate_ingest_commit_conflicts_total",
+            "batch commits retried whole after a deadlock or serialisation failure with another"
+            " instance's commit")
         self.isolated_batches = r.counter(
             "vitalgate_ingest_isolated_batches_total",
             "batches whose commit failed and were retried message by message / item by item")

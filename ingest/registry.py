@@ -247,12 +247,13 @@ def roam(conn: Conn, device_id: str, from_gateway: str, to_gateway: str,
     db.set_gateway(conn, int(row[0]), to_gateway, now)
 
 
-def lookup(conn: Conn, device_ids: Iterable[str]) -> dict[str, db.Row]:
+def lookup(conn: Conn, device_ids: Iterable[str], *, lock: bool = False) -> dict[str, db.Row]:
     """The registry rows (:func:`ingest.db.registry.by_mac`'s shape) of many devices (contract
-    device ids), in one round trip: ``{device_id: row}`` of those registered."""
+    device ids), in one round trip: ``{device_id: row}`` of those registered. ``lock``: see
+    :func:`ingest.db.registry.by_macs`."""
     ids = list(dict.fromkeys(device_ids))
     macs = {mac_from_device_id(d): d for d in ids}
-    return {macs[mac]: row for mac, row in db.by_macs(conn, list(macs)).items()}
+    return {macs[mac]: row for mac, row in db.by_macs(conn, sorted(macs), lock=lock).items()}
 
 
 def seen_many(

@@ -344,7 +344,9 @@ def _owned(conn: Conn, items: Sequence[Item], dead: list[DeadLetter],
     one (:func:`ingest.registry.claim`, atomic across instances)."""
     c: Any = conn  # the registry takes the connection as it is (h13d ports its signatures)
     about_all = [a for a in map(_device_of, items) if a is not None]
-    rows: dict[str, Any] = registry.lookup(c, (d for d, _ in about_all)) if about_all else {}
+    # every device row this commit writes, locked first, in one order (registry.by_macs)
+    rows: dict[str, Any] = (registry.lookup(c, (d for d, _ in about_all), lock=True)
+                            if about_all else {})
     dirty: set[str] = set()
     # the owner each device has in the database as this batch writes it (None: unowned yet)
     owners: dict[str, str | None] = {d: (None if r[5] is None else str(r[5]))

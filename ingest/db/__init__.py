@@ -15,6 +15,7 @@ from ingest.db.engine import (
     Location,
     OperationalError,
     StoreOpenError,
+    interrupted,
     redact,
     render_ddl,
     store_failure,
@@ -23,6 +24,6 @@ from ingest.db.migrate import Migration, SchemaTooNew
 
 __all__ = [
     "Conn", "Cursor", "Database", "DatabaseError", "Dialect", "IntegrityError", "Location",
-    "Migration", "OperationalError", "SchemaTooNew", "StoreOpenError", "redact", "render_ddl",
-    "store_failure",
+    "Migration", "OperationalError", "SchemaTooNew", "StoreOpenError", "interrupted", "redact",
+    "render_ddl", "store_failure",
 ]

@@ -121,6 +121,20 @@ def to_psycopg(sql: str) -> str:
     return "".join(out)
 
 
+#: how long close() waits for a write transaction before interrupting its statement, and
+#: again between interruptions (s): a statement in progress gets this long to end by itself.
+CLOSE_INTERRUPT_S: Final = 0.5
+
+
+def interrupted(exc: BaseException) -> bool:
+    """The statement was interrupted because the store is closing (PostgreSQL query_canceled,
+    SQLite "interrupted"): never an item's fault. Code that catches errors per item (the
+    consumer's isolation) re-raises it, so the transaction ends and the close goes on."""
+    if getattr(exc, "sqlstate", None) == "57014":
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "interrupted" in str(exc)
+
+
 class Conn:
     """One connection inside one transaction, the same on both engines."""
 
@@ -340,6 +354,8 @@ class Database:
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
+        #: the PostgreSQL connection of the write transaction in progress (close() cancels it)
+        self._writing: psycopg.Connection[Any] | None = None
         try:
             if location.dialect is Dialect.SQLITE:
                 assert location.path is not None
@@ -371,8 +387,13 @@ class Database:
             raise RuntimeError(f"{self.name} was opened read-only")
         with self._wlock:
             if self._pool is not None:
-                with self._pool.connection() as pg, pg.transaction():
-                    return fn(Conn(pg, Dialect.POSTGRES))
+                with self._pool.connection() as pg:
+                    self._writing = pg
+                    try:
+                        with pg.transaction():
+                            return fn(Conn(pg, Dialect.POSTGRES))
+                    finally:
+                        self._writing = None
             conn = self._writer
             assert conn is not None
             conn.execute("BEGIN IMMEDIATE")
@@ -420,10 +441,24 @@ class Database:
             conn.close()
 
     def close(self) -> None:
-        with self._wlock:
+        """Close every connection. A write transaction still running (a commit retrying a
+        large batch, a statement waiting for a lock) is interrupted, statement after statement
+        until it gives up (:func:`interrupted` says so to code that catches errors per item),
+        and rolled back: a process stopping on SIGTERM does not wait for it (what it had not
+        committed the broker redelivers)."""
+        while not self._wlock.acquire(timeout=CLOSE_INTERRUPT_S):
+            writing, sqlite_writer = self._writing, self._writer
+            with contextlib.suppress(Exception):  # best effort: the transaction may just end
+                if writing is not None:
+                    writing.cancel_safe(timeout=CLOSE_INTERRUPT_S)
+                elif sqlite_writer is not None:
+                    sqlite_writer.interrupt()
+        try:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+        finally:
+            self._wlock.release()
         with self._rlock:
             if self._reader is not None:
                 self._reader.close()

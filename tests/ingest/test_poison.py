@@ -20,6 +20,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from ingest.consumer import CONFLICT_RETRIES
 from ingest.service import RunningService
 from tests.support.ingest_service import (
     Api,
@@ -309,3 +310,50 @@ async def test_scoring_counts_are_on_metrics(svc: RunningService, pub: mqtt.Clie
     assert "# TYPE vitalgate_ingest_ews_readings_total counter" in text
     for outcome, value in counts.items():
         assert f'vitalgate_ingest_ews_readings_total{{outcome="{outcome}"}} {value}' in text
+
+
+def _conflict_on(conn: Any, seq: int, times: int) -> None:
+    """PostgreSQL: inserting reading ``seq`` fails with a real deadlock_detected (40P01) error
+    the first ``times`` times (a sequence counts them: it is not rolled back with the failed
+    transaction), as a crossing commit of another instance makes it fail."""
+    conn.script(
+        "CREATE SEQUENCE conflict_n;"
+        " CREATE FUNCTION conflict_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" IF NEW.seq = {seq} AND nextval('conflict_n') <= {times} THEN"
+        " RAISE EXCEPTION 'deadlock staged by the test' USING ERRCODE = 'deadlock_detected';"
+        " END IF; RETURN NEW; END $$;"
+        " CREATE TRIGGER conflict_once BEFORE INSERT ON readings FOR EACH ROW"
+        " EXECUTE FUNCTION conflict_once();")
+
+
+async def test_a_deadlock_with_another_commit_is_retried_never_dead_lettered(
+        svc: RunningService, pub: mqtt.Client) -> None:
+    """Measured in the failover e2e: two instances committing the same redelivered readings
+    deadlocked, the batch was isolated and a reading became a ``store_error`` dead letter.
+    A conflict is the transactions' timing: the batch is committed again whole; one that
+    keeps conflicting pauses consuming (the broker keeps it) and is stored once it clears."""
+    if not svc.service.db.read_sync(lambda c: c.is_postgres):
+        pytest.skip("deadlocks between instances' commits are PostgreSQL's")
+    svc.service.db.write_sync(lambda c: _conflict_on(c, 777, 3))
+    stream = [*_good_stream(10), (TOPICS.reading(GOOD_GW, GOOD_DEV),
+                                  reading(GOOD_DEV, 777, T0 + 777, user_code="GOOD").to_bytes()),
+              *_good_stream(10, 10)]
+    publish_all(pub, stream)
+    m = svc.service.metrics
+    await eventually(lambda: _seq_count_is(svc, 21), timeout=30)
+    assert await _seqs(svc, GOOD_DEV) == [*range(20), 777]
+    assert await _letters(svc) == []
+    assert m.commit_conflicts.total() >= 3 and m.isolated_batches.total() == 0
+    # a conflict that outlasts every retry: nothing dead-lettered, nothing acknowledged
+    svc.service.db.write_sync(lambda c: c.script(
+        "DROP TRIGGER conflict_once ON readings; DROP FUNCTION conflict_once();"
+        " DROP SEQUENCE conflict_n;"))
+    svc.service.db.write_sync(lambda c: _conflict_on(c, 778, 10_000))
+    publish_all(pub, [(TOPICS.reading(GOOD_GW, GOOD_DEV),
+                       reading(GOOD_DEV, 778, T0 + 778, user_code="GOOD").to_bytes())])
+    await eventually(lambda: m.store_failures.total() >= 1, timeout=60)  # consuming paused
+    assert m.commit_conflicts.total() >= 3 + CONFLICT_RETRIES
+    assert await _letters(svc) == [] and await _seqs(svc, GOOD_DEV) == [*range(20), 777]
+    svc.service.db.write_sync(lambda c: c.script("DROP TRIGGER conflict_once ON readings;"))
+    await eventually(lambda: _seq_count_is(svc, 22), timeout=60)  # redelivered, stored
+    assert await _letters(svc) == [] and m.isolated_batches.total() == 0

@@ -174,3 +174,62 @@ def test_ids_are_never_reused(database_url: str, tmp_path: Path) -> None:
         assert db.write_sync(lambda c: put(c, "b")) > first
     finally:
         db.close()
+
+
+def test_close_interrupts_a_write_in_progress(database_url: str, tmp_path: Path) -> None:
+    """A process stopping on SIGTERM closes its store while a write still runs (measured in
+    the failover e2e: a stopping instance isolating a 500-message batch was SIGKILLed after
+    15 s). close() interrupts the write's statements until it ends; the write raises an
+    error :func:`ingest.db.interrupted` recognises, even when it catches errors per item."""
+    from ingest.db import interrupted
+
+    d = open_db(database_url, tmp_path)
+    d.write_sync(lambda c: (c.execute("CREATE TABLE slow_t (id INTEGER PRIMARY KEY, v INTEGER)"),
+                            c.execute("INSERT INTO slow_t VALUES (1, 0)")))
+    started = threading.Event()
+    outcome: list[BaseException | str] = []
+    holder = None
+    if d.location.url is not None:  # PostgreSQL: the write waits for a row another holds
+        import psycopg
+        holder = psycopg.connect(d.location.url)
+        holder.execute("UPDATE slow_t SET v = 1 WHERE id = 1")  # holds the row lock, uncommitted
+
+    def slow(c: Conn) -> None:
+        started.set()
+        caught = 0
+        for _ in range(1000):  # errors caught per statement, as the consumer's isolation does
+            try:
+                with c.savepoint():
+                    if c.is_postgres:
+                        c.execute("UPDATE slow_t SET v = 2 WHERE id = 1")
+                    else:
+                        c.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n"
+                                  " WHERE i < 1000000000) SELECT count(*) FROM n").fetchone()
+            except Exception as exc:
+                if interrupted(exc):
+                    raise
+                caught += 1
+        outcome.append(f"ran to the end ({caught} caught)")
+
+    def write() -> None:
+        try:
+            d.write_sync(slow)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert started.wait(20)
+        closer = threading.Thread(target=d.close)
+        closer.start()
+        closer.join(30)
+        assert not closer.is_alive(), "close() waited for the write"
+        writer.join(30)
+        assert len(outcome) == 1 and isinstance(outcome[0], BaseException)
+        assert interrupted(outcome[0]), outcome[0]
+    finally:
+        if holder is not None:
+            holder.rollback()
+            holder.close()
+        writer.join(60)
