@@ -13,10 +13,13 @@ Figures printed (``pytest -m e2e tests/e2e/test_failover.py -s``) and asserted:
   partition, and the emissions fenced under each, never overlap;
 * no duplicate EWS point, and no history differs from the single-instance run's before the
   first kill;
-* every patient's EWS history equals the single-instance run's (NOT YET: an xfail, not strict:
-  1-2 of 200 patients differ at a handover, some runs none;
-  each differing patient is classified by its first difference (duplicate, no failure, during
-  the outage, after the restart; near a handover) and the figures printed);
+* every patient's EWS history equals the single-instance run's (an xfail, not strict: on a
+  machine that keeps up 0-1 of 200 still differ, some runs none; on an overloaded one the lone
+  survivor receives readings later than the feed's 20 s hold and they are scored late, which
+  re-deriving history would fix and is not built. Each differing patient is classified by its
+  first difference (duplicate, no failure, during the outage, after the restart; near a
+  handover), the figures printed and its histories, readings and ownership written to
+  differences.json);
 * every EWS point reached the upstream;
 * time from each kill to the dead instance's partitions being owned, and scored, again.
 """
@@ -366,11 +369,11 @@ def test_no_duplicate_point_and_no_history_differs_before_any_failure(run: Run) 
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "issue 13, open: measured (docs/scaling.md, 'Failover: measured'), no patient's history"
-    " differs before the first kill and there is no duplicate (deterministic per-device order,"
-    " takeover seeding, session adoption), but 1-2 of 200 still miss one change at a"
-    " handover (the new owner emits that score later; not diagnosed). Storage, ownership and"
-    " delivery hold."))
+    "measured (docs/scaling.md, 'Failover: measured'): no duplicate, no history differs before"
+    " the first kill, a handover decides each reading as of its arrival; 0-1 of 200 still"
+    " differ after the restart on a machine that keeps up, and many more when it is"
+    " overloaded (readings later than the feed's 20 s hold are scored late: re-deriving a"
+    " history from a late reading is not built). Storage, ownership and delivery hold."))
 def test_every_patients_ews_history_equals_the_single_instance_run(run: Run) -> None:
     patients = set(run.cluster_ews) | set(run.reference_ews)
     differ = sorted(u for u in patients if run.cluster_ews.get(u) != run.reference_ews.get(u))
