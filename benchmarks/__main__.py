@@ -31,6 +31,7 @@ BENCHMARKS = (
     "postgres_baseline",  # PostgreSQL 15 batch inserts (multi-row, unnest, COPY) vs SQLite executemany
     "gap_tracking",   # group commit with vs without sequence-gap tracking (issue 12)
     "store_engines",  # commit_batch readings/s on PostgreSQL vs SQLite (issue 13)
+    "ews_write",      # an EWS emission batch's history + outbox rows: multi-row vs row by row
     "hl7_out",        # HL7 ORU^R01 build (python-hl7 vs hl7apy), MLLP and outbox channel rates
 )
 #: a benchmark that takes longer than this is stopped and reported as such (s)

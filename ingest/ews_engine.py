@@ -47,6 +47,7 @@ import json
 import logging
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -62,7 +63,7 @@ from ews.stream import NO_FRESH, Scores, StreamScorer
 from ews.tables import TABLES
 from ingest.db import Conn, Database
 from ingest.db import ews as store
-from ingest.db.outbox import State, enqueue
+from ingest.db.outbox import Message, State, enqueue_many
 from ingest.emit_policy import (
     CHANGE,
     DEFAULT_POLICY,
@@ -93,6 +94,12 @@ _RESULT_BY_BAND: Final = np.array([RESULTS.index(w) for w in RESULT_WORDS], np.i
 _RISK_BY_BAND: Final = np.array([RISK_ORDER[w] for w in RISK_WORDS], np.int8)
 _CONTEXT_CODE: Final = len(TRIGGERS)  #: a local trigger code: a clinician's context change
 _LABELS: Final = (*(t.value for t in TRIGGERS), Trigger.CONTEXT.value)
+
+
+#: what one emission became in the store (EwsEngine._record): the point, and True (absorbed:
+#: another instance recorded it first; the recorded point), False (recorded), "repeat" (the
+#: history holds it from before) or None (fenced: another instance owns the patient now)
+Written = tuple["EwsPoint", bool | Literal["repeat"] | None]
 
 
 class EwsInputError(ValueError):
@@ -674,8 +681,24 @@ class EwsEngine:
         channels = list(self._channels)
         fence = self.fence
 
-        def write(conn: Conn) -> list[tuple[EwsPoint, bool | Literal["repeat"] | None]]:
-            out: list[tuple[EwsPoint, bool | Literal["repeat"] | None]] = []
+        def messages(p: EwsPoint, row_id: int) -> list[Message]:
+            """The outbox rows announcing the point recorded as ``row_id``: cexup's, then each
+            extra channel's that renders a body for it."""
+            key = f"ews:{row_id}"
+            out = [Message("cexup", p.user_code, key, p.to_cexup(), outbox_state, row_id)]
+            for channel, render in channels:
+                body = render(p)
+                if body is not None:
+                    out.append(Message(channel, p.user_code, key, body, State.PENDING, row_id))
+            return out
+
+        def held_already(p: EwsPoint, found: tuple[Any, ...]) -> Written:
+            """The shared history holds this emission already: recorded by another instance
+            just now (adopted), or earlier, before the point this engine holds as its last."""
+            same = _point_from_row(found)
+            return (same, True) if (same.seq or 0) >= (p.seq or 0) else (p, "repeat")
+
+        def write(conn: Conn) -> list[Written]:
             allowed = None if fence is None else fence(conn, {p.user_code for p in points})
             # the identities the history holds already, read in one query per source; a key
             # twice in this batch is looked up again after the first is written
@@ -686,35 +709,57 @@ class EwsEngine:
                     conn, [k for k, p in zip(keys, points, strict=True) if p.source == source],
                     source=source))
             twice = {k for k in keys if keys.count(k) > 1} if len(set(keys)) < len(keys) else set()
-            for p, ident in zip(points, keys, strict=True):
+            # a patient twice in this batch (both points have the same seq: the second is
+            # absorbed by the first, or is a repeat of it) is written point by point after
+            # the batch, in its order, as each point would be alone; every other new point is
+            # one row of ONE history statement, and their outbox rows ONE outbox statement
+            # (a statement per point was what PostgreSQL spent an emission batch on)
+            users = Counter(p.user_code for p in points)
+            out: list[Written | None] = [None] * len(points)
+            batch: list[int] = []
+            alone: list[int] = []
+            for j, (p, ident) in enumerate(zip(points, keys, strict=True)):
                 if allowed is not None and p.user_code not in allowed:
-                    out.append((p, None))  # fenced: another instance owns it now
+                    out[j] = (p, None)  # fenced: another instance owns it now
+                elif users[p.user_code] > 1:
+                    alone.append(j)
+                elif (found := held.get(ident)) is not None:
+                    out[j] = held_already(p, found)
+                else:
+                    batch.append(j)
+            ids = store.insert_history_many(conn, [_history_row(points[j]) for j in batch])
+            queued: list[Message] = []
+            for j in batch:
+                p = points[j]
+                row_id = ids.get((p.user_code, p.seq or 0))
+                if row_id is None:  # another instance recorded this (patient, seq) first
+                    row = store.by_seq(conn, p.user_code, p.seq or 0)
+                    assert row is not None
+                    out[j] = (_point_from_row(row), True)
                     continue
+                p = replace(p, id=row_id)
+                queued += messages(p, row_id)
+                out[j] = (p, False)
+            enqueue_many(conn, queued, now=now)
+            for j in alone:
+                p, ident = points[j], keys[j]
                 found = (store.find_point(conn, p.user_code, p.produce_at, p.point, p.result,
                                           source=p.source, risk=p.risk)
                          if ident in twice else held.get(ident))
-                if found is not None:  # the shared history holds this emission already:
-                    same = _point_from_row(found)  # recorded by another instance just now
-                    # (adopted), or earlier, before the point this engine holds as its last
-                    out.append((same, True) if (same.seq or 0) >= (p.seq or 0) else (p, "repeat"))
+                if found is not None:
+                    out[j] = held_already(p, found)
                     continue
                 row_id = self._insert_history(conn, p)
                 if row_id is None:
                     row = store.by_seq(conn, p.user_code, p.seq or 0)
                     assert row is not None
-                    out.append((_point_from_row(row), True))
+                    out[j] = (_point_from_row(row), True)
                     continue
                 p = replace(p, id=row_id)
-                key = f"ews:{row_id}"
-                enqueue(conn, channel="cexup", user_code=p.user_code, dedup_key=key,
-                        body=p.to_cexup(), state=outbox_state, now=now, history_id=row_id)
-                for channel, render in channels:
-                    body = render(p)
-                    if body is not None:
-                        enqueue(conn, channel=channel, user_code=p.user_code, dedup_key=key,
-                                body=body, now=now, history_id=row_id)
-                out.append((p, False))
-            return out
+                enqueue_many(conn, messages(p, row_id), now=now)
+                out[j] = (p, False)
+            assert all(w is not None for w in out)
+            return [w for w in out if w is not None]
 
         try:
             written = self._db.write_sync(write)
@@ -906,6 +951,14 @@ class EwsEngine:
         with self.lock:
             if self._owned:
                 self._db.close()
+
+
+def _history_row(p: EwsPoint) -> store.HistoryRow:
+    """The history row of a point scored here (it has a seq)."""
+    return store.HistoryRow(
+        user_code=p.user_code, point=p.point, result=p.result, risk=p.risk, cause=p.cause,
+        partial=p.partial, missing=p.missing, components=p.components, produce_at=p.produce_at,
+        emitted_at=p.emitted_at or 0, trigger=p.trigger, source=p.source, seq=p.seq or 0)
 
 
 def _point_from_row(r: Sequence[Any]) -> EwsPoint:

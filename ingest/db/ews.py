@@ -19,9 +19,9 @@ store); on PostgreSQL the same database as the readings store, opened as its own
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from urllib.parse import urlsplit
 
 from ingest.db import exports, outbox
@@ -173,6 +173,52 @@ def insert_history(
          emitted_at, trigger, source, seq),
     ).fetchone()
     return None if row is None else int(row[0])
+
+
+class HistoryRow(NamedTuple):
+    """One scored point to record (:func:`insert_history_many`): the columns of ``ews_history``
+    but the id."""
+
+    user_code: str
+    point: int
+    result: str
+    risk: str
+    cause: Sequence[str]
+    partial: bool
+    missing: Sequence[str]
+    components: Mapping[str, int]
+    produce_at: int
+    emitted_at: int
+    trigger: str
+    source: str
+    seq: int
+
+
+#: ews_history's columns as :meth:`Conn.insert_many` takes them: (name, PostgreSQL type).
+_INSERT_COLUMNS: Final = (
+    ("user_code", "text"), ("point", "bigint"), ("result", "text"), ("risk", "text"),
+    ("cause", "text"), ("partial", "bigint"), ("missing", "text"), ("components", "text"),
+    ("produce_at", "bigint"), ("emitted_at", "bigint"), ("trigger", "text"), ("source", "text"),
+    ("seq", "bigint"))
+
+
+def insert_history_many(conn: Conn, rows: Sequence[HistoryRow]) -> dict[tuple[str, int], int]:
+    """Many scored points in one multi-row statement: the ids of those recorded, by
+    (user_code, seq). A row whose patient already has that seq (another instance recorded the
+    emission first: absorbed, as :func:`insert_history` returning None) is missing from the
+    result. The ids are matched to rows by the (user_code, seq) each RETURNING row names, not
+    by position: neither engine promises RETURNING comes back in the order of the VALUES.
+    Each (user_code, seq) at most once per call (a second would be absorbed by the first
+    within the statement, indistinguishable by key): ValueError."""
+    keys = [(r.user_code, r.seq) for r in rows]
+    if len(set(keys)) != len(keys):
+        raise ValueError("insert_history_many: a (user_code, seq) twice in one call")
+    returned = conn.insert_many("ews_history", _INSERT_COLUMNS, [
+        (r.user_code, r.point, r.result, r.risk, json.dumps(list(r.cause)), int(r.partial),
+         json.dumps(list(r.missing)), json.dumps(dict(r.components), sort_keys=True),
+         r.produce_at, r.emitted_at, r.trigger, r.source, r.seq) for r in rows],
+        "ON CONFLICT DO NOTHING RETURNING id, user_code, seq")
+    return {(str(u), int(s)): int(i) for i, u, s in returned}
 
 
 def by_seq(conn: Conn, user_code: str, seq: int) -> tuple[Any, ...] | None:

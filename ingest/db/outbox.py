@@ -26,10 +26,10 @@ LOCKED``, so instances claiming at once never take the same row; on SQLite the s
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from ingest.db.engine import Conn
 from ingest.db.leases import DB_NOW_MS
@@ -118,6 +118,43 @@ def enqueue(
         (channel, user_code, dedup_key, history_id, text, state.value, now, now),
     ).fetchone()
     return None if row is None else int(row[0])
+
+
+class Message(NamedTuple):
+    """One row to add (:func:`enqueue_many`): :func:`enqueue`'s arguments but ``now``."""
+
+    channel: str
+    user_code: str
+    dedup_key: str
+    body: str | Mapping[str, Any]
+    state: State = State.PENDING
+    history_id: int | None = None
+
+
+#: the columns :func:`enqueue_many` writes: (name, PostgreSQL type), for Conn.insert_many.
+_ENQUEUE_COLUMNS: Final = (
+    ("channel", "text"), ("user_code", "text"), ("dedup_key", "text"), ("history_id", "bigint"),
+    ("body", "text"), ("state", "text"), ("next_at", "bigint"), ("created_at", "bigint"),
+    ("updated_at", "bigint"))
+
+
+def enqueue_many(conn: Conn, messages: Sequence[Message], *, now: int) -> dict[tuple[str, str], int]:
+    """:func:`enqueue` for many rows in one multi-row statement inside the caller's
+    transaction: the ids of the rows added, by (channel, dedup_key); a key the channel holds
+    already (or held by an earlier message of the same call) is absorbed and missing. The
+    NUL check comes first, for every message: one with NUL raises ValueError (as
+    :func:`enqueue`) and nothing of the call is written."""
+    values = []
+    for m in messages:
+        text = m.body if isinstance(m.body, str) else json.dumps(m.body, separators=(",", ":"))
+        if "\x00" in text or "\x00" in m.dedup_key or "\x00" in m.user_code or "\x00" in m.channel:
+            raise ValueError("outbox: NUL characters cannot be stored")
+        values.append((m.channel, m.user_code, m.dedup_key, m.history_id, text, m.state.value,
+                       0, now, now))
+    returned = conn.insert_many(TABLE, _ENQUEUE_COLUMNS, values,
+                                "ON CONFLICT (channel, dedup_key) DO NOTHING"
+                                " RETURNING id, channel, dedup_key")
+    return {(str(c), str(k)): int(i) for i, c, k in returned}
 
 
 @dataclass(frozen=True, slots=True)
