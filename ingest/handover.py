@@ -11,7 +11,9 @@ member's broker session) would otherwise be scored before it, and its predecesso
 arrive late for the scorer, which one instance receiving in broker order never sees. So the
 rest is handed to the feed's :class:`ingest.feed.Reorder`, which releases it when the hole is
 filled, or after its hold time, exactly as for readings that arrive by notification; and the
-feed expects each device's next ``seq`` from where the store left off.
+feed expects each device's next ``seq`` from where the store left off. A device the store
+shows for the first time, from a seq above 0, is left to the feed's rule for a device never
+seen (it waits briefly for seq 0).
 """
 
 from __future__ import annotations
@@ -62,17 +64,26 @@ def plan(rows: Sequence[Stored], upto: int | None) -> Plan:
         if r.seq is not None and r.device_id:
             fresh.setdefault(r.device_id, set()).add(r.seq)
     gap: dict[str, int] = {}  # device → its first missing seq after what was scored
+    # a device the store shows for the first time, from a seq above 0: its first readings
+    # may still be on their way (stored by another instance a moment later; measured: a new
+    # patient's seq 0 committed after seq 1, across a takeover, and its first point was
+    # emitted for seq 1). The feed's rule for a device it has never seen decides, as for one
+    # arriving by notification: it waits FIRST_HOLD_MS for seq 0 (ingest.feed.Reorder)
+    unseen = {dev for dev, seqs in fresh.items() if dev not in seen and min(seqs) > 0}
     for dev, seqs in fresh.items():
+        if dev in unseen:
+            continue
         nxt = seen[dev] + 1 if dev in seen else min(seqs)
         while nxt in seqs:
             nxt += 1
         gap[dev] = nxt
     p.nexts = {**{d: s + 1 for d, s in seen.items()}, **gap}
-    if gap:
+    if gap or unseen:
         now: list[Stored] = []
         later: list[Stored] = []
         for r in p.after:
             dev, seq = r.device_id, r.seq
-            (later if seq is not None and dev in gap and seq > gap[dev] else now).append(r)
+            held = seq is not None and (dev in unseen or (dev in gap and seq > gap[dev]))
+            (later if held else now).append(r)
         p.after, p.deferred = now, later
     return p
