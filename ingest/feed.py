@@ -89,6 +89,12 @@ HOLD_MS: Final = 20_000
 #: at 0 (a gateway whose seq runs on) must not wait a whole hold for its first score; commits
 #: of one moment spread well under a second at a stream's start.
 FIRST_HOLD_MS: Final = 5_000
+#: ... but while a member of the cluster is dead (its membership expired, not yet forgotten:
+#: :attr:`ingest.db.leases.Round.expired`), a new device's first readings may be queued in
+#: its broker session until a survivor adopts it (one lease plus a heartbeat, ~13 s): then a
+#: first reading waits the whole :data:`HOLD_MS` (measured: a patient whose stream began
+#: during an outage had its seq 0 adopted 5.6 s after its seq 1, past the 5 s first wait, and
+#: its first point was emitted for seq 1).
 #: a seq this far below the expected one starts a new stream (a new gateway buffer), not a
 #: late reading of the old one.
 NEW_STREAM_BELOW: Final = 1_000
@@ -349,6 +355,12 @@ class Feed:
         self._threads = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="feed")
 
     # -- ownership changes ---------------------------------------------------------------
+
+    def members_missing(self, missing: bool) -> None:
+        """Called on every lease round: whether a member of the cluster is dead now (see
+        :data:`FIRST_HOLD_MS`); a device never seen then waits the whole hold for seq 0."""
+        r = self.reorder
+        r.first_hold_s = r.hold_s if missing else min(r.hold_s, FIRST_HOLD_MS / 1000)
 
     @property
     def taking(self) -> bool:

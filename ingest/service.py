@@ -57,6 +57,7 @@ from ingest.db import (
     store_failure,
 )
 from ingest.db import ews as ews_store
+from ingest.db.leases import Round
 from ingest.emit_policy import EmitPolicy
 from ingest.ews_engine import MAX_ROUNDS, EwsEngine, EwsPoint
 from ingest.keys import KeyChecker
@@ -244,7 +245,7 @@ class IngestService:
                 self.adopter = Adopter(settings.instance_id, settings, self.db,
                                        after_commit=self._after_commit,
                                        in_commit=self._announce, clock=clock)
-                self.owner.on_round = self.adopter.round
+                self.owner.on_round = self._on_round
             self.engine.fence = self.owner.fence
             for p in self.engine.all_current():  # restored from history: nobody's until leased
                 self.engine.release_patient(p.user_code)
@@ -334,6 +335,14 @@ class IngestService:
             self.engine.close()
             self.ews_db.close()
             self.db.close()
+
+    async def _on_round(self, rnd: Round) -> None:
+        """Each lease round: the adopter decides which dead members' sessions to consume; the
+        feed's first wait covers a dead member's queued session (``feed.FIRST_HOLD_MS``)."""
+        if self.feed is not None:
+            self.feed.members_missing(bool(rnd.expired))
+        if self.adopter is not None:
+            await self.adopter.round(rnd)
 
     async def _supervise(self, name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         while True:

@@ -285,3 +285,24 @@ async def test_the_hold_does_not_count_the_time_an_owner_spends_behind_its_queue
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_a_new_device_waits_the_whole_hold_for_seq_0_while_a_member_is_dead(
+        db: Database) -> None:
+    """A patient whose stream begins during an outage: its seq 0 may be queued in the dead
+    member's broker session until it is adopted (measured 5.6 s after seq 1, past the 5 s
+    first wait). While a lease round shows a dead member, a device never seen waits the
+    whole hold; once none is, the short first wait again."""
+    now = [0.0]
+    f = feed.Feed(db, Owner(set(range(PARTITIONS))), Scoring())
+    f.reorder = feed.Reorder(hold_ms=20_000, first_waits=True, first_hold_ms=5_000,
+                             clock=lambda: now[0])
+    f.members_missing(True)
+    assert f.reorder.push([_fed("new", 1)]) == []
+    now[0] = 19.9
+    assert f.reorder.expire() == []  # 5 s would have released it
+    assert [x.seq for x in f.reorder.push([_fed("new", 0)])] == [0, 1]
+    f.members_missing(False)
+    assert f.reorder.push([_fed("other", 3)]) == []
+    now[0] = 24.9
+    assert [x.seq for x in f.reorder.expire()] == [3]  # the short first wait
