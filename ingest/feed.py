@@ -71,8 +71,8 @@ EVENTS_MAX: Final = 10_000
 
 #: a reading that arrives before its device's previous one (by seq) waits at most this long
 #: (ms, processing time: the owner's, not counting time it spends behind its own queue of
-#: notifications, :meth:`Feed._progress`) for it. With a shared subscription consecutive readings of one device
-#: are stored by different instances and can be committed out of order; the stream scorer and
+#: notifications, :meth:`Feed._progress`) for it. With a shared subscription consecutive
+#: readings of one device are stored by different instances and can be committed out of order; the stream scorer and
 #: the emission policy are order-sensitive, so the owner scores a device's readings in seq
 #: order, as one instance receiving them in order would. A seq that stays missing (a real gap:
 #: the gap tracker asks for it and reports it) never holds a patient back longer than this.
@@ -89,12 +89,6 @@ HOLD_MS: Final = 20_000
 #: at 0 (a gateway whose seq runs on) must not wait a whole hold for its first score; commits
 #: of one moment spread well under a second at a stream's start.
 FIRST_HOLD_MS: Final = 5_000
-#: ... but while a member of the cluster is dead (its membership expired, not yet forgotten:
-#: :attr:`ingest.db.leases.Round.expired`), a new device's first readings may be queued in
-#: its broker session until a survivor adopts it (one lease plus a heartbeat, ~13 s): then a
-#: first reading waits the whole :data:`HOLD_MS` (measured: a patient whose stream began
-#: during an outage had its seq 0 adopted 5.6 s after its seq 1, past the 5 s first wait, and
-#: its first point was emitted for seq 1).
 #: a seq this far below the expected one starts a new stream (a new gateway buffer), not a
 #: late reading of the old one.
 NEW_STREAM_BELOW: Final = 1_000
@@ -195,16 +189,15 @@ class Reorder:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.hold_s = hold_ms / 1000
         self.first_waits = first_waits
-        self.first_hold_s = min(hold_ms, first_hold_ms) / 1000
+        self._first_hold_s = self.first_hold_s = min(hold_ms, first_hold_ms) / 1000
         self._clock = clock
         self._next: dict[str, int] = {}  #: device → the seq it should send next
         self._part: dict[str, int] = {}  #: device → its patient's partition
         self._held: dict[str, dict[int, list[Fed]]] = {}
-        self._came: dict[str, dict[int, float]] = {}  #: device → held seq → when it came
-        #: device → when its oldest held reading came: the hold bounds each reading's own wait,
-        #: so after a predecessor released some, the wait goes on from the oldest left, never
-        #: from the first reading ever held (two gaps in a row would share one hold otherwise)
-        self._since: dict[str, float] = {}
+        #: device → held seq → when it came. The hold bounds each reading's own wait: after a
+        #: predecessor released some, the wait goes on from the oldest left, never from the
+        #: first reading ever held (two gaps in a row would share one hold otherwise)
+        self._came: dict[str, dict[int, float]] = {}
         #: readings held for a predecessor; released by it; released by the timeout
         self.held = 0
         self.released_in_order = 0
@@ -240,10 +233,18 @@ class Reorder:
 
     def _hold(self, dev: str, seq: int, group: list[Fed]) -> None:
         self._held.setdefault(dev, {}).setdefault(seq, []).extend(group)
-        came = self._came.setdefault(dev, {})
-        came.setdefault(seq, self._clock())
-        self._since.setdefault(dev, came[seq])
+        self._came.setdefault(dev, {}).setdefault(seq, self._clock())
         self.held += 1
+
+    def whole_hold_first(self, on: bool) -> None:
+        """While a member of the cluster is dead (its membership expired, not yet forgotten:
+        :attr:`ingest.db.leases.Round.expired`), a new device's first readings may be queued in
+        its broker session until a survivor adopts it (one lease plus a heartbeat, ~13 s): a
+        device never seen then waits the whole hold for its predecessors, not the short first
+        wait (measured: a patient whose stream began during an outage had its seq 0 adopted
+        5.6 s after its seq 1, past the 5 s first wait, and its first point was emitted for
+        seq 1)."""
+        self.first_hold_s = self.hold_s if on else self._first_hold_s
 
     def seed(self, taken: Taken) -> list[Fed]:
         """A takeover read the store: expect each device's next seq from where the store left
@@ -269,9 +270,6 @@ class Reorder:
         if not held:
             self._held.pop(dev, None)
             self._came.pop(dev, None)
-            self._since.pop(dev, None)
-        elif out:
-            self._since[dev] = min(came.values())
         return out
 
     def expire(self) -> list[Fed]:
@@ -279,8 +277,8 @@ class Reorder:
         gap of a device in turn: a later gap's wait runs from its own oldest reading)."""
         now = self._clock()
         out: list[Fed] = []
-        for dev in list(self._since):
-            while dev in self._since and now - self._since[dev] >= (
+        for dev in list(self._came):
+            while dev in self._came and now - min(self._came[dev].values()) >= (
                     self.hold_s if dev in self._next else self.first_hold_s):
                 self._next[dev] = min(self._held[dev])
                 self.released_by_timeout += 1
@@ -296,7 +294,6 @@ class Reorder:
             self._next.pop(dev, None)
             self._held.pop(dev, None)
             self._came.pop(dev, None)
-            self._since.pop(dev, None)
         return []
 
 
@@ -357,10 +354,9 @@ class Feed:
     # -- ownership changes ---------------------------------------------------------------
 
     def members_missing(self, missing: bool) -> None:
-        """Called on every lease round: whether a member of the cluster is dead now (see
-        :data:`FIRST_HOLD_MS`); a device never seen then waits the whole hold for seq 0."""
-        r = self.reorder
-        r.first_hold_s = r.hold_s if missing else min(r.hold_s, FIRST_HOLD_MS / 1000)
+        """Called on every lease round: whether a member of the cluster is dead now
+        (:meth:`Reorder.whole_hold_first`)."""
+        self.reorder.whole_hold_first(missing)
 
     @property
     def taking(self) -> bool:

@@ -253,7 +253,7 @@ def lookup(conn: Conn, device_ids: Iterable[str], *, lock: bool = False) -> dict
     :func:`ingest.db.registry.by_macs`."""
     ids = list(dict.fromkeys(device_ids))
     macs = {mac_from_device_id(d): d for d in ids}
-    return {macs[mac]: row for mac, row in db.by_macs(conn, sorted(macs), lock=lock).items()}
+    return {macs[mac]: row for mac, row in db.by_macs(conn, list(macs), lock=lock).items()}
 
 
 def seen_many(
