@@ -163,16 +163,11 @@ def insert_history(
     emitted_at: int, trigger: str, source: str, seq: int | None,
 ) -> int | None:
     """One history row; its id, or None when the patient already has a point ``seq`` (another
-    instance recorded this emission first: absorbed)."""
-    row = conn.execute(
-        "INSERT INTO ews_history (user_code, point, result, risk, cause, partial, missing,"
-        " components, produce_at, emitted_at, trigger, source, seq)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-        (user_code, point, result, risk, json.dumps(list(cause)), int(partial),
-         json.dumps(list(missing)), json.dumps(components, sort_keys=True), produce_at,
-         emitted_at, trigger, source, seq),
-    ).fetchone()
-    return None if row is None else int(row[0])
+    instance recorded this emission first: absorbed). (:func:`insert_history_many` of one row.)"""
+    ids = insert_history_many(conn, [HistoryRow(
+        user_code, point, result, risk, cause, partial, missing, components, produce_at,
+        emitted_at, trigger, source, seq)])
+    return next(iter(ids.values()), None)
 
 
 class HistoryRow(NamedTuple):
@@ -191,7 +186,7 @@ class HistoryRow(NamedTuple):
     emitted_at: int
     trigger: str
     source: str
-    seq: int
+    seq: int | None  #: None: an external point (POST /ews), no emission sequence
 
 
 #: ews_history's columns as :meth:`Conn.insert_many` takes them: (name, PostgreSQL type).
@@ -202,7 +197,8 @@ _INSERT_COLUMNS: Final = (
     ("seq", "bigint"))
 
 
-def insert_history_many(conn: Conn, rows: Sequence[HistoryRow]) -> dict[tuple[str, int], int]:
+def insert_history_many(conn: Conn, rows: Sequence[HistoryRow]
+                        ) -> dict[tuple[str, int | None], int]:
     """Many scored points in one multi-row statement: the ids of those recorded, by
     (user_code, seq). A row whose patient already has that seq (another instance recorded the
     emission first: absorbed, as :func:`insert_history` returning None) is missing from the
@@ -210,7 +206,7 @@ def insert_history_many(conn: Conn, rows: Sequence[HistoryRow]) -> dict[tuple[st
     by position: neither engine promises RETURNING comes back in the order of the VALUES.
     Each (user_code, seq) at most once per call (a second would be absorbed by the first
     within the statement, indistinguishable by key): ValueError."""
-    keys = [(r.user_code, r.seq) for r in rows]
+    keys = [(r.user_code, r.seq) for r in rows if r.seq is not None]
     if len(set(keys)) != len(keys):
         raise ValueError("insert_history_many: a (user_code, seq) twice in one call")
     returned = conn.insert_many("ews_history", _INSERT_COLUMNS, [
@@ -218,7 +214,7 @@ def insert_history_many(conn: Conn, rows: Sequence[HistoryRow]) -> dict[tuple[st
          json.dumps(list(r.missing)), json.dumps(dict(r.components), sort_keys=True),
          r.produce_at, r.emitted_at, r.trigger, r.source, r.seq) for r in rows],
         "ON CONFLICT DO NOTHING RETURNING id, user_code, seq")
-    return {(str(u), int(s)): int(i) for i, u, s in returned}
+    return {(str(u), None if s is None else int(s)): int(i) for i, u, s in returned}
 
 
 def by_seq(conn: Conn, user_code: str, seq: int) -> tuple[Any, ...] | None:

@@ -107,17 +107,11 @@ def enqueue(
     now: int, state: State = State.PENDING, history_id: int | None = None,
 ) -> int | None:
     """Add one row inside the caller's transaction; its id, or None when the channel already
-    holds ``dedup_key`` (the duplicate is absorbed). A mapping body is stored as compact JSON."""
-    text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
-    if "\x00" in text or "\x00" in dedup_key or "\x00" in user_code:
-        raise ValueError("outbox: NUL characters cannot be stored")
-    row = conn.execute(
-        "INSERT INTO ews_outbox (channel, user_code, dedup_key, history_id, body, state, next_at,"
-        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)"
-        " ON CONFLICT (channel, dedup_key) DO NOTHING RETURNING id",
-        (channel, user_code, dedup_key, history_id, text, state.value, now, now),
-    ).fetchone()
-    return None if row is None else int(row[0])
+    holds ``dedup_key`` (the duplicate is absorbed). A mapping body is stored as compact JSON.
+    (:func:`enqueue_many` of one row: one statement and one NUL check for both.)"""
+    ids = enqueue_many(conn, [Message(channel, user_code, dedup_key, body, state, history_id)],
+                       now=now)
+    return ids.get((channel, dedup_key))
 
 
 class Message(NamedTuple):
