@@ -350,16 +350,14 @@ def insert(conn: Conn, rows: Sequence[StoredReading]) -> list[bool]:
             out.append(bool(cur.rowcount))
         return out
     # 1. the stream identity: which (device, stream, seq, vital) are new, whatever their ts.
-    #    In identity order: two instances committing the same redelivered readings (an adopted
-    #    session and its returning owner, measured in the failover e2e) then wait for each
-    #    other's keys in one order, never in a cycle (a deadlock, retried by the consumer)
-    ids = sorted(rows, key=lambda r: (r.device_id, r.stream, r.seq or 0, r.vital))
+    #    Two instances committing the same readings never wait for each other's keys here in
+    #    a cycle: the commit locked the readings' device rows first (store.commit_batch)
     new_ids = conn.pg.execute(
         "INSERT INTO reading_ids (device_id, stream, seq, vital, kept_at)"
         " SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::text[], %b::bigint[])"
         " ON CONFLICT DO NOTHING RETURNING device_id, stream, seq, vital",
-        ([r.device_id for r in ids], [r.stream for r in ids], [r.seq for r in ids],
-         [r.vital for r in ids], [max(r.ts, r.received_at) for r in ids]),
+        ([r.device_id for r in rows], [r.stream for r in rows], [r.seq for r in rows],
+         [r.vital for r in rows], [max(r.ts, r.received_at) for r in rows]),
         prepare=True).fetchall()
     fresh: set[tuple[str, str, int | None, str]] = {(str(d), str(s), int(q), str(v))
                                                     for d, s, q, v in new_ids}
