@@ -251,6 +251,12 @@ def stored_rows(db: Path) -> list[tuple[str, int, str]]:
                 c.execute("SELECT device_id, seq, vital FROM readings WHERE seq IS NOT NULL")]
 
 
+def sequenced_count(db: Path) -> int:
+    """Stored readings with a seq (each (device, seq, vital) at most once: the identity)."""
+    with ro(db) as c:
+        return int(c.execute("SELECT COUNT(*) FROM readings WHERE seq IS NOT NULL").fetchone()[0])
+
+
 def stored_count(db: Path) -> int:
     if not db.exists():
         return 0
